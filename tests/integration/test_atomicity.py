@@ -1,0 +1,188 @@
+"""Tracking is written in the ingest transaction: rolled back with it, committed with it."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+from oracle import (
+    assert_matches_oracle,
+    ingest,
+    insert_metrics,
+    make_org,
+    make_report,
+    make_report_benchmark,
+    snapshot,
+)
+
+
+def test_a_rolled_back_ingest_leaves_every_billing_table_unchanged(conn, connect):
+    org = make_org(conn)
+    ingest(conn, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
+    before = snapshot(conn)
+
+    ingester = connect(autocommit=False)
+    ingest(ingester, org, org.testbeds[1], [(b, m) for b in org.benchmarks for m in org.measures])
+    during = snapshot(ingester)
+    assert during["series_last_seen"] != before["series_last_seen"]
+    assert during["_series_period"] != before["_series_period"]
+    assert during["_period_usage"] != before["_period_usage"]
+    assert during["_outbox"] != before["_outbox"]
+    ingester.rollback()
+
+    assert snapshot(conn) == before
+    assert_matches_oracle(conn, org.id)
+
+
+def test_a_rolled_back_first_ingest_of_a_new_organization_leaves_no_period(conn, connect):
+    before = snapshot(conn)
+    ingester = connect(autocommit=False)
+    org = make_org(ingester)
+    ingest(ingester, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
+    assert snapshot(ingester)["_period"] != before["_period"]
+    ingester.rollback()
+    assert snapshot(conn) == before
+
+
+def test_a_statement_failing_on_a_missing_measure_mid_transaction_leaves_nothing(conn, connect):
+    org = make_org(conn)
+    ingest(conn, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
+    before = snapshot(conn)
+
+    ingester = connect(autocommit=False)
+    report = make_report(ingester, org.project_id, org.testbeds[1])
+    rb = make_report_benchmark(ingester, report, org.benchmarks[1])
+    insert_metrics(ingester, [(rb, org.measures[1], 2.0)])  # succeeds: the transaction tracked it
+    assert snapshot(ingester)["_series_period"] != before["_series_period"]
+    missing = org.measures[-1] + 1_000_000
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        insert_metrics(ingester, [(rb, org.measures[2], 1.0), (rb, missing, 1.0)])
+    ingester.rollback()
+
+    assert snapshot(conn) == before
+    assert_matches_oracle(conn, org.id)
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-Infinity", None])
+def test_a_multi_row_insert_with_one_non_finite_value_writes_nothing(conn, bad):
+    org = make_org(conn)
+    ingest(conn, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
+    report = make_report(conn, org.project_id, org.testbeds[1])
+    rb = make_report_benchmark(conn, report, org.benchmarks[1])
+    before = snapshot(conn)
+    metrics_before = conn.execute("SELECT count(*) FROM active_series.metric").fetchone()
+
+    with pytest.raises(psycopg.Error):
+        conn.execute(
+            "INSERT INTO active_series.metric (report_benchmark_id, measure_id, value)"
+            " VALUES (%s, %s, 1.0), (%s, %s, %s::double precision), (%s, %s, 3.0)",
+            (rb, org.measures[0], rb, org.measures[1], bad, rb, org.measures[2]),
+        )
+
+    assert snapshot(conn) == before
+    assert conn.execute("SELECT count(*) FROM active_series.metric").fetchone() == metrics_before
+    assert_matches_oracle(conn, org.id)
+
+
+def test_only_the_committed_part_of_a_transaction_with_a_rolled_back_savepoint_counts(
+    conn, connect
+):
+    org = make_org(conn, testbeds=3)
+    kept = [(org.benchmarks[0], org.measures[0]), (org.benchmarks[0], org.measures[1])]
+    dropped = [(org.benchmarks[1], m) for m in org.measures]
+
+    ingester = connect(autocommit=False)
+    ingest(ingester, org, org.testbeds[0], kept)
+    ingester.execute("SAVEPOINT s")
+    ingest(ingester, org, org.testbeds[1], dropped)
+    ingester.execute("ROLLBACK TO SAVEPOINT s")
+    ingester.commit()
+
+    series = conn.execute(
+        "SELECT testbed_id, benchmark_id, measure_id FROM active_series.period_series(%s)",
+        (org.id,),
+    ).fetchall()
+    assert sorted(series) == sorted((org.testbeds[0], b, m) for b, m in kept)
+    assert conn.execute("SELECT active_series.period_usage(%s)", (org.id,)).fetchone() == (2,)
+    assert_matches_oracle(conn, org.id)
+
+
+def test_a_series_rolled_back_to_a_savepoint_counts_when_ingested_again_after_it(conn, connect):
+    org = make_org(conn)
+    series = [(org.benchmarks[0], org.measures[0]), (org.benchmarks[1], org.measures[1])]
+
+    ingester = connect(autocommit=False)
+    ingester.execute("SAVEPOINT s")
+    ingest(ingester, org, org.testbeds[0], series)
+    ingester.execute("ROLLBACK TO SAVEPOINT s")
+    ingest(ingester, org, org.testbeds[0], series)
+    ingester.commit()
+
+    assert conn.execute("SELECT active_series.period_usage(%s)", (org.id,)).fetchone() == (2,)
+    outbox = conn.execute(
+        "SELECT count(*) FROM active_series._outbox WHERE organization_id = %s", (org.id,)
+    ).fetchone()
+    assert outbox is not None and outbox[0] >= 1
+    assert_matches_oracle(conn, org.id)
+
+
+def _drain(listener: psycopg.Connection, received: list[str], until: str) -> None:
+    """Round-trip on the listener until a notification with payload ``until`` arrived.
+
+    Notifications are delivered in commit order, so everything committed before the marker
+    has been received by then.  The deadline only keeps a broken build from hanging."""
+    deadline = time.monotonic() + 30
+    while until not in received:
+        assert time.monotonic() < deadline, f"no notification {until!r}; got {received}"
+        listener.execute("SELECT pg_sleep(0.05)")
+
+
+def test_notify_is_delivered_once_per_committed_count_change_and_never_for_a_rollback(
+    conn, connect
+):
+    acme = make_org(conn, "acme")
+    marker = make_org(conn, "marker")
+    listener = connect(autocommit=True)
+    received: list[str] = []
+    listener.add_notify_handler(
+        lambda n: received.append(n.payload) if n.channel == "active_series" else None
+    )
+    listener.execute("LISTEN active_series")
+
+    # Rolled back: no notification.
+    ingester = connect(autocommit=False)
+    ingest(ingester, acme, acme.testbeds[0], [(acme.benchmarks[0], acme.measures[0])])
+    ingester.rollback()
+    # Committed, two statements adding new series in one transaction: one notification.
+    ingest(ingester, acme, acme.testbeds[0], [(acme.benchmarks[0], acme.measures[0])])
+    ingest(ingester, acme, acme.testbeds[1], [(acme.benchmarks[1], acme.measures[1])])
+    ingester.commit()
+    # Committed, but no series is new in the period: the count did not change, no notification.
+    ingest(ingester, acme, acme.testbeds[0], [(acme.benchmarks[0], acme.measures[0])])
+    ingester.commit()
+    # Marker from another organization: once it is here, everything before it is too.
+    ingest(ingester, marker, marker.testbeds[0], [(marker.benchmarks[0], marker.measures[0])])
+    ingester.commit()
+
+    _drain(listener, received, str(marker.id))
+    assert received == [str(acme.id), str(marker.id)]
+
+
+def test_a_committed_ingest_appends_an_outbox_row_and_a_rolled_back_one_does_not(conn, connect):
+    org = make_org(conn)
+
+    def outbox() -> int:
+        row = conn.execute(
+            "SELECT count(*) FROM active_series._outbox WHERE organization_id = %s", (org.id,)
+        ).fetchone()
+        assert row is not None
+        return row[0]
+
+    ingester = connect(autocommit=False)
+    ingest(ingester, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
+    ingester.rollback()
+    assert outbox() == 0
+    ingest(ingester, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
+    ingester.commit()
+    assert outbox() >= 1

@@ -1,0 +1,292 @@
+"""backfill() rebuilds exactly what the ingest trigger maintains; verify() finds what differs."""
+
+from __future__ import annotations
+
+import random
+
+import psycopg
+import pytest
+from oracle import (
+    STATE_COLUMNS,
+    Org,
+    allow_explicit_created,
+    assert_matches_oracle,
+    ingest,
+    make_org,
+    make_project,
+    make_report,
+    make_report_benchmark,
+    row_versions,
+    state,
+    utc,
+    verify,
+)
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+DISABLE = "ALTER TABLE active_series.metric DISABLE TRIGGER metric_track_ingest"
+ENABLE = "ALTER TABLE active_series.metric ENABLE TRIGGER metric_track_ingest"
+TRUNCATE = (
+    "TRUNCATE active_series.series_last_seen, active_series._series_period,"
+    " active_series._period_usage, active_series._period, active_series._outbox"
+)
+MONTHS = [utc(2024, 1, 5), utc(2024, 1, 28, 23, 59), utc(2024, 2, 1), utc(2024, 3, 15, 12)]
+
+
+def fill(conn: psycopg.Connection, seed: int = 7) -> list[Org]:
+    """Deterministic data over three organizations, four periods and every statement shape.
+
+    Every report has an explicit ``created``, so two fresh databases filled by this function
+    hold identical rows with identical ids."""
+    rng = random.Random(seed)
+    allow_explicit_created(conn)
+    orgs = [
+        make_org(conn, "acme", testbeds=3, benchmarks=4, measures=4),
+        make_org(conn, "globex", testbeds=2, benchmarks=3, measures=3, visibility="public"),
+        make_org(conn, "initech", testbeds=1, benchmarks=2, measures=2),
+    ]
+    second = make_project(conn, orgs[0].id, "second", "public")
+    tb = one_entity(conn, "testbed", second)
+    bm = one_entity(conn, "benchmark", second)
+    ms = one_entity(conn, "measure", second)
+    extra = Org(orgs[0].id, second, [tb], [bm], [ms])
+    shapes = ["single", "values", "select", "copy"]
+    # Out of period order on purpose: late arrivals for earlier periods.
+    for created in [MONTHS[2], MONTHS[0], MONTHS[3], MONTHS[1], MONTHS[0]]:
+        for org in [*orgs, extra]:
+            for _ in range(2):
+                pairs = [(b, m) for b in org.benchmarks for m in org.measures]
+                chosen = rng.sample(pairs, rng.randint(1, len(pairs)))
+                insert_report(
+                    conn, org, rng.choice(org.testbeds), chosen, created, rng.choice(shapes)
+                )
+    conn.execute("UPDATE active_series.project SET deleted_at = now() WHERE id = %s", (second,))
+    return orgs
+
+
+def one_entity(conn: psycopg.Connection, table: str, project_id: int) -> int:
+    query = sql.SQL("INSERT INTO {} (project_id, name) VALUES (%s, 'x') RETURNING id").format(
+        sql.Identifier("active_series", table)
+    )
+    row = conn.execute(query, (project_id,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def insert_report(conn, org: Org, testbed: int, pairs, created, shape: str) -> None:
+    report = make_report(conn, org.project_id, testbed, created)
+    rbs = {b: make_report_benchmark(conn, report, b) for b in sorted({b for b, _ in pairs})}
+    # A benchmark run twice in one report: the same series twice in one statement.
+    again = make_report_benchmark(conn, report, pairs[0][0], 1)
+    rows = [(rbs[b], m, 1.0) for b, m in pairs] + [(again, pairs[0][1], 2.0)]
+    insert = "INSERT INTO active_series.metric (report_benchmark_id, measure_id, value)"
+    if shape == "single":
+        for row in rows:
+            conn.execute(insert + " VALUES (%s, %s, %s)", row)
+    elif shape == "values":
+        conn.execute(
+            insert + " VALUES " + ", ".join(["(%s, %s, %s)"] * len(rows)),
+            [v for row in rows for v in row],
+        )
+    elif shape == "select":
+        conn.execute(
+            insert + " SELECT rb, ms, v FROM unnest(%s::bigint[], %s::bigint[], %s::float8[])"
+            " AS u(rb, ms, v)",
+            ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+        )
+    else:
+        with conn.cursor().copy(
+            "COPY active_series.metric (report_benchmark_id, measure_id, value) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+def backfill(conn: psycopg.Connection) -> list[str]:
+    """CALL backfill() on an autocommit connection; return its notices."""
+    assert conn.autocommit
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    conn.execute("CALL active_series.backfill()")
+    return notices
+
+
+@pytest.fixture
+def twin(dsn, pg_cluster):
+    """The conninfo of a second database cloned from the fresh one before anything is written."""
+    name = conninfo_to_dict(dsn)["dbname"]
+    twin_name = f"{name}_twin"
+    with psycopg.connect(pg_cluster.dsn("postgres"), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(twin_name), sql.Identifier(name)
+            )
+        )
+    try:
+        yield pg_cluster.dsn(twin_name)
+    finally:
+        with psycopg.connect(pg_cluster.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(twin_name))
+            )
+
+
+def test_backfill_of_a_database_filled_without_tracking_equals_the_tracked_twin(twin, dsn, connect):
+    untracked = connect(autocommit=True)
+    tracked = psycopg.connect(twin, autocommit=True)
+    try:
+        untracked.execute(DISABLE)
+        orgs = fill(untracked)
+        untracked.execute(ENABLE)
+        assert state(untracked) == {t: [] for t in STATE_COLUMNS}
+        fill(tracked)
+
+        notices = backfill(untracked)
+
+        assert notices, "backfill reports progress"
+        assert state(untracked) == state(tracked)
+        for org in orgs:
+            assert_matches_oracle(untracked, org.id)
+        assert verify(untracked) == []
+    finally:
+        tracked.close()
+
+
+def test_backfill_after_truncating_the_billing_tables_rebuilds_the_tracked_state(conn):
+    orgs = fill(conn)
+    tracked = state(conn)
+    for org in orgs:
+        assert_matches_oracle(conn, org.id)
+
+    conn.execute(TRUNCATE)
+    backfill(conn)
+
+    assert state(conn) == tracked
+
+
+def test_a_second_backfill_writes_no_row_version(conn):
+    conn.execute(DISABLE)
+    orgs = fill(conn)
+    conn.execute(ENABLE)
+    backfill(conn)
+    before = state(conn)
+    versions = {t: row_versions(conn, t) for t in STATE_COLUMNS}
+
+    backfill(conn)
+
+    assert state(conn) == before
+    assert {t: row_versions(conn, t) for t in STATE_COLUMNS} == versions
+    for org in orgs:
+        assert_matches_oracle(conn, org.id)
+
+
+def test_backfill_over_trigger_maintained_state_writes_no_row_version(conn):
+    orgs = fill(conn)
+    versions = {t: row_versions(conn, t) for t in STATE_COLUMNS}
+    backfill(conn)
+    assert {t: row_versions(conn, t) for t in STATE_COLUMNS} == versions
+    assert_matches_oracle(conn, orgs[0].id)
+
+
+CORRUPTIONS = {
+    "series_last_seen lowered": (
+        "UPDATE active_series.series_last_seen SET last_seen = last_seen - interval '1 day'"
+        " WHERE ctid = (SELECT ctid FROM active_series.series_last_seen"
+        " WHERE organization_id = %(org)s ORDER BY last_seen DESC LIMIT 1)"
+    ),
+    "series_last_seen raised": (
+        "UPDATE active_series.series_last_seen SET last_seen = last_seen + interval '1 hour'"
+        " WHERE ctid = (SELECT ctid FROM active_series.series_last_seen"
+        " WHERE organization_id = %(org)s ORDER BY last_seen LIMIT 1)"
+    ),
+    "_period_usage count off by one": (
+        "UPDATE active_series._period_usage SET series_count = series_count + 1"
+        " WHERE ctid = (SELECT ctid FROM active_series._period_usage"
+        " WHERE organization_id = %(org)s ORDER BY period_start LIMIT 1)"
+    ),
+    "_series_period row missing": (
+        "DELETE FROM active_series._series_period"
+        " WHERE ctid = (SELECT ctid FROM active_series._series_period"
+        " WHERE organization_id = %(org)s ORDER BY period_start, last_seen NULLS LAST LIMIT 1)"
+    ),
+    "series_last_seen row missing": (
+        "DELETE FROM active_series.series_last_seen"
+        " WHERE ctid = (SELECT ctid FROM active_series.series_last_seen"
+        " WHERE organization_id = %(org)s ORDER BY last_seen LIMIT 1)"
+    ),
+}
+
+
+def corrupt(conn: psycopg.Connection, statement: str, org_id: int) -> None:
+    """Write one billing table behind the triggers' back (replica role skips any guard)."""
+    conn.execute("SET session_replication_role = replica")
+    try:
+        cur = conn.execute(statement, {"org": org_id})
+        assert cur.rowcount == 1
+    finally:
+        conn.execute("RESET session_replication_role")
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_verify_reports_a_corrupted_row_of_the_corrupted_organization_only(conn, corruption):
+    orgs = fill(conn)
+    assert verify(conn) == []
+
+    corrupt(conn, CORRUPTIONS[corruption], orgs[0].id)
+
+    problems = verify(conn)
+    assert problems, "verify() found nothing"
+    assert {p[0] for p in problems} == {orgs[0].id}
+    assert all(p[1] for p in problems), "every problem is named"
+    assert sorted(map(repr, verify(conn, orgs[0].id))) == sorted(map(repr, problems))
+    assert verify(conn, orgs[1].id) == []
+
+
+@pytest.mark.parametrize(
+    # A last_seen raised by hand is not repaired: last_seen only ever rises.
+    "corruption",
+    [c for c in CORRUPTIONS if c != "series_last_seen raised"],
+)
+def test_backfill_repairs_a_corrupted_row(conn, corruption):
+    orgs = fill(conn)
+    tracked = state(conn)
+    corrupt(conn, CORRUPTIONS[corruption], orgs[0].id)
+    assert state(conn) != tracked
+
+    backfill(conn)
+
+    assert state(conn) == tracked
+    assert verify(conn) == []
+
+
+def test_backfill_after_a_report_delete_keeps_the_deleted_reports_activity(conn):
+    org = make_org(conn, testbeds=1, benchmarks=2, measures=2)
+    allow_explicit_created(conn)
+    only_in_deleted = [(org.benchmarks[0], org.measures[0])]
+    shared = [(org.benchmarks[1], org.measures[1])]
+    deleted = ingest(conn, org, org.testbeds[0], only_in_deleted + shared, utc(2024, 1, 10))
+    ingest(conn, org, org.testbeds[0], shared, utc(2024, 1, 20))
+    ingest(conn, org, org.testbeds[0], shared, utc(2024, 2, 3))
+    before = state(conn, org.id)
+    series_jan = conn.execute(
+        "SELECT * FROM active_series.period_series(%s, %s) ORDER BY 1, 2, 3, 4",
+        (org.id, utc(2024, 1)),
+    ).fetchall()
+    assert len(series_jan) == 2
+
+    conn.execute("DELETE FROM active_series.report WHERE id = %s", (deleted,))
+    assert state(conn, org.id) == before
+    backfill(conn)
+
+    assert state(conn, org.id) == before
+    assert conn.execute(
+        "SELECT active_series.period_usage(%s, %s)", (org.id, utc(2024, 1))
+    ).fetchone() == (2,)
+    assert (
+        conn.execute(
+            "SELECT * FROM active_series.period_series(%s, %s) ORDER BY 1, 2, 3, 4",
+            (org.id, utc(2024, 1)),
+        ).fetchall()
+        == series_jan
+    )
+    assert verify(conn, org.id) == []
