@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 
 import psycopg
 import pytest
@@ -22,7 +23,6 @@ from oracle import (
     verify,
 )
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 
 DISABLE = "ALTER TABLE active_series.metric DISABLE TRIGGER metric_track_ingest"
 ENABLE = "ALTER TABLE active_series.metric ENABLE TRIGGER metric_track_ingest"
@@ -112,22 +112,21 @@ def backfill(conn: psycopg.Connection) -> list[str]:
 
 
 @pytest.fixture
-def twin(dsn, pg_cluster):
-    """The conninfo of a second database cloned from the fresh one before anything is written."""
-    name = conninfo_to_dict(dsn)["dbname"]
-    twin_name = f"{name}_twin"
+def twin(pg_cluster, template_db):
+    """The conninfo of a second fresh database cloned from the same template as ``dsn``."""
+    name = f"active_series_twin_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_cluster.dsn("postgres"), autocommit=True) as admin:
         admin.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(twin_name), sql.Identifier(name)
+                sql.Identifier(name), sql.Identifier(template_db)
             )
         )
     try:
-        yield pg_cluster.dsn(twin_name)
+        yield pg_cluster.dsn(name)
     finally:
         with psycopg.connect(pg_cluster.dsn("postgres"), autocommit=True) as admin:
             admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(twin_name))
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
 
 

@@ -186,16 +186,25 @@ def plain_role(conn):
 
 
 def test_the_setting_does_not_let_an_unprivileged_role_backdate_created(conn, org, plain_role):
+    insert = (
+        "INSERT INTO active_series.report (project_id, testbed_id, start_time, end_time{})"
+        " VALUES (%s, %s, now(), now(){})"
+    )
+    role = sql.SQL("SET ROLE {}").format(sql.Identifier(plain_role))
+    # The control: the role may ingest a report when it leaves created to the server.
+    conn.execute(role)
+    conn.execute(insert.format("", ""), (org.project_id, org.testbeds[0]))
+    conn.execute("RESET ROLE")
     before = everything(conn)
-    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(plain_role)))
+
+    conn.execute(role)
     conn.execute("SET active_series.allow_explicit_created = on")
-    with pytest.raises(psycopg.Error):
+    with pytest.raises(psycopg.Error) as err:
         conn.execute(
-            "INSERT INTO active_series.report (project_id, testbed_id, start_time, end_time,"
-            " created) VALUES (%s, %s, now(), now(), %s)",
-            (org.project_id, org.testbeds[0], utc(2023, 6, 15)),
+            insert.format(", created", ", %s"), (org.project_id, org.testbeds[0], utc(2023, 6, 15))
         )
     conn.execute("RESET ROLE")
+    assert "created" in str(err.value)
     assert everything(conn) == before
 
 
@@ -376,8 +385,8 @@ def test_a_function_called_with_an_unknown_organization_raises_no_data_found(con
     ],
 )
 def test_set_billing_period_with_an_empty_or_missing_period_is_an_error(conn, org, start, end):
-    before = everything(conn)
     period = conn.execute("SELECT * FROM active_series.current_period(%s)", (org.id,)).fetchall()
+    before = everything(conn)
     with pytest.raises(psycopg.Error) as err:
         conn.execute(
             "SELECT active_series.set_billing_period(%s, %s::timestamptz, %s::timestamptz)",

@@ -146,7 +146,7 @@ def test_every_statement_shape_produces_the_same_tracked_state(conn):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.__name__)
-def test_a_series_repeated_within_one_statement_is_counted_once(conn, shape):
+def test_a_series_repeated_in_one_report_is_counted_once(conn, shape):
     org = make_org(conn, testbeds=1, benchmarks=1, measures=2)
     report = make_report(conn, org.project_id, org.testbeds[0])
     rbs = [make_report_benchmark(conn, report, org.benchmarks[0], i) for i in range(3)]
