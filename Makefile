@@ -1,0 +1,211 @@
+# active_series: build, lint, test and install.
+#
+#   make deps      apt packages (only the missing ones) and .venv (re-made when pyproject changes)
+#   make build     python/active_series/sql/active_series--<version>.sql from sql/manifest.txt
+#   make lint      ruff, mypy, sqlfluff, and plpgsql_check in a throwaway cluster
+#   make test      deps + build + lint + pgTAP (pg_prove) + pytest, each against a throwaway cluster
+#   make install   the extension files for CREATE EXTENSION (PGXS; needs write access to the
+#                  server's share directory, i.e. root)
+#   make clean     build outputs
+#
+# Works as root (the throwaway clusters then run as the postgres system user) and as a normal user.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+# Not PYTHON/VERSION/PROVE: PGXS's Makefile.global defines those.
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+AS_CLUSTER := $(VPY) -m active_series.cluster
+PSQL := psql -X -q -v ON_ERROR_STOP=1
+PY_DIRS := python tests tools $(wildcard bench)
+SQL_DIRS := $(wildcard sql triggers)
+PYTEST_ARGS ?=
+
+EXTVERSION := $(shell sed -n "s/^default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" active_series.control)
+BUILT_SQL := python/active_series/sql/active_series--$(EXTVERSION).sql
+HASH := \#
+SQL_SOURCES := $(shell test -f sql/manifest.txt && sed -e 's/$(HASH).*//' sql/manifest.txt)
+
+APT_PACKAGES := postgresql-15 postgresql-client-15 postgresql-plpython3-15 postgresql-15-pgtap \
+	postgresql-15-plpgsql-check postgresql-server-dev-15 libtap-parser-sourcehandler-pgtap-perl
+
+# ---------------------------------------------------------------- PGXS (make install)
+EXTENSION = active_series
+DATA_built = $(BUILT_SQL)
+DATA = $(wildcard sql/active_series--*--*.sql python/active_series/sql/active_series--*--*.sql)
+EXTRA_CLEAN = build dist python/*.egg-info .tmp .pytest_cache .mypy_cache .ruff_cache
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifneq ($(wildcard $(PGXS)),)
+include $(PGXS)
+else
+install:
+	@echo "PGXS not found ($(PG_CONFIG) --pgxs): run 'make deps' (postgresql-server-dev-15) or set PG_CONFIG" >&2
+	@exit 1
+clean:
+	rm -f $(DATA_built)
+	rm -rf $(EXTRA_CLEAN)
+endif
+
+# Our targets come after the include so PGXS's default goal (all) does not become ours.
+.PHONY: deps deps-apt build lint lint-static lint-plpgsql test test-db bench soak
+
+$(BUILT_SQL): active_series.control tools/build_sql.py sql/manifest.txt $(SQL_SOURCES)
+	$(PY) tools/build_sql.py
+	@touch $@
+
+build:
+	$(PY) tools/build_sql.py
+
+# ---------------------------------------------------------------- dependencies
+deps: deps-apt $(VENV_STAMP)
+
+deps-apt:
+	@missing=""; \
+	if ! command -v dpkg-query >/dev/null; then \
+		echo "not a Debian system: make sure these (or their equivalents) are installed: $(APT_PACKAGES)"; \
+		exit 0; \
+	fi; \
+	for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' \
+			|| missing="$$missing $$p"; \
+	done; \
+	$(PY) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null; then sudo="sudo"; \
+	else echo "missing packages; as root run: apt-get update && apt-get install -y$$missing" >&2; exit 1; fi; \
+	echo "installing:$$missing"; \
+	$$sudo apt-get update -q && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing
+
+# The editable install runs the SQL build, so it needs sql/manifest.txt.
+$(VENV_STAMP): pyproject.toml setup.py active_series.control
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# ---------------------------------------------------------------- lint
+lint: lint-static lint-plpgsql
+
+lint-static: deps build
+	$(VENV)/bin/ruff check $(PY_DIRS)
+	$(VENV)/bin/ruff format --check $(PY_DIRS)
+	$(VENV)/bin/mypy
+	$(if $(SQL_DIRS),$(VENV)/bin/sqlfluff lint --processes 2 --disable-progress-bar $(SQL_DIRS))
+
+# plpgsql_check over every PL/pgSQL function in schema active_series. Trigger functions are
+# checked against each table (and transition tables) a trigger attaches them to. Errors fail
+# the check; warnings are printed.
+define PLPGSQL_CHECK_SQL
+CREATE EXTENSION IF NOT EXISTS plpgsql_check;
+SET client_min_messages = notice;
+DO $$check$$
+DECLARE
+    v_target record;
+    v_issue record;
+    v_errors int := 0;
+    v_warnings int := 0;
+    v_checked int := 0;
+BEGIN
+    FOR v_target IN
+        WITH fns AS (
+            SELECT p.oid, p.prorettype = 'pg_catalog.trigger'::regtype AS is_trigger
+            FROM pg_catalog.pg_proc AS p
+            JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+            JOIN pg_catalog.pg_language AS l ON l.oid = p.prolang
+            WHERE n.nspname = 'active_series' AND l.lanname = 'plpgsql'
+        )
+        SELECT f.oid::regprocedure AS fn, t.tgrelid::regclass AS rel,
+               t.tgoldtable AS oldtable, t.tgnewtable AS newtable,
+               f.is_trigger AND t.tgrelid IS NULL AS unattached
+        FROM fns AS f
+        LEFT JOIN pg_catalog.pg_trigger AS t ON f.is_trigger AND t.tgfoid = f.oid
+        ORDER BY f.oid::regprocedure::text, t.tgrelid::regclass::text
+    LOOP
+        IF v_target.unattached THEN
+            RAISE WARNING 'plpgsql_check: % not checked: no trigger uses it', v_target.fn;
+            v_warnings := v_warnings + 1;
+            CONTINUE;
+        END IF;
+        v_checked := v_checked + 1;
+        BEGIN
+            FOR v_issue IN
+                SELECT * FROM public.plpgsql_check_function_tb(
+                    v_target.fn, coalesce(v_target.rel, 0),
+                    fatal_errors => false, oldtable => v_target.oldtable,
+                    newtable => v_target.newtable)
+            LOOP
+                IF v_issue.level = 'error' THEN
+                    v_errors := v_errors + 1;
+                ELSE
+                    v_warnings := v_warnings + 1;
+                END IF;
+                RAISE WARNING '%', concat(
+                    'plpgsql_check: ', v_target.fn,
+                    ' (trigger on ' || v_target.rel::text || ')',
+                    ': ', v_issue.level, ' at line ', v_issue.lineno, ': ', v_issue.message,
+                    E'\n  detail: ' || v_issue.detail,
+                    E'\n  hint: ' || v_issue.hint,
+                    E'\n  query: ' || v_issue.query);
+            END LOOP;
+        EXCEPTION WHEN OTHERS THEN
+            v_errors := v_errors + 1;
+            RAISE WARNING 'plpgsql_check: % could not be checked: %', v_target.fn, SQLERRM;
+        END;
+    END LOOP;
+    RAISE NOTICE 'plpgsql_check: % function(s) checked, % error(s), % warning(s)',
+        v_checked, v_errors, v_warnings;
+    IF v_errors > 0 THEN
+        RAISE EXCEPTION 'plpgsql_check found % error(s)', v_errors;
+    END IF;
+END
+$$check$$;
+endef
+export PLPGSQL_CHECK_SQL
+
+# Shell snippets for one recipe: start a throwaway cluster, stopped (and deleted) when the
+# recipe's shell exits, also on failure. newdb NAME creates a database and installs the
+# active_series schema into it (the same way `active-series install` does).
+CLUSTER_UP = set -euo pipefail; \
+	base=$$(mktemp -d "$${TMPDIR:-/tmp}/active-series-test.XXXXXX"); \
+	chmod 711 "$$base"; \
+	trap '$(AS_CLUSTER) stop "$$base/data" >/dev/null 2>&1 || true; rm -rf "$$base"' EXIT; \
+	$(AS_CLUSTER) start "$$base/data" >/dev/null; \
+	eval "$$($(AS_CLUSTER) env "$$base/data")"; \
+	newdb() { $(PSQL) -d postgres -c "CREATE DATABASE $$1" && \
+		$(VPY) -c 'import sys; from active_series.install import install; install(sys.argv[1])' \
+			"dbname=$$1"; }
+
+PLPGSQL_CHECK_RUN = echo "plpgsql_check: PL/pgSQL functions of schema active_series"; \
+	newdb lint_plpgsql_check; \
+	printf '%s\n' "$$PLPGSQL_CHECK_SQL" | $(PSQL) -d lint_plpgsql_check
+
+PGTAP_RUN = echo "pgTAP: tests/sql"; \
+	newdb pgtap; \
+	$(PSQL) -d pgtap -c 'CREATE EXTENSION pgtap'; \
+	pg_prove --failures --dbname pgtap tests/sql/*.sql
+
+# pytest starts its own cluster (tests/conftest.py); benchmarks and soak tests are not run here.
+PYTEST_RUN = $(VENV)/bin/pytest tests -m 'not benchmark and not soak' --timeout=600 $(PYTEST_ARGS)
+
+lint-plpgsql: deps build
+	@$(CLUSTER_UP); $(PLPGSQL_CHECK_RUN)
+
+# ---------------------------------------------------------------- test
+# deps first, then a fresh make: the PGXS part is read only once postgresql-server-dev exists.
+test: deps
+	@$(MAKE) --no-print-directory test-db
+
+test-db: build lint-static
+	@$(CLUSTER_UP); $(PLPGSQL_CHECK_RUN); $(PGTAP_RUN)
+	$(PYTEST_RUN)
+
+bench:
+	@echo "make bench: not yet (benchmarks come with their own issue)"
+
+soak:
+	@echo "make soak: not yet (soak tests come with their own issue)"
