@@ -1,0 +1,16 @@
+CREATE FUNCTION active_series.current_period(p_organization_id bigint)
+RETURNS TABLE (period_start timestamptz, period_end timestamptz)
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The organization's billing period containing now(). Writes nothing, takes no locks.
+BEGIN
+    PERFORM active_series._require_organization(p_organization_id);
+    RETURN QUERY
+    SELECT a.period_start, a.period_end
+    FROM active_series._period_at(p_organization_id, now()) AS a;
+END;
+$$;
+COMMENT ON FUNCTION active_series.current_period(bigint) IS
+'The billing period [period_start, period_end) of an organization that contains now().';

@@ -1,0 +1,46 @@
+CREATE FUNCTION active_series.period_series(
+    p_organization_id bigint,
+    p_period_start timestamptz DEFAULT NULL
+)
+RETURNS TABLE (
+    project_id bigint,
+    testbed_id bigint,
+    benchmark_id bigint,
+    measure_id bigint,
+    first_seen timestamptz,
+    last_seen timestamptz
+)
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The series a period's bill is made of, with their first and last activity in the
+-- period (NULL period: the current one); soft-deleted projects excluded. Takes no locks.
+DECLARE
+    v_start timestamptz := p_period_start;
+BEGIN
+    PERFORM active_series._require_organization(p_organization_id);
+    IF v_start IS NULL THEN
+        SELECT a.period_start INTO v_start
+        FROM active_series._period_at(p_organization_id, now()) AS a;
+    END IF;
+    RETURN QUERY
+    SELECT
+        h.project_id, h.testbed_id, h.benchmark_id, h.measure_id, h.first_seen,
+        coalesce(h.last_seen, s.last_seen)
+    FROM active_series._series_period AS h
+    INNER JOIN active_series.project AS p ON p.id = h.project_id
+    LEFT JOIN active_series.series_last_seen AS s
+        ON h.last_seen IS NULL
+        AND s.organization_id = h.organization_id
+        AND s.testbed_id = h.testbed_id
+        AND s.benchmark_id = h.benchmark_id
+        AND s.measure_id = h.measure_id
+    WHERE h.organization_id = p_organization_id
+        AND h.period_start = v_start
+        AND p.deleted_at IS NULL
+    ORDER BY h.project_id, h.testbed_id, h.benchmark_id, h.measure_id;
+END;
+$$;
+COMMENT ON FUNCTION active_series.period_series(bigint, timestamptz) IS
+'The series counted in a billing period (NULL: current) with their first and last activity in it: what the bill is made of.';

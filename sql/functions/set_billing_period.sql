@@ -1,0 +1,63 @@
+CREATE FUNCTION active_series.set_billing_period(
+    p_organization_id bigint,
+    p_period_start timestamptz,
+    p_period_end timestamptz
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Makes [p_period_start, p_period_end) a billing period of the organization and the
+-- anchor of the ones after it: they roll forward by the same interval (whole months when
+-- the end is the start plus whole months in UTC, else the exact duration). Recorded
+-- periods cut by either bound are split exactly; those inside are merged into it.
+-- Locks: the organization's period lock, exclusively (waits for ingest in flight).
+DECLARE
+    v_start_utc timestamp := p_period_start AT TIME ZONE 'UTC';
+    v_end_utc timestamp := p_period_end AT TIME ZONE 'UTC';
+    v_months integer;
+    v_interval interval;
+BEGIN
+    PERFORM active_series._require_organization(p_organization_id);
+    IF p_period_start IS NULL OR p_period_end IS NULL THEN
+        RAISE EXCEPTION 'active_series: a billing period needs a start and an end'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT (isfinite(p_period_start) AND isfinite(p_period_end)) THEN
+        RAISE EXCEPTION 'active_series: billing period bounds must be finite'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_period_end <= p_period_start THEN
+        RAISE EXCEPTION 'active_series: billing period end % is not after its start %',
+            p_period_end, p_period_start
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    PERFORM pg_advisory_xact_lock(1634956099, hashint8(p_organization_id));
+
+    v_months := ((extract(YEAR FROM v_end_utc) - extract(YEAR FROM v_start_utc)) * 12
+        + extract(MONTH FROM v_end_utc) - extract(MONTH FROM v_start_utc))::integer;
+    IF v_months >= 1 AND v_start_utc + make_interval(months => v_months) = v_end_utc THEN
+        v_interval := make_interval(months => v_months);
+    ELSE
+        v_interval := make_interval(secs => extract(EPOCH FROM p_period_end - p_period_start));
+    END IF;
+
+    PERFORM active_series._split_period(p_organization_id, p_period_start);
+    PERFORM active_series._split_period(p_organization_id, p_period_end);
+    PERFORM active_series._merge_periods(p_organization_id, p_period_start, p_period_end);
+
+    INSERT INTO active_series.billing_account AS b (
+        organization_id, period_anchor, period_interval
+    )
+    VALUES (p_organization_id, p_period_start, v_interval)
+    ON CONFLICT (organization_id) DO UPDATE
+    SET period_anchor = excluded.period_anchor,
+        period_interval = excluded.period_interval,
+        updated_at = now();
+    PERFORM active_series._changed(p_organization_id, p_period_start, 'billing_period');
+END;
+$$;
+COMMENT ON FUNCTION active_series.set_billing_period(bigint, timestamptz, timestamptz) IS
+'Set an organization''s billing period [start, end); later periods roll forward by the same interval. History is re-bucketed exactly.';

@@ -1,0 +1,12 @@
+CREATE TABLE active_series.billing_account (
+    organization_id bigint PRIMARY KEY
+    REFERENCES active_series.organization (id) ON DELETE CASCADE,
+    stripe_customer_id text UNIQUE,
+    plan text NOT NULL DEFAULT 'free',
+    period_anchor timestamptz,
+    period_interval interval CHECK (period_interval > interval '0'),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CHECK ((period_anchor IS NULL) = (period_interval IS NULL))
+);
+COMMENT ON TABLE active_series.billing_account IS
+'Billing settings of an organization: Stripe customer, plan, and the period anchor and interval (none: calendar months in UTC). Write it through set_stripe_customer and set_billing_period.';

@@ -1,0 +1,13 @@
+CREATE TABLE active_series._period_usage (
+    organization_id bigint NOT NULL,
+    period_start timestamptz NOT NULL,
+    project_id bigint NOT NULL
+    REFERENCES active_series.project (id) ON DELETE CASCADE,
+    series_count bigint NOT NULL CHECK (series_count >= 0),
+    PRIMARY KEY (organization_id, period_start, project_id),
+    FOREIGN KEY (organization_id, period_start)
+    REFERENCES active_series._period (organization_id, period_start) ON DELETE CASCADE
+);
+CREATE INDEX period_usage_project_id_idx ON active_series._period_usage (project_id);
+COMMENT ON TABLE active_series._period_usage IS
+'Number of _series_period rows per (organization, period, project): period_usage reads O(projects) rows, never the series.';

@@ -1,0 +1,33 @@
+CREATE FUNCTION active_series._series_period_deleted()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Statement-level AFTER DELETE on _series_period (a testbed, benchmark, measure or project
+-- hard-deleted cascades its history away): lower the counts and tell the relay.
+BEGIN
+    UPDATE active_series._period_usage AS u
+    SET series_count = u.series_count - d.n
+    FROM (
+        SELECT o.organization_id, o.period_start, o.project_id, count(*) AS n
+        FROM old_series_period AS o
+        GROUP BY o.organization_id, o.period_start, o.project_id
+    ) AS d
+    WHERE u.organization_id = d.organization_id
+        AND u.period_start = d.period_start
+        AND u.project_id = d.project_id;
+    PERFORM active_series._changed(c.organization_id, c.period_start, 'delete')
+    FROM (
+        SELECT DISTINCT o.organization_id, o.period_start FROM old_series_period AS o
+    ) AS c;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._series_period_deleted() IS
+'Trigger: keep per-period counts right when history rows are deleted by a cascade.';
+
+CREATE TRIGGER series_period_deleted
+AFTER DELETE ON active_series._series_period
+REFERENCING OLD TABLE AS old_series_period
+FOR EACH STATEMENT
+EXECUTE FUNCTION active_series._series_period_deleted();
