@@ -445,7 +445,6 @@ class EmulatorState:
 
     def set_rate_limit(self, rate: float | None, burst: float | None) -> Json:
         with self.lock:
-            self._rate_config = (rate, burst)
             self.bucket = TokenBucket(rate, burst) if rate else None
             return {"rate": rate, "burst": self.bucket.burst if self.bucket else None}
 
@@ -516,7 +515,7 @@ class EmulatorState:
 
     def create_customer(self, p: Json) -> Json:
         with self.lock:
-            cus = {
+            cus: Json = {
                 "id": _new_id("cus"),
                 "object": "customer",
                 "created": self.now_int(),
@@ -572,7 +571,7 @@ class EmulatorState:
         with self.lock:
             self._check_event_name_free(event_name)
             now = self.now_int()
-            meter = {
+            meter: Json = {
                 "id": _new_id("mtr"),
                 "object": "billing.meter",
                 "created": now,
@@ -742,6 +741,7 @@ class EmulatorState:
                 "timestamp": timestamp,
                 "payload": {str(k): str(v) for k, v in payload.items()},
                 "idempotency_key": idempotency_key,
+                "canceled": False,
             }
             self.events.append(record)
             return {
@@ -752,6 +752,44 @@ class EmulatorState:
                 "livemode": False,
                 "payload": record["payload"],
                 "timestamp": timestamp,
+            }
+
+    def adjust_meter_event(self, p: Json) -> Json:
+        """Cancel one event by identifier (``type=cancel``), within 24 hours of its receipt."""
+        event_name = _as_str(p, "event_name", required=True)
+        kind = _as_str(p, "type") or "cancel"
+        if kind != "cancel":
+            raise _invalid("type", "type must be cancel.")
+        cancel = _as_dict(p, "cancel")
+        identifier = _as_str(cancel, "identifier", required=True, label="cancel[identifier]")
+        with self.lock:
+            now = self.now()
+            found = [
+                e
+                for e in self.events
+                if e["identifier"] == identifier and e["event_name"] == event_name
+            ]
+            if not found:
+                raise ApiError(
+                    400,
+                    f"No meter event with identifier {identifier} for event_name '{event_name}'.",
+                    code="resource_missing",
+                    param="cancel[identifier]",
+                )
+            event = found[0]
+            if now - event["received_at"] > 24 * 3600:
+                raise _invalid(
+                    "cancel[identifier]",
+                    "Meter events can only be canceled within 24 hours of their receipt.",
+                )
+            event["canceled"] = True
+            return {
+                "object": "billing.meter_event_adjustment",
+                "cancel": {"identifier": identifier},
+                "event_name": event_name,
+                "livemode": False,
+                "status": "complete",
+                "type": "cancel",
             }
 
     def aggregate(self, meter_id: str, customer: str, start: float, end: float) -> int:
@@ -769,6 +807,7 @@ class EmulatorState:
                 if e["meter"] == meter_id
                 and e["customer"] == customer
                 and start <= e["timestamp"] < end
+                and not e["canceled"]
             ]
         if formula == "count":
             return len(chosen)
@@ -806,7 +845,7 @@ class EmulatorState:
             has_events = {
                 e["timestamp"]
                 for e in self.events
-                if e["meter"] == mid and e["customer"] == customer
+                if e["meter"] == mid and e["customer"] == customer and not e["canceled"]
             }
         summaries = []
         for b_start, b_end in buckets:
@@ -845,7 +884,7 @@ class EmulatorState:
 
     def _new_product(self, name: str | None, metadata: dict[str, str]) -> Json:
         now = self.now_int()
-        product = {
+        product: Json = {
             "id": _new_id("prod"),
             "object": "product",
             "active": True,
@@ -916,7 +955,7 @@ class EmulatorState:
                     raise _missing("product")
                 name = _as_str(data, "name", required=True, label="product_data[name]")
                 product_id = self._new_product(name, _metadata(data))["id"]
-            price = {
+            price: Json = {
                 "id": _new_id("price"),
                 "object": "price",
                 "active": True,
@@ -1154,8 +1193,8 @@ class EmulatorState:
     def set_subscription_period(self, sid: str, body: Json) -> Json:
         with self.lock:
             sub = self.get_subscription(sid)
-            start = int(body.get("start", sub.obj["current_period_start"]))
-            end = int(body.get("end", sub.obj["current_period_end"]))
+            start = int(body.get("start") or sub.obj["current_period_start"])
+            end = int(body.get("end") or sub.obj["current_period_end"])
             if end <= start:
                 raise ApiError(400, "end must be after start")
             if body.get("period_seconds") is not None:
@@ -1372,7 +1411,8 @@ class StripeEmulatorServer(ThreadingHTTPServer):
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        host_text = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://{host_text}:{port}"
 
 
 class _ClientGone(Exception):
@@ -1597,6 +1637,8 @@ class _Handler(BaseHTTPRequestHandler):
         m = re.fullmatch
         if method == "POST" and path == "/v1/billing/meter_events":
             return Answer(200, st.create_meter_event(p, key))
+        if method == "POST" and path == "/v1/billing/meter_event_adjustments":
+            return Answer(200, st.adjust_meter_event(p))
         if path == "/v1/billing/meters":
             if method == "POST":
                 return Answer(200, st.create_meter(p))

@@ -335,6 +335,29 @@ def test_record_of_meter_events_keeps_arrival_order_and_fields(
     assert [e["identifier"] for e in ctl.meter_events(customer=b.id)] == ["b-1"]
 
 
+def test_meter_event_adjustment_cancels_an_event_out_of_the_aggregate(
+    client: Any, ctl: EmulatorControl
+) -> None:
+    meter = new_meter(client, formula="sum")
+    cus = new_customer(client)
+    start, end = _window(ctl)
+    send(client, cus.id, 5, identifier="keep", timestamp=start + 60)
+    send(client, cus.id, 7, identifier="oops", timestamp=start + 120)
+    adjustment = client.v1.billing.meter_event_adjustments.create(
+        params={"event_name": "api_calls", "type": "cancel", "cancel": {"identifier": "oops"}}
+    )
+    assert adjustment.object == "billing.meter_event_adjustment"
+    assert _summaries(client, meter, cus, start, end).data[0].aggregated_value == 5
+    assert [e["canceled"] for e in ctl.meter_events()] == [False, True]
+    err = expect_error(
+        stripe.InvalidRequestError,
+        lambda: client.v1.billing.meter_event_adjustments.create(
+            params={"event_name": "api_calls", "type": "cancel", "cancel": {"identifier": "no"}}
+        ),
+    )
+    assert err.param == "cancel[identifier]"
+
+
 # ---------------------------------------------------------------------------------------------
 # idempotency
 # ---------------------------------------------------------------------------------------------
@@ -888,12 +911,17 @@ def test_configured_api_key_rejects_other_keys_with_authentication_error() -> No
         server.server_close()
 
 
-def test_reset_forgets_objects_events_and_faults(client: Any, ctl: EmulatorControl) -> None:
+def test_reset_forgets_objects_events_and_faults_and_restores_the_rate_limit(
+    client: Any, ctl: EmulatorControl
+) -> None:
     meter = new_meter(client)
     cus = new_customer(client)
     send(client, cus.id, 1, identifier="x")
     ctl.fail_next(5)
+    ctl.set_rate_limit(1, burst=1)
     ctl.reset()
+    for _ in range(5):  # the module's emulator was started without a rate limit
+        client.v1.customers.list()
     assert ctl.meter_events() == []
     assert ctl.faults() == {"rules": [], "random": None, "counts": {}}
     err = expect_error(
