@@ -347,7 +347,7 @@ class EmulatorState:
             self.random_faults: RandomFaults | None = None
             self.fault_counts: dict[str, int] = {}
             self.next_rule_id = 1
-            self.in_flight: dict[str, int] = {}
+            self.in_flight: dict[str, dict[object, Callable[[], bool]]] = {}
             self.max_in_flight: dict[str, int] = {}
             self.concurrency_violations = 0
             self.request_counts: dict[str, int] = {}
@@ -448,27 +448,36 @@ class EmulatorState:
             self.bucket = TokenBucket(rate, burst) if rate else None
             return {"rate": rate, "burst": self.bucket.burst if self.bucket else None}
 
-    def begin_call(self, customer: str) -> bool:
-        """Register an in-flight meter-event call; False if one was already in flight."""
+    def begin_call(self, customer: str, token: object, client_alive: Callable[[], bool]) -> bool:
+        """Register an in-flight meter-event call; False if another one was already in flight.
+
+        A call whose client has hung up (timed out, closed its connection) no longer counts: the
+        client may already be sending its retry.
+        """
         with self.lock:
-            current = self.in_flight.get(customer, 0) + 1
-            self.in_flight[customer] = current
+            calls = self.in_flight.setdefault(customer, {})
+            for other, alive in list(calls.items()):
+                if not alive():
+                    del calls[other]
+            calls[token] = client_alive
+            current = len(calls)
             if current > self.max_in_flight.get(customer, 0):
                 self.max_in_flight[customer] = current
             if current > 1:
                 self.concurrency_violations += 1
             return current == 1
 
-    def end_call(self, customer: str) -> None:
+    def end_call(self, customer: str, token: object) -> None:
         with self.lock:
-            self.in_flight[customer] = self.in_flight.get(customer, 1) - 1
-            if self.in_flight[customer] <= 0:
-                del self.in_flight[customer]
+            calls = self.in_flight.get(customer, {})
+            calls.pop(token, None)
+            if not calls:
+                self.in_flight.pop(customer, None)
 
     def concurrency_json(self) -> Json:
         with self.lock:
             return {
-                "in_flight": dict(self.in_flight),
+                "in_flight": {c: len(calls) for c, calls in self.in_flight.items() if calls},
                 "max_in_flight": dict(self.max_in_flight),
                 "max_overall": max(self.max_in_flight.values(), default=0),
                 "violations": self.concurrency_violations,
@@ -1480,14 +1489,20 @@ class _Handler(BaseHTTPRequestHandler):
             return True
 
     def _sleep(self, seconds: float) -> None:
+        """Wait, but stop as soon as the client hangs up (the socket turns readable at EOF)."""
         deadline = time.monotonic() + seconds
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            if self._client_gone():
+            try:
+                readable, _, _ = select.select([self.connection], [], [], left)
+            except (OSError, ValueError):
+                raise _ClientGone from None
+            if readable and self._client_gone():
                 raise _ClientGone
-            time.sleep(min(0.02, left))
+            if readable:  # unexpected extra bytes from the client: keep waiting, politely
+                time.sleep(min(0.01, left))
 
     def _handle(self, method: str) -> None:
         started = time.monotonic()
@@ -1517,7 +1532,7 @@ class _Handler(BaseHTTPRequestHandler):
         is_event = method == "POST" and path == "/v1/billing/meter_events"
         customer = state.customer_of_event(params) if is_event else None
         if customer is not None:
-            alone = state.begin_call(customer)
+            alone = state.begin_call(customer, self, lambda: not self._client_gone())
         try:
             if customer is not None and not alone and state.enforce_customer_concurrency:
                 answer = Answer(
@@ -1534,7 +1549,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._stripe_inner(method, path, params, raw, started)
         finally:
             if customer is not None:
-                state.end_call(customer)
+                state.end_call(customer, self)
 
     def _stripe_inner(
         self, method: str, path: str, params: Json, raw: bytes, started: float

@@ -872,6 +872,21 @@ def test_concurrency_tracker_sees_two_overlapping_calls_for_one_customer(
     assert ctl.max_concurrency() == 2
 
 
+@pytest.mark.parametrize("after", [False, True])
+def test_a_call_whose_client_timed_out_is_not_concurrent_with_the_retry(
+    emulator: tuple[StripeEmulatorServer, str], client: Any, ctl: EmulatorControl, after: bool
+) -> None:
+    new_meter(client)
+    cus = new_customer(client)
+    ctl.delay_next(1, 1.5, after=after, path_prefix=EVENTS)
+    retrying = make_client(emulator[1], retries=2, timeout=0.25)
+    started = time.monotonic()
+    assert send(retrying, cus.id, 4, identifier="slow").identifier == "slow"
+    assert time.monotonic() - started < 1.2  # the retry did not wait for the stalled call
+    assert [e["identifier"] for e in ctl.meter_events()] == ["slow"]
+    assert ctl.max_concurrency(cus.id) == 1
+
+
 def test_sequential_calls_never_count_as_concurrent(client: Any, ctl: EmulatorControl) -> None:
     new_meter(client)
     cus = new_customer(client)
