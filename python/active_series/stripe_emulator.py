@@ -1508,8 +1508,8 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.monotonic()
         url = urllib.parse.urlsplit(self.path)
         path = url.path
-        raw = self._read_body()
         try:
+            raw = self._read_body()
             if path.startswith("/_emulator"):
                 answer = self._control(method, path, url.query, raw)
                 self._send(answer)
