@@ -193,10 +193,12 @@ CORRUPTIONS = {
         " WHERE ctid = (SELECT ctid FROM active_series.series_last_seen"
         " WHERE organization_id = %(org)s ORDER BY last_seen DESC LIMIT 1)"
     ),
-    "series_last_seen raised": (
-        "UPDATE active_series.series_last_seen SET last_seen = last_seen + interval '1 hour'"
-        " WHERE ctid = (SELECT ctid FROM active_series.series_last_seen"
-        " WHERE organization_id = %(org)s ORDER BY last_seen LIMIT 1)"
+    # (A raised last_seen is not a detectable corruption: deleting a report never lowers
+    # last_seen, so last_seen above every remaining metric is a legitimate state.)
+    "_series_period first_seen after a metric": (
+        "UPDATE active_series._series_period SET first_seen = first_seen + interval '1 second'"
+        " WHERE ctid = (SELECT ctid FROM active_series._series_period"
+        " WHERE organization_id = %(org)s ORDER BY period_start, first_seen LIMIT 1)"
     ),
     "_period_usage count off by one": (
         "UPDATE active_series._period_usage SET series_count = series_count + 1"
@@ -241,11 +243,7 @@ def test_verify_reports_a_corrupted_row_of_the_corrupted_organization_only(conn,
     assert verify(conn, orgs[1].id) == []
 
 
-@pytest.mark.parametrize(
-    # A last_seen raised by hand is not repaired: last_seen only ever rises.
-    "corruption",
-    [c for c in CORRUPTIONS if c != "series_last_seen raised"],
-)
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 def test_backfill_repairs_a_corrupted_row(conn, corruption):
     orgs = fill(conn)
     tracked = state(conn)

@@ -398,8 +398,10 @@ def test_set_billing_period_with_an_empty_or_missing_period_is_an_error(conn, or
     assert after == period
 
 
-def test_set_billing_period_with_a_valid_period_is_accepted(conn, org):
-    # The control for the rejections above.
+def test_set_billing_period_with_a_valid_period_is_accepted(conn):
+    # The control for the rejections above: an organization without recorded periods rolls
+    # the new monthly period forward to now.
+    org = make_org(conn, "fresh")
     conn.execute(
         "SELECT active_series.set_billing_period(%s, %s, %s)",
         (org.id, utc(2024, 1, 15), utc(2024, 2, 15)),
