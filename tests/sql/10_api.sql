@@ -2,7 +2,7 @@
 -- the usage view, and one ingest counted end to end. Runs in a transaction that rolls back.
 BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
-SELECT plan(41);
+SELECT plan(43);
 
 -- ---------------------------------------------------------------- signatures
 SELECT has_function(
@@ -84,9 +84,16 @@ SELECT matches(
     'set_stripe_customer: plan defaults to pro'
 );
 
-SELECT has_function('active_series', 'backfill', ARRAY[]::text[], 'backfill()');
+SELECT has_function(
+    'active_series', 'backfill', ARRAY['integer'], 'backfill(batch_size), callable as backfill()'
+);
+SELECT matches(
+    pg_get_function_arguments('active_series.backfill(integer)'::regprocedure),
+    'DEFAULT ',
+    'backfill: the batch size has a default'
+);
 SELECT is(
-    (SELECT prokind FROM pg_proc WHERE oid = 'active_series.backfill()'::regprocedure),
+    (SELECT prokind FROM pg_proc WHERE oid = 'active_series.backfill(integer)'::regprocedure),
     'p'::"char",
     'backfill is a procedure (it commits between batches)'
 );
@@ -112,13 +119,14 @@ SELECT is_empty(
          AND obj_description(p.oid, 'pg_proc') IS NULL $$,
     'every function and procedure in the schema has a comment'
 );
+-- (A procedure that commits cannot carry a SET clause: procedures are exempt.)
 SELECT is_empty(
     $$ SELECT p.oid::regprocedure::text FROM pg_proc AS p
-       WHERE p.pronamespace = 'active_series'::regnamespace
+       WHERE p.pronamespace = 'active_series'::regnamespace AND p.prokind <> 'p'
          AND NOT EXISTS (
              SELECT 1 FROM unnest(p.proconfig) AS c(setting)
              WHERE c.setting LIKE 'search\_path=%') $$,
-    'every function and procedure in the schema pins search_path'
+    'every function in the schema pins search_path'
 );
 SELECT is_empty(
     $$ SELECT p.oid::regprocedure::text FROM pg_proc AS p
