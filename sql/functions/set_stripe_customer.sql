@@ -9,7 +9,8 @@ VOLATILE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Links the organization to a Stripe customer on a plan (the relay posts only
--- organizations with a billed plan and a customer). Locks the billing_account row.
+-- organizations with a billed plan and a customer) and creates its relay state row.
+-- Locks the billing_account row.
 BEGIN
     PERFORM active_series._require_organization(p_organization_id);
     IF p_stripe_customer_id IS NOT NULL AND p_stripe_customer_id !~ '^cus_[A-Za-z0-9]+$' THEN
@@ -28,6 +29,10 @@ BEGIN
     SET stripe_customer_id = excluded.stripe_customer_id,
         plan = excluded.plan,
         updated_at = now();
+    -- ON CONFLICT DO NOTHING does not wait for a worker that holds the row
+    INSERT INTO active_series._relay_state (organization_id)
+    VALUES (p_organization_id)
+    ON CONFLICT ON CONSTRAINT _relay_state_pkey DO NOTHING;
     PERFORM active_series._changed(p_organization_id, NULL, 'customer');
 END;
 $$;

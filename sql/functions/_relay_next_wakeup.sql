@@ -1,0 +1,24 @@
+CREATE FUNCTION active_series._relay_next_wakeup(p_grace interval)
+RETURNS timestamptz
+LANGUAGE sql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- When the relay next has work that no notification will announce: the earliest retry
+-- of an organization backing off, or the earliest end plus grace of an unclosed period.
+-- NULL: nothing scheduled. Takes no locks.
+SELECT least(
+    (
+        SELECT min(s.next_attempt_at)
+        FROM active_series._relay_state AS s
+        WHERE s.parked_at IS NULL AND s.next_attempt_at IS NOT NULL
+    ),
+    (
+        SELECT min(p.period_end) + p_grace
+        FROM active_series._period AS p
+        WHERE p.closed_at IS NULL
+    )
+);
+$$;
+COMMENT ON FUNCTION active_series._relay_next_wakeup(interval) IS
+'Internal (relay): the next time the relay has scheduled work (a retry or a period to close), NULL if none.';

@@ -1,0 +1,24 @@
+CREATE TABLE active_series._ledger (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    organization_id bigint NOT NULL
+    REFERENCES active_series.organization (id) ON DELETE CASCADE,
+    stripe_customer_id text NOT NULL,
+    period_start timestamptz NOT NULL,
+    period_end timestamptz NOT NULL,
+    value bigint NOT NULL CHECK (value >= 0),
+    event_timestamp bigint NOT NULL,
+    identifier text NOT NULL UNIQUE CHECK (length(identifier) <= 100),
+    status text NOT NULL DEFAULT 'pending'
+    CHECK (status IN ('pending', 'sent', 'failed')),
+    attempts integer NOT NULL DEFAULT 0,
+    last_error text,
+    created timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX ledger_customer_timestamp_idx
+ON active_series._ledger (stripe_customer_id, event_timestamp);
+CREATE INDEX ledger_organization_idx ON active_series._ledger (organization_id, period_start);
+CREATE INDEX ledger_open_idx ON active_series._ledger (organization_id)
+WHERE status <> 'sent';
+COMMENT ON TABLE active_series._ledger IS
+'Every meter event the relay posts: written pending and committed before the Stripe call, then marked sent (or failed on a permanent refusal), so a worker killed mid-call resends exactly the same identifier, value and timestamp.';

@@ -1,0 +1,35 @@
+CREATE VIEW active_series.relay_status AS
+SELECT
+    b.organization_id,
+    b.stripe_customer_id,
+    b.plan,
+    cp.period_start,
+    cp.period_end,
+    active_series.period_usage(b.organization_id, cp.period_start) AS period_usage,
+    h.value AS stripe_value,
+    h.status AS stripe_value_status,
+    coalesce(h.value, 0) = active_series.period_usage(b.organization_id, cp.period_start)
+    AND coalesce(h.status, 'sent') = 'sent' AS in_sync,
+    coalesce(x.depth, 0) AS outbox_depth,
+    now() - x.oldest AS oldest_unposted_change_age,
+    s.parked_at IS NOT NULL AS parked,
+    s.parked_reason,
+    s.next_attempt_at,
+    s.attempts,
+    s.last_event_timestamp
+FROM active_series.billing_account AS b
+CROSS JOIN LATERAL active_series._period_at(b.organization_id, now()) AS cp
+LEFT JOIN LATERAL active_series._relay_held(
+    b.stripe_customer_id, cp.period_start, cp.period_end
+) AS h ON TRUE
+LEFT JOIN LATERAL (
+    SELECT
+        count(*) AS depth,
+        min(o.created) AS oldest
+    FROM active_series._outbox AS o
+    WHERE o.organization_id = b.organization_id
+) AS x ON TRUE
+LEFT JOIN active_series._relay_state AS s ON b.organization_id = s.organization_id
+WHERE b.plan <> 'free' AND b.stripe_customer_id IS NOT NULL;
+COMMENT ON VIEW active_series.relay_status IS
+'Per billed organization: current period, its exact usage, the value Stripe holds per the ledger, whether they agree, outbox depth, age of the oldest unposted change, and whether the relay is parked.';
