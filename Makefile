@@ -95,7 +95,7 @@ lint-static: deps build
 	$(VENV)/bin/ruff check $(PY_DIRS)
 	$(VENV)/bin/ruff format --check $(PY_DIRS)
 	$(VENV)/bin/mypy
-	$(if $(SQL_DIRS),$(VENV)/bin/sqlfluff lint --processes 2 --disable-progress-bar $(SQL_DIRS))
+	$(if $(SQL_DIRS),$(VENV)/bin/sqlfluff lint --disable-progress-bar $(SQL_DIRS))
 
 # plpgsql_check over every PL/pgSQL function in schema active_series. Trigger functions are
 # checked against each table (and transition tables) a trigger attaches them to. Errors fail
@@ -200,9 +200,12 @@ lint-plpgsql: deps build
 test: deps
 	@$(MAKE) --no-print-directory test-db
 
-test-db: build lint-static
-	@$(CLUSTER_UP); $(PLPGSQL_CHECK_RUN); $(PGTAP_RUN)
-	$(PYTEST_RUN)
+# Lint failures stop here; pgTAP and pytest both run, and either failing fails the target.
+test-db: build lint-static lint-plpgsql
+	@failed=""; \
+	( $(CLUSTER_UP); $(PGTAP_RUN) ) || failed="$$failed pgTAP"; \
+	$(PYTEST_RUN) || failed="$$failed pytest"; \
+	if [ -n "$$failed" ]; then echo "make test: failures in:$$failed" >&2; exit 1; fi
 
 bench:
 	@echo "make bench: not yet (benchmarks come with their own issue)"
