@@ -171,6 +171,102 @@ def cmd_stripe_emulator(args: argparse.Namespace) -> int:
     return stripe_emulator.main(args.emulator_args)
 
 
+def _relay_config(args: argparse.Namespace) -> Any:
+    from active_series.relay import RelayConfig
+
+    api_key = os.environ.get("STRIPE_API_KEY", "")
+    if not api_key:
+        raise CliError("STRIPE_API_KEY is not set (the Stripe secret key)", EXIT_USAGE)
+    for name in ("poll_interval", "debounce", "rate_limit", "grace", "stripe_timeout"):
+        if getattr(args, name, 0) < 0:
+            raise CliError(f"--{name.replace('_', '-')} must not be negative", EXIT_INPUT)
+    return RelayConfig(
+        dsn=conninfo(args),
+        api_key=api_key,
+        api_base=args.stripe_api_base,
+        meter_event_name=args.meter_event_name,
+        poll_interval=getattr(args, "poll_interval", 5.0),
+        debounce=getattr(args, "debounce", 0.2),
+        rate_limit=args.rate_limit,
+        grace=args.grace,
+        metrics_port=getattr(args, "metrics_port", 0),
+        max_network_retries=args.max_network_retries,
+        stripe_timeout=args.stripe_timeout,
+        retry_min=getattr(args, "retry_min", 1.0),
+        retry_max=getattr(args, "retry_max", 300.0),
+        reconnect_delay=getattr(args, "reconnect_delay", 1.0),
+        shutdown_timeout=getattr(args, "shutdown_timeout", 30.0),
+        sync_subscriptions=not getattr(args, "no_subscription_periods", False),
+        once=getattr(args, "once", False),
+    )
+
+
+def _relay_errors(fn: Callable[[], int]) -> int:
+    try:
+        return fn()
+    except SchemaVersionError as exc:
+        raise CliError(str(exc), EXIT_SCHEMA) from None
+    except psycopg.OperationalError as exc:
+        raise CliError(f"cannot connect to the database: {_message(exc)}", EXIT_DATABASE) from None
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from active_series.relay import Worker
+
+    cfg = _relay_config(args)
+    return _relay_errors(lambda: Worker(cfg).run())
+
+
+def cmd_close_period(args: argparse.Namespace) -> int:
+    from active_series.relay import close_periods
+
+    cfg = _relay_config(args)
+    claims = _relay_errors(lambda: close_periods(cfg, args.organization))
+    print(f"{claims} organization(s) checked for periods to close")
+    return EXIT_OK
+
+
+def cmd_relay_status(args: argparse.Namespace) -> int:
+    from active_series import queries
+
+    return _relay_table(args, queries.RELAY_STATUS)
+
+
+def cmd_relay_failures(args: argparse.Namespace) -> int:
+    from active_series import queries
+
+    return _relay_table(args, queries.RELAY_FAILURES)
+
+
+def _relay_table(args: argparse.Namespace, query: str) -> int:
+    params: tuple[Any, ...] = ()
+    if args.organization is not None:
+        query += " WHERE organization_id = %s"
+        params = (args.organization,)
+    with connect(args) as conn:
+        cur = conn.execute(query + " ORDER BY organization_id", params)
+        names = [c.name for c in cur.description or []]
+        rows = cur.fetchall()
+    if args.json:
+        print(json.dumps([dict(zip(names, row, strict=True)) for row in rows], default=str))
+    else:
+        _print_table(names, rows)
+    return EXIT_OK
+
+
+def cmd_relay_resume(args: argparse.Namespace) -> int:
+    from active_series import queries
+
+    with connect(args) as conn:
+        row = _db_call(lambda: conn.execute(queries.RELAY_RESUME, (args.organization,)).fetchone())
+    was_parked = bool(row and row[0])
+    print(
+        f"organization {args.organization}: "
+        + ("resumed" if was_parked else "was not parked; a relay pass is queued")
+    )
+    return EXIT_OK
+
+
 def _print_table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[("" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
@@ -225,6 +321,89 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=500, help="reports per committed batch")
     p.set_defaults(func=cmd_backfill)
+
+    stripe_opts = argparse.ArgumentParser(add_help=False)
+    stripe_opts.add_argument(
+        "--stripe-api-base",
+        default="https://api.stripe.com",
+        metavar="URL",
+        help="Stripe API base URL (default: Stripe's; e.g. a local emulator)",
+    )
+    stripe_opts.add_argument(
+        "--meter-event-name", default="active_series", help="the meter's event name"
+    )
+    stripe_opts.add_argument(
+        "--rate-limit", type=float, default=25.0, help="Stripe requests per second (0: no limit)"
+    )
+    stripe_opts.add_argument(
+        "--grace",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a period this long after its end (default 300)",
+    )
+    stripe_opts.add_argument(
+        "--max-network-retries",
+        type=int,
+        default=2,
+        help="retries of the Stripe SDK for 5xx, timeouts and connection errors",
+    )
+    stripe_opts.add_argument(
+        "--stripe-timeout", type=float, default=30.0, help="seconds per Stripe request"
+    )
+
+    p = sub.add_parser(
+        "worker",
+        parents=[common, stripe_opts],
+        help="relay active-series counts to Stripe (STRIPE_API_KEY from the environment)",
+    )
+    p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls")
+    p.add_argument(
+        "--debounce", type=float, default=0.2, help="seconds to let a burst of changes settle"
+    )
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
+    p.add_argument("--retry-min", type=float, default=1.0, help="first per-organization backoff")
+    p.add_argument("--retry-max", type=float, default=300.0, help="longest backoff")
+    p.add_argument(
+        "--reconnect-delay", type=float, default=1.0, help="first database reconnect backoff"
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to finish in-flight work after SIGTERM/SIGINT",
+    )
+    p.add_argument(
+        "--no-subscription-periods",
+        action="store_true",
+        help="do not take billing periods from the Stripe subscriptions",
+    )
+    p.add_argument("--once", action="store_true", help="drain the work due now and exit")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "close-period",
+        parents=[common, stripe_opts],
+        help="post final values and close the billing periods past end + grace",
+    )
+    p.add_argument("--organization", type=int, help="only this organization id")
+    p.set_defaults(func=cmd_close_period)
+
+    p = sub.add_parser("relay", help="inspect and steer the Stripe relay")
+    relay_sub = p.add_subparsers(dest="relay_command", required=True, metavar="ACTION")
+    for name, func, text in (
+        ("status", cmd_relay_status, "per billed organization: usage vs what Stripe holds"),
+        ("failures", cmd_relay_failures, "parked organizations and refused posts"),
+    ):
+        rp = relay_sub.add_parser(name, parents=[common], help=text)
+        rp.add_argument("--organization", type=int)
+        rp.add_argument("--json", action="store_true", help="print JSON")
+        rp.set_defaults(func=func)
+    rp = relay_sub.add_parser(
+        "resume", parents=[common], help="resume a parked organization after the fix"
+    )
+    rp.add_argument("--organization", type=int, required=True)
+    rp.set_defaults(func=cmd_relay_resume)
 
     p = sub.add_parser(
         "stripe-emulator",

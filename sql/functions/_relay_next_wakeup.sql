@@ -6,17 +6,18 @@ SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- When the relay next has work that no notification will announce: the earliest retry
 -- of an organization backing off, or the earliest end plus grace of an unclosed period.
--- NULL: nothing scheduled. Takes no locks.
+-- Only future times: what is due now is found by _relay_work. NULL: nothing scheduled.
+-- Takes no locks.
 SELECT least(
     (
         SELECT min(s.next_attempt_at)
         FROM active_series._relay_state AS s
-        WHERE s.parked_at IS NULL AND s.next_attempt_at IS NOT NULL
+        WHERE s.parked_at IS NULL AND s.next_attempt_at > now()
     ),
     (
         SELECT min(p.period_end) + p_grace
         FROM active_series._period AS p
-        WHERE p.closed_at IS NULL
+        WHERE p.closed_at IS NULL AND p.period_end + p_grace > now()
     )
 );
 $$;

@@ -1,0 +1,197 @@
+"""Shared pieces of the relay tests: the emulator, worker subprocesses, exactness checks."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import stripe
+from active_series.stripe_emulator import EmulatorControl, StripeEmulatorServer, run_in_thread
+
+API_KEY = "sk_test_relay_secret_0123456789"
+EVENT_NAME = "active_series"
+
+
+class Emulator:
+    def __init__(self, server: StripeEmulatorServer, url: str) -> None:
+        self.server = server
+        self.url = url
+        self.ctl = EmulatorControl(url)
+        self.client = stripe.StripeClient(
+            API_KEY, base_addresses={"api": url}, max_network_retries=2
+        )
+        self.meter = self.client.v1.billing.meters.create(
+            params={
+                "display_name": "active series",
+                "event_name": EVENT_NAME,
+                "default_aggregation": {"formula": "last"},
+            }
+        ).id
+
+    def customer(self, name: str = "org") -> str:
+        return self.client.v1.customers.create(params={"name": name}).id
+
+    def last_value(self, customer: str, start: dt.datetime, end: dt.datetime) -> int:
+        return self.ctl.aggregate(self.meter, customer, start.timestamp(), end.timestamp())
+
+    def events(self, customer: str | None = None) -> list[dict[str, Any]]:
+        return list(self.ctl.meter_events(customer=customer))
+
+
+@pytest.fixture
+def relay_emulator() -> Iterator[Emulator]:
+    server, url = run_in_thread(rate_limit=None)
+    try:
+        yield Emulator(server, url)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class WorkerProcess:
+    """``active-series worker`` as a real subprocess; its log goes to a file."""
+
+    def __init__(self, dsn: str, api_base: str, log_path: Path, *extra: str) -> None:
+        self.log_path = log_path
+        self.args = [
+            sys.executable,
+            "-m",
+            "active_series.cli",
+            "worker",
+            "--dsn",
+            dsn,
+            "--stripe-api-base",
+            api_base,
+            *extra,
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        env = dict(os.environ, STRIPE_API_KEY=API_KEY)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def log_events(self, event: str) -> list[dict[str, str]]:
+        return parse_log(self.log(), event)
+
+
+def parse_log(text: str, event: str) -> list[dict[str, str]]:
+    out = []
+    for line in text.splitlines():
+        if f" event={event} " not in line + " ":
+            continue
+        fields = {}
+        for m in re.finditer(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line):
+            value = m.group(2)
+            fields[m.group(1)] = value[1:-1] if value.startswith('"') else value
+        out.append(fields)
+    return out
+
+
+@contextlib.contextmanager
+def workers(*procs: WorkerProcess) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = pred()
+        except (psycopg.OperationalError, ConnectionError):
+            result = None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def bill(conn: psycopg.Connection[Any], org: int, customer: str) -> None:
+    conn.execute("SELECT active_series.set_stripe_customer(%s, %s, 'pro')", (org, customer))
+
+
+def periods(conn: psycopg.Connection[Any], org: int) -> list[tuple[dt.datetime, dt.datetime, int]]:
+    return [tuple(r) for r in conn.execute("SELECT * FROM active_series.periods(%s)", (org,))]
+
+
+def mismatches(
+    conn: psycopg.Connection[Any], emu: Emulator, billed: dict[int, str]
+) -> list[tuple[int, dt.datetime, int, int]]:
+    """(org, period_start, period_usage, Stripe's last value) wherever they differ."""
+    out = []
+    for org, customer in billed.items():
+        for start, end, usage in periods(conn, org):
+            got = emu.last_value(customer, start, end)
+            if got != usage:
+                out.append((org, start, usage, got))
+    return out
+
+
+def quiescent(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM active_series._outbox)"
+        " + (SELECT count(*) FROM active_series._ledger WHERE status = 'pending')"
+    ).fetchone()
+    return row is not None and row[0] == 0
+
+
+def assert_increasing_timestamps(emu: Emulator) -> None:
+    """Per customer, in arrival order: strictly increasing timestamps (so never an older
+    value after a newer one, and never two events with one timestamp)."""
+    last: dict[str, int] = {}
+    for ev in emu.events():
+        cus = ev["customer"]
+        assert ev["timestamp"] > last.get(cus, -1), (
+            f"{cus}: timestamp {ev['timestamp']} after {last.get(cus)} (seq {ev['seq']})"
+        )
+        last[cus] = ev["timestamp"]
+
+
+def short_periods(conn: psycopg.Connection[Any], org: int, seconds: int) -> dt.datetime:
+    """Give the organization periods of ``seconds`` starting at the next whole second; returns
+    the start of the first."""
+    now = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+    start = now.replace(microsecond=0) - dt.timedelta(seconds=seconds * 20)
+    conn.execute(
+        "SELECT active_series.set_billing_period(%s, %s, %s)",
+        (org, start, start + dt.timedelta(seconds=seconds)),
+    )
+    return start
