@@ -24,7 +24,7 @@ WHERE
     AND NOT EXISTS (
         SELECT FROM active_series._ledger AS later
         WHERE
-            later.stripe_customer_id = l.stripe_customer_id
+            later.organization_id = l.organization_id
             AND later.period_start = l.period_start
             AND later.status = 'sent'
             AND later.event_timestamp > l.event_timestamp
