@@ -680,7 +680,17 @@ class Worker:
             grace=self.cfg.grace,
             metrics_port=self.cfg.metrics_port or None,
         )
-        self.relay.connect()  # a version mismatch or a bad DSN ends the program here
+        attempts = 0
+        while True:  # the database may be restarting; a schema version mismatch ends here
+            try:
+                self.relay.connect()
+                break
+            except psycopg.OperationalError as exc:
+                delay = backoff(attempts, self.cfg.reconnect_delay, 30.0)
+                attempts += 1
+                self.log("warning", "database_unavailable", error=_first_line(exc), retry_in=delay)
+                if self.stop.wait(delay):
+                    return 0
         self._listen()
         reason = "start"
         db_attempts = 0
