@@ -29,7 +29,11 @@ def test_an_unknown_customer_parks_only_its_organization_until_resumed(
     with workers(worker.start()):
         ingest(conn, bad, bad.testbeds[0], [(bad.benchmarks[0], bad.measures[0])])
         ingest(conn, good, good.testbeds[0], [(good.benchmarks[0], good.measures[0])])
-        wait_until(lambda: failures(conn, bad.id), 30, "the bad organization to be parked")
+        wait_until(
+            lambda: {k for k, _ in failures(conn, bad.id)} == {"parked", "failed_post"},
+            30,
+            "the bad organization to be parked",
+        )
         kinds = dict(failures(conn, bad.id))
         assert "meter_event_customer_not_found" in kinds["parked"]
         assert "meter_event_customer_not_found" in kinds["failed_post"]
