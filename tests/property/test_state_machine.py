@@ -8,7 +8,7 @@ deletes reports, hard-deletes testbeds/benchmarks/measures/projects, soft-delete
 projects, flips visibility, sets billing periods and runs backfill.  After every step every read of
 the public API must equal the model exactly and ``verify()`` must be empty.
 
-Settings: ``HYPOTHESIS_PROFILE=ci`` (default, ~2-3 minutes), ``dev`` (quick) or ``long``.
+Settings: ``HYPOTHESIS_PROFILE=ci`` (default, about 2 minutes), ``dev`` (quick) or ``long``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ _COMMON = dict(
     print_blob=True,
 )
 PROFILES = {
-    "ci": settings(max_examples=100, stateful_step_count=40, **_COMMON),
+    "ci": settings(max_examples=200, stateful_step_count=40, **_COMMON),
     "dev": settings(max_examples=15, stateful_step_count=25, **_COMMON),
     "long": settings(max_examples=1000, stateful_step_count=60, **_COMMON),
 }
