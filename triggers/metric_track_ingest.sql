@@ -3,26 +3,23 @@ RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
--- Statement-level AFTER INSERT on metric: records the statement's new metrics (all of
--- them at once, from the transition table) as series activity, in the ingest transaction.
--- Locks: see _record_activity.
-DECLARE
-    v_report_benchmark_ids bigint [];
-    v_measure_ids bigint [];
+-- Statement-level AFTER INSERT on metric: notes which report_benchmarks the statement's
+-- new metrics (its transition table) belong to in the transaction's _pending row. The
+-- deferred trigger on _pending records them all at commit, in one batch, so that a
+-- transaction of many statements takes its locks once, in key order.
+-- Locks: only the transaction's own _pending row.
 BEGIN
-    SELECT array_agg(n.report_benchmark_id), array_agg(n.measure_id)
-    INTO v_report_benchmark_ids, v_measure_ids
-    FROM (SELECT DISTINCT m.report_benchmark_id, m.measure_id FROM new_metric AS m) AS n;
-    IF v_report_benchmark_ids IS NOT NULL THEN
-        PERFORM active_series._record_activity(
-            active_series._activity_of(v_report_benchmark_ids, v_measure_ids)
-        );
-    END IF;
+    INSERT INTO active_series._pending AS p (report_benchmark_ids)
+    SELECT array_agg(DISTINCT n.report_benchmark_id)
+    FROM new_metric AS n
+    HAVING count(*) > 0
+    ON CONFLICT (txid) DO UPDATE
+    SET report_benchmark_ids = p.report_benchmark_ids || excluded.report_benchmark_ids;
     RETURN NULL;
 END;
 $$;
 COMMENT ON FUNCTION active_series._track_metric_insert() IS
-'Trigger: keep last_seen, period history and counts of the series in a statement''s new metrics.';
+'Trigger: note a statement''s new metrics for the transaction''s commit-time recording.';
 
 CREATE TRIGGER metric_track_ingest
 AFTER INSERT ON active_series.metric

@@ -32,9 +32,7 @@ def script_text(version: str = __version__) -> str:
 
 def installed_version(conn: psycopg.Connection) -> str | None:
     """The version recorded in the database, or None when nothing is installed."""
-    row = conn.execute(
-        "SELECT to_regclass('active_series._meta') IS NOT NULL"
-    ).fetchone()
+    row = conn.execute("SELECT to_regclass('active_series._meta') IS NOT NULL").fetchone()
     if not row or not row[0]:
         return None
     got = conn.execute("SELECT version FROM active_series._meta").fetchone()

@@ -38,7 +38,12 @@ BEGIN
             ELSE greatest(h.last_seen, excluded.last_seen)
         END;
 
-    UPDATE active_series.series_last_seen AS s
+    UPDATE active_series._benchmark_seen AS b
+    SET period_start = p_start
+    WHERE b.organization_id = p_organization_id
+        AND b.period_start > p_start
+        AND b.period_start < p_end;
+    UPDATE active_series._series_seen AS s
     SET period_start = p_start
     WHERE s.organization_id = p_organization_id
         AND s.period_start > p_start

@@ -8,24 +8,24 @@ LANGUAGE plpgsql
 VOLATILE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
--- The period containing p_at, recorded in _period if it was not yet. Takes the
--- organization's period lock in shared mode (set_billing_period takes it exclusively),
--- so that period boundaries stay fixed until the calling transaction ends.
+-- The period containing p_at, recorded in _period if it was not yet.
+-- Locks: the organization's period lock in shared mode until the transaction ends
+-- (set_billing_period takes it exclusively, so boundaries stay fixed while they are
+-- used); recording a new period also takes the organization's period-creation lock, so
+-- that two transactions never derive overlapping periods from different snapshots.
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(1634956099, hashint8(p_organization_id));
-    SELECT p.period_start, p.period_end
+    SELECT a.period_start, a.period_end
     INTO period_start, period_end
-    FROM active_series._period AS p
-    WHERE p.organization_id = p_organization_id AND p.period_start <= p_at
-    ORDER BY p.period_start DESC
-    LIMIT 1;
-    IF period_end > p_at THEN
+    FROM active_series._recorded_period(p_organization_id, p_at) AS a;
+    IF period_start IS NOT NULL THEN
         RETURN;
     END IF;
-    SELECT d.period_start, d.period_end
+    PERFORM pg_advisory_xact_lock(1634956100, hashint8(p_organization_id));
+    -- a fresh snapshot: a period recorded meanwhile by a committed transaction counts
+    SELECT a.period_start, a.period_end
     INTO period_start, period_end
-    FROM active_series._derive_period(p_organization_id, p_at) AS d;
-    -- a concurrent transaction may record the same period first: same bounds, nothing to do
+    FROM active_series._period_at(p_organization_id, p_at) AS a;
     INSERT INTO active_series._period (organization_id, period_start, period_end)
     VALUES (p_organization_id, period_start, period_end)
     ON CONFLICT ON CONSTRAINT _period_pkey DO NOTHING;

@@ -1,184 +1,116 @@
-CREATE FUNCTION active_series._record_activity(p_groups active_series._series_activity [])
+CREATE FUNCTION active_series._record_activity(p_activity active_series._series_activity[])
 RETURNS void
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
--- Records a batch of series activity (one element per series and period) in
--- series_last_seen, the period history and the per-period counts; appends an outbox row
--- and a NOTIFY for each organization whose count changed. Used by the ingest trigger and
--- by backfill, so both keep the same state.
+-- Records a batch of series activity (one element per series and period: the ingest
+-- trigger passes a whole transaction's metrics at commit, backfill a batch of reports)
+-- in last_seen, the period history and the per-period counts; appends an outbox row and
+-- a NOTIFY for each organization whose count changed.
 --
--- Locks: series_last_seen rows in key order (the upsert), then history rows of those
--- same series only, then _period_usage rows in key order when a series is new in a
--- period. A row already current is not written: a series that reported earlier in the
--- same period costs one HOT update of series_last_seen per report and nothing else.
+-- One (testbed, benchmark) at a time, in key order. The common case, a report whose
+-- benchmark carries the same measures as its previous report in the same period, is one
+-- HOT update of that benchmark's _benchmark_seen row: nothing per series. Everything
+-- else (a new benchmark or measure, a measure that stopped, a new period, activity older
+-- than what is recorded) goes through _record_benchmark_activity.
+--
+-- Locks, always in this order, so that concurrent transactions cannot deadlock: the
+-- _benchmark_seen rows of the batch in key order; then rows belonging to those
+-- benchmarks only (their _series_seen and history rows); last, _period_usage rows in key
+-- order when a series is new in a period.
 DECLARE
-    v_moves active_series._series_move [];
-    v_rest active_series._series_activity [];
-    v_new active_series._series_activity [];
-    v_more active_series._series_activity [];
+    v_group record;
+    v_seen active_series._benchmark_seen;
+    v_new active_series._series_activity [] := ARRAY[]::active_series._series_activity [];
 BEGIN
-    IF p_groups IS NULL OR cardinality(p_groups) = 0 THEN
+    IF p_activity IS NULL THEN
         RETURN;
     END IF;
-
-    -- 1. last_seen rises (GREATEST, monotonic); remember which series entered a new period
-    WITH latest AS (
-        SELECT DISTINCT ON (g.organization_id, g.testbed_id, g.benchmark_id, g.measure_id)
-            g.organization_id, g.testbed_id, g.benchmark_id, g.measure_id,
-            g.project_id, g.last_seen, g.period_start
-        FROM unnest(p_groups) AS g
-        ORDER BY g.organization_id, g.testbed_id, g.benchmark_id, g.measure_id,
-            g.period_start DESC
-    ),
-    upserted AS (
-        INSERT INTO active_series.series_last_seen AS s (
-            organization_id, testbed_id, benchmark_id, measure_id,
-            project_id, last_seen, period_start
-        )
+    FOR v_group IN
         SELECT
-            l.organization_id, l.testbed_id, l.benchmark_id, l.measure_id,
-            l.project_id, l.last_seen, l.period_start
-        FROM latest AS l
-        ORDER BY l.organization_id, l.testbed_id, l.benchmark_id, l.measure_id
-        ON CONFLICT (organization_id, testbed_id, benchmark_id, measure_id) DO UPDATE
-        SET last_seen = excluded.last_seen,
-            period_start = excluded.period_start,
-            period_changed = excluded.period_start <> s.period_start,
-            previous_period_start = CASE
-                WHEN excluded.period_start <> s.period_start THEN s.period_start
-                ELSE s.previous_period_start
-            END,
-            previous_last_seen = CASE
-                WHEN excluded.period_start <> s.period_start THEN s.last_seen
-                ELSE s.previous_last_seen
-            END
-        WHERE s.last_seen < excluded.last_seen
-        RETURNING
-            s.organization_id, s.testbed_id, s.benchmark_id, s.measure_id, s.period_start,
-            s.xmax = 0 AS inserted, s.period_changed,
-            s.previous_period_start, s.previous_last_seen
-    )
-    SELECT array_agg(u::active_series._series_move)
-    INTO v_moves
-    FROM upserted AS u;
-
-    -- 2. series new in their latest period get a history row (open: last_seen NULL);
-    --    the period they left gets its final last_seen
-    IF v_moves IS NOT NULL THEN
-        WITH entering AS (
-            SELECT m.*
-            FROM unnest(v_moves) AS m
-            WHERE m.inserted OR m.period_changed
-        ),
-        inserted AS (
-            INSERT INTO active_series._series_period AS h (
-                organization_id, period_start, testbed_id, benchmark_id, measure_id,
-                project_id, first_seen, last_seen
-            )
+            a.organization_id, a.testbed_id, a.benchmark_id,
+            min(a.project_id) AS project_id,
+            min(a.first_seen) AS first_seen,
+            max(a.last_seen) AS last_seen,
+            min(a.period_start) AS min_period,
+            max(a.period_start) AS max_period,
+            array_agg(DISTINCT a.measure_id ORDER BY a.measure_id) AS measure_ids,
+            -- the measures of the batch's newest report of this benchmark
+            array_agg(DISTINCT a.measure_id ORDER BY a.measure_id)
+                FILTER (WHERE a.last_seen = a.benchmark_last) AS latest_measure_ids
+        FROM (
             SELECT
-                g.organization_id, g.period_start, g.testbed_id, g.benchmark_id,
-                g.measure_id, g.project_id, g.first_seen, NULL
-            FROM entering AS e
-            INNER JOIN unnest(p_groups) AS g
-                ON g.organization_id = e.organization_id
-                AND g.testbed_id = e.testbed_id
-                AND g.benchmark_id = e.benchmark_id
-                AND g.measure_id = e.measure_id
-                AND g.period_start = e.period_start
-            ORDER BY g.organization_id, g.period_start, g.testbed_id, g.benchmark_id,
-                g.measure_id
-            ON CONFLICT (organization_id, period_start, testbed_id, benchmark_id, measure_id)
-            DO UPDATE SET first_seen = excluded.first_seen
-            WHERE excluded.first_seen < h.first_seen
-            RETURNING h.organization_id, h.project_id, h.testbed_id, h.benchmark_id,
-                h.measure_id, h.period_start, h.first_seen, h.last_seen, h.xmax = 0 AS fresh
-        ),
-        -- (data-modifying WITH queries always run to completion, read or not)
-        closed AS (
-            UPDATE active_series._series_period AS h
-            SET last_seen = greatest(h.last_seen, e.previous_last_seen)
-            FROM entering AS e
-            WHERE e.period_changed
-                AND h.organization_id = e.organization_id
-                AND h.period_start = e.previous_period_start
-                AND h.testbed_id = e.testbed_id
-                AND h.benchmark_id = e.benchmark_id
-                AND h.measure_id = e.measure_id
-                AND (h.last_seen IS NULL OR h.last_seen < e.previous_last_seen)
-            RETURNING 1
-        )
-        SELECT array_agg(
-            row(
-                i.organization_id, i.project_id, i.testbed_id, i.benchmark_id,
-                i.measure_id, i.period_start, i.first_seen, i.last_seen
-            )::active_series._series_activity
-        )
-        INTO v_new
-        FROM inserted AS i
-        WHERE i.fresh;
-    END IF;
-
-    -- 3. everything else: activity of a series whose last_seen did not rise (an earlier
-    --    statement of the same report, a concurrent later report, an explicit older
-    --    created) and older periods of a batch spanning several. Usually nothing is written.
-    SELECT array_agg(g)
-    INTO v_rest
-    FROM unnest(p_groups) AS g
-    WHERE NOT EXISTS (
-        SELECT
-        FROM unnest(v_moves) AS m
-        WHERE m.organization_id = g.organization_id
-            AND m.testbed_id = g.testbed_id
-            AND m.benchmark_id = g.benchmark_id
-            AND m.measure_id = g.measure_id
-            AND m.period_start = g.period_start
-    );
-    IF v_rest IS NOT NULL THEN
-        WITH upserted AS (
-            INSERT INTO active_series._series_period AS h (
-                organization_id, period_start, testbed_id, benchmark_id, measure_id,
-                project_id, first_seen, last_seen
+                x.*,
+                max(x.last_seen) OVER (
+                    PARTITION BY x.organization_id, x.testbed_id, x.benchmark_id
+                ) AS benchmark_last
+            FROM unnest(p_activity) AS x
+        ) AS a
+        GROUP BY a.organization_id, a.testbed_id, a.benchmark_id
+        ORDER BY a.organization_id, a.testbed_id, a.benchmark_id
+    LOOP
+        -- the common case in one statement: same measures, same period, a newer report
+        UPDATE active_series._benchmark_seen AS b
+        SET last_seen = v_group.last_seen
+        WHERE b.organization_id = v_group.organization_id
+            AND b.testbed_id = v_group.testbed_id
+            AND b.benchmark_id = v_group.benchmark_id
+            AND b.last_seen <= v_group.first_seen
+            AND b.last_seen < v_group.last_seen
+            AND b.period_start = v_group.min_period
+            AND b.period_start = v_group.max_period
+            AND b.measure_ids = v_group.measure_ids
+            AND b.measure_ids = v_group.latest_measure_ids;
+        IF FOUND THEN
+            CONTINUE;
+        END IF;
+        SELECT * INTO v_seen
+        FROM active_series._benchmark_seen AS b
+        WHERE b.organization_id = v_group.organization_id
+            AND b.testbed_id = v_group.testbed_id
+            AND b.benchmark_id = v_group.benchmark_id
+        FOR UPDATE;
+        IF NOT FOUND THEN
+            -- a placeholder to lock (a concurrent first report of it waits here)
+            INSERT INTO active_series._benchmark_seen AS b (
+                organization_id, testbed_id, benchmark_id, project_id, last_seen,
+                period_start, measure_ids
             )
-            SELECT
-                g.organization_id, g.period_start, g.testbed_id, g.benchmark_id,
-                g.measure_id, g.project_id, g.first_seen,
-                CASE WHEN g.period_start < s.period_start THEN g.last_seen END
-            FROM unnest(v_rest) AS g
-            INNER JOIN active_series.series_last_seen AS s
-                ON s.organization_id = g.organization_id
-                AND s.testbed_id = g.testbed_id
-                AND s.benchmark_id = g.benchmark_id
-                AND s.measure_id = g.measure_id
-            ORDER BY g.organization_id, g.period_start, g.testbed_id, g.benchmark_id,
-                g.measure_id
-            ON CONFLICT (organization_id, period_start, testbed_id, benchmark_id, measure_id)
-            DO UPDATE SET
-                first_seen = least(h.first_seen, excluded.first_seen),
-                last_seen = CASE
-                    WHEN h.last_seen IS NULL THEN NULL
-                    ELSE greatest(h.last_seen, excluded.last_seen)
-                END
-            WHERE excluded.first_seen < h.first_seen
-                OR (h.last_seen IS NOT NULL AND h.last_seen < excluded.last_seen)
-            RETURNING h.organization_id, h.project_id, h.testbed_id, h.benchmark_id,
-                h.measure_id, h.period_start, h.first_seen, h.last_seen, h.xmax = 0 AS fresh
-        )
-        SELECT array_agg(
-            row(
-                u.organization_id, u.project_id, u.testbed_id, u.benchmark_id,
-                u.measure_id, u.period_start, u.first_seen, u.last_seen
-            )::active_series._series_activity
-        )
-        INTO v_more
-        FROM upserted AS u
-        WHERE u.fresh;
-        v_new := v_new || v_more;
-    END IF;
+            VALUES (
+                v_group.organization_id, v_group.testbed_id, v_group.benchmark_id,
+                v_group.project_id, '-infinity', '-infinity', '{}'
+            )
+            ON CONFLICT (organization_id, testbed_id, benchmark_id) DO NOTHING;
+            SELECT * INTO STRICT v_seen
+            FROM active_series._benchmark_seen AS b
+            WHERE b.organization_id = v_group.organization_id
+                AND b.testbed_id = v_group.testbed_id
+                AND b.benchmark_id = v_group.benchmark_id
+            FOR UPDATE;
+        END IF;
+        IF v_group.first_seen = v_seen.last_seen
+            AND v_group.last_seen = v_seen.last_seen
+            AND v_group.min_period = v_seen.period_start
+            AND v_group.max_period = v_seen.period_start
+            AND v_group.measure_ids <@ v_seen.measure_ids
+        THEN
+            -- nothing newer than recorded (another statement of the same transaction time)
+            CONTINUE;
+        END IF;
+        v_new := v_new || active_series._record_benchmark_activity(
+            v_seen,
+            array(
+                SELECT a
+                FROM unnest(p_activity) AS a
+                WHERE a.organization_id = v_group.organization_id
+                    AND a.testbed_id = v_group.testbed_id
+                    AND a.benchmark_id = v_group.benchmark_id
+            )
+        );
+    END LOOP;
 
-    -- 4. counts: only when a series is new in a period; then tell the relay
-    IF v_new IS NOT NULL AND cardinality(v_new) > 0 THEN
+    IF cardinality(v_new) > 0 THEN
         INSERT INTO active_series._period_usage AS u (
             organization_id, period_start, project_id, series_count
         )
@@ -193,9 +125,10 @@ BEGIN
         FROM (
             SELECT DISTINCT n.organization_id, n.period_start
             FROM unnest(v_new) AS n
+            ORDER BY n.organization_id, n.period_start
         ) AS c;
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION active_series._record_activity(active_series._series_activity []) IS
-'Internal: record a batch of series activity in last_seen, history and counts (the ingest trigger and backfill share it).';
+COMMENT ON FUNCTION active_series._record_activity(active_series._series_activity[]) IS
+'Internal: record a batch of series activity in last_seen, history and counts (the commit-time ingest trigger and backfill share it).';

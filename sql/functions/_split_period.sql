@@ -76,7 +76,12 @@ BEGIN
         AND h.period_start = v_start
         AND h.first_seen >= p_at;
 
-    UPDATE active_series.series_last_seen AS s
+    UPDATE active_series._benchmark_seen AS b
+    SET period_start = p_at
+    WHERE b.organization_id = p_organization_id
+        AND b.period_start = v_start
+        AND b.last_seen >= p_at;
+    UPDATE active_series._series_seen AS s
     SET period_start = p_at
     WHERE s.organization_id = p_organization_id
         AND s.period_start = v_start

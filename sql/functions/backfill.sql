@@ -15,7 +15,6 @@ DECLARE
     v_done bigint := 0;
     v_total bigint;
     v_rb bigint [];
-    v_ms bigint [];
     v_org bigint;
     v_period timestamptz;
 BEGIN
@@ -31,16 +30,12 @@ BEGIN
     INTO v_lo, v_max, v_total
     FROM active_series.report AS r;
     WHILE v_lo <= v_max LOOP
-        SELECT pg_catalog.array_agg(n.report_benchmark_id), pg_catalog.array_agg(n.measure_id)
-        INTO v_rb, v_ms
-        FROM (
-            SELECT DISTINCT m.report_benchmark_id, m.measure_id
-            FROM active_series.report_benchmark AS rb
-            INNER JOIN active_series.metric AS m ON m.report_benchmark_id = rb.id
-            WHERE rb.report_id >= v_lo AND rb.report_id < v_lo + p_batch_size
-        ) AS n;
+        SELECT pg_catalog.array_agg(rb.id)
+        INTO v_rb
+        FROM active_series.report_benchmark AS rb
+        WHERE rb.report_id >= v_lo AND rb.report_id < v_lo + p_batch_size;
         IF v_rb IS NOT NULL THEN
-            PERFORM active_series._record_activity(active_series._activity_of(v_rb, v_ms));
+            PERFORM active_series._record_activity(active_series._activity_of(v_rb));
         END IF;
         SELECT v_done + pg_catalog.count(*) INTO v_done
         FROM active_series.report AS r
@@ -60,5 +55,5 @@ BEGIN
     RAISE NOTICE 'active_series backfill: done, % reports', v_done;
 END;
 $$;
-COMMENT ON PROCEDURE active_series.backfill(integer) IS
+COMMENT ON PROCEDURE active_series.backfill (integer) IS
 'Rebuild last_seen, period history and counts from existing metrics, in committed batches of reports (CALL it outside a transaction). Idempotent, additive, reports progress as NOTICEs.';

@@ -10,9 +10,10 @@ STABLE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Series of the organization whose last_seen is in [p_from, p_to), in projects that are
--- not soft-deleted, optionally of one visibility. One index range scan on
--- series_last_seen (organization_id, period_start): a series' last_seen lies in its
--- period, so only periods overlapping the window are read. Takes no locks.
+-- not soft-deleted, optionally of one visibility. An index range scan on
+-- (organization_id, period_start) of _benchmark_seen (a row per benchmark, counting its
+-- measure set) and of _series_seen: a series' last_seen lies in its period, so only
+-- periods overlapping the window are read. Takes no locks.
 DECLARE
     v_lower timestamptz;
 BEGIN
@@ -36,8 +37,19 @@ BEGIN
     WHERE p.organization_id = p_organization_id AND p.period_start <= p_from;
 
     RETURN (
+        SELECT coalesce(sum(cardinality(b.measure_ids)), 0)
+        FROM active_series._benchmark_seen AS b
+        INNER JOIN active_series.project AS p ON p.id = b.project_id
+        WHERE b.organization_id = p_organization_id
+            AND b.period_start >= coalesce(v_lower, '-infinity')
+            AND b.period_start < p_to
+            AND b.last_seen >= p_from
+            AND b.last_seen < p_to
+            AND p.deleted_at IS NULL
+            AND (p_visibility IS NULL OR p.visibility = p_visibility)
+    ) + (
         SELECT count(*)
-        FROM active_series.series_last_seen AS s
+        FROM active_series._series_seen AS s
         INNER JOIN active_series.project AS p ON p.id = s.project_id
         WHERE s.organization_id = p_organization_id
             AND s.period_start >= coalesce(v_lower, '-infinity')

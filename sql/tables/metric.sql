@@ -8,7 +8,8 @@ CREATE TABLE active_series.metric (
     CONSTRAINT metric_value_finite
     CHECK (value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8))
 );
-CREATE INDEX metric_report_benchmark_id_idx ON active_series.metric (report_benchmark_id);
+CREATE INDEX metric_report_benchmark_id_idx
+ON active_series.metric (report_benchmark_id, measure_id);
 CREATE INDEX metric_measure_id_idx ON active_series.metric (measure_id);
 COMMENT ON TABLE active_series.metric IS
 'One measured value. Inserting metrics is what makes a series active (see the metric_track_ingest trigger). value must be finite: NULL, NaN and infinities are rejected.';

@@ -7,14 +7,19 @@ SELECT
     coalesce(h.n, 0) AS expected,
     coalesce(u.series_count, 0) AS actual
 FROM (
-    SELECT s.organization_id, s.period_start, s.project_id, count(*) AS n
+    SELECT
+        s.organization_id,
+        s.period_start,
+        s.project_id,
+        count(*) AS n
     FROM active_series._series_period AS s
     GROUP BY s.organization_id, s.period_start, s.project_id
 ) AS h
 FULL JOIN active_series._period_usage AS u
-    ON u.organization_id = h.organization_id
-    AND u.period_start = h.period_start
-    AND u.project_id = h.project_id
+    ON
+        u.organization_id = h.organization_id
+        AND u.period_start = h.period_start
+        AND u.project_id = h.project_id
 WHERE coalesce(h.n, 0) <> coalesce(u.series_count, 0);
 COMMENT ON VIEW active_series._count_drift IS
 'Internal: per-project period counts that differ from the number of history rows (empty when healthy).';

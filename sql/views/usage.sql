@@ -8,9 +8,9 @@ SELECT
     cp.period_end,
     coalesce(sum(u.series_count) FILTER (WHERE p.id IS NOT NULL), 0)::bigint AS active_series,
     coalesce(sum(u.series_count) FILTER (WHERE p.visibility = 'private'), 0)::bigint
-    AS private_series,
+        AS private_series,
     coalesce(sum(u.series_count) FILTER (WHERE p.visibility = 'public'), 0)::bigint
-    AS public_series
+        AS public_series
 FROM active_series.organization AS o
 LEFT JOIN active_series.billing_account AS b ON b.organization_id = o.id
 CROSS JOIN LATERAL active_series._period_at(o.id, now()) AS cp

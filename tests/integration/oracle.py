@@ -22,20 +22,35 @@ from psycopg import sql
 SCHEMA = "active_series"
 
 #: The tables the ingest trigger maintains.
-BILLING_TABLES = ("series_last_seen", "_series_period", "_period_usage", "_period", "_outbox")
+BILLING_TABLES = (
+    "_benchmark_seen",
+    "_series_seen",
+    "_series_period",
+    "_period_usage",
+    "_period",
+    "_outbox",
+)
 
 #: The trigger-maintained state that a backfill must rebuild identically (explicit columns, so
 #: that an implementation detail such as a surrogate key does not make two equal states differ).
 STATE_COLUMNS = {
-    "series_last_seen": (
+    "_period": ("organization_id", "period_start", "period_end"),
+    "_benchmark_seen": (
         "organization_id",
-        "project_id",
+        "testbed_id",
+        "benchmark_id",
+        "last_seen",
+        "period_start",
+        "measure_ids",
+    ),
+    "_series_seen": (
+        "organization_id",
         "testbed_id",
         "benchmark_id",
         "measure_id",
         "last_seen",
+        "period_start",
     ),
-    "_period": ("organization_id", "period_start", "period_end"),
     "_series_period": (
         "organization_id",
         "period_start",
@@ -388,6 +403,11 @@ def ingest(
         rows.append((rbs[bm], ms, 1.5))
     insert_metrics(conn, rows)
     return report
+
+
+def record_now(conn: psycopg.Connection) -> None:
+    """Record the transaction's activity now rather than at commit (still inside it)."""
+    conn.execute("SET CONSTRAINTS active_series.pending_flush IMMEDIATE")
 
 
 def allow_explicit_created(conn: psycopg.Connection) -> None:

@@ -27,7 +27,8 @@ from psycopg import sql
 DISABLE = "ALTER TABLE active_series.metric DISABLE TRIGGER metric_track_ingest"
 ENABLE = "ALTER TABLE active_series.metric ENABLE TRIGGER metric_track_ingest"
 TRUNCATE = (
-    "TRUNCATE active_series.series_last_seen, active_series._series_period,"
+    "TRUNCATE active_series._benchmark_seen, active_series._series_seen,"
+    " active_series._series_period,"
     " active_series._period_usage, active_series._period, active_series._outbox"
 )
 MONTHS = [utc(2024, 1, 5), utc(2024, 1, 28, 23, 59), utc(2024, 2, 1), utc(2024, 3, 15, 12)]
@@ -189,8 +190,8 @@ def test_backfill_over_trigger_maintained_state_writes_no_row_version(conn):
 
 CORRUPTIONS = {
     "series_last_seen lowered": (
-        "UPDATE active_series.series_last_seen SET last_seen = last_seen - interval '1 day'"
-        " WHERE ctid = (SELECT ctid FROM active_series.series_last_seen"
+        "UPDATE active_series._benchmark_seen SET last_seen = last_seen - interval '1 day'"
+        " WHERE ctid = (SELECT ctid FROM active_series._benchmark_seen"
         " WHERE organization_id = %(org)s ORDER BY last_seen DESC LIMIT 1)"
     ),
     # (A raised last_seen is not a detectable corruption: deleting a report never lowers
@@ -211,8 +212,8 @@ CORRUPTIONS = {
         " WHERE organization_id = %(org)s ORDER BY period_start, last_seen NULLS LAST LIMIT 1)"
     ),
     "series_last_seen row missing": (
-        "DELETE FROM active_series.series_last_seen"
-        " WHERE ctid = (SELECT ctid FROM active_series.series_last_seen"
+        "DELETE FROM active_series._benchmark_seen"
+        " WHERE ctid = (SELECT ctid FROM active_series._benchmark_seen"
         " WHERE organization_id = %(org)s ORDER BY last_seen LIMIT 1)"
     ),
 }
