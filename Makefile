@@ -207,8 +207,17 @@ test-db: build lint-static lint-plpgsql
 	$(PYTEST_RUN) || failed="$$failed pytest"; \
 	if [ -n "$$failed" ]; then echo "make test: failures in:$$failed" >&2; exit 1; fi
 
-bench:
-	@echo "make bench: not yet (benchmarks come with their own issue)"
+# Ingest throughput with tracking on vs off (pgbench) in a throwaway cluster; the full
+# benchmark suite (reads, backfill, relay) is still to come.
+BENCH_SECONDS ?= 10
+bench: deps build
+	@$(CLUSTER_UP); newdb bench; mkdir -p bench/results; \
+	$(VPY) bench/ingest_overhead.py --dsn "dbname=bench" --seconds $(BENCH_SECONDS) \
+		--out bench/results/ingest_overhead.json
 
-soak:
-	@echo "make soak: not yet (soak tests come with their own issue)"
+# The long chaos run of the relay (kills, Stripe faults, a database restart); its length in
+# seconds from SOAK_SECONDS.
+SOAK_SECONDS ?= 600
+soak: deps build
+	ACTIVE_SERIES_CHAOS_SECONDS=$(SOAK_SECONDS) $(VENV)/bin/pytest tests -m soak \
+		--timeout=$$(( $(SOAK_SECONDS) + 600 )) $(PYTEST_ARGS)

@@ -13,9 +13,7 @@ BEGIN
     WHERE p.txid = NEW.txid
     RETURNING p.report_benchmark_ids INTO v_report_benchmark_ids;
     IF v_report_benchmark_ids IS NOT NULL THEN
-        PERFORM active_series._record_activity(
-            active_series._activity_of(v_report_benchmark_ids)
-        );
+        PERFORM active_series._record_activity(v_report_benchmark_ids);
     END IF;
     RETURN NULL;
 END;

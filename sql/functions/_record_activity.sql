@@ -1,13 +1,14 @@
-CREATE FUNCTION active_series._record_activity(p_activity active_series._series_activity[])
+CREATE FUNCTION active_series._record_activity(p_report_benchmark_ids bigint[])
 RETURNS void
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
--- Records a batch of series activity (one element per series and period: the ingest
--- trigger passes a whole transaction's metrics at commit, backfill a batch of reports)
--- in last_seen, the period history and the per-period counts; appends an outbox row and
--- a NOTIFY for each organization whose count changed.
+-- Records the activity of the metrics of some report_benchmarks (the ingest trigger
+-- passes a whole transaction's at commit, backfill a batch of reports') in last_seen, the
+-- period history and the per-period counts; appends an outbox row and a NOTIFY for each
+-- organization whose count changed. Resolves metrics to (testbed, benchmark) summaries
+-- with index lookups only; per-series detail (_activity_of) only for the general case.
 --
 -- One (testbed, benchmark) at a time, in key order. The common case, a report whose
 -- benchmark carries the same measures as its previous report in the same period, is one
@@ -24,44 +25,64 @@ DECLARE
     v_seen active_series._benchmark_seen;
     v_new active_series._series_activity [] := ARRAY[]::active_series._series_activity [];
 BEGIN
-    IF p_activity IS NULL THEN
+    IF p_report_benchmark_ids IS NULL THEN
         RETURN;
     END IF;
     FOR v_group IN
+        WITH benchmarks AS MATERIALIZED (
+            SELECT
+                rb.id, rb.benchmark_id, r.project_id, r.testbed_id, r.created,
+                p.organization_id
+            FROM (SELECT DISTINCT x.id FROM unnest(p_report_benchmark_ids) AS x (id)) AS d
+            INNER JOIN active_series.report_benchmark AS rb ON rb.id = d.id
+            INNER JOIN active_series.report AS r ON r.id = rb.report_id
+            INNER JOIN active_series.project AS p ON p.id = r.project_id
+        ),
+        periods AS MATERIALIZED (
+            SELECT t.organization_id, t.created, f.period_start
+            FROM (
+                SELECT DISTINCT b.organization_id, b.created
+                FROM benchmarks AS b
+                WHERE EXISTS (
+                    SELECT FROM active_series.metric AS m WHERE m.report_benchmark_id = b.id
+                )
+            ) AS t
+            CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
+        ),
+        metrics AS (
+            SELECT
+                b.organization_id, b.project_id, b.testbed_id, b.benchmark_id, b.id,
+                b.created, m.measure_id, t.period_start
+            FROM benchmarks AS b
+            INNER JOIN active_series.metric AS m ON m.report_benchmark_id = b.id
+            INNER JOIN periods AS t
+                ON t.organization_id = b.organization_id AND t.created = b.created
+        )
         SELECT
             a.organization_id, a.testbed_id, a.benchmark_id,
             min(a.project_id) AS project_id,
-            min(a.first_seen) AS first_seen,
-            max(a.last_seen) AS last_seen,
+            min(a.created) AS first_seen,
+            max(a.created) AS last_seen,
             min(a.period_start) AS min_period,
             max(a.period_start) AS max_period,
             array_agg(DISTINCT a.measure_id ORDER BY a.measure_id) AS measure_ids,
-            -- the measures of the batch's newest report of this benchmark
-            array_agg(DISTINCT a.measure_id ORDER BY a.measure_id)
-                FILTER (WHERE a.last_seen = a.benchmark_last) AS latest_measure_ids
-        FROM (
-            SELECT
-                x.*,
-                max(x.last_seen) OVER (
-                    PARTITION BY x.organization_id, x.testbed_id, x.benchmark_id
-                ) AS benchmark_last
-            FROM unnest(p_activity) AS x
-        ) AS a
+            array_agg(DISTINCT a.id) AS report_benchmark_ids
+        FROM metrics AS a
         GROUP BY a.organization_id, a.testbed_id, a.benchmark_id
         ORDER BY a.organization_id, a.testbed_id, a.benchmark_id
     LOOP
-        -- the common case in one statement: same measures, same period, a newer report
+        -- the common case in one statement: one newer report (all its metrics at one
+        -- created) with the same measures, in the same period
         UPDATE active_series._benchmark_seen AS b
         SET last_seen = v_group.last_seen
         WHERE b.organization_id = v_group.organization_id
             AND b.testbed_id = v_group.testbed_id
             AND b.benchmark_id = v_group.benchmark_id
-            AND b.last_seen <= v_group.first_seen
+            AND v_group.first_seen = v_group.last_seen
             AND b.last_seen < v_group.last_seen
             AND b.period_start = v_group.min_period
             AND b.period_start = v_group.max_period
-            AND b.measure_ids = v_group.measure_ids
-            AND b.measure_ids = v_group.latest_measure_ids;
+            AND b.measure_ids = v_group.measure_ids;
         IF FOUND THEN
             CONTINUE;
         END IF;
@@ -99,14 +120,7 @@ BEGIN
             CONTINUE;
         END IF;
         v_new := v_new || active_series._record_benchmark_activity(
-            v_seen,
-            array(
-                SELECT a
-                FROM unnest(p_activity) AS a
-                WHERE a.organization_id = v_group.organization_id
-                    AND a.testbed_id = v_group.testbed_id
-                    AND a.benchmark_id = v_group.benchmark_id
-            )
+            v_seen, active_series._activity_of(v_group.report_benchmark_ids)
         );
     END LOOP;
 
@@ -130,5 +144,5 @@ BEGIN
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION active_series._record_activity(active_series._series_activity[]) IS
-'Internal: record a batch of series activity in last_seen, history and counts (the commit-time ingest trigger and backfill share it).';
+COMMENT ON FUNCTION active_series._record_activity(bigint[]) IS
+'Internal: record the activity of the metrics of some report_benchmarks in last_seen, history and counts (the commit-time ingest trigger and backfill share it).';

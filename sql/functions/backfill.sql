@@ -35,7 +35,7 @@ BEGIN
         FROM active_series.report_benchmark AS rb
         WHERE rb.report_id >= v_lo AND rb.report_id < v_lo + p_batch_size;
         IF v_rb IS NOT NULL THEN
-            PERFORM active_series._record_activity(active_series._activity_of(v_rb));
+            PERFORM active_series._record_activity(v_rb);
         END IF;
         SELECT v_done + pg_catalog.count(*) INTO v_done
         FROM active_series.report AS r
