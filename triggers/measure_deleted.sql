@@ -1,10 +1,13 @@
 CREATE FUNCTION active_series._measure_deleted()
 RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Statement-level AFTER DELETE on measure: the series of a hard-deleted measure leave the
 -- measure sets of _benchmark_seen (their history and _series_seen rows cascade away).
+-- SECURITY DEFINER: an ingest client (active_series_ingest) may hard-delete measures but
+-- not write _benchmark_seen; the rows changed come from the transition table.
 BEGIN
     UPDATE active_series._benchmark_seen AS b
     SET measure_ids = array(

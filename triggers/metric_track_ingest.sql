@@ -1,6 +1,7 @@
 CREATE FUNCTION active_series._track_metric_insert()
 RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Statement-level AFTER INSERT on metric: notes which report_benchmarks the statement's
@@ -8,6 +9,9 @@ AS $$
 -- deferred trigger on _pending records them all at commit, in one batch, so that a
 -- transaction of many statements takes its locks once, in key order.
 -- Locks: only the transaction's own _pending row.
+-- SECURITY DEFINER: it fires as the ingesting role (active_series_ingest), which may not
+-- write _pending itself (else it could queue other transactions' report_benchmarks or
+-- delete its own row to skip recording); it writes only what the transition table holds.
 BEGIN
     INSERT INTO active_series._pending AS p (report_benchmark_ids)
     SELECT array_agg(DISTINCT n.report_benchmark_id)

@@ -1,10 +1,13 @@
 CREATE FUNCTION active_series._project_changed()
 RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Statement-level AFTER UPDATE on project: soft delete or restore changes what is billed
 -- (counts exclude soft-deleted projects at read time), so tell the relay.
+-- SECURITY DEFINER: an ingest client (active_series_ingest) soft-deletes and restores
+-- projects but may not write _outbox; the rows written come from the transition tables.
 BEGIN
     PERFORM active_series._changed(c.organization_id, NULL, 'project')
     FROM (

@@ -4,14 +4,30 @@ LANGUAGE plpgsql
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- BEFORE INSERT on report: created is the transaction time. An explicit other value is
--- refused unless the session set active_series.allow_explicit_created = on and the
--- current role is a superuser or a member of active_series_admin (migrations, backfills,
--- demo loaders): clients cannot move activity out of the period it happened in.
+-- refused unless the session set active_series.allow_explicit_created = on and the role
+-- inserting the row is a superuser or a member of active_series_admin (migrations,
+-- backfills, demo loaders): clients cannot move activity out of the period it happened in.
+-- SECURITY INVOKER on purpose: current_user is then the role that runs the INSERT (after
+-- SET ROLE, the role set, not the session's login role), which is the one to judge. As
+-- SECURITY DEFINER it would be the extension owner, and session_user would let a
+-- superuser session that SET ROLE to an ingest role pass. It writes no billing table.
+DECLARE
+    v_allowed boolean;
 BEGIN
     IF NEW.created IS NULL THEN
         NEW.created := now();
     ELSIF NEW.created IS DISTINCT FROM now() THEN
-        IF NOT active_series._explicit_created_allowed() THEN
+        v_allowed := coalesce(current_setting('active_series.allow_explicit_created', true), 'off')
+            IN ('on', 'true', '1', 'yes')
+            AND (
+                coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles AS r
+                    WHERE r.rolname = current_user), false)
+                OR (
+                    to_regrole('active_series_admin') IS NOT NULL
+                    AND pg_has_role(current_user, 'active_series_admin', 'MEMBER')
+                )
+            );
+        IF NOT v_allowed THEN
             RAISE EXCEPTION 'active_series: report.created is set by the server to the transaction time (got %)',
                 NEW.created
                 USING ERRCODE = 'insufficient_privilege',
@@ -29,7 +45,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION active_series._report_set_created() IS
-'Trigger: force report.created to the transaction time unless an explicit value is allowed (see _explicit_created_allowed).';
+'Trigger: force report.created to the transaction time unless the session allows an explicit value and its current role is superuser or active_series_admin.';
 
 CREATE TRIGGER report_set_created
 BEFORE INSERT ON active_series.report

@@ -1,10 +1,13 @@
 CREATE FUNCTION active_series._series_period_deleted()
 RETURNS trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Statement-level AFTER DELETE on _series_period (a testbed, benchmark, measure or project
 -- hard-deleted cascades its history away): lower the counts and tell the relay.
+-- SECURITY DEFINER: the hard delete that cascades here may be an ingest client's
+-- (active_series_ingest), which may not write _period_usage or _outbox.
 BEGIN
     UPDATE active_series._period_usage AS u
     SET series_count = u.series_count - d.n

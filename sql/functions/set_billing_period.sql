@@ -6,6 +6,7 @@ CREATE FUNCTION active_series.set_billing_period(
 RETURNS void
 LANGUAGE plpgsql
 VOLATILE
+SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Makes [p_period_start, p_period_end) a billing period of the organization and the
@@ -13,6 +14,9 @@ AS $$
 -- the end is the start plus whole months in UTC, else the exact duration). Recorded
 -- periods cut by either bound are split exactly; those inside are merged into it.
 -- Locks: the organization's period lock, exclusively (waits for ingest in flight).
+-- SECURITY DEFINER (EXECUTE: active_series_admin and active_series_worker only): the worker
+-- follows the Stripe subscription's periods with it, and re-bucketing rewrites history,
+-- counts and last_seen, which the worker must not be able to write directly.
 DECLARE
     v_start_utc timestamp := p_period_start AT TIME ZONE 'UTC';
     v_end_utc timestamp := p_period_end AT TIME ZONE 'UTC';
