@@ -4,21 +4,22 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
--- Statement-level AFTER INSERT on metric: notes which report_benchmarks the statement's
--- new metrics (its transition table) belong to in the transaction's _pending row. The
--- deferred trigger on _pending records them all at commit, in one batch, so that a
--- transaction of many statements takes its locks once, in key order.
--- Locks: only the transaction's own _pending row.
+-- Statement-level AFTER INSERT on metric: appends a _pending row with the
+-- report_benchmarks of the statement's new metrics (its transition table). The deferred
+-- trigger of the transaction's first such row records them all at commit, in one batch,
+-- so that a transaction of many statements takes its locks once, in key order. A row per
+-- statement keeps a long loading transaction linear.
+-- Locks: none beyond the inserted row.
 -- SECURITY DEFINER: it fires as the ingesting role (active_series_ingest), which may not
 -- write _pending itself (else it could queue other transactions' report_benchmarks or
 -- delete its own row to skip recording); it writes only what the transition table holds.
 BEGIN
-    INSERT INTO active_series._pending AS p (report_benchmark_ids)
-    SELECT array_agg(DISTINCT n.report_benchmark_id)
+    INSERT INTO active_series._pending (report_benchmark_ids, head)
+    SELECT
+        array_agg(DISTINCT n.report_benchmark_id),
+        NOT EXISTS (SELECT FROM active_series._pending AS p WHERE p.txid = txid_current())
     FROM new_metric AS n
-    HAVING count(*) > 0
-    ON CONFLICT (txid) DO UPDATE
-    SET report_benchmark_ids = p.report_benchmark_ids || excluded.report_benchmark_ids;
+    HAVING count(*) > 0;
     RETURN NULL;
 END;
 $$;

@@ -4,18 +4,24 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
--- Deferred (fires at commit) for the transaction's _pending row: records the activity of
--- every metric the transaction inserted, in one batch (_record_activity), and removes the
--- row. Still inside the ingest transaction: a failure here aborts the commit.
+-- Deferred (fires at commit) for the transaction's first _pending row: records the
+-- activity of every metric the transaction inserted, in one batch (_record_activity), and
+-- removes its rows. Still inside the ingest transaction: a failure aborts the commit.
 -- SECURITY DEFINER: it fires at commit as the ingesting role, which may neither write the
 -- cache, history, counts and outbox nor call the internal functions that do; what it
 -- records is derived from committed-to-be metric rows only, never from arguments.
 DECLARE
     v_report_benchmark_ids bigint [];
 BEGIN
-    DELETE FROM active_series._pending AS p
-    WHERE p.txid = NEW.txid
-    RETURNING p.report_benchmark_ids INTO v_report_benchmark_ids;
+    WITH done AS (
+        DELETE FROM active_series._pending AS p
+        WHERE p.txid = NEW.txid
+        RETURNING p.report_benchmark_ids
+    )
+    SELECT array_agg(DISTINCT x.id)
+    INTO v_report_benchmark_ids
+    FROM done AS d
+    CROSS JOIN LATERAL unnest(d.report_benchmark_ids) AS x (id);
     IF v_report_benchmark_ids IS NOT NULL THEN
         PERFORM active_series._record_activity(v_report_benchmark_ids);
     END IF;
@@ -29,4 +35,5 @@ CREATE CONSTRAINT TRIGGER pending_flush
 AFTER INSERT ON active_series._pending
 DEFERRABLE INITIALLY DEFERRED
 FOR EACH ROW
+WHEN (new.head)
 EXECUTE FUNCTION active_series._flush_pending();

@@ -131,6 +131,23 @@ def test_a_series_rolled_back_to_a_savepoint_counts_when_ingested_again_after_it
     assert_matches_oracle(conn, org.id)
 
 
+def test_statements_after_an_early_recording_are_recorded_at_commit(conn, connect):
+    org = make_org(conn)
+    first = [(org.benchmarks[0], org.measures[0])]
+    later = [(org.benchmarks[1], org.measures[1])]
+
+    ingester = connect(autocommit=False)
+    ingest(ingester, org, org.testbeds[0], first)
+    ingester.execute("SET CONSTRAINTS active_series.pending_flush IMMEDIATE")
+    ingester.execute("SET CONSTRAINTS active_series.pending_flush DEFERRED")
+    ingest(ingester, org, org.testbeds[1], later)
+    ingester.commit()
+
+    assert conn.execute("SELECT active_series.period_usage(%s)", (org.id,)).fetchone() == (2,)
+    assert conn.execute("SELECT count(*) FROM active_series._pending").fetchone() == (0,)
+    assert_matches_oracle(conn, org.id)
+
+
 def _drain(listener: psycopg.Connection, received: list[str], until: str) -> None:
     """Round-trip on the listener until a notification with payload ``until`` arrived.
 
