@@ -221,3 +221,13 @@ SOAK_SECONDS ?= 600
 soak: deps build
 	ACTIVE_SERIES_CHAOS_SECONDS=$(SOAK_SECONDS) $(VENV)/bin/pytest tests -m soak \
 		--timeout=$$(( $(SOAK_SECONDS) + 600 )) $(PYTEST_ARGS)
+
+# The whole pipeline live on this machine: embedded cluster, Stripe emulator, worker, several
+# organizations on short billing periods; prints database vs Stripe and writes a PNG chart
+# (.active-series/demo/). DEMO_ARGS=--short runs the ~35-second version.
+.PHONY: demo
+DEMO_ARGS ?=
+demo: deps build
+	@$(VPY) -c 'import matplotlib' 2>/dev/null || \
+		$(VPY) -m pip install -q --disable-pip-version-check -e '.[demo]'
+	$(VENV)/bin/active-series demo $(DEMO_ARGS)

@@ -1,8 +1,10 @@
 """The ``active-series`` command line.
 
-Every subcommand reads its connection from ``--dsn``, else ``DATABASE_URL``, else
-the standard libpq variables (``PGHOST``, ``PGPORT``, ``PGUSER``, ...).  Expected
-failures print one line to stderr and exit with a distinct code; no traceback.
+Every subcommand that talks to a database reads its connection from ``--dsn``, else
+``DATABASE_URL``, else the standard libpq variables (``PGHOST``, ``PGPORT``, ``PGUSER``,
+...).  ``db start|stop|status`` manage an embedded local cluster (data in
+``.active-series/db`` unless ``--data-dir``).  Expected failures print one line to stderr
+and exit with a distinct code (the ``EXIT_*`` constants below); no traceback.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
 
 import psycopg
 
@@ -28,6 +31,45 @@ EXIT_DATABASE = 3  # unreachable or refused
 EXIT_SCHEMA = 4  # not installed or another version
 EXIT_NOT_FOUND = 5  # unknown organization
 EXIT_INPUT = 6  # bad dates or other rejected input
+EXIT_STRIPE_KEY = 7  # STRIPE_API_KEY missing (worker, close-period)
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+DEFAULT_DATA_DIR = ".active-series/db"
+DEFAULT_DBNAME = "active_series"
+# The embedded cluster keeps data across runs: unlike the test clusters, write it durably.
+DURABLE_SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+# -- SQL the commands send (the relay's own statements are in queries.py) ----------------
+SQL_EXPLAIN = """
+SELECT p.name AS project, t.name AS testbed, b.name AS benchmark, m.name AS measure,
+       s.first_seen, s.last_seen
+FROM active_series.period_series(%s, %s) AS s
+JOIN active_series.project AS p ON p.id = s.project_id
+JOIN active_series.testbed AS t ON t.id = s.testbed_id
+JOIN active_series.benchmark AS b ON b.id = s.benchmark_id
+JOIN active_series.measure AS m ON m.id = s.measure_id
+ORDER BY p.name, t.name, b.name, m.name
+"""
+
+# the period starting at %s (NULL: the current one) with its exact count
+SQL_PERIOD = """
+WITH cur AS (SELECT period_start, period_end FROM active_series.current_period(%(org)s))
+SELECT p.period_start, p.period_end, p.active_series
+FROM active_series.periods(%(org)s) AS p
+WHERE p.period_start = coalesce(%(start)s, (SELECT period_start FROM cur))
+UNION ALL
+SELECT c.period_start, c.period_end, 0::bigint
+FROM cur AS c
+WHERE coalesce(%(start)s, c.period_start) = c.period_start
+    AND NOT EXISTS (SELECT FROM active_series.periods(%(org)s) AS p
+                    WHERE p.period_start = c.period_start)
+"""
+
+SQL_PERIODS = """
+SELECT %(org)s::bigint AS organization_id, period_start, period_end, active_series
+FROM active_series.periods(%(org)s)
+ORDER BY period_start
+"""
 
 
 class CliError(Exception):
@@ -45,8 +87,7 @@ def connect(args: argparse.Namespace, *, check: bool = True) -> psycopg.Connecti
     try:
         conn = psycopg.connect(conninfo(args), autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
-        raise CliError(f"cannot connect to the database: {first}", EXIT_DATABASE) from None
+        raise CliError(f"cannot connect to the database: {_message(exc)}", EXIT_DATABASE) from None
     if check:
         try:
             check_version(conn)
@@ -61,12 +102,10 @@ def parse_time(text: str) -> datetime:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 time: {text!r} (e.g. 2026-11-01 or 2026-11-01T00:00:00Z)"
+            f"not an ISO 8601 time: {text!r} (e.g. 2026-11-01, 2026-11-01T05:00:00+02:00)"
         ) from None
-    if value.tzinfo is None:
-        raise argparse.ArgumentTypeError(
-            f"time {text!r} has no time zone; add one, e.g. {text}+00:00"
-        )
+    if value.tzinfo is None:  # billing periods are UTC
+        value = value.replace(tzinfo=UTC)
     return value
 
 
@@ -84,7 +123,12 @@ def _db_call(fn: Callable[[], Any]) -> Any:
 
 def _message(exc: psycopg.Error) -> str:
     diag = exc.diag.message_primary if exc.diag else None
-    return (diag or str(exc)).removeprefix("active_series: ")
+    return _first_line(diag or str(exc)).removeprefix("active_series: ")
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
 
 
 def cmd_install(args: argparse.Namespace) -> int:
@@ -137,32 +181,226 @@ def cmd_count(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    query = (
-        "SELECT organization_id, organization_name, plan, stripe_customer_id, period_start,"
-        " period_end, active_series, private_series, public_series FROM active_series.usage"
-    )
-    params: tuple[Any, ...] = ()
-    if args.organization is not None:
-        query += " WHERE organization_id = %s"
-        params = (args.organization,)
+    if (args.period is not None or args.history) and args.organization is None:
+        raise CliError("--period and --history need --organization", EXIT_USAGE)
     with connect(args) as conn:
-        cur = conn.execute(query + " ORDER BY organization_id", params)
+        if args.history:
+            cur = _db_call(lambda: conn.execute(SQL_PERIODS, {"org": args.organization}))
+            names = [c.name for c in cur.description or []]
+            rows = cur.fetchall()
+        elif args.period is not None:
+            start, end, count = _period(conn, args.organization, args.period)
+            names = ["organization_id", "period_start", "period_end", "active_series"]
+            rows = [(args.organization, start, end, count)]
+        else:
+            query = (
+                "SELECT organization_id, organization_name, plan, stripe_customer_id,"
+                " period_start, period_end, active_series, private_series, public_series"
+                " FROM active_series.usage"
+            )
+            params: tuple[Any, ...] = ()
+            if args.organization is not None:
+                query += " WHERE organization_id = %s"
+                params = (args.organization,)
+            cur = conn.execute(query + " ORDER BY organization_id", params)
+            names = [c.name for c in cur.description or []]
+            rows = cur.fetchall()
+            if args.organization is not None and not rows:
+                raise CliError(f"organization {args.organization} does not exist", EXIT_NOT_FOUND)
+    _output(args, names, rows)
+    return EXIT_OK
+
+
+def _period(
+    conn: psycopg.Connection[Any], org: int, start: datetime | None
+) -> tuple[datetime, datetime, int]:
+    """(start, end, exact count) of the organization's period starting at ``start`` (None:
+    the current one); a start that begins no period is bad input."""
+    rows = _db_call(lambda: conn.execute(SQL_PERIOD, {"org": org, "start": start}).fetchall())
+    if rows:
+        return rows[0][0], rows[0][1], int(rows[0][2])
+    starts = [
+        r[0].isoformat()
+        for r in conn.execute(
+            "SELECT period_start FROM active_series.periods(%s) ORDER BY 1 DESC LIMIT 3", (org,)
+        )
+    ]
+    hint = f"; recent ones start at {', '.join(starts)}" if starts else ""
+    assert start is not None
+    raise CliError(
+        f"no billing period of organization {org} starts at {start.isoformat()}{hint}",
+        EXIT_INPUT,
+    )
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    with connect(args) as conn:
+        start, end, count = _period(conn, args.organization, args.period)
+        cur = _db_call(lambda: conn.execute(SQL_EXPLAIN, (args.organization, start)))
         names = [c.name for c in cur.description or []]
         rows = cur.fetchall()
-    if args.organization is not None and not rows:
-        raise CliError(f"organization {args.organization} does not exist", EXIT_NOT_FOUND)
     if args.json:
-        print(json.dumps([dict(zip(names, row, strict=True)) for row in rows], default=str))
-    else:
+        print(
+            json.dumps(
+                {
+                    "organization_id": args.organization,
+                    "period_start": start.isoformat(),
+                    "period_end": end.isoformat(),
+                    "active_series": count,
+                    "series": [dict(zip(names, row, strict=True)) for row in rows],
+                },
+                default=str,
+            )
+        )
+        return EXIT_OK
+    print(
+        f"organization {args.organization}, period {start.isoformat()} .. {end.isoformat()}:"
+        f" {count} active series"
+    )
+    if rows:
         _print_table(names, rows)
     return EXIT_OK
 
 
+def _output(args: argparse.Namespace, names: Sequence[str], rows: Sequence[Any]) -> None:
+    if args.json:
+        print(json.dumps([dict(zip(names, row, strict=True)) for row in rows], default=str))
+    else:
+        _print_table(names, rows)
+
+
 def cmd_backfill(args: argparse.Namespace) -> int:
+    progress = Progress(sys.stderr)
     with connect(args) as conn:
-        conn.add_notice_handler(lambda d: print(d.message_primary, file=sys.stderr))
-        _db_call(lambda: conn.execute("CALL active_series.backfill(%s)", (args.batch_size,)))
+        conn.add_notice_handler(lambda d: progress.notice(d.message_primary or ""))
+        try:
+            _db_call(lambda: conn.execute("CALL active_series.backfill(%s)", (args.batch_size,)))
+        finally:
+            progress.finish()
     return EXIT_OK
+
+
+class Progress:
+    """Shows backfill's NOTICEs: a redrawn bar on a terminal, the plain lines otherwise."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.drawn = False
+
+    def notice(self, message: str) -> None:
+        text = message.removeprefix("active_series backfill: ")
+        done, sep, rest = text.partition(" of ")
+        total = rest.split(" ", 1)[0]
+        if not (self.tty and sep and done.isdigit() and total.isdigit()):
+            if self.drawn:
+                self.stream.write("\n")
+                self.drawn = False
+            self.stream.write(f"backfill: {text}\n")
+            self.stream.flush()
+            return
+        n, of = int(done), max(int(total), 1)
+        filled = min(self.WIDTH, self.WIDTH * n // of)
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        self.stream.write(f"\rbackfill [{bar}] {100 * n // of:3d}% {n}/{of} reports")
+        self.stream.flush()
+        self.drawn = True
+
+    def finish(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+def data_dir(args: argparse.Namespace) -> Path:
+    """--data-dir, else ACTIVE_SERIES_DATA_DIR, else .active-series/db under the current one."""
+    return Path(
+        args.data_dir or os.environ.get("ACTIVE_SERIES_DATA_DIR") or DEFAULT_DATA_DIR
+    ).absolute()
+
+
+def embedded_cluster(path: Path, port: int | None = None) -> Any:
+    """The embedded cluster in ``path`` (run as the postgres user when we are root)."""
+    from active_series.cluster import Cluster, ClusterError
+
+    try:
+        return Cluster(path, port, settings=DURABLE_SETTINGS)
+    except ClusterError as exc:
+        raise CliError(_first_line(str(exc)), EXIT_DATABASE) from None
+
+
+def _cluster_call(fn: Callable[[], Any], log_file: Path | None = None) -> Any:
+    from active_series.cluster import ClusterError
+
+    try:
+        return fn()
+    except ClusterError as exc:
+        where = f" (server log: {log_file})" if log_file and log_file.exists() else ""
+        raise CliError(_first_line(str(exc)) + where, EXIT_DATABASE) from None
+
+
+def ensure_database(cluster: Any, dbname: str, *, with_schema: bool = True) -> str:
+    """Create ``dbname`` in the cluster when missing, install the schema; return its DSN."""
+    from psycopg import sql
+
+    try:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as admin:
+            exists = admin.execute("SELECT FROM pg_database WHERE datname = %s", (dbname,))
+            if exists.fetchone() is None:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        dsn: str = cluster.dsn(dbname)
+        if with_schema:
+            install(dsn)
+    except psycopg.OperationalError as exc:
+        raise CliError(f"cannot connect to the database: {_message(exc)}", EXIT_DATABASE) from None
+    except SchemaVersionError as exc:
+        raise CliError(str(exc), EXIT_SCHEMA) from None
+    return dsn
+
+
+def cmd_db_start(args: argparse.Namespace) -> int:
+    cluster = embedded_cluster(data_dir(args), args.port)
+    _cluster_call(cluster.start, cluster.log_file)
+    dsn = ensure_database(cluster, args.dbname, with_schema=not args.no_install)
+    schema = "" if args.no_install else f", schema active_series {__version__}"
+    print(
+        f"PostgreSQL running in {cluster.data_dir} (port {cluster.port}); "
+        f"database {args.dbname}{schema}",
+        file=sys.stderr,
+    )
+    print(dsn)
+    return EXIT_OK
+
+
+def cmd_db_stop(args: argparse.Namespace) -> int:
+    cluster = embedded_cluster(data_dir(args))
+    if not cluster.initialized:
+        print(f"no cluster in {cluster.data_dir}", file=sys.stderr)
+        return EXIT_OK
+    _cluster_call(cluster.stop, cluster.log_file)
+    print(f"PostgreSQL in {cluster.data_dir} stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    cluster = embedded_cluster(data_dir(args))
+    status = cluster.status()
+    if not status.running:
+        what = "stopped" if cluster.initialized else "no cluster"
+        print(f"{what}: {cluster.data_dir} (start it: active-series db start)", file=sys.stderr)
+        return EXIT_DATABASE
+    print(f"running in {cluster.data_dir}: {status}", file=sys.stderr)
+    print(cluster.dsn(args.dbname))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from active_series import demo
+
+    return demo.run(args)
 
 
 def cmd_stripe_emulator(args: argparse.Namespace) -> int:
@@ -176,7 +414,7 @@ def _relay_config(args: argparse.Namespace) -> Any:
 
     api_key = os.environ.get("STRIPE_API_KEY", "")
     if not api_key:
-        raise CliError("STRIPE_API_KEY is not set (the Stripe secret key)", EXIT_USAGE)
+        raise CliError("STRIPE_API_KEY is not set (export the Stripe secret key)", EXIT_STRIPE_KEY)
     for name in ("poll_interval", "debounce", "rate_limit", "grace", "stripe_timeout"):
         if getattr(args, name, 0) < 0:
             raise CliError(f"--{name.replace('_', '-')} must not be negative", EXIT_INPUT)
@@ -305,16 +543,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="exact count of a period, or series whose last_seen is in a window",
     )
     p.add_argument("--organization", type=int, required=True)
-    p.add_argument("--period", type=parse_time, help="period start (default: the current one)")
+    p.add_argument(
+        "--period", type=parse_time, metavar="START", help="period start (default: current)"
+    )
     p.add_argument("--from", dest="window_from", type=parse_time, help="window start")
     p.add_argument("--to", dest="window_to", type=parse_time, help="window end (exclusive)")
     p.add_argument("--visibility", choices=["public", "private"])
     p.set_defaults(func=cmd_count)
 
-    p = sub.add_parser("usage", parents=[common], help="current period usage per organization")
-    p.add_argument("--organization", type=int)
+    p = sub.add_parser(
+        "usage",
+        parents=[common],
+        help="usage per organization: the current period, a past one, or every one",
+    )
+    p.add_argument("--organization", type=int, help="only this organization id")
+    p.add_argument(
+        "--period", type=parse_time, metavar="START", help="the period starting at START"
+    )
+    p.add_argument("--history", action="store_true", help="every period of the organization")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_usage)
+
+    p = sub.add_parser(
+        "explain",
+        parents=[common],
+        help="the series a period's bill is made of (project, testbed, benchmark, measure)",
+    )
+    p.add_argument("--organization", type=int, required=True)
+    p.add_argument(
+        "--period", type=parse_time, metavar="START", help="period start (default: current)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
         "backfill", parents=[common], help="rebuild cache and history from existing metrics"
@@ -412,6 +672,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("emulator_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_stripe_emulator)
+
+    cluster_opts = argparse.ArgumentParser(add_help=False)
+    cluster_opts.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"the cluster's data directory (default: ACTIVE_SERIES_DATA_DIR, else "
+        f"{DEFAULT_DATA_DIR} in the current directory)",
+    )
+    cluster_opts.add_argument(
+        "--dbname", default=DEFAULT_DBNAME, help=f"database (default {DEFAULT_DBNAME})"
+    )
+    p = sub.add_parser(
+        "db",
+        help="an embedded local PostgreSQL cluster (run as the postgres user when root)",
+        description="Start, stop or inspect a local PostgreSQL cluster in a project directory. "
+        "start and status print the database's DSN on stdout.",
+    )
+    db_sub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dp = db_sub.add_parser(
+        "start",
+        parents=[cluster_opts],
+        help="initialize when needed, start, create the database and install the schema",
+    )
+    dp.add_argument("--port", type=int, help="TCP port (default: the last one, else a free one)")
+    dp.add_argument("--no-install", action="store_true", help="do not install the schema")
+    dp.set_defaults(func=cmd_db_start)
+    dp = db_sub.add_parser("stop", parents=[cluster_opts], help="stop the cluster")
+    dp.set_defaults(func=cmd_db_stop)
+    dp = db_sub.add_parser(
+        "status", parents=[cluster_opts], help="print the DSN when running (exit 3 when not)"
+    )
+    dp.set_defaults(func=cmd_db_status)
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline live: database, Stripe emulator, worker, several organizations",
+        description="Start the embedded cluster, the Stripe emulator and the worker; bill "
+        "several organizations on short periods through the stripe SDK; print database vs "
+        "Stripe per period and write a PNG chart. Stops everything it started.",
+    )
+    p.add_argument("--short", action="store_true", help="about 35 seconds (CI) instead of ~2 min")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"the cluster's data directory (default: {DEFAULT_DATA_DIR})",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where the chart, summary.json and worker.log go (default: .active-series/demo)",
+    )
+    p.add_argument("--period-seconds", type=int, help="billing period length (default 10 / 25)")
+    p.add_argument("--periods", type=int, help="periods with activity (default 3 / 5)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -423,7 +737,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"active-series: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except psycopg.OperationalError as exc:
+        print(f"active-series: database error: {_message(exc)}", file=sys.stderr)
+        return EXIT_DATABASE
+    except psycopg.Error as exc:
+        print(f"active-series: {_message(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -1,0 +1,704 @@
+"""``active-series demo``: the whole pipeline, live, on this machine.
+
+1. starts the embedded PostgreSQL cluster (``.active-series/db``; as the postgres user when
+   root) and installs the schema into a fresh database ``active_series_demo``;
+2. starts the Stripe emulator (a thread of this process) and creates, through the ``stripe``
+   SDK, a meter (formula ``last``), a tiered graduated Pro price (a flat base fee for the
+   first series, then per-series step-ups) and one customer and subscription per
+   organization, with short billing periods (``metadata[emulator_period_seconds]``);
+3. starts ``active-series worker`` as a subprocess;
+4. simulates organizations reporting benchmark results with plain SQL ``INSERT``s, so that
+   period rollover, period close and the final posts happen live;
+5. prints, per organization and period: the exact count (``period_usage``), the value
+   Stripe holds (the meter's aggregate over the period) and the invoice amount from the
+   tiered price; writes ``summary.json`` and a PNG chart of active series over time.
+
+Everything it started (worker, emulator, cluster) is stopped on the way out, also on
+Ctrl-C or SIGTERM; the worker also gets SIGTERM if this process dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import stripe
+from psycopg import sql
+
+from active_series import cli
+from active_series.stripe_emulator import EmulatorControl, StripeEmulatorServer, run_in_thread
+
+API_KEY = "sk_test_active_series_demo"
+EVENT_NAME = "active_series"
+DEMO_DB = "active_series_demo"
+DEFAULT_OUT = ".active-series/demo"
+GRACE = 1.0  # seconds after a period's end before its final value is posted
+
+# (testbed, benchmark, measure) of series number i: testbeds fill up first
+TESTBEDS = ["linux-x86", "macos-arm"]
+BENCHMARKS = [f"bench_{name}" for name in ("parse", "lex", "plan", "sort", "join", "hash")]
+BENCHMARKS += [f"bench_{name}" for name in ("scan", "index", "vacuum", "copy")]
+MEASURES = ["latency", "throughput"]
+SERIES = len(TESTBEDS) * len(BENCHMARKS) * len(MEASURES)
+
+# Pro: $29 for up to 10 series, then $1.00 per series up to 25, then $0.50 each
+TIERS: list[dict[str, Any]] = [
+    {"up_to": 10, "flat_amount": 2900, "unit_amount": 0},
+    {"up_to": 25, "unit_amount": 100},
+    {"up_to": "inf", "unit_amount": 50},
+]
+
+
+def _growing(period: int, progress: float) -> int:
+    """A team that adds benchmarks every period: 6, 12, 18, ... series, reached gradually."""
+    return max(1, math.ceil((6 + 6 * period) * min(1.0, progress + 0.2)))
+
+
+def _steady(period: int, progress: float) -> int:
+    return 12
+
+
+def _spiky(period: int, progress: float) -> int:
+    """A sweep over every benchmark in odd periods, a handful otherwise."""
+    return 30 if period % 2 else 4
+
+
+@dataclass
+class Org:
+    name: str
+    scenario: Callable[[int, float], int]
+    offset: int = 0  # the steady team rotates which series it reports
+    id: int = 0
+    customer: str = ""
+    subscription: str = ""
+    testbeds: list[int] = field(default_factory=list)
+    benchmarks: list[int] = field(default_factory=list)
+    measures: list[int] = field(default_factory=list)
+    project: int = 0
+    first_start: float = 0.0
+
+
+def organizations() -> list[Org]:
+    return [Org("acme", _growing), Org("globex", _steady, offset=4), Org("initech", _spiky)]
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A preexec_fn giving the worker SIGTERM when the demo dies, even by SIGKILL (Linux
+    prctl PR_SET_PDEATHSIG). libc is loaded here, before the fork, not in the child."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_signal() -> None:
+        prctl(1, int(signal.SIGTERM))
+
+    return set_signal
+
+
+class Worker:
+    """``active-series worker`` in its own session (Ctrl-C reaches only the demo, which then
+    stops it), logging to a file."""
+
+    def __init__(self, dsn: str, api_base: str, log_path: Path) -> None:
+        self.log_path = log_path
+        self.args = [
+            sys.executable,
+            "-m",
+            "active_series.cli",
+            "worker",
+            "--dsn",
+            dsn,
+            "--stripe-api-base",
+            api_base,
+            "--meter-event-name",
+            EVENT_NAME,
+            "--grace",
+            str(GRACE),
+            "--poll-interval",
+            "1",
+            "--debounce",
+            "0.1",
+            "--shutdown-timeout",
+            "5",
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, STRIPE_API_KEY=API_KEY)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_parent_death_signal(),
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Interrupted:
+    """Set once SIGINT, SIGTERM or SIGHUP arrived (an error raised while a database call
+    was being interrupted is then part of the interruption, not a failure)."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP unwind like Ctrl-C, so every finally block runs."""
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        Interrupted.signum = signum
+        raise KeyboardInterrupt
+
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    saved = {s: signal.signal(s, interrupt) for s in watched}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def _reachable_by_server(path: Path) -> bool:
+    """Whether the postgres system user can reach ``path`` (only a question when root)."""
+    if os.geteuid() != 0:
+        return True
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    runuser = "/usr/sbin/runuser" if Path("/usr/sbin/runuser").exists() else "runuser"
+    try:
+        done = subprocess.run(
+            [runuser, "-u", "postgres", "--", "test", "-x", str(probe)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+    except OSError:
+        return True  # let the cluster report what is wrong
+    return done.returncode == 0
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    path = cli.data_dir(args)
+    if args.data_dir or _reachable_by_server(path):
+        return path
+    # root, and the postgres user cannot enter the project directory (e.g. under /root)
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    base = Path(tempfile.gettempdir()) / f"active-series-demo-{digest}"
+    base.mkdir(exist_ok=True)
+    base.chmod(0o711)
+    say(f"note: the postgres user cannot reach {path}; using {base / 'db'} instead")
+    return base / "db"
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# ------------------------------------------------------------------------------ the demo
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.short = bool(args.short)
+        self.period = int(args.period_seconds or (10 if self.short else 25))
+        self.periods = int(args.periods or (3 if self.short else 5))
+        if self.period < 4 or self.periods < 1:
+            raise cli.CliError(
+                "--period-seconds must be at least 4 and --periods at least 1", cli.EXIT_USAGE
+            )
+        self.out = Path(args.out or DEFAULT_OUT).absolute()
+        self.data_dir_path = _data_dir(args)
+        self.orgs = organizations()
+        self.samples: list[dict[str, Any]] = []
+        self.started = time.time()
+        self.server: StripeEmulatorServer | None = None
+        self.worker: Worker | None = None
+        self.cluster: Any = None
+        self.stop_cluster = False
+        self.conn: psycopg.Connection[Any] | None = None
+        self.closed_seen: set[tuple[int, datetime]] = set()
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def start_database(self) -> str:
+        self.out.mkdir(parents=True, exist_ok=True)
+        gitignore = self.out.parent / ".gitignore"
+        if self.out.parent.name == ".active-series" and not gitignore.exists():
+            gitignore.write_text("*\n")
+        self.cluster = cli.embedded_cluster(self.data_dir_path)
+        marker = self.out / "cluster.pid"
+        running = self.cluster.pid
+        # ours: not running yet, or left running by a demo that was killed
+        ours = running is None or (marker.exists() and marker.read_text().strip() == str(running))
+        cli._cluster_call(self.cluster.start, self.cluster.log_file)
+        self.stop_cluster = ours
+        if ours:
+            marker.write_text(f"{self.cluster.pid}\n")
+        say(f"PostgreSQL: {self.cluster.data_dir} (port {self.cluster.port})")
+        with psycopg.connect(self.cluster.dsn("postgres"), autocommit=True) as admin:
+            ident = sql.Identifier(DEMO_DB)
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+        dsn = cli.ensure_database(self.cluster, DEMO_DB)
+        say(f"schema active_series installed in database {DEMO_DB}: {dsn}")
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        return dsn
+
+    def start_stripe(self) -> tuple[stripe.StripeClient, EmulatorControl, str]:
+        self.server, url = run_in_thread(rate_limit=None)
+        say(f"Stripe emulator: {url}")
+        client = stripe.StripeClient(API_KEY, base_addresses={"api": url}, max_network_retries=2)
+        return client, EmulatorControl(url), url
+
+    def create_billing(self, client: stripe.StripeClient) -> str:
+        meter = client.v1.billing.meters.create(
+            params={
+                "display_name": "Active series",
+                "event_name": EVENT_NAME,
+                "default_aggregation": {"formula": "last"},
+            }
+        )
+        price = client.v1.prices.create(
+            params={
+                "currency": "usd",
+                "product_data": {"name": "Pro (active series)"},
+                "billing_scheme": "tiered",
+                "tiers_mode": "graduated",
+                "tiers": TIERS,  # type: ignore[typeddict-item]
+                "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+            }
+        )
+        say(
+            f"meter {meter.id} (last), price {price.id}: $29 up to 10 series, "
+            "$1.00 each to 25, $0.50 each above"
+        )
+        for org in self.orgs:
+            org.customer = client.v1.customers.create(params={"name": org.name}).id
+            sub = client.v1.subscriptions.create(
+                params={
+                    "customer": org.customer,
+                    "items": [{"price": price.id}],
+                    "metadata": {"emulator_period_seconds": str(self.period)},
+                }
+            )
+            org.subscription = sub.id
+            item = sub["items"]["data"][0]
+            org.first_start = float(item["current_period_start"])
+            self._create_org(org, item["current_period_start"], item["current_period_end"])
+            say(
+                f"  {org.name}: organization {org.id}, customer {org.customer}, "
+                f"subscription {sub.id}, {self.period}-second periods"
+            )
+        return str(meter.id)
+
+    def _create_org(self, org: Org, start: int, end: int) -> None:
+        conn = self._conn()
+
+        def one(query: str, params: tuple[Any, ...]) -> int:
+            row = conn.execute(query, params).fetchone()
+            assert row is not None
+            return int(row[0])
+
+        org.id = one(
+            "INSERT INTO active_series.organization (name) VALUES (%s) RETURNING id", (org.name,)
+        )
+        org.project = one(
+            "INSERT INTO active_series.project (organization_id, name, visibility)"
+            " VALUES (%s, %s, 'private') RETURNING id",
+            (org.id, f"{org.name}-app"),
+        )
+        for table, names, ids in (
+            ("testbed", TESTBEDS, org.testbeds),
+            ("benchmark", BENCHMARKS, org.benchmarks),
+            ("measure", MEASURES, org.measures),
+        ):
+            for name in names:
+                ids.append(
+                    one(
+                        sql.SQL(
+                            "INSERT INTO active_series.{} (project_id, name)"
+                            " VALUES (%s, %s) RETURNING id"
+                        )
+                        .format(sql.Identifier(table))
+                        .as_string(conn),
+                        (org.project, name),
+                    )
+                )
+        conn.execute(
+            "SELECT active_series.set_stripe_customer(%s, %s, 'pro')", (org.id, org.customer)
+        )
+        # the subscription's period, as the worker would align it
+        conn.execute(
+            "SELECT active_series.set_billing_period(%s, to_timestamp(%s), to_timestamp(%s))",
+            (org.id, start, end),
+        )
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        assert self.conn is not None
+        return self.conn
+
+    # -- ingest --------------------------------------------------------------------------
+
+    def report(self, org: Org, count: int) -> None:
+        """One ingest transaction: a report per testbed, metrics for series 0..count-1
+        (rotated by the organization's offset), as an application would INSERT them."""
+        chosen = sorted({(org.offset + i) % SERIES for i in range(min(count, SERIES))})
+        per_testbed: dict[int, list[int]] = {}
+        for i in chosen:
+            per_testbed.setdefault(i // (len(BENCHMARKS) * len(MEASURES)), []).append(i)
+        conn = self._conn()
+        with conn.transaction():
+            for tb, series in per_testbed.items():
+                row = conn.execute(
+                    "INSERT INTO active_series.report (project_id, testbed_id, start_time,"
+                    " end_time) VALUES (%s, %s, now() - interval '1 minute', now()) RETURNING id",
+                    (org.project, org.testbeds[tb]),
+                ).fetchone()
+                assert row is not None
+                report_id = row[0]
+                benchmarks = sorted({(i // len(MEASURES)) % len(BENCHMARKS) for i in series})
+                rb: dict[int, int] = {}
+                for b in benchmarks:
+                    got = conn.execute(
+                        "INSERT INTO active_series.report_benchmark (report_id, benchmark_id,"
+                        " iteration) VALUES (%s, %s, 0) RETURNING id",
+                        (report_id, org.benchmarks[b]),
+                    ).fetchone()
+                    assert got is not None
+                    rb[b] = got[0]
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO active_series.metric (report_benchmark_id, measure_id, value)"
+                        " VALUES (%s, %s, %s)",
+                        [
+                            (
+                                rb[(i // len(MEASURES)) % len(BENCHMARKS)],
+                                org.measures[i % len(MEASURES)],
+                                1.0 + (i * 7919 % 97) / 10,
+                            )
+                            for i in series
+                        ],
+                    )
+
+    def current(self, org: Org) -> tuple[datetime, datetime, int]:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT c.period_start, c.period_end, active_series.period_usage(%s)"
+                " FROM active_series.current_period(%s) AS c",
+                (org.id, org.id),
+            )
+            .fetchone()
+        )
+        assert row is not None
+        return row[0], row[1], int(row[2])
+
+    def simulate(self, ctl: EmulatorControl, meter: str) -> None:
+        """Report every second: whole periods, then half of the last one, which is still
+        current when the table is printed (so it shows Stripe's invoice preview)."""
+        last = self.periods - 1
+        end_of_activity = max(o.first_start for o in self.orgs) + self.period * (last + 0.5)
+        last_index = {org.id: 0 for org in self.orgs}
+        say(
+            f"simulating {len(self.orgs)} organizations for {self.periods} periods of "
+            f"{self.period} s (one report per organization per second)"
+        )
+        while True:
+            now = time.time()
+            for org in self.orgs:
+                elapsed = now - org.first_start
+                index = int(elapsed // self.period)
+                progress = (elapsed % self.period) / self.period
+                if index < last or (index == last and progress < 0.5):
+                    self.report(org, org.scenario(index, progress))
+                if index != last_index[org.id] and index <= last:
+                    last_index[org.id] = index
+                    say(f"  +{now - self.started:5.1f}s {org.name}: period {index + 1} begins")
+            self.sample(ctl, meter)
+            self._announce_closed()
+            if now >= end_of_activity:
+                break
+            time.sleep(max(0.0, 1.0 - (time.time() - now)))
+
+    def sample(self, ctl: EmulatorControl, meter: str) -> None:
+        at = time.time() - self.started
+        for org in self.orgs:
+            start, end, usage = self.current(org)
+            held = ctl.aggregate(meter, org.customer, start.timestamp(), end.timestamp())
+            self.samples.append(
+                {"t": round(at, 2), "org": org.name, "database": usage, "stripe": held}
+            )
+
+    def _announce_closed(self) -> None:
+        seen = self.closed_seen
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT organization_id, period_start FROM active_series._period"
+                " WHERE closed_at IS NOT NULL ORDER BY closed_at"
+            )
+            .fetchall()
+        )
+        names = {o.id: o.name for o in self.orgs}
+        for org_id, start in rows:
+            if (org_id, start) not in seen:
+                seen.add((org_id, start))
+                usage = (
+                    self._conn()
+                    .execute("SELECT active_series.period_usage(%s, %s)", (org_id, start))
+                    .fetchone()
+                )
+                value = usage[0] if usage else "?"
+                say(
+                    f"  +{time.time() - self.started:5.1f}s {names.get(org_id, org_id)}: "
+                    f"period from {start:%H:%M:%S} closed, final value {value} posted"
+                )
+
+    def settle(self, ctl: EmulatorControl, meter: str, timeout: float = 60.0) -> bool:
+        """Wait until every ended period is closed and Stripe holds every period's count."""
+        deadline = time.time() + timeout
+        while True:
+            self.sample(ctl, meter)
+            self._announce_closed()
+            if self._settled(ctl, meter):
+                return True
+            if time.time() > deadline or not (self.worker and self.worker.alive()):
+                return False
+            time.sleep(0.5)
+
+    def _settled(self, ctl: EmulatorControl, meter: str) -> bool:
+        row = (
+            self._conn()
+            .execute(
+                "SELECT (SELECT count(*) FROM active_series._outbox)"
+                " + (SELECT count(*) FROM active_series._ledger WHERE status = 'pending')"
+                " + (SELECT count(*) FROM active_series._period WHERE closed_at IS NULL"
+                "    AND period_end <= clock_timestamp())"
+            )
+            .fetchone()
+        )
+        if row is None or row[0] != 0:
+            return False
+        return all(r["database"] == r["stripe"] for r in self.table(ctl, meter, invoices=None))
+
+    # -- results -------------------------------------------------------------------------
+
+    def table(
+        self, ctl: EmulatorControl, meter: str, invoices: stripe.StripeClient | None
+    ) -> list[dict[str, Any]]:
+        rows = []
+        for org in self.orgs:
+            periods = (
+                self._conn()
+                .execute(
+                    "SELECT period_start, period_end, active_series FROM active_series.periods(%s)"
+                    " ORDER BY period_start",
+                    (org.id,),
+                )
+                .fetchall()
+            )
+            amounts: dict[int, tuple[int, bool]] = {}
+            preview = None
+            if invoices is not None:
+                state = ctl.subscription_state(org.subscription)
+                amounts = {
+                    int(p["start"]): (int(p["amount"]), p["current"]) for p in state["periods"]
+                }
+                preview = invoices.v1.invoices.create_preview(
+                    params={"customer": org.customer, "subscription": org.subscription}
+                )
+            for start, end, usage in periods:
+                held = ctl.aggregate(meter, org.customer, start.timestamp(), end.timestamp())
+                row: dict[str, Any] = {
+                    "organization": org.name,
+                    "organization_id": org.id,
+                    "customer": org.customer,
+                    "period_start": start.isoformat(),
+                    "period_end": end.isoformat(),
+                    "database": int(usage),
+                    "stripe": held,
+                }
+                if invoices is not None:
+                    amount, current = amounts.get(int(start.timestamp()), (None, False))
+                    if current and preview is not None:
+                        amount = int(preview["amount_due"])
+                    row["invoice_cents"] = amount
+                    row["current"] = bool(current)
+                rows.append(row)
+        return rows
+
+    def print_table(self, rows: list[dict[str, Any]]) -> None:
+        names = ["organization", "period", "database", "stripe", "invoice", "match"]
+        cells = []
+        for r in rows:
+            start = datetime.fromisoformat(r["period_start"])
+            end = datetime.fromisoformat(r["period_end"])
+            amount = r.get("invoice_cents")
+            invoice = "-" if amount is None else f"${amount / 100:,.2f}"
+            if r.get("current"):
+                invoice += " (preview, current)"
+            cells.append(
+                [
+                    r["organization"],
+                    f"{start:%H:%M:%S}-{end:%H:%M:%S}",
+                    str(r["database"]),
+                    str(r["stripe"]),
+                    invoice,
+                    "yes" if r["database"] == r["stripe"] else "NO",
+                ]
+            )
+        widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
+        say("")
+        say("  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)).rstrip())
+        for c in cells:
+            say("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
+        say("")
+
+    def chart(self, path: Path) -> bool:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            say("chart skipped: matplotlib is not installed (pip install 'active-series[demo]')")
+            return False
+        fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
+        for i, org in enumerate(self.orgs):
+            color = f"C{i}"
+            mine = [s for s in self.samples if s["org"] == org.name]
+            t = [s["t"] for s in mine]
+            ax.step(
+                t,
+                [s["database"] for s in mine],
+                where="post",
+                color=color,
+                label=f"{org.name}: period_usage",
+            )
+            ax.step(
+                t,
+                [s["stripe"] for s in mine],
+                where="post",
+                color=color,
+                linestyle="--",
+                alpha=0.6,
+                label=f"{org.name}: Stripe meter (last)",
+            )
+        first = self.orgs[0].first_start - self.started
+        for k in range(self.periods + 1):
+            ax.axvline(first + k * self.period, color="grey", linewidth=0.5, linestyle=":")
+        top = max([s["database"] for s in self.samples] + [1])
+        ax.set_ylim(0, top * 1.45)
+        ax.set_xlabel("seconds since the demo started (dotted: billing periods)")
+        ax.set_ylabel("active series in the current period")
+        ax.set_title("active_series demo: exact count vs what Stripe holds")
+        ax.legend(loc="upper left", fontsize="small", ncol=2)
+        ax.grid(alpha=0.2)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return True
+
+    # -- run -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            dsn = self.start_database()
+            client, ctl, url = self.start_stripe()
+            meter = self.create_billing(client)
+            self.worker = Worker(dsn, url, self.out / "worker.log")
+            self.worker.start()
+            say(
+                f"worker started (pid {self.worker.proc.pid if self.worker.proc else '?'}), "
+                f"log: {self.worker.log_path}"
+            )
+            self.simulate(ctl, meter)
+            say("ingest stopped; waiting until Stripe holds every period's count")
+            settled = self.settle(ctl, meter)
+            rows = self.table(ctl, meter, invoices=client)
+            self.print_table(rows)
+            (self.out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+            (self.out / "samples.json").write_text(json.dumps(self.samples) + "\n")
+            chart = self.out / "active-series.png"
+            if self.chart(chart):
+                say(f"chart: {chart}")
+            say(f"table: {self.out / 'summary.json'}")
+            if not settled or any(r["database"] != r["stripe"] for r in rows):
+                say(f"Stripe does not hold every period's count; see {self.out / 'worker.log'}")
+                return cli.EXIT_FAILURE
+            say("every period: database == Stripe")
+            return cli.EXIT_OK
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        # uninterruptible by a second Ctrl-C: leave nothing behind
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if self.worker is not None:
+                self.worker.stop()
+            if self.server is not None:
+                self.server.shutdown()
+                self.server.server_close()
+            if self.conn is not None:
+                self.conn.close()
+            if self.cluster is not None and self.stop_cluster:
+                with contextlib.suppress(Exception):
+                    self.cluster.stop()
+                with contextlib.suppress(FileNotFoundError):
+                    (self.out / "cluster.pid").unlink()
+            say("stopped: worker, Stripe emulator" + (", PostgreSQL" if self.stop_cluster else ""))
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``active-series demo``."""
+    Interrupted.signum = None
+    with _signals_interrupt():
+        try:
+            return Demo(args).run()
+        except KeyboardInterrupt:
+            say("interrupted")
+            return cli.EXIT_INTERRUPTED
+        except Exception:
+            if Interrupted.signum is None:
+                raise
+            say("interrupted")
+            return cli.EXIT_INTERRUPTED
