@@ -730,6 +730,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["stripe-emulator"]:  # its options, --help included, are its own
+        from active_series import stripe_emulator
+
+        return stripe_emulator.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
