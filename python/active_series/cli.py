@@ -134,12 +134,60 @@ def _first_line(text: str) -> str:
 def cmd_install(args: argparse.Namespace) -> int:
     try:
         version = install(conninfo(args))
+        optional = install_plpython(conninfo(args), args.plpython)
     except psycopg.OperationalError as exc:
         raise CliError(f"cannot connect to the database: {_message(exc)}", EXIT_DATABASE) from None
     except SchemaVersionError as exc:
         raise CliError(str(exc), EXIT_SCHEMA) from None
-    print(f"active_series {version} installed")
+    print(f"active_series {version} installed" + (f"; {optional}" if optional else ""))
     return EXIT_OK
+
+
+def plpython_script() -> str:
+    """sql/optional/plpython.sql: from the source tree, else from the package."""
+    from importlib import resources
+
+    source = Path(__file__).resolve().parents[2] / "sql" / "optional" / "plpython.sql"
+    if source.is_file():
+        return source.read_text()
+    packaged = resources.files("active_series") / "sql" / "optional" / "plpython.sql"
+    if packaged.is_file():
+        return packaged.read_text()
+    raise CliError("this installation does not ship sql/optional/plpython.sql", EXIT_SCHEMA)
+
+
+def install_plpython(dsn: str, mode: str) -> str:
+    """The optional PL/Python functions (stripe_reconcile, relay_now). ``mode``: "auto"
+    installs them when plpython3u is available and this role may create it (or it exists),
+    "yes" insists, "no" skips. Returns what was done, for the user."""
+    if mode == "no":
+        return ""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'plpython3u'),"
+            " EXISTS (SELECT FROM pg_extension WHERE extname = 'plpython3u'),"
+            " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        ).fetchone()
+        assert row is not None
+        available, created, superuser = row
+        if not available:
+            if mode == "yes":
+                raise CliError(
+                    "plpython3u is not available on this server "
+                    "(Debian: apt-get install postgresql-plpython3-15)",
+                    EXIT_SCHEMA,
+                )
+            return "PL/Python functions skipped: plpython3u is not available on the server"
+        if not (created or superuser) and mode == "auto":
+            return "PL/Python functions skipped: creating plpython3u needs a superuser"
+        try:
+            with conn.transaction():
+                conn.execute(plpython_script())
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise CliError(
+                f"cannot install the PL/Python functions: {_message(exc)}", EXIT_SCHEMA
+            ) from None
+    return "PL/Python functions stripe_reconcile and relay_now installed"
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -354,6 +402,7 @@ def ensure_database(cluster: Any, dbname: str, *, with_schema: bool = True) -> s
         dsn: str = cluster.dsn(dbname)
         if with_schema:
             install(dsn)
+            install_plpython(dsn, "auto")
     except psycopg.OperationalError as exc:
         raise CliError(f"cannot connect to the database: {_message(exc)}", EXIT_DATABASE) from None
     except SchemaVersionError as exc:
@@ -528,6 +577,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "install", parents=[common], help="install or upgrade the schema over a connection"
+    )
+    p.add_argument(
+        "--with-plpython",
+        dest="plpython",
+        action="store_const",
+        const="yes",
+        default="auto",
+        help="also install the PL/Python functions (stripe_reconcile, relay_now), or fail "
+        "(default: install them when plpython3u is available and we may create it)",
+    )
+    p.add_argument(
+        "--without-plpython",
+        dest="plpython",
+        action="store_const",
+        const="no",
+        help="do not install the PL/Python functions",
     )
     p.set_defaults(func=cmd_install)
 
