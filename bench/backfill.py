@@ -13,6 +13,10 @@ tracking trigger off.  Then, alternating within each repeat:
 
 The backfilled counts are checked against the from-scratch ones.
 
+A second shape, ``new_series``: every metric is a new series (datagen.series_org: reports of
+1,000 metrics, all series new), so one backfill batch (500 reports) records up to 500,000
+new series in one transaction, at 10^4, 3x10^4 and 6x10^4 series (``--new-series``).
+
     python bench/backfill.py --dsn "dbname=bench" --max-exponent 6
 """
 
@@ -35,6 +39,7 @@ from common import (
     log,
     median,
     server_info,
+    set_tracking,
     write_result,
 )
 
@@ -100,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="repeats below 10^6 metrics")
     parser.add_argument("--batch-size", type=int, default=500, help="backfill's p_batch_size")
     parser.add_argument("--database", default="bench_backfill", help="scratch database to create")
+    parser.add_argument(
+        "--new-series",
+        type=int,
+        nargs="*",
+        default=[10_000, 30_000, 60_000],
+        help="sizes of the all-new-series shape",
+    )
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -157,6 +169,38 @@ def main(argv: list[str] | None = None) -> int:
                 f" from scratch {scratch_s:.2f} s, ratio {seconds / scratch_s:.0f}x"
             )
         drop_database(args.dsn, args.database)
+    new_series = []
+    for series in args.new_series:
+        dsn = fresh_database(args.dsn, args.database)
+        with connect(dsn) as conn:
+            set_tracking(conn, False)
+            try:
+                datagen.series_org(conn, series)
+            finally:
+                set_tracking(conn, True)
+            conn.execute("ANALYZE")
+            elapsed, expected = scratch(conn)
+            run = backfill(conn, args.batch_size)
+            got = [tuple(r) for r in conn.execute(CACHED).fetchall()]
+            if got != expected:
+                raise SystemExit(f"backfilled counts differ from scratch: {got} vs {expected}")
+            new_series.append(
+                {
+                    "series": series,
+                    "metrics": series,
+                    "backfill_seconds": run["seconds"],
+                    "metrics_per_second": series / run["seconds"],
+                    "scratch_seconds": elapsed,
+                    "backfill_over_scratch": run["seconds"] / elapsed,
+                    "peak_rss_anon_kb": run["rss_anon_kb_peak"],
+                    "exact": True,
+                }
+            )
+            log(
+                f"  new series {series}: backfill {run['seconds']:.1f} s"
+                f" ({series / run['seconds']:.0f}/s), from scratch {elapsed:.2f} s"
+            )
+        drop_database(args.dsn, args.database)
     write_result(
         "backfill",
         {
@@ -164,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             "server": info,
             "host": host_info(),
             "results": results,
+            "new_series": new_series,
         },
         args.out,
     )
