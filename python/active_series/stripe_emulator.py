@@ -51,8 +51,33 @@ MAX_EVENT_AGE_SECONDS = 35 * 24 * 3600
 MAX_EVENT_FUTURE_SECONDS = 5 * 60
 MAX_IDENTIFIER_LENGTH = 100
 PERIOD_SECONDS_METADATA_KEY = "emulator_period_seconds"
-FAULT_KINDS = ("error", "delay", "delay_after", "drop_before", "drop_after", "rate_limit")
-RANDOM_KINDS = ("error", "timeout", "timeout_after", "drop_before", "drop_after", "rate_limit")
+FAULT_KINDS = (
+    "error",
+    "delay",
+    "delay_after",
+    "drop_before",
+    "drop_after",
+    "rate_limit",
+    "html",
+    "truncated_json",
+    "close_mid_response",
+)
+RANDOM_KINDS = (
+    "error",
+    "timeout",
+    "timeout_after",
+    "drop_before",
+    "drop_after",
+    "rate_limit",
+    "html",
+    "truncated_json",
+    "close_mid_response",
+)
+#: What a proxy in front of an API answers when the API is down (fault kind "html").
+HTML_ERROR_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+    b"<body><h1>Bad Gateway</h1><p>The upstream server did not answer.</p></body></html>\n"
+)
 
 Json = dict[str, Any]
 
@@ -387,6 +412,8 @@ class EmulatorState:
                 return Fault("delay", seconds=rf.timeout_seconds)
             if kind == "timeout_after":
                 return Fault("delay_after", seconds=rf.timeout_seconds)
+            if kind == "html":
+                return Fault("html", status=502)
             return Fault(kind)
 
     def add_fault_rule(self, body: Json) -> Json:
@@ -1471,6 +1498,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _send_raw(
+        self, status: int, content_type: str, data: bytes, length: int | None = None
+    ) -> None:
+        """An answer with an arbitrary body (faults): ``length`` may promise more than sent."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data) if length is None else length))
+        self.send_header("Request-Id", _new_id("req"))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
     def _drop(self) -> None:
         self.close_connection = True
         try:
@@ -1590,6 +1629,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(Answer(429, _rate_limit_error().body()))
                 self._log(method, path, 429, started, "fault rate_limit")
                 return
+            if fault.kind == "html":
+                # a proxy's error page, not executed; status from the rule (random: 502)
+                self._send_raw(fault.status, "text/html; charset=utf-8", HTML_ERROR_PAGE)
+                self._log(method, path, fault.status, started, "fault html")
+                return
             if fault.kind == "delay":
                 try:
                     self._sleep(fault.seconds)
@@ -1601,6 +1645,19 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "drop_after":
             self._drop()
             self._log(method, path, "dropped", started, f"fault drop_after ({answer.status})")
+            return
+        if fault is not None and fault.kind in ("truncated_json", "close_mid_response"):
+            data = json.dumps(answer.body).encode()
+            if fault.kind == "truncated_json":
+                # a complete HTTP answer whose JSON body is cut in half
+                self._send_raw(answer.status, "application/json", data[: len(data) // 2])
+            else:
+                # the headers announce the whole body; half of it comes, then the connection closes
+                self._send_raw(
+                    answer.status, "application/json", data[: len(data) // 2], length=len(data)
+                )
+                self._drop()
+            self._log(method, path, answer.status, started, f"fault {fault.kind}")
             return
         if fault is not None and fault.kind == "delay_after":
             try:
