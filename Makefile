@@ -207,13 +207,31 @@ test-db: build lint-static lint-plpgsql
 	$(PYTEST_RUN) || failed="$$failed pytest"; \
 	if [ -n "$$failed" ]; then echo "make test: failures in:$$failed" >&2; exit 1; fi
 
-# Ingest throughput with tracking on vs off (pgbench) in a throwaway cluster; the full
-# benchmark suite (reads, backfill, relay) is still to come.
-BENCH_SECONDS ?= 10
+# The benchmark suite in a throwaway cluster: ingest overhead (pgbench and COPY, tracking on
+# vs off vs the seed's upserts and a row trigger), reads (10^3..10^BENCH_SCALE series),
+# backfill (10^5..10^BENCH_BACKFILL_SCALE metrics), the relay against the Stripe emulator;
+# then BENCHMARKS.md and the plots from bench/results/*.json. BENCH_ONLY picks parts.
+BENCH_ONLY ?= ingest reads backfill relay
+BENCH_SECONDS ?= 3
+BENCH_REPEATS ?= 3
+BENCH_SCALE ?= 6
+BENCH_BACKFILL_SCALE ?= 6
 bench: deps build
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	@$(CLUSTER_UP); newdb bench; mkdir -p bench/results; \
-	$(VPY) bench/ingest_overhead.py --dsn "dbname=bench" --seconds $(BENCH_SECONDS) \
-		--out bench/results/ingest_overhead.json
+	for part in $(BENCH_ONLY); do \
+		echo "bench: $$part"; \
+		case "$$part" in \
+		ingest) $(VPY) bench/ingest.py --dsn "dbname=bench" \
+			--seconds $(BENCH_SECONDS) --repeats $(BENCH_REPEATS) ;; \
+		reads) $(VPY) bench/reads.py --dsn "dbname=bench" --max-exponent $(BENCH_SCALE) ;; \
+		backfill) $(VPY) bench/backfill.py --dsn "dbname=bench" \
+			--max-exponent $(BENCH_BACKFILL_SCALE) ;; \
+		relay) $(VPY) bench/relay.py --dsn "dbname=bench" ;; \
+		*) echo "unknown benchmark part: $$part" >&2; exit 2 ;; \
+		esac; \
+	done; \
+	$(VPY) bench/report.py
 
 # The long chaos run of the relay (kills, Stripe faults, a database restart); its length in
 # seconds from SOAK_SECONDS.
