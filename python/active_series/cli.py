@@ -97,6 +97,28 @@ def connect(args: argparse.Namespace, *, check: bool = True) -> psycopg.Connecti
     return conn
 
 
+def _integer(text: str, what: str, bits: int) -> int:
+    """A whole number within the range of the SQL integer type it is passed as (a larger one
+    would make psycopg send numeric, and no function takes that)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a whole number: {text!r}") from None
+    if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        raise argparse.ArgumentTypeError(f"{what} is out of range ({bits}-bit integer): {text}")
+    return value
+
+
+def organization_id(text: str) -> int:
+    """An organization id (bigint); unknown ones are the database's to report."""
+    return _integer(text, "an organization id", 64)
+
+
+def batch_size(text: str) -> int:
+    """Reports per backfill batch (integer); the procedure rejects values below 1."""
+    return _integer(text, "the batch size", 32)
+
+
 def parse_time(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
@@ -599,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "verify", parents=[common], help="compare cache and history with a recomputation"
     )
-    p.add_argument("--organization", type=int, help="only this organization id")
+    p.add_argument("--organization", type=organization_id, help="only this organization id")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
@@ -607,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="exact count of a period, or series whose last_seen is in a window",
     )
-    p.add_argument("--organization", type=int, required=True)
+    p.add_argument("--organization", type=organization_id, required=True)
     p.add_argument(
         "--period", type=parse_time, metavar="START", help="period start (default: current)"
     )
@@ -621,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="usage per organization: the current period, a past one, or every one",
     )
-    p.add_argument("--organization", type=int, help="only this organization id")
+    p.add_argument("--organization", type=organization_id, help="only this organization id")
     p.add_argument(
         "--period", type=parse_time, metavar="START", help="the period starting at START"
     )
@@ -634,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="the series a period's bill is made of (project, testbed, benchmark, measure)",
     )
-    p.add_argument("--organization", type=int, required=True)
+    p.add_argument("--organization", type=organization_id, required=True)
     p.add_argument(
         "--period", type=parse_time, metavar="START", help="period start (default: current)"
     )
@@ -644,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "backfill", parents=[common], help="rebuild cache and history from existing metrics"
     )
-    p.add_argument("--batch-size", type=int, default=500, help="reports per committed batch")
+    p.add_argument("--batch-size", type=batch_size, default=500, help="reports per committed batch")
     p.set_defaults(func=cmd_backfill)
 
     stripe_opts = argparse.ArgumentParser(add_help=False)
@@ -711,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, stripe_opts],
         help="post final values and close the billing periods past end + grace",
     )
-    p.add_argument("--organization", type=int, help="only this organization id")
+    p.add_argument("--organization", type=organization_id, help="only this organization id")
     p.set_defaults(func=cmd_close_period)
 
     p = sub.add_parser("relay", help="inspect and steer the Stripe relay")
@@ -721,13 +743,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("failures", cmd_relay_failures, "parked organizations and refused posts"),
     ):
         rp = relay_sub.add_parser(name, parents=[common], help=text)
-        rp.add_argument("--organization", type=int)
+        rp.add_argument("--organization", type=organization_id)
         rp.add_argument("--json", action="store_true", help="print JSON")
         rp.set_defaults(func=func)
     rp = relay_sub.add_parser(
         "resume", parents=[common], help="resume a parked organization after the fix"
     )
-    rp.add_argument("--organization", type=int, required=True)
+    rp.add_argument("--organization", type=organization_id, required=True)
     rp.set_defaults(func=cmd_relay_resume)
 
     p = sub.add_parser(
