@@ -68,7 +68,8 @@ active_series._series_period,
 active_series.series_last_seen,
 active_series.usage,
 active_series.relay_status,
-active_series.relay_failures
+active_series.relay_failures,
+active_series.relay_periods
 TO active_series_worker;
 GRANT SELECT, DELETE ON active_series._outbox TO active_series_worker;
 GRANT SELECT, INSERT, UPDATE ON active_series._ledger TO active_series_worker;

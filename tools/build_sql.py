@@ -48,6 +48,12 @@ def build(root: Path = ROOT, out_dir: Path | None = None) -> Path:
     target = out_dir / f"active_series--{version}.sql"
     if not target.exists() or target.read_text() != script:
         target.write_text(script)
+    # optional modules (installed by `active-series install` when the server allows them)
+    (out_dir / "optional").mkdir(exist_ok=True)
+    for path in sorted((root / "sql" / "optional").glob("*.sql")):
+        copy = out_dir / "optional" / path.name
+        if not copy.exists() or copy.read_text() != path.read_text():
+            copy.write_text(path.read_text())
     return target
 
 

@@ -166,12 +166,9 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def plpython_script() -> str:
-    """sql/optional/plpython.sql: from the source tree, else from the package."""
+    """sql/optional/plpython.sql, shipped in the package beside the extension script."""
     from importlib import resources
 
-    source = Path(__file__).resolve().parents[2] / "sql" / "optional" / "plpython.sql"
-    if source.is_file():
-        return source.read_text()
     packaged = resources.files("active_series") / "sql" / "optional" / "plpython.sql"
     if packaged.is_file():
         return packaged.read_text()

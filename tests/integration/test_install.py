@@ -159,6 +159,7 @@ def test_the_wheel_carries_the_sql_script_and_installs_through_it(
     with zipfile.ZipFile(wheels[0]) as whl:
         assert script in whl.namelist()
         assert "CREATE" in whl.read(script).decode()
+        assert "active_series/sql/optional/plpython.sql" in whl.namelist()
     _run([*pip, "install", "--no-deps", str(wheels[0])])
 
     # The package's dependencies (psycopg) come from this test's environment, after the

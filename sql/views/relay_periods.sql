@@ -1,0 +1,20 @@
+CREATE VIEW active_series.relay_periods AS
+SELECT
+    b.organization_id,
+    b.stripe_customer_id,
+    p.period_start,
+    p.period_end,
+    p.closed_at,
+    active_series.period_usage(b.organization_id, p.period_start) AS period_usage,
+    h.value AS stripe_value,
+    h.status AS stripe_value_status,
+    coalesce(h.value, 0) = active_series.period_usage(b.organization_id, p.period_start)
+    AND coalesce(h.status, 'sent') = 'sent' AS in_sync
+FROM active_series.billing_account AS b
+INNER JOIN active_series._period AS p ON b.organization_id = p.organization_id
+LEFT JOIN LATERAL active_series._relay_held(
+    b.stripe_customer_id, p.period_start, p.period_end
+) AS h ON TRUE
+WHERE b.stripe_customer_id IS NOT NULL;
+COMMENT ON VIEW active_series.relay_periods IS
+'Per organization with a Stripe customer and recorded billing period: the exact usage, the value Stripe holds for that period per the ledger, whether they agree, and when the period was closed.';
