@@ -23,7 +23,8 @@ AS $$
 DECLARE
     v_group record;
     v_seen active_series._benchmark_seen;
-    v_new active_series._series_activity [] := ARRAY[]::active_series._series_activity [];
+    v_new active_series._period_delta [] := ARRAY[]::active_series._period_delta [];
+    v_delta active_series._period_delta;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
@@ -119,16 +120,19 @@ BEGIN
             -- nothing newer than recorded (another statement of the same transaction time)
             CONTINUE;
         END IF;
-        v_new := v_new || active_series._record_benchmark_activity(
+        -- (appending element by element keeps a large backfill batch linear)
+        FOREACH v_delta IN ARRAY active_series._record_benchmark_activity(
             v_seen, active_series._activity_of(v_group.report_benchmark_ids)
-        );
+        ) LOOP
+            v_new := array_append(v_new, v_delta);
+        END LOOP;
     END LOOP;
 
     IF cardinality(v_new) > 0 THEN
         INSERT INTO active_series._period_usage AS u (
             organization_id, period_start, project_id, series_count
         )
-        SELECT n.organization_id, n.period_start, n.project_id, count(*)
+        SELECT n.organization_id, n.period_start, n.project_id, sum(n.series)
         FROM unnest(v_new) AS n
         GROUP BY n.organization_id, n.period_start, n.project_id
         ORDER BY n.organization_id, n.period_start, n.project_id

@@ -2,7 +2,7 @@ CREATE FUNCTION active_series._record_benchmark_activity(
     p_seen active_series._benchmark_seen,
     p_activity active_series._series_activity[]
 )
-RETURNS active_series._series_activity[]
+RETURNS active_series._period_delta[]
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = active_series, pg_catalog, pg_temp
@@ -10,7 +10,7 @@ AS $$
 -- The general case of _record_activity for one (testbed, benchmark), whose
 -- _benchmark_seen row p_seen the caller has locked: new series, series that moved into a
 -- new period, measures that left the newest report, activity older than recorded.
--- Returns the history rows it created (each a series new in a period).
+-- Returns how many series became new in which period (the history rows it created).
 -- Locks: history and _series_seen rows of this benchmark only.
 DECLARE
     v_org bigint := p_seen.organization_id;
@@ -25,7 +25,7 @@ DECLARE
     v_set bigint [] := p_seen.measure_ids;
     v_last timestamptz := p_seen.last_seen;
     v_period timestamptz := p_seen.period_start;
-    v_new active_series._series_activity [];
+    v_new active_series._period_delta [];
 BEGIN
     SELECT max(a.last_seen), array_agg(DISTINCT a.measure_id ORDER BY a.measure_id)
     INTO v_batch_last, v_measures
@@ -104,14 +104,15 @@ BEGIN
         RETURNING h.*, h.xmax = 0 AS fresh
     )
     SELECT array_agg(
-        row(
-            u.organization_id, u.project_id, u.testbed_id, u.benchmark_id, u.measure_id,
-            u.period_start, u.first_seen, u.last_seen
-        )::active_series._series_activity
+        row(c.organization_id, c.period_start, c.project_id, c.n)::active_series._period_delta
     )
     INTO v_new
-    FROM upserted AS u
-    WHERE u.fresh;
+    FROM (
+        SELECT u.organization_id, u.period_start, u.project_id, count(*) AS n
+        FROM upserted AS u
+        WHERE u.fresh
+        GROUP BY u.organization_id, u.period_start, u.project_id
+    ) AS c;
 
     -- the benchmark's newest measure set and last_seen
     IF v_batch_last > p_seen.last_seen THEN
@@ -160,7 +161,7 @@ BEGIN
         AND (b.last_seen, b.period_start, b.measure_ids)
         IS DISTINCT FROM (v_last, v_period, v_set);
 
-    RETURN coalesce(v_new, ARRAY[]::active_series._series_activity []);
+    RETURN coalesce(v_new, ARRAY[]::active_series._period_delta []);
 END;
 $$;
 COMMENT ON FUNCTION active_series._record_benchmark_activity(
