@@ -29,6 +29,7 @@ and each mode's ratio to ``off``.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import re
@@ -41,7 +42,17 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from common import connect, host_info, log, median, one, server_info, set_tracking, write_result
+from common import (
+    RESULTS,
+    connect,
+    host_info,
+    log,
+    median,
+    one,
+    server_info,
+    set_tracking,
+    write_result,
+)
 
 PGBENCH_CANDIDATES = ("/usr/lib/postgresql/15/bin/pgbench", "/usr/bin/pgbench")
 TESTBEDS = 4
@@ -334,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--pgbench", help="path of the pgbench binary")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the measured configurations in an existing result file",
+    )
     args = parser.parse_args(argv)
     for m in args.metrics:
         shape(m)
@@ -386,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                         med = {m: median([r["tps"] for r in runs[m]]) for m in modes}
                         results.append(
                             {
+                                "seconds_per_run": args.seconds,
+                                "repeats": args.repeats,
                                 "method": method,
                                 "metrics_per_report": metrics,
                                 "clients": clients,
@@ -402,6 +420,20 @@ def main(argv: list[str] | None = None) -> int:
             reset_tables(conn)
 
     print_table(results, modes)
+    out = args.out or RESULTS / "ingest.json"
+    if args.merge and out.exists():
+        key = ("method", "metrics_per_report", "clients")
+        fresh = {tuple(r[k] for k in key) for r in results}
+        kept = [
+            r
+            for r in json.loads(out.read_text())["results"]
+            if tuple(r[k] for k in key) not in fresh
+        ]
+        order = {m: i for i, m in enumerate(METHODS)}
+        results = sorted(
+            kept + results,
+            key=lambda r: (order[r["method"]], r["metrics_per_report"], r["clients"]),
+        )
     write_result(
         "ingest",
         {
@@ -413,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             "pgbench": binary,
             "results": results,
         },
-        args.out,
+        out,
     )
     return 0
 

@@ -56,23 +56,24 @@ def ingest_section(d: Json) -> tuple[list[str], list[tuple[str, str, str]]]:
     out = [
         "## 1. Ingest overhead",
         "",
-        "Throughput of one-report transactions (median of "
-        f"{d['repeats']} runs of {d['seconds_per_run']} s per mode, modes alternating in "
-        "rotating order), as a ratio to the same ingest with tracking off. `on` = active_series; "
+        "Throughput of one-report transactions (median of the runs per mode given in the "
+        "`runs` column, repeats × seconds, modes alternating in rotating order), as a ratio "
+        "to the same ingest with tracking off. `on` = active_series; "
         "`seed` = the seed's client-side per-series upsert into a `last_seen` table inside the "
         "ingest transaction (tracking off); `row` = a plain row-level trigger doing that upsert. "
         "`insert` = `INSERT … SELECT` driven by pgbench; `copy` = `COPY … FROM STDIN` driven by "
         "a Python client per connection.",
         "",
-        "| method | metrics/report | clients | tps off (context) | "
+        "| method | metrics/report | clients | runs | tps off (context) | "
         + " | ".join(f"{m}/off" for m in modes)
         + " |",
-        "|---|---:|---:|---:|" + "---:|" * len(modes),
+        "|---|---:|---:|---:|---:|" + "---:|" * len(modes),
     ]
     for r in rows:
         out.append(
             f"| {r['method']} | {r['metrics_per_report']:,} | {r['clients']} | "
-            f"{r['median_tps']['off']:.0f} | "
+            f"{r.get('repeats', d['repeats'])}×{r.get('seconds_per_run', d['seconds_per_run'])} s"
+            f" | {r['median_tps']['off']:.0f} | "
             + " | ".join(f"{r['ratio_to_off'][m]:.2f}" for m in modes)
             + " |"
         )
