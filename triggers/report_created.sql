@@ -40,6 +40,13 @@ BEGIN
                 NEW.created
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
+        -- billing periods around it must stay readable by every client (Python's datetime
+        -- ends at year 9999 and starts at year 1): a typo like year 20240 is an error
+        IF NEW.created < '1900-01-01 00:00:00+00' OR NEW.created >= '9000-01-01 00:00:00+00' THEN
+            RAISE EXCEPTION 'active_series: report.created must be from 1900-01-01 to before '
+                '9000-01-01 UTC (got %)', NEW.created
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
     END IF;
     RETURN NEW;
 END;

@@ -37,6 +37,18 @@ BEGIN
             p_period_end, p_period_start
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- the same range as report.created (every client can read the periods), and no longer
+    -- than Stripe's longest billing interval: anything else is a typo
+    IF p_period_start < '1900-01-01 00:00:00+00' OR p_period_end > '9000-01-01 00:00:00+00' THEN
+        RAISE EXCEPTION 'active_series: a billing period must lie between 1900-01-01 and '
+            '9000-01-01 UTC (got % to %)', p_period_start, p_period_end
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_period_end > p_period_start + interval '3 years' THEN
+        RAISE EXCEPTION 'active_series: a billing period must not be longer than 3 years '
+            '(got % to %)', p_period_start, p_period_end
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
     PERFORM pg_advisory_xact_lock(1634956099, hashint8(p_organization_id));
 

@@ -360,6 +360,7 @@ UNKNOWN_ORG_CALLS = {
     ),
     "set_stripe_customer": "SELECT active_series.set_stripe_customer(%(org)s, 'cus_x')",
     "verify": "SELECT * FROM active_series.verify(%(org)s)",
+    "relay_resume": "SELECT active_series.relay_resume(%(org)s)",
 }
 
 
