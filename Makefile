@@ -216,6 +216,7 @@ BENCH_SECONDS ?= 3
 BENCH_REPEATS ?= 3
 BENCH_SCALE ?= 6
 BENCH_BACKFILL_SCALE ?= 6
+BENCH_INGEST_ARGS ?=
 bench: deps build
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	@$(CLUSTER_UP); newdb bench; mkdir -p bench/results; \
@@ -223,7 +224,7 @@ bench: deps build
 		echo "bench: $$part"; \
 		case "$$part" in \
 		ingest) $(VPY) bench/ingest.py --dsn "dbname=bench" \
-			--seconds $(BENCH_SECONDS) --repeats $(BENCH_REPEATS) ;; \
+			--seconds $(BENCH_SECONDS) --repeats $(BENCH_REPEATS) $(BENCH_INGEST_ARGS) ;; \
 		reads) $(VPY) bench/reads.py --dsn "dbname=bench" --max-exponent $(BENCH_SCALE) ;; \
 		backfill) $(VPY) bench/backfill.py --dsn "dbname=bench" \
 			--max-exponent $(BENCH_BACKFILL_SCALE) ;; \
@@ -233,11 +234,16 @@ bench: deps build
 	done; \
 	$(VPY) bench/report.py
 
-# The long chaos run of the relay (kills, Stripe faults, a database restart); its length in
-# seconds from SOAK_SECONDS.
+# The soak: ingest, one long-lived worker and a second one SIGKILLed all along, Stripe faults
+# of every kind and two database restarts, for SOAK_SECONDS (default 600). Prints (and writes
+# to SOAK_REPORT) reports ingested, posts, faults injected, mismatches (must be 0) and the
+# worker's memory over time (must not grow).
 SOAK_SECONDS ?= 600
+SOAK_REPORT ?= .tmp/soak-report.txt
 soak: deps build
-	ACTIVE_SERIES_CHAOS_SECONDS=$(SOAK_SECONDS) $(VENV)/bin/pytest tests -m soak \
+	@mkdir -p $(dir $(SOAK_REPORT))
+	ACTIVE_SERIES_CHAOS_SECONDS=$(SOAK_SECONDS) ACTIVE_SERIES_SOAK_REPORT=$(abspath $(SOAK_REPORT)) \
+		$(VENV)/bin/pytest tests -m soak -s -p no:cacheprovider \
 		--timeout=$$(( $(SOAK_SECONDS) + 600 )) $(PYTEST_ARGS)
 
 # The whole pipeline live on this machine: embedded cluster, Stripe emulator, worker, several

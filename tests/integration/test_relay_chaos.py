@@ -2,15 +2,20 @@
 Stripe fails a third of the calls, and the database restarts once. At quiescence every
 (customer, period) is exact: none under-billed.
 
-``make test`` runs a short round; ``ACTIVE_SERIES_CHAOS_SECONDS`` (``make soak``) a longer one.
+``make test`` runs a short round. ``make soak`` (``ACTIVE_SERIES_CHAOS_SECONDS``, default 600)
+runs the soak: one long-lived worker through Stripe faults of every kind (garbage answers
+included) and database restarts, and reports reports ingested, posts, faults injected,
+mismatches (must be 0) and the worker's memory over time (must not grow).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import statistics
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,10 @@ EVENTS = "/v1/billing/meter_events"
 KINDS = ["error", "rate_limit", "drop_before", "drop_after", "timeout", "timeout_after"]
 
 
-def ingest_randomly(dsn: str, orgs: list[Any], stop: threading.Event, seed: int) -> None:
+def ingest_randomly(
+    dsn: str, orgs: list[Any], stop: threading.Event, seed: int, count: list[int] | None = None
+) -> None:
+    """Ingest a report of a few random series every 20-200 ms; ``count[0]`` counts them."""
     rng = random.Random(seed)
     conn = None
     while not stop.is_set():
@@ -43,6 +51,8 @@ def ingest_randomly(dsn: str, orgs: list[Any], stop: threading.Event, seed: int)
             org = rng.choice(orgs)
             pairs = {(rng.choice(org.benchmarks), rng.choice(org.measures)) for _ in range(3)}
             ingest(conn, org, rng.choice(org.testbeds), sorted(pairs))
+            if count is not None:
+                count[0] += 1
         except psycopg.OperationalError:
             conn = None
             time.sleep(0.2)
@@ -150,7 +160,144 @@ def test_stripe_ends_exact_through_kills_faults_and_a_database_restart(
     run_chaos(dsn, pg_cluster, relay_emulator, tmp_path, seconds=50)
 
 
+# --- the soak -------------------------------------------------------------------------------
+
+SOAK_KINDS = KINDS + ["html", "truncated_json", "close_mid_response"]
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (VmRSS of /proc/<pid>/status), in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+@dataclass
+class SoakReport:
+    seconds: float
+    reports: int = 0
+    posts: int = 0
+    requests: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    restarts: int = 0
+    kills: int = 0
+    mismatches: list[Any] = field(default_factory=list)
+    memory: list[tuple[float, int]] = field(default_factory=list)  # (seconds, KiB)
+
+    def quarter_medians(self) -> list[float]:
+        """Median worker RSS (MiB) of each quarter of the run."""
+        n = len(self.memory)
+        quarters = [self.memory[i * n // 4 : (i + 1) * n // 4] for i in range(4)]
+        return [statistics.median(k for _, k in q) / 1024 for q in quarters if q]
+
+    def text(self) -> str:
+        injected = sum(
+            v for k, v in self.faults.items() if k in SOAK_KINDS + ["delay", "delay_after"]
+        )
+        lines = [
+            f"soak: {self.seconds:.0f} s, one long-lived worker, a second one SIGKILLed"
+            f" {self.kills} times, {self.restarts} database restart(s)",
+            f"  reports ingested   {self.reports}",
+            f"  posts (accepted)   {self.posts} of {self.requests} meter event requests",
+            f"  faults injected    {injected} {dict(sorted(self.faults.items()))}",
+            f"  mismatches         {len(self.mismatches)} {self.mismatches or ''}",
+            "  worker RSS (MiB) by quarter (median): "
+            + ", ".join(f"{m:.1f}" for m in self.quarter_medians()),
+            "  worker RSS over time: "
+            + ", ".join(
+                f"{t:.0f}s={k / 1024:.1f}"
+                for t, k in self.memory[:: max(1, len(self.memory) // 12)]
+            ),
+        ]
+        return "\n".join(lines)
+
+
+def run_soak(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) -> SoakReport:
+    report = SoakReport(seconds)
+    with psycopg.connect(dsn, autocommit=True) as setup:
+        orgs = [make_org(setup, f"s{i}", testbeds=3, benchmarks=5, measures=4) for i in range(5)]
+        billed = {}
+        for org in orgs[:4]:
+            billed[org.id] = emu.customer()
+            bill(setup, org.id, billed[org.id])
+        for org in orgs[:2]:
+            short_periods(setup, org.id, 7)  # periods end (and must close) all along
+    grace = 1.0
+    emu.ctl.random_failures(0.3, seed=7, kinds=SOAK_KINDS, timeout_seconds=1.5, path_prefix=EVENTS)
+    args = (
+        *("--poll-interval", "1", "--grace", str(grace), "--debounce", "0.05"),
+        *("--stripe-timeout", "1", "--max-network-retries", "1", "--retry-min", "0.2"),
+        *("--retry-max", "2", "--reconnect-delay", "0.2"),
+    )
+    worker = WorkerProcess(dsn, emu.url, tmp_path / "worker.log", *args)
+    # a second worker, SIGKILLed and restarted all along, competes for the same organizations
+    victim = WorkerProcess(dsn, emu.url, tmp_path / "victim.log", *args)
+    rng = random.Random(11)
+    stop = threading.Event()
+    count = [0]
+    ingester = threading.Thread(target=ingest_randomly, args=(dsn, orgs, stop, 3, count))
+    with workers(worker, victim):
+        worker.start()
+        victim.start()
+        ingester.start()
+        started = time.monotonic()
+        restarts_at = [seconds / 3, 2 * seconds / 3]
+        try:
+            while (elapsed := time.monotonic() - started) < seconds:
+                assert worker.alive(), "the worker exited:\n" + worker.log()[-3000:]
+                report.memory.append((elapsed, rss_kib(worker.pid)))
+                if restarts_at and elapsed >= restarts_at[0]:
+                    restarts_at.pop(0)
+                    pg_cluster.restart()
+                    report.restarts += 1
+                time.sleep(rng.uniform(0.3, 1.0))
+                victim.kill()
+                report.kills += 1
+                victim.start()
+                time.sleep(rng.uniform(0.3, 1.0))
+        finally:
+            stop.set()
+            ingester.join()
+        emu.ctl.random_failures(0)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            wait_until(
+                lambda: (
+                    quiescent(conn)
+                    and unclosed_ended(conn, grace) == 0
+                    and not mismatches(conn, emu, billed)
+                ),
+                120,
+                "quiescence",
+            )
+            report.mismatches = mismatches(conn, emu, billed)
+        assert worker.alive(), "the worker exited:\n" + worker.log()[-3000:]
+    report.reports = count[0]
+    report.faults = emu.ctl.fault_counts()
+    report.requests = emu.ctl.stats()["requests"].get(EVENTS, 0)
+    report.posts = len(emu.events())
+    return report
+
+
 @pytest.mark.soak
-def test_soak_chaos(dsn, pg_cluster, relay_emulator: Emulator, tmp_path: Path):
+def test_soak_one_worker_stays_exact_and_its_memory_does_not_grow(
+    dsn, pg_cluster, relay_emulator: Emulator, tmp_path: Path
+):
+    """``make soak``: one long-lived worker through Stripe faults of every kind and database
+    restarts; prints the report (reports, posts, faults, mismatches, memory over time)."""
     seconds = float(os.environ.get("ACTIVE_SERIES_CHAOS_SECONDS", "600"))
-    run_chaos(dsn, pg_cluster, relay_emulator, tmp_path, seconds=seconds)
+    report = run_soak(dsn, pg_cluster, relay_emulator, tmp_path, seconds)
+    print("\n" + report.text())
+    out = os.environ.get("ACTIVE_SERIES_SOAK_REPORT")
+    if out:
+        Path(out).write_text(report.text() + "\n")
+    assert report.mismatches == []
+    assert report.reports > 0 and report.posts > 0
+    assert sum(report.faults.get(k, 0) for k in SOAK_KINDS) > 0
+    assert_increasing_timestamps(relay_emulator)
+    # memory must not grow: the last quarter's median within 10% (and 4 MiB) of the second's
+    # (the first quarter is warm-up: imports, connections, first allocations)
+    medians = report.quarter_medians()
+    assert len(medians) == 4, report.text()
+    assert medians[3] <= max(medians[1] * 1.10, medians[1] + 4), report.text()
