@@ -424,9 +424,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge and out.exists():
         key = ("method", "metrics_per_report", "clients")
         fresh = {tuple(r[k] for k in key) for r in results}
+        previous = json.loads(out.read_text())
         kept = [
-            r
-            for r in json.loads(out.read_text())["results"]
+            {
+                "seconds_per_run": previous["seconds_per_run"],
+                "repeats": previous["repeats"],
+                **r,
+            }
+            for r in previous["results"]
             if tuple(r[k] for k in key) not in fresh
         ]
         order = {m: i for i, m in enumerate(METHODS)}
