@@ -408,8 +408,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{' '.join(map(str, sizes))} --repeats {most} --merge'`."
                 )
                 text.append("")
+        extra = ""
+        if name == "backfill" and max(r["metrics"] for r in d["results"]) > 5 * 10**6:
+            extra = " BENCH_BACKFILL_SCALE=7"
         sections += text + [
-            f"Reproduce: `make bench BENCH_ONLY={name}` "
+            f"Reproduce: `make bench BENCH_ONLY={name}{extra}` "
             f"(result: `bench/results/{name}.json`, run finished {d['finished_at']}).",
             "",
         ]
