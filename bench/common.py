@@ -110,11 +110,37 @@ def write_result(name: str, payload: dict[str, Any], out: Path | None = None) ->
     payload = {
         "benchmark": name,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": source_commit(),
         **payload,
     }
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     log(f"wrote {path}")
     return path
+
+
+def source_commit() -> str | None:
+    """The checked-out commit the SQL was built from (with "+dirty" for local changes)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "sql", "triggers"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 class RssSampler:
