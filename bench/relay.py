@@ -69,7 +69,7 @@ class Scenario:
     name: str
     rate: float  # reports/s offered
     seconds: float
-    debounce: float = 0.2
+    debounce: float = 0.05  # the worker's default
     poll_interval: float = 5.0
     worker_rate_limit: float = 25.0
     emulator_rate_limit: float | None = 25.0
@@ -85,18 +85,18 @@ def default_scenarios(quick: bool) -> list[Scenario]:
         Scenario("defaults", 10, 20 * s),
         Scenario("defaults", 100, 10 * s),
         Scenario("defaults", 1000, 6 * s),
-        # a shorter debounce, same limits
-        Scenario("debounce_0.05", 10, 20 * s, debounce=0.05),
-        Scenario("debounce_0.05", 100, 10 * s, debounce=0.05),
+        # the earlier default debounce, same limits
+        Scenario("debounce_0.2", 10, 20 * s, debounce=0.2),
+        Scenario("debounce_0.2", 100, 10 * s, debounce=0.2),
         Scenario("debounce_0", 10, 20 * s, debounce=0.0),
         # live-mode headroom (worker and Stripe at 1,000 requests/s), default debounce
         Scenario("live_limit", 100, 10 * s, worker_rate_limit=1000, emulator_rate_limit=None),
         Scenario("live_limit", 1000, 6 * s, worker_rate_limit=1000, emulator_rate_limit=None),
         Scenario(
-            "live_limit_debounce_0.05",
+            "live_limit_debounce_0.2",
             100,
             10 * s,
-            debounce=0.05,
+            debounce=0.2,
             worker_rate_limit=1000,
             emulator_rate_limit=None,
         ),

@@ -492,7 +492,7 @@ def _relay_config(args: argparse.Namespace) -> Any:
         api_base=args.stripe_api_base,
         meter_event_name=args.meter_event_name,
         poll_interval=getattr(args, "poll_interval", 5.0),
-        debounce=getattr(args, "debounce", 0.2),
+        debounce=getattr(args, "debounce", 0.05),
         rate_limit=args.rate_limit,
         grace=args.grace,
         metrics_port=getattr(args, "metrics_port", 0),
@@ -703,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls")
     p.add_argument(
-        "--debounce", type=float, default=0.2, help="seconds to let a burst of changes settle"
+        "--debounce", type=float, default=0.05, help="seconds to let a burst of changes settle"
     )
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
     p.add_argument("--retry-min", type=float, default=1.0, help="first per-organization backoff")

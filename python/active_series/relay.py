@@ -69,7 +69,7 @@ class RelayConfig:
     api_base: str = DEFAULT_API_BASE
     meter_event_name: str = "active_series"
     poll_interval: float = 5.0
-    debounce: float = 0.2
+    debounce: float = 0.05
     rate_limit: float = 25.0
     grace: float = 300.0
     metrics_port: int = 0

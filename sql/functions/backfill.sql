@@ -17,6 +17,7 @@ DECLARE
     v_rb bigint [];
     v_org bigint;
     v_period timestamptz;
+    v_batches bigint := 0;
 BEGIN
     IF p_batch_size IS NULL OR p_batch_size < 1 THEN
         RAISE EXCEPTION 'active_series: backfill batch size must be a positive number of reports'
@@ -41,7 +42,15 @@ BEGIN
         FROM active_series.report AS r
         WHERE r.id >= v_lo AND r.id < v_lo + p_batch_size;
         v_lo := v_lo + p_batch_size;
+        v_batches := v_batches + 1;
         COMMIT;
+        -- the history grows fastest at the start: fresh statistics (which also replan the
+        -- cached statements) after batches 1, 2, 4, 8, ... keep index lookups planned
+        IF v_batches & (v_batches - 1) = 0 THEN
+            ANALYZE active_series._benchmark_seen, active_series._series_seen,
+            active_series._series_period, active_series._period_usage, active_series._period;
+            COMMIT;
+        END IF;
         RAISE NOTICE 'active_series backfill: % of % reports', v_done, v_total;
     END LOOP;
     -- counts follow the history rows (repairs a drifted count)
