@@ -567,11 +567,15 @@ class EmulatorState:
             self.customers[cus["id"]] = cus
             return cus
 
-    def get_customer(self, cid: str) -> Json:
+    def _lookup(self, store: dict[str, Any], kind: str, ident: str) -> Any:
+        """The object ``ident`` of ``store``, or Stripe's resource_missing error."""
         with self.lock:
-            if cid not in self.customers:
-                raise _no_such("customer", cid)
-            return self.customers[cid]
+            if ident not in store:
+                raise _no_such(kind, ident)
+            return store[ident]
+
+    def get_customer(self, cid: str) -> Json:
+        return self._lookup(self.customers, "customer", cid)
 
     def list_customers(self, p: Json) -> list[Json]:
         email = _as_str(p, "email")
@@ -635,10 +639,7 @@ class EmulatorState:
                 )
 
     def get_meter(self, mid: str) -> Json:
-        with self.lock:
-            if mid not in self.meters:
-                raise _no_such("billing.meter", mid)
-            return self.meters[mid]
+        return self._lookup(self.meters, "billing.meter", mid)
 
     def list_meters(self, p: Json) -> list[Json]:
         status = _as_str(p, "status")
@@ -934,10 +935,7 @@ class EmulatorState:
         return product
 
     def get_product(self, pid: str) -> Json:
-        with self.lock:
-            if pid not in self.products:
-                raise _no_such("product", pid)
-            return self.products[pid]
+        return self._lookup(self.products, "product", pid)
 
     def create_price(self, p: Json) -> Json:
         currency = (_as_str(p, "currency", required=True) or "").lower()
@@ -1054,10 +1052,7 @@ class EmulatorState:
         return tiers
 
     def get_price(self, pid: str) -> Json:
-        with self.lock:
-            if pid not in self.prices:
-                raise _no_such("price", pid)
-            return self.prices[pid]
+        return self._lookup(self.prices, "price", pid)
 
     # ---- subscriptions -------------------------------------------------------------------------
 
@@ -1180,9 +1175,7 @@ class EmulatorState:
 
     def get_subscription(self, sid: str) -> Subscription:
         with self.lock:
-            if sid not in self.subscriptions:
-                raise _no_such("subscription", sid)
-            sub = self.subscriptions[sid]
+            sub = self._lookup(self.subscriptions, "subscription", sid)
             self._roll(sub)
             return sub
 
