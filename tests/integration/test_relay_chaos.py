@@ -69,6 +69,22 @@ def unclosed_ended(conn, grace: float) -> int:
     ).fetchone()[0]
 
 
+def settle(dsn: str, emu: Emulator, billed: dict, grace: float) -> list:
+    """Wait until the outbox is empty, every ended period closed and Stripe exact (bounded);
+    return what still differs."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        wait_until(
+            lambda: (
+                quiescent(conn)
+                and unclosed_ended(conn, grace) == 0
+                and not mismatches(conn, emu, billed)
+            ),
+            120,
+            "quiescence",
+        )
+        return mismatches(conn, emu, billed)
+
+
 def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) -> None:
     rng = random.Random(2026)
     with psycopg.connect(dsn, autocommit=True) as setup:
@@ -127,17 +143,8 @@ def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) ->
             stop.set()
             ingester.join()
         emu.ctl.random_failures(0)
+        assert settle(dsn, emu, billed, grace) == []
         with psycopg.connect(dsn, autocommit=True) as conn:
-            wait_until(
-                lambda: (
-                    quiescent(conn)
-                    and unclosed_ended(conn, grace) == 0
-                    and not mismatches(conn, emu, billed)
-                ),
-                120,
-                "quiescence",
-            )
-            assert mismatches(conn, emu, billed) == []
             closed = conn.execute(
                 "SELECT count(*) FROM active_series._period WHERE closed_at IS NOT NULL"
             ).fetchone()[0]
@@ -261,17 +268,7 @@ def run_soak(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) -> 
             stop.set()
             ingester.join()
         emu.ctl.random_failures(0)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            wait_until(
-                lambda: (
-                    quiescent(conn)
-                    and unclosed_ended(conn, grace) == 0
-                    and not mismatches(conn, emu, billed)
-                ),
-                120,
-                "quiescence",
-            )
-            report.mismatches = mismatches(conn, emu, billed)
+        report.mismatches = settle(dsn, emu, billed, grace)
         assert worker.alive(), "the worker exited:\n" + worker.log()[-3000:]
     report.reports = count[0]
     report.faults = emu.ctl.fault_counts()
