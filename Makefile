@@ -1,9 +1,11 @@
 # active_series: build, lint, test and install.
 #
 #   make deps      apt packages (only the missing ones) and .venv (re-made when pyproject changes)
-#   make build     python/active_series/sql/active_series--<version>.sql from sql/manifest.txt
+#   make build     the SQL files of python/active_series/sql/: active_series--<version>.sql from
+#                  sql/manifest.txt, released scripts (sql/releases/), upgrades (sql/upgrades/)
 #   make lint      ruff, mypy, sqlfluff, and plpgsql_check in a throwaway cluster
-#   make test      deps + build + lint + pgTAP (pg_prove) + pytest, each against a throwaway cluster
+#   make test      deps + build + lint + pgTAP (pg_prove) + pytest, each against a throwaway cluster,
+#                  then pgTAP and the core suites again on a schema upgraded from the oldest release
 #   make install   the extension files for CREATE EXTENSION (PGXS; needs write access to the
 #                  server's share directory, i.e. root)
 #   make clean     build outputs
@@ -26,7 +28,12 @@ SQL_DIRS := $(wildcard sql triggers)
 PYTEST_ARGS ?=
 
 EXTVERSION := $(shell sed -n "s/^default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" active_series.control)
-BUILT_SQL := python/active_series/sql/active_series--$(EXTVERSION).sql
+PKG_SQL := python/active_series/sql
+BUILT_SQL := $(PKG_SQL)/active_series--$(EXTVERSION).sql
+# released versions' frozen scripts and the upgrade scripts, copied into the package by the build
+RELEASED_SQL := $(filter-out $(BUILT_SQL),\
+	$(patsubst sql/releases/%,$(PKG_SQL)/%,$(wildcard sql/releases/active_series--*.sql)))
+UPGRADE_SQL := $(patsubst sql/upgrades/%,$(PKG_SQL)/%,$(wildcard sql/upgrades/active_series--*.sql))
 HASH := \#
 SQL_SOURCES := $(shell test -f sql/manifest.txt && sed -e 's/$(HASH).*//' sql/manifest.txt)
 
@@ -35,8 +42,7 @@ APT_PACKAGES := postgresql-15 postgresql-client-15 postgresql-plpython3-15 postg
 
 # ---------------------------------------------------------------- PGXS (make install)
 EXTENSION = active_series
-DATA_built = $(BUILT_SQL)
-DATA = $(wildcard sql/active_series--*--*.sql python/active_series/sql/active_series--*--*.sql)
+DATA_built = $(BUILT_SQL) $(RELEASED_SQL) $(UPGRADE_SQL)
 EXTRA_CLEAN = build dist python/*.egg-info .tmp .pytest_cache .mypy_cache .ruff_cache
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(wildcard $(PGXS)),)
@@ -53,9 +59,10 @@ endif
 # Our targets come after the include so PGXS's default goal (all) does not become ours.
 .PHONY: deps deps-apt build lint lint-static lint-plpgsql test test-db bench soak
 
-$(BUILT_SQL): active_series.control tools/build_sql.py sql/manifest.txt $(SQL_SOURCES)
+$(BUILT_SQL) $(RELEASED_SQL) $(UPGRADE_SQL) &: active_series.control tools/build_sql.py \
+		sql/manifest.txt $(SQL_SOURCES) $(wildcard sql/releases/* sql/upgrades/*)
 	$(PY) tools/build_sql.py
-	@touch $@
+	@touch $(BUILT_SQL) $(RELEASED_SQL) $(UPGRADE_SQL)
 
 build:
 	$(PY) tools/build_sql.py
@@ -168,8 +175,9 @@ endef
 export PLPGSQL_CHECK_SQL
 
 # Shell snippets for one recipe: start a throwaway cluster, stopped (and deleted) when the
-# recipe's shell exits, also on failure. newdb NAME creates a database and installs the
-# active_series schema into it (the same way `active-series install` does).
+# recipe's shell exits, also on failure. newdb NAME [FROM] creates a database and installs
+# the active_series schema into it (the same way `active-series install` does); with FROM,
+# that released version first, then upgraded.
 CLUSTER_UP = set -euo pipefail; \
 	base=$$(mktemp -d "$${TMPDIR:-/tmp}/active-series-test.XXXXXX"); \
 	chmod 711 "$$base"; \
@@ -177,8 +185,9 @@ CLUSTER_UP = set -euo pipefail; \
 	$(AS_CLUSTER) start "$$base/data" >/dev/null; \
 	eval "$$($(AS_CLUSTER) env "$$base/data")"; \
 	newdb() { $(PSQL) -d postgres -c "CREATE DATABASE $$1" && \
-		$(VPY) -c 'import sys; from active_series.install import install; install(sys.argv[1])' \
-			"dbname=$$1"; }
+		$(VPY) -c 'import sys; from active_series.install import install; \
+			[install(sys.argv[1], v) for v in sys.argv[2:]]; install(sys.argv[1])' \
+			"dbname=$$1" $${2:-}; }
 
 PLPGSQL_CHECK_RUN = echo "plpgsql_check: PL/pgSQL functions of schema active_series"; \
 	newdb lint_plpgsql_check; \
@@ -187,10 +196,27 @@ PLPGSQL_CHECK_RUN = echo "plpgsql_check: PL/pgSQL functions of schema active_ser
 PGTAP_RUN = echo "pgTAP: tests/sql"; \
 	newdb pgtap; \
 	$(PSQL) -d pgtap -c 'CREATE EXTENSION pgtap'; \
-	pg_prove --failures --dbname pgtap tests/sql/*.sql
+	pg_prove --failures --dbname pgtap tests/sql/*.sql; \
+	echo "pgTAP: tests/sql on a schema upgraded from $(UPGRADE_FROM)"; \
+	newdb pgtap_upgraded $(UPGRADE_FROM); \
+	$(PSQL) -d pgtap_upgraded -c 'CREATE EXTENSION pgtap'; \
+	pg_prove --failures --dbname pgtap_upgraded tests/sql/*.sql
 
 # pytest starts its own cluster (tests/conftest.py); benchmarks and soak tests are not run here.
 PYTEST_RUN = $(VENV)/bin/pytest tests -m 'not benchmark and not soak' --timeout=600 $(PYTEST_ARGS)
+
+# Upgrade safety: the oldest release's frozen script, upgraded to this version, must behave as a
+# fresh install. tests/integration/test_upgrade.py compares catalogs and data for every release;
+# these suites run again against a template upgraded from the oldest one.
+UPGRADE_FROM := $(firstword $(shell ls sql/releases 2>/dev/null | \
+	sed -n 's/^active_series--\([^-]*\)\.sql$$/\1/p' | sort -V))
+UPGRADE_SUITES := tests/property tests/integration/test_roles.py \
+	tests/integration/test_atomicity.py tests/integration/test_concurrency.py \
+	tests/integration/test_bad_input.py tests/integration/test_ingest_shapes.py \
+	tests/integration/test_relay_end_to_end.py
+PYTEST_UPGRADE_RUN = echo "pytest: the core suites on a schema upgraded from $(UPGRADE_FROM)"; \
+	ACTIVE_SERIES_TEST_UPGRADE_FROM=$(UPGRADE_FROM) $(VENV)/bin/pytest $(UPGRADE_SUITES) \
+	-m 'not benchmark and not soak' --timeout=600 -p no:cacheprovider $(PYTEST_ARGS)
 
 lint-plpgsql: deps build
 	@$(CLUSTER_UP); $(PLPGSQL_CHECK_RUN)
@@ -205,6 +231,7 @@ test-db: build lint-static lint-plpgsql
 	@failed=""; \
 	( $(CLUSTER_UP); $(PGTAP_RUN) ) || failed="$$failed pgTAP"; \
 	$(PYTEST_RUN) || failed="$$failed pytest"; \
+	$(if $(UPGRADE_FROM),( $(PYTEST_UPGRADE_RUN) ) || failed="$$failed pytest-upgraded";) \
 	if [ -n "$$failed" ]; then echo "make test: failures in:$$failed" >&2; exit 1; fi
 
 # The benchmark suite in a throwaway cluster: ingest overhead (pgbench and COPY, tracking on

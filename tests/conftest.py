@@ -10,6 +10,8 @@ Contract (other tests rely on exactly this):
   as superuser.
 - ``template_db`` (session): name of a template database holding the active_series
   schema, installed once with ``active_series.install.install`` (nothing else in it).
+  With ``ACTIVE_SERIES_TEST_UPGRADE_FROM=<version>``, that released version is installed
+  first and then upgraded, so the tests run against an upgraded schema.
 - ``dsn`` (function): conninfo of a new database cloned from ``template_db``;
   dropped ``WITH (FORCE)`` after the test.
 - ``conn`` (function): a ``psycopg.Connection`` to ``dsn``, ``autocommit=True``;
@@ -37,6 +39,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 DSN_ENV = "ACTIVE_SERIES_TEST_DSN"
+UPGRADE_ENV = "ACTIVE_SERIES_TEST_UPGRADE_FROM"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -116,6 +119,9 @@ def template_db(pg_cluster: Server) -> Iterator[str]:
     ident = sql.Identifier(name)
     _admin(pg_cluster, sql.SQL("CREATE DATABASE {}").format(ident))
     try:
+        upgrade_from = os.environ.get(UPGRADE_ENV)
+        if upgrade_from:
+            install(pg_cluster.dsn(name), upgrade_from)
         install(pg_cluster.dsn(name))
         # No connections from now on: CREATE DATABASE ... TEMPLATE needs it idle.
         _admin(

@@ -1,15 +1,18 @@
 """Install or upgrade the extension's objects over a plain connection.
 
-``CREATE EXTENSION active_series`` needs the script in the server's share
-directory (``make install``).  Where files cannot be placed (managed
-PostgreSQL), this module runs the same script, shipped inside the Python
-package, in one transaction, and records the version in
-``active_series._meta``.
+``CREATE EXTENSION active_series`` needs the scripts in the server's share directory
+(``make install``); ``ALTER EXTENSION active_series UPDATE`` then upgrades it.  Where files
+cannot be placed (managed PostgreSQL), this module runs the same scripts, shipped inside
+the Python package, in one transaction: the install script of a version, or the chain of
+upgrade scripts from the installed version.  Either way ``active_series._meta`` records
+the version, which the CLI and the worker check before they touch anything.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 import psycopg
 from psycopg import sql
@@ -17,17 +20,66 @@ from psycopg import sql
 from active_series import __version__
 
 SCHEMA = "active_series"
+PREFIX = "active_series--"
 
 
 class SchemaVersionError(RuntimeError):
     """The database holds no active_series schema, or one of another version."""
 
 
-def script_text(version: str = __version__) -> str:
-    """The extension script for ``version``, without its psql-only guard line."""
-    path = resources.files("active_series") / "sql" / f"active_series--{version}.sql"
-    lines = path.read_text().splitlines(keepends=True)
+def _scripts() -> Traversable:
+    return resources.files("active_series") / "sql"
+
+
+def _read(name: str) -> str:
+    """A shipped script, without its psql-only guard line."""
+    lines = (_scripts() / name).read_text().splitlines(keepends=True)
     return "".join(line for line in lines if not line.startswith("\\echo"))
+
+
+def available_versions() -> set[str]:
+    """The versions this package can install from scratch."""
+    names = (entry.name for entry in _scripts().iterdir())
+    return {
+        name[len(PREFIX) : -len(".sql")]
+        for name in names
+        if name.startswith(PREFIX) and name.endswith(".sql") and "--" not in name[len(PREFIX) :]
+    }
+
+
+def script_text(version: str = __version__) -> str:
+    """The install script of ``version``."""
+    if version not in available_versions():
+        raise SchemaVersionError(
+            f"this package cannot install active_series {version} "
+            f"(it ships {', '.join(sorted(available_versions()))})"
+        )
+    return _read(f"{PREFIX}{version}.sql")
+
+
+def upgrade_path(found: str, target: str = __version__) -> list[str]:
+    """The upgrade scripts, in order, from ``found`` to ``target`` (the fewest steps,
+    as ALTER EXTENSION chooses); [] when they are equal; SchemaVersionError if none."""
+    steps: dict[str, list[tuple[str, str]]] = {}
+    for entry in _scripts().iterdir():
+        name = entry.name
+        if name.startswith(PREFIX) and name.endswith(".sql") and "--" in name[len(PREFIX) :]:
+            old, new = name[len(PREFIX) : -len(".sql")].split("--", 1)
+            steps.setdefault(old, []).append((new, name))
+    paths: dict[str, list[str]] = {found: []}
+    queue = deque([found])
+    while queue:
+        version = queue.popleft()
+        if version == target:
+            return paths[version]
+        for new, name in sorted(steps.get(version, [])):
+            if new not in paths:
+                paths[new] = [*paths[version], name]
+                queue.append(new)
+    raise SchemaVersionError(
+        f"the database has active_series {found} and this program, {target}, has no upgrade "
+        f"path from it (a newer database needs a newer active-series)"
+    )
 
 
 def installed_version(conn: psycopg.Connection) -> str | None:
@@ -49,39 +101,50 @@ def check_version(conn: psycopg.Connection, expected: str = __version__) -> str:
         )
     if found != expected:
         raise SchemaVersionError(
-            f"the database has active_series {found}, this program is {expected} "
-            "(run: active-series install --dsn ... to upgrade)"
+            f"the database has active_series {found}, this program is {expected}: "
+            "run `active-series install --dsn ...` with this program to upgrade the "
+            "database, or use the active-series release that matches it"
         )
     return found
 
 
-def install(conninfo: str) -> str:
-    """Install the objects of this package's version; return the version installed.
+def install(conninfo: str, version: str = __version__) -> str:
+    """Install ``version`` (this package's by default), or upgrade to it; return it.
 
-    Idempotent for the same version.  An existing extension created with
-    CREATE EXTENSION is left to ALTER EXTENSION ... UPDATE.
+    Idempotent.  An extension made with CREATE EXTENSION is upgraded with ALTER EXTENSION
+    ... UPDATE (the server needs the upgrade scripts: ``make install``); a plain install
+    runs the upgrade scripts shipped in this package, in one transaction.  Never
+    downgrades.
     """
     with psycopg.connect(conninfo, autocommit=False) as conn:
+        # one install or upgrade at a time per database
+        conn.execute("SELECT pg_advisory_xact_lock(1634956101)")
         ext = conn.execute(
             "SELECT extversion FROM pg_extension WHERE extname = 'active_series'"
         ).fetchone()
         if ext is not None:
-            if ext[0] != __version__:
-                conn.execute(
-                    sql.SQL("ALTER EXTENSION active_series UPDATE TO {}").format(
-                        sql.Literal(__version__)
+            if ext[0] != version:
+                upgrade_path(ext[0], version)  # a clear error where there is no path
+                try:
+                    conn.execute(
+                        sql.SQL("ALTER EXTENSION active_series UPDATE TO {}").format(
+                            sql.Literal(version)
+                        )
                     )
-                )
+                except psycopg.errors.InvalidParameterValue as exc:
+                    raise SchemaVersionError(
+                        f"the server cannot update the extension from {ext[0]} to {version} "
+                        f"({exc}): run `make install` of this release on the server first"
+                    ) from exc
             conn.commit()
-            return __version__
+            return version
         found = installed_version(conn)
-        if found == __version__:
-            return found
-        if found is not None:
-            raise SchemaVersionError(
-                f"upgrading a plain install from {found} to {__version__} is not supported yet"
-            )
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
-        conn.execute(script_text())
+        if found is None:
+            script_text(version)  # a clear error for a version this package lacks
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+            conn.execute(script_text(version))
+        else:
+            for name in upgrade_path(found, version):
+                conn.execute(_read(name))
         conn.commit()
-    return __version__
+    return version

@@ -13,8 +13,6 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,6 @@ import pytest
 from active_series import cli
 from active_series.cluster import free_port
 from oracle import ingest, make_org
-from psycopg import sql
 from relay_harness import API_KEY, Emulator, bill, wait_until
 
 COMMANDS = [
@@ -75,18 +72,6 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
 
 def all_series(org: Any) -> list[tuple[int, int]]:
     return [(b, m) for b in org.benchmarks for m in org.measures]
-
-
-@pytest.fixture
-def empty_dsn(pg_cluster: Any, superuser_dsn: str) -> Iterator[str]:
-    name = f"active_series_cli_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(superuser_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
-    yield pg_cluster.dsn(name)
-    with psycopg.connect(superuser_dsn, autocommit=True) as admin:
-        admin.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

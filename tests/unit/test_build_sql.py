@@ -3,6 +3,7 @@ by the control file.  No database."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -143,3 +144,70 @@ def test_every_repository_manifest_entry_exists() -> None:
         pytest.skip("sql/manifest.txt is not in this tree yet")
     missing = [str(p) for p in build_sql.sources(REPO) if not p.is_file()]
     assert missing == []
+
+
+def release(root: Path, version: str, text: str) -> Path:
+    """Freeze ``text`` as the script of ``version``, its digest in SHA256SUMS."""
+    directory = root / "sql" / "releases"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"active_series--{version}.sql"
+    path.write_text(text)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with (directory / "SHA256SUMS").open("a") as sums:
+        sums.write(f"{digest}  {path.name}\n")
+    return path
+
+
+def test_released_scripts_and_upgrades_are_shipped_next_to_the_current_one(
+    tmp_path: Path,
+) -> None:
+    make_tree(tmp_path, version="1.3.0")
+    release(tmp_path, "1.2.3", "-- the frozen 1.2.3\n")
+    (tmp_path / "sql" / "upgrades").mkdir()
+    (tmp_path / "sql" / "upgrades" / "active_series--1.2.3--1.3.0.sql").write_text(
+        "UPDATE active_series._meta SET version = '1.3.0';\n"
+    )
+    out = tmp_path / "out"
+    build_sql.build(tmp_path, out_dir=out)
+    assert sorted(p.name for p in out.glob("*.sql")) == [
+        "active_series--1.2.3--1.3.0.sql",
+        "active_series--1.2.3.sql",
+        "active_series--1.3.0.sql",
+    ]
+    assert (out / "active_series--1.2.3.sql").read_text() == "-- the frozen 1.2.3\n"
+    upgrade = (out / "active_series--1.2.3--1.3.0.sql").read_text().splitlines()
+    assert upgrade[1] == (
+        "\\echo Use \"ALTER EXTENSION active_series UPDATE TO '1.3.0'\" to load this file. \\quit"
+    )
+    assert upgrade[2] == "UPDATE active_series._meta SET version = '1.3.0';"
+
+
+def test_a_changed_release_is_an_error(tmp_path: Path) -> None:
+    make_tree(tmp_path, version="1.3.0")
+    frozen = release(tmp_path, "1.2.3", "-- the frozen 1.2.3\n")
+    frozen.write_text("-- edited after the release\n")
+    with pytest.raises(SystemExit, match="released script and must not change"):
+        build_sql.build(tmp_path, out_dir=tmp_path / "out")
+
+
+def test_sources_that_no_longer_build_the_current_release_are_an_error(tmp_path: Path) -> None:
+    make_tree(tmp_path, version="1.2.3")
+    built = build_sql.build(tmp_path, out_dir=tmp_path / "first")
+    release(tmp_path, "1.2.3", built.read_text())
+    assert build_sql.build(tmp_path, out_dir=tmp_path / "again").read_text() == built.read_text()
+    (tmp_path / "sql" / "tables" / "a.sql").write_text("CREATE TABLE active_series.a (y int);\n")
+    with pytest.raises(SystemExit, match="raise default_version"):
+        build_sql.build(tmp_path, out_dir=tmp_path / "out")
+
+
+def test_files_no_longer_built_are_removed(tmp_path: Path) -> None:
+    make_tree(tmp_path, version="1.3.0")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "active_series--0.9.0--1.0.0.sql").write_text("-- a removed upgrade\n")
+    build_sql.build(tmp_path, out_dir=out)
+    assert [p.name for p in out.glob("*.sql")] == ["active_series--1.3.0.sql"]
+
+
+def test_the_repository_releases_match_their_digests() -> None:
+    assert "0.1.0" in build_sql.released(REPO)
