@@ -52,7 +52,7 @@ import stripe
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from active_series import queries as q
-from active_series.install import check_version
+from active_series.install import SchemaVersionError, check_version
 
 DEFAULT_API_BASE = "https://api.stripe.com"
 CHANNEL = "active_series"
@@ -280,7 +280,10 @@ class Relay:
     # ------------------------------------------------------------------ drains
     def drain(self, *, only_close: bool = False, organization: int | None = None) -> int:
         """Relay every organization with work due until none is left; returns how many
-        claims were made. Organizations another worker holds are left to it."""
+        claims were made. Organizations another worker holds are left to it. Raises
+        SchemaVersionError once the schema is no longer this program's (upgraded under a
+        running worker): a worker never relays with another version's rules."""
+        check_version(self.ledger)
         leave: set[int] = set()
         rounds: dict[int, int] = {}
         handled = 0
@@ -680,8 +683,22 @@ class Worker:
             grace=self.cfg.grace,
             metrics_port=self.cfg.metrics_port or None,
         )
+        try:
+            return self._run()
+        except SchemaVersionError as exc:
+            # at the start or at any wake-up (an upgrade under a running worker): exit 4
+            self.log("error", "schema_mismatch", error=str(exc))
+            raise
+        finally:
+            self.relay.close()
+            if self.listen_conn is not None:
+                with contextlib.suppress(Exception):
+                    self.listen_conn.close()
+            self.log("info", "stop")
+
+    def _run(self) -> int:
         attempts = 0
-        while True:  # the database may be restarting; a schema version mismatch ends here
+        while True:  # the database may be restarting
             try:
                 self.relay.connect()
                 break
@@ -717,11 +734,6 @@ class Worker:
                 self.log("warning", "database_unavailable", error=_first_line(exc), retry_in=delay)
                 self.stop.wait(delay)
                 reason = "reconnect"
-        self.relay.close()
-        if self.listen_conn is not None:
-            with contextlib.suppress(Exception):
-                self.listen_conn.close()
-        self.log("info", "stop")
         return 0
 
     def _listen(self) -> bool:

@@ -294,3 +294,23 @@ def test_install_refuses_a_version_it_does_not_ship(empty_dsn: str) -> None:
     with psycopg.connect(empty_dsn) as conn:
         assert installed_version(conn) is None
         assert one(conn, "SELECT count(*) FROM pg_namespace WHERE nspname = 'active_series'") == 0
+
+
+def test_a_running_worker_stops_when_the_schema_changes_version_under_it(
+    conn: psycopg.Connection[Any], dsn: str, relay_emulator: Emulator, tmp_path: Path
+) -> None:
+    org = make_org(conn, "billed")
+    bill(conn, org.id, relay_emulator.customer("billed"))
+    worker = WorkerProcess(
+        dsn, relay_emulator.url, tmp_path / "worker.log", "--poll-interval", "0.5"
+    ).start()
+    with workers(worker):
+        ingest(conn, org, org.testbeds[0], series(org, 0, 2))
+        wait_until(lambda: quiescent(conn), 30, "the first count to be relayed")
+        # what an upgrade by a newer release looks like to this program
+        conn.execute("UPDATE active_series._meta SET version = '9.9.9'")
+        assert worker.proc is not None
+        assert worker.proc.wait(30) == 4
+    [mismatch] = worker.log_events("schema_mismatch")
+    assert "active_series 9.9.9" in mismatch["error"], mismatch
+    assert worker.log_events("stop")
