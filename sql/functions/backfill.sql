@@ -2,8 +2,9 @@ CREATE PROCEDURE active_series.backfill(p_batch_size integer DEFAULT 500)
 LANGUAGE plpgsql
 AS $$
 -- (Re)builds series_last_seen, period history and counts from the metrics already in
--- the database, p_batch_size reports at a time, committing after each batch so that
--- ingest is never blocked for long; progress is reported as NOTICEs. Additive and
+-- the database, p_batch_size reports at a time (after a ramp of 1, 2, 4, ... reports),
+-- committing after each batch so that ingest is never blocked for long; progress is
+-- reported as NOTICEs. Additive and
 -- idempotent: activity already recorded (also of deleted reports) is kept, and a second
 -- run writes nothing. Runs the same code as the ingest trigger (_record_activity).
 -- Call it outside a transaction block: CALL active_series.backfill();
@@ -18,6 +19,7 @@ DECLARE
     v_org bigint;
     v_period timestamptz;
     v_batches bigint := 0;
+    v_size bigint;
 BEGIN
     IF p_batch_size IS NULL OR p_batch_size < 1 THEN
         RAISE EXCEPTION 'active_series: backfill batch size must be a positive number of reports'
@@ -31,22 +33,28 @@ BEGIN
     INTO v_lo, v_max, v_total
     FROM active_series.report AS r;
     WHILE v_lo <= v_max LOOP
+        -- Statements are planned once and cached; planned against empty cache tables
+        -- (after an ANALYZE of them, e.g. a database-wide one) they scan whole tables, and
+        -- one batch of many new series would grow those tables under the scans: quadratic.
+        -- Batches of 1, 2, 4, ... reports, each followed by ANALYZE (which also replans),
+        -- bound that growth until the statistics describe tables of real size.
+        v_size := LEAST(p_batch_size::bigint, 1::bigint << LEAST(v_batches, 62)::integer);
         SELECT pg_catalog.array_agg(rb.id)
         INTO v_rb
         FROM active_series.report_benchmark AS rb
-        WHERE rb.report_id >= v_lo AND rb.report_id < v_lo + p_batch_size;
+        WHERE rb.report_id >= v_lo AND rb.report_id < v_lo + v_size;
         IF v_rb IS NOT NULL THEN
             PERFORM active_series._record_activity(v_rb);
         END IF;
         SELECT v_done + pg_catalog.count(*) INTO v_done
         FROM active_series.report AS r
-        WHERE r.id >= v_lo AND r.id < v_lo + p_batch_size;
-        v_lo := v_lo + p_batch_size;
+        WHERE r.id >= v_lo AND r.id < v_lo + v_size;
+        v_lo := v_lo + v_size;
         v_batches := v_batches + 1;
         COMMIT;
         -- the history grows fastest at the start: fresh statistics (which also replan the
-        -- cached statements) after batches 1, 2, 4, 8, ... keep index lookups planned
-        IF v_batches & (v_batches - 1) = 0 THEN
+        -- cached statements) after each batch of the ramp, then after batches 16, 32, 64, ...
+        IF v_size < p_batch_size OR v_batches & (v_batches - 1) = 0 THEN
             ANALYZE active_series._benchmark_seen, active_series._series_seen,
             active_series._series_period, active_series._period_usage, active_series._period;
             COMMIT;

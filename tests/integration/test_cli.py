@@ -167,9 +167,9 @@ def test_backfill_prints_plain_progress_lines_without_a_terminal(conn, dsn) -> N
     proc = run("backfill", "--dsn", dsn, "--batch-size", "2")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines[:3] == [
-        "backfill: 2 of 5 reports",
-        "backfill: 4 of 5 reports",
+    assert lines[:3] == [  # batches of 1 (the ramp), then 2 reports
+        "backfill: 1 of 5 reports",
+        "backfill: 3 of 5 reports",
         "backfill: 5 of 5 reports",
     ]
     assert lines[-1] == "backfill: done, 5 reports"
@@ -199,7 +199,7 @@ def test_backfill_draws_a_progress_bar_on_a_terminal(conn, dsn) -> None:
     assert proc.returncode == 0
     text = out.decode()
     assert "\rbackfill [" in text
-    assert re.search(r"\[#{12}-{18}\]\s+40% 2/5 reports", text), text
+    assert re.search(r"\[#{18}-{12}\]\s+60% 3/5 reports", text), text
     assert re.search(r"\[#{30}\] 100% 5/5 reports", text), text
     assert "backfill: done, 5 reports" in text
 
