@@ -13,6 +13,9 @@ the sources from ``sql/manifest.txt``.  Everything is written to
 
 While the control file names a released version, the manifest must still build exactly
 that release's frozen script.
+
+    python tools/build_sql.py [OUT_DIR]   # build (make build)
+    python tools/build_sql.py --freeze    # release default_version (docs/DESIGN-NOTES.md)
 """
 
 from __future__ import annotations
@@ -139,5 +142,23 @@ def build(root: Path = ROOT, out_dir: Path | None = None) -> Path:
     return out_dir / f"{PREFIX}{version}.sql"
 
 
+def freeze(root: Path = ROOT) -> Path:
+    """Release the control file's version: keep its script in sql/releases/ for good."""
+    version = control_version(root)
+    if version in released(root):
+        raise BuildError(f"version {version} is already released")
+    directory = root / "sql" / "releases"
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{PREFIX}{version}.sql"
+    target.write_text(script(root))
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    with (directory / "SHA256SUMS").open("a") as sums:
+        sums.write(f"{digest}  {target.name}\n")
+    return target
+
+
 if __name__ == "__main__":
-    print(build(out_dir=Path(sys.argv[1]) if len(sys.argv) > 1 else None))
+    if sys.argv[1:] == ["--freeze"]:
+        print(freeze())
+    else:
+        print(build(out_dir=Path(sys.argv[1]) if len(sys.argv) > 1 else None))

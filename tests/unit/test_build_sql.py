@@ -209,5 +209,15 @@ def test_files_no_longer_built_are_removed(tmp_path: Path) -> None:
     assert [p.name for p in out.glob("*.sql")] == ["active_series--1.3.0.sql"]
 
 
+def test_freeze_releases_the_current_version_once(tmp_path: Path) -> None:
+    make_tree(tmp_path, version="1.2.3")
+    frozen = build_sql.freeze(tmp_path)
+    assert frozen == tmp_path / "sql" / "releases" / "active_series--1.2.3.sql"
+    assert build_sql.released(tmp_path) == {"1.2.3": frozen}
+    assert frozen.read_text() == build_sql.build(tmp_path, out_dir=tmp_path / "out").read_text()
+    with pytest.raises(SystemExit, match="already released"):
+        build_sql.freeze(tmp_path)
+
+
 def test_the_repository_releases_match_their_digests() -> None:
     assert "0.1.0" in build_sql.released(REPO)
