@@ -1,4 +1,4 @@
-"""Upgrade safety (issue: least privilege and bad input, item 4).
+"""Upgrade safety: a released version, upgraded with its data, is this version exactly.
 
 Every released version (its frozen script, ``sql/releases/``) is installed with data, both
 as a plain install and with CREATE EXTENSION, then upgraded to this version (the package's
