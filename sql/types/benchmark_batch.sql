@@ -12,7 +12,9 @@ CREATE TYPE active_series._benchmark_batch AS (
     max_period timestamptz,
     -- the distinct measures (sorted)
     measure_ids bigint [],
-    report_benchmark_ids bigint []
+    report_benchmark_ids bigint [],
+    -- whether its _benchmark_seen row existed when the batch was read
+    known boolean
 );
 COMMENT ON TYPE active_series._benchmark_batch IS
-'The metrics of one batch for one (testbed, benchmark): their created and period bounds, measures and report_benchmarks.';
+'The metrics of one batch for one (testbed, benchmark): their created and period bounds, measures and report_benchmarks, and whether the benchmark was seen before.';
