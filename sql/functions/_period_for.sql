@@ -15,9 +15,17 @@ AS $$
 -- that two transactions never derive overlapping periods from different snapshots.
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(1634956099, hashint8(p_organization_id));
-    SELECT a.period_start, a.period_end
+    -- the recorded one (as _recorded_period, written out: this runs at every ingest commit)
+    SELECT l.period_start, l.period_end
     INTO period_start, period_end
-    FROM active_series._recorded_period(p_organization_id, p_at) AS a;
+    FROM (
+        SELECT p.period_start, p.period_end
+        FROM active_series._period AS p
+        WHERE p.organization_id = p_organization_id AND p.period_start <= p_at
+        ORDER BY p.period_start DESC
+        LIMIT 1
+    ) AS l
+    WHERE l.period_end > p_at;
     IF period_start IS NOT NULL THEN
         RETURN;
     END IF;

@@ -120,6 +120,69 @@ def test_the_ingest_trigger_never_scans_a_large_table_sequentially(conn, connect
     assert_matches_oracle(conn, big.id)
 
 
+# Foreign-key checks: PostgreSQL's own statements, the same with tracking on or off.
+RI_CHECK = re.compile(r"Query Text: SELECT 1 FROM ONLY ")
+INDEX_SCAN = re.compile(
+    r"(?:Index|Index Only) Scan(?: Backward)? using \w+ on (?:active_series\.)?"
+    r"(report|report_benchmark|metric|_benchmark_seen|_series_seen|_series_period)\b"
+)
+
+
+def whole_table_reads(plan: str) -> list[str]:
+    """Sequential scans of the large tables, and index scans of them without a condition."""
+    lines = plan.splitlines()
+    found = [line.strip() for line in lines if SEQ_SCAN.search(line)]
+    for i, line in enumerate(lines):
+        if INDEX_SCAN.search(line):
+            following = lines[i + 1] if i + 1 < len(lines) else ""
+            if "Index Cond:" not in following:
+                found.append(line.strip())
+    return found
+
+
+def test_plans_cached_while_the_tables_were_empty_stay_on_index_paths(conn, connect):
+    # A new installation, or tables truncated: the statistics say empty, and a session
+    # caches the trigger's plans at its first commit. They must not read whole tables
+    # once the tables are large: no sequential scan anywhere, and on the path of every
+    # commit (all but the per-series general case) no index scan without a condition.
+    org = make_org(conn, testbeds=2, benchmarks=3, measures=4)
+    conn.execute(
+        "VACUUM ANALYZE active_series.metric, active_series.report_benchmark,"
+        " active_series.report, active_series._benchmark_seen, active_series._series_seen,"
+        " active_series._series_period"
+    )
+    ingester = connect(autocommit=True)
+    plans: list[tuple[str, str]] = []
+
+    def collect(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.severity_nonlocalized == "LOG":
+            plans.append((diag.message_primary or "", diag.context or ""))
+
+    ingester.add_notice_handler(collect)
+    ingester.execute(AUTO_EXPLAIN)
+
+    everything = [(b, m) for b in org.benchmarks for m in org.measures]
+    # first reports, the same again (the common case), a measure fewer (the general case)
+    for series in [everything, everything, everything, everything[1:], everything]:
+        with ingester.transaction():
+            ingest(ingester, org, org.testbeds[0], series)
+
+    ours = [(p, context) for p, context in plans if not RI_CHECK.search(p)]
+    assert [p for p, _ in ours if "_benchmark_seen" in p], (
+        "auto_explain logged no trigger statement"
+    )
+    offending = [p for p, _ in ours if SEQ_SCAN.search(p)]
+    offending += [
+        p
+        for p, context in ours
+        if "_record_benchmark_activity" not in context
+        and "_activity_of" not in context
+        and whole_table_reads(p)
+    ]
+    assert not offending, "\n\n".join(offending[:3])
+    assert_matches_oracle(conn, org.id)
+
+
 def ingest_by_unnest(conn: psycopg.Connection, org: Org, series) -> None:
     """One report of 600 metrics in one transaction; the metric insert reads only arrays."""
     with conn.transaction():
