@@ -250,8 +250,8 @@ def backfill_section(d: Json) -> tuple[list[str], list[tuple[str, str, str]]]:
         (
             "Backfill: throughput vs from scratch; memory bounded",
             f"{rows[-1]['metrics_per_second']:,.0f} metrics/s at {rows[-1]['metrics']:,} "
-            f"({rows[-1]['backfill_over_scratch']:.1f}× the time of the from-scratch count); peak RssAnon "
-            f"{min(peaks) / 1024:.0f}–{max(peaks) / 1024:.0f} MiB"
+            f"({rows[-1]['backfill_over_scratch']:.1f}× the time of the from-scratch count); "
+            f"peak RssAnon {min(peaks) / 1024:.0f}–{max(peaks) / 1024:.0f} MiB"
             + (
                 f"; all-new series: {new[0]['metrics_per_second']:,.0f}/s at "
                 f"{new[0]['series']:,}, {new[-1]['metrics_per_second']:,.0f}/s at "
