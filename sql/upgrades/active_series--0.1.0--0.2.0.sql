@@ -72,7 +72,8 @@ $$;
 COMMENT ON FUNCTION active_series._period_for(bigint, timestamptz) IS
 'Internal: the billing period containing a time, recorded on first use; holds the organization''s period lock (shared) until commit.';
 
--- generic index-only plans; one UPDATE for the common case (sql/functions/_record_activity.sql)
+-- generic index-only plans; one UPDATE for the common case; a benchmark or measure of
+-- another project is refused (sql/functions/_record_activity.sql)
 CREATE OR REPLACE FUNCTION active_series._record_activity(p_report_benchmark_ids bigint[])
 RETURNS void
 LANGUAGE plpgsql
@@ -119,6 +120,7 @@ DECLARE
     v_seen active_series._benchmark_seen;
     v_new active_series._period_delta [] := ARRAY[]::active_series._period_delta [];
     v_delta active_series._period_delta;
+    v_foreign record;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
@@ -296,6 +298,28 @@ BEGIN
     END IF;
 
     FOREACH v_group IN ARRAY coalesce(v_rest, ARRAY[]::active_series._benchmark_batch []) LOOP
+        -- The benchmark and the measures must be the report's project's (the testbed is, by
+        -- its foreign key): a series never joins another project's or organization's
+        -- catalog. Checked here only: the common case carries exactly the measures of the
+        -- benchmark's _benchmark_seen row, which all came this way.
+        SELECT x.kind, x.id, x.project_id INTO v_foreign
+        FROM (
+            SELECT 'benchmark' AS kind, b.id, b.project_id
+            FROM active_series.benchmark AS b
+            WHERE b.id = v_group.benchmark_id
+            UNION ALL
+            SELECT 'measure', m.id, m.project_id
+            FROM active_series.measure AS m
+            WHERE m.id = ANY(v_group.measure_ids)
+        ) AS x
+        WHERE x.project_id <> v_group.project_id
+        LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'active_series: % % belongs to project %, not to project % of the report',
+                v_foreign.kind, v_foreign.id, v_foreign.project_id, v_group.project_id
+                USING ERRCODE = 'foreign_key_violation',
+                HINT = 'Use the ' || v_foreign.kind || ' of the same name in the report''s project.';
+        END IF;
         v_group.min_period := coalesce(v_group.min_period, v_period);
         v_group.max_period := coalesce(v_group.max_period, v_period);
         SELECT * INTO v_seen

@@ -11,7 +11,9 @@ from oracle import (
     BILLING_TABLES,
     assert_matches_oracle,
     ingest,
+    make_entities,
     make_org,
+    make_project,
     make_report,
     make_report_benchmark,
     one,
@@ -74,6 +76,52 @@ def test_a_metric_of_a_missing_measure_is_rejected_and_nothing_is_written(conn, 
             " VALUES (%s, %s, 1.0), (%s, %s, 1.0)",
             (rb, org.measures[1], rb, org.measures[-1] + 1_000_000),
         )
+    assert everything(conn) == before
+
+
+def refused_at_commit(conn, org, testbed, series, pattern: str) -> str:
+    """Ingest one report of ``series`` in one transaction; its commit must be refused."""
+    with (
+        pytest.raises(psycopg.errors.ForeignKeyViolation, match=pattern) as refusal,
+        conn.transaction(),
+    ):
+        ingest(conn, org, testbed, series)
+    return str(refusal.value)
+
+
+def test_a_measure_or_benchmark_of_another_organization_is_refused_at_commit(conn, org):
+    """A series never joins another tenant's catalog: the commit fails, naming the row."""
+    other = make_org(conn, "other")
+    before = everything(conn)
+    measure, benchmark = r"measure \d+ belongs to project", r"benchmark \d+ belongs to project"
+    # a new benchmark of the testbed, with the other organization's measure
+    refused_at_commit(conn, org, org.testbeds[0], [(org.benchmarks[1], other.measures[0])], measure)
+    # a known benchmark with its known measure and the other organization's one
+    known = (org.benchmarks[0], org.measures[0])
+    refused_at_commit(
+        conn, org, org.testbeds[0], [known, (org.benchmarks[0], other.measures[1])], measure
+    )
+    # the other organization's benchmark, with this one's measure
+    refused_at_commit(
+        conn, org, org.testbeds[0], [(other.benchmarks[0], org.measures[0])], benchmark
+    )
+    assert everything(conn) == before
+    # the organization's own series still record, the known one in the common case
+    ingest(conn, org, org.testbeds[0], [known])
+    ingest(conn, org, org.testbeds[0], [(org.benchmarks[1], org.measures[1])])
+    assert_matches_oracle(conn, org.id)
+
+
+def test_a_measure_of_another_project_of_the_organization_is_refused_too(conn, org):
+    second = make_project(conn, org.id, "second", "private")
+    [measure] = make_entities(conn, "measure", second, 1)
+    before = everything(conn)
+    message = refused_at_commit(
+        conn, org, org.testbeds[1], [(org.benchmarks[2], measure)], "belongs to project"
+    )
+    assert f"measure {measure} belongs to project {second}, not to project {org.project_id}" in (
+        message
+    )
     assert everything(conn) == before
 
 
