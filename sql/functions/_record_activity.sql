@@ -270,13 +270,26 @@ BEGIN
                 AND b.benchmark_id = v_group.benchmark_id
             FOR UPDATE;
         END IF;
-        IF v_group.first_seen = v_seen.last_seen
-            AND v_group.last_seen = v_seen.last_seen
+        -- Nothing to record: activity no newer than recorded, in the benchmark's recorded
+        -- period, of measures of its known set (each has its history row for that period)
+        -- and none before that row's first_seen. Concurrent ingest of one benchmark ends
+        -- here whenever the transaction that started later committed first; so do the
+        -- other statements of one transaction time.
+        IF v_group.last_seen <= v_seen.last_seen
             AND v_group.min_period = v_seen.period_start
             AND v_group.max_period = v_seen.period_start
             AND v_group.measure_ids <@ v_seen.measure_ids
+            AND NOT coalesce((
+                SELECT true FROM active_series._series_period AS h
+                WHERE h.organization_id = v_group.organization_id
+                    AND h.period_start = v_seen.period_start
+                    AND h.testbed_id = v_group.testbed_id
+                    AND h.benchmark_id = v_group.benchmark_id
+                    AND h.measure_id = ANY(v_group.measure_ids)
+                    AND h.first_seen > v_group.first_seen
+                LIMIT 1
+            ), false)
         THEN
-            -- nothing newer than recorded (another statement of the same transaction time)
             CONTINUE;
         END IF;
         -- (appending element by element keeps a large backfill batch linear)

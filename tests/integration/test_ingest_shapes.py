@@ -8,10 +8,12 @@ from oracle import (
     Org,
     allow_explicit_created,
     assert_matches_oracle,
+    ingest,
     make_org,
     make_report,
     make_report_benchmark,
     one,
+    record_now,
     utc,
 )
 
@@ -200,4 +202,63 @@ def test_a_report_with_6000_metrics_counts_6000_series(conn):
 
     big_report()
     assert one(conn, "SELECT active_series.period_usage(%s)", (org.id,)) == 6000
+    assert_matches_oracle(conn, org.id)
+
+
+def general_path_calls(conn: psycopg.Connection) -> int:
+    """How often the recorder has taken its per-series path in this session, as far as the
+    session's statistics know (they count until flushed after a transaction: compare two
+    readings within one transaction)."""
+    return one(
+        conn,
+        "SELECT coalesce(sum(calls), 0)::int FROM pg_stat_xact_user_functions"
+        " WHERE schemaname = 'active_series' AND funcname = '_record_benchmark_activity'",
+    )
+
+
+def recorded_per_series(conn: psycopg.Connection, org: Org, testbed: int, series, created=None):
+    """Ingest one report in one transaction; how often it took the per-series path."""
+    with conn.transaction():
+        before = general_path_calls(conn)
+        ingest(conn, org, testbed, series, created)
+        record_now(conn)
+        return general_path_calls(conn) - before
+
+
+def test_a_transaction_committing_after_a_later_one_records_nothing_per_series(connect):
+    """Concurrent ingest of one benchmark: the transaction that started first but commits last
+    has nothing new to record (same period, known measures, already seen) and takes no
+    per-series path; every count and first/last_seen stays exact."""
+    a, b = connect(), connect()
+    org = make_org(a, benchmarks=2, measures=3)
+    series = [(bm, ms) for bm in org.benchmarks for ms in org.measures]
+    ingest(a, org, org.testbeds[0], series)
+    a.execute("SET track_functions = 'all'")
+    with a.transaction():
+        before = general_path_calls(a)
+        ingest(a, org, org.testbeds[0], series)  # created: this, the earlier transaction time
+        with b.transaction():
+            ingest(b, org, org.testbeds[0], series[:3])  # benchmark 0, later, committed first
+        record_now(a)
+        assert general_path_calls(a) == before
+    assert_matches_oracle(a, org.id)
+
+
+def test_older_activity_before_a_series_first_seen_still_lowers_it(conn):
+    """The no-op path is not taken when older activity moves a series' first_seen back."""
+    allow_explicit_created(conn)
+    conn.execute("SET track_functions = 'all'")
+    org = make_org(conn, benchmarks=1, measures=2)
+    both = [(org.benchmarks[0], m) for m in org.measures]
+    tb = org.testbeds[0]
+    ingest(conn, org, tb, both, utc(2024, 5, 20))
+    ingest(conn, org, tb, both[:1], utc(2024, 5, 10))  # measure 0 first seen on the 10th
+    assert recorded_per_series(conn, org, tb, both, utc(2024, 5, 15)) == 1  # measure 1: 15th
+    assert recorded_per_series(conn, org, tb, both, utc(2024, 5, 16)) == 0  # nothing moves
+    first_seen = conn.execute(
+        "SELECT measure_id, first_seen FROM active_series._series_period"
+        " WHERE organization_id = %s ORDER BY measure_id",
+        (org.id,),
+    ).fetchall()
+    assert first_seen == [(org.measures[0], utc(2024, 5, 10)), (org.measures[1], utc(2024, 5, 15))]
     assert_matches_oracle(conn, org.id)
