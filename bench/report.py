@@ -403,16 +403,23 @@ def main(argv: list[str] | None = None) -> int:
             continue
         text, t = build(d)
         if name == "ingest":
-            runs = {r.get("repeats", d["repeats"]) for r in d["results"]}
-            if len(runs) > 1:
-                most = max(runs)
+            shape = {
+                (r.get("repeats", d["repeats"]), r.get("seconds_per_run", d["seconds_per_run"]))
+                for r in d["results"]
+            }
+            if len(shape) > 1:
+                most, seconds = max(shape)
                 sizes = sorted(
-                    {r["metrics_per_report"] for r in d["results"] if r.get("repeats") == most}
+                    {
+                        r["metrics_per_report"]
+                        for r in d["results"]
+                        if (r.get("repeats"), r.get("seconds_per_run")) == (most, seconds)
+                    }
                 )
                 text.append(
-                    f"The rows with {most} repeats were re-measured after the full run: "
+                    f"The rows with {most}×{seconds} s runs were re-measured after the full run: "
                     f"`make bench BENCH_ONLY=ingest BENCH_INGEST_ARGS='--metrics "
-                    f"{' '.join(map(str, sizes))} --repeats {most} --merge'`."
+                    f"{' '.join(map(str, sizes))} --repeats {most} --seconds {seconds} --merge'`."
                 )
                 text.append("")
         extra = ""
