@@ -222,28 +222,6 @@ BEGIN
     END IF;
 
     FOREACH v_group IN ARRAY coalesce(v_rest, ARRAY[]::active_series._benchmark_batch []) LOOP
-        -- The benchmark and the measures must be the report's project's (the testbed is, by
-        -- its foreign key): a series never joins another project's or organization's
-        -- catalog. Checked here only: the common case carries exactly the measures of the
-        -- benchmark's _benchmark_seen row, which all came this way.
-        SELECT x.kind, x.id, x.project_id INTO v_foreign
-        FROM (
-            SELECT 'benchmark' AS kind, b.id, b.project_id
-            FROM active_series.benchmark AS b
-            WHERE b.id = v_group.benchmark_id
-            UNION ALL
-            SELECT 'measure', m.id, m.project_id
-            FROM active_series.measure AS m
-            WHERE m.id = ANY(v_group.measure_ids)
-        ) AS x
-        WHERE x.project_id <> v_group.project_id
-        LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'active_series: % % belongs to project %, not to project % of the report',
-                v_foreign.kind, v_foreign.id, v_foreign.project_id, v_group.project_id
-                USING ERRCODE = 'foreign_key_violation',
-                HINT = 'Use the ' || v_foreign.kind || ' of the same name in the report''s project.';
-        END IF;
         v_group.min_period := coalesce(v_group.min_period, v_period);
         v_group.max_period := coalesce(v_group.max_period, v_period);
         SELECT * INTO v_seen
@@ -291,6 +269,28 @@ BEGIN
             ), false)
         THEN
             CONTINUE;
+        END IF;
+        -- The benchmark and the measures must be the report's project's (the testbed is, by
+        -- its foreign key): a series never joins another project's or organization's
+        -- catalog. Checked only on the way to the per-series path: the common case and the
+        -- case above carry measures of the benchmark's known set, which all came this way.
+        SELECT x.kind, x.id, x.project_id INTO v_foreign
+        FROM (
+            SELECT 'benchmark' AS kind, b.id, b.project_id
+            FROM active_series.benchmark AS b
+            WHERE b.id = v_group.benchmark_id
+            UNION ALL
+            SELECT 'measure', m.id, m.project_id
+            FROM active_series.measure AS m
+            WHERE m.id = ANY(v_group.measure_ids)
+        ) AS x
+        WHERE x.project_id <> v_group.project_id
+        LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'active_series: % % belongs to project %, not to project % of the report',
+                v_foreign.kind, v_foreign.id, v_foreign.project_id, v_group.project_id
+                USING ERRCODE = 'foreign_key_violation',
+                HINT = 'Use the ' || v_foreign.kind || ' of the same name in the report''s project.';
         END IF;
         -- (appending element by element keeps a large backfill batch linear)
         FOREACH v_delta IN ARRAY active_series._record_benchmark_activity(

@@ -9,7 +9,8 @@ STABLE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- The recorded period containing p_at, or NULLs. One index probe; takes no locks.
--- (PL/pgSQL for its cached plan: it runs at every ingest commit.)
+-- (PL/pgSQL for its cached plan. _period_for, at every ingest commit, writes the same
+-- probe out rather than pay for the call.)
 BEGIN
     SELECT l.period_start, l.period_end
     INTO period_start, period_end

@@ -27,6 +27,36 @@ COMMENT ON TYPE active_series._benchmark_batch IS
 -- _pending keeps its pages through vacuum (sql/tables/pending.sql)
 ALTER TABLE active_series._pending SET (vacuum_truncate = false);
 
+-- its comment: _period_for no longer calls it (sql/functions/_recorded_period.sql)
+CREATE OR REPLACE FUNCTION active_series._recorded_period(
+    p_organization_id bigint,
+    p_at timestamptz,
+    OUT period_start timestamptz,
+    OUT period_end timestamptz
+)
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The recorded period containing p_at, or NULLs. One index probe; takes no locks.
+-- (PL/pgSQL for its cached plan. _period_for, at every ingest commit, writes the same
+-- probe out rather than pay for the call.)
+BEGIN
+    SELECT l.period_start, l.period_end
+    INTO period_start, period_end
+    FROM (
+        SELECT p.period_start, p.period_end
+        FROM active_series._period AS p
+        WHERE p.organization_id = p_organization_id AND p.period_start <= p_at
+        ORDER BY p.period_start DESC
+        LIMIT 1
+    ) AS l
+    WHERE l.period_end > p_at;
+END;
+$$;
+COMMENT ON FUNCTION active_series._recorded_period(bigint, timestamptz) IS
+'Internal: the recorded billing period containing a time (NULLs when none does).';
+
 -- the recorded period looked up directly (sql/functions/_period_for.sql)
 CREATE OR REPLACE FUNCTION active_series._period_for(
     p_organization_id bigint,
@@ -299,28 +329,6 @@ BEGIN
     END IF;
 
     FOREACH v_group IN ARRAY coalesce(v_rest, ARRAY[]::active_series._benchmark_batch []) LOOP
-        -- The benchmark and the measures must be the report's project's (the testbed is, by
-        -- its foreign key): a series never joins another project's or organization's
-        -- catalog. Checked here only: the common case carries exactly the measures of the
-        -- benchmark's _benchmark_seen row, which all came this way.
-        SELECT x.kind, x.id, x.project_id INTO v_foreign
-        FROM (
-            SELECT 'benchmark' AS kind, b.id, b.project_id
-            FROM active_series.benchmark AS b
-            WHERE b.id = v_group.benchmark_id
-            UNION ALL
-            SELECT 'measure', m.id, m.project_id
-            FROM active_series.measure AS m
-            WHERE m.id = ANY(v_group.measure_ids)
-        ) AS x
-        WHERE x.project_id <> v_group.project_id
-        LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION 'active_series: % % belongs to project %, not to project % of the report',
-                v_foreign.kind, v_foreign.id, v_foreign.project_id, v_group.project_id
-                USING ERRCODE = 'foreign_key_violation',
-                HINT = 'Use the ' || v_foreign.kind || ' of the same name in the report''s project.';
-        END IF;
         v_group.min_period := coalesce(v_group.min_period, v_period);
         v_group.max_period := coalesce(v_group.max_period, v_period);
         SELECT * INTO v_seen
@@ -368,6 +376,28 @@ BEGIN
             ), false)
         THEN
             CONTINUE;
+        END IF;
+        -- The benchmark and the measures must be the report's project's (the testbed is, by
+        -- its foreign key): a series never joins another project's or organization's
+        -- catalog. Checked only on the way to the per-series path: the common case and the
+        -- case above carry measures of the benchmark's known set, which all came this way.
+        SELECT x.kind, x.id, x.project_id INTO v_foreign
+        FROM (
+            SELECT 'benchmark' AS kind, b.id, b.project_id
+            FROM active_series.benchmark AS b
+            WHERE b.id = v_group.benchmark_id
+            UNION ALL
+            SELECT 'measure', m.id, m.project_id
+            FROM active_series.measure AS m
+            WHERE m.id = ANY(v_group.measure_ids)
+        ) AS x
+        WHERE x.project_id <> v_group.project_id
+        LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'active_series: % % belongs to project %, not to project % of the report',
+                v_foreign.kind, v_foreign.id, v_foreign.project_id, v_group.project_id
+                USING ERRCODE = 'foreign_key_violation',
+                HINT = 'Use the ' || v_foreign.kind || ' of the same name in the report''s project.';
         END IF;
         -- (appending element by element keeps a large backfill batch linear)
         FOREACH v_delta IN ARRAY active_series._record_benchmark_activity(
