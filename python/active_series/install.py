@@ -37,14 +37,25 @@ def _read(name: str) -> str:
     return "".join(line for line in lines if not line.startswith("\\echo"))
 
 
+def _shipped() -> tuple[set[str], dict[str, list[tuple[str, str]]]]:
+    """The versions this package installs from scratch, and its upgrade scripts as
+    (version they reach, file name) by the version they start from."""
+    versions: set[str] = set()
+    steps: dict[str, list[tuple[str, str]]] = {}
+    for entry in _scripts().iterdir():
+        name = entry.name
+        if name.startswith(PREFIX) and name.endswith(".sql"):
+            old, upgrade, new = name[len(PREFIX) : -len(".sql")].partition("--")
+            if upgrade:
+                steps.setdefault(old, []).append((new, name))
+            else:
+                versions.add(old)
+    return versions, steps
+
+
 def available_versions() -> set[str]:
     """The versions this package can install from scratch."""
-    names = (entry.name for entry in _scripts().iterdir())
-    return {
-        name[len(PREFIX) : -len(".sql")]
-        for name in names
-        if name.startswith(PREFIX) and name.endswith(".sql") and "--" not in name[len(PREFIX) :]
-    }
+    return _shipped()[0]
 
 
 def script_text(version: str = __version__) -> str:
@@ -60,12 +71,7 @@ def script_text(version: str = __version__) -> str:
 def upgrade_path(found: str, target: str = __version__) -> list[str]:
     """The upgrade scripts, in order, from ``found`` to ``target`` (the fewest steps,
     as ALTER EXTENSION chooses); [] when they are equal; SchemaVersionError if none."""
-    steps: dict[str, list[tuple[str, str]]] = {}
-    for entry in _scripts().iterdir():
-        name = entry.name
-        if name.startswith(PREFIX) and name.endswith(".sql") and "--" in name[len(PREFIX) :]:
-            old, new = name[len(PREFIX) : -len(".sql")].split("--", 1)
-            steps.setdefault(old, []).append((new, name))
+    steps = _shipped()[1]
     paths: dict[str, list[str]] = {found: []}
     queue = deque([found])
     while queue:
@@ -140,9 +146,9 @@ def install(conninfo: str, version: str = __version__) -> str:
             return version
         found = installed_version(conn)
         if found is None:
-            script_text(version)  # a clear error for a version this package lacks
+            script = script_text(version)  # a clear error for a version this package lacks
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
-            conn.execute(script_text(version))
+            conn.execute(script)
         else:
             for name in upgrade_path(found, version):
                 conn.execute(_read(name))
