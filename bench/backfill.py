@@ -64,9 +64,8 @@ ORDER BY 1, 2
 """
 
 EMPTY_CACHE = """
-TRUNCATE active_series._series_period, active_series._period_usage,
-    active_series._benchmark_seen, active_series._series_seen, active_series._outbox,
-    active_series._period CASCADE
+TRUNCATE active_series._shape_seen, active_series._testbed_period, active_series._shape,
+    active_series._period_usage, active_series._outbox, active_series._period CASCADE
 """
 
 

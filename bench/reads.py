@@ -50,36 +50,14 @@ WHERE p.organization_id = %(org)s AND p.deleted_at IS NULL
     AND r.created >= %(start)s AND r.created < %(end)s
 """
 
+# every metric of the organization's project recorded as ingest records it
 FILL = [
-    # every (testbed, benchmark) reported all measures of the project in its only report
     """
-    INSERT INTO active_series._benchmark_seen (organization_id, testbed_id, benchmark_id,
-        project_id, last_seen, period_start, measure_ids)
-    SELECT %(org)s, r.testbed_id, rb.benchmark_id, r.project_id, max(r.created), %(start)s,
-        (SELECT array_agg(id ORDER BY id) FROM active_series.measure
-         WHERE project_id = r.project_id)
-    FROM active_series.report AS r
-    INNER JOIN active_series.report_benchmark AS rb ON rb.report_id = r.id
-    WHERE r.project_id = %(project)s
-    GROUP BY r.testbed_id, rb.benchmark_id, r.project_id
-    """,
-    """
-    INSERT INTO active_series._series_period (organization_id, period_start, testbed_id,
-        benchmark_id, measure_id, project_id, first_seen, last_seen)
-    SELECT %(org)s, %(start)s, r.testbed_id, rb.benchmark_id, m.measure_id, r.project_id,
-        min(r.created), NULL
+    SELECT active_series._record_activity(array_agg(m.report_benchmark_id), array_agg(m.measure_id))
     FROM active_series.report AS r
     INNER JOIN active_series.report_benchmark AS rb ON rb.report_id = r.id
     INNER JOIN active_series.metric AS m ON m.report_benchmark_id = rb.id
     WHERE r.project_id = %(project)s
-    GROUP BY r.testbed_id, rb.benchmark_id, m.measure_id, r.project_id
-    """,
-    """
-    INSERT INTO active_series._period_usage (organization_id, period_start, project_id,
-        series_count)
-    SELECT %(org)s, %(start)s, %(project)s, count(*)
-    FROM active_series._series_period
-    WHERE organization_id = %(org)s AND period_start = %(start)s
     """,
 ]
 
@@ -239,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         sizes_db = {
             t: one(conn, f"SELECT pg_total_relation_size('active_series.{t}')")
-            for t in ("metric", "_series_period", "_benchmark_seen", "_period_usage")
+            for t in ("metric", "_shape", "_shape_seen", "_testbed_period", "_period_usage")
         }
     if not args.keep:
         drop_database(args.dsn, args.database)

@@ -12,19 +12,18 @@ AS $$
 -- records is derived from committed-to-be metric rows only, never from arguments.
 DECLARE
     v_report_benchmark_ids bigint [];
+    v_measure_ids bigint [];
 BEGIN
     WITH done AS (
         DELETE FROM active_series._pending AS p
         WHERE p.txid = NEW.txid
-        RETURNING p.report_benchmark_ids
+        RETURNING p.report_benchmark_ids, p.measure_ids
     )
-    SELECT array_agg(DISTINCT x.id)
-    INTO v_report_benchmark_ids
+    SELECT array_agg(x.id), array_agg(x.measure_id)
+    INTO v_report_benchmark_ids, v_measure_ids
     FROM done AS d
-    CROSS JOIN LATERAL unnest(d.report_benchmark_ids) AS x (id);
-    IF v_report_benchmark_ids IS NOT NULL THEN
-        PERFORM active_series._record_activity(v_report_benchmark_ids);
-    END IF;
+    CROSS JOIN LATERAL unnest(d.report_benchmark_ids, d.measure_ids) AS x (id, measure_id);
+    PERFORM active_series._record_activity(v_report_benchmark_ids, v_measure_ids);
     RETURN NULL;
 END;
 $$;

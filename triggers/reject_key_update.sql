@@ -25,13 +25,14 @@ WHEN (
 EXECUTE FUNCTION active_series._reject_key_update('report_benchmark_id or measure_id');
 
 CREATE TRIGGER report_benchmark_reject_key_update
-BEFORE UPDATE OF report_id, benchmark_id ON active_series.report_benchmark
+BEFORE UPDATE OF report_id, benchmark_id, variant_id ON active_series.report_benchmark
 FOR EACH ROW
 WHEN (
     old.report_id IS DISTINCT FROM new.report_id
     OR old.benchmark_id IS DISTINCT FROM new.benchmark_id
+    OR old.variant_id IS DISTINCT FROM new.variant_id
 )
-EXECUTE FUNCTION active_series._reject_key_update('report_id or benchmark_id');
+EXECUTE FUNCTION active_series._reject_key_update('report_id, benchmark_id or variant_id');
 
 CREATE TRIGGER report_reject_key_update
 BEFORE UPDATE OF project_id, testbed_id, created ON active_series.report
@@ -52,6 +53,15 @@ CREATE TRIGGER benchmark_reject_key_update
 BEFORE UPDATE OF project_id ON active_series.benchmark
 FOR EACH ROW WHEN (old.project_id IS DISTINCT FROM new.project_id)
 EXECUTE FUNCTION active_series._reject_key_update('project_id');
+
+CREATE TRIGGER variant_reject_key_update
+BEFORE UPDATE OF benchmark_id, parameters ON active_series.variant
+FOR EACH ROW
+WHEN (
+    old.benchmark_id IS DISTINCT FROM new.benchmark_id
+    OR old.parameters IS DISTINCT FROM new.parameters
+)
+EXECUTE FUNCTION active_series._reject_key_update('benchmark_id or parameters');
 
 CREATE TRIGGER measure_reject_key_update
 BEFORE UPDATE OF project_id ON active_series.measure

@@ -41,14 +41,15 @@ DURABLE_SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes
 
 # -- SQL the commands send (the relay's own statements are in queries.py) ----------------
 SQL_EXPLAIN = """
-SELECT p.name AS project, t.name AS testbed, b.name AS benchmark, m.name AS measure,
-       s.first_seen, s.last_seen
+SELECT p.name AS project, t.name AS testbed, b.name AS benchmark,
+       v.parameters::text AS variant, m.name AS measure, s.first_seen, s.last_seen
 FROM active_series.period_series(%s, %s) AS s
 JOIN active_series.project AS p ON p.id = s.project_id
 JOIN active_series.testbed AS t ON t.id = s.testbed_id
 JOIN active_series.benchmark AS b ON b.id = s.benchmark_id
+LEFT JOIN active_series.variant AS v ON v.id = s.variant_id
 JOIN active_series.measure AS m ON m.id = s.measure_id
-ORDER BY p.name, t.name, b.name, m.name
+ORDER BY p.name, t.name, b.name, v.parameters::text, m.name
 """
 
 # the period starting at %s (NULL: the current one) with its exact count

@@ -1,8 +1,5 @@
 CREATE FUNCTION active_series._series_activity_bound(
-    p_project_id bigint,
-    p_testbed_id bigint,
-    p_benchmark_id bigint,
-    p_measure_id bigint,
+    p_span active_series._series_span,
     p_from timestamptz,
     p_to timestamptz,
     p_latest boolean
@@ -18,14 +15,17 @@ SELECT CASE WHEN p_latest THEN max(r.created) ELSE min(r.created) END
 FROM active_series.report AS r
 INNER JOIN active_series.report_benchmark AS rb ON rb.report_id = r.id
 INNER JOIN active_series.metric AS m ON m.report_benchmark_id = rb.id
-WHERE r.project_id = p_project_id
-    AND r.testbed_id = p_testbed_id
-    AND rb.benchmark_id = p_benchmark_id
-    AND m.measure_id = p_measure_id
+LEFT JOIN active_series.variant AS v ON v.id = rb.variant_id
+WHERE r.project_id = p_span.project_id
+    AND r.testbed_id = p_span.testbed_id
+    AND rb.benchmark_id = p_span.benchmark_id
+    AND CASE WHEN rb.variant_id IS NULL OR v.parameters = '{}'::jsonb THEN 0
+        ELSE rb.variant_id END = p_span.variant_id
+    AND m.measure_id = p_span.measure_id
     AND r.created >= p_from
     AND r.created < p_to;
 $$;
 COMMENT ON FUNCTION active_series._series_activity_bound(
-    bigint, bigint, bigint, bigint, timestamptz, timestamptz, boolean
+    active_series._series_span, timestamptz, timestamptz, boolean
 ) IS
 'Internal: first or last recorded activity of one series within a time range, from its metrics.';

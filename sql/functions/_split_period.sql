@@ -6,12 +6,14 @@ SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Splits the recorded period that strictly contains p_at into [start, p_at) and
 -- [p_at, end), exactly: a series active only before (after) p_at stays (moves); a series
--- active on both sides gets a row on each side, whose inner bound comes from its metrics
--- (the known outer bound when the report holding it was deleted). Caller holds the
--- organization's period lock exclusively.
+-- active on both sides is active on each side, its inner bound from its metrics (the
+-- known outer bound when the report holding it was deleted). The period's history is
+-- unfolded, deleted and recorded again on both sides. Caller holds the organization's
+-- period lock exclusively.
 DECLARE
     v_start timestamptz;
     v_end timestamptz;
+    v_spans active_series._series_span [];
 BEGIN
     SELECT p.period_start, p.period_end INTO v_start, v_end
     FROM active_series._period AS p
@@ -22,70 +24,40 @@ BEGIN
         RETURN;
     END IF;
 
+    v_spans := active_series._series_spans(p_organization_id, v_start, v_end);
+    DELETE FROM active_series._testbed_period AS t
+    WHERE t.organization_id = p_organization_id AND t.period_start = v_start;
     UPDATE active_series._period AS p SET period_end = p_at
     WHERE p.organization_id = p_organization_id AND p.period_start = v_start;
     INSERT INTO active_series._period (organization_id, period_start, period_end)
     VALUES (p_organization_id, p_at, v_end);
 
-    -- series active on both sides: a copy after p_at, bounded by its metrics
-    INSERT INTO active_series._series_period (
-        organization_id, period_start, testbed_id, benchmark_id, measure_id,
-        project_id, first_seen, last_seen
-    )
-    SELECT
-        h.organization_id, p_at, h.testbed_id, h.benchmark_id, h.measure_id, h.project_id,
-        coalesce(
-            active_series._series_activity_bound(
-                h.project_id, h.testbed_id, h.benchmark_id, h.measure_id, p_at, v_end, false
-            ),
-            coalesce(h.last_seen, s.last_seen)
-        ),
-        h.last_seen
-    FROM active_series._series_period AS h
-    INNER JOIN active_series.series_last_seen AS s
-        ON s.organization_id = h.organization_id
-        AND s.testbed_id = h.testbed_id
-        AND s.benchmark_id = h.benchmark_id
-        AND s.measure_id = h.measure_id
-    WHERE h.organization_id = p_organization_id
-        AND h.period_start = v_start
-        AND h.first_seen < p_at
-        AND coalesce(h.last_seen, s.last_seen) >= p_at;
-
-    -- ... and the part before p_at closes at its last activity before p_at
-    UPDATE active_series._series_period AS h
-    SET last_seen = coalesce(
-        active_series._series_activity_bound(
-            h.project_id, h.testbed_id, h.benchmark_id, h.measure_id, v_start, p_at, true
-        ),
-        h.first_seen
-    )
-    FROM active_series._series_period AS a
-    WHERE a.organization_id = p_organization_id
-        AND a.period_start = p_at
-        AND h.organization_id = p_organization_id
-        AND h.period_start = v_start
-        AND h.testbed_id = a.testbed_id
-        AND h.benchmark_id = a.benchmark_id
-        AND h.measure_id = a.measure_id;
-
-    -- series active only after p_at move
-    UPDATE active_series._series_period AS h
-    SET period_start = p_at
-    WHERE h.organization_id = p_organization_id
-        AND h.period_start = v_start
-        AND h.first_seen >= p_at;
-
-    UPDATE active_series._benchmark_seen AS b
-    SET period_start = p_at
-    WHERE b.organization_id = p_organization_id
-        AND b.period_start = v_start
-        AND b.last_seen >= p_at;
-    UPDATE active_series._series_seen AS s
-    SET period_start = p_at
-    WHERE s.organization_id = p_organization_id
-        AND s.period_start = v_start
-        AND s.last_seen >= p_at;
+    PERFORM active_series._record_groups(active_series._regroup(ARRAY(
+        -- before p_at: up to its last activity before p_at
+        SELECT row(
+            s.organization_id, s.project_id, s.testbed_id, v_start, s.benchmark_id,
+            s.variant_id, s.measure_id, s.first_seen,
+            CASE WHEN s.last_seen < p_at THEN s.last_seen
+                ELSE coalesce(
+                    active_series._series_activity_bound(s, v_start, p_at, true), s.first_seen
+                ) END
+        )::active_series._series_span
+        FROM unnest(v_spans) AS s
+        WHERE s.first_seen < p_at
+        UNION ALL
+        -- from p_at: from its first activity after p_at
+        SELECT row(
+            s.organization_id, s.project_id, s.testbed_id, p_at, s.benchmark_id,
+            s.variant_id, s.measure_id,
+            CASE WHEN s.first_seen >= p_at THEN s.first_seen
+                ELSE coalesce(
+                    active_series._series_activity_bound(s, p_at, v_end, false), s.last_seen
+                ) END,
+            s.last_seen
+        )::active_series._series_span
+        FROM unnest(v_spans) AS s
+        WHERE s.last_seen >= p_at
+    )), 'period');
 
     PERFORM active_series._recount_period(p_organization_id, v_start);
     PERFORM active_series._recount_period(p_organization_id, p_at);

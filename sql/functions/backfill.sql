@@ -16,6 +16,7 @@ DECLARE
     v_done bigint := 0;
     v_total bigint;
     v_rb bigint [];
+    v_measures bigint [];
     v_org bigint;
     v_period timestamptz;
     v_batches bigint := 0;
@@ -39,12 +40,13 @@ BEGIN
         -- Batches of 1, 2, 4, ... reports, each followed by ANALYZE (which also replans),
         -- bound that growth until the statistics describe tables of real size.
         v_size := LEAST(p_batch_size::bigint, 1::bigint << LEAST(v_batches, 62)::integer);
-        SELECT pg_catalog.array_agg(rb.id)
-        INTO v_rb
+        SELECT pg_catalog.array_agg(m.report_benchmark_id), pg_catalog.array_agg(m.measure_id)
+        INTO v_rb, v_measures
         FROM active_series.report_benchmark AS rb
+        INNER JOIN active_series.metric AS m ON m.report_benchmark_id = rb.id
         WHERE rb.report_id >= v_lo AND rb.report_id < v_lo + v_size;
         IF v_rb IS NOT NULL THEN
-            PERFORM active_series._record_activity(v_rb);
+            PERFORM active_series._record_activity(v_rb, v_measures);
         END IF;
         SELECT v_done + pg_catalog.count(*) INTO v_done
         FROM active_series.report AS r
@@ -55,8 +57,8 @@ BEGIN
         -- the history grows fastest at the start: fresh statistics (which also replan the
         -- cached statements) after each batch of the ramp, then after batches 16, 32, 64, ...
         IF v_size < p_batch_size OR v_batches & (v_batches - 1) = 0 THEN
-            ANALYZE active_series._benchmark_seen, active_series._series_seen,
-            active_series._series_period, active_series._period_usage, active_series._period;
+            ANALYZE active_series._shape, active_series._shape_seen,
+            active_series._testbed_period, active_series._period_usage, active_series._period;
             COMMIT;
         END IF;
         RAISE NOTICE 'active_series backfill: % of % reports', v_done, v_total;

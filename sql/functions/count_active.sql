@@ -10,10 +10,10 @@ STABLE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Series of the organization whose last_seen is in [p_from, p_to), in projects that are
--- not soft-deleted, optionally of one visibility. An index range scan on
--- (organization_id, period_start) of _benchmark_seen (a row per benchmark, counting its
--- measure set) and of _series_seen: a series' last_seen lies in its period, so only
--- periods overlapping the window are read. Takes no locks.
+-- not soft-deleted, optionally of one visibility. A series' last_seen lies in its latest
+-- period, so only the history of periods from the one containing p_from on is read
+-- (an index range scan on (organization_id, period_start) of _testbed_period), and of
+-- it only the sets of series seen since p_from. Takes no locks.
 DECLARE
     v_lower timestamptz;
 BEGIN
@@ -37,27 +37,24 @@ BEGIN
     WHERE p.organization_id = p_organization_id AND p.period_start <= p_from;
 
     RETURN (
-        SELECT coalesce(sum(cardinality(b.measure_ids)), 0)
-        FROM active_series._benchmark_seen AS b
-        INNER JOIN active_series.project AS p ON p.id = b.project_id
-        WHERE b.organization_id = p_organization_id
-            AND b.period_start >= coalesce(v_lower, '-infinity')
-            AND b.period_start < p_to
-            AND b.last_seen >= p_from
-            AND b.last_seen < p_to
-            AND p.deleted_at IS NULL
-            AND (p_visibility IS NULL OR p.visibility = p_visibility)
-    ) + (
         SELECT count(*)
-        FROM active_series._series_seen AS s
-        INNER JOIN active_series.project AS p ON p.id = s.project_id
-        WHERE s.organization_id = p_organization_id
-            AND s.period_start >= coalesce(v_lower, '-infinity')
-            AND s.period_start < p_to
-            AND s.last_seen >= p_from
-            AND s.last_seen < p_to
-            AND p.deleted_at IS NULL
-            AND (p_visibility IS NULL OR p.visibility = p_visibility)
+        FROM (
+            SELECT max(s.last_seen) AS last_seen
+            FROM active_series._testbed_period AS t
+            INNER JOIN active_series.project AS p ON p.id = t.project_id
+            INNER JOIN active_series._shape_seen AS s
+                ON s.testbed_id = t.testbed_id AND s.period_start = t.period_start
+            INNER JOIN active_series._shape AS h ON h.id = s.shape_id
+            CROSS JOIN LATERAL unnest(h.benchmark_ids, h.variant_ids, h.measure_ids)
+                AS e (benchmark_id, variant_id, measure_id)
+            WHERE t.organization_id = p_organization_id
+                AND t.period_start >= coalesce(v_lower, '-infinity')
+                AND s.last_seen >= p_from
+                AND p.deleted_at IS NULL
+                AND (p_visibility IS NULL OR p.visibility = p_visibility)
+            GROUP BY t.testbed_id, e.benchmark_id, e.variant_id, e.measure_id
+        ) AS x
+        WHERE x.last_seen < p_to
     );
 END;
 $$;

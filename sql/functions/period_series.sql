@@ -6,6 +6,7 @@ RETURNS TABLE (
     project_id bigint,
     testbed_id bigint,
     benchmark_id bigint,
+    variant_id bigint,
     measure_id bigint,
     first_seen timestamptz,
     last_seen timestamptz
@@ -26,21 +27,17 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT
-        h.project_id, h.testbed_id, h.benchmark_id, h.measure_id, h.first_seen,
-        coalesce(h.last_seen, s.last_seen)
-    FROM active_series._series_period AS h
+        h.project_id, h.testbed_id, h.benchmark_id, coalesce(v.id, nullif(h.variant_id, 0)),
+        h.measure_id, h.first_seen, h.last_seen
+    FROM active_series._series_history AS h
     INNER JOIN active_series.project AS p ON p.id = h.project_id
-    LEFT JOIN active_series.series_last_seen AS s
-        ON h.last_seen IS NULL
-        AND s.organization_id = h.organization_id
-        AND s.testbed_id = h.testbed_id
-        AND s.benchmark_id = h.benchmark_id
-        AND s.measure_id = h.measure_id
+    LEFT JOIN active_series.variant AS v
+        ON h.variant_id = 0 AND v.benchmark_id = h.benchmark_id AND v.parameters = '{}'::jsonb
     WHERE h.organization_id = p_organization_id
         AND h.period_start = v_start
         AND p.deleted_at IS NULL
-    ORDER BY h.project_id, h.testbed_id, h.benchmark_id, h.measure_id;
+    ORDER BY h.project_id, h.testbed_id, h.benchmark_id, 4, h.measure_id;
 END;
 $$;
 COMMENT ON FUNCTION active_series.period_series(bigint, timestamptz) IS
-'The series counted in a billing period (NULL: current) with their first and last activity in it: what the bill is made of.';
+'The series (testbed, benchmark, variant, measure) counted in a billing period (NULL: current) with their first and last activity in it: what the bill is made of.';

@@ -4,8 +4,14 @@ CREATE TABLE active_series.report_benchmark (
     REFERENCES active_series.report (id) ON DELETE CASCADE,
     benchmark_id bigint NOT NULL
     REFERENCES active_series.benchmark (id) ON DELETE CASCADE,
-    iteration integer NOT NULL DEFAULT 0
+    iteration integer NOT NULL DEFAULT 0,
+    -- NULL: the benchmark's empty variant
+    variant_id bigint,
+    -- the variant must be one of the benchmark's
+    CONSTRAINT report_benchmark_variant_fkey FOREIGN KEY (benchmark_id, variant_id)
+    REFERENCES active_series.variant (benchmark_id, id) ON DELETE CASCADE
 );
 CREATE INDEX report_benchmark_report_id_idx ON active_series.report_benchmark (report_id);
 CREATE INDEX report_benchmark_benchmark_id_idx ON active_series.report_benchmark (benchmark_id);
-COMMENT ON TABLE active_series.report_benchmark IS 'A benchmark (one iteration of it) within a report.';
+CREATE INDEX report_benchmark_variant_id_idx ON active_series.report_benchmark (variant_id);
+COMMENT ON TABLE active_series.report_benchmark IS 'A benchmark (one iteration of it, one variant of it: NULL variant_id is its empty variant) within a report.';

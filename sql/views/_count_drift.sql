@@ -1,4 +1,4 @@
--- Per-(organization, period, project) counts that disagree with the history rows.
+-- Per-(organization, period, project) counts that disagree with the history.
 CREATE VIEW active_series._count_drift AS
 SELECT
     coalesce(h.organization_id, u.organization_id) AS organization_id,
@@ -12,7 +12,7 @@ FROM (
         s.period_start,
         s.project_id,
         count(*) AS n
-    FROM active_series._series_period AS s
+    FROM active_series._series_history AS s
     GROUP BY s.organization_id, s.period_start, s.project_id
 ) AS h
 FULL JOIN active_series._period_usage AS u
@@ -22,4 +22,4 @@ FULL JOIN active_series._period_usage AS u
         AND u.project_id = h.project_id
 WHERE coalesce(h.n, 0) <> coalesce(u.series_count, 0);
 COMMENT ON VIEW active_series._count_drift IS
-'Internal: per-project period counts that differ from the number of history rows (empty when healthy).';
+'Internal: per-project period counts that differ from the number of series in the history (empty when healthy).';

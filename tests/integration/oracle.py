@@ -23,48 +23,39 @@ SCHEMA = "active_series"
 
 #: The tables the ingest trigger maintains.
 BILLING_TABLES = (
-    "_benchmark_seen",
-    "_series_seen",
-    "_series_period",
+    "_shape",
+    "_shape_seen",
+    "_testbed_period",
     "_period_usage",
     "_period",
     "_outbox",
 )
 
-#: The trigger-maintained state that a backfill must rebuild identically (explicit columns, so
-#: that an implementation detail such as a surrogate key does not make two equal states differ).
-STATE_COLUMNS = {
-    "_period": ("organization_id", "period_start", "period_end"),
-    "_benchmark_seen": (
-        "organization_id",
-        "testbed_id",
-        "benchmark_id",
-        "last_seen",
-        "period_start",
-        "measure_ids",
+#: The tables holding the history and the counts.
+HISTORY_TABLES = ("_period", "_shape", "_shape_seen", "_testbed_period", "_period_usage")
+
+#: The trigger-maintained state that a backfill must rebuild identically, by value: the
+#: history unfolded per series (how it is grouped into sets, and the sets' surrogate keys, are
+#: implementation details), each testbed's set of series per period, and the counts.
+STATE_QUERIES = {
+    "_period": "SELECT organization_id, period_start, period_end FROM active_series._period",
+    "_series_history": (
+        "SELECT organization_id, period_start, project_id, testbed_id, benchmark_id,"
+        " variant_id, measure_id, first_seen, last_seen FROM active_series._series_history"
     ),
-    "_series_seen": (
-        "organization_id",
-        "testbed_id",
-        "benchmark_id",
-        "measure_id",
-        "last_seen",
-        "period_start",
+    "_testbed_period": (
+        "SELECT t.organization_id, t.period_start, t.project_id, t.testbed_id,"
+        " s.benchmark_ids, s.variant_ids, s.measure_ids"
+        " FROM active_series._testbed_period AS t"
+        " JOIN active_series._shape AS s ON s.id = t.shape_id"
     ),
-    "_series_period": (
-        "organization_id",
-        "period_start",
-        "project_id",
-        "testbed_id",
-        "benchmark_id",
-        "measure_id",
-        "first_seen",
-        "last_seen",
+    "_period_usage": (
+        "SELECT organization_id, period_start, project_id, series_count"
+        " FROM active_series._period_usage"
     ),
-    "_period_usage": ("organization_id", "period_start", "project_id", "series_count"),
 }
 
-Series = tuple[int, int, int]  # (testbed_id, benchmark_id, measure_id)
+Series = tuple[int, int, int, int]  # (testbed_id, benchmark_id, variant_id, measure_id)
 
 
 def month_start(ts: dt.datetime) -> dt.datetime:
@@ -77,9 +68,13 @@ def month_start(ts: dt.datetime) -> dt.datetime:
 # The oracle
 # --------------------------------------------------------------------------------------------
 
+# A report_benchmark without variant_id reports its benchmark's empty variant ({}); before
+# 0.3.0 there were no variants (the variant is then NULL on both sides).
+_VARIANT = """coalesce(rb.variant_id, (SELECT v.id FROM active_series.variant AS v
+                                WHERE v.benchmark_id = rb.benchmark_id AND v.parameters = '{}'))"""
 _ACTIVITY = """
-SELECT p.id, r.testbed_id, rb.benchmark_id, m.measure_id, r.created,
-       p.visibility, p.deleted_at IS NOT NULL
+SELECT p.id, r.testbed_id, rb.benchmark_id, {variant},
+       m.measure_id, r.created, p.visibility, p.deleted_at IS NOT NULL
 FROM active_series.metric AS m
 JOIN active_series.report_benchmark AS rb ON rb.id = m.report_benchmark_id
 JOIN active_series.report AS r ON r.id = rb.report_id
@@ -96,29 +91,39 @@ class SeriesActivity:
     created: list[dt.datetime] = field(default_factory=list)
 
 
+def has_variants(conn: psycopg.Connection) -> bool:
+    """Whether the installed schema knows variants (0.3.0 and later)."""
+    return one(conn, "SELECT to_regclass('active_series.variant') IS NOT NULL")
+
+
+def _variant_column(conn: psycopg.Connection, column: str = "variant_id") -> str:
+    return column if has_variants(conn) else "NULL::bigint"
+
+
 def activity(conn: psycopg.Connection, org_id: int) -> dict[Series, SeriesActivity]:
     """Every series of the organization with the ``report.created`` of each of its metrics."""
     out: dict[Series, SeriesActivity] = {}
-    for project_id, tb, bm, ms, created, visibility, deleted in conn.execute(_ACTIVITY, (org_id,)):
-        act = out.setdefault((tb, bm, ms), SeriesActivity(project_id, visibility, deleted))
+    query = _ACTIVITY.format(variant=_VARIANT if has_variants(conn) else "NULL::bigint")
+    for project_id, tb, bm, vr, ms, created, visibility, deleted in conn.execute(query, (org_id,)):
+        act = out.setdefault((tb, bm, vr, ms), SeriesActivity(project_id, visibility, deleted))
         act.created.append(created)
     return out
 
 
 def period_series(
     conn: psycopg.Connection, org_id: int
-) -> dict[dt.datetime, set[tuple[int, int, int, int, dt.datetime, dt.datetime]]]:
-    """Per period start: (project, testbed, benchmark, measure, first_seen, last_seen) of every
-    series active in the period, soft-deleted projects excluded."""
+) -> dict[dt.datetime, set[tuple[int, int, int, int, int, dt.datetime, dt.datetime]]]:
+    """Per period start: (project, testbed, benchmark, variant, measure, first_seen, last_seen)
+    of every series active in the period, soft-deleted projects excluded."""
     out: dict[dt.datetime, set] = defaultdict(set)
-    for (tb, bm, ms), act in activity(conn, org_id).items():
+    for (tb, bm, vr, ms), act in activity(conn, org_id).items():
         if act.deleted:
             continue
         by_period: dict[dt.datetime, list[dt.datetime]] = defaultdict(list)
         for created in act.created:
             by_period[month_start(created)].append(created)
         for start, times in by_period.items():
-            out[start].add((act.project_id, tb, bm, ms, min(times), max(times)))
+            out[start].add((act.project_id, tb, bm, vr, ms, min(times), max(times)))
     return dict(out)
 
 
@@ -162,11 +167,11 @@ def api_period_usage(conn: psycopg.Connection, org_id: int, start: dt.datetime |
 
 def api_period_series(
     conn: psycopg.Connection, org_id: int, start: dt.datetime | None
-) -> set[tuple[int, int, int, int, dt.datetime, dt.datetime]]:
+) -> set[tuple[int, int, int, int, int, dt.datetime, dt.datetime]]:
     return set(
         conn.execute(
-            "SELECT project_id, testbed_id, benchmark_id, measure_id, first_seen, last_seen"
-            " FROM active_series.period_series(%s, %s)",
+            "SELECT project_id, testbed_id, benchmark_id, " + _variant_column(conn) + ","
+            " measure_id, first_seen, last_seen FROM active_series.period_series(%s, %s)",
             (org_id, start),
         ).fetchall()
     )
@@ -215,9 +220,9 @@ def assert_matches_oracle(conn: psycopg.Connection, org_id: int) -> None:
         assert api_period_usage(conn, org_id, start) == len(want), f"period_usage at {start}"
 
     cache = dict(
-        ((tb, bm, ms), seen)
-        for tb, bm, ms, seen in conn.execute(
-            "SELECT testbed_id, benchmark_id, measure_id, last_seen"
+        ((tb, bm, vr, ms), seen)
+        for tb, bm, vr, ms, seen in conn.execute(
+            "SELECT testbed_id, benchmark_id, " + _variant_column(conn) + ", measure_id, last_seen"
             " FROM active_series.series_last_seen WHERE organization_id = %s",
             (org_id,),
         )
@@ -259,19 +264,19 @@ def snapshot(conn: psycopg.Connection, tables: Iterable[str] = BILLING_TABLES) -
 def state(conn: psycopg.Connection, org_id: int | None = None) -> dict:
     """The trigger-maintained state by value (no row versions), optionally of one organization."""
     out = {}
-    for table, columns in STATE_COLUMNS.items():
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    for name, query in STATE_QUERIES.items():
         where = sql.SQL("WHERE organization_id = {}").format(org_id) if org_id else sql.SQL("")
-        query = sql.SQL("SELECT {cols} FROM {table} {where} ORDER BY {cols}").format(
-            cols=cols, table=sql.Identifier(SCHEMA, table), where=where
+        out[name] = sorted(
+            conn.execute(sql.SQL("SELECT * FROM ({}) AS q {}").format(sql.SQL(query), where))
         )
-        out[table] = conn.execute(query).fetchall()
     return out
 
 
 def row_versions(conn: psycopg.Connection, table: str, org_id: int | None = None) -> dict:
-    """(ctid, xmin) of every row of the table keyed by the row's value."""
-    where = sql.SQL("WHERE t.organization_id = {}").format(org_id) if org_id else sql.SQL("")
+    """(ctid, xmin) of every row of the table keyed by the row's value (of one organization
+    where the table has the column)."""
+    scoped = org_id and table not in ("_shape", "_shape_seen")
+    where = sql.SQL("WHERE t.organization_id = {}").format(org_id) if scoped else sql.SQL("")
     query = sql.SQL("SELECT to_jsonb(t)::text, t.ctid::text, t.xmin::text FROM {} AS t {}").format(
         sql.Identifier(SCHEMA, table), where
     )
@@ -361,13 +366,34 @@ def make_report(
 
 
 def make_report_benchmark(
-    conn: psycopg.Connection, report_id: int, benchmark_id: int, iteration: int = 0
+    conn: psycopg.Connection,
+    report_id: int,
+    benchmark_id: int,
+    iteration: int = 0,
+    variant_id: int | None = None,
 ) -> int:
+    """A report_benchmark; without ``variant_id`` (the ingest contract before variants) it
+    reports the benchmark's empty variant."""
+    if variant_id is None:
+        return one(
+            conn,
+            "INSERT INTO active_series.report_benchmark (report_id, benchmark_id, iteration)"
+            " VALUES (%s, %s, %s) RETURNING id",
+            (report_id, benchmark_id, iteration),
+        )
     return one(
         conn,
-        "INSERT INTO active_series.report_benchmark (report_id, benchmark_id, iteration)"
-        " VALUES (%s, %s, %s) RETURNING id",
-        (report_id, benchmark_id, iteration),
+        "INSERT INTO active_series.report_benchmark"
+        " (report_id, benchmark_id, iteration, variant_id) VALUES (%s, %s, %s, %s) RETURNING id",
+        (report_id, benchmark_id, iteration, variant_id),
+    )
+
+
+def make_variant(conn: psycopg.Connection, benchmark_id: int, parameters: str) -> int:
+    return one(
+        conn,
+        "INSERT INTO active_series.variant (benchmark_id, parameters) VALUES (%s, %s) RETURNING id",
+        (benchmark_id, parameters),
     )
 
 
@@ -388,19 +414,21 @@ def ingest(
     conn: psycopg.Connection,
     org: Org,
     testbed_id: int,
-    series: Iterable[tuple[int, int]],
+    series: Iterable[tuple[int, int] | tuple[int, int | None, int]],
     created: dt.datetime | None = None,
 ) -> int:
-    """One report of ``testbed_id`` with a metric for each (benchmark, measure); returns its id.
+    """One report of ``testbed_id`` with a metric for each (benchmark, measure), or
+    (benchmark, variant or None, measure); returns its id.
 
     Runs in the connection's current transaction state (several statements)."""
     report = make_report(conn, org.project_id, testbed_id, created)
-    rbs: dict[int, int] = {}
+    rbs: dict[tuple[int, int | None], int] = {}
     rows = []
-    for bm, ms in series:
-        if bm not in rbs:
-            rbs[bm] = make_report_benchmark(conn, report, bm)
-        rows.append((rbs[bm], ms, 1.5))
+    for item in series:
+        bm, vr, ms = item if len(item) == 3 else (item[0], None, item[1])
+        if (bm, vr) not in rbs:
+            rbs[bm, vr] = make_report_benchmark(conn, report, bm, variant_id=vr)
+        rows.append((rbs[bm, vr], ms, 1.5))
     insert_metrics(conn, rows)
     return report
 

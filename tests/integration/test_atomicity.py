@@ -27,8 +27,9 @@ def test_a_rolled_back_ingest_leaves_every_billing_table_unchanged(conn, connect
     ingest(ingester, org, org.testbeds[1], [(b, m) for b in org.benchmarks for m in org.measures])
     record_now(ingester)
     during = snapshot(ingester)
-    assert during["_benchmark_seen"] != before["_benchmark_seen"]
-    assert during["_series_period"] != before["_series_period"]
+    assert during["_shape"] != before["_shape"]
+    assert during["_shape_seen"] != before["_shape_seen"]
+    assert during["_testbed_period"] != before["_testbed_period"]
     assert during["_period_usage"] != before["_period_usage"]
     assert during["_outbox"] != before["_outbox"]
     ingester.rollback()
@@ -58,7 +59,7 @@ def test_a_statement_failing_on_a_missing_measure_mid_transaction_leaves_nothing
     rb = make_report_benchmark(ingester, report, org.benchmarks[1])
     insert_metrics(ingester, [(rb, org.measures[1], 2.0)])  # succeeds: the transaction tracked it
     record_now(ingester)
-    assert snapshot(ingester)["_series_period"] != before["_series_period"]
+    assert snapshot(ingester)["_testbed_period"] != before["_testbed_period"]
     missing = org.measures[-1] + 1_000_000
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         insert_metrics(ingester, [(rb, org.measures[2], 1.0), (rb, missing, 1.0)])

@@ -8,7 +8,8 @@ import uuid
 import psycopg
 import pytest
 from oracle import (
-    STATE_COLUMNS,
+    HISTORY_TABLES,
+    STATE_QUERIES,
     Org,
     allow_explicit_created,
     assert_matches_oracle,
@@ -27,8 +28,7 @@ from psycopg import sql
 DISABLE = "ALTER TABLE active_series.metric DISABLE TRIGGER metric_track_ingest"
 ENABLE = "ALTER TABLE active_series.metric ENABLE TRIGGER metric_track_ingest"
 TRUNCATE = (
-    "TRUNCATE active_series._benchmark_seen, active_series._series_seen,"
-    " active_series._series_period,"
+    "TRUNCATE active_series._shape_seen, active_series._testbed_period, active_series._shape,"
     " active_series._period_usage, active_series._period, active_series._outbox"
 )
 MONTHS = [utc(2024, 1, 5), utc(2024, 1, 28, 23, 59), utc(2024, 2, 1), utc(2024, 3, 15, 12)]
@@ -138,7 +138,7 @@ def test_backfill_of_a_database_filled_without_tracking_equals_the_tracked_twin(
         untracked.execute(DISABLE)
         orgs = fill(untracked)
         untracked.execute(ENABLE)
-        assert state(untracked) == {t: [] for t in STATE_COLUMNS}
+        assert state(untracked) == {t: [] for t in STATE_QUERIES}
         fill(tracked)
 
         notices = backfill(untracked)
@@ -170,51 +170,54 @@ def test_a_second_backfill_writes_no_row_version(conn):
     conn.execute(ENABLE)
     backfill(conn)
     before = state(conn)
-    versions = {t: row_versions(conn, t) for t in STATE_COLUMNS}
+    versions = {t: row_versions(conn, t) for t in HISTORY_TABLES}
 
     backfill(conn)
 
     assert state(conn) == before
-    assert {t: row_versions(conn, t) for t in STATE_COLUMNS} == versions
+    assert {t: row_versions(conn, t) for t in HISTORY_TABLES} == versions
     for org in orgs:
         assert_matches_oracle(conn, org.id)
 
 
 def test_backfill_over_trigger_maintained_state_writes_no_row_version(conn):
     orgs = fill(conn)
-    versions = {t: row_versions(conn, t) for t in STATE_COLUMNS}
+    versions = {t: row_versions(conn, t) for t in HISTORY_TABLES}
     backfill(conn)
-    assert {t: row_versions(conn, t) for t in STATE_COLUMNS} == versions
+    assert {t: row_versions(conn, t) for t in HISTORY_TABLES} == versions
     assert_matches_oracle(conn, orgs[0].id)
 
 
+# The organization's rows of _shape_seen, through its testbeds' histories.
+ORG_SHAPE_SEEN = (
+    "SELECT s.ctid FROM active_series._shape_seen AS s"
+    " JOIN active_series._testbed_period AS t"
+    " ON t.testbed_id = s.testbed_id AND t.period_start = s.period_start"
+    " WHERE t.organization_id = %(org)s"
+)
+
 CORRUPTIONS = {
-    "series_last_seen lowered": (
-        "UPDATE active_series._benchmark_seen SET last_seen = last_seen - interval '1 day'"
-        " WHERE ctid = (SELECT ctid FROM active_series._benchmark_seen"
-        " WHERE organization_id = %(org)s ORDER BY last_seen DESC LIMIT 1)"
+    # (A raised last_seen, or a lowered first_seen, is not a detectable corruption: deleting a
+    # report never narrows the history, so a history wider than the remaining metrics is a
+    # legitimate state.)
+    "last_seen lowered": (
+        "UPDATE active_series._shape_seen SET last_seen = last_seen - interval '1 second'"
+        " WHERE ctid = (" + ORG_SHAPE_SEEN + " AND s.first_seen < s.last_seen - interval '1 second'"
+        " ORDER BY s.last_seen DESC LIMIT 1)"
     ),
-    # (A raised last_seen is not a detectable corruption: deleting a report never lowers
-    # last_seen, so last_seen above every remaining metric is a legitimate state.)
-    "_series_period first_seen after a metric": (
-        "UPDATE active_series._series_period SET first_seen = first_seen + interval '1 second'"
-        " WHERE ctid = (SELECT ctid FROM active_series._series_period"
-        " WHERE organization_id = %(org)s ORDER BY period_start, first_seen LIMIT 1)"
+    "first_seen after a metric": (
+        "UPDATE active_series._shape_seen SET first_seen = first_seen + interval '1 second'"
+        " WHERE ctid = (" + ORG_SHAPE_SEEN + " AND s.first_seen < s.last_seen - interval '1 second'"
+        " ORDER BY s.period_start, s.first_seen LIMIT 1)"
     ),
     "_period_usage count off by one": (
         "UPDATE active_series._period_usage SET series_count = series_count + 1"
         " WHERE ctid = (SELECT ctid FROM active_series._period_usage"
         " WHERE organization_id = %(org)s ORDER BY period_start LIMIT 1)"
     ),
-    "_series_period row missing": (
-        "DELETE FROM active_series._series_period"
-        " WHERE ctid = (SELECT ctid FROM active_series._series_period"
-        " WHERE organization_id = %(org)s ORDER BY period_start, last_seen NULLS LAST LIMIT 1)"
-    ),
-    "series_last_seen row missing": (
-        "DELETE FROM active_series._benchmark_seen"
-        " WHERE ctid = (SELECT ctid FROM active_series._benchmark_seen"
-        " WHERE organization_id = %(org)s ORDER BY last_seen LIMIT 1)"
+    "history row missing": (
+        "DELETE FROM active_series._shape_seen"
+        " WHERE ctid = (" + ORG_SHAPE_SEEN + " ORDER BY s.period_start, s.first_seen LIMIT 1)"
     ),
 }
 

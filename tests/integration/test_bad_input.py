@@ -16,6 +16,7 @@ from oracle import (
     make_project,
     make_report,
     make_report_benchmark,
+    make_variant,
     one,
     snapshot,
     utc,
@@ -27,6 +28,7 @@ INGEST_TABLES = (
     "project",
     "testbed",
     "benchmark",
+    "variant",
     "measure",
     "report",
     "report_benchmark",
@@ -110,6 +112,25 @@ def test_a_measure_or_benchmark_of_another_organization_is_refused_at_commit(con
     ingest(conn, org, org.testbeds[0], [known])
     ingest(conn, org, org.testbeds[0], [(org.benchmarks[1], org.measures[1])])
     assert_matches_oracle(conn, org.id)
+
+
+def test_a_variant_of_another_benchmark_is_refused_and_nothing_is_written(conn, org):
+    variant = make_variant(conn, org.benchmarks[1], '{"size_mb": 16}')
+    report = make_report(conn, org.project_id, org.testbeds[0])
+    before = everything(conn)
+    with pytest.raises(psycopg.errors.ForeignKeyViolation) as err:
+        make_report_benchmark(conn, report, org.benchmarks[0], variant_id=variant)
+    assert "report_benchmark_variant_fkey" in str(err.value)
+    assert everything(conn) == before
+
+
+@pytest.mark.parametrize("parameters", ["[16]", "16", '"size"', "null"])
+def test_variant_parameters_that_are_not_an_object_are_refused(conn, org, parameters):
+    before = everything(conn)
+    with pytest.raises(psycopg.errors.CheckViolation) as err:
+        make_variant(conn, org.benchmarks[0], parameters)
+    assert "variant_parameters_object" in str(err.value)
+    assert everything(conn) == before
 
 
 def test_a_measure_of_another_project_of_the_organization_is_refused_too(conn, org):
@@ -274,9 +295,22 @@ def keyed(conn, org):
     other_org = make_org(conn, "other")
     other_report = make_report(conn, org.project_id, org.testbeds[1])
     other_rb = make_report_benchmark(conn, other_report, org.benchmarks[1])
+    variant = make_variant(conn, org.benchmarks[0], '{"size_mb": 16}')
+    other_variant = make_variant(conn, org.benchmarks[0], '{"size_mb": 64}')
     return {
         "metric": (metric, {"report_benchmark_id": other_rb, "measure_id": org.measures[1]}),
-        "report_benchmark": (rb, {"report_id": other_report, "benchmark_id": org.benchmarks[1]}),
+        "report_benchmark": (
+            rb,
+            {
+                "report_id": other_report,
+                "benchmark_id": org.benchmarks[1],
+                "variant_id": other_variant,
+            },
+        ),
+        "variant": (
+            variant,
+            {"benchmark_id": org.benchmarks[1], "parameters": '{"size_mb": 32}'},
+        ),
         "report": (
             report,
             {
@@ -297,6 +331,9 @@ KEY_COLUMNS = [
     ("metric", "measure_id"),
     ("report_benchmark", "report_id"),
     ("report_benchmark", "benchmark_id"),
+    ("report_benchmark", "variant_id"),
+    ("variant", "benchmark_id"),
+    ("variant", "parameters"),
     ("report", "project_id"),
     ("report", "testbed_id"),
     ("report", "created"),

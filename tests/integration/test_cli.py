@@ -133,6 +133,7 @@ def test_usage_count_and_explain_show_the_exact_period(conn, dsn) -> None:
         expected
     )
     assert {s["project"] for s in got["series"]} == {"p"}
+    assert {s["variant"] for s in got["series"]} == {"{}"}
 
     plain = run(
         "explain", "--dsn", dsn, "--organization", str(org.id), "--period", start.isoformat()

@@ -18,6 +18,7 @@ from oracle import (
     assert_matches_oracle,
     ingest,
     make_org,
+    make_variant,
     period_usage,
     utc,
     verify,
@@ -144,3 +145,46 @@ def test_concurrent_first_activity_in_a_new_period_of_an_active_organization(con
     ]
     assert starts == [utc(2024, 1), utc(2024, 2)]
     assert_matches_oracle(conn, org.id)
+
+
+def test_concurrent_reports_of_repeated_overlapping_shapes_and_variants_are_exact(conn, connect):
+    """Eight connections send reports drawn from a few sets of series (with variants, an
+    explicit empty one among them) to shared testbeds: sets repeat, grow, shrink and overlap
+    within and across transactions, and new periods start (backdated reports of the previous
+    month). No deadlock, nothing lost, nothing counted twice."""
+    org = make_org(conn, testbeds=3, benchmarks=5, measures=3)
+    variants = [None, None] + [
+        make_variant(conn, org.benchmarks[b], params)
+        for b, params in [(0, '{"size_mb": 16}'), (0, '{"size_mb": 64}'), (1, "{}")]
+    ]
+    triples = [
+        (b, v, m)
+        for b in org.benchmarks
+        for v in {None, *(x for x in variants[2:] if _benchmark_of(conn, x) == b)}
+        for m in org.measures
+    ]
+    rng = random.Random(5)
+    pool = [sorted(rng.sample(triples, rng.randint(1, 12)), key=str) for _ in range(4)]
+    pool += [pool[0] + pool[1], pool[2][:1]]
+
+    def work(c: psycopg.Connection, i: int, r: int, rng: random.Random) -> None:
+        allow_explicit_created(c)
+        created = utc(2024, 3, 20) if r % 3 == 0 else None  # an older period, now and then
+        with c.transaction():
+            for _ in range(rng.randint(1, 2)):
+                ingest(c, org, rng.choice(org.testbeds), rng.choice(pool), created)
+
+    run_together(connect, work, workers=8, rounds=8, seed=3)
+
+    assert_matches_oracle(conn, org.id)
+    assert verify(conn) == []
+
+
+def _benchmark_of(conn: psycopg.Connection, variant: int | None) -> int | None:
+    if variant is None:
+        return None
+    row = conn.execute(
+        "SELECT benchmark_id FROM active_series.variant WHERE id = %s", (variant,)
+    ).fetchone()
+    assert row is not None
+    return row[0]

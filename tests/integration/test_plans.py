@@ -63,7 +63,7 @@ SET client_min_messages = log;
 
 SEQ_SCAN = re.compile(
     r"Seq Scan on (?:active_series\.)?"
-    r"(report|report_benchmark|metric|_benchmark_seen|_series_seen|_series_period)\b"
+    r"(report|report_benchmark|metric|variant|_shape|_shape_seen|_testbed_period)\b"
 )
 
 
@@ -112,7 +112,7 @@ def test_the_ingest_trigger_never_scans_a_large_table_sequentially(conn, connect
     for series in [known, fresh, known, fresh, known, known, fresh, known]:
         ingest_by_unnest(ingester, big, series)
 
-    trigger_plans = [p for p in plans if "_benchmark_seen" in p or "_series_period" in p]
+    trigger_plans = [p for p in plans if "_shape_seen" in p or "_testbed_period" in p]
     assert trigger_plans, "auto_explain logged no statement of the trigger"
     scans = sorted({m.group(0) for p in plans for m in SEQ_SCAN.finditer(p)})
     offending = [p for p in plans if SEQ_SCAN.search(p)]
@@ -124,7 +124,7 @@ def test_the_ingest_trigger_never_scans_a_large_table_sequentially(conn, connect
 RI_CHECK = re.compile(r"Query Text: SELECT 1 FROM ONLY ")
 INDEX_SCAN = re.compile(
     r"(?:Index|Index Only) Scan(?: Backward)? using \w+ on (?:active_series\.)?"
-    r"(report|report_benchmark|metric|_benchmark_seen|_series_seen|_series_period)\b"
+    r"(report|report_benchmark|metric|variant|_shape|_shape_seen|_testbed_period)\b"
 )
 
 
@@ -143,13 +143,13 @@ def whole_table_reads(plan: str) -> list[str]:
 def test_plans_cached_while_the_tables_were_empty_stay_on_index_paths(conn, connect):
     # A new installation, or tables truncated: the statistics say empty, and a session
     # caches the trigger's plans at its first commit. They must not read whole tables
-    # once the tables are large: no sequential scan anywhere, and on the path of every
-    # commit (all but the per-series general case) no index scan without a condition.
+    # once the tables are large: no sequential scan anywhere, and no index scan without a
+    # condition.
     org = make_org(conn, testbeds=2, benchmarks=3, measures=4)
     conn.execute(
         "VACUUM ANALYZE active_series.metric, active_series.report_benchmark,"
-        " active_series.report, active_series._benchmark_seen, active_series._series_seen,"
-        " active_series._series_period"
+        " active_series.report, active_series.variant, active_series._shape,"
+        " active_series._shape_seen, active_series._testbed_period"
     )
     ingester = connect(autocommit=True)
     plans: list[tuple[str, str]] = []
@@ -162,23 +162,15 @@ def test_plans_cached_while_the_tables_were_empty_stay_on_index_paths(conn, conn
     ingester.execute(AUTO_EXPLAIN)
 
     everything = [(b, m) for b in org.benchmarks for m in org.measures]
-    # first reports, the same again (the common case), a measure fewer (the general case)
+    # first reports, the same again (the common case), a measure fewer (a new set)
     for series in [everything, everything, everything, everything[1:], everything]:
         with ingester.transaction():
             ingest(ingester, org, org.testbeds[0], series)
 
     ours = [(p, context) for p, context in plans if not RI_CHECK.search(p)]
-    assert [p for p, _ in ours if "_benchmark_seen" in p], (
-        "auto_explain logged no trigger statement"
-    )
+    assert [p for p, _ in ours if "_shape_seen" in p], "auto_explain logged no trigger statement"
     offending = [p for p, _ in ours if SEQ_SCAN.search(p)]
-    offending += [
-        p
-        for p, context in ours
-        if "_record_benchmark_activity" not in context
-        and "_activity_of" not in context
-        and whole_table_reads(p)
-    ]
+    offending += [p for p, _ in ours if whole_table_reads(p)]
     assert not offending, "\n\n".join(offending[:3])
     assert_matches_oracle(conn, org.id)
 
@@ -221,21 +213,6 @@ def org(conn) -> Org:
     return org
 
 
-def test_a_later_report_with_the_same_measures_rewrites_one_row_per_benchmark(conn, org):
-    everything = [(b, m) for b in org.benchmarks for m in org.measures]
-    ingest(conn, org, org.testbeds[0], everything, utc(2024, 1, 5))
-    before = versions(conn, org.id)
-
-    ingest(conn, org, org.testbeds[0], everything, utc(2024, 1, 6))
-
-    after = versions(conn, org.id)
-    for table in ("_series_seen", "_series_period", "_period_usage", "_period", "_outbox"):
-        assert after[table] == before[table], table
-    assert len(before["_benchmark_seen"]) == len(org.benchmarks)
-    assert not set(after["_benchmark_seen"].values()) & set(before["_benchmark_seen"].values())
-    assert_matches_oracle(conn, org.id)
-
-
 def test_a_report_dropping_measures_keeps_their_last_seen_apart(conn, org):
     everything = [(b, m) for b in org.benchmarks for m in org.measures]
     again = everything[:5]
@@ -245,7 +222,7 @@ def test_a_report_dropping_measures_keeps_their_last_seen_apart(conn, org):
     ingest(conn, org, org.testbeds[0], again, utc(2024, 1, 6))
 
     after = versions(conn, org.id)
-    for table in ("_series_period", "_period_usage", "_period", "_outbox"):
+    for table in ("_testbed_period", "_period_usage", "_period", "_outbox"):
         assert after[table] == before[table], table
     rewritten = {
         (r[0], r[1], r[2])
@@ -279,7 +256,7 @@ def test_a_second_statement_for_the_same_series_in_one_transaction_writes_nothin
     record_now(ingester)  # and after every later statement of this transaction
     ingest(ingester, org, org.testbeds[0], series)
     before = versions(ingester, org.id)
-    assert before["_series_period"] and before["_benchmark_seen"]
+    assert before["_shape_seen"] and before["_testbed_period"]
 
     ingest(ingester, org, org.testbeds[0], series)  # another report, same transaction time
     ingest(ingester, org, org.testbeds[0], series[:3])

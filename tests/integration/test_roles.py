@@ -45,9 +45,9 @@ GROUPS = ("ingest", "worker", "admin")
 #: Tables an ingest client must not write (the brief's list, plus the rest of the schema's
 #: implementation tables).
 PROTECTED_TABLES = (
-    "_benchmark_seen",
-    "_series_seen",
-    "_series_period",
+    "_shape",
+    "_shape_seen",
+    "_testbed_period",
     "_period_usage",
     "_period",
     "_outbox",
@@ -63,8 +63,10 @@ DEFINER_FUNCTIONS = {
     "_track_metric_insert()",
     "_flush_pending()",
     "_project_changed()",
+    "_benchmark_deleted()",
+    "_variant_deleted()",
     "_measure_deleted()",
-    "_series_period_deleted()",
+    "_testbed_period_deleted()",
     "set_billing_period(bigint,timestamp with time zone,timestamp with time zone)",
 }
 
@@ -327,9 +329,13 @@ def writes_to(table: str) -> list[sql.Composable]:
 
 
 def first_column(table: str) -> str:
-    return {"_pending": "txid", "_meta": "version", "_ledger": "value"}.get(
-        table, "organization_id"
-    )
+    return {
+        "_pending": "txid",
+        "_meta": "version",
+        "_ledger": "value",
+        "_shape": "project_id",
+        "_shape_seen": "testbed_id",
+    }.get(table, "organization_id")
 
 
 @pytest.mark.parametrize("table", PROTECTED_TABLES)
@@ -426,9 +432,9 @@ def test_a_worker_cannot_ingest_write_history_or_call_admin_functions(conn, as_r
         " VALUES (1, 1, 1)",
     )
     for table in (
-        "_benchmark_seen",
-        "_series_seen",
-        "_series_period",
+        "_shape",
+        "_shape_seen",
+        "_testbed_period",
         "_period_usage",
         "billing_account",
         "_pending",
@@ -443,7 +449,7 @@ def test_a_worker_cannot_ingest_write_history_or_call_admin_functions(conn, as_r
         conn,
         "(p.proname IN ('set_stripe_customer', 'verify', 'backfill', 'relay_resume',"
         " '_record_activity', '_changed', '_period_for', '_split_period', '_merge_periods',"
-        " '_recount_period', '_activity_of'))",
+        " '_recount_period', '_record_groups', '_resolve_shapes', '_forget_series'))",
     ):
         assert "permission denied for" in refused(w, call), signature
     assert snapshot(conn, BILLING_TABLES) == before

@@ -9,9 +9,12 @@ report id) instead of a cache, so every figure is computed from scratch:
 - billing periods: recorded periods that never overlap, plus an optional configuration (anchor,
   interval) set by ``set_billing_period``; without one, calendar months in UTC.
 
-Deleting a report keeps its activity; hard-deleting a testbed, benchmark, measure or project drops
-every activity of its series; soft delete and visibility act at read time only.  All datetimes are
-timezone-aware and all period arithmetic is done on UTC wall-clock time.
+A series is (testbed, benchmark, variant, measure); the model names a variant by its parameters
+(canonical JSON text, ``{}`` for the benchmark's empty variant, which a report_benchmark without
+variant_id reports).  Deleting a report keeps its activity; hard-deleting a testbed, benchmark,
+variant, measure or project drops every activity of its series; soft delete and visibility act
+at read time only.  All datetimes are timezone-aware and all period arithmetic is done on UTC
+wall-clock time.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-Series = tuple[int, int, int]  # (testbed_id, benchmark_id, measure_id)
+Series = tuple[int, int, str, int]  # (testbed_id, benchmark_id, variant parameters, measure_id)
+EMPTY_VARIANT = "{}"
 Period = tuple[datetime, datetime]  # [start, end)
 
 VISIBILITIES = ("public", "private")
@@ -140,6 +144,7 @@ class SeriesRow:
     project_id: int
     testbed_id: int
     benchmark_id: int
+    variant: str
     measure_id: int
     first_seen: datetime
     last_seen: datetime
@@ -200,16 +205,19 @@ class Model:
     ) -> None:
         self.reports[report_id] = Report(project_id, testbed_id, utc(created))
 
-    def add_metric(self, report_id: int, benchmark_id: int, measure_id: int) -> None:
-        """A metric row of ``report_id`` for ``(benchmark_id, measure_id)``: records the activity
-        in the period containing the report's ``created`` (recording that period if needed)."""
+    def add_metric(
+        self, report_id: int, benchmark_id: int, measure_id: int, variant: str = EMPTY_VARIANT
+    ) -> None:
+        """A metric row of ``report_id`` for ``(benchmark_id, variant, measure_id)``: records the
+        activity in the period containing the report's ``created`` (recording that period if
+        needed)."""
         report = self.reports[report_id]
         org = self.organizations[self.org_of_project(report.project_id)]
         period = self._period_for(org, report.created)
         if period not in org.periods:
             org.periods.append(period)
             org.periods.sort()
-        series = (report.testbed_id, benchmark_id, measure_id)
+        series = (report.testbed_id, benchmark_id, variant, measure_id)
         org.activity.append(Activity(series, report.project_id, report.created, report_id))
 
     # ----------------------------------------------------------------------------------------
@@ -227,9 +235,12 @@ class Model:
         del self.benchmarks[benchmark_id]
         self._drop(lambda a: a.series[1] == benchmark_id)
 
+    def delete_variant(self, benchmark_id: int, variant: str) -> None:
+        self._drop(lambda a: a.series[1] == benchmark_id and a.series[2] == variant)
+
     def delete_measure(self, measure_id: int) -> None:
         del self.measures[measure_id]
-        self._drop(lambda a: a.series[2] == measure_id)
+        self._drop(lambda a: a.series[3] == measure_id)
 
     def delete_project(self, project_id: int) -> None:
         del self.projects[project_id]

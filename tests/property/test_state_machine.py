@@ -4,7 +4,10 @@ A hypothesis state machine ingests reports through every statement shape (single
 multi-row VALUES, INSERT ... SELECT FROM unnest, COPY), sometimes several reports, projects and
 organizations in one transaction, with a simulated clock (``report.created`` set explicitly through
 ``active_series.allow_explicit_created``) so that billing periods roll over without waiting.  It
-deletes reports, hard-deletes testbeds/benchmarks/measures/projects, soft-deletes and restores
+reports benchmarks' variants (none: the empty variant; explicit ones, the empty one among them),
+re-sends a testbed's previous report with the same, a grown, a shrunk or a changed set of series
+(also across a period boundary), deletes reports, hard-deletes
+testbeds/benchmarks/variants/measures/projects, soft-deletes and restores
 projects, flips visibility, sets billing periods and runs backfill.  After every step every read of
 the public API must equal the model exactly and ``verify()`` must be empty.
 
@@ -29,7 +32,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from model import Model, SeriesRow, add_months, month_start
+from model import EMPTY_VARIANT, Model, SeriesRow, add_months, month_start
 
 _COMMON = dict(
     deadline=None,
@@ -84,6 +87,16 @@ PERIOD_LENGTH = st.one_of(
     st.integers(1, 40 * 86_400 * 10**6).map(lambda u: ("exact", timedelta(microseconds=u))),
 )
 VALUES = st.sampled_from([0.0, 1.5, -2.25, 1e300, 42.0])
+PARAMETERS = st.sampled_from(['{"size_mb": 16}', '{"size_mb": 64}', "{}", '{"mode": "cold"}'])
+REPEAT = st.sampled_from(["same", "same", "grow", "shrink", "change"])
+
+
+# period_series with each variant named by its parameters, as the model names them.
+SERIES_WITH_PARAMETERS = (
+    "SELECT ps.project_id, ps.testbed_id, ps.benchmark_id, v.parameters::text, ps.measure_id,"
+    " ps.first_seen, ps.last_seen FROM active_series.period_series({}) AS ps"
+    " LEFT JOIN active_series.variant AS v ON v.id = ps.variant_id"
+)
 
 
 def iso(t: datetime) -> str:
@@ -95,7 +108,8 @@ class PlannedReport:
     project_id: int
     testbed_id: int
     created: datetime
-    benchmarks: list[int]  # one report_benchmark per entry (iteration = index)
+    # one report_benchmark per entry (iteration = index): (benchmark_id, variant_id or None)
+    benchmarks: list[tuple[int, int | None]]
     metrics: list[tuple[int, int, float]]  # (index into benchmarks, measure_id, value)
 
 
@@ -105,6 +119,8 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
         self.conn = conn
         self.model = Model()
         self.clock = CLOCK_STARTS[0]
+        self.variants: dict[int, tuple[int, str]] = {}  # id -> (benchmark_id, parameters)
+        self.previous: dict[int, PlannedReport] = {}  # testbed -> its latest planned report
         tables = [
             r[0]
             for r in conn.execute(
@@ -164,6 +180,12 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
         }[kind]
         return sorted(k for k, p in table.items() if p == project)
 
+    def _variant_choices(self, benchmark: int) -> list[int | None]:
+        return [None] + sorted(v for v, (b, _) in self.variants.items() if b == benchmark)
+
+    def _variant_key(self, variant: int | None) -> str:
+        return EMPTY_VARIANT if variant is None else self.variants[variant][1]
+
     def _ingestable(self) -> list[int]:
         return [p for p in sorted(self.model.projects) if all(self._entities(k, p) for k in KINDS)]
 
@@ -201,6 +223,19 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
         project = data.draw(st.sampled_from(candidates), label="project")
         note(f"{kind} {self._new_entity(kind, project)} in project {project}")
 
+    @precondition(lambda self: bool(self.model.benchmarks))
+    @rule(data=st.data(), parameters=PARAMETERS)
+    def create_variant(self, data: st.DataObject, parameters: str) -> None:
+        benchmark = data.draw(st.sampled_from(sorted(self.model.benchmarks)), label="benchmark")
+        row = self.sql(
+            "INSERT INTO active_series.variant (benchmark_id, parameters) VALUES (%s, %s)"
+            " ON CONFLICT DO NOTHING RETURNING id, parameters::text",
+            (benchmark, parameters),
+        ).fetchone()
+        if row is not None:
+            self.variants[row[0]] = (benchmark, row[1])
+            note(f"variant {row[0]} {row[1]} of benchmark {benchmark}")
+
     @rule(delta=ADVANCE)
     def advance_clock(self, delta: timedelta) -> None:
         self.clock += delta
@@ -233,12 +268,17 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
                     st.one_of(st.just(timedelta(0)), ADVANCE), label="advance between reports"
                 )
             created = self.clock - data.draw(BACKDATE, label="backdate")
-            benchmarks = data.draw(
-                st.lists(
-                    st.sampled_from(self._entities("benchmark", project)), min_size=1, max_size=3
-                ),
-                label="report_benchmarks",
-            )
+            benchmarks = [
+                (b, data.draw(st.sampled_from(self._variant_choices(b)), label="variant"))
+                for b in data.draw(
+                    st.lists(
+                        st.sampled_from(self._entities("benchmark", project)),
+                        min_size=1,
+                        max_size=3,
+                    ),
+                    label="report_benchmarks",
+                )
+            ]
             metrics = data.draw(
                 st.lists(
                     st.tuples(
@@ -255,6 +295,42 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
                 st.sampled_from(self._entities("testbed", project)), label="testbed"
             )
             plans.append(PlannedReport(project, testbed, created, benchmarks, metrics))
+        self._send(data, plans)
+
+    @precondition(lambda self: bool(self._repeatable()))
+    @rule(data=st.data(), change=REPEAT)
+    def repeat_report(self, data: st.DataObject, change: str) -> None:
+        """A testbed's previous report again, now: the same set of series, or one more, one
+        fewer, or one swapped (the shapes real suites send, including the first report of a
+        period when the clock crossed a boundary)."""
+        testbed = data.draw(st.sampled_from(self._repeatable()), label="testbed")
+        prev = self.previous[testbed]
+        benchmarks = list(prev.benchmarks)
+        metrics = list(prev.metrics)
+        measures = self._entities("measure", prev.project_id)
+        if change in ("grow", "change") and measures:
+            b = data.draw(st.sampled_from(self._entities("benchmark", prev.project_id)))
+            benchmarks.append((b, data.draw(st.sampled_from(self._variant_choices(b)))))
+            metrics.append((len(benchmarks) - 1, data.draw(st.sampled_from(measures)), 1.0))
+        if change in ("shrink", "change") and len(metrics) > 1:
+            del metrics[data.draw(st.integers(0, len(metrics) - 1), label="dropped")]
+        self._send(data, [PlannedReport(prev.project_id, testbed, self.clock, benchmarks, metrics)])
+
+    def _repeatable(self) -> list[int]:
+        """Testbeds whose previous report can be sent again: its entities all still exist."""
+        return [
+            t
+            for t, plan in sorted(self.previous.items())
+            if t in self.model.testbeds
+            and plan.project_id in self.model.projects
+            and all(
+                b in self.model.benchmarks and (v is None or v in self.variants)
+                for b, v in plan.benchmarks
+            )
+            and all(m in self.model.measures for _, m, _ in plan.metrics)
+        ]
+
+    def _send(self, data: st.DataObject, plans: list[PlannedReport]) -> None:
         one_transaction = data.draw(st.booleans(), label="one transaction")
         one_statement = one_transaction and data.draw(st.booleans(), label="one metric statement")
         shapes = [data.draw(st.sampled_from(SHAPES), label="shape") for _ in plans]
@@ -282,12 +358,14 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
         for report, plan, _rbs in done:
             self.model.add_report(report, plan.project_id, plan.testbed_id, plan.created)
             for index, measure, _value in plan.metrics:
-                self.model.add_metric(report, plan.benchmarks[index], measure)
+                benchmark, variant = plan.benchmarks[index]
+                self.model.add_metric(report, benchmark, measure, self._variant_key(variant))
+            self.previous[plan.testbed_id] = plan
             note(
                 f"report {report}: project {plan.project_id} testbed {plan.testbed_id} "
                 f"created {iso(plan.created)} series "
-                f"{sorted({(plan.benchmarks[i], m) for i, m, _ in plan.metrics})} "
-                f"(benchmark, measure)"
+                f"{sorted({(*plan.benchmarks[i], m) for i, m, _ in plan.metrics}, key=str)} "
+                f"(benchmark, variant, measure)"
             )
         note(
             f"ingest: {'one transaction' if one_transaction else 'one transaction per report'}, "
@@ -312,7 +390,15 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
                 (report, benchmark, iteration),
                 cur,
             )
-            for iteration, benchmark in enumerate(plan.benchmarks)
+            if variant is None
+            else self._insert(
+                "INSERT INTO active_series.report_benchmark"
+                " (report_id, benchmark_id, iteration, variant_id)"
+                " VALUES (%s, %s, %s, %s) RETURNING id",
+                (report, benchmark, iteration, variant),
+                cur,
+            )
+            for iteration, (benchmark, variant) in enumerate(plan.benchmarks)
         ]
         rows = [(rbs[index], measure, value) for index, measure, value in plan.metrics]
         return report, rbs, rows
@@ -354,6 +440,23 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
         self.model.delete_report(report)
         note(f"DELETE report {report}")
 
+    @precondition(lambda self: bool(self.model.benchmarks))
+    @rule(data=st.data())
+    def delete_variant(self, data: st.DataObject) -> None:
+        """Hard-delete a variant, an explicit one or an empty one created on demand."""
+        rows = self.sql(
+            "SELECT id, benchmark_id, parameters::text FROM active_series.variant ORDER BY id"
+        ).fetchall()
+        if not rows:
+            return
+        variant, benchmark, parameters = data.draw(st.sampled_from(rows), label="variant")
+        self.sql("DELETE FROM active_series.variant WHERE id = %s", (variant,))
+        self.variants.pop(variant, None)
+        self.model.delete_variant(benchmark, parameters)
+        if parameters == EMPTY_VARIANT:  # its report_benchmarks without variant_id go too
+            self.model.delete_variant(benchmark, EMPTY_VARIANT)
+        note(f"DELETE variant {variant} {parameters} of benchmark {benchmark}")
+
     @precondition(lambda self: bool(self.model.projects))
     @rule(data=st.data(), kind=st.sampled_from([*KINDS, "project"]))
     def hard_delete(self, data: st.DataObject, kind: str) -> None:
@@ -368,6 +471,8 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
         victim = data.draw(st.sampled_from(sorted(table)), label=kind)
         self.sql(f"DELETE FROM active_series.{kind} WHERE id = %s", (victim,))
         getattr(self.model, f"delete_{kind}")(victim)
+        live = set(self.model.benchmarks)
+        self.variants = {v: bv for v, bv in self.variants.items() if bv[0] in live}
         note(f"DELETE {kind} {victim}")
 
     @precondition(lambda self: bool(self.model.projects))
@@ -490,7 +595,7 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
         check("period_usage(org) (current)", usage, model.period_usage(org, None, now))
         check(
             "period_series(org) (current)",
-            _rows(cur.execute("SELECT * FROM active_series.period_series(%s)", (org,))),
+            _rows(cur.execute(SERIES_WITH_PARAMETERS.format("%s"), (org,))),
             _fmt(model.period_series(org, None, now)),
         )
 
@@ -505,8 +610,9 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
                 check(f"period_usage(org, {iso(start)})", got, model.period_usage(org, start))
             got_series: dict[datetime, list[SeriesRow]] = {s: [] for s in starts}
             for row in cur.execute(
-                "SELECT s, ps.* FROM unnest(%s::timestamptz[]) AS s"
-                " CROSS JOIN LATERAL active_series.period_series(%s, s) AS ps",
+                "SELECT s, ps.* FROM unnest(%s::timestamptz[]) AS s CROSS JOIN LATERAL ("
+                + SERIES_WITH_PARAMETERS.format("%s, s")
+                + ") AS ps",
                 (starts, org),
             ):
                 got_series[row[0]].append(SeriesRow(*row[1:]))

@@ -1,0 +1,208 @@
+CREATE FUNCTION active_series._record_groups(
+    p_groups active_series._shape_group[],
+    p_reason text DEFAULT 'ingest'
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+-- (as _record_activity: generic plans on index paths, whatever the statistics were)
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Writes sets of series into the history: each group says that a testbed reported these
+-- series within one (recorded) period between first_seen and last_seen. Row writes follow
+-- what changed, never the number of series:
+-- * a set the testbed already reported in the period widens that _shape_seen row's
+--   first_seen/last_seen (one HOT update; nothing when already inside);
+-- * activity the history already holds (a late commit, backfill over recorded data) writes
+--   nothing;
+-- * a set new to the testbed in the period adds one _shape_seen row; when it holds series
+--   the testbed had not reported in the period, the testbed's set for the period
+--   (_testbed_period, the union) is replaced, and _period_usage grows by the difference;
+-- * the sets themselves are stored once (_shape) and shared by testbeds and periods.
+-- Then an outbox row and a NOTIFY for each (organization, period) whose count changed.
+-- Locks, in this order, so that concurrent callers cannot deadlock: the testbeds' history
+-- locks (_lock_testbeds: every write to a testbed's history happens under it); the
+-- empty variants and shapes it creates (_resolve_shapes; nobody waits for a shape); last,
+-- the _period_usage rows in key order. The caller holds the organizations' period locks.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_todo integer;
+    v_done integer;
+    v_new active_series._shape_group [];
+    v_unions active_series._shape_group [];
+BEGIN
+    PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(p_groups) AS g));
+
+    -- one group per (testbed, period, shape), in key order
+    SELECT
+        array_agg(
+            row(
+                a.organization_id, a.project_id, a.testbed_id, a.period_start, a.first_seen,
+                a.last_seen, NULL, NULL, NULL, a.shape_id
+            )::active_series._shape_group
+            ORDER BY a.testbed_id, a.period_start, a.shape_id
+        ),
+        count(*)
+    INTO v_groups, v_todo
+    FROM (
+        SELECT
+            g.testbed_id, g.period_start, g.shape_id,
+            min(g.organization_id) AS organization_id, min(g.project_id) AS project_id,
+            min(g.first_seen) AS first_seen, max(g.last_seen) AS last_seen
+        FROM unnest(active_series._resolve_shapes(ARRAY(
+            SELECT g FROM unnest(p_groups) AS g WHERE NOT active_series._covered(g)
+        ))) AS g
+        GROUP BY g.testbed_id, g.period_start, g.shape_id
+    ) AS a;
+    IF v_todo = 0 THEN
+        RETURN;
+    END IF;
+
+    -- sets the testbed reported before in the period: widen their times
+    -- (each row found by its own key lookup, updated by its ctid: it stays put, as every
+    -- write to the testbed's history happens under its lock)
+    WITH widened AS (
+        UPDATE active_series._shape_seen AS s
+        SET first_seen = least(s.first_seen, g.first_seen),
+            last_seen = greatest(s.last_seen, g.last_seen)
+        FROM (
+            SELECT
+                g.first_seen, g.last_seen,
+                (
+                    SELECT w.ctid
+                    FROM active_series._shape_seen AS w
+                    WHERE w.testbed_id = g.testbed_id
+                        AND w.period_start = g.period_start
+                        AND w.shape_id = g.shape_id
+                        AND (g.first_seen < w.first_seen OR g.last_seen > w.last_seen)
+                    LIMIT 1
+                ) AS row_ctid
+            FROM unnest(v_groups) AS g
+        ) AS g
+        WHERE s.ctid = g.row_ctid
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_done FROM widened;
+    IF v_done = v_todo THEN
+        RETURN;
+    END IF;
+
+    -- sets new to the testbed in the period
+    v_new := ARRAY(
+        SELECT g
+        FROM unnest(v_groups) AS g
+        WHERE NOT coalesce((
+            SELECT true
+            FROM active_series._shape_seen AS s
+            WHERE s.testbed_id = g.testbed_id
+                AND s.period_start = g.period_start
+                AND s.shape_id = g.shape_id
+            LIMIT 1
+        ), false)
+    );
+    IF cardinality(v_new) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- the testbed's set for the period, with the new sets added: unchanged when they were
+    -- all inside it; the new set itself when the testbed had none (no unfolding)
+    WITH t AS (
+        SELECT
+            n.testbed_id, n.period_start,
+            min(n.organization_id) AS organization_id, min(n.project_id) AS project_id,
+            array_agg(DISTINCT n.shape_id) AS shape_ids,
+            (
+                SELECT o.shape_id FROM active_series._testbed_set(n.testbed_id, n.period_start) AS o
+            ) AS old_shape_id
+        FROM unnest(v_new) AS n
+        GROUP BY n.testbed_id, n.period_start
+    )
+    SELECT array_agg(
+        row(
+            u.organization_id, u.project_id, u.testbed_id, u.period_start, u.first_seen,
+            u.last_seen, u.benchmark_ids, u.variant_ids, u.measure_ids, u.shape_id
+        )::active_series._shape_group
+        ORDER BY u.testbed_id, u.period_start
+    )
+    INTO v_unions
+    FROM (
+        SELECT
+            t.organization_id, t.project_id, t.testbed_id, t.period_start,
+            NULL::timestamptz AS first_seen, NULL::timestamptz AS last_seen,
+            e.benchmark_ids, e.variant_ids, e.measure_ids,
+            CASE
+                WHEN t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1
+                    THEN t.shape_ids[1]
+            END AS shape_id
+        FROM t
+        LEFT JOIN LATERAL (
+            SELECT
+                array_agg(x.b ORDER BY x.b, x.v, x.m) AS benchmark_ids,
+                array_agg(x.v ORDER BY x.b, x.v, x.m) AS variant_ids,
+                array_agg(x.m ORDER BY x.b, x.v, x.m) AS measure_ids
+            FROM (
+                SELECT e.b, e.v, e.m
+                FROM active_series._shape AS s
+                CROSS JOIN LATERAL unnest(s.benchmark_ids, s.variant_ids, s.measure_ids)
+                    AS e (b, v, m)
+                WHERE s.id = ANY(t.shape_ids || t.old_shape_id)
+                GROUP BY e.b, e.v, e.m
+            ) AS x
+        ) AS e ON NOT (t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1)
+    ) AS u;
+
+    -- (only the sets that gained series need storing)
+    v_unions := active_series._resolve_shapes(ARRAY(
+        SELECT u
+        FROM unnest(v_unions) AS u
+        LEFT JOIN LATERAL active_series._testbed_set(u.testbed_id, u.period_start) AS o ON true
+        WHERE o.series IS NULL OR cardinality(u.measure_ids) > o.series
+    ));
+
+    -- the testbeds' sets for the periods, and the counts by what they gained
+    WITH old AS (
+        SELECT
+            u.*, coalesce(o.series, 0) AS old_series,
+            (SELECT s.series FROM active_series._shape AS s WHERE s.id = u.shape_id) AS series
+        FROM unnest(v_unions) AS u
+        LEFT JOIN LATERAL active_series._testbed_set(u.testbed_id, u.period_start) AS o ON true
+    ),
+    written AS (
+        INSERT INTO active_series._testbed_period AS p (
+            testbed_id, period_start, organization_id, project_id, shape_id
+        )
+        SELECT o.testbed_id, o.period_start, o.organization_id, o.project_id, o.shape_id
+        FROM old AS o
+        ORDER BY o.testbed_id, o.period_start
+        ON CONFLICT (testbed_id, period_start) DO UPDATE SET shape_id = excluded.shape_id
+    )
+    INSERT INTO active_series._period_usage AS u (
+        organization_id, period_start, project_id, series_count
+    )
+    SELECT o.organization_id, o.period_start, o.project_id, sum(o.series - o.old_series)
+    FROM old AS o
+    GROUP BY o.organization_id, o.period_start, o.project_id
+    ORDER BY o.organization_id, o.period_start, o.project_id
+    ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+    SET series_count = u.series_count + excluded.series_count;
+
+    INSERT INTO active_series._shape_seen AS s (
+        testbed_id, period_start, shape_id, first_seen, last_seen
+    )
+    SELECT n.testbed_id, n.period_start, n.shape_id, n.first_seen, n.last_seen
+    FROM unnest(v_new) AS n
+    ORDER BY n.testbed_id, n.period_start, n.shape_id;
+
+    PERFORM active_series._changed(c.organization_id, c.period_start, p_reason)
+    FROM (
+        SELECT DISTINCT u.organization_id, u.period_start
+        FROM unnest(v_unions) AS u
+        ORDER BY u.organization_id, u.period_start
+    ) AS c;
+END;
+$$;
+COMMENT ON FUNCTION active_series._record_groups(active_series._shape_group[], text) IS
+'Internal: write sets of series reported by testbeds within periods into the history and the per-period counts (writes follow what changed, not the number of series).';

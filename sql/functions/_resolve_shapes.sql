@@ -1,0 +1,115 @@
+CREATE FUNCTION active_series._resolve_shapes(p_groups active_series._shape_group[])
+RETURNS active_series._shape_group[]
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Fills in each group's shape_id: the stored shape with the same project and series, else
+-- a new one. A new shape is checked first: its benchmarks and measures must be its
+-- project's (a series never joins another project's catalog), and the empty variant of
+-- each benchmark it reports without a variant is created. Shapes are never updated and
+-- have no unique key (two transactions may store the same set; either serves), so
+-- creating one waits for nobody.
+-- Locks: the empty variants it creates (benchmark order), nothing else.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_foreign record;
+BEGIN
+    v_groups := ARRAY(
+        SELECT row(
+            g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+            g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
+            coalesce(g.shape_id, (
+                SELECT s.id
+                FROM active_series._shape AS s
+                WHERE s.project_id = g.project_id
+                    AND s.digest = active_series._shape_digest(
+                        g.benchmark_ids, g.variant_ids, g.measure_ids
+                    )
+                    AND s.benchmark_ids = g.benchmark_ids
+                    AND s.variant_ids = g.variant_ids
+                    AND s.measure_ids = g.measure_ids
+                -- (with equal sets stored twice, either serves)
+                LIMIT 1
+            ))
+        )::active_series._shape_group
+        FROM unnest(p_groups) AS g
+    );
+    IF NOT EXISTS (SELECT FROM unnest(v_groups) AS g WHERE g.shape_id IS NULL) THEN
+        RETURN v_groups;
+    END IF;
+
+    SELECT x.kind, x.id, x.project_id, x.report_project_id INTO v_foreign
+    FROM (
+        SELECT DISTINCT 'benchmark' AS kind, e.id, b.project_id, g.project_id AS report_project_id
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.benchmark_ids) AS e (id)
+        INNER JOIN active_series.benchmark AS b ON b.id = e.id
+        WHERE g.shape_id IS NULL
+        UNION ALL
+        SELECT DISTINCT 'measure', e.id, m.project_id, g.project_id
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.measure_ids) AS e (id)
+        INNER JOIN active_series.measure AS m ON m.id = e.id
+        WHERE g.shape_id IS NULL
+    ) AS x
+    WHERE x.project_id <> x.report_project_id
+    ORDER BY x.kind, x.id
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'active_series: % % belongs to project %, not to project % of the report',
+            v_foreign.kind, v_foreign.id, v_foreign.project_id, v_foreign.report_project_id
+            USING ERRCODE = 'foreign_key_violation',
+            HINT = 'Use the ' || v_foreign.kind || ' of the same name in the report''s project.';
+    END IF;
+
+    INSERT INTO active_series.variant (benchmark_id, parameters)
+    SELECT DISTINCT e.benchmark_id, '{}'::jsonb
+    FROM unnest(v_groups) AS g
+    CROSS JOIN LATERAL unnest(g.benchmark_ids, g.variant_ids) AS e (benchmark_id, variant_id)
+    WHERE g.shape_id IS NULL AND e.variant_id = 0
+    ORDER BY e.benchmark_id
+    ON CONFLICT (benchmark_id, parameters) DO NOTHING;
+
+    WITH missing AS (
+        SELECT DISTINCT
+            g.project_id,
+            active_series._shape_digest(g.benchmark_ids, g.variant_ids, g.measure_ids) AS digest,
+            g.benchmark_ids, g.variant_ids, g.measure_ids
+        FROM unnest(v_groups) AS g
+        WHERE g.shape_id IS NULL
+    ),
+    created AS (
+        INSERT INTO active_series._shape (
+            project_id, digest, benchmark_ids, variant_ids, measure_ids, series
+        )
+        SELECT
+            m.project_id, m.digest, m.benchmark_ids, m.variant_ids, m.measure_ids,
+            cardinality(m.measure_ids)
+        FROM missing AS m
+        ORDER BY m.project_id, m.digest
+        RETURNING id, project_id, benchmark_ids, variant_ids, measure_ids
+    )
+    SELECT array_agg(
+        row(
+            g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+            g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
+            coalesce(g.shape_id, c.id)
+        )::active_series._shape_group
+    )
+    INTO v_groups
+    FROM unnest(v_groups) AS g
+    LEFT JOIN created AS c
+        ON g.shape_id IS NULL
+        AND c.project_id = g.project_id
+        AND c.benchmark_ids = g.benchmark_ids
+        AND c.variant_ids = g.variant_ids
+        AND c.measure_ids = g.measure_ids;
+    RETURN v_groups;
+END;
+$$;
+COMMENT ON FUNCTION active_series._resolve_shapes(active_series._shape_group[]) IS
+'Internal: the stored shape of each group''s set of series, created (after the project check) when new.';

@@ -1,0 +1,161 @@
+CREATE FUNCTION active_series._forget_series(
+    p_project_ids bigint[],
+    p_benchmark_ids bigint[],
+    p_variant_ids bigint[],
+    p_empty_of bigint[],
+    p_measure_ids bigint[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Hard-deleted benchmarks, variants (the empty variants of p_empty_of's benchmarks among
+-- them) and measures of some projects: their series leave the history. Every testbed history
+-- (testbed, period) whose set holds one of them is unfolded, deleted (which lowers the counts,
+-- _testbed_period_deleted) and recorded again without them. Histories of a testbed or
+-- project deleted in the same statement are left to their own cascade. A deleted empty
+-- variant takes its benchmark's report_benchmarks without variant_id with it, as a variant's
+-- own report_benchmarks cascade.
+-- Locks: the history locks of the testbeds it rewrites (_lock_testbeds), then what
+-- _record_groups takes.
+DECLARE
+    v_shapes bigint [];
+    v_spans active_series._series_span [];
+BEGIN
+    IF p_project_ids IS NULL THEN
+        RETURN;
+    END IF;
+    -- a benchmark's empty variant is also its report_benchmarks without variant_id
+    DELETE FROM active_series.report_benchmark AS rb
+    WHERE rb.benchmark_id = ANY(p_empty_of) AND rb.variant_id IS NULL;
+
+    SELECT array_agg(s.id) INTO v_shapes
+    FROM active_series._shape AS s
+    WHERE s.project_id = ANY(p_project_ids)
+        AND (
+            s.benchmark_ids && p_benchmark_ids
+            OR s.measure_ids && p_measure_ids
+            OR s.variant_ids && p_variant_ids
+            OR (s.variant_ids && '{0}'::bigint [] AND s.benchmark_ids && p_empty_of)
+        );
+    IF v_shapes IS NULL THEN
+        RETURN;
+    END IF;
+
+    PERFORM active_series._lock_testbeds(ARRAY(
+        SELECT t.testbed_id FROM active_series._testbed_period AS t WHERE t.shape_id = ANY(v_shapes)
+    ));
+    SELECT coalesce(array_agg(
+        row(
+            h.organization_id, h.project_id, h.testbed_id, h.period_start, h.benchmark_id,
+            h.variant_id, h.measure_id, h.first_seen, h.last_seen
+        )::active_series._series_span
+    ), '{}')
+    INTO v_spans
+    FROM active_series._testbed_period AS t
+    INNER JOIN active_series._series_history AS h
+        ON h.testbed_id = t.testbed_id AND h.period_start = t.period_start
+    WHERE t.shape_id = ANY(v_shapes)
+        AND NOT h.benchmark_id = ANY(p_benchmark_ids)
+        AND NOT h.measure_id = ANY(p_measure_ids)
+        AND NOT h.variant_id = ANY(p_variant_ids)
+        AND NOT (h.variant_id = 0 AND h.benchmark_id = ANY(p_empty_of))
+        AND EXISTS (SELECT FROM active_series.testbed AS b WHERE b.id = t.testbed_id)
+        AND EXISTS (SELECT FROM active_series.project AS p WHERE p.id = t.project_id);
+
+    DELETE FROM active_series._testbed_period AS t
+    WHERE t.shape_id = ANY(v_shapes);
+    PERFORM active_series._record_groups(active_series._regroup(v_spans), 'delete');
+    DELETE FROM active_series._shape AS s
+    WHERE s.id = ANY(v_shapes)
+        AND NOT EXISTS (SELECT FROM active_series._shape_seen AS x WHERE x.shape_id = s.id)
+        AND NOT EXISTS (SELECT FROM active_series._testbed_period AS x WHERE x.shape_id = s.id);
+END;
+$$;
+COMMENT ON FUNCTION active_series._forget_series(bigint[], bigint[], bigint[], bigint[], bigint[]) IS
+'Internal: remove the series of hard-deleted benchmarks, variants and measures from the history (and the counts).';
+
+CREATE FUNCTION active_series._benchmark_deleted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Statement-level AFTER DELETE on benchmark: its series leave the history (_forget_series).
+-- SECURITY DEFINER: an ingest client (active_series_ingest) may hard-delete benchmarks but
+-- may not write the history; what is removed comes from the transition table.
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT o.project_id), array_agg(o.id), '{}', '{}', '{}'
+    )
+    FROM old_benchmark AS o;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._benchmark_deleted() IS
+'Trigger: remove the series of hard-deleted benchmarks from the history.';
+
+CREATE TRIGGER benchmark_deleted
+AFTER DELETE ON active_series.benchmark
+REFERENCING OLD TABLE AS old_benchmark
+FOR EACH STATEMENT
+EXECUTE FUNCTION active_series._benchmark_deleted();
+
+CREATE FUNCTION active_series._variant_deleted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Statement-level AFTER DELETE on variant: its series leave the history (_forget_series); a
+-- variant of a benchmark deleted in the same statement is left to the benchmark's trigger.
+-- SECURITY DEFINER: an ingest client (active_series_ingest) may hard-delete variants but may
+-- not write the history; what is removed comes from the transition table.
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT b.project_id),
+        '{}',
+        coalesce(array_agg(o.id) FILTER (WHERE o.parameters <> '{}'::jsonb), '{}'),
+        coalesce(array_agg(o.benchmark_id) FILTER (WHERE o.parameters = '{}'::jsonb), '{}'),
+        '{}'
+    )
+    FROM old_variant AS o
+    INNER JOIN active_series.benchmark AS b ON b.id = o.benchmark_id;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._variant_deleted() IS
+'Trigger: remove the series of hard-deleted variants from the history.';
+
+CREATE TRIGGER variant_deleted
+AFTER DELETE ON active_series.variant
+REFERENCING OLD TABLE AS old_variant
+FOR EACH STATEMENT
+EXECUTE FUNCTION active_series._variant_deleted();
+
+CREATE FUNCTION active_series._measure_deleted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Statement-level AFTER DELETE on measure: its series leave the history (_forget_series).
+-- SECURITY DEFINER: an ingest client (active_series_ingest) may hard-delete measures but may
+-- not write the history; what is removed comes from the transition table.
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT o.project_id), '{}', '{}', '{}', array_agg(o.id)
+    )
+    FROM old_measure AS o;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._measure_deleted() IS
+'Trigger: remove the series of hard-deleted measures from the history.';
+
+CREATE TRIGGER measure_deleted
+AFTER DELETE ON active_series.measure
+REFERENCING OLD TABLE AS old_measure
+FOR EACH STATEMENT
+EXECUTE FUNCTION active_series._measure_deleted();
