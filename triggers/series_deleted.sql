@@ -67,9 +67,10 @@ BEGIN
     DELETE FROM active_series._testbed_period AS t
     WHERE t.shape_id = ANY(v_shapes);
     PERFORM active_series._record_groups(active_series._regroup(v_spans), 'delete');
+    -- the sets that held them are no longer referred to (a _shape_seen set is always inside
+    -- its testbed history's set, and every history whose set held one was rewritten)
     DELETE FROM active_series._shape AS s
     WHERE s.id = ANY(v_shapes)
-        AND NOT EXISTS (SELECT FROM active_series._shape_seen AS x WHERE x.shape_id = s.id)
         AND NOT EXISTS (SELECT FROM active_series._testbed_period AS x WHERE x.shape_id = s.id);
 END;
 $$;

@@ -22,19 +22,12 @@ BEGIN
         SELECT row(
             g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
             g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
-            coalesce(g.shape_id, (
-                SELECT s.id
-                FROM active_series._shape AS s
-                WHERE s.project_id = g.project_id
-                    AND s.digest = active_series._shape_digest(
-                        g.benchmark_ids, g.variant_ids, g.measure_ids
-                    )
-                    AND s.benchmark_ids = g.benchmark_ids
-                    AND s.variant_ids = g.variant_ids
-                    AND s.measure_ids = g.measure_ids
-                -- (with equal sets stored twice, either serves)
-                LIMIT 1
-            ))
+            coalesce(
+                g.shape_id,
+                active_series._find_shape(
+                    g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                )
+            )
         )::active_series._shape_group
         FROM unnest(p_groups) AS g
     );
@@ -75,22 +68,18 @@ BEGIN
     ON CONFLICT (benchmark_id, parameters) DO NOTHING;
 
     WITH missing AS (
-        SELECT DISTINCT
-            g.project_id,
-            active_series._shape_digest(g.benchmark_ids, g.variant_ids, g.measure_ids) AS digest,
-            g.benchmark_ids, g.variant_ids, g.measure_ids
+        SELECT DISTINCT g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
         FROM unnest(v_groups) AS g
         WHERE g.shape_id IS NULL
     ),
     created AS (
         INSERT INTO active_series._shape (
-            project_id, digest, benchmark_ids, variant_ids, measure_ids, series
+            project_id, benchmark_ids, variant_ids, measure_ids, series
         )
         SELECT
-            m.project_id, m.digest, m.benchmark_ids, m.variant_ids, m.measure_ids,
+            m.project_id, m.benchmark_ids, m.variant_ids, m.measure_ids,
             cardinality(m.measure_ids)
         FROM missing AS m
-        ORDER BY m.project_id, m.digest
         RETURNING id, project_id, benchmark_ids, variant_ids, measure_ids
     )
     SELECT array_agg(

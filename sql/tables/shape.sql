@@ -2,14 +2,17 @@ CREATE TABLE active_series._shape (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     project_id bigint NOT NULL
     REFERENCES active_series.project (id) ON DELETE CASCADE,
-    -- md5 of the three arrays: the lookup key (the arrays themselves decide equality)
-    digest uuid NOT NULL,
     -- the series, sorted by (benchmark, variant, measure); variant 0 is the benchmark's
     -- empty variant (a report_benchmark without variant_id)
     benchmark_ids bigint[] NOT NULL,
     variant_ids bigint[] NOT NULL,
     measure_ids bigint[] NOT NULL,
-    series integer NOT NULL CHECK (series > 0)
+    series integer NOT NULL CHECK (series > 0),
+    -- the lookup key: a hash of the arrays end to end (one length: unambiguous); the arrays
+    -- themselves decide equality. Lookups compute the same expression.
+    digest bigint NOT NULL GENERATED ALWAYS AS (
+        hash_array_extended(benchmark_ids || variant_ids || measure_ids, 0)
+    ) STORED
 );
 CREATE INDEX shape_project_id_digest_idx ON active_series._shape (project_id, digest);
 COMMENT ON TABLE active_series._shape IS

@@ -1,7 +1,9 @@
 CREATE TABLE active_series._shape_seen (
     testbed_id bigint NOT NULL,
     period_start timestamptz NOT NULL,
-    shape_id bigint NOT NULL REFERENCES active_series._shape (id) ON DELETE CASCADE,
+    -- (no foreign key: see _testbed_period.shape_id; a set in a row is always in the row's
+    -- testbed's set for the period, so these rows go with that testbed history)
+    shape_id bigint NOT NULL,
     -- smallest and greatest report.created at which the testbed reported exactly these
     -- series together, within the period
     first_seen timestamptz NOT NULL,
@@ -11,6 +13,5 @@ CREATE TABLE active_series._shape_seen (
     REFERENCES active_series._testbed_period (testbed_id, period_start) ON DELETE CASCADE,
     CHECK (first_seen <= last_seen)
 ) WITH (fillfactor = 50);
-CREATE INDEX shape_seen_shape_id_idx ON active_series._shape_seen (shape_id);
 COMMENT ON TABLE active_series._shape_seen IS
 'History: when a testbed reported one set of series (a shape) within a period, as first and last report.created. A series'' first_seen (last_seen) in a period is the smallest (greatest) over the rows whose shape holds it. A report of the same shape as before is one HOT update here; nothing per series, nothing per benchmark.';

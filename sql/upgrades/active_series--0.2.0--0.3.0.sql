@@ -37,14 +37,17 @@ CREATE TABLE active_series._shape (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     project_id bigint NOT NULL
     REFERENCES active_series.project (id) ON DELETE CASCADE,
-    -- md5 of the three arrays: the lookup key (the arrays themselves decide equality)
-    digest uuid NOT NULL,
     -- the series, sorted by (benchmark, variant, measure); variant 0 is the benchmark's
     -- empty variant (a report_benchmark without variant_id)
     benchmark_ids bigint[] NOT NULL,
     variant_ids bigint[] NOT NULL,
     measure_ids bigint[] NOT NULL,
-    series integer NOT NULL CHECK (series > 0)
+    series integer NOT NULL CHECK (series > 0),
+    -- the lookup key: a hash of the arrays end to end (one length: unambiguous); the arrays
+    -- themselves decide equality. Lookups compute the same expression.
+    digest bigint NOT NULL GENERATED ALWAYS AS (
+        hash_array_extended(benchmark_ids || variant_ids || measure_ids, 0)
+    ) STORED
 );
 CREATE INDEX shape_project_id_digest_idx ON active_series._shape (project_id, digest);
 COMMENT ON TABLE active_series._shape IS
@@ -55,18 +58,18 @@ CREATE TABLE active_series._testbed_period (
     testbed_id bigint NOT NULL
     REFERENCES active_series.testbed (id) ON DELETE CASCADE,
     period_start timestamptz NOT NULL,
+    -- (the testbed's: a project or organization deleted takes its testbeds' rows with it)
     organization_id bigint NOT NULL,
-    project_id bigint NOT NULL
-    REFERENCES active_series.project (id) ON DELETE CASCADE,
+    project_id bigint NOT NULL,
     -- every series of the testbed active in the period: the union of its _shape_seen rows
-    shape_id bigint NOT NULL REFERENCES active_series._shape (id) ON DELETE CASCADE,
-    PRIMARY KEY (testbed_id, period_start),
-    FOREIGN KEY (organization_id, period_start)
-    REFERENCES active_series._period (organization_id, period_start) ON DELETE CASCADE
+    -- (no foreign key to _shape or _period: a key check locks the referenced row, and every
+    -- testbed of an organization would lock the same few at the start of each period; sets
+    -- are removed only when nothing refers to them, periods only after their histories)
+    shape_id bigint NOT NULL,
+    PRIMARY KEY (testbed_id, period_start)
 );
 CREATE INDEX testbed_period_organization_id_period_start_idx
 ON active_series._testbed_period (organization_id, period_start);
-CREATE INDEX testbed_period_project_id_idx ON active_series._testbed_period (project_id);
 CREATE INDEX testbed_period_shape_id_idx ON active_series._testbed_period (shape_id);
 COMMENT ON TABLE active_series._testbed_period IS
 'History, per testbed and billing period it was active in: the set of its series active in that period (a shape). _period_usage counts these sets; written when a testbed reports a series new to the period, kept forever.';
@@ -75,7 +78,9 @@ COMMENT ON TABLE active_series._testbed_period IS
 CREATE TABLE active_series._shape_seen (
     testbed_id bigint NOT NULL,
     period_start timestamptz NOT NULL,
-    shape_id bigint NOT NULL REFERENCES active_series._shape (id) ON DELETE CASCADE,
+    -- (no foreign key: see _testbed_period.shape_id; a set in a row is always in the row's
+    -- testbed's set for the period, so these rows go with that testbed history)
+    shape_id bigint NOT NULL,
     -- smallest and greatest report.created at which the testbed reported exactly these
     -- series together, within the period
     first_seen timestamptz NOT NULL,
@@ -85,7 +90,6 @@ CREATE TABLE active_series._shape_seen (
     REFERENCES active_series._testbed_period (testbed_id, period_start) ON DELETE CASCADE,
     CHECK (first_seen <= last_seen)
 ) WITH (fillfactor = 50);
-CREATE INDEX shape_seen_shape_id_idx ON active_series._shape_seen (shape_id);
 COMMENT ON TABLE active_series._shape_seen IS
 'History: when a testbed reported one set of series (a shape) within a period, as first and last report.created. A series'' first_seen (last_seen) in a period is the smallest (greatest) over the rows whose shape holds it. A report of the same shape as before is one HOT update here; nothing per series, nothing per benchmark.';
 
@@ -151,23 +155,40 @@ GROUP BY
 COMMENT ON VIEW active_series._series_history IS
 'Internal: the history unfolded, a row per series and period it was active in, with its first and last report.created there (variant_id 0: the benchmark''s empty variant).';
 
--- sql/functions/_shape_digest.sql
-CREATE FUNCTION active_series._shape_digest(
+-- sql/functions/_find_shape.sql
+CREATE FUNCTION active_series._find_shape(
+    p_project_id bigint,
     p_benchmark_ids bigint[],
     p_variant_ids bigint[],
     p_measure_ids bigint[]
 )
-RETURNS uuid
-LANGUAGE sql
-IMMUTABLE
-PARALLEL SAFE
+RETURNS bigint
+LANGUAGE plpgsql
+STABLE
 SET search_path = active_series, pg_catalog, pg_temp
+-- (at every ingest commit: a cached generic plan on the digest index, as _record_activity)
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
 AS $$
--- The lookup key of a shape (its arrays decide equality: a digest only narrows the search).
-SELECT md5(p_benchmark_ids::text || p_variant_ids::text || p_measure_ids::text)::uuid;
+-- The stored shape of a project holding exactly these series (sorted parallel arrays), or
+-- NULL: one probe of (project_id, digest), the arrays compared. With one set stored twice
+-- (two transactions stored it at once), either serves.
+BEGIN
+    RETURN (
+        SELECT s.id
+        FROM active_series._shape AS s
+        WHERE s.project_id = p_project_id
+            AND s.digest = hash_array_extended(p_benchmark_ids || p_variant_ids || p_measure_ids, 0)
+            AND s.benchmark_ids = p_benchmark_ids
+            AND s.variant_ids = p_variant_ids
+            AND s.measure_ids = p_measure_ids
+        LIMIT 1
+    );
+END;
 $$;
-COMMENT ON FUNCTION active_series._shape_digest(bigint[], bigint[], bigint[]) IS
-'Internal: the digest under which a set of series is looked up in _shape.';
+COMMENT ON FUNCTION active_series._find_shape(bigint, bigint[], bigint[], bigint[]) IS
+'Internal: the stored shape holding exactly a set of series of a project, or NULL.';
 
 -- sql/functions/_resolve_shapes.sql
 CREATE FUNCTION active_series._resolve_shapes(p_groups active_series._shape_group[])
@@ -194,19 +215,12 @@ BEGIN
         SELECT row(
             g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
             g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
-            coalesce(g.shape_id, (
-                SELECT s.id
-                FROM active_series._shape AS s
-                WHERE s.project_id = g.project_id
-                    AND s.digest = active_series._shape_digest(
-                        g.benchmark_ids, g.variant_ids, g.measure_ids
-                    )
-                    AND s.benchmark_ids = g.benchmark_ids
-                    AND s.variant_ids = g.variant_ids
-                    AND s.measure_ids = g.measure_ids
-                -- (with equal sets stored twice, either serves)
-                LIMIT 1
-            ))
+            coalesce(
+                g.shape_id,
+                active_series._find_shape(
+                    g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                )
+            )
         )::active_series._shape_group
         FROM unnest(p_groups) AS g
     );
@@ -247,22 +261,18 @@ BEGIN
     ON CONFLICT (benchmark_id, parameters) DO NOTHING;
 
     WITH missing AS (
-        SELECT DISTINCT
-            g.project_id,
-            active_series._shape_digest(g.benchmark_ids, g.variant_ids, g.measure_ids) AS digest,
-            g.benchmark_ids, g.variant_ids, g.measure_ids
+        SELECT DISTINCT g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
         FROM unnest(v_groups) AS g
         WHERE g.shape_id IS NULL
     ),
     created AS (
         INSERT INTO active_series._shape (
-            project_id, digest, benchmark_ids, variant_ids, measure_ids, series
+            project_id, benchmark_ids, variant_ids, measure_ids, series
         )
         SELECT
-            m.project_id, m.digest, m.benchmark_ids, m.variant_ids, m.measure_ids,
+            m.project_id, m.benchmark_ids, m.variant_ids, m.measure_ids,
             cardinality(m.measure_ids)
         FROM missing AS m
-        ORDER BY m.project_id, m.digest
         RETURNING id, project_id, benchmark_ids, variant_ids, measure_ids
     )
     SELECT array_agg(
@@ -689,17 +699,15 @@ BEGIN
     );
 
     INSERT INTO active_series._shape (
-        project_id, digest, benchmark_ids, variant_ids, measure_ids, series
+        project_id, benchmark_ids, variant_ids, measure_ids, series
     )
     SELECT
-        d.project_id,
-        active_series._shape_digest(d.benchmark_ids, d.variant_ids, d.measure_ids),
-        d.benchmark_ids, d.variant_ids, d.measure_ids, cardinality(d.measure_ids)
+        d.project_id, d.benchmark_ids, d.variant_ids, d.measure_ids, cardinality(d.measure_ids)
     FROM (
         SELECT DISTINCT g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
         FROM unnest(v_groups) AS g
     ) AS d
-    ORDER BY 1, 2;
+    ORDER BY 1;
 
     INSERT INTO active_series._testbed_period (
         testbed_id, period_start, organization_id, project_id, shape_id
@@ -814,10 +822,11 @@ AS $$
 -- variant), the pairs become one set of series per (testbed, report.created), each in the
 -- billing period containing that time, and _record_groups writes them. A variant_id that
 -- is NULL, or names the benchmark's empty variant, is variant 0 in the sets.
--- Locks: the organizations' period locks (shared, _period_for, in organization order);
--- then what _record_groups takes.
+-- Locks: the organizations' period locks (shared, _period_for, in organization order); the
+-- testbeds' history locks (_lock_testbeds); then what _record_groups takes.
 DECLARE
     v_groups active_series._shape_group [];
+    v_done integer;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
@@ -877,7 +886,41 @@ BEGIN
             ON t.organization_id = s.organization_id AND t.created = s.created
         GROUP BY s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created
     );
-    IF cardinality(v_groups) > 0 THEN
+    IF cardinality(v_groups) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- The common case, a testbed reporting the same set of series as before in the period,
+    -- later than before: one HOT update of that set's row per testbed, looked up by key and
+    -- updated by ctid (it stays put: every write to the testbed's history happens under its
+    -- lock). Anything else (a set or a period new to the testbed, older activity) goes to
+    -- _record_groups, which finds what these updates already did and leaves it.
+    PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
+    WITH widened AS (
+        UPDATE active_series._shape_seen AS s
+        SET first_seen = least(s.first_seen, w.first_seen),
+            last_seen = greatest(s.last_seen, w.last_seen)
+        FROM (
+            SELECT
+                g.first_seen, g.last_seen,
+                (
+                    SELECT x.ctid
+                    FROM active_series._shape_seen AS x
+                    WHERE x.testbed_id = g.testbed_id
+                        AND x.period_start = g.period_start
+                        AND x.shape_id = active_series._find_shape(
+                            g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                        )
+                        AND (g.first_seen < x.first_seen OR g.last_seen > x.last_seen)
+                    LIMIT 1
+                ) AS row_ctid
+            FROM unnest(v_groups) AS g
+        ) AS w
+        WHERE s.ctid = w.row_ctid
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_done FROM widened;
+    IF v_done < cardinality(v_groups) THEN
         PERFORM active_series._record_groups(v_groups);
     END IF;
 END;
@@ -989,6 +1032,29 @@ FULL JOIN active_series._period_usage AS u
 WHERE coalesce(h.n, 0) <> coalesce(u.series_count, 0);
 COMMENT ON VIEW active_series._count_drift IS
 'Internal: per-project period counts that differ from the number of series in the history (empty when healthy).';
+
+-- sql/functions/_changed.sql
+CREATE OR REPLACE FUNCTION active_series._changed(
+    p_organization_id bigint,
+    p_period_start timestamptz,
+    p_reason text
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Durable "this organization's count may have changed" for the relay, plus a NOTIFY
+-- wake-up hint (identical payloads within one transaction are merged by PostgreSQL).
+-- (PL/pgSQL for its cached plan: ingest commits that change a count call it.)
+BEGIN
+    INSERT INTO active_series._outbox (organization_id, period_start, reason)
+    VALUES (p_organization_id, p_period_start, p_reason);
+    PERFORM pg_notify('active_series', p_organization_id::text);
+END;
+$$;
+COMMENT ON FUNCTION active_series._changed(bigint, timestamptz, text) IS
+'Internal: append an outbox row for the relay and send the NOTIFY wake-up hint.';
 
 -- sql/functions/_recount_period.sql
 CREATE OR REPLACE FUNCTION active_series._recount_period(
@@ -1540,9 +1606,10 @@ BEGIN
     DELETE FROM active_series._testbed_period AS t
     WHERE t.shape_id = ANY(v_shapes);
     PERFORM active_series._record_groups(active_series._regroup(v_spans), 'delete');
+    -- the sets that held them are no longer referred to (a _shape_seen set is always inside
+    -- its testbed history's set, and every history whose set held one was rewritten)
     DELETE FROM active_series._shape AS s
     WHERE s.id = ANY(v_shapes)
-        AND NOT EXISTS (SELECT FROM active_series._shape_seen AS x WHERE x.shape_id = s.id)
         AND NOT EXISTS (SELECT FROM active_series._testbed_period AS x WHERE x.shape_id = s.id);
 END;
 $$;
