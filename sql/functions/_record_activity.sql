@@ -30,15 +30,16 @@ BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
     END IF;
-    -- (OFFSET 0 keeps each LATERAL subquery a per-row index lookup, whatever the
-    -- statistics said when this plan was cached)
+    -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
+    -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
+    -- was cached)
     v_groups := ARRAY(
-        WITH k AS MATERIALIZED (
+        WITH rbs AS MATERIALIZED (
             SELECT d.id, k.*
             FROM (SELECT DISTINCT x.id FROM unnest(p_report_benchmark_ids) AS x (id)) AS d
             CROSS JOIN LATERAL (
                 SELECT
-                    rb.benchmark_id,
+                    rb.report_id, rb.benchmark_id,
                     CASE
                         WHEN rb.variant_id IS NULL THEN 0
                         WHEN (
@@ -47,14 +48,28 @@ BEGIN
                             WHERE v.id = rb.variant_id
                         ) THEN 0
                         ELSE rb.variant_id
-                    END AS variant_id,
-                    r.project_id, r.testbed_id, r.created, p.organization_id
+                    END AS variant_id
                 FROM active_series.report_benchmark AS rb
-                INNER JOIN active_series.report AS r ON r.id = rb.report_id
-                INNER JOIN active_series.project AS p ON p.id = r.project_id
                 WHERE rb.id = d.id
                 OFFSET 0
             ) AS k
+        ),
+        reports AS MATERIALIZED (
+            SELECT d.report_id, k.*
+            FROM (SELECT DISTINCT b.report_id FROM rbs AS b) AS d
+            CROSS JOIN LATERAL (
+                SELECT r.project_id, r.testbed_id, r.created, p.organization_id
+                FROM active_series.report AS r
+                INNER JOIN active_series.project AS p ON p.id = r.project_id
+                WHERE r.id = d.report_id
+                OFFSET 0
+            ) AS k
+        ),
+        k AS (
+            SELECT b.id, b.benchmark_id, b.variant_id, r.project_id, r.testbed_id, r.created,
+                r.organization_id
+            FROM rbs AS b
+            INNER JOIN reports AS r ON r.report_id = b.report_id
         ),
         series AS MATERIALIZED (
             SELECT DISTINCT
