@@ -66,7 +66,7 @@ def shapes_section(d: Json, before: Json | None) -> tuple[list[str], list[tuple[
     modes = [m for m in ("on", "seed", "row") if m in rows[0]["ratio_to_off"]]
     clients = sorted({r["clients"] for r in rows})
     old = {}
-    if before:
+    if before and before.get("finished_at") != d.get("finished_at"):  # not the same run
         old = {(r["shape"], r["scenario"], r["clients"]): r for r in before["results"]}
     out = [
         "## 1. Ingest by report shape",
@@ -92,13 +92,27 @@ def shapes_section(d: Json, before: Json | None) -> tuple[list[str], list[tuple[
         "Every run starts from emptied report/report_benchmark/metric tables and a checkpoint; "
         f"each client's first {d['warmup_transactions_per_client']} transactions are not "
         "counted. Figures: the median time per report of "
-        f"{d['repeats']} repeat{'s' if d['repeats'] > 1 else ''} (wall time of the counted transactions ÷ their number; "
+        f"{d['repeats']} repeat{'s' if d['repeats'] > 1 else ''} "
+        "(wall time of the counted transactions ÷ their number; "
         "context only), and the ratio off ÷ mode = the mode's throughput relative to tracking "
-        "off, measured side by side. `run` = reports per first/rollover run (each to its own "
+        "off, measured side by side (small: the range of the ratios within each repeat, "
+        "a measure of the noise). `run` = reports per first/rollover run (each to its own "
         "testbed) or seconds per steady run. Status: `on/off` against the target of the cell "
         "(steady ≥ 0.90, ≥ 0.85 at 1×1; first and rollover ≥ 0.70) and `on` ≥ `seed`.",
         "",
     ]
+
+    def cell(r: Json, mode: str) -> str:
+        runs = r.get("runs") or {}
+        pairs = [
+            a["per_report"] / b["per_report"]
+            for a, b in zip(runs.get("off", []), runs.get(mode, []), strict=False)
+        ]
+        text = f"{r['ratio_to_off'][mode]:.2f}"
+        if len(pairs) > 1:
+            text += f" <sub>{min(pairs):.2f}–{max(pairs):.2f}</sub>"
+        return text
+
     before_col = bool(old)
     head = (
         "| shape | scenario | clients | run | ms/report off (context) | "
@@ -116,7 +130,7 @@ def shapes_section(d: Json, before: Json | None) -> tuple[list[str], list[tuple[
         out.append(
             f"| {shape_label(r['shape'])} | {r['scenario']} | {r['clients']} | {r['run']} | "
             f"{r['median_seconds_per_report']['off'] * 1e3:.2f} | "
-            + " | ".join(f"{ratio[m]:.2f}" for m in modes)
+            + " | ".join(cell(r, m) for m in modes)
             + ((f" | {prev['ratio_to_off']['on']:.2f}" if prev else " | –") if before_col else "")
             + f" | ≥ {r['target']:.2f} | {status(ratio['on'] >= r['target'])}"
             + (f" | {status(ratio['on'] >= ratio['seed'])} |" if "seed" in ratio else " | n/a |")

@@ -79,7 +79,7 @@ ORGANIZATIONS = 20
 STEADY_TESTBEDS = 5  # per organization
 # Reports per first/rollover run (a multiple of the organizations), by metrics per report:
 # enough that the tracking-off run of the smallest shapes lasts a fraction of a second.
-FRESH_REPORTS = ((600, 100), (100, 300), (10, 600), (1, 1500))
+FRESH_REPORTS = ((600, 100), (50, 300), (10, 600), (1, 1500))
 
 # Targets of issue 11 (ratio off ÷ on, i.e. throughput relative to tracking off).
 STEADY_TARGET = {"1x1": 0.85}
@@ -189,6 +189,7 @@ class Bench:
         self.projects: dict[str, list[int]] = {}
         self.steady: dict[str, list[int]] = {}
         self.batch = 0
+        self.cpu = ServerCpu(conn)
 
     def create_shape(self, shape: Shape) -> None:
         """20 organizations with one project each, the shape's benchmarks and measures."""
@@ -347,8 +348,74 @@ class Bench:
         else:
             limit = [f"--transactions={warmup + math.ceil(reports / clients)}"]
         return run_pgbench(
-            self.pgbench, self.dsn, script, clients, limit, warmup, self.tmp, env=env
+            self.pgbench,
+            self.dsn,
+            script,
+            clients,
+            limit,
+            warmup,
+            self.tmp,
+            env=env,
+            conn=self.conn,
+            cpu=self.cpu,
         )
+
+
+# ----------------------------------------------------------------------------- CPU time
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat from field 3 (state) on; None if there is no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+class ServerCpu:
+    """CPU seconds used by a local server: the postmaster, its live children and the
+    children it has reaped (backends of finished connections). None when the server is not
+    on this machine (or /proc is not readable)."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.postmaster: int | None = None
+        backend = one(conn, "SELECT pg_backend_pid()")
+        stat = _proc_stat(backend)
+        try:
+            comm = Path(f"/proc/{backend}/comm").read_text().strip()
+        except OSError:
+            comm = ""
+        if stat is not None and comm.startswith("postgres"):
+            self.postmaster = int(stat[1])
+
+    def seconds(self) -> float | None:
+        if self.postmaster is None:
+            return None
+        pm = _proc_stat(self.postmaster)
+        if pm is None:
+            return None
+        ticks = sum(int(x) for x in pm[11:15])  # utime, stime, cutime, cstime
+        with os.scandir("/proc") as entries:
+            for entry in entries:
+                if entry.name.isdigit():
+                    stat = _proc_stat(entry.name)
+                    if stat is not None and int(stat[1]) == self.postmaster:
+                        ticks += int(stat[11]) + int(stat[12])
+        return ticks / CLOCK_TICKS
+
+
+def wait_for_pgbench_backends(conn: psycopg.Connection, timeout: float = 10.0) -> None:
+    """Until the run's backends have exited (and their CPU time is the postmaster's)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not one(
+            conn, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'"
+        ):
+            break
+        time.sleep(0.01)
+    time.sleep(0.05)
 
 
 # ----------------------------------------------------------------------------- pgbench
@@ -361,8 +428,13 @@ def run_pgbench(
     warmup: int,
     tmp: Path,
     env: dict[str, str] | None = None,
+    conn: psycopg.Connection | None = None,
+    cpu: ServerCpu | None = None,
 ) -> dict[str, Any]:
-    """Run pgbench with a per-transaction log; time per report over the counted ones."""
+    """Run pgbench with a per-transaction log; time per report over the counted ones, and
+    the CPU time (server and pgbench) per transaction over all of them."""
+    import resource
+
     logdir = Path(tempfile.mkdtemp(dir=tmp))
     cmd = [
         binary,
@@ -376,18 +448,29 @@ def run_pgbench(
         f"--file={script}",
         dsn,
     ]
+    server_before = cpu.seconds() if cpu else None
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_before = usage.ru_utime + usage.ru_stime
     proc = subprocess.run(
         cmd, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}
     )
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = usage.ru_utime + usage.ru_stime - client_before
     if proc.returncode != 0:
         raise SystemExit(f"pgbench failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}")
+    server_cpu = None
+    if cpu and conn is not None and server_before is not None:
+        wait_for_pgbench_backends(conn)
+        after = cpu.seconds()
+        server_cpu = after - server_before if after is not None else None
     starts: list[float] = []
     ends: list[float] = []
-    failed = retried = 0
+    failed = retried = transactions = 0
     for path in logdir.iterdir():
         for line in path.read_text().splitlines():
             fields = line.split()
             tx_no = int(fields[1])
+            transactions += 1
             if not fields[2].isdigit():  # failed or skipped
                 failed += 1
                 continue
@@ -408,6 +491,13 @@ def run_pgbench(
         "reports": len(ends),
         "seconds": wall,
         "per_report": wall / len(ends),
+        # every transaction of the run, the warm-up ones included
+        "transactions": transactions,
+        "server_cpu_seconds": server_cpu,
+        "client_cpu_seconds": client_cpu,
+        "cpu_per_report": (server_cpu + client_cpu) / transactions
+        if server_cpu is not None and transactions
+        else None,
         "failed": failed,
         "retried": retried,
     }
@@ -441,8 +531,18 @@ def matrix(args: argparse.Namespace, bench: Bench, shapes: list[Shape]) -> list[
                             f"  {shape.name} {scenario} clients={clients} repeat={repeat + 1}"
                             f" {mode}: {r['reports']} reports,"
                             f" {r['per_report'] * 1e3:.2f} ms/report"
+                            + (
+                                f", CPU {r['cpu_per_report'] * 1e3:.2f} ms/report"
+                                if r["cpu_per_report"]
+                                else ""
+                            )
                         )
                 med = {m: median([r["per_report"] for r in runs[m]]) for m in modes}
+                cpu_med = (
+                    {m: median([r["cpu_per_report"] for r in runs[m]]) for m in modes}
+                    if all(r["cpu_per_report"] for m in modes for r in runs[m])
+                    else None
+                )
                 results.append(
                     {
                         "shape": shape.name,
@@ -458,6 +558,18 @@ def matrix(args: argparse.Namespace, bench: Bench, shapes: list[Shape]) -> list[
                         "runs": runs,
                         "median_seconds_per_report": med,
                         "ratio_to_off": {m: med["off"] / med[m] for m in modes},
+                        "median_cpu_seconds_per_report": cpu_med,
+                        "cpu_ratio_to_off": {m: cpu_med["off"] / cpu_med[m] for m in modes}
+                        if cpu_med
+                        else None,
+                        # off ÷ mode within each repeat (the spread of the pairs)
+                        "paired_ratios": {
+                            m: [
+                                a["per_report"] / b["per_report"]
+                                for a, b in zip(runs["off"], runs[m], strict=True)
+                            ]
+                            for m in modes
+                        },
                         "target": target(shape.name, scenario),
                     }
                 )
@@ -465,6 +577,12 @@ def matrix(args: argparse.Namespace, bench: Bench, shapes: list[Shape]) -> list[
                 log(
                     f"{shape.name} {scenario} clients={clients}: "
                     + ", ".join(f"{m} {r['ratio_to_off'][m]:.2f}" for m in modes[1:])
+                    + (
+                        "; CPU: "
+                        + ", ".join(f"{m} {r['cpu_ratio_to_off'][m]:.2f}" for m in modes[1:])
+                        if r["cpu_ratio_to_off"]
+                        else ""
+                    )
                 )
     return results
 
@@ -487,10 +605,22 @@ def print_matrix(results: list[dict]) -> None:
 
 # ----------------------------------------------------------------------------- profile
 PROFILE_SQL = """
-SELECT f.funcname, f.calls, f.total_time, f.self_time
+SELECT f.funcname, f.calls, f.total_time, f.self_time,
+    p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype AS is_trigger
 FROM pg_stat_user_functions AS f
+INNER JOIN pg_catalog.pg_proc AS p ON p.oid = f.funcid
 WHERE f.schemaname = 'active_series'
 ORDER BY f.self_time DESC
+"""
+
+
+# rows written per report into the extension's own tables (cache, history, counts, outbox)
+PROFILE_TABLES_SQL = """
+SELECT t.relname, t.n_tup_ins, t.n_tup_upd, t.n_tup_hot_upd, t.n_tup_del
+FROM pg_stat_user_tables AS t
+WHERE t.schemaname = 'active_series' AND t.relname LIKE '\\_%'
+    AND t.n_tup_ins + t.n_tup_upd + t.n_tup_del > 0
+ORDER BY t.relname
 """
 
 
@@ -531,11 +661,24 @@ def profile(args: argparse.Namespace, bench: Bench, shape: Shape, scenario: str)
         f"{'function':<34} {'calls/report':>12} {'total ms/report':>16} {'self ms/report':>15}"
         f" {'total ms/call':>14} {'self ms/call':>13}"
     )
-    for name, calls, total, self_ in rows:
+    for name, calls, total, self_, _ in rows:
+        if not calls:
+            continue
         print(
             f"{name:<34} {calls / n:>12.2f} {total / n:>16.3f} {self_ / n:>15.3f}"
             f" {total / calls:>14.4f} {self_ / calls:>13.4f}"
         )
+    triggers = sum(total for _, calls, total, _, is_trigger in rows if is_trigger and calls)
+    print(
+        f"trigger functions (what the triggers call, all nested calls included):"
+        f" {triggers / n:.3f} ms/report; on − off: "
+        f"{(on['per_report'] - off['per_report']) * 1e3:.3f} ms/report (wall, {clients}"
+        " client(s), runs not alternated: context)"
+    )
+    print("rows written per report into the extension's tables:")
+    print(f"{'table':<34} {'inserted':>12} {'updated':>12} {'HOT':>12} {'deleted':>12}")
+    for name, ins, upd, hot, dele in conn.execute(PROFILE_TABLES_SQL).fetchall():
+        print(f"{name:<34} {ins / n:>12.2f} {upd / n:>12.2f} {hot / n:>12.2f} {dele / n:>12.2f}")
     return 0
 
 
