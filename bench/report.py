@@ -96,7 +96,10 @@ def shapes_section(d: Json, before: Json | None) -> tuple[list[str], list[tuple[
         "(wall time of the counted transactions ÷ their number; "
         "context only), and the ratio off ÷ mode = the mode's throughput relative to tracking "
         "off, measured side by side (small: the range of the ratios within each repeat, "
-        "a measure of the noise). `run` = reports per first/rollover run (each to its own "
+        "a measure of the noise). `on/off CPU` (cross-check, not a target): the same ratio "
+        "of the CPU time per transaction (server processes and pgbench), less sensitive "
+        "to other load on the machine than wall time. "
+        "`run` = reports per first/rollover run (each to its own "
         "testbed) or seconds per steady run. Status: `on/off` against the target of the cell "
         "(steady ≥ 0.90, ≥ 0.85 at 1×1; first and rollover ≥ 0.70) and `on` ≥ `seed`.",
         "",
@@ -114,15 +117,19 @@ def shapes_section(d: Json, before: Json | None) -> tuple[list[str], list[tuple[
         return text
 
     before_col = bool(old)
+    cpu_col = all(r.get("cpu_ratio_to_off") for r in rows)
     head = (
         "| shape | scenario | clients | run | ms/report off (context) | "
         + " | ".join(f"{m}/off" for m in modes)
+        + (" | on/off CPU" if cpu_col else "")
         + (" | on/off before" if before_col else "")
         + " | target | on vs target | on ≥ seed |"
     )
     out += [
         head,
-        "|---|---|---:|---:|---:|" + "---:|" * (len(modes) + before_col) + "---:|---|---|",
+        "|---|---|---:|---:|---:|"
+        + "---:|" * (len(modes) + cpu_col + before_col)
+        + "---:|---|---|",
     ]
     for r in rows:
         ratio = r["ratio_to_off"]
@@ -131,6 +138,7 @@ def shapes_section(d: Json, before: Json | None) -> tuple[list[str], list[tuple[
             f"| {shape_label(r['shape'])} | {r['scenario']} | {r['clients']} | {r['run']} | "
             f"{r['median_seconds_per_report']['off'] * 1e3:.2f} | "
             + " | ".join(cell(r, m) for m in modes)
+            + (f" | {r['cpu_ratio_to_off']['on']:.2f}" if cpu_col else "")
             + ((f" | {prev['ratio_to_off']['on']:.2f}" if prev else " | –") if before_col else "")
             + f" | ≥ {r['target']:.2f} | {status(ratio['on'] >= r['target'])}"
             + (f" | {status(ratio['on'] >= ratio['seed'])} |" if "seed" in ratio else " | n/a |")
