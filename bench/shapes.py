@@ -17,8 +17,9 @@ Scenarios (what the testbed already reported):
   testbeds whose only history is one report of the same shape in the previous billing period,
   written before the run by a privileged session (``SET active_series.allow_explicit_created
   = on``, ``created`` one hour before the start of the organization's current period, from
-  ``current_period()``), with every mechanism recording it (tracking on and the baseline
-  upsert), then the report, report_benchmark and metric tables are emptied as before any run.
+  ``current_period()``), recorded by the baseline's upsert and, for the tracked run, by
+  active_series (the other modes run with tracking off: its history would not be read), then
+  the report, report_benchmark and metric tables are emptied as before any run.
 
 ``first`` and ``rollover`` runs ingest a fixed number of reports (each testbed once); ``steady``
 runs last ``--seconds``. Every run starts from emptied report, report_benchmark and metric
@@ -37,7 +38,14 @@ Modes, in rotating order within each repeat, on the same data (see bench/ingest.
 The baseline table keys on (testbed, benchmark, measure) and has no periods: for ``seed`` and
 ``row`` a rollover is a steady report (it is measured in its cell anyway) and a first report
 inserts new rows. Figures per cell: the median time per report of the repeats, and the ratio
-off ÷ mode (the mode's throughput relative to tracking off).
+off ÷ mode (the mode's throughput relative to tracking off). Next to it, as a cross-check that
+other load on a shared machine disturbs less: the CPU time per transaction of the server (the
+postmaster, its children and the backends it reaped; local servers only) and of pgbench.
+
+With ``--profile SHAPE SCENARIO`` it measures one cell instead (1 client unless --clients):
+tracking off, then on with ``track_functions = all``, and prints each active_series
+function's calls, total and self time per report (``pg_stat_user_functions``) and the rows
+written per report into the extension's own tables (``pg_stat_user_tables``).
 
     python bench/shapes.py --dsn "dbname=bench"                 # the matrix, ~10 min
     python bench/shapes.py --dsn "dbname=bench" --quick         # one short repeat, ~2 min
@@ -267,14 +275,15 @@ class Bench:
         )
         self.conn.execute("SELECT setval('bench_shapes.pos', 1, false)")
 
-    def prepare_reports(self, previous_period: bool) -> None:
-        """One report of its shape per queued testbed, recorded by every mechanism.
+    def prepare_reports(self, previous_period: bool, track: bool = True) -> None:
+        """One report of its shape per queued testbed, recorded by the baseline's upsert and,
+        with track, by active_series.
 
         previous_period: ``created`` one hour before the organization's current billing
         period starts (a privileged, explicit ``created``), else the transaction time.
         """
         conn = self.conn
-        set_mode(conn, "on")
+        set_mode(conn, "on" if track else "off")
         created = (
             "(SELECT c.period_start - interval '1 hour'"
             " FROM active_series.current_period(s.organization_id) AS c)"
@@ -337,7 +346,9 @@ class Bench:
             testbeds = self.new_testbeds(shape, math.ceil(n / ORGANIZATIONS) * ORGANIZATIONS)
             self.queue(testbeds)
             if scenario == "rollover":
-                self.prepare_reports(previous_period=True)
+                # tracking's history matters to the tracked run only (the others run with
+                # it off): recording it for them too would only lengthen the preparation
+                self.prepare_reports(previous_period=True, track=mode == "on")
         self.reset()
         set_mode(self.conn, mode)
         script = self.tmp / f"shape_{shape.name}_{mode}.sql"
