@@ -237,7 +237,7 @@ test-db: build lint-static lint-plpgsql
 # The benchmark suite in a throwaway cluster: ingest overhead by report shape (the shape
 # matrix of bench/shapes.py: 200x3, 50x1, 10x60, 1x1 benchmarks x measures; first report,
 # steady state, period rollover; tracking on vs off vs the seed's upsert and a row trigger;
-# BENCH_SECONDS per steady run, BENCH_REPEATS repeats, ~10 min; BENCH_INGEST_ARGS=--quick for
+# BENCH_SECONDS per steady run, BENCH_REPEATS repeats, ~11 min; BENCH_INGEST_ARGS=--quick for
 # one short repeat), reads (10^3..10^BENCH_SCALE series), backfill
 # (10^5..10^BENCH_BACKFILL_SCALE metrics), the relay against the Stripe emulator; then
 # BENCHMARKS.md and the plots from bench/results/*.json. BENCH_ONLY picks parts; ingest-sizes
