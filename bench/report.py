@@ -96,7 +96,9 @@ def shapes_section(d: Json, before: Json | None) -> tuple[list[str], list[tuple[
         "(wall time of the counted transactions ÷ their number; "
         "context only), and the ratio off ÷ mode = the mode's throughput relative to tracking "
         "off, measured side by side (small: the range of the ratios within each repeat, "
-        "a measure of the noise). `on/off CPU` (cross-check, not a target): the same ratio "
+        "a measure of the noise; a status is flagged noisy when they straddle the target: "
+        "re-measure such cells with more repeats, e.g. `BENCH_REPEATS=7`). "
+        "`on/off CPU` (cross-check, not a target): the same ratio "
         "of the CPU time per transaction (server processes and pgbench), less sensitive "
         "to other load on the machine than wall time. "
         "`run` = reports per first/rollover run (each to its own "
@@ -105,12 +107,23 @@ def shapes_section(d: Json, before: Json | None) -> tuple[list[str], list[tuple[
         "",
     ]
 
-    def cell(r: Json, mode: str) -> str:
+    def pairs_of(r: Json, mode: str) -> list[float]:
         runs = r.get("runs") or {}
-        pairs = [
+        return [
             a["per_report"] / b["per_report"]
             for a, b in zip(runs.get("off", []), runs.get(mode, []), strict=False)
         ]
+
+    def verdict(r: Json) -> str:
+        """The status of on against the cell's target; flagged when the repeats disagree."""
+        text = status(r["ratio_to_off"]["on"] >= r["target"])
+        pairs = pairs_of(r, "on")
+        if len(pairs) > 1 and min(pairs) < r["target"] <= max(pairs):
+            text += " (noisy: the repeats straddle the target)"
+        return text
+
+    def cell(r: Json, mode: str) -> str:
+        pairs = pairs_of(r, mode)
         text = f"{r['ratio_to_off'][mode]:.2f}"
         if len(pairs) > 1:
             text += f" <sub>{min(pairs):.2f}–{max(pairs):.2f}</sub>"
@@ -140,7 +153,7 @@ def shapes_section(d: Json, before: Json | None) -> tuple[list[str], list[tuple[
             + " | ".join(cell(r, m) for m in modes)
             + (f" | {r['cpu_ratio_to_off']['on']:.2f}" if cpu_col else "")
             + ((f" | {prev['ratio_to_off']['on']:.2f}" if prev else " | –") if before_col else "")
-            + f" | ≥ {r['target']:.2f} | {status(ratio['on'] >= r['target'])}"
+            + f" | ≥ {r['target']:.2f} | {verdict(r)}"
             + (f" | {status(ratio['on'] >= ratio['seed'])} |" if "seed" in ratio else " | n/a |")
         )
     if before_col:
