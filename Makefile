@@ -234,24 +234,31 @@ test-db: build lint-static lint-plpgsql
 	$(if $(UPGRADE_FROM),( $(PYTEST_UPGRADE_RUN) ) || failed="$$failed pytest-upgraded";) \
 	if [ -n "$$failed" ]; then echo "make test: failures in:$$failed" >&2; exit 1; fi
 
-# The benchmark suite in a throwaway cluster: ingest overhead (pgbench and COPY, tracking on
-# vs off vs the seed's upserts and a row trigger), reads (10^3..10^BENCH_SCALE series),
-# backfill (10^5..10^BENCH_BACKFILL_SCALE metrics), the relay against the Stripe emulator;
-# then BENCHMARKS.md and the plots from bench/results/*.json. BENCH_ONLY picks parts.
+# The benchmark suite in a throwaway cluster: ingest overhead by report shape (the shape
+# matrix of bench/shapes.py: 200x3, 50x1, 10x60, 1x1 benchmarks x measures; first report,
+# steady state, period rollover; tracking on vs off vs the seed's upsert and a row trigger;
+# BENCH_SECONDS per steady run, BENCH_REPEATS repeats, ~11 min; BENCH_INGEST_ARGS=--quick for
+# one short repeat), reads (10^3..10^BENCH_SCALE series), backfill
+# (10^5..10^BENCH_BACKFILL_SCALE metrics), the relay against the Stripe emulator; then
+# BENCHMARKS.md and the plots from bench/results/*.json. BENCH_ONLY picks parts; ingest-sizes
+# (not in the default) is the older ingest by report size, INSERT and COPY (bench/ingest.py).
 BENCH_ONLY ?= ingest reads backfill relay
 BENCH_SECONDS ?= 3
 BENCH_REPEATS ?= 3
 BENCH_SCALE ?= 6
 BENCH_BACKFILL_SCALE ?= 6
 BENCH_INGEST_ARGS ?=
+BENCH_INGEST_SIZES_ARGS ?=
 bench: deps build
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	@$(CLUSTER_UP); newdb bench; mkdir -p bench/results; \
 	for part in $(BENCH_ONLY); do \
 		echo "bench: $$part"; \
 		case "$$part" in \
-		ingest) $(VPY) bench/ingest.py --dsn "dbname=bench" \
+		ingest) $(VPY) bench/shapes.py --dsn "dbname=bench" \
 			--seconds $(BENCH_SECONDS) --repeats $(BENCH_REPEATS) $(BENCH_INGEST_ARGS) ;; \
+		ingest-sizes) $(VPY) bench/ingest.py --dsn "dbname=bench" \
+			--seconds $(BENCH_SECONDS) --repeats $(BENCH_REPEATS) $(BENCH_INGEST_SIZES_ARGS) ;; \
 		reads) $(VPY) bench/reads.py --dsn "dbname=bench" --max-exponent $(BENCH_SCALE) ;; \
 		backfill) $(VPY) bench/backfill.py --dsn "dbname=bench" \
 			--max-exponent $(BENCH_BACKFILL_SCALE) ;; \
