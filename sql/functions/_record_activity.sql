@@ -30,76 +30,84 @@ BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
     END IF;
-    -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
-    -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
-    -- was cached)
-    v_groups := ARRAY(
-        WITH rbs AS MATERIALIZED (
-            SELECT d.id, k.*
-            FROM (SELECT DISTINCT x.id FROM unnest(p_report_benchmark_ids) AS x (id)) AS d
-            CROSS JOIN LATERAL (
-                SELECT
-                    rb.report_id, rb.benchmark_id,
-                    CASE
-                        WHEN rb.variant_id IS NULL THEN 0
-                        WHEN (
-                            SELECT v.parameters = '{}'::jsonb
-                            FROM active_series.variant AS v
-                            WHERE v.id = rb.variant_id
-                        ) THEN 0
-                        ELSE rb.variant_id
-                    END AS variant_id
-                FROM active_series.report_benchmark AS rb
-                WHERE rb.id = d.id
-                OFFSET 0
-            ) AS k
-        ),
-        reports AS MATERIALIZED (
-            SELECT d.report_id, k.*
-            FROM (SELECT DISTINCT b.report_id FROM rbs AS b) AS d
-            CROSS JOIN LATERAL (
-                SELECT r.project_id, r.testbed_id, r.created, p.organization_id
-                FROM active_series.report AS r
-                INNER JOIN active_series.project AS p ON p.id = r.project_id
-                WHERE r.id = d.report_id
-                OFFSET 0
-            ) AS k
-        ),
-        k AS (
-            SELECT b.id, b.benchmark_id, b.variant_id, r.project_id, r.testbed_id, r.created,
-                r.organization_id
-            FROM rbs AS b
-            INNER JOIN reports AS r ON r.report_id = b.report_id
-        ),
-        series AS MATERIALIZED (
-            SELECT DISTINCT
-                k.organization_id, k.project_id, k.testbed_id, k.created, k.benchmark_id,
-                k.variant_id, x.measure_id
-            FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
-            INNER JOIN k ON k.id = x.id
-        ),
-        periods AS MATERIALIZED (
-            SELECT t.organization_id, t.created, f.period_start
-            FROM (
-                SELECT DISTINCT s.organization_id, s.created
-                FROM series AS s
-                ORDER BY s.organization_id, s.created
-            ) AS t
-            CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
-        )
-        SELECT row(
-            s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created,
-            s.created,
-            array_agg(s.benchmark_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
-            array_agg(s.variant_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
-            array_agg(s.measure_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
-            NULL
-        )::active_series._shape_group
-        FROM series AS s
-        INNER JOIN periods AS t
-            ON t.organization_id = s.organization_id AND t.created = s.created
-        GROUP BY s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created
-    );
+    IF cardinality(p_report_benchmark_ids) = 1 THEN
+        -- one metric's series (the smallest report): its one set, looked up directly
+        v_groups := ARRAY(
+            SELECT row(
+                p.organization_id, r.project_id, r.testbed_id, f.period_start, r.created,
+                r.created, ARRAY[rb.benchmark_id],
+                ARRAY[active_series._variant_key(rb.variant_id)], p_measure_ids, NULL
+            )::active_series._shape_group
+            FROM active_series.report_benchmark AS rb
+            INNER JOIN active_series.report AS r ON r.id = rb.report_id
+            INNER JOIN active_series.project AS p ON p.id = r.project_id
+            CROSS JOIN LATERAL active_series._period_for(p.organization_id, r.created) AS f
+            WHERE rb.id = p_report_benchmark_ids[1]
+        );
+    ELSE
+        -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
+        -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
+        -- was cached)
+        v_groups := ARRAY(
+            WITH rbs AS MATERIALIZED (
+                SELECT d.id, k.*
+                FROM (SELECT DISTINCT x.id FROM unnest(p_report_benchmark_ids) AS x (id)) AS d
+                CROSS JOIN LATERAL (
+                    SELECT
+                        rb.report_id, rb.benchmark_id,
+                        active_series._variant_key(rb.variant_id) AS variant_id
+                    FROM active_series.report_benchmark AS rb
+                    WHERE rb.id = d.id
+                    OFFSET 0
+                ) AS k
+            ),
+            reports AS MATERIALIZED (
+                SELECT d.report_id, k.*
+                FROM (SELECT DISTINCT b.report_id FROM rbs AS b) AS d
+                CROSS JOIN LATERAL (
+                    SELECT r.project_id, r.testbed_id, r.created, p.organization_id
+                    FROM active_series.report AS r
+                    INNER JOIN active_series.project AS p ON p.id = r.project_id
+                    WHERE r.id = d.report_id
+                    OFFSET 0
+                ) AS k
+            ),
+            k AS (
+                SELECT b.id, b.benchmark_id, b.variant_id, r.project_id, r.testbed_id, r.created,
+                    r.organization_id
+                FROM rbs AS b
+                INNER JOIN reports AS r ON r.report_id = b.report_id
+            ),
+            series AS MATERIALIZED (
+                SELECT DISTINCT
+                    k.organization_id, k.project_id, k.testbed_id, k.created, k.benchmark_id,
+                    k.variant_id, x.measure_id
+                FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
+                INNER JOIN k ON k.id = x.id
+            ),
+            periods AS MATERIALIZED (
+                SELECT t.organization_id, t.created, f.period_start
+                FROM (
+                    SELECT DISTINCT s.organization_id, s.created
+                    FROM series AS s
+                    ORDER BY s.organization_id, s.created
+                ) AS t
+                CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
+            )
+            SELECT row(
+                s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created,
+                s.created,
+                array_agg(s.benchmark_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
+                array_agg(s.variant_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
+                array_agg(s.measure_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
+                NULL
+            )::active_series._shape_group
+            FROM series AS s
+            INNER JOIN periods AS t
+                ON t.organization_id = s.organization_id AND t.created = s.created
+            GROUP BY s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created
+        );
+    END IF;
     IF cardinality(v_groups) = 0 THEN
         RETURN;
     END IF;

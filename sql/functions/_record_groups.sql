@@ -30,7 +30,6 @@ AS $$
 DECLARE
     v_groups active_series._shape_group [];
     v_todo integer;
-    v_done integer;
     v_new active_series._shape_group [];
     v_unions active_series._shape_group [];
 BEGIN
@@ -61,9 +60,9 @@ BEGIN
         RETURN;
     END IF;
 
-    -- sets the testbed reported before in the period: widen their times
-    -- (each row found by its own key lookup, updated by its ctid: it stays put, as every
-    -- write to the testbed's history happens under its lock)
+    -- Sets the testbed reported before in the period: widen their times (each row found by
+    -- its own key lookup, updated by its ctid: it stays put, as every write to the testbed's
+    -- history happens under its lock). The others (no row before this statement) are new.
     WITH widened AS (
         UPDATE active_series._shape_seen AS s
         SET first_seen = least(s.first_seen, g.first_seen),
@@ -85,15 +84,7 @@ BEGIN
         WHERE s.ctid = g.row_ctid
         RETURNING 1
     )
-    SELECT count(*) INTO v_done FROM widened;
-    IF v_done = v_todo THEN
-        RETURN;
-    END IF;
-
-    -- sets new to the testbed in the period
-    v_new := ARRAY(
-        SELECT g
-        FROM unnest(v_groups) AS g
+    SELECT array_agg(g) FILTER (
         WHERE NOT coalesce((
             SELECT true
             FROM active_series._shape_seen AS s
@@ -102,73 +93,85 @@ BEGIN
                 AND s.shape_id = g.shape_id
             LIMIT 1
         ), false)
-    );
-    IF cardinality(v_new) = 0 THEN
+    )
+    INTO v_new
+    FROM unnest(v_groups) AS g;
+    IF v_new IS NULL THEN
         RETURN;
     END IF;
 
-    -- the testbed's set for the period, with the new sets added: unchanged when they were
-    -- all inside it; the new set itself when the testbed had none (no unfolding)
+    -- The testbed's set for the period with the new sets added, where that adds series: the
+    -- new set itself when the testbed had none (no unfolding), else the union unfolded
     WITH t AS (
         SELECT
             n.testbed_id, n.period_start,
             min(n.organization_id) AS organization_id, min(n.project_id) AS project_id,
             array_agg(DISTINCT n.shape_id) AS shape_ids,
             (
-                SELECT o.shape_id FROM active_series._testbed_set(n.testbed_id, n.period_start) AS o
+                SELECT p.shape_id FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = n.testbed_id AND p.period_start = n.period_start
             ) AS old_shape_id
         FROM unnest(v_new) AS n
         GROUP BY n.testbed_id, n.period_start
     )
     SELECT array_agg(
         row(
-            u.organization_id, u.project_id, u.testbed_id, u.period_start, u.first_seen,
-            u.last_seen, u.benchmark_ids, u.variant_ids, u.measure_ids, u.shape_id
-        )::active_series._shape_group
-        ORDER BY u.testbed_id, u.period_start
-    )
-    INTO v_unions
-    FROM (
-        SELECT
-            t.organization_id, t.project_id, t.testbed_id, t.period_start,
-            NULL::timestamptz AS first_seen, NULL::timestamptz AS last_seen,
+            t.organization_id, t.project_id, t.testbed_id, t.period_start, NULL, NULL,
             e.benchmark_ids, e.variant_ids, e.measure_ids,
             CASE
                 WHEN t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1
                     THEN t.shape_ids[1]
-            END AS shape_id
-        FROM t
-        LEFT JOIN LATERAL (
-            SELECT
-                array_agg(x.b ORDER BY x.b, x.v, x.m) AS benchmark_ids,
-                array_agg(x.v ORDER BY x.b, x.v, x.m) AS variant_ids,
-                array_agg(x.m ORDER BY x.b, x.v, x.m) AS measure_ids
-            FROM (
-                SELECT e.b, e.v, e.m
-                FROM active_series._shape AS s
-                CROSS JOIN LATERAL unnest(s.benchmark_ids, s.variant_ids, s.measure_ids)
-                    AS e (b, v, m)
-                WHERE s.id = ANY(t.shape_ids || t.old_shape_id)
-                GROUP BY e.b, e.v, e.m
-            ) AS x
-        ) AS e ON NOT (t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1)
-    ) AS u;
-
-    -- (only the sets that gained series need storing)
-    v_unions := active_series._resolve_shapes(ARRAY(
-        SELECT u
-        FROM unnest(v_unions) AS u
-        LEFT JOIN LATERAL active_series._testbed_set(u.testbed_id, u.period_start) AS o ON true
-        WHERE o.series IS NULL OR cardinality(u.measure_ids) > o.series
-    ));
+            END
+        )::active_series._shape_group
+        ORDER BY t.testbed_id, t.period_start
+    )
+    INTO v_unions
+    FROM t
+    LEFT JOIN LATERAL (
+        SELECT
+            array_agg(x.b ORDER BY x.b, x.v, x.m) AS benchmark_ids,
+            array_agg(x.v ORDER BY x.b, x.v, x.m) AS variant_ids,
+            array_agg(x.m ORDER BY x.b, x.v, x.m) AS measure_ids
+        FROM (
+            SELECT e.b, e.v, e.m
+            FROM active_series._shape AS s
+            CROSS JOIN LATERAL unnest(s.benchmark_ids, s.variant_ids, s.measure_ids)
+                AS e (b, v, m)
+            WHERE s.id = ANY(t.shape_ids || t.old_shape_id)
+            GROUP BY e.b, e.v, e.m
+        ) AS x
+    ) AS e ON NOT (t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1)
+    WHERE t.old_shape_id IS NULL
+        OR cardinality(e.measure_ids) > (
+            SELECT o.series FROM active_series._shape AS o WHERE o.id = t.old_shape_id
+        );
+    IF v_unions IS NULL THEN
+        -- (every new set was inside the testbed's set: no count changes)
+        INSERT INTO active_series._shape_seen AS s (
+            testbed_id, period_start, shape_id, first_seen, last_seen
+        )
+        SELECT n.testbed_id, n.period_start, n.shape_id, n.first_seen, n.last_seen
+        FROM unnest(v_new) AS n
+        ORDER BY n.testbed_id, n.period_start, n.shape_id;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT FROM unnest(v_unions) AS u WHERE u.shape_id IS NULL) THEN
+        v_unions := active_series._resolve_shapes(v_unions);
+    END IF;
 
     -- the testbeds' sets for the periods, and the counts by what they gained
     WITH old AS (
         SELECT
-            u.*, coalesce(o.series, 0) AS old_series,
-            (SELECT s.series FROM active_series._shape AS s WHERE s.id = u.shape_id) AS series
+            u.*,
+            (SELECT s.series FROM active_series._shape AS s WHERE s.id = u.shape_id) AS series,
+            coalesce((
+                SELECT s.series FROM active_series._shape AS s
+                WHERE s.id = (
+                    SELECT p.shape_id FROM active_series._testbed_period AS p
+                    WHERE p.testbed_id = u.testbed_id AND p.period_start = u.period_start
+                )
+            ), 0) AS old_series
         FROM unnest(v_unions) AS u
-        LEFT JOIN LATERAL active_series._testbed_set(u.testbed_id, u.period_start) AS o ON true
     ),
     written AS (
         INSERT INTO active_series._testbed_period AS p (

@@ -15,12 +15,10 @@ SELECT CASE WHEN p_latest THEN max(r.created) ELSE min(r.created) END
 FROM active_series.report AS r
 INNER JOIN active_series.report_benchmark AS rb ON rb.report_id = r.id
 INNER JOIN active_series.metric AS m ON m.report_benchmark_id = rb.id
-LEFT JOIN active_series.variant AS v ON v.id = rb.variant_id
 WHERE r.project_id = p_span.project_id
     AND r.testbed_id = p_span.testbed_id
     AND rb.benchmark_id = p_span.benchmark_id
-    AND CASE WHEN rb.variant_id IS NULL OR v.parameters = '{}'::jsonb THEN 0
-        ELSE rb.variant_id END = p_span.variant_id
+    AND active_series._variant_key(rb.variant_id) = p_span.variant_id
     AND m.measure_id = p_span.measure_id
     AND r.created >= p_from
     AND r.created < p_to;

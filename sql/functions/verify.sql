@@ -28,14 +28,11 @@ BEGIN
     RETURN QUERY
     WITH activity AS (
         SELECT p.organization_id, r.project_id, r.testbed_id, rb.benchmark_id,
-            CASE WHEN rb.variant_id IS NULL OR v.parameters = '{}'::jsonb THEN 0
-                ELSE rb.variant_id END AS variant_id,
-            m.measure_id, r.created
+            active_series._variant_key(rb.variant_id) AS variant_id, m.measure_id, r.created
         FROM active_series.metric AS m
         INNER JOIN active_series.report_benchmark AS rb ON rb.id = m.report_benchmark_id
         INNER JOIN active_series.report AS r ON r.id = rb.report_id
         INNER JOIN active_series.project AS p ON p.id = r.project_id
-        LEFT JOIN active_series.variant AS v ON v.id = rb.variant_id
         WHERE p_organization_id IS NULL OR p.organization_id = p_organization_id
     ),
     history AS (

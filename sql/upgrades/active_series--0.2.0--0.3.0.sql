@@ -155,6 +155,31 @@ GROUP BY
 COMMENT ON VIEW active_series._series_history IS
 'Internal: the history unfolded, a row per series and period it was active in, with its first and last report.created there (variant_id 0: the benchmark''s empty variant).';
 
+-- sql/functions/_variant_key.sql
+CREATE FUNCTION active_series._variant_key(p_variant_id bigint)
+RETURNS bigint
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- A report_benchmark's variant as the history keys it: 0 for the benchmark's empty variant
+-- (no variant_id, or one whose parameters are {}), else the variant's id. Without a
+-- variant_id, no lookup. (PL/pgSQL for its cached plan: it runs at every ingest commit.)
+BEGIN
+    IF p_variant_id IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN CASE
+        WHEN (
+            SELECT v.parameters = '{}'::jsonb FROM active_series.variant AS v WHERE v.id = p_variant_id
+        ) THEN 0
+        ELSE p_variant_id
+    END;
+END;
+$$;
+COMMENT ON FUNCTION active_series._variant_key(bigint) IS
+'Internal: a report_benchmark''s variant as the history keys it (0: the benchmark''s empty variant).';
+
 -- sql/functions/_find_shape.sql
 CREATE FUNCTION active_series._find_shape(
     p_project_id bigint,
@@ -362,32 +387,6 @@ $$;
 COMMENT ON FUNCTION active_series._covered(active_series._shape_group) IS
 'Internal: whether a testbed''s recorded history of a period already holds a group''s activity (nothing to write).';
 
--- sql/functions/_testbed_set.sql
-CREATE FUNCTION active_series._testbed_set(
-    p_testbed_id bigint,
-    p_period_start timestamptz,
-    OUT shape_id bigint,
-    OUT series integer
-)
-LANGUAGE plpgsql
-STABLE
-SET search_path = active_series, pg_catalog, pg_temp
-AS $$
--- The testbed's set of series for the period (_testbed_period) and its size, or NULLs. Two
--- primary-key lookups whatever the statistics said when the plan was cached (PL/pgSQL for
--- that plan: it runs when an ingest commit brings a set new to a testbed's period).
-BEGIN
-    SELECT p.shape_id INTO shape_id
-    FROM active_series._testbed_period AS p
-    WHERE p.testbed_id = p_testbed_id AND p.period_start = p_period_start;
-    SELECT s.series INTO series
-    FROM active_series._shape AS s
-    WHERE s.id = shape_id;
-END;
-$$;
-COMMENT ON FUNCTION active_series._testbed_set(bigint, timestamptz) IS
-'Internal: a testbed''s set of series for a period, and its size (NULLs when it has none).';
-
 -- sql/functions/_record_groups.sql
 CREATE FUNCTION active_series._record_groups(
     p_groups active_series._shape_group[],
@@ -421,7 +420,6 @@ AS $$
 DECLARE
     v_groups active_series._shape_group [];
     v_todo integer;
-    v_done integer;
     v_new active_series._shape_group [];
     v_unions active_series._shape_group [];
 BEGIN
@@ -452,9 +450,9 @@ BEGIN
         RETURN;
     END IF;
 
-    -- sets the testbed reported before in the period: widen their times
-    -- (each row found by its own key lookup, updated by its ctid: it stays put, as every
-    -- write to the testbed's history happens under its lock)
+    -- Sets the testbed reported before in the period: widen their times (each row found by
+    -- its own key lookup, updated by its ctid: it stays put, as every write to the testbed's
+    -- history happens under its lock). The others (no row before this statement) are new.
     WITH widened AS (
         UPDATE active_series._shape_seen AS s
         SET first_seen = least(s.first_seen, g.first_seen),
@@ -476,15 +474,7 @@ BEGIN
         WHERE s.ctid = g.row_ctid
         RETURNING 1
     )
-    SELECT count(*) INTO v_done FROM widened;
-    IF v_done = v_todo THEN
-        RETURN;
-    END IF;
-
-    -- sets new to the testbed in the period
-    v_new := ARRAY(
-        SELECT g
-        FROM unnest(v_groups) AS g
+    SELECT array_agg(g) FILTER (
         WHERE NOT coalesce((
             SELECT true
             FROM active_series._shape_seen AS s
@@ -493,73 +483,85 @@ BEGIN
                 AND s.shape_id = g.shape_id
             LIMIT 1
         ), false)
-    );
-    IF cardinality(v_new) = 0 THEN
+    )
+    INTO v_new
+    FROM unnest(v_groups) AS g;
+    IF v_new IS NULL THEN
         RETURN;
     END IF;
 
-    -- the testbed's set for the period, with the new sets added: unchanged when they were
-    -- all inside it; the new set itself when the testbed had none (no unfolding)
+    -- The testbed's set for the period with the new sets added, where that adds series: the
+    -- new set itself when the testbed had none (no unfolding), else the union unfolded
     WITH t AS (
         SELECT
             n.testbed_id, n.period_start,
             min(n.organization_id) AS organization_id, min(n.project_id) AS project_id,
             array_agg(DISTINCT n.shape_id) AS shape_ids,
             (
-                SELECT o.shape_id FROM active_series._testbed_set(n.testbed_id, n.period_start) AS o
+                SELECT p.shape_id FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = n.testbed_id AND p.period_start = n.period_start
             ) AS old_shape_id
         FROM unnest(v_new) AS n
         GROUP BY n.testbed_id, n.period_start
     )
     SELECT array_agg(
         row(
-            u.organization_id, u.project_id, u.testbed_id, u.period_start, u.first_seen,
-            u.last_seen, u.benchmark_ids, u.variant_ids, u.measure_ids, u.shape_id
-        )::active_series._shape_group
-        ORDER BY u.testbed_id, u.period_start
-    )
-    INTO v_unions
-    FROM (
-        SELECT
-            t.organization_id, t.project_id, t.testbed_id, t.period_start,
-            NULL::timestamptz AS first_seen, NULL::timestamptz AS last_seen,
+            t.organization_id, t.project_id, t.testbed_id, t.period_start, NULL, NULL,
             e.benchmark_ids, e.variant_ids, e.measure_ids,
             CASE
                 WHEN t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1
                     THEN t.shape_ids[1]
-            END AS shape_id
-        FROM t
-        LEFT JOIN LATERAL (
-            SELECT
-                array_agg(x.b ORDER BY x.b, x.v, x.m) AS benchmark_ids,
-                array_agg(x.v ORDER BY x.b, x.v, x.m) AS variant_ids,
-                array_agg(x.m ORDER BY x.b, x.v, x.m) AS measure_ids
-            FROM (
-                SELECT e.b, e.v, e.m
-                FROM active_series._shape AS s
-                CROSS JOIN LATERAL unnest(s.benchmark_ids, s.variant_ids, s.measure_ids)
-                    AS e (b, v, m)
-                WHERE s.id = ANY(t.shape_ids || t.old_shape_id)
-                GROUP BY e.b, e.v, e.m
-            ) AS x
-        ) AS e ON NOT (t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1)
-    ) AS u;
-
-    -- (only the sets that gained series need storing)
-    v_unions := active_series._resolve_shapes(ARRAY(
-        SELECT u
-        FROM unnest(v_unions) AS u
-        LEFT JOIN LATERAL active_series._testbed_set(u.testbed_id, u.period_start) AS o ON true
-        WHERE o.series IS NULL OR cardinality(u.measure_ids) > o.series
-    ));
+            END
+        )::active_series._shape_group
+        ORDER BY t.testbed_id, t.period_start
+    )
+    INTO v_unions
+    FROM t
+    LEFT JOIN LATERAL (
+        SELECT
+            array_agg(x.b ORDER BY x.b, x.v, x.m) AS benchmark_ids,
+            array_agg(x.v ORDER BY x.b, x.v, x.m) AS variant_ids,
+            array_agg(x.m ORDER BY x.b, x.v, x.m) AS measure_ids
+        FROM (
+            SELECT e.b, e.v, e.m
+            FROM active_series._shape AS s
+            CROSS JOIN LATERAL unnest(s.benchmark_ids, s.variant_ids, s.measure_ids)
+                AS e (b, v, m)
+            WHERE s.id = ANY(t.shape_ids || t.old_shape_id)
+            GROUP BY e.b, e.v, e.m
+        ) AS x
+    ) AS e ON NOT (t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1)
+    WHERE t.old_shape_id IS NULL
+        OR cardinality(e.measure_ids) > (
+            SELECT o.series FROM active_series._shape AS o WHERE o.id = t.old_shape_id
+        );
+    IF v_unions IS NULL THEN
+        -- (every new set was inside the testbed's set: no count changes)
+        INSERT INTO active_series._shape_seen AS s (
+            testbed_id, period_start, shape_id, first_seen, last_seen
+        )
+        SELECT n.testbed_id, n.period_start, n.shape_id, n.first_seen, n.last_seen
+        FROM unnest(v_new) AS n
+        ORDER BY n.testbed_id, n.period_start, n.shape_id;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT FROM unnest(v_unions) AS u WHERE u.shape_id IS NULL) THEN
+        v_unions := active_series._resolve_shapes(v_unions);
+    END IF;
 
     -- the testbeds' sets for the periods, and the counts by what they gained
     WITH old AS (
         SELECT
-            u.*, coalesce(o.series, 0) AS old_series,
-            (SELECT s.series FROM active_series._shape AS s WHERE s.id = u.shape_id) AS series
+            u.*,
+            (SELECT s.series FROM active_series._shape AS s WHERE s.id = u.shape_id) AS series,
+            coalesce((
+                SELECT s.series FROM active_series._shape AS s
+                WHERE s.id = (
+                    SELECT p.shape_id FROM active_series._testbed_period AS p
+                    WHERE p.testbed_id = u.testbed_id AND p.period_start = u.period_start
+                )
+            ), 0) AS old_series
         FROM unnest(v_unions) AS u
-        LEFT JOIN LATERAL active_series._testbed_set(u.testbed_id, u.period_start) AS o ON true
     ),
     written AS (
         INSERT INTO active_series._testbed_period AS p (
@@ -831,76 +833,84 @@ BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
     END IF;
-    -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
-    -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
-    -- was cached)
-    v_groups := ARRAY(
-        WITH rbs AS MATERIALIZED (
-            SELECT d.id, k.*
-            FROM (SELECT DISTINCT x.id FROM unnest(p_report_benchmark_ids) AS x (id)) AS d
-            CROSS JOIN LATERAL (
-                SELECT
-                    rb.report_id, rb.benchmark_id,
-                    CASE
-                        WHEN rb.variant_id IS NULL THEN 0
-                        WHEN (
-                            SELECT v.parameters = '{}'::jsonb
-                            FROM active_series.variant AS v
-                            WHERE v.id = rb.variant_id
-                        ) THEN 0
-                        ELSE rb.variant_id
-                    END AS variant_id
-                FROM active_series.report_benchmark AS rb
-                WHERE rb.id = d.id
-                OFFSET 0
-            ) AS k
-        ),
-        reports AS MATERIALIZED (
-            SELECT d.report_id, k.*
-            FROM (SELECT DISTINCT b.report_id FROM rbs AS b) AS d
-            CROSS JOIN LATERAL (
-                SELECT r.project_id, r.testbed_id, r.created, p.organization_id
-                FROM active_series.report AS r
-                INNER JOIN active_series.project AS p ON p.id = r.project_id
-                WHERE r.id = d.report_id
-                OFFSET 0
-            ) AS k
-        ),
-        k AS (
-            SELECT b.id, b.benchmark_id, b.variant_id, r.project_id, r.testbed_id, r.created,
-                r.organization_id
-            FROM rbs AS b
-            INNER JOIN reports AS r ON r.report_id = b.report_id
-        ),
-        series AS MATERIALIZED (
-            SELECT DISTINCT
-                k.organization_id, k.project_id, k.testbed_id, k.created, k.benchmark_id,
-                k.variant_id, x.measure_id
-            FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
-            INNER JOIN k ON k.id = x.id
-        ),
-        periods AS MATERIALIZED (
-            SELECT t.organization_id, t.created, f.period_start
-            FROM (
-                SELECT DISTINCT s.organization_id, s.created
-                FROM series AS s
-                ORDER BY s.organization_id, s.created
-            ) AS t
-            CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
-        )
-        SELECT row(
-            s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created,
-            s.created,
-            array_agg(s.benchmark_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
-            array_agg(s.variant_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
-            array_agg(s.measure_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
-            NULL
-        )::active_series._shape_group
-        FROM series AS s
-        INNER JOIN periods AS t
-            ON t.organization_id = s.organization_id AND t.created = s.created
-        GROUP BY s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created
-    );
+    IF cardinality(p_report_benchmark_ids) = 1 THEN
+        -- one metric's series (the smallest report): its one set, looked up directly
+        v_groups := ARRAY(
+            SELECT row(
+                p.organization_id, r.project_id, r.testbed_id, f.period_start, r.created,
+                r.created, ARRAY[rb.benchmark_id],
+                ARRAY[active_series._variant_key(rb.variant_id)], p_measure_ids, NULL
+            )::active_series._shape_group
+            FROM active_series.report_benchmark AS rb
+            INNER JOIN active_series.report AS r ON r.id = rb.report_id
+            INNER JOIN active_series.project AS p ON p.id = r.project_id
+            CROSS JOIN LATERAL active_series._period_for(p.organization_id, r.created) AS f
+            WHERE rb.id = p_report_benchmark_ids[1]
+        );
+    ELSE
+        -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
+        -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
+        -- was cached)
+        v_groups := ARRAY(
+            WITH rbs AS MATERIALIZED (
+                SELECT d.id, k.*
+                FROM (SELECT DISTINCT x.id FROM unnest(p_report_benchmark_ids) AS x (id)) AS d
+                CROSS JOIN LATERAL (
+                    SELECT
+                        rb.report_id, rb.benchmark_id,
+                        active_series._variant_key(rb.variant_id) AS variant_id
+                    FROM active_series.report_benchmark AS rb
+                    WHERE rb.id = d.id
+                    OFFSET 0
+                ) AS k
+            ),
+            reports AS MATERIALIZED (
+                SELECT d.report_id, k.*
+                FROM (SELECT DISTINCT b.report_id FROM rbs AS b) AS d
+                CROSS JOIN LATERAL (
+                    SELECT r.project_id, r.testbed_id, r.created, p.organization_id
+                    FROM active_series.report AS r
+                    INNER JOIN active_series.project AS p ON p.id = r.project_id
+                    WHERE r.id = d.report_id
+                    OFFSET 0
+                ) AS k
+            ),
+            k AS (
+                SELECT b.id, b.benchmark_id, b.variant_id, r.project_id, r.testbed_id, r.created,
+                    r.organization_id
+                FROM rbs AS b
+                INNER JOIN reports AS r ON r.report_id = b.report_id
+            ),
+            series AS MATERIALIZED (
+                SELECT DISTINCT
+                    k.organization_id, k.project_id, k.testbed_id, k.created, k.benchmark_id,
+                    k.variant_id, x.measure_id
+                FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
+                INNER JOIN k ON k.id = x.id
+            ),
+            periods AS MATERIALIZED (
+                SELECT t.organization_id, t.created, f.period_start
+                FROM (
+                    SELECT DISTINCT s.organization_id, s.created
+                    FROM series AS s
+                    ORDER BY s.organization_id, s.created
+                ) AS t
+                CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
+            )
+            SELECT row(
+                s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created,
+                s.created,
+                array_agg(s.benchmark_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
+                array_agg(s.variant_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
+                array_agg(s.measure_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
+                NULL
+            )::active_series._shape_group
+            FROM series AS s
+            INNER JOIN periods AS t
+                ON t.organization_id = s.organization_id AND t.created = s.created
+            GROUP BY s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created
+        );
+    END IF;
     IF cardinality(v_groups) = 0 THEN
         RETURN;
     END IF;
@@ -961,12 +971,10 @@ SELECT CASE WHEN p_latest THEN max(r.created) ELSE min(r.created) END
 FROM active_series.report AS r
 INNER JOIN active_series.report_benchmark AS rb ON rb.report_id = r.id
 INNER JOIN active_series.metric AS m ON m.report_benchmark_id = rb.id
-LEFT JOIN active_series.variant AS v ON v.id = rb.variant_id
 WHERE r.project_id = p_span.project_id
     AND r.testbed_id = p_span.testbed_id
     AND rb.benchmark_id = p_span.benchmark_id
-    AND CASE WHEN rb.variant_id IS NULL OR v.parameters = '{}'::jsonb THEN 0
-        ELSE rb.variant_id END = p_span.variant_id
+    AND active_series._variant_key(rb.variant_id) = p_span.variant_id
     AND m.measure_id = p_span.measure_id
     AND r.created >= p_from
     AND r.created < p_to;
@@ -1305,14 +1313,11 @@ BEGIN
     RETURN QUERY
     WITH activity AS (
         SELECT p.organization_id, r.project_id, r.testbed_id, rb.benchmark_id,
-            CASE WHEN rb.variant_id IS NULL OR v.parameters = '{}'::jsonb THEN 0
-                ELSE rb.variant_id END AS variant_id,
-            m.measure_id, r.created
+            active_series._variant_key(rb.variant_id) AS variant_id, m.measure_id, r.created
         FROM active_series.metric AS m
         INNER JOIN active_series.report_benchmark AS rb ON rb.id = m.report_benchmark_id
         INNER JOIN active_series.report AS r ON r.id = rb.report_id
         INNER JOIN active_series.project AS p ON p.id = r.project_id
-        LEFT JOIN active_series.variant AS v ON v.id = rb.variant_id
         WHERE p_organization_id IS NULL OR p.organization_id = p_organization_id
     ),
     history AS (
