@@ -51,7 +51,7 @@ active_series.metric_id_seq
 TO active_series_ingest;
 
 -- ---------------------------------------------------------------- active_series_worker
--- Exactly what python/active_series/relay.py and queries.py use: find and claim relay
+-- Exactly what python/active_series/relay/ (its queries.py) uses: find and claim relay
 -- work, delete the outbox rows it relayed, read counts and billing accounts, write the
 -- ledger and its relay state, close periods, and follow the Stripe subscription's billing
 -- period (set_billing_period, SECURITY DEFINER). Plus the read API, for `relay status`.
@@ -85,6 +85,7 @@ active_series._relay_claim(bigint),
 active_series._relay_window(timestamptz, timestamptz),
 active_series._relay_held(text, timestamptz, timestamptz),
 active_series._relay_last_timestamp(text),
+active_series._relay_identifier(text, bigint, bigint),
 active_series._require_organization(bigint),
 active_series._period_at(bigint, timestamptz),
 active_series._recorded_period(bigint, timestamptz),
