@@ -21,7 +21,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
-AS_CLUSTER := $(VPY) -m active_series.cluster
+AS_CLUSTER := $(VPY) -m active_series.devtools.cluster
 PSQL := psql -X -q -v ON_ERROR_STOP=1
 PY_DIRS := python tests tools $(wildcard bench)
 SQL_DIRS := $(wildcard sql triggers)

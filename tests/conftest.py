@@ -2,7 +2,7 @@
 
 Contract (other tests rely on exactly this):
 
-- ``pg_cluster`` (session): the server. A started :class:`active_series.cluster.Cluster`
+- ``pg_cluster`` (session): the server. A started :class:`active_series.devtools.cluster.Cluster`
   in a temporary directory, stopped and deleted at session end. With
   ``ACTIVE_SERIES_TEST_DSN`` set, an :class:`ExternalServer` for that server
   instead (same ``dsn(dbname)``; ``restart()``/``kill()`` skip the test).
@@ -33,7 +33,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from active_series.cluster import Cluster, ClusterError
+from active_series.devtools.cluster import Cluster, ClusterError
 from active_series.install import install
 from psycopg import sql
 from psycopg.conninfo import make_conninfo

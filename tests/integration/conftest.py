@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from active_series.cluster import Cluster
+from active_series.devtools.cluster import Cluster
 from psycopg import sql
 from relay_harness import relay_emulator  # noqa: F401
 

@@ -18,7 +18,7 @@ runs through ``runuser -u postgres``.
 
 The port and socket directory a cluster was started with are kept in
 ``active_series_cluster.conf`` inside the data directory, so another process
-(``python -m active_series.cluster stop DIR``) finds the same server.
+(``python -m active_series.devtools.cluster stop DIR``) finds the same server.
 
 Expected failures (missing binaries, a directory the server user cannot
 reach, a server that does not come up) raise :class:`ClusterError` with a
@@ -590,9 +590,9 @@ def _is_zombie(pid: int) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m active_series.cluster start|stop|restart|status|dsn|env|kill DATA_DIR``."""
+    """``python -m active_series.devtools.cluster ACTION DATA_DIR`` (start, stop, ...)."""
     parser = argparse.ArgumentParser(
-        prog="python -m active_series.cluster",
+        prog="python -m active_series.devtools.cluster",
         description="Run a local PostgreSQL cluster for tests and demos.",
     )
     parser.add_argument(

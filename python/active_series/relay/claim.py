@@ -1,8 +1,4 @@
-"""The Stripe relay: ``active-series worker``.
-
-Relays each billed organization's exact period-to-date active-series count to a Stripe
-billing meter with ``last`` aggregation, so that for every (customer, period) Stripe ends
-up holding ``active_series.period_usage``.
+"""Relaying one organization at a time: :class:`Relay` claims it and posts what is due.
 
 How one organization is relayed (a *claim*), all in one transaction on the claim
 connection, which holds the organization's ``_relay_state`` row lock (``FOR UPDATE SKIP
@@ -33,186 +29,54 @@ before the call, then marked ``sent`` (a duplicate identifier counts as sent) or
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import random
-import select
-import signal
-import sys
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TextIO
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
 
 import psycopg
 import stripe
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from active_series import queries as q
-from active_series.install import SchemaVersionError, check_version
+from active_series.install import check_version
+from active_series.ratelimit import backoff
+from active_series.relay import queries as q
+from active_series.relay.config import MAX_EVENT_AGE, SUBSCRIPTION_RECHECK, RelayConfig
+from active_series.relay.observe import Log, Metrics
+from active_series.relay.stripe_api import Outcome, StripeMeter, classify
 
-DEFAULT_API_BASE = "https://api.stripe.com"
-CHANNEL = "active_series"
-# Stripe accepts timestamps within the past 35 days; keep an hour of margin.
-MAX_EVENT_AGE = 35 * 86400 - 3600
-# How often to re-read a customer's subscription when it has none (or reading failed).
-SUBSCRIPTION_RECHECK = 3600.0
+Conn = psycopg.Connection[Any]
 
 
-@dataclass
-class RelayConfig:
-    dsn: str
-    api_key: str
-    api_base: str = DEFAULT_API_BASE
-    meter_event_name: str = "active_series"
-    poll_interval: float = 5.0
-    debounce: float = 0.05
-    rate_limit: float = 25.0
-    grace: float = 300.0
-    metrics_port: int = 0
-    max_network_retries: int = 2
-    stripe_timeout: float = 30.0
-    retry_min: float = 1.0
-    retry_max: float = 300.0
-    reconnect_delay: float = 1.0
-    shutdown_timeout: float = 30.0
-    sync_subscriptions: bool = True
-    once: bool = False
+class ClaimOutcome(StrEnum):
+    """What one claim of one organization came to."""
 
-
-class Log:
-    """Structured ``key=value`` log lines on stderr; the API key is never written."""
-
-    def __init__(self, secret: str | None = None, stream: TextIO | None = None) -> None:
-        self.secret = secret
-        self.stream = stream or sys.stderr
-        self.lock = threading.Lock()
-
-    @staticmethod
-    def _value(value: Any) -> str:
-        if isinstance(value, float):
-            value = round(value, 3)
-        text = str(value)
-        if text == "" or any(c in text for c in ' "=\n\t'):
-            return json.dumps(text)
-        return text
-
-    def __call__(self, level: str, event: str, **fields: Any) -> None:
-        stamp = datetime.now(UTC).isoformat(timespec="milliseconds")
-        parts = [f"ts={stamp}", f"level={level}", f"event={event}"]
-        parts += [f"{k}={self._value(v)}" for k, v in fields.items() if v is not None]
-        line = " ".join(parts)
-        if self.secret:
-            line = line.replace(self.secret, "***")
-        with self.lock:
-            self.stream.write(line + "\n")
-            self.stream.flush()
-
-
-class Metrics:
-    """Prometheus metrics of one worker (own registry, served by ``--metrics-port``)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.posts = Counter(
-            "active_series_relay_posts",
-            "Meter event posts by outcome: ok, duplicate (already recorded), retried "
-            "(failed after the SDK's retries, will be retried), rate_limited, parked.",
-            ["result"],
-            registry=r,
-        )
-        self.wakeups = Counter(
-            "active_series_relay_wakeups",
-            "Drains started, by what woke the worker: start, notify, poll, scheduled, reconnect.",
-            ["reason"],
-            registry=r,
-        )
-        self.periods_closed = Counter(
-            "active_series_relay_periods_closed", "Billing periods closed.", registry=r
-        )
-        self.outbox_depth = Gauge(
-            "active_series_relay_outbox_depth", "Outbox rows not yet handled.", registry=r
-        )
-        self.oldest_change_age = Gauge(
-            "active_series_relay_oldest_unposted_change_age_seconds",
-            "Age of the oldest outbox row (a change not yet relayed).",
-            registry=r,
-        )
-        self.lag = Gauge(
-            "active_series_relay_lag_seconds",
-            "Seconds from the oldest change a post accounted for to Stripe accepting it "
-            "(last post).",
-            registry=r,
-        )
-        self.parked = Gauge(
-            "active_series_relay_parked_organizations", "Organizations parked.", registry=r
-        )
-
-
-class TokenBucket:
-    """Client-side rate limit shared by every Stripe call of this worker."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens = max(rate, 1.0)
-        self.stamp = time.monotonic()
-        self.lock = threading.Lock()
-
-    def acquire(self) -> None:
-        if self.rate <= 0:
-            return
-        while True:
-            with self.lock:
-                now = time.monotonic()
-                self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
-                if self.tokens >= 1.0:
-                    self.tokens -= 1.0
-                    return
-                wait = (1.0 - self.tokens) / self.rate
-            time.sleep(wait)
-
-
-# outcome kinds of a Stripe call
-OK = "ok"
-DUPLICATE = "duplicate"
-TRANSIENT = "transient"
-RATE_LIMITED = "rate_limited"
-PERMANENT = "permanent"
-GLOBAL = "global"  # bad API key or permissions: nothing an organization did
-
-
-def classify(exc: stripe.StripeError) -> tuple[str, str]:
-    """What a failed Stripe call means for the relay: (kind, one-line reason)."""
-    status = exc.http_status
-    code = exc.code or ""
-    message = str(exc.user_message or exc).strip().splitlines()[0] if str(exc) else ""
-    reason = f"{status or '-'} {code or type(exc).__name__}: {message}"[:500]
-    if isinstance(exc, stripe.RateLimitError) or status == 429:
-        return RATE_LIMITED, reason
-    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
-        return GLOBAL, reason
-    if isinstance(exc, stripe.IdempotencyError):
-        return TRANSIENT, reason
-    if isinstance(exc, stripe.InvalidRequestError) or status in (400, 404):
-        if "already exists with identifier" in message:
-            return DUPLICATE, reason
-        return PERMANENT, reason
-    return TRANSIENT, reason
-
-
-def backoff(attempts: int, low: float, high: float) -> float:
-    """Exponential backoff with jitter: between half and all of low * 2^attempts."""
-    base = min(high, low * 2 ** min(attempts, 30))
-    return base * random.uniform(0.5, 1.0)
+    LOCKED = "locked"  # another worker holds it
+    UNBILLED = "unbilled"
+    CLOSED = "closed"  # close-only pass done
+    IN_SYNC = "in_sync"
+    POSTED = "posted"
+    DEFERRED = "deferred"  # nothing may be posted yet: a grace, the period's last second
+    PARKED = "parked"
+    RATE_LIMITED = "rate_limited"
+    PAUSED = "paused"  # Stripe refused our credentials
+    RETRY = "retry"
 
 
 class Stopping(Exception):
     """Raised inside a drain once a stop was requested."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One billed organization as its claim read it."""
+
+    org: int
+    customer: str
+    max_outbox: int | None  # the newest outbox row this claim accounts for
+    oldest_change: float | None  # when the oldest of those was written (Unix seconds)
 
 
 class Relay:
@@ -229,15 +93,9 @@ class Relay:
         self.log = log
         self.metrics = metrics
         self.stop = stop or threading.Event()
-        self.client = stripe.StripeClient(
-            cfg.api_key,
-            base_addresses={"api": cfg.api_base},
-            max_network_retries=cfg.max_network_retries,
-            http_client=stripe.RequestsClient(timeout=cfg.stripe_timeout),
-        )
-        self.bucket = TokenBucket(cfg.rate_limit)
-        self.claim_conn: psycopg.Connection[Any] | None = None
-        self.ledger_conn: psycopg.Connection[Any] | None = None
+        self.stripe = StripeMeter(cfg)
+        self.claim_conn: Conn | None = None
+        self.ledger_conn: Conn | None = None
         self.pause_until = 0.0
         self.rate_backoff = 0
         self.subscription_until: dict[int, float] = {}
@@ -268,12 +126,12 @@ class Relay:
         self.claim_conn = self.ledger_conn = None
 
     @property
-    def ledger(self) -> psycopg.Connection[Any]:
+    def ledger(self) -> Conn:
         assert self.ledger_conn is not None, "not connected"
         return self.ledger_conn
 
     @property
-    def claim(self) -> psycopg.Connection[Any]:
+    def claim(self) -> Conn:
         assert self.claim_conn is not None, "not connected"
         return self.claim_conn
 
@@ -304,12 +162,12 @@ class Relay:
                     raise
                 except Exception as exc:  # a bug must not stop the other organizations
                     self.log("error", "relay_error", org=org, error=repr(exc)[:300])
-                    outcome = "locked"
-                handled += outcome != "locked"
+                    outcome = ClaimOutcome.LOCKED
+                handled += outcome != ClaimOutcome.LOCKED
                 rounds[org] = rounds.get(org, 0) + 1
                 # locked: another worker has it; close-only leaves the outbox alone; a
                 # stream of changes must not starve the other organizations
-                if outcome == "locked" or only_close or rounds[org] >= 20:
+                if outcome == ClaimOutcome.LOCKED or only_close or rounds[org] >= 20:
                     leave.add(org)
         self.update_gauges()
         return handled
@@ -334,53 +192,52 @@ class Relay:
         return None if row is None or row[0] is None else float(row[0])
 
     # ------------------------------------------------------------------ one organization
-    def process(self, org: int, *, only_close: bool = False) -> str:
+    def process(self, org: int, *, only_close: bool = False) -> ClaimOutcome:
         """One claim of one organization; returns what happened."""
         conn = self.claim
         with conn.transaction():
             row = conn.execute(q.CLAIM, (org,)).fetchone()
             if row is None:
-                return "locked"
+                return ClaimOutcome.LOCKED
             customer, billed, max_outbox, oldest_change = row
             # posts whose outcome is unknown (a worker was killed, or Stripe kept failing):
             # resend them exactly, whatever the organization's plan is now
             for _id, cus, _start, value, ts, ident in conn.execute(
                 q.PENDING_POSTS, (org,)
             ).fetchall():
-                kind, reason = self._call(org, cus, value, ts, ident, resend=True)
-                if kind not in (OK, DUPLICATE):
-                    return self._failed(conn, org, kind, reason)
+                outcome, reason = self._call(org, cus, value, ts, ident, resend=True)
+                if not outcome.accepted:
+                    return self._failed(conn, org, outcome, reason)
                 self.log("info", "resent", org=org, customer=cus, value=value, timestamp=ts)
             if not billed:
                 if max_outbox is not None and not only_close:
                     conn.execute(q.DELETE_OUTBOX, (org, max_outbox))
                 conn.execute(q.CLOSE_ENDED_PERIODS, (org, self.cfg.grace))
                 conn.execute(q.STATE_DONE, (None, org))
-                return "unbilled"
-            return self._relay(conn, org, customer, max_outbox, oldest_change, only_close)
+                return ClaimOutcome.UNBILLED
+            claim = Claim(org, customer, max_outbox, oldest_change)
+            if self.cfg.sync_subscriptions:
+                self._sync_subscription(org, customer)
+            closing = self._close_ended_periods(conn, claim)
+            if closing is not None:
+                return closing
+            if only_close:
+                conn.execute(q.STATE_DONE, (None, org))
+                return ClaimOutcome.CLOSED
+            return self._post_current(conn, claim)
 
-    def _relay(
-        self,
-        conn: psycopg.Connection[Any],
-        org: int,
-        customer: str,
-        max_outbox: int | None,
-        oldest_change: float | None,
-        only_close: bool,
-    ) -> str:
-        if self.cfg.sync_subscriptions:
-            self._sync_subscription(org, customer)
-
-        # 4. close the periods that have ended
+    def _close_ended_periods(self, conn: Conn, claim: Claim) -> ClaimOutcome | None:
+        """Step 4: post the final value of every ended period and close it; an outcome when
+        the claim must stop here, None when every ended period is closed."""
+        org, customer = claim.org, claim.customer
         now = self._now(conn)
         for start, end, end_s, first_s, last_s in conn.execute(q.ENDED_PERIODS, (org,)).fetchall():
             if end_s + self.cfg.grace > now:
                 # within grace: no post for the next period before this one is final
                 conn.execute(q.STATE_DEFER, (end_s + self.cfg.grace, None, org))
-                return "deferred"
+                return ClaimOutcome.DEFERRED
             usage = self._usage(conn, org, start)
-            held = self._held(conn, customer, start, end)
-            if held != usage:
+            if self._held(conn, customer, start, end) != usage:
                 last = self._last_timestamp(conn, customer)
                 ts = last_s
                 if ts <= last or ts < first_s or ts < now - MAX_EVENT_AGE:
@@ -388,24 +245,15 @@ class Relay:
                         "cannot post the final value of a period: no timestamp inside it is "
                         f"after the last event ({last}) and within Stripe's 35 days"
                     )
+                    ident = self._identifier(customer, ts, usage)
                     self.ledger.execute(
-                        q.LEDGER_FAILED_NEW,
-                        (
-                            org,
-                            customer,
-                            start,
-                            end,
-                            usage,
-                            ts,
-                            _identifier(customer, ts, usage),
-                            reason,
-                        ),
+                        q.LEDGER_FAILED_NEW, (org, customer, start, end, usage, ts, ident, reason)
                     )
                     self.log("error", "final_unpostable", org=org, period=start, value=usage)
                 else:
-                    kind, reason = self._post(org, customer, start, end, usage, ts, oldest_change)
-                    if kind not in (OK, DUPLICATE):
-                        return self._failed(conn, org, kind, reason)
+                    outcome, reason = self._post(claim, start, end, usage, ts)
+                    if not outcome.accepted:
+                        return self._failed(conn, org, outcome, reason)
                     self.log(
                         "info",
                         "posted_final",
@@ -418,36 +266,34 @@ class Relay:
             conn.execute(q.CLOSE_PERIOD, (org, start))
             self.metrics.periods_closed.inc()
             self.log("info", "period_closed", org=org, period=start, value=usage)
+        return None
 
-        if only_close:
-            conn.execute(q.STATE_DONE, (None, org))
-            return "closed"
-
-        # 5. the current period
+    def _post_current(self, conn: Conn, claim: Claim) -> ClaimOutcome:
+        """Step 5 and 6: post the current period's count unless Stripe holds it."""
+        org, customer = claim.org, claim.customer
         current = conn.execute(q.CURRENT_PERIOD, (org,)).fetchone()
         assert current is not None, "_period_at returns one row"
         start, end, first_s, last_s = current
         usage = self._usage(conn, org, start)
         if self._held(conn, customer, start, end) == usage:
-            if max_outbox is not None:
-                conn.execute(q.DELETE_OUTBOX, (org, max_outbox))
+            if claim.max_outbox is not None:
+                conn.execute(q.DELETE_OUTBOX, (org, claim.max_outbox))
             conn.execute(q.STATE_DONE, (None, org))
-            return "in_sync"
-        now = self._now(conn)
-        ts = math.floor(now)
+            return ClaimOutcome.IN_SYNC
+        ts = math.floor(self._now(conn))
         if ts >= last_s:
             # the period's last second is kept for its closing post
             conn.execute(q.STATE_DEFER, (last_s + 1 + self.cfg.grace, None, org))
-            return "deferred"
+            return ClaimOutcome.DEFERRED
         last = self._last_timestamp(conn, customer)
         if ts <= last:
             conn.execute(q.STATE_DEFER, (last + 1, None, org))
-            return "deferred"
-        kind, reason = self._post(org, customer, start, end, usage, ts, oldest_change)
-        if kind not in (OK, DUPLICATE):
-            return self._failed(conn, org, kind, reason)
-        if max_outbox is not None:
-            conn.execute(q.DELETE_OUTBOX, (org, max_outbox))
+            return ClaimOutcome.DEFERRED
+        outcome, reason = self._post(claim, start, end, usage, ts)
+        if not outcome.accepted:
+            return self._failed(conn, org, outcome, reason)
+        if claim.max_outbox is not None:
+            conn.execute(q.DELETE_OUTBOX, (org, claim.max_outbox))
         conn.execute(q.STATE_DONE, (ts, org))
         self.log(
             "info",
@@ -459,108 +305,92 @@ class Relay:
             timestamp=ts,
             wake=self.wake_reason,
         )
-        return "posted"
+        return ClaimOutcome.POSTED
 
-    def _failed(self, conn: psycopg.Connection[Any], org: int, kind: str, reason: str) -> str:
+    def _failed(self, conn: Conn, org: int, outcome: Outcome, reason: str) -> ClaimOutcome:
         """Record a failed call on the organization's state (in the claim transaction)."""
         now = time.time()
-        if kind == PERMANENT:
+        if outcome == Outcome.PERMANENT:
             conn.execute(q.STATE_PARK, (reason, org))
             self.metrics.posts.labels("parked").inc()
             self.log("error", "parked", org=org, reason=reason)
-            return "parked"
-        if kind == RATE_LIMITED:
+            return ClaimOutcome.PARKED
+        if outcome == Outcome.RATE_LIMITED:
             self.rate_backoff = min(self.rate_backoff + 1, 6)
             self.pause_until = now + backoff(self.rate_backoff, 0.5, 30.0)
             conn.execute(q.STATE_DEFER, (self.pause_until, None, org))
             self.metrics.posts.labels("rate_limited").inc()
             self.log("warning", "rate_limited", org=org, pause=self.pause_until - now)
-            return "rate_limited"
-        if kind == GLOBAL:
+            return ClaimOutcome.RATE_LIMITED
+        if outcome == Outcome.GLOBAL:
             self.pause_until = now + 30.0
             conn.execute(q.STATE_DEFER, (self.pause_until, None, org))
             self.log("error", "stripe_refused_credentials", reason=reason)
-            return "paused"
-        row = conn.execute(q.STATE_ATTEMPTS, (org,)).fetchone()
-        attempts = row[0] if row else 0
-        retry_at = now + backoff(attempts, self.cfg.retry_min, self.cfg.retry_max)
-        conn.execute(q.STATE_RETRY, (retry_at, org))
+            return ClaimOutcome.PAUSED
+        row = conn.execute(q.STATE_COUNT_ATTEMPT, (org,)).fetchone()
+        attempts = row[0] if row else 1
+        retry_at = now + backoff(attempts - 1, self.cfg.retry_min, self.cfg.retry_max)
+        conn.execute(q.STATE_DEFER, (retry_at, None, org))
         self.metrics.posts.labels("retried").inc()
         self.log(
             "warning",
             "retry_later",
             org=org,
-            attempts=attempts + 1,
+            attempts=attempts,
             reason=reason,
             retry_in=retry_at - now,
         )
-        return "retry"
+        return ClaimOutcome.RETRY
 
     # ------------------------------------------------------------------ reads
     @staticmethod
-    def _now(conn: psycopg.Connection[Any]) -> float:
+    def _now(conn: Conn) -> float:
         return float(conn.execute(q.NOW).fetchone()[0])  # type: ignore[index]
 
     @staticmethod
-    def _usage(conn: psycopg.Connection[Any], org: int, start: datetime) -> int:
+    def _usage(conn: Conn, org: int, start: datetime) -> int:
         return int(conn.execute(q.USAGE, (org, start)).fetchone()[0])  # type: ignore[index]
 
     @staticmethod
-    def _held(conn: psycopg.Connection[Any], customer: str, start: datetime, end: datetime) -> int:
+    def _held(conn: Conn, customer: str, start: datetime, end: datetime) -> int:
         row = conn.execute(q.HELD, (customer, start, end)).fetchone()
         return 0 if row is None else int(row[0])
 
     @staticmethod
-    def _last_timestamp(conn: psycopg.Connection[Any], customer: str) -> int:
+    def _last_timestamp(conn: Conn, customer: str) -> int:
         row = conn.execute(q.LAST_TIMESTAMP, (customer,)).fetchone()
         return 0 if row is None or row[0] is None else int(row[0])
 
+    def _identifier(self, customer: str, ts: int, value: int) -> str:
+        """The post's identifier, as the schema defines it (``_relay_identifier``)."""
+        return str(self.ledger.execute(q.IDENTIFIER, (customer, ts, value)).fetchone()[0])  # type: ignore[index]
+
     # ------------------------------------------------------------------ Stripe
     def _post(
-        self,
-        org: int,
-        customer: str,
-        start: datetime,
-        end: datetime,
-        value: int,
-        ts: int,
-        oldest_change: float | None,
-    ) -> tuple[str, str]:
-        ident = _identifier(customer, ts, value)
+        self, claim: Claim, start: datetime, end: datetime, value: int, ts: int
+    ) -> tuple[Outcome, str]:
+        customer = claim.customer
+        ident = self._identifier(customer, ts, value)
         # committed before the call: a worker killed during it resends exactly this
-        self.ledger.execute(q.LEDGER_PENDING, (org, customer, start, end, value, ts, ident))
-        kind, reason = self._call(org, customer, value, ts, ident, resend=False)
-        if kind in (OK, DUPLICATE) and oldest_change is not None:
-            self.metrics.lag.set(max(0.0, time.time() - oldest_change))
-        return kind, reason
+        self.ledger.execute(q.LEDGER_PENDING, (claim.org, customer, start, end, value, ts, ident))
+        outcome, reason = self._call(claim.org, customer, value, ts, ident, resend=False)
+        if outcome.accepted and claim.oldest_change is not None:
+            self.metrics.lag.set(max(0.0, time.time() - claim.oldest_change))
+        return outcome, reason
 
     def _call(
         self, org: int, customer: str, value: int, ts: int, ident: str, *, resend: bool
-    ) -> tuple[str, str]:
-        self.bucket.acquire()
-        try:
-            self.client.v1.billing.meter_events.create(
-                params={
-                    "event_name": self.cfg.meter_event_name,
-                    "payload": {"stripe_customer_id": customer, "value": str(value)},
-                    "identifier": ident,
-                    "timestamp": ts,
-                },
-                options={"idempotency_key": ident},
-            )
-        except stripe.StripeError as exc:
-            kind, reason = classify(exc)
-        else:
-            kind, reason = OK, ""
-        if kind in (OK, DUPLICATE):
+    ) -> tuple[Outcome, str]:
+        outcome, reason = self.stripe.post(customer, value, ts, ident)
+        if outcome.accepted:
             self.ledger.execute(q.LEDGER_SENT, (reason or None, ident))
-            self.metrics.posts.labels("ok" if kind == OK else "duplicate").inc()
+            self.metrics.posts.labels(str(outcome)).inc()
             self.rate_backoff = 0
-        elif kind == PERMANENT:
+        elif outcome == Outcome.PERMANENT:
             self.ledger.execute(q.LEDGER_REFUSED, (reason, ident))
         else:
             self.ledger.execute(q.LEDGER_ATTEMPT_FAILED, (reason, ident))
-        if kind not in (OK, DUPLICATE):
+        if not outcome.accepted:
             self.log(
                 "warning",
                 "post_failed",
@@ -568,11 +398,11 @@ class Relay:
                 customer=customer,
                 value=value,
                 timestamp=ts,
-                kind=kind,
+                kind=outcome,
                 reason=reason,
                 resend=resend,
             )
-        return kind, reason
+        return outcome, reason
 
     def _sync_subscription(self, org: int, customer: str) -> None:
         """Align the organization's billing period with its Stripe subscription's current
@@ -581,17 +411,15 @@ class Relay:
         now = time.time()
         if now < self.subscription_until.get(org, 0.0):
             return
-        self.bucket.acquire()
         try:
-            subs = self.client.v1.subscriptions.list(params={"customer": customer, "limit": 10})
+            bounds = self.stripe.subscription_period(customer)
         except stripe.StripeError as exc:
-            kind, reason = classify(exc)
-            if kind == RATE_LIMITED:
+            outcome, reason = classify(exc)
+            if outcome == Outcome.RATE_LIMITED:
                 self.pause_until = now + backoff(1, 0.5, 30.0)
             self.subscription_until[org] = now + min(60.0, self.cfg.poll_interval)
             self.log("warning", "subscription_unreadable", org=org, reason=reason)
             return
-        bounds = _subscription_period(subs.data)
         if bounds is None:
             self.subscription_until[org] = now + SUBSCRIPTION_RECHECK
             return
@@ -602,236 +430,3 @@ class Relay:
             self.ledger.execute(q.SET_BILLING_PERIOD, (org, start, end))
             self.log("info", "billing_period_set", org=org, start=start, end=end)
         self.subscription_until[org] = float(end)
-
-
-def _identifier(customer: str, ts: int, value: int) -> str:
-    """Deterministic: one customer never gets two events with one timestamp, so
-    (customer, timestamp, value) names a post, also across ledger rebuilds."""
-    return f"as-{customer}-{ts}-{value}"
-
-
-def _subscription_period(subscriptions: Iterable[Any]) -> tuple[int, int] | None:
-    """Current period of the first live subscription: on its first item (recent API
-    versions), else on the subscription (older ones)."""
-    for obj in subscriptions:
-        sub = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
-        if sub.get("status") not in ("active", "trialing", "past_due"):
-            continue
-        start = end = None
-        items = sub.get("items")
-        data = items.get("data") if items is not None else None
-        if data:
-            start = data[0].get("current_period_start")
-            end = data[0].get("current_period_end")
-        if start is None or end is None:
-            start = sub.get("current_period_start")
-            end = sub.get("current_period_end")
-        if start is not None and end is not None:
-            return int(start), int(end)
-    return None
-
-
-class Worker:
-    """The daemon loop: wait for a notification, the poll interval, scheduled work or a
-    stop signal; then drain. Reconnects with backoff and jitter; catches up after."""
-
-    def __init__(self, cfg: RelayConfig, log: Log | None = None) -> None:
-        self.cfg = cfg
-        self.log = log or Log(cfg.api_key)
-        self.metrics = Metrics()
-        self.stop = threading.Event()
-        self.relay = Relay(cfg, self.log, self.metrics, self.stop)
-        self.listen_conn: psycopg.Connection[Any] | None = None
-        self.listen_attempts = 0
-        self.listen_retry_at = 0.0
-        self.signals = 0
-        self._pipe_r, self._pipe_w = os.pipe()
-        os.set_blocking(self._pipe_w, False)
-
-    # ------------------------------------------------------------------ signals
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        self.signals += 1
-        if self.signals > 1:
-            os.write(2, b"event=exit reason=second_signal\n")
-            os._exit(130)
-        self.stop.set()
-        with contextlib.suppress(OSError):
-            os.write(self._pipe_w, b"x")
-        timer = threading.Timer(self.cfg.shutdown_timeout, self._shutdown_timeout)
-        timer.daemon = True
-        timer.start()
-
-    @staticmethod
-    def _shutdown_timeout() -> None:
-        os.write(2, b"event=exit reason=shutdown_timeout\n")
-        os._exit(1)
-
-    # ------------------------------------------------------------------ run
-    def run(self) -> int:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
-        if self.cfg.metrics_port:
-            start_http_server(self.cfg.metrics_port, registry=self.metrics.registry)
-        self.log(
-            "info",
-            "start",
-            pid=os.getpid(),
-            api_base=self.cfg.api_base,
-            meter_event_name=self.cfg.meter_event_name,
-            poll_interval=self.cfg.poll_interval,
-            grace=self.cfg.grace,
-            metrics_port=self.cfg.metrics_port or None,
-        )
-        try:
-            return self._run()
-        except SchemaVersionError as exc:
-            # at the start or at any wake-up (an upgrade under a running worker): exit 4
-            self.log("error", "schema_mismatch", error=str(exc))
-            raise
-        finally:
-            self.relay.close()
-            if self.listen_conn is not None:
-                with contextlib.suppress(Exception):
-                    self.listen_conn.close()
-            self.log("info", "stop")
-
-    def _run(self) -> int:
-        attempts = 0
-        while True:  # the database may be restarting
-            try:
-                self.relay.connect()
-                break
-            except psycopg.OperationalError as exc:
-                delay = backoff(attempts, self.cfg.reconnect_delay, 30.0)
-                attempts += 1
-                self.log("warning", "database_unavailable", error=_first_line(exc), retry_in=delay)
-                if self.stop.wait(delay):
-                    return 0
-        self._listen()
-        reason = "start"
-        db_attempts = 0
-        while not self.stop.is_set():
-            try:
-                if self.relay.claim_conn is None:
-                    self.relay.connect()
-                    self.log("info", "reconnected", what="database")
-                    reason = "reconnect"
-                db_attempts = 0
-                self.relay.wake_reason = reason
-                self.metrics.wakeups.labels(reason).inc()
-                handled = self.relay.drain()
-                self.log("debug", "drained", wake=reason, claims=handled)
-                if self.cfg.once:
-                    break
-                reason = self._wait()
-            except Stopping:
-                break
-            except psycopg.Error as exc:
-                self.relay.close()
-                delay = backoff(db_attempts, self.cfg.reconnect_delay, 30.0)
-                db_attempts += 1
-                self.log("warning", "database_unavailable", error=_first_line(exc), retry_in=delay)
-                self.stop.wait(delay)
-                reason = "reconnect"
-        return 0
-
-    def _listen(self) -> bool:
-        try:
-            conn = psycopg.connect(
-                self.cfg.dsn,
-                autocommit=True,
-                connect_timeout=10,
-                application_name="active-series-worker-listen",
-            )
-            conn.execute(f"LISTEN {CHANNEL}")
-        except psycopg.Error as exc:
-            delay = backoff(self.listen_attempts, self.cfg.reconnect_delay, 30.0)
-            self.listen_attempts += 1
-            self.listen_retry_at = time.time() + delay
-            self.log("warning", "listen_failed", error=_first_line(exc), retry_in=delay)
-            return False
-        self.listen_conn = conn
-        self.listen_attempts = 0
-        self.log("info", "listening", channel=CHANNEL, backend_pid=conn.info.backend_pid)
-        return True
-
-    def _lost_listen(self, exc: BaseException) -> None:
-        if self.listen_conn is not None:
-            with contextlib.suppress(Exception):
-                self.listen_conn.close()
-        self.listen_conn = None
-        delay = backoff(self.listen_attempts, self.cfg.reconnect_delay, 30.0)
-        self.listen_attempts += 1
-        self.listen_retry_at = time.time() + delay
-        self.log("warning", "listen_lost", error=_first_line(exc), retry_in=delay)
-
-    def _wait(self) -> str:
-        """Block until the next reason to drain; returns it."""
-        now = time.time()
-        deadline, reason = now + self.cfg.poll_interval, "poll"
-        scheduled = self.relay.next_wakeup()
-        if scheduled is not None and scheduled < deadline:
-            deadline, reason = max(scheduled, now + 0.05), "scheduled"
-        while not self.stop.is_set():
-            due = self.listen_conn is None and time.time() >= self.listen_retry_at
-            if due and self._listen():
-                return "reconnect"  # notifications may have been missed: catch up
-            wake_at, wake_reason = deadline, reason
-            if self.listen_conn is None and self.listen_retry_at < wake_at:
-                wake_at, wake_reason = self.listen_retry_at, "listen_retry"
-            timeout = wake_at - time.time()
-            if timeout <= 0:
-                if wake_reason == "listen_retry":
-                    continue
-                return reason
-            fds = [self._pipe_r]
-            if self.listen_conn is not None:
-                fds.append(self.listen_conn.fileno())
-            ready, _, _ = select.select(fds, [], [], timeout)
-            if self._pipe_r in ready:
-                with contextlib.suppress(OSError):
-                    os.read(self._pipe_r, 64)
-                continue
-            readable = self.listen_conn is not None and self.listen_conn.fileno() in ready
-            if readable and self._notified():
-                self._debounce()
-                return "notify"
-        raise Stopping
-
-    def _notified(self) -> bool:
-        assert self.listen_conn is not None
-        try:
-            return bool(list(self.listen_conn.notifies(timeout=0)))
-        except psycopg.Error as exc:
-            self._lost_listen(exc)
-            return False
-
-    def _debounce(self) -> None:
-        """Let a burst of commits settle for ``debounce`` seconds (coalescing)."""
-        end = time.time() + self.cfg.debounce
-        while self.listen_conn is not None and not self.stop.is_set():
-            left = end - time.time()
-            if left <= 0:
-                return
-            ready, _, _ = select.select([self.listen_conn.fileno(), self._pipe_r], [], [], left)
-            if self.listen_conn.fileno() in ready:
-                self._notified()
-            if self._pipe_r in ready:
-                return
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def close_periods(cfg: RelayConfig, organization: int | None = None) -> int:
-    """One drain of period closing (the CLI's ``close-period``); returns claims made."""
-    log = Log(cfg.api_key)
-    relay = Relay(cfg, log, Metrics())
-    relay.connect()
-    try:
-        return relay.drain(only_close=True, organization=organization)
-    finally:
-        relay.close()

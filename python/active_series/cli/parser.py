@@ -1,0 +1,277 @@
+"""The ``active-series`` command line: its options, and which command each one runs."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+
+from active_series import __version__
+from active_series.cli import commands as c
+
+DEFAULT_DATA_DIR = ".active-series/db"  # devtools.localdb keeps the same default
+DEFAULT_DBNAME = "active_series"
+
+
+def _integer(text: str, what: str, bits: int) -> int:
+    """A whole number within the range of the SQL integer type it is passed as (a larger one
+    would make psycopg send numeric, and no function takes that)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a whole number: {text!r}") from None
+    if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        raise argparse.ArgumentTypeError(f"{what} is out of range ({bits}-bit integer): {text}")
+    return value
+
+
+def organization_id(text: str) -> int:
+    """An organization id (bigint); unknown ones are the database's to report."""
+    return _integer(text, "an organization id", 64)
+
+
+def batch_size(text: str) -> int:
+    """Reports per backfill batch (integer); the procedure rejects values below 1."""
+    return _integer(text, "the batch size", 32)
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2026-11-01, 2026-11-01T05:00:00+02:00)"
+        ) from None
+    if value.tzinfo is None:  # billing periods are UTC
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="active-series",
+        description="Exact monthly-active time-series billing on PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"active-series {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dsn",
+        help="libpq connection string or URI (default: DATABASE_URL, then PG* variables)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "install", parents=[common], help="install or upgrade the schema over a connection"
+    )
+    p.add_argument(
+        "--with-plpython",
+        dest="plpython",
+        action="store_const",
+        const="yes",
+        default="auto",
+        help="also install the PL/Python functions (stripe_reconcile, relay_now), or fail "
+        "(default: install them when plpython3u is available and we may create it)",
+    )
+    p.add_argument(
+        "--without-plpython",
+        dest="plpython",
+        action="store_const",
+        const="no",
+        help="do not install the PL/Python functions",
+    )
+    p.set_defaults(func=c.cmd_install)
+
+    p = sub.add_parser(
+        "verify", parents=[common], help="compare cache and history with a recomputation"
+    )
+    p.add_argument("--organization", type=organization_id, help="only this organization id")
+    p.set_defaults(func=c.cmd_verify)
+
+    p = sub.add_parser(
+        "count",
+        parents=[common],
+        help="exact count of a period, or series whose last_seen is in a window",
+    )
+    p.add_argument("--organization", type=organization_id, required=True)
+    p.add_argument(
+        "--period", type=parse_time, metavar="START", help="period start (default: current)"
+    )
+    p.add_argument("--from", dest="window_from", type=parse_time, help="window start")
+    p.add_argument("--to", dest="window_to", type=parse_time, help="window end (exclusive)")
+    p.add_argument("--visibility", choices=["public", "private"])
+    p.set_defaults(func=c.cmd_count)
+
+    p = sub.add_parser(
+        "usage",
+        parents=[common],
+        help="usage per organization: the current period, a past one, or every one",
+    )
+    p.add_argument("--organization", type=organization_id, help="only this organization id")
+    p.add_argument(
+        "--period", type=parse_time, metavar="START", help="the period starting at START"
+    )
+    p.add_argument("--history", action="store_true", help="every period of the organization")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=c.cmd_usage)
+
+    p = sub.add_parser(
+        "explain",
+        parents=[common],
+        help="the series a period's bill is made of (project, testbed, benchmark, measure)",
+    )
+    p.add_argument("--organization", type=organization_id, required=True)
+    p.add_argument(
+        "--period", type=parse_time, metavar="START", help="period start (default: current)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=c.cmd_explain)
+
+    p = sub.add_parser(
+        "backfill", parents=[common], help="rebuild cache and history from existing metrics"
+    )
+    p.add_argument("--batch-size", type=batch_size, default=500, help="reports per committed batch")
+    p.set_defaults(func=c.cmd_backfill)
+
+    stripe_opts = argparse.ArgumentParser(add_help=False)
+    stripe_opts.add_argument(
+        "--stripe-api-base",
+        default="https://api.stripe.com",
+        metavar="URL",
+        help="Stripe API base URL (default: Stripe's; e.g. a local emulator)",
+    )
+    stripe_opts.add_argument(
+        "--meter-event-name", default="active_series", help="the meter's event name"
+    )
+    stripe_opts.add_argument(
+        "--rate-limit", type=float, default=25.0, help="Stripe requests per second (0: no limit)"
+    )
+    stripe_opts.add_argument(
+        "--grace",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a period this long after its end (default 300)",
+    )
+    stripe_opts.add_argument(
+        "--max-network-retries",
+        type=int,
+        default=2,
+        help="retries of the Stripe SDK for 5xx, timeouts and connection errors",
+    )
+    stripe_opts.add_argument(
+        "--stripe-timeout", type=float, default=30.0, help="seconds per Stripe request"
+    )
+
+    p = sub.add_parser(
+        "worker",
+        parents=[common, stripe_opts],
+        help="relay active-series counts to Stripe (STRIPE_API_KEY from the environment)",
+    )
+    p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls")
+    p.add_argument(
+        "--debounce", type=float, default=0.05, help="seconds to let a burst of changes settle"
+    )
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
+    p.add_argument("--retry-min", type=float, default=1.0, help="first per-organization backoff")
+    p.add_argument("--retry-max", type=float, default=300.0, help="longest backoff")
+    p.add_argument(
+        "--reconnect-delay", type=float, default=1.0, help="first database reconnect backoff"
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to finish in-flight work after SIGTERM/SIGINT",
+    )
+    p.add_argument(
+        "--no-subscription-periods",
+        action="store_true",
+        help="do not take billing periods from the Stripe subscriptions",
+    )
+    p.add_argument("--once", action="store_true", help="drain the work due now and exit")
+    p.set_defaults(func=c.cmd_worker)
+
+    p = sub.add_parser(
+        "close-period",
+        parents=[common, stripe_opts],
+        help="post final values and close the billing periods past end + grace",
+    )
+    p.add_argument("--organization", type=organization_id, help="only this organization id")
+    p.set_defaults(func=c.cmd_close_period)
+
+    p = sub.add_parser("relay", help="inspect and steer the Stripe relay")
+    relay_sub = p.add_subparsers(dest="relay_command", required=True, metavar="ACTION")
+    for name, func, text in (
+        ("status", c.cmd_relay_status, "per billed organization: usage vs what Stripe holds"),
+        ("failures", c.cmd_relay_failures, "parked organizations and refused posts"),
+    ):
+        rp = relay_sub.add_parser(name, parents=[common], help=text)
+        rp.add_argument("--organization", type=organization_id)
+        rp.add_argument("--json", action="store_true", help="print JSON")
+        rp.set_defaults(func=func)
+    rp = relay_sub.add_parser(
+        "resume", parents=[common], help="resume a parked organization after the fix"
+    )
+    rp.add_argument("--organization", type=organization_id, required=True)
+    rp.set_defaults(func=c.cmd_relay_resume)
+
+    p = sub.add_parser(
+        "stripe-emulator",
+        help="serve a local Stripe emulator (see its --help)",
+        add_help=False,
+    )
+    p.set_defaults(func=None)  # main() hands every argument after it to the emulator
+
+    cluster_opts = argparse.ArgumentParser(add_help=False)
+    cluster_opts.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"the cluster's data directory (default: ACTIVE_SERIES_DATA_DIR, else "
+        f"{DEFAULT_DATA_DIR} in the current directory)",
+    )
+    cluster_opts.add_argument(
+        "--dbname", default=DEFAULT_DBNAME, help=f"database (default {DEFAULT_DBNAME})"
+    )
+    p = sub.add_parser(
+        "db",
+        help="an embedded local PostgreSQL cluster (run as the postgres user when root)",
+        description="Start, stop or inspect a local PostgreSQL cluster in a project directory. "
+        "start and status print the database's DSN on stdout.",
+    )
+    db_sub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    dp = db_sub.add_parser(
+        "start",
+        parents=[cluster_opts],
+        help="initialize when needed, start, create the database and install the schema",
+    )
+    dp.add_argument("--port", type=int, help="TCP port (default: the last one, else a free one)")
+    dp.add_argument("--no-install", action="store_true", help="do not install the schema")
+    dp.set_defaults(func=c.cmd_db)
+    dp = db_sub.add_parser("stop", parents=[cluster_opts], help="stop the cluster")
+    dp.set_defaults(func=c.cmd_db)
+    dp = db_sub.add_parser(
+        "status", parents=[cluster_opts], help="print the DSN when running (exit 3 when not)"
+    )
+    dp.set_defaults(func=c.cmd_db)
+
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline live: database, Stripe emulator, worker, several organizations",
+        description="Start the embedded cluster, the Stripe emulator and the worker; bill "
+        "several organizations on short periods through the stripe SDK; print database vs "
+        "Stripe per period and write a PNG chart. Stops everything it started.",
+    )
+    p.add_argument("--short", action="store_true", help="about 35 seconds (CI) instead of ~2 min")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"the cluster's data directory (default: {DEFAULT_DATA_DIR})",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="where the chart, summary.json and worker.log go (default: .active-series/demo)",
+    )
+    p.add_argument("--period-seconds", type=int, help="billing period length (default 10 / 25)")
+    p.add_argument("--periods", type=int, help="periods with activity (default 3 / 5)")
+    p.set_defaults(func=c.cmd_demo)
+    return parser

@@ -1,0 +1,3 @@
+from active_series.devtools.stripe_emulator.command import main
+
+raise SystemExit(main())
