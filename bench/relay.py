@@ -36,11 +36,10 @@ from common import (
     connect,
     drop_database,
     fresh_database,
-    host_info,
     log,
     percentile,
     server_info,
-    write_result,
+    write_run,
 )
 
 API_KEY = "sk_test_bench_relay_0123456789"
@@ -376,13 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         emu.stop()
         drop_database(args.dsn, args.database)
-    write_result(
+    write_run(
         "relay",
+        started,
+        info,
         {
-            "wall_seconds": time.time() - started,
             "organizations": ORGS,
-            "server": info,
-            "host": host_info(),
             "results": results,
         },
         args.out,

@@ -1,4 +1,4 @@
--- Least privilege (DESIGN.md promise 5; docs/roles.md says who may do what and why).
+-- Least privilege (README.md, Roles and privileges; docs/roles.md says who may do what and why).
 -- Nothing in the schema is usable by PUBLIC; each group role of sql/roles.sql gets what
 -- its job needs. The ingest path works for an ingest-only role because the triggers that
 -- write the cache, history, counts and outbox are SECURITY DEFINER (their comments say

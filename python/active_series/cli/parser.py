@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from active_series import __version__
 from active_series.cli import commands as c
@@ -46,6 +48,31 @@ def parse_time(text: str) -> datetime:
     return value
 
 
+def _organization(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    p.add_argument(
+        "--organization",
+        type=organization_id,
+        required=required,
+        help=None if required else "only this organization id",
+    )
+
+
+def _period(p: argparse.ArgumentParser, text: str = "period start (default: current)") -> None:
+    p.add_argument("--period", type=parse_time, metavar="START", help=text)
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], text: str, *parents: Any
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, parents=list(parents), help=text)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="active-series",
@@ -59,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "install", parents=[common], help="install or upgrade the schema over a connection"
+    p = _command(
+        sub, "install", c.cmd_install, "install or upgrade the schema over a connection", common
     )
     p.add_argument(
         "--with-plpython",
@@ -78,58 +105,52 @@ def build_parser() -> argparse.ArgumentParser:
         const="no",
         help="do not install the PL/Python functions",
     )
-    p.set_defaults(func=c.cmd_install)
 
-    p = sub.add_parser(
-        "verify", parents=[common], help="compare cache and history with a recomputation"
+    p = _command(
+        sub, "verify", c.cmd_verify, "compare cache and history with a recomputation", common
     )
-    p.add_argument("--organization", type=organization_id, help="only this organization id")
-    p.set_defaults(func=c.cmd_verify)
+    _organization(p)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "count",
-        parents=[common],
-        help="exact count of a period, or series whose last_seen is in a window",
+        c.cmd_count,
+        "exact count of a period, or series whose last_seen is in a window",
+        common,
     )
-    p.add_argument("--organization", type=organization_id, required=True)
-    p.add_argument(
-        "--period", type=parse_time, metavar="START", help="period start (default: current)"
-    )
+    _organization(p, required=True)
+    _period(p)
     p.add_argument("--from", dest="window_from", type=parse_time, help="window start")
     p.add_argument("--to", dest="window_to", type=parse_time, help="window end (exclusive)")
     p.add_argument("--visibility", choices=["public", "private"])
-    p.set_defaults(func=c.cmd_count)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "usage",
-        parents=[common],
-        help="usage per organization: the current period, a past one, or every one",
+        c.cmd_usage,
+        "usage per organization: the current period, a past one, or every one",
+        common,
     )
-    p.add_argument("--organization", type=organization_id, help="only this organization id")
-    p.add_argument(
-        "--period", type=parse_time, metavar="START", help="the period starting at START"
-    )
+    _organization(p)
+    _period(p, "the period starting at START")
     p.add_argument("--history", action="store_true", help="every period of the organization")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=c.cmd_usage)
+    _json(p)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "explain",
-        parents=[common],
-        help="the series a period's bill is made of (project, testbed, benchmark, measure)",
+        c.cmd_explain,
+        "the series a period's bill is made of (project, testbed, benchmark, measure)",
+        common,
     )
-    p.add_argument("--organization", type=organization_id, required=True)
-    p.add_argument(
-        "--period", type=parse_time, metavar="START", help="period start (default: current)"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=c.cmd_explain)
+    _organization(p, required=True)
+    _period(p)
+    _json(p)
 
-    p = sub.add_parser(
-        "backfill", parents=[common], help="rebuild cache and history from existing metrics"
+    p = _command(
+        sub, "backfill", c.cmd_backfill, "rebuild cache and history from existing metrics", common
     )
     p.add_argument("--batch-size", type=batch_size, default=500, help="reports per committed batch")
-    p.set_defaults(func=c.cmd_backfill)
 
     stripe_opts = argparse.ArgumentParser(add_help=False)
     stripe_opts.add_argument(
@@ -161,10 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--stripe-timeout", type=float, default=30.0, help="seconds per Stripe request"
     )
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "worker",
-        parents=[common, stripe_opts],
-        help="relay active-series counts to Stripe (STRIPE_API_KEY from the environment)",
+        c.cmd_worker,
+        "relay active-series counts to Stripe (STRIPE_API_KEY from the environment)",
+        common,
+        stripe_opts,
     )
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls")
     p.add_argument(
@@ -188,15 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not take billing periods from the Stripe subscriptions",
     )
     p.add_argument("--once", action="store_true", help="drain the work due now and exit")
-    p.set_defaults(func=c.cmd_worker)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "close-period",
-        parents=[common, stripe_opts],
-        help="post final values and close the billing periods past end + grace",
+        c.cmd_close_period,
+        "post final values and close the billing periods past end + grace",
+        common,
+        stripe_opts,
     )
-    p.add_argument("--organization", type=organization_id, help="only this organization id")
-    p.set_defaults(func=c.cmd_close_period)
+    _organization(p)
 
     p = sub.add_parser("relay", help="inspect and steer the Stripe relay")
     relay_sub = p.add_subparsers(dest="relay_command", required=True, metavar="ACTION")
@@ -205,13 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("failures", c.cmd_relay_failures, "parked organizations and refused posts"),
     ):
         rp = relay_sub.add_parser(name, parents=[common], help=text)
-        rp.add_argument("--organization", type=organization_id)
-        rp.add_argument("--json", action="store_true", help="print JSON")
+        _organization(rp)
+        _json(rp)
         rp.set_defaults(func=func)
     rp = relay_sub.add_parser(
         "resume", parents=[common], help="resume a parked organization after the fix"
     )
-    rp.add_argument("--organization", type=organization_id, required=True)
+    _organization(rp, required=True)
     rp.set_defaults(func=c.cmd_relay_resume)
 
     p = sub.add_parser(

@@ -18,14 +18,10 @@ meter events, summaries) and :mod:`.billing` (products, prices, subscriptions, i
 each built on :mod:`.store`; :mod:`.control` is the tests' client of the control API.
 """
 
-from active_series.devtools.stripe_emulator.command import main
-from active_series.devtools.stripe_emulator.control import EmulatorControl
-from active_series.devtools.stripe_emulator.server import (
-    StripeEmulatorServer,
-    make_server,
-    run_in_thread,
-)
-from active_series.devtools.stripe_emulator.state import EmulatorState
+from .command import main
+from .control import EmulatorControl
+from .server import StripeEmulatorServer, make_server, run_in_thread
+from .state import EmulatorState
 
 __all__ = [
     "EmulatorControl",

@@ -1,3 +1,3 @@
-from active_series.devtools.stripe_emulator.command import main
+from .command import main
 
 raise SystemExit(main())

@@ -5,20 +5,10 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from active_series.devtools.stripe_emulator.common import (
-    PERIOD_SECONDS_METADATA_KEY,
-    ApiError,
-    Json,
-    as_dict,
-    as_int,
-    as_str,
-    invalid,
-    metadata_of,
-    missing,
-    new_id,
-)
-from active_series.devtools.stripe_emulator.meters import Meters
-from active_series.devtools.stripe_emulator.store import Subscription
+from .common import PERIOD_SECONDS_METADATA_KEY, ApiError, Json, new_id
+from .meters import Meters
+from .params import as_dict, as_int, as_str, invalid, metadata_of, missing
+from .store import Subscription
 
 
 class Billing(Meters):

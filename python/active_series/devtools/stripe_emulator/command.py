@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from active_series.devtools.stripe_emulator.common import DEFAULT_RATE_LIMIT
-from active_series.devtools.stripe_emulator.server import make_server
+from .common import DEFAULT_RATE_LIMIT
+from .server import make_server
 
 
 def main(argv: Sequence[str] | None = None) -> int:

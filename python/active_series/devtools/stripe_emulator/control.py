@@ -9,10 +9,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from active_series.devtools.stripe_emulator.common import (
-    RANDOM_KINDS,
-    Json,
-)
+from .common import RANDOM_KINDS, Json
 
 
 class EmulatorControl:

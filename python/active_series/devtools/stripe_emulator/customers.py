@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from active_series.devtools.stripe_emulator.common import (
-    Json,
-    as_str,
-    metadata_of,
-    new_id,
-    no_such,
-)
-from active_series.devtools.stripe_emulator.store import Store
+from .common import Json, new_id
+from .params import as_str, metadata_of, no_such
+from .store import Store
 
 
 class Customers(Store):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from active_series.devtools.stripe_emulator.common import Json
+from .common import Json
 
 
 @dataclass

@@ -6,20 +6,16 @@ import hashlib
 import re
 import uuid
 
-from active_series.devtools.stripe_emulator.common import (
+from .common import (
     MAX_EVENT_AGE_SECONDS,
     MAX_EVENT_FUTURE_SECONDS,
     MAX_IDENTIFIER_LENGTH,
     ApiError,
     Json,
-    as_dict,
-    as_int,
-    as_str,
-    invalid,
-    missing,
     new_id,
 )
-from active_series.devtools.stripe_emulator.customers import Customers
+from .customers import Customers
+from .params import as_dict, as_int, as_str, invalid, missing
 
 
 class Meters(Customers):

@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from active_series.devtools.stripe_emulator.common import ApiError, Json, paginate
-from active_series.devtools.stripe_emulator.state import EmulatorState
+from .common import ApiError, Json
+from .params import paginate
+from .state import EmulatorState
 
 StripeHandler = Callable[[EmulatorState, re.Match[str], Json, str | None], Json]
 ControlHandler = Callable[[EmulatorState, re.Match[str], dict[str, str], Json, str], Any]

@@ -14,17 +14,10 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from active_series.devtools.stripe_emulator.common import (
-    HTML_ERROR_PAGE,
-    Answer,
-    ApiError,
-    Json,
-    new_id,
-    parse_form,
-    rate_limit_error,
-)
-from active_series.devtools.stripe_emulator.routes import route_control, route_stripe
-from active_series.devtools.stripe_emulator.state import EmulatorState
+from .common import HTML_ERROR_PAGE, Answer, ApiError, Json, new_id, rate_limit_error
+from .params import parse_form
+from .routes import route_control, route_stripe
+from .state import EmulatorState
 
 
 class StripeEmulatorServer(ThreadingHTTPServer):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from active_series.devtools.stripe_emulator.billing import Billing
+from .billing import Billing
 
 
 class EmulatorState(Billing):

@@ -8,16 +8,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from active_series.devtools.stripe_emulator.common import (
-    DEFAULT_RATE_LIMIT,
-    FAULT_KINDS,
-    RANDOM_KINDS,
-    ApiError,
-    Json,
-    add_months,
-)
-from active_series.devtools.stripe_emulator.faults import Fault, FaultRule, RandomFaults
 from active_series.ratelimit import TokenBucket
+
+from .common import DEFAULT_RATE_LIMIT, FAULT_KINDS, RANDOM_KINDS, ApiError, Json, add_months
+from .faults import Fault, FaultRule, RandomFaults
 
 
 @dataclass
