@@ -1,4 +1,5 @@
-"""The ``active-series`` command line: parse (:mod:`.parser`), hand off (:mod:`.commands`),
+"""The ``active-series`` command line: parse (:mod:`.parser`), hand off (:mod:`.commands`,
+and the developer tools' commands, registered by entry point),
 print an expected failure as one line on stderr and exit with its code
 (:class:`~active_series.errors.ExitCode`); no traceback."""
 
@@ -9,7 +10,6 @@ from collections.abc import Sequence
 
 import psycopg
 
-from active_series.cli.commands import cmd_stripe_emulator
 from active_series.cli.parser import build_parser, parse_time
 from active_series.errors import CommandError, ExitCode
 from active_series.text import pg_message
@@ -18,11 +18,12 @@ __all__ = ["build_parser", "main", "parse_time"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args, extra = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.command == "stripe-emulator":  # its options, --help included, are its own
-        return cmd_stripe_emulator(extra)
-    if extra:
-        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "extra_args", False):
+        parser.parse_args(argv)  # exits with the subcommand's own usage message
+    args.extra = extra  # a command's own options (stripe-emulator's)
     try:
         return int(args.func(args))
     except CommandError as exc:

@@ -3,9 +3,7 @@
 Every command that talks to a database reads its connection from ``--dsn``, else
 ``DATABASE_URL``, else the standard libpq variables (``PGHOST``, ``PGPORT``, ``PGUSER``,
 ...). Expected failures raise :class:`~active_series.errors.CommandError` with one line
-and an exit code; :func:`active_series.cli.main` prints it. ``db``, ``demo`` and
-``stripe-emulator`` belong to the developer tools (:mod:`active_series.devtools`),
-imported only when one of them runs.
+and an exit code; :func:`active_series.cli.main` prints it.
 """
 
 from __future__ import annotations
@@ -285,25 +283,3 @@ def cmd_relay_resume(args: argparse.Namespace) -> int:
         + ("resumed" if was_parked else "was not parked; a relay pass is queued")
     )
     return ExitCode.OK
-
-
-# ---------------------------------------------------------------- developer tools
-
-
-def cmd_db(args: argparse.Namespace) -> int:
-    from active_series.devtools import localdb
-
-    action: Callable[[argparse.Namespace], int] = getattr(localdb, args.db_command)
-    return action(args)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from active_series.devtools import demo
-
-    return demo.run(args)
-
-
-def cmd_stripe_emulator(argv: list[str]) -> int:
-    from active_series.devtools import stripe_emulator
-
-    return stripe_emulator.main(argv)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from datetime import UTC, datetime
+from importlib.metadata import entry_points
 from typing import Any
 
 from active_series import __version__
 from active_series.cli import commands as c
 
-DEFAULT_DATA_DIR = ".active-series/db"  # devtools.localdb keeps the same default
-DEFAULT_DBNAME = "active_series"
+# where other distributions (and active_series.devtools) add commands: a function that
+# takes the subparsers and adds its own, each with func=handler(args) -> exit code
+COMMANDS_GROUP = "active_series.commands"
 
 
 def _integer(text: str, what: str, bits: int) -> int:
@@ -239,64 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _organization(rp, required=True)
     rp.set_defaults(func=c.cmd_relay_resume)
 
-    p = sub.add_parser(
-        "stripe-emulator",
-        help="serve a local Stripe emulator (see its --help)",
-        add_help=False,
-    )
-    p.set_defaults(func=None)  # main() hands every argument after it to the emulator
-
-    cluster_opts = argparse.ArgumentParser(add_help=False)
-    cluster_opts.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help=f"the cluster's data directory (default: ACTIVE_SERIES_DATA_DIR, else "
-        f"{DEFAULT_DATA_DIR} in the current directory)",
-    )
-    cluster_opts.add_argument(
-        "--dbname", default=DEFAULT_DBNAME, help=f"database (default {DEFAULT_DBNAME})"
-    )
-    p = sub.add_parser(
-        "db",
-        help="an embedded local PostgreSQL cluster (run as the postgres user when root)",
-        description="Start, stop or inspect a local PostgreSQL cluster in a project directory. "
-        "start and status print the database's DSN on stdout.",
-    )
-    db_sub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    dp = db_sub.add_parser(
-        "start",
-        parents=[cluster_opts],
-        help="initialize when needed, start, create the database and install the schema",
-    )
-    dp.add_argument("--port", type=int, help="TCP port (default: the last one, else a free one)")
-    dp.add_argument("--no-install", action="store_true", help="do not install the schema")
-    dp.set_defaults(func=c.cmd_db)
-    dp = db_sub.add_parser("stop", parents=[cluster_opts], help="stop the cluster")
-    dp.set_defaults(func=c.cmd_db)
-    dp = db_sub.add_parser(
-        "status", parents=[cluster_opts], help="print the DSN when running (exit 3 when not)"
-    )
-    dp.set_defaults(func=c.cmd_db)
-
-    p = sub.add_parser(
-        "demo",
-        help="the whole pipeline live: database, Stripe emulator, worker, several organizations",
-        description="Start the embedded cluster, the Stripe emulator and the worker; bill "
-        "several organizations on short periods through the stripe SDK; print database vs "
-        "Stripe per period and write a PNG chart. Stops everything it started.",
-    )
-    p.add_argument("--short", action="store_true", help="about 35 seconds (CI) instead of ~2 min")
-    p.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help=f"the cluster's data directory (default: {DEFAULT_DATA_DIR})",
-    )
-    p.add_argument(
-        "--out",
-        metavar="DIR",
-        help="where the chart, summary.json and worker.log go (default: .active-series/demo)",
-    )
-    p.add_argument("--period-seconds", type=int, help="billing period length (default 10 / 25)")
-    p.add_argument("--periods", type=int, help="periods with activity (default 3 / 5)")
-    p.set_defaults(func=c.cmd_demo)
+    # commands of the developer tools (active_series.devtools), registered by entry point
+    for entry in entry_points(group=COMMANDS_GROUP):
+        entry.load()(sub)
     return parser

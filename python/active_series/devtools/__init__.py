@@ -1,7 +1,9 @@
-"""Developer tools, apart from the product: they import it, it never imports them (the
-command line hands ``db``, ``demo`` and ``stripe-emulator`` over to them when they run).
+"""Developer tools, apart from the product: they import it, it never imports them. Their
+commands (``db``, ``demo``, ``stripe-emulator``) join ``active-series`` through the entry
+point group ``active_series.commands`` (:mod:`.commands`).
 
-- :mod:`.cluster`: start, stop, restart or kill a local PostgreSQL cluster in a directory;
+- :mod:`.testpg`: the throwaway servers of the tests (testing.postgresql);
+- :mod:`.cluster`: a local PostgreSQL cluster that outlives its process, in a directory;
 - :mod:`.localdb`: the persistent embedded cluster of ``active-series db``;
 - :mod:`.worker_process`: ``active-series worker`` as a subprocess (demo, tests, benchmarks);
 - :mod:`.stripe_emulator`: a local Stripe for the tests, the benchmarks and the demo;
