@@ -18,8 +18,8 @@ TO active_series_ingest, active_series_worker, active_series_admin;
 -- delete removes the series, as for any client). Not: organizations (their deletion
 -- cascades the billing account and the ledger), any other UPDATE (key columns are refused
 -- for everybody), any billing table, any function.
-GRANT SELECT, INSERT ON
-active_series.organization,
+GRANT SELECT, INSERT ON active_series.organization TO active_series_ingest;
+GRANT SELECT, INSERT, DELETE ON
 active_series.project,
 active_series.testbed,
 active_series.benchmark,
@@ -29,15 +29,6 @@ active_series.report_benchmark,
 active_series.metric
 TO active_series_ingest;
 GRANT UPDATE (deleted_at, visibility) ON active_series.project TO active_series_ingest;
-GRANT DELETE ON
-active_series.project,
-active_series.testbed,
-active_series.benchmark,
-active_series.measure,
-active_series.report,
-active_series.report_benchmark,
-active_series.metric
-TO active_series_ingest;
 -- the identity columns' sequences (INSERT needs none; nextval() for client-side ids)
 GRANT USAGE ON SEQUENCE
 active_series.organization_id_seq,
