@@ -363,7 +363,9 @@ class Relay:
 
     def _identifier(self, customer: str, ts: int, value: int) -> str:
         """The post's identifier, as the schema defines it (``_relay_identifier``)."""
-        return str(self.ledger.execute(q.IDENTIFIER, (customer, ts, value)).fetchone()[0])  # type: ignore[index]
+        row = self.ledger.execute(q.IDENTIFIER, (customer, ts, value)).fetchone()
+        assert row is not None, "_relay_identifier returns one row"
+        return str(row[0])
 
     # ------------------------------------------------------------------ Stripe
     def _post(
