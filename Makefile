@@ -3,7 +3,7 @@
 #   make deps      apt packages (only the missing ones) and .venv (re-made when pyproject changes)
 #   make build     the SQL files of python/active_series/sql/: active_series--<version>.sql from
 #                  sql/manifest.txt, released scripts (sql/releases/), upgrades (sql/upgrades/)
-#   make lint      ruff, mypy, sqlfluff, and plpgsql_check in a throwaway cluster
+#   make lint      ruff, mypy, sqlfluff, and plpgsql_check on a throwaway server
 #   make test      deps + build + lint + pgTAP (pg_prove) + pytest, each against a throwaway server
 #                  (testing.postgresql), then pgTAP and the core suites again on a schema upgraded
 #                  from the oldest release, and the core suites on PostgreSQL 18 (make test-pg18)
@@ -211,7 +211,7 @@ pg_prove --failures --dbname pgtap_upgraded tests/sql/*.sql
 endef
 export PGTAP_SH
 
-# pytest starts its own cluster (tests/conftest.py); benchmarks and soak tests are not run here.
+# pytest starts its own server (tests/conftest.py, testing.postgresql); benchmarks and soak tests are not run here.
 PYTEST_RUN = $(VENV)/bin/pytest tests -m 'not benchmark and not soak' --timeout=600 $(PYTEST_ARGS)
 
 # Upgrade safety: the oldest release's frozen script, upgraded to this version, must behave as a
@@ -262,7 +262,7 @@ test-db: build lint-static lint-plpgsql
 test-pg18: deps build
 	@$(PYTEST_PG18_RUN)
 
-# The benchmark suite in a throwaway cluster: ingest overhead (pgbench and COPY, tracking on
+# The benchmark suite on a throwaway server: ingest overhead (pgbench and COPY, tracking on
 # vs off vs the seed's upserts and a row trigger), reads (10^3..10^BENCH_SCALE series),
 # backfill (10^5..10^BENCH_BACKFILL_SCALE metrics), the relay against the Stripe emulator;
 # then BENCHMARKS.md and the plots from bench/results/*.json. BENCH_ONLY picks parts.
