@@ -211,7 +211,8 @@ pg_prove --failures --dbname pgtap_upgraded tests/sql/*.sql
 endef
 export PGTAP_SH
 
-# pytest starts its own server (tests/conftest.py, testing.postgresql); benchmarks and soak tests are not run here.
+# pytest starts its own server (tests/conftest.py, testing.postgresql); benchmarks and soak
+# tests are not run here.
 PYTEST_RUN = $(VENV)/bin/pytest tests -m 'not benchmark and not soak' --timeout=600 $(PYTEST_ARGS)
 
 # Upgrade safety: the oldest release's frozen script, upgraded to this version, must behave as a
