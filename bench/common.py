@@ -118,6 +118,18 @@ def write_result(name: str, payload: dict[str, Any], out: Path | None = None) ->
     return path
 
 
+def write_run(
+    name: str, started: float, server: Any, payload: dict[str, Any], out: Path | None = None
+) -> Path:
+    """write_result for a run that started at ``started`` on ``server`` (server_info), with
+    its wall time and this host's description."""
+    return write_result(
+        name,
+        {"wall_seconds": time.time() - started, "server": server, "host": host_info(), **payload},
+        out,
+    )
+
+
 def source_commit() -> str | None:
     """The checked-out commit the SQL was built from (with "+dirty" for local changes)."""
     import subprocess

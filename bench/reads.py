@@ -31,13 +31,12 @@ from common import (
     connect,
     drop_database,
     fresh_database,
-    host_info,
     log,
     median,
     one,
     server_info,
     set_tracking,
-    write_result,
+    write_run,
 )
 
 SCRATCH = """
@@ -221,13 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         }
     if not args.keep:
         drop_database(args.dsn, args.database)
-    write_result(
+    write_run(
         "reads",
+        started,
+        info,
         {
-            "wall_seconds": time.time() - started,
             "repeats": args.repeats,
-            "server": info,
-            "host": host_info(),
             "relation_bytes": sizes_db,
             "results": results,
         },

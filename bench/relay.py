@@ -1,6 +1,6 @@
 """Relay: commit → Stripe (emulator) latency, Stripe calls per report, and the 25 requests/s limit.
 
-A Stripe emulator (``python -m active_series.stripe_emulator``, its own process, loopback
+A Stripe emulator (``python -m active_series.devtools.stripe_emulator``, its own process, loopback
 only) and a real ``active-series worker`` subprocess.  Per scenario, 100 fresh billed
 organizations; after a warm-up (one report each, relayed), a paced load of reports across
 them for a bounded time.  Every report adds one new series (a new benchmark) to its
@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,17 +29,17 @@ from typing import Any
 
 import psycopg
 import stripe
-from active_series.cluster import free_port
-from active_series.stripe_emulator import EmulatorControl
+from active_series.devtools.cluster import free_port
+from active_series.devtools.stripe_emulator import EmulatorControl
+from active_series.devtools.worker_process import WorkerProcess
 from common import (
     connect,
     drop_database,
     fresh_database,
-    host_info,
     log,
     percentile,
     server_info,
-    write_result,
+    write_run,
 )
 
 API_KEY = "sk_test_bench_relay_0123456789"
@@ -113,7 +112,7 @@ class Emulator:
             [
                 sys.executable,
                 "-m",
-                "active_series.stripe_emulator",
+                "active_series.devtools.stripe_emulator",
                 "--port",
                 str(self.port),
                 "--quiet",
@@ -210,15 +209,9 @@ def report(conn: psycopg.Connection, o: dict) -> int:
     return int(o["sent"])
 
 
-def start_worker(dsn: str, emu: Emulator, sc: Scenario, log_path: Path) -> subprocess.Popen:
-    args = [
-        sys.executable,
-        "-m",
-        "active_series.cli",
-        "worker",
-        "--dsn",
+def start_worker(dsn: str, emu: Emulator, sc: Scenario, log_path: Path) -> WorkerProcess:
+    return WorkerProcess(
         dsn,
-        "--stripe-api-base",
         emu.url,
         "--debounce",
         str(sc.debounce),
@@ -226,11 +219,9 @@ def start_worker(dsn: str, emu: Emulator, sc: Scenario, log_path: Path) -> subpr
         str(sc.poll_interval),
         "--rate-limit",
         str(sc.worker_rate_limit),
-    ]
-    with open(log_path, "ab") as out:
-        return subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ, STRIPE_API_KEY=API_KEY)
-        )
+        api_key=API_KEY,
+        log_path=log_path,
+    ).start()
 
 
 def held(emu: Emulator, orgs: list[dict]) -> dict[str, int]:
@@ -307,12 +298,7 @@ def run_scenario(dsn: str, emu: Emulator, sc: Scenario, tmp: Path, idx: int) -> 
         stats1 = emu.ctl.stats()
         events = emu.ctl.meter_events()[events0:]
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        worker.stop(30)
     emu.ctl.set_rate_limit(None)
 
     # latency: first event for the customer with value >= the count after the report
@@ -389,13 +375,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         emu.stop()
         drop_database(args.dsn, args.database)
-    write_result(
+    write_run(
         "relay",
+        started,
+        info,
         {
-            "wall_seconds": time.time() - started,
             "organizations": ORGS,
-            "server": info,
-            "host": host_info(),
             "results": results,
         },
         args.out,

@@ -1,4 +1,4 @@
--- Least privilege (DESIGN.md promise 5; docs/roles.md says who may do what and why).
+-- Least privilege (README.md, Roles and privileges; docs/roles.md says who may do what and why).
 -- Nothing in the schema is usable by PUBLIC; each group role of sql/roles.sql gets what
 -- its job needs. The ingest path works for an ingest-only role because the triggers that
 -- write the cache, history, counts and outbox are SECURITY DEFINER (their comments say
@@ -18,8 +18,8 @@ TO active_series_ingest, active_series_worker, active_series_admin;
 -- delete removes the series, as for any client). Not: organizations (their deletion
 -- cascades the billing account and the ledger), any other UPDATE (key columns are refused
 -- for everybody), any billing table, any function.
-GRANT SELECT, INSERT ON
-active_series.organization,
+GRANT SELECT, INSERT ON active_series.organization TO active_series_ingest;
+GRANT SELECT, INSERT, DELETE ON
 active_series.project,
 active_series.testbed,
 active_series.benchmark,
@@ -30,16 +30,6 @@ active_series.report_benchmark,
 active_series.metric
 TO active_series_ingest;
 GRANT UPDATE (deleted_at, visibility) ON active_series.project TO active_series_ingest;
-GRANT DELETE ON
-active_series.project,
-active_series.testbed,
-active_series.benchmark,
-active_series.variant,
-active_series.measure,
-active_series.report,
-active_series.report_benchmark,
-active_series.metric
-TO active_series_ingest;
 -- the identity columns' sequences (INSERT needs none; nextval() for client-side ids)
 GRANT USAGE ON SEQUENCE
 active_series.organization_id_seq,
@@ -54,7 +44,7 @@ active_series.metric_id_seq
 TO active_series_ingest;
 
 -- ---------------------------------------------------------------- active_series_worker
--- Exactly what python/active_series/relay.py and queries.py use: find and claim relay
+-- Exactly what python/active_series/relay/ (its queries.py) uses: find and claim relay
 -- work, delete the outbox rows it relayed, read counts and billing accounts, write the
 -- ledger and its relay state, close periods, and follow the Stripe subscription's billing
 -- period (set_billing_period, SECURITY DEFINER). Plus the read API, for `relay status`.
@@ -90,6 +80,7 @@ active_series._relay_claim(bigint),
 active_series._relay_window(timestamptz, timestamptz),
 active_series._relay_held(text, timestamptz, timestamptz),
 active_series._relay_last_timestamp(text),
+active_series._relay_identifier(text, bigint, bigint),
 active_series._require_organization(bigint),
 active_series._period_at(bigint, timestamptz),
 active_series._recorded_period(bigint, timestamptz),

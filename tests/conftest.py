@@ -2,10 +2,13 @@
 
 Contract (other tests rely on exactly this):
 
-- ``pg_cluster`` (session): the server. A started :class:`active_series.cluster.Cluster`
-  in a temporary directory, stopped and deleted at session end. With
-  ``ACTIVE_SERIES_TEST_DSN`` set, an :class:`ExternalServer` for that server
-  instead (same ``dsn(dbname)``; ``restart()``/``kill()`` skip the test).
+- ``pg_cluster`` (session): the server. A started
+  :class:`active_series.devtools.testpg.TestServer` (testing.postgresql, from its factory
+  with the cached initdb; as root it runs as the ``postgres`` system user) in a temporary
+  directory, stopped and deleted at session end. Its programs come from
+  ``ACTIVE_SERIES_PG_BINDIR`` (default: PostgreSQL 15's), so the same suites run on another
+  major version. With ``ACTIVE_SERIES_TEST_DSN`` set, an :class:`ExternalServer` for that
+  server instead (same ``dsn(dbname)``; ``restart()``/``kill()`` skip the test).
 - ``superuser_dsn`` (session): conninfo of the ``postgres`` maintenance database,
   as superuser.
 - ``template_db`` (session): name of a template database holding the active_series
@@ -27,13 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from active_series.cluster import Cluster, ClusterError
+from active_series.devtools.cluster import find_bindir
+from active_series.devtools.testpg import TestServer, TestServerFactory
 from active_series.install import install
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
@@ -46,6 +51,20 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "soak: long-running soak test (make soak)")
     config.addinivalue_line("markers", "benchmark: performance measurement (make bench)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which PostgreSQL the session's server runs (the same suites run on several)."""
+    if os.environ.get(DSN_ENV):
+        return f"postgresql: the external server of {DSN_ENV}"
+    try:
+        postgres = find_bindir() / "postgres"
+        version = subprocess.run(
+            [str(postgres), "--version"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        return f"postgresql: unknown ({exc})"
+    return f"postgresql: {version} ({postgres})"
 
 
 class ExternalServer:
@@ -73,7 +92,7 @@ class ExternalServer:
         pytest.skip(f"needs a server the tests run themselves ({DSN_ENV} is set)")
 
 
-Server = Cluster | ExternalServer
+Server = TestServer | ExternalServer
 
 
 @pytest.fixture(scope="session")
@@ -83,16 +102,16 @@ def pg_cluster() -> Iterator[Server]:
     if external:
         yield ExternalServer(external)
         return
-    cluster = Cluster.ephemeral(prefix="active-series-pytest-")
     try:
-        cluster.start()
-    except ClusterError as exc:
-        cluster.remove()
-        pytest.exit(f"cannot start the test PostgreSQL cluster: {exc}", returncode=3)
+        factory = TestServerFactory()
+        server = factory()
+    except RuntimeError as exc:
+        pytest.exit(f"cannot start the test PostgreSQL server: {exc}", returncode=3)
     try:
-        yield cluster
+        yield server
     finally:
-        cluster.remove()
+        server.stop()
+        factory.clear_cache()
 
 
 @pytest.fixture(scope="session")

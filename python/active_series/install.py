@@ -18,12 +18,17 @@ import psycopg
 from psycopg import sql
 
 from active_series import __version__
+from active_series.text import pg_message
 
 SCHEMA = "active_series"
 PREFIX = "active_series--"
 
 
-class SchemaVersionError(RuntimeError):
+class InstallError(RuntimeError):
+    """The schema or its optional parts cannot be installed."""
+
+
+class SchemaVersionError(InstallError):
     """The database holds no active_series schema, or one of another version."""
 
 
@@ -154,3 +159,45 @@ def install(conninfo: str, version: str = __version__) -> str:
                 conn.execute(_read(name))
         conn.commit()
     return version
+
+
+def plpython_script() -> str:
+    """sql/optional/plpython.sql, shipped in the package beside the extension script."""
+    packaged = _scripts() / "optional" / "plpython.sql"
+    if packaged.is_file():
+        return packaged.read_text()
+    raise InstallError("this installation does not ship sql/optional/plpython.sql")
+
+
+def install_plpython(conninfo: str, mode: str) -> str:
+    """The optional PL/Python functions (stripe_reconcile, relay_now). ``mode``: "auto"
+    installs them when plpython3u is available and this role may create it (or it exists),
+    "yes" insists, "no" skips. Returns what was done, for the user; InstallError when it
+    cannot be done and ``mode`` is "yes" (or the role lacks a privilege)."""
+    if mode == "no":
+        return ""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'plpython3u'),"
+            " EXISTS (SELECT FROM pg_extension WHERE extname = 'plpython3u'),"
+            " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        ).fetchone()
+        assert row is not None
+        available, created, superuser = row
+        if not available:
+            if mode == "yes":
+                raise InstallError(
+                    "plpython3u is not available on this server "
+                    "(Debian: apt-get install postgresql-plpython3-15)"
+                )
+            return "PL/Python functions skipped: plpython3u is not available on the server"
+        if not (created or superuser) and mode == "auto":
+            return "PL/Python functions skipped: creating plpython3u needs a superuser"
+        try:
+            with conn.transaction():
+                conn.execute(plpython_script())
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise InstallError(
+                f"cannot install the PL/Python functions: {pg_message(exc)}"
+            ) from None
+    return "PL/Python functions stripe_reconcile and relay_now installed"

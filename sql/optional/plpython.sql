@@ -285,7 +285,11 @@ last = one(
 )["t"]
 if last is not None and ts <= last:
     return "deferred: an event for this customer was sent this second; try again"
-ident = f"as-{customer}-{ts}-{usage}"
+ident = one(
+    "SELECT active_series._relay_identifier($1, $2, $3) AS i",
+    ["text", "bigint", "bigint"],
+    [customer, ts, usage],
+)["i"]
 plpy.execute(
     plpy.prepare(
         "INSERT INTO active_series._ledger (organization_id, stripe_customer_id, period_start,"

@@ -2,6 +2,24 @@
 -- `active-series install` on a plain install). Brings a 0.2.0 schema, with its data, to
 -- exactly what a fresh 0.3.0 install creates: the upgrade tests compare the two catalogs.
 
+-- post identifier (structure): sql/functions/_relay_identifier.sql
+CREATE FUNCTION active_series._relay_identifier(
+    p_stripe_customer_id text, p_event_timestamp bigint, p_value bigint
+)
+RETURNS text
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The identifier (and idempotency key) of a meter event post. Deterministic: a customer
+-- never gets two events with one timestamp, so (customer, timestamp, value) names a post,
+-- also across ledger rebuilds. The worker and relay_now both call this. Takes no locks.
+SELECT 'as-' || p_stripe_customer_id || '-' || p_event_timestamp || '-' || p_value;
+$$;
+COMMENT ON FUNCTION active_series._relay_identifier(text, bigint, bigint) IS
+'Internal: the identifier and idempotency key of a meter event post, from customer, timestamp and value.';
+
 -- ================================================================ hot path: variants and shapes
 -- The series key gains the variant (sql/tables/variant.sql, report_benchmark.variant_id);
 -- the history is stored as sets of series (_shape) per testbed and period (_testbed_period)
@@ -1782,7 +1800,7 @@ WHEN (
 EXECUTE FUNCTION active_series._reject_key_update('benchmark_id or parameters');
 
 -- privileges of the new and re-created objects (sql/grants.sql, whole: idempotent)
--- Least privilege (DESIGN.md promise 5; docs/roles.md says who may do what and why).
+-- Least privilege (README.md, Roles and privileges; docs/roles.md says who may do what and why).
 -- Nothing in the schema is usable by PUBLIC; each group role of sql/roles.sql gets what
 -- its job needs. The ingest path works for an ingest-only role because the triggers that
 -- write the cache, history, counts and outbox are SECURITY DEFINER (their comments say
@@ -1802,8 +1820,8 @@ TO active_series_ingest, active_series_worker, active_series_admin;
 -- delete removes the series, as for any client). Not: organizations (their deletion
 -- cascades the billing account and the ledger), any other UPDATE (key columns are refused
 -- for everybody), any billing table, any function.
-GRANT SELECT, INSERT ON
-active_series.organization,
+GRANT SELECT, INSERT ON active_series.organization TO active_series_ingest;
+GRANT SELECT, INSERT, DELETE ON
 active_series.project,
 active_series.testbed,
 active_series.benchmark,
@@ -1814,16 +1832,6 @@ active_series.report_benchmark,
 active_series.metric
 TO active_series_ingest;
 GRANT UPDATE (deleted_at, visibility) ON active_series.project TO active_series_ingest;
-GRANT DELETE ON
-active_series.project,
-active_series.testbed,
-active_series.benchmark,
-active_series.variant,
-active_series.measure,
-active_series.report,
-active_series.report_benchmark,
-active_series.metric
-TO active_series_ingest;
 -- the identity columns' sequences (INSERT needs none; nextval() for client-side ids)
 GRANT USAGE ON SEQUENCE
 active_series.organization_id_seq,
@@ -1838,7 +1846,7 @@ active_series.metric_id_seq
 TO active_series_ingest;
 
 -- ---------------------------------------------------------------- active_series_worker
--- Exactly what python/active_series/relay.py and queries.py use: find and claim relay
+-- Exactly what python/active_series/relay/ (its queries.py) uses: find and claim relay
 -- work, delete the outbox rows it relayed, read counts and billing accounts, write the
 -- ledger and its relay state, close periods, and follow the Stripe subscription's billing
 -- period (set_billing_period, SECURITY DEFINER). Plus the read API, for `relay status`.
@@ -1874,6 +1882,7 @@ active_series._relay_claim(bigint),
 active_series._relay_window(timestamptz, timestamptz),
 active_series._relay_held(text, timestamptz, timestamptz),
 active_series._relay_last_timestamp(text),
+active_series._relay_identifier(text, bigint, bigint),
 active_series._require_organization(bigint),
 active_series._period_at(bigint, timestamptz),
 active_series._recorded_period(bigint, timestamptz),

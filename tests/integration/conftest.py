@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from active_series.cluster import Cluster
+from active_series.devtools.testpg import TestServer
 from psycopg import sql
 from relay_harness import relay_emulator  # noqa: F401
 
@@ -73,7 +73,7 @@ def empty_dsn(new_empty_db: Callable[[], str]) -> str:
 @pytest.fixture(scope="session")
 def extension_files(pg_cluster: Any) -> Path:
     """The server's extension directory, after ``make install`` of this tree."""
-    if not isinstance(pg_cluster, Cluster):
+    if not isinstance(pg_cluster, TestServer):
         pytest.skip("make install places files for a local server; the test server is external")
     pg_config = str(pg_cluster.bindir / "pg_config")
     if not Path(pg_config).exists():

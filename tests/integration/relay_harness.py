@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +13,12 @@ from typing import Any
 import psycopg
 import pytest
 import stripe
-from active_series.stripe_emulator import EmulatorControl, StripeEmulatorServer, run_in_thread
+from active_series.devtools import worker_process
+from active_series.devtools.stripe_emulator import (
+    EmulatorControl,
+    StripeEmulatorServer,
+    run_in_thread,
+)
 
 API_KEY = "sk_test_relay_secret_0123456789"
 EVENT_NAME = "active_series"
@@ -59,50 +60,12 @@ def relay_emulator() -> Iterator[Emulator]:
         server.server_close()
 
 
-class WorkerProcess:
-    """``active-series worker`` as a real subprocess; its log goes to a file."""
+class WorkerProcess(worker_process.WorkerProcess):
+    """``active-series worker`` as a real subprocess with the tests' API key; its log goes to
+    a file, and its events can be read back."""
 
     def __init__(self, dsn: str, api_base: str, log_path: Path, *extra: str) -> None:
-        self.log_path = log_path
-        self.args = [
-            sys.executable,
-            "-m",
-            "active_series.cli",
-            "worker",
-            "--dsn",
-            dsn,
-            "--stripe-api-base",
-            api_base,
-            *extra,
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> WorkerProcess:
-        env = dict(os.environ, STRIPE_API_KEY=API_KEY)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def terminate(self, timeout: float = 30) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
+        super().__init__(dsn, api_base, *extra, api_key=API_KEY, log_path=log_path)
 
     def log_events(self, event: str) -> list[dict[str, str]]:
         return parse_log(self.log(), event)

@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 from active_series import cli
+from active_series.errors import ExitCode
 from oracle import (
     BILLING_TABLES,
     allow_explicit_created,
@@ -436,22 +437,22 @@ def test_s10_a_million_metrics_in_one_statement_are_counted_in_bounded_memory(co
 CLI_ROWS = {
     "count: organization not a number": (
         ["count", "--organization", "acme"],
-        cli.EXIT_USAGE,
+        ExitCode.USAGE,
         "must be a whole number",
     ),
     "count: organization beyond bigint": (
         ["count", "--organization", "99999999999999999999"],
-        cli.EXIT_USAGE,
+        ExitCode.USAGE,
         "out of range",
     ),
     "count: unknown organization": (
         ["count", "--organization", "{missing}"],
-        cli.EXIT_NOT_FOUND,
+        ExitCode.NOT_FOUND,
         "does not exist",
     ),
     "count: period not a time": (
         ["count", "--organization", "{org}", "--period", "next week"],
-        cli.EXIT_USAGE,
+        ExitCode.USAGE,
         "not an ISO 8601 time",
     ),
     "count: reversed window": (
@@ -464,12 +465,12 @@ CLI_ROWS = {
             "--to",
             "2024-01-01T00:00Z",
         ],
-        cli.EXIT_INPUT,
+        ExitCode.INPUT,
         "is after its end",
     ),
     "count: half a window": (
         ["count", "--organization", "{org}", "--from", "2024-02-01T00:00Z"],
-        cli.EXIT_INPUT,
+        ExitCode.INPUT,
         "go together",
     ),
     "count: injection in visibility": (
@@ -484,41 +485,41 @@ CLI_ROWS = {
             "--visibility",
             "public'; DROP TABLE x; --",
         ],
-        cli.EXIT_USAGE,
+        ExitCode.USAGE,
         "invalid choice",
     ),
     "usage: unknown organization": (
         ["usage", "--organization", "{missing}"],
-        cli.EXIT_NOT_FOUND,
+        ExitCode.NOT_FOUND,
         "does not exist",
     ),
     "verify: unknown organization": (
         ["verify", "--organization", "{missing}"],
-        cli.EXIT_NOT_FOUND,
+        ExitCode.NOT_FOUND,
         "does not exist",
     ),
-    "backfill: batch of zero": (["backfill", "--batch-size", "0"], cli.EXIT_INPUT, "batch size"),
+    "backfill: batch of zero": (["backfill", "--batch-size", "0"], ExitCode.INPUT, "batch size"),
     "backfill: batch beyond int": (
         ["backfill", "--batch-size", "99999999999"],
-        cli.EXIT_USAGE,
+        ExitCode.USAGE,
         "out of range",
     ),
     "relay resume: unknown organization": (
         ["relay", "resume", "--organization", "{missing}"],
-        cli.EXIT_NOT_FOUND,
+        ExitCode.NOT_FOUND,
         "does not exist",
     ),
     "relay status: unknown organization": (
         ["relay", "status", "--organization", "{missing}"],
-        cli.EXIT_OK,
+        ExitCode.OK,
         "",
     ),
     "worker: negative poll interval": (
         ["worker", "--once", "--poll-interval", "-1"],
-        cli.EXIT_INPUT,
+        ExitCode.INPUT,
         "must not be negative",
     ),
-    "worker: no Stripe key": (["worker", "--once"], cli.EXIT_STRIPE_KEY, "STRIPE_API_KEY"),
+    "worker: no Stripe key": (["worker", "--once"], ExitCode.STRIPE_KEY, "STRIPE_API_KEY"),
 }
 
 
@@ -549,7 +550,7 @@ def run_cli(argv: list[str]) -> int:
 
 
 def test_s12_the_cli_reports_an_unreachable_database_in_one_line(capsys):
-    assert run_cli(["usage", "--dsn", "host=/nonexistent port=1"]) == cli.EXIT_DATABASE
+    assert run_cli(["usage", "--dsn", "host=/nonexistent port=1"]) == ExitCode.DATABASE
     err = capsys.readouterr().err.strip()
     assert "cannot connect" in err and "\n" not in err
 

@@ -19,7 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 from active_series import cli
-from active_series.cluster import free_port
+from active_series.devtools.cluster import free_port
+from active_series.errors import ExitCode
 from oracle import ingest, make_org
 from relay_harness import API_KEY, Emulator, bill, wait_until
 
@@ -152,7 +153,7 @@ def test_verify_exits_1_on_drift(conn, dsn) -> None:
     assert healthy.stdout.startswith("healthy")
     conn.execute("UPDATE active_series._period_usage SET series_count = series_count + 1")
     drift = run("verify", "--dsn", dsn, "--organization", str(org.id))
-    assert drift.returncode == cli.EXIT_FAILURE
+    assert drift.returncode == ExitCode.FAILURE
     assert f"organization {org.id}:" in drift.stdout
     assert "problem(s) found" in drift.stderr
 
@@ -207,7 +208,7 @@ def test_backfill_draws_a_progress_bar_on_a_terminal(conn, dsn) -> None:
 
 def test_install_then_use_an_empty_database(empty_dsn) -> None:
     missing = run("usage", "--dsn", empty_dsn)
-    assert missing.returncode == cli.EXIT_SCHEMA
+    assert missing.returncode == ExitCode.SCHEMA
     assert "not installed" in one_line_error(missing)
     installed = run("install", "--dsn", empty_dsn)
     assert installed.returncode == 0, installed.stderr
@@ -221,7 +222,7 @@ def test_a_schema_of_another_version_is_refused(conn, dsn) -> None:
     conn.execute("UPDATE active_series._meta SET version = '0.0.1'")
     for command in (["usage"], ["count", "--organization", "1"], ["verify"]):
         proc = run(*command, "--dsn", dsn)
-        assert proc.returncode == cli.EXIT_SCHEMA, (command, proc.stderr)
+        assert proc.returncode == ExitCode.SCHEMA, (command, proc.stderr)
         assert "0.0.1" in one_line_error(proc)
 
 
@@ -229,10 +230,10 @@ def test_an_unreachable_database_exits_3() -> None:
     dsn = f"host=127.0.0.1 port={free_port()} dbname=nowhere connect_timeout=3"
     for command in (["usage"], ["count", "--organization", "1"], ["install"], ["backfill"]):
         proc = run(*command, "--dsn", dsn)
-        assert proc.returncode == cli.EXIT_DATABASE, (command, proc.stderr)
+        assert proc.returncode == ExitCode.DATABASE, (command, proc.stderr)
         assert "cannot connect to the database" in one_line_error(proc)
     via_env = run("usage", env={"DATABASE_URL": f"postgresql://127.0.0.1:{free_port()}/x"})
-    assert via_env.returncode == cli.EXIT_DATABASE
+    assert via_env.returncode == ExitCode.DATABASE
 
 
 def test_an_unknown_organization_exits_5(conn, dsn) -> None:
@@ -244,7 +245,7 @@ def test_an_unknown_organization_exits_5(conn, dsn) -> None:
         ["verify", "--organization", "4242"],
     ):
         proc = run(*command, "--dsn", dsn)
-        assert proc.returncode == cli.EXIT_NOT_FOUND, (command, proc.stderr)
+        assert proc.returncode == ExitCode.NOT_FOUND, (command, proc.stderr)
         assert "organization 4242 does not exist" in one_line_error(proc)
 
 
@@ -253,31 +254,31 @@ def test_bad_dates_and_arguments(conn, dsn) -> None:
     ingest(conn, org, org.testbeds[0], all_series(org)[:1])
     o = str(org.id)
     unparsable = run("count", "--dsn", dsn, "--organization", o, "--period", "2026-13-01")
-    assert unparsable.returncode == cli.EXIT_USAGE
+    assert unparsable.returncode == ExitCode.USAGE
     assert "not an ISO 8601 time" in unparsable.stderr
     not_a_start = run("explain", "--dsn", dsn, "--organization", o, "--period", "2001-01-07")
-    assert not_a_start.returncode == cli.EXIT_INPUT
+    assert not_a_start.returncode == ExitCode.INPUT
     assert "no billing period of organization" in one_line_error(not_a_start)
     half_window = run("count", "--dsn", dsn, "--organization", o, "--from", "2026-01-01")
-    assert half_window.returncode == cli.EXIT_INPUT
+    assert half_window.returncode == ExitCode.INPUT
     assert "--from and --to go together" in one_line_error(half_window)
     backwards = run(
         "count", "--dsn", dsn, "--organization", o, "--from", "2026-02-01", "--to", "2026-01-01"
     )
-    assert backwards.returncode == cli.EXIT_INPUT, backwards.stderr
+    assert backwards.returncode == ExitCode.INPUT, backwards.stderr
     one_line_error(backwards)
     no_org = run("usage", "--dsn", dsn, "--history")
-    assert no_org.returncode == cli.EXIT_USAGE
+    assert no_org.returncode == ExitCode.USAGE
     batch = run("backfill", "--dsn", dsn, "--batch-size", "0")
-    assert batch.returncode == cli.EXIT_INPUT
+    assert batch.returncode == ExitCode.INPUT
     assert "batch size" in one_line_error(batch)
-    assert run("no-such-command").returncode == cli.EXIT_USAGE
+    assert run("no-such-command").returncode == ExitCode.USAGE
 
 
 def test_the_worker_needs_a_stripe_key(dsn) -> None:
     for command in (["worker", "--once"], ["close-period"]):
         proc = run(*command, "--dsn", dsn)
-        assert proc.returncode == cli.EXIT_STRIPE_KEY, proc.stderr
+        assert proc.returncode == ExitCode.STRIPE_KEY, proc.stderr
         assert "STRIPE_API_KEY" in one_line_error(proc)
 
 
@@ -314,7 +315,7 @@ def test_worker_once_then_relay_status_failures_resume_and_close_period(
     assert resumed.returncode == 0, resumed.stderr
     assert "was not parked" in resumed.stdout
     unknown = run("relay", "resume", "--dsn", dsn, "--organization", "4242")
-    assert unknown.returncode == cli.EXIT_NOT_FOUND
+    assert unknown.returncode == ExitCode.NOT_FOUND
 
     closing = run("close-period", "--dsn", dsn, "--stripe-api-base", emu.url, env=key)
     assert closing.returncode == 0, closing.stderr
@@ -326,7 +327,7 @@ def test_db_start_status_stop_on_a_project_directory() -> None:
     base.chmod(0o711)  # the postgres user must enter it when we are root
     data = str(base / "db")
     try:
-        assert run("db", "status", "--data-dir", data).returncode == cli.EXIT_DATABASE
+        assert run("db", "status", "--data-dir", data).returncode == ExitCode.DATABASE
         started = run("db", "start", "--data-dir", data, timeout=120)
         assert started.returncode == 0, started.stderr
         dsn = started.stdout.strip()
@@ -341,9 +342,9 @@ def test_db_start_status_stop_on_a_project_directory() -> None:
         stopped = run("db", "stop", "--data-dir", data)
         assert stopped.returncode == 0, stopped.stderr
         after = run("db", "status", "--data-dir", data)
-        assert after.returncode == cli.EXIT_DATABASE
+        assert after.returncode == ExitCode.DATABASE
         assert "stopped" in after.stderr
-        assert run("usage", "--dsn", dsn).returncode == cli.EXIT_DATABASE
+        assert run("usage", "--dsn", dsn).returncode == ExitCode.DATABASE
     finally:
         run("db", "stop", "--data-dir", data)
         shutil.rmtree(base, ignore_errors=True)

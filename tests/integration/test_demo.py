@@ -45,7 +45,7 @@ def project_dir() -> Iterator[Path]:
     data = base / ".active-series" / "db"
     if (data / "postmaster.pid").exists():  # only after a failure: stop what the demo left
         subprocess.run(
-            [sys.executable, "-m", "active_series.cluster", "stop", str(data)], check=False
+            [sys.executable, "-m", "active_series.devtools.cluster", "stop", str(data)], check=False
         )
     shutil.rmtree(base, ignore_errors=True)
 

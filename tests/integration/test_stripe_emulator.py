@@ -17,7 +17,7 @@ import pytest
 
 stripe = pytest.importorskip("stripe")
 
-from active_series.stripe_emulator import (  # noqa: E402
+from active_series.devtools.stripe_emulator import (  # noqa: E402
     EmulatorControl,
     StripeEmulatorServer,
     run_in_thread,
@@ -952,7 +952,14 @@ def test_module_entry_point_serves_on_the_requested_port() -> None:
     src = str(Path(__file__).resolve().parents[2] / "python")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "active_series.stripe_emulator", "--port", str(port), "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "active_series.devtools.stripe_emulator",
+            "--port",
+            str(port),
+            "--quiet",
+        ],
         env=env,
         stderr=subprocess.PIPE,
     )

@@ -1,9 +1,6 @@
-"""A local, throwaway PostgreSQL cluster: for the tests, ``make test`` and demos.
-
-One implementation of "start a PostgreSQL server in this directory":
-
-    with Cluster.ephemeral() as cluster:
-        psycopg.connect(cluster.dsn())
+"""A local PostgreSQL cluster that outlives the process that started it: the embedded
+cluster of ``active-series db`` and of the demo (throwaway servers for the tests are
+:mod:`.testpg`'s; docs/DESIGN-NOTES.md says which does what).
 
 ``Cluster(data_dir)`` runs ``initdb`` (superuser ``postgres``, trust
 authentication), starts the server with settings meant for tests (no fsync,
@@ -18,7 +15,7 @@ runs through ``runuser -u postgres``.
 
 The port and socket directory a cluster was started with are kept in
 ``active_series_cluster.conf`` inside the data directory, so another process
-(``python -m active_series.cluster stop DIR``) finds the same server.
+(``python -m active_series.devtools.cluster stop DIR``) finds the same server.
 
 Expected failures (missing binaries, a directory the server user cannot
 reach, a server that does not come up) raise :class:`ClusterError` with a
@@ -42,7 +39,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 DEFAULT_BINDIR = Path("/usr/lib/postgresql/15/bin")
 CONF_NAME = "active_series_cluster.conf"
@@ -156,9 +152,7 @@ class Cluster:
     else picks a free one.  ``socket_dir=None`` puts the unix socket in the data
     directory when that path is short enough, else in a new directory under
     the system temp dir.  ``settings`` are added to (and override)
-    :data:`TEST_SETTINGS`.  ``cleanup=True`` deletes the data directory (and
-    its parent when it was created by :meth:`ephemeral`) on :meth:`stop` via
-    the context manager.
+    :data:`TEST_SETTINGS`.
     """
 
     def __init__(
@@ -171,14 +165,11 @@ class Cluster:
         settings: Mapping[str, str] | None = None,
         os_user: str | None = None,
         start_timeout: float = 60.0,
-        cleanup: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.bindir = Path(bindir) if bindir is not None else find_bindir()
         self.settings = {**TEST_SETTINGS, **(settings or {})}
         self.start_timeout = start_timeout
-        self.cleanup = cleanup
-        self._remove_on_cleanup: Path | None = None
         self.log_file = self.data_dir / LOG_NAME
         if os_user is None and os.geteuid() == 0:
             os_user = SUPERUSER
@@ -194,15 +185,6 @@ class Cluster:
             self.socket_dir = self._default_socket_dir()
 
     # ------------------------------------------------------------------ helpers
-
-    @classmethod
-    def ephemeral(cls, prefix: str = "active-series-pg-", **kwargs: object) -> Cluster:
-        """A cluster in a new temporary directory, deleted when the context exits."""
-        base = Path(tempfile.mkdtemp(prefix=prefix))
-        base.chmod(0o711)  # the postgres user must traverse it when we are root
-        cluster = cls(base / "data", cleanup=True, **kwargs)  # type: ignore[arg-type]
-        cluster._remove_on_cleanup = base
-        return cluster
 
     def _default_socket_dir(self) -> Path:
         if len(str(self.data_dir)) <= _MAX_SOCKET_DIR:
@@ -479,7 +461,7 @@ class Cluster:
         pid = self.pid
         if pid is None:
             return
-        victims = [pid, *self._children(pid)]
+        victims = [pid, *children(pid)]
         for victim in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(victim, signal.SIGKILL)
@@ -498,21 +480,6 @@ class Cluster:
         for path in lock_files:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-    @staticmethod
-    def _children(pid: int) -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[-1].split()
-            if len(fields) > 1 and fields[1] == str(pid):
-                found.append(int(entry.name))
-        return found
 
     def status(self) -> ClusterStatus:
         """Whether the cluster exists and runs, and where it listens."""
@@ -549,35 +516,24 @@ class Cluster:
             "PGDATABASE": dbname,
         }
 
-    def remove(self) -> None:
-        """Stop the server and delete its directory (and the ephemeral parent)."""
-        self.stop(mode="immediate")
-        shutil.rmtree(self._remove_on_cleanup or self.data_dir, ignore_errors=True)
-        if self.socket_dir != self.data_dir and self.socket_dir.name.startswith("as-pg-sock-"):
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
-
-    def __enter__(self) -> Cluster:
-        try:
-            self.start()
-        except BaseException:
-            if self.cleanup:
-                self.remove()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.cleanup:
-            self.remove()
-        else:
-            self.stop()
-
     def __repr__(self) -> str:
         return f"Cluster({str(self.data_dir)!r}, port={self.port or None})"
+
+
+def children(pid: int) -> list[int]:
+    """The pids of the processes whose parent is ``pid`` (a postmaster's backends)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.append(int(entry.name))
+    return found
 
 
 def _is_zombie(pid: int) -> bool:
@@ -590,9 +546,9 @@ def _is_zombie(pid: int) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m active_series.cluster start|stop|restart|status|dsn|env|kill DATA_DIR``."""
+    """``python -m active_series.devtools.cluster ACTION DATA_DIR`` (start, stop, ...)."""
     parser = argparse.ArgumentParser(
-        prog="python -m active_series.cluster",
+        prog="python -m active_series.devtools.cluster",
         description="Run a local PostgreSQL cluster for tests and demos.",
     )
     parser.add_argument(

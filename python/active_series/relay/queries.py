@@ -1,4 +1,4 @@
-"""Every SQL statement the relay sends, in one place.
+"""Every SQL statement the relay sends, in one place (the CLI's are in ``cli/queries.py``).
 
 The work itself lives in the schema's functions (``_relay_work``, ``_relay_claim``,
 ``_relay_held``, ...); these are the calls and the few plain statements around them.
@@ -92,14 +92,13 @@ SET next_attempt_at = to_timestamp(%s), updated_at = now(),
 WHERE organization_id = %s
 """
 
-STATE_RETRY: Final = """
+# the first statement of a failed attempt; its backoff is then set with STATE_DEFER
+STATE_COUNT_ATTEMPT: Final = """
 UPDATE active_series._relay_state
-SET attempts = attempts + 1, next_attempt_at = to_timestamp(%s), updated_at = now()
+SET attempts = attempts + 1, updated_at = now()
 WHERE organization_id = %s
 RETURNING attempts
 """
-
-STATE_ATTEMPTS: Final = "SELECT attempts FROM active_series._relay_state WHERE organization_id = %s"
 
 STATE_PARK: Final = """
 UPDATE active_series._relay_state
@@ -108,6 +107,8 @@ WHERE organization_id = %s
 """
 
 # -- ledger (autocommit connection: committed before the Stripe call) --------------------
+IDENTIFIER: Final = "SELECT active_series._relay_identifier(%s, %s, %s)"
+
 LEDGER_PENDING: Final = """
 INSERT INTO active_series._ledger AS l (
     organization_id, stripe_customer_id, period_start, period_end, value, event_timestamp,
@@ -147,12 +148,6 @@ WHERE identifier = %s
 """
 
 # -- billing periods from the Stripe subscription ----------------------------------------
-BILLED_CUSTOMER: Final = """
-SELECT b.stripe_customer_id
-FROM active_series.billing_account AS b
-WHERE b.organization_id = %s AND b.plan <> 'free' AND b.stripe_customer_id IS NOT NULL
-"""
-
 CURRENT_BOUNDS: Final = """
 SELECT extract(EPOCH FROM period_start)::float8, extract(EPOCH FROM period_end)::float8
 FROM active_series.current_period(%s)
@@ -161,18 +156,3 @@ FROM active_series.current_period(%s)
 SET_BILLING_PERIOD: Final = (
     "SELECT active_series.set_billing_period(%s, to_timestamp(%s), to_timestamp(%s))"
 )
-
-# -- CLI reads ---------------------------------------------------------------------------
-RELAY_STATUS: Final = """
-SELECT organization_id, stripe_customer_id, plan, period_start, period_end, period_usage,
-       stripe_value, stripe_value_status, in_sync, outbox_depth,
-       oldest_unposted_change_age, parked, parked_reason, next_attempt_at
-FROM active_series.relay_status
-"""
-
-RELAY_FAILURES: Final = """
-SELECT organization_id, kind, ledger_id, period_start, value, reason, at
-FROM active_series.relay_failures
-"""
-
-RELAY_RESUME: Final = "SELECT active_series.relay_resume(%s)"

@@ -6,7 +6,7 @@
    SDK, a meter (formula ``last``), a tiered graduated Pro price (a flat base fee for the
    first series, then per-series step-ups) and one customer and subscription per
    organization, with short billing periods (``metadata[emulator_period_seconds]``);
-3. starts ``active-series worker`` as a subprocess;
+3. starts ``active-series worker`` as a subprocess (:mod:`.worker_process`);
 4. simulates organizations reporting benchmark results with plain SQL ``INSERT``s, so that
    period rollover, period close and the final posts happen live;
 5. prints, per organization and period: the exact count (``period_usage``), the value
@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import hashlib
 import json
 import math
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -41,8 +39,18 @@ import psycopg
 import stripe
 from psycopg import sql
 
-from active_series import cli
-from active_series.stripe_emulator import EmulatorControl, StripeEmulatorServer, run_in_thread
+from active_series.devtools import demo_queries as q
+from active_series.devtools.cluster import Cluster
+from active_series.devtools.localdb import cluster_call, embedded_cluster, ensure_database
+from active_series.devtools.localdb import data_dir as default_data_dir
+from active_series.devtools.stripe_emulator import (
+    EmulatorControl,
+    StripeEmulatorServer,
+    run_in_thread,
+)
+from active_series.devtools.worker_process import WorkerProcess
+from active_series.errors import CommandError, ExitCode
+from active_series.text import table_lines
 
 API_KEY = "sk_test_active_series_demo"
 EVENT_NAME = "active_series"
@@ -101,73 +109,26 @@ def organizations() -> list[Org]:
 # ------------------------------------------------------------------------------ processes
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A preexec_fn giving the worker SIGTERM when the demo dies, even by SIGKILL (Linux
-    prctl PR_SET_PDEATHSIG). libc is loaded here, before the fork, not in the child."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def set_signal() -> None:
-        prctl(1, int(signal.SIGTERM))
-
-    return set_signal
-
-
-class Worker:
-    """``active-series worker`` in its own session (Ctrl-C reaches only the demo, which then
-    stops it), logging to a file."""
-
-    def __init__(self, dsn: str, api_base: str, log_path: Path) -> None:
-        self.log_path = log_path
-        self.args = [
-            sys.executable,
-            "-m",
-            "active_series.cli",
-            "worker",
-            "--dsn",
-            dsn,
-            "--stripe-api-base",
-            api_base,
-            "--meter-event-name",
-            EVENT_NAME,
-            "--grace",
-            str(GRACE),
-            "--poll-interval",
-            "1",
-            "--debounce",
-            "0.1",
-            "--shutdown-timeout",
-            "5",
-        ]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ, STRIPE_API_KEY=API_KEY)
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_parent_death_signal(),
-            )
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+def start_worker(dsn: str, api_base: str, log_path: Path) -> WorkerProcess:
+    """``active-series worker`` for the demo, in its own session, logging to a file."""
+    return WorkerProcess(
+        dsn,
+        api_base,
+        "--meter-event-name",
+        EVENT_NAME,
+        "--grace",
+        str(GRACE),
+        "--poll-interval",
+        "1",
+        "--debounce",
+        "0.1",
+        "--shutdown-timeout",
+        "5",
+        api_key=API_KEY,
+        log_path=log_path,
+        fresh_log=True,
+        detach=True,
+    ).start()
 
 
 class Interrupted:
@@ -215,7 +176,7 @@ def _reachable_by_server(path: Path) -> bool:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
-    path = cli.data_dir(args)
+    path = default_data_dir(args)
     if args.data_dir or _reachable_by_server(path):
         return path
     # root, and the postgres user cannot enter the project directory (e.g. under /root)
@@ -240,8 +201,8 @@ class Demo:
         self.period = int(args.period_seconds or (10 if self.short else 25))
         self.periods = int(args.periods or (3 if self.short else 5))
         if self.period < 4 or self.periods < 1:
-            raise cli.CliError(
-                "--period-seconds must be at least 4 and --periods at least 1", cli.EXIT_USAGE
+            raise CommandError(
+                "--period-seconds must be at least 4 and --periods at least 1", ExitCode.USAGE
             )
         self.out = Path(args.out or DEFAULT_OUT).absolute()
         self.data_dir_path = _data_dir(args)
@@ -249,8 +210,8 @@ class Demo:
         self.samples: list[dict[str, Any]] = []
         self.started = time.time()
         self.server: StripeEmulatorServer | None = None
-        self.worker: Worker | None = None
-        self.cluster: Any = None
+        self.worker: WorkerProcess | None = None
+        self.cluster: Cluster | None = None
         self.stop_cluster = False
         self.conn: psycopg.Connection[Any] | None = None
         self.closed_seen: set[tuple[int, datetime]] = set()
@@ -262,20 +223,20 @@ class Demo:
         gitignore = self.out.parent / ".gitignore"
         if self.out.parent.name == ".active-series" and not gitignore.exists():
             gitignore.write_text("*\n")
-        self.cluster = cli.embedded_cluster(self.data_dir_path)
+        cluster = self.cluster = embedded_cluster(self.data_dir_path)
         marker = self.out / "cluster.pid"
-        running = self.cluster.pid
+        running = cluster.pid
         # ours: not running yet, or left running by a demo that was killed
         ours = running is None or (marker.exists() and marker.read_text().strip() == str(running))
-        cli._cluster_call(self.cluster.start, self.cluster.log_file)
+        cluster_call(cluster.start, cluster.log_file)
         self.stop_cluster = ours
         if ours:
-            marker.write_text(f"{self.cluster.pid}\n")
-        say(f"PostgreSQL: {self.cluster.data_dir} (port {self.cluster.port})")
-        with psycopg.connect(self.cluster.dsn("postgres"), autocommit=True) as admin:
+            marker.write_text(f"{cluster.pid}\n")
+        say(f"PostgreSQL: {cluster.data_dir} (port {cluster.port})")
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as admin:
             ident = sql.Identifier(DEMO_DB)
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-        dsn = cli.ensure_database(self.cluster, DEMO_DB)
+        dsn = ensure_database(cluster, DEMO_DB)
         say(f"schema active_series installed in database {DEMO_DB}: {dsn}")
         self.conn = psycopg.connect(dsn, autocommit=True)
         return dsn
@@ -335,14 +296,8 @@ class Demo:
             assert row is not None
             return int(row[0])
 
-        org.id = one(
-            "INSERT INTO active_series.organization (name) VALUES (%s) RETURNING id", (org.name,)
-        )
-        org.project = one(
-            "INSERT INTO active_series.project (organization_id, name, visibility)"
-            " VALUES (%s, %s, 'private') RETURNING id",
-            (org.id, f"{org.name}-app"),
-        )
+        org.id = one(q.NEW_ORGANIZATION, (org.name,))
+        org.project = one(q.NEW_PROJECT, (org.id, f"{org.name}-app"))
         for table, names, ids in (
             ("testbed", TESTBEDS, org.testbeds),
             ("benchmark", BENCHMARKS, org.benchmarks),
@@ -351,23 +306,13 @@ class Demo:
             for name in names:
                 ids.append(
                     one(
-                        sql.SQL(
-                            "INSERT INTO active_series.{} (project_id, name)"
-                            " VALUES (%s, %s) RETURNING id"
-                        )
-                        .format(sql.Identifier(table))
-                        .as_string(conn),
+                        sql.SQL(q.NEW_NAMED).format(sql.Identifier(table)).as_string(conn),
                         (org.project, name),
                     )
                 )
-        conn.execute(
-            "SELECT active_series.set_stripe_customer(%s, %s, 'pro')", (org.id, org.customer)
-        )
+        conn.execute(q.SET_STRIPE_CUSTOMER, (org.id, org.customer))
         # the subscription's period, as the worker would align it
-        conn.execute(
-            "SELECT active_series.set_billing_period(%s, to_timestamp(%s), to_timestamp(%s))",
-            (org.id, start, end),
-        )
+        conn.execute(q.SET_BILLING_PERIOD, (org.id, start, end))
 
     def _conn(self) -> psycopg.Connection[Any]:
         assert self.conn is not None
@@ -385,27 +330,20 @@ class Demo:
         conn = self._conn()
         with conn.transaction():
             for tb, series in per_testbed.items():
-                row = conn.execute(
-                    "INSERT INTO active_series.report (project_id, testbed_id, start_time,"
-                    " end_time) VALUES (%s, %s, now() - interval '1 minute', now()) RETURNING id",
-                    (org.project, org.testbeds[tb]),
-                ).fetchone()
+                row = conn.execute(q.NEW_REPORT, (org.project, org.testbeds[tb])).fetchone()
                 assert row is not None
                 report_id = row[0]
                 benchmarks = sorted({(i // len(MEASURES)) % len(BENCHMARKS) for i in series})
                 rb: dict[int, int] = {}
                 for b in benchmarks:
                     got = conn.execute(
-                        "INSERT INTO active_series.report_benchmark (report_id, benchmark_id,"
-                        " iteration) VALUES (%s, %s, 0) RETURNING id",
-                        (report_id, org.benchmarks[b]),
+                        q.NEW_REPORT_BENCHMARK, (report_id, org.benchmarks[b])
                     ).fetchone()
                     assert got is not None
                     rb[b] = got[0]
                 with conn.cursor() as cur:
                     cur.executemany(
-                        "INSERT INTO active_series.metric (report_benchmark_id, measure_id, value)"
-                        " VALUES (%s, %s, %s)",
+                        q.NEW_METRIC,
                         [
                             (
                                 rb[(i // len(MEASURES)) % len(BENCHMARKS)],
@@ -417,15 +355,7 @@ class Demo:
                     )
 
     def current(self, org: Org) -> tuple[datetime, datetime, int]:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT c.period_start, c.period_end, active_series.period_usage(%s)"
-                " FROM active_series.current_period(%s) AS c",
-                (org.id, org.id),
-            )
-            .fetchone()
-        )
+        row = self._conn().execute(q.CURRENT, (org.id, org.id)).fetchone()
         assert row is not None
         return row[0], row[1], int(row[2])
 
@@ -467,24 +397,11 @@ class Demo:
 
     def _announce_closed(self) -> None:
         seen = self.closed_seen
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT organization_id, period_start FROM active_series._period"
-                " WHERE closed_at IS NOT NULL ORDER BY closed_at"
-            )
-            .fetchall()
-        )
+        rows = self._conn().execute(q.CLOSED_PERIODS).fetchall()
         names = {o.id: o.name for o in self.orgs}
-        for org_id, start in rows:
+        for org_id, start, value in rows:
             if (org_id, start) not in seen:
                 seen.add((org_id, start))
-                usage = (
-                    self._conn()
-                    .execute("SELECT active_series.period_usage(%s, %s)", (org_id, start))
-                    .fetchone()
-                )
-                value = usage[0] if usage else "?"
                 say(
                     f"  +{time.time() - self.started:5.1f}s {names.get(org_id, org_id)}: "
                     f"period from {start:%H:%M:%S} closed, final value {value} posted"
@@ -503,16 +420,7 @@ class Demo:
             time.sleep(0.5)
 
     def _settled(self, ctl: EmulatorControl, meter: str) -> bool:
-        row = (
-            self._conn()
-            .execute(
-                "SELECT (SELECT count(*) FROM active_series._outbox)"
-                " + (SELECT count(*) FROM active_series._ledger WHERE status = 'pending')"
-                " + (SELECT count(*) FROM active_series._period WHERE closed_at IS NULL"
-                "    AND period_end <= clock_timestamp())"
-            )
-            .fetchone()
-        )
+        row = self._conn().execute(q.UNSETTLED).fetchone()
         if row is None or row[0] != 0:
             return False
         return all(r["database"] == r["stripe"] for r in self.table(ctl, meter, invoices=None))
@@ -524,15 +432,7 @@ class Demo:
     ) -> list[dict[str, Any]]:
         rows = []
         for org in self.orgs:
-            periods = (
-                self._conn()
-                .execute(
-                    "SELECT period_start, period_end, active_series FROM active_series.periods(%s)"
-                    " ORDER BY period_start",
-                    (org.id,),
-                )
-                .fetchall()
-            )
+            periods = self._conn().execute(q.PERIODS, (org.id,)).fetchall()
             amounts: dict[int, tuple[int, bool]] = {}
             preview = None
             if invoices is not None:
@@ -583,12 +483,7 @@ class Demo:
                     "yes" if r["database"] == r["stripe"] else "NO",
                 ]
             )
-        widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
-        say("")
-        say("  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)).rstrip())
-        for c in cells:
-            say("  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)).rstrip())
-        say("")
+        say("\n".join(["", *table_lines(names, cells), ""]))
 
     def chart(self, path: Path) -> bool:
         try:
@@ -642,12 +537,8 @@ class Demo:
             dsn = self.start_database()
             client, ctl, url = self.start_stripe()
             meter = self.create_billing(client)
-            self.worker = Worker(dsn, url, self.out / "worker.log")
-            self.worker.start()
-            say(
-                f"worker started (pid {self.worker.proc.pid if self.worker.proc else '?'}), "
-                f"log: {self.worker.log_path}"
-            )
+            self.worker = start_worker(dsn, url, self.out / "worker.log")
+            say(f"worker started (pid {self.worker.pid}), log: {self.worker.log_path}")
             self.simulate(ctl, meter)
             say("ingest stopped; waiting until Stripe holds every period's count")
             settled = self.settle(ctl, meter)
@@ -661,9 +552,9 @@ class Demo:
             say(f"table: {self.out / 'summary.json'}")
             if not settled or any(r["database"] != r["stripe"] for r in rows):
                 say(f"Stripe does not hold every period's count; see {self.out / 'worker.log'}")
-                return cli.EXIT_FAILURE
+                return ExitCode.FAILURE
             say("every period: database == Stripe")
-            return cli.EXIT_OK
+            return ExitCode.OK
         finally:
             self.shutdown()
 
@@ -696,9 +587,9 @@ def run(args: argparse.Namespace) -> int:
             return Demo(args).run()
         except KeyboardInterrupt:
             say("interrupted")
-            return cli.EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
         except Exception:
             if Interrupted.signum is None:
                 raise
             say("interrupted")
-            return cli.EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED

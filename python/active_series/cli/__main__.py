@@ -1,0 +1,5 @@
+import sys
+
+from active_series.cli import main
+
+sys.exit(main())

@@ -1,0 +1,247 @@
+"""The ``active-series`` command line: its options, and which command each one runs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib.metadata import entry_points
+from typing import Any
+
+from active_series import __version__
+from active_series.cli import commands as c
+
+# where other distributions (and active_series.devtools) add commands: a function that
+# takes the subparsers and adds its own, each with func=handler(args) -> exit code
+COMMANDS_GROUP = "active_series.commands"
+
+
+def _integer(text: str, what: str, bits: int) -> int:
+    """A whole number within the range of the SQL integer type it is passed as (a larger one
+    would make psycopg send numeric, and no function takes that)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a whole number: {text!r}") from None
+    if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        raise argparse.ArgumentTypeError(f"{what} is out of range ({bits}-bit integer): {text}")
+    return value
+
+
+def organization_id(text: str) -> int:
+    """An organization id (bigint); unknown ones are the database's to report."""
+    return _integer(text, "an organization id", 64)
+
+
+def batch_size(text: str) -> int:
+    """Reports per backfill batch (integer); the procedure rejects values below 1."""
+    return _integer(text, "the batch size", 32)
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2026-11-01, 2026-11-01T05:00:00+02:00)"
+        ) from None
+    if value.tzinfo is None:  # billing periods are UTC
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+def _organization(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    p.add_argument(
+        "--organization",
+        type=organization_id,
+        required=required,
+        help=None if required else "only this organization id",
+    )
+
+
+def _period(p: argparse.ArgumentParser, text: str = "period start (default: current)") -> None:
+    p.add_argument("--period", type=parse_time, metavar="START", help=text)
+
+
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], text: str, *parents: Any
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(name, parents=list(parents), help=text)
+    p.set_defaults(func=func)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="active-series",
+        description="Exact monthly-active time-series billing on PostgreSQL.",
+    )
+    parser.add_argument("--version", action="version", version=f"active-series {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dsn",
+        help="libpq connection string or URI (default: DATABASE_URL, then PG* variables)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(
+        sub, "install", c.cmd_install, "install or upgrade the schema over a connection", common
+    )
+    p.add_argument(
+        "--with-plpython",
+        dest="plpython",
+        action="store_const",
+        const="yes",
+        default="auto",
+        help="also install the PL/Python functions (stripe_reconcile, relay_now), or fail "
+        "(default: install them when plpython3u is available and we may create it)",
+    )
+    p.add_argument(
+        "--without-plpython",
+        dest="plpython",
+        action="store_const",
+        const="no",
+        help="do not install the PL/Python functions",
+    )
+
+    p = _command(
+        sub, "verify", c.cmd_verify, "compare cache and history with a recomputation", common
+    )
+    _organization(p)
+
+    p = _command(
+        sub,
+        "count",
+        c.cmd_count,
+        "exact count of a period, or series whose last_seen is in a window",
+        common,
+    )
+    _organization(p, required=True)
+    _period(p)
+    p.add_argument("--from", dest="window_from", type=parse_time, help="window start")
+    p.add_argument("--to", dest="window_to", type=parse_time, help="window end (exclusive)")
+    p.add_argument("--visibility", choices=["public", "private"])
+
+    p = _command(
+        sub,
+        "usage",
+        c.cmd_usage,
+        "usage per organization: the current period, a past one, or every one",
+        common,
+    )
+    _organization(p)
+    _period(p, "the period starting at START")
+    p.add_argument("--history", action="store_true", help="every period of the organization")
+    _json(p)
+
+    p = _command(
+        sub,
+        "explain",
+        c.cmd_explain,
+        "the series a period's bill is made of (project, testbed, benchmark, measure)",
+        common,
+    )
+    _organization(p, required=True)
+    _period(p)
+    _json(p)
+
+    p = _command(
+        sub, "backfill", c.cmd_backfill, "rebuild cache and history from existing metrics", common
+    )
+    p.add_argument("--batch-size", type=batch_size, default=500, help="reports per committed batch")
+
+    stripe_opts = argparse.ArgumentParser(add_help=False)
+    stripe_opts.add_argument(
+        "--stripe-api-base",
+        default="https://api.stripe.com",
+        metavar="URL",
+        help="Stripe API base URL (default: Stripe's; e.g. a local emulator)",
+    )
+    stripe_opts.add_argument(
+        "--meter-event-name", default="active_series", help="the meter's event name"
+    )
+    stripe_opts.add_argument(
+        "--rate-limit", type=float, default=25.0, help="Stripe requests per second (0: no limit)"
+    )
+    stripe_opts.add_argument(
+        "--grace",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a period this long after its end (default 300)",
+    )
+    stripe_opts.add_argument(
+        "--max-network-retries",
+        type=int,
+        default=2,
+        help="retries of the Stripe SDK for 5xx, timeouts and connection errors",
+    )
+    stripe_opts.add_argument(
+        "--stripe-timeout", type=float, default=30.0, help="seconds per Stripe request"
+    )
+
+    p = _command(
+        sub,
+        "worker",
+        c.cmd_worker,
+        "relay active-series counts to Stripe (STRIPE_API_KEY from the environment)",
+        common,
+        stripe_opts,
+    )
+    p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls")
+    p.add_argument(
+        "--debounce", type=float, default=0.05, help="seconds to let a burst of changes settle"
+    )
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
+    p.add_argument("--retry-min", type=float, default=1.0, help="first per-organization backoff")
+    p.add_argument("--retry-max", type=float, default=300.0, help="longest backoff")
+    p.add_argument(
+        "--reconnect-delay", type=float, default=1.0, help="first database reconnect backoff"
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to finish in-flight work after SIGTERM/SIGINT",
+    )
+    p.add_argument(
+        "--no-subscription-periods",
+        action="store_true",
+        help="do not take billing periods from the Stripe subscriptions",
+    )
+    p.add_argument("--once", action="store_true", help="drain the work due now and exit")
+
+    p = _command(
+        sub,
+        "close-period",
+        c.cmd_close_period,
+        "post final values and close the billing periods past end + grace",
+        common,
+        stripe_opts,
+    )
+    _organization(p)
+
+    p = sub.add_parser("relay", help="inspect and steer the Stripe relay")
+    relay_sub = p.add_subparsers(dest="relay_command", required=True, metavar="ACTION")
+    for name, func, text in (
+        ("status", c.cmd_relay_status, "per billed organization: usage vs what Stripe holds"),
+        ("failures", c.cmd_relay_failures, "parked organizations and refused posts"),
+    ):
+        rp = relay_sub.add_parser(name, parents=[common], help=text)
+        _organization(rp)
+        _json(rp)
+        rp.set_defaults(func=func)
+    rp = relay_sub.add_parser(
+        "resume", parents=[common], help="resume a parked organization after the fix"
+    )
+    _organization(rp, required=True)
+    rp.set_defaults(func=c.cmd_relay_resume)
+
+    # commands of the developer tools (active_series.devtools), registered by entry point
+    for entry in entry_points(group=COMMANDS_GROUP):
+        entry.load()(sub)
+    return parser

@@ -1,0 +1,69 @@
+"""Every SQL statement the command line sends: public functions and views only."""
+
+from __future__ import annotations
+
+from typing import Final
+
+VERIFY: Final = "SELECT organization_id, problem, detail FROM active_series.verify(%s)"
+
+PERIOD_USAGE: Final = "SELECT active_series.period_usage(%s, %s)"
+
+COUNT_ACTIVE: Final = "SELECT active_series.count_active(%s, %s, %s, %s)"
+
+USAGE: Final = """
+SELECT organization_id, organization_name, plan, stripe_customer_id,
+       period_start, period_end, active_series, private_series, public_series
+FROM active_series.usage
+"""
+
+# the period starting at %(start)s (NULL: the current one) with its exact count
+PERIOD: Final = """
+WITH cur AS (SELECT period_start, period_end FROM active_series.current_period(%(org)s))
+SELECT p.period_start, p.period_end, p.active_series
+FROM active_series.periods(%(org)s) AS p
+WHERE p.period_start = coalesce(%(start)s, (SELECT period_start FROM cur))
+UNION ALL
+SELECT c.period_start, c.period_end, 0::bigint
+FROM cur AS c
+WHERE coalesce(%(start)s, c.period_start) = c.period_start
+    AND NOT EXISTS (SELECT FROM active_series.periods(%(org)s) AS p
+                    WHERE p.period_start = c.period_start)
+"""
+
+PERIODS: Final = """
+SELECT %(org)s::bigint AS organization_id, period_start, period_end, active_series
+FROM active_series.periods(%(org)s)
+ORDER BY period_start
+"""
+
+RECENT_PERIOD_STARTS: Final = """
+SELECT period_start FROM active_series.periods(%s) ORDER BY 1 DESC LIMIT 3
+"""
+
+EXPLAIN: Final = """
+SELECT p.name AS project, t.name AS testbed, b.name AS benchmark,
+       v.parameters::text AS variant, m.name AS measure, s.first_seen, s.last_seen
+FROM active_series.period_series(%s, %s) AS s
+JOIN active_series.project AS p ON p.id = s.project_id
+JOIN active_series.testbed AS t ON t.id = s.testbed_id
+JOIN active_series.benchmark AS b ON b.id = s.benchmark_id
+LEFT JOIN active_series.variant AS v ON v.id = s.variant_id
+JOIN active_series.measure AS m ON m.id = s.measure_id
+ORDER BY p.name, t.name, b.name, v.parameters::text, m.name
+"""
+
+BACKFILL: Final = "CALL active_series.backfill(%s)"
+
+RELAY_STATUS: Final = """
+SELECT organization_id, stripe_customer_id, plan, period_start, period_end, period_usage,
+       stripe_value, stripe_value_status, in_sync, outbox_depth,
+       oldest_unposted_change_age, parked, parked_reason, next_attempt_at
+FROM active_series.relay_status
+"""
+
+RELAY_FAILURES: Final = """
+SELECT organization_id, kind, ledger_id, period_start, value, reason, at
+FROM active_series.relay_failures
+"""
+
+RELAY_RESUME: Final = "SELECT active_series.relay_resume(%s)"

@@ -1,0 +1,491 @@
+"""Products, tiered prices, subscriptions with their periods, and invoice previews."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from .common import PERIOD_SECONDS_METADATA_KEY, ApiError, Json, new_id
+from .meters import Meters
+from .params import as_dict, as_int, as_str, invalid, metadata_of, missing
+from .store import Subscription
+
+
+class Billing(Meters):
+    # ---- products and prices -------------------------------------------------------------------
+
+    def create_product(self, p: Json) -> Json:
+        name = as_str(p, "name", required=True)
+        with self.lock:
+            return self._new_product(name, metadata_of(p))
+
+    def _new_product(self, name: str | None, metadata: dict[str, str]) -> Json:
+        now = self.now_int()
+        product: Json = {
+            "id": new_id("prod"),
+            "object": "product",
+            "active": True,
+            "created": now,
+            "updated": now,
+            "name": name,
+            "metadata": metadata,
+            "livemode": False,
+        }
+        self.products[product["id"]] = product
+        return product
+
+    def get_product(self, pid: str) -> Json:
+        return self._lookup(self.products, "product", pid)
+
+    def create_price(self, p: Json) -> Json:
+        currency = (as_str(p, "currency", required=True) or "").lower()
+        scheme = as_str(p, "billing_scheme") or "per_unit"
+        if scheme not in ("per_unit", "tiered"):
+            raise invalid("billing_scheme", "billing_scheme must be per_unit or tiered.")
+        recurring_in = as_dict(p, "recurring")
+        recurring = None
+        if recurring_in:
+            interval = as_str(recurring_in, "interval", required=True, label="recurring[interval]")
+            if interval not in ("day", "week", "month", "year"):
+                raise invalid("recurring[interval]", "Invalid recurring[interval].")
+            usage_type = as_str(recurring_in, "usage_type") or "licensed"
+            if usage_type not in ("licensed", "metered"):
+                raise invalid("recurring[usage_type]", "Invalid recurring[usage_type].")
+            meter = as_str(recurring_in, "meter")
+            if usage_type == "metered" and meter is None:
+                raise missing("recurring[meter]")
+            if meter is not None:
+                self.get_meter(meter)
+            recurring = {
+                "interval": interval,
+                "interval_count": as_int(
+                    recurring_in, "interval_count", label="recurring[interval_count]"
+                )
+                or 1,
+                "usage_type": usage_type,
+                "meter": meter,
+                "aggregate_usage": None,
+                "trial_period_days": None,
+            }
+        tiers_mode = None
+        tiers = None
+        unit_amount = None
+        if scheme == "tiered":
+            tiers_mode = as_str(p, "tiers_mode", required=True)
+            if tiers_mode not in ("graduated", "volume"):
+                raise invalid("tiers_mode", "tiers_mode must be graduated or volume.")
+            tiers = self._parse_tiers(p.get("tiers"))
+        else:
+            unit_amount = as_int(
+                p, "unit_amount", required=as_str(p, "unit_amount_decimal") is None
+            )
+        with self.lock:
+            product_id = as_str(p, "product")
+            if product_id is not None:
+                self.get_product(product_id)
+            else:
+                data = as_dict(p, "product_data")
+                if not data:
+                    raise missing("product")
+                name = as_str(data, "name", required=True, label="product_data[name]")
+                product_id = self._new_product(name, metadata_of(data))["id"]
+            price: Json = {
+                "id": new_id("price"),
+                "object": "price",
+                "active": True,
+                "billing_scheme": scheme,
+                "created": self.now_int(),
+                "currency": currency,
+                "livemode": False,
+                "lookup_key": as_str(p, "lookup_key"),
+                "metadata": metadata_of(p),
+                "nickname": as_str(p, "nickname"),
+                "product": product_id,
+                "recurring": recurring,
+                "tiers_mode": tiers_mode,
+                "tiers": tiers,
+                "type": "recurring" if recurring else "one_time",
+                "unit_amount": unit_amount,
+                "unit_amount_decimal": as_str(p, "unit_amount_decimal")
+                or (str(unit_amount) if unit_amount is not None else None),
+            }
+            self.prices[price["id"]] = price
+            return price
+
+    @staticmethod
+    def _parse_tiers(raw: Any) -> list[Json]:
+        if not raw:
+            raise missing("tiers")
+        if not isinstance(raw, list):
+            raise invalid("tiers", "tiers must be an array.")
+        tiers: list[Json] = []
+        previous = 0
+        for i, tier in enumerate(raw):
+            if not isinstance(tier, dict):
+                raise invalid(f"tiers[{i}]", "Invalid tier.")
+            up_raw = tier.get("up_to")
+            if up_raw is None:
+                raise missing(f"tiers[{i}][up_to]")
+            up_to = None if up_raw == "inf" else as_int(tier, "up_to", label=f"tiers[{i}][up_to]")
+            if up_to is not None and up_to <= previous:
+                raise invalid(f"tiers[{i}][up_to]", "Tiers must have increasing up_to values.")
+            if up_to is None and i != len(raw) - 1:
+                raise invalid(f"tiers[{i}][up_to]", "Only the last tier may have up_to=inf.")
+            unit = as_int(tier, "unit_amount", label=f"tiers[{i}][unit_amount]")
+            flat = as_int(tier, "flat_amount", label=f"tiers[{i}][flat_amount]")
+            unit_dec = tier.get("unit_amount_decimal") or (str(unit) if unit is not None else None)
+            flat_dec = tier.get("flat_amount_decimal") or (str(flat) if flat is not None else None)
+            if unit_dec is None and flat_dec is None:
+                raise missing(f"tiers[{i}][unit_amount]")
+            tiers.append(
+                {
+                    "up_to": up_to,
+                    "unit_amount": unit,
+                    "unit_amount_decimal": unit_dec,
+                    "flat_amount": flat,
+                    "flat_amount_decimal": flat_dec,
+                }
+            )
+            previous = up_to or previous
+        if tiers[-1]["up_to"] is not None:
+            raise invalid(f"tiers[{len(tiers) - 1}][up_to]", "The last tier must have up_to=inf.")
+        return tiers
+
+    def get_price(self, pid: str) -> Json:
+        return self._lookup(self.prices, "price", pid)
+
+    # ---- subscriptions -------------------------------------------------------------------------
+
+    def create_subscription(self, p: Json) -> Json:
+        customer = as_str(p, "customer", required=True)
+        assert customer is not None
+        items = p.get("items")
+        if not items:
+            raise missing("items")
+        if not isinstance(items, list):
+            raise invalid("items", "items must be an array.")
+        metadata = metadata_of(p)
+        period_seconds = None
+        if PERIOD_SECONDS_METADATA_KEY in metadata:
+            period_seconds = int(metadata[PERIOD_SECONDS_METADATA_KEY])
+            if period_seconds <= 0:
+                raise invalid("metadata", f"{PERIOD_SECONDS_METADATA_KEY} must be positive.")
+        anchor_param = as_int(p, "billing_cycle_anchor")
+        with self.lock:
+            self.get_customer(customer)
+            prices = []
+            for i, item in enumerate(items):
+                pid = as_str(item, "price", required=True, label=f"items[{i}][price]")
+                assert pid is not None
+                price = self.get_price(pid)
+                if price["recurring"] is None:
+                    raise invalid(f"items[{i}][price]", "The price must be recurring.")
+                qty = as_int(item, "quantity", label=f"items[{i}][quantity]")
+                if price["recurring"]["usage_type"] == "metered" and qty is not None:
+                    raise invalid(
+                        f"items[{i}][quantity]", "Quantity cannot be set for a metered price."
+                    )
+                prices.append((price, qty))
+            first = prices[0][0]["recurring"]
+            now = self.now_int()
+            sub_id = new_id("sub")
+            sub = Subscription(
+                obj={},
+                anchor=now,
+                index=1,
+                period_seconds=period_seconds,
+                interval=first["interval"],
+                interval_count=first["interval_count"],
+            )
+            if anchor_param is None:
+                start, end = now, sub.boundary(1)
+            elif anchor_param > now:
+                sub.anchor, sub.index = anchor_param, 0
+                start, end = now, anchor_param
+            else:
+                sub.anchor = anchor_param
+                index = 1
+                while sub.boundary(index) <= now:
+                    index += 1
+                sub.index = index
+                start, end = sub.boundary(index - 1), sub.boundary(index)
+            sub.obj = {
+                "id": sub_id,
+                "object": "subscription",
+                "billing_cycle_anchor": sub.anchor,
+                "cancel_at_period_end": False,
+                "canceled_at": None,
+                "collection_method": "charge_automatically",
+                "created": now,
+                "currency": prices[0][0]["currency"],
+                "customer": customer,
+                "ended_at": None,
+                "items": {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": new_id("si"),
+                            "object": "subscription_item",
+                            "created": now,
+                            "metadata": {},
+                            "price": price,
+                            "quantity": qty
+                            if price["recurring"]["usage_type"] != "metered"
+                            else None,
+                            "subscription": sub_id,
+                        }
+                        for price, qty in prices
+                    ],
+                    "has_more": False,
+                    "total_count": len(prices),
+                    "url": f"/v1/subscription_items?subscription={sub_id}",
+                },
+                "latest_invoice": None,
+                "livemode": False,
+                "metadata": metadata,
+                "start_date": now,
+                "status": "active",
+            }
+            self._set_period(sub, start, end)
+            self.subscriptions[sub_id] = sub
+            return sub.obj
+
+    @staticmethod
+    def _set_period(sub: Subscription, start: int, end: int) -> None:
+        sub.obj["current_period_start"] = start
+        sub.obj["current_period_end"] = end
+        for item in sub.obj["items"]["data"]:
+            item["current_period_start"] = start
+            item["current_period_end"] = end
+
+    def _roll(self, sub: Subscription) -> None:
+        if not self.auto_advance_periods or sub.obj["status"] != "active":
+            return
+        now = self.now()
+        steps = 0
+        while now >= sub.obj["current_period_end"] and steps < 100_000:
+            self._next_period(sub)
+            steps += 1
+
+    def _next_period(self, sub: Subscription) -> None:
+        start, end = sub.obj["current_period_start"], sub.obj["current_period_end"]
+        sub.history.append((start, end))
+        sub.index += 1
+        self._set_period(sub, end, sub.boundary(sub.index))
+
+    def get_subscription(self, sid: str) -> Subscription:
+        with self.lock:
+            sub = self._lookup(self.subscriptions, "subscription", sid)
+            self._roll(sub)
+            return sub
+
+    def list_subscriptions(self, p: Json) -> list[Json]:
+        customer = as_str(p, "customer")
+        status = as_str(p, "status")
+        with self.lock:
+            result = []
+            for sub in reversed(self.subscriptions.values()):
+                self._roll(sub)
+                if customer and sub.obj["customer"] != customer:
+                    continue
+                if status and status != "all" and sub.obj["status"] != status:
+                    continue
+                if not status and sub.obj["status"] == "canceled":
+                    continue
+                result.append(sub.obj)
+            return result
+
+    def cancel_subscription(self, sid: str) -> Json:
+        with self.lock:
+            sub = self.get_subscription(sid)
+            now = self.now_int()
+            sub.obj.update(status="canceled", canceled_at=now, ended_at=now)
+            return sub.obj
+
+    def advance_subscription(self, sid: str, at: str) -> Json:
+        """Start the next period: at the current period's end (``at="end"``) or now."""
+        with self.lock:
+            sub = self.get_subscription(sid)
+            if at == "end":
+                self._next_period(sub)
+            elif at == "now":
+                now = self.now_int()
+                start = sub.obj["current_period_start"]
+                sub.history.append((start, max(now, start)))
+                sub.anchor, sub.index = now, 1
+                sub.obj["billing_cycle_anchor"] = now
+                self._set_period(sub, now, sub.boundary(1))
+            else:
+                raise ApiError(400, "at must be 'now' or 'end'")
+            return self.subscription_state(sid)
+
+    def set_subscription_period(self, sid: str, body: Json) -> Json:
+        with self.lock:
+            sub = self.get_subscription(sid)
+            start = int(body.get("start") or sub.obj["current_period_start"])
+            end = int(body.get("end") or sub.obj["current_period_end"])
+            if end <= start:
+                raise ApiError(400, "end must be after start")
+            if body.get("period_seconds") is not None:
+                sub.period_seconds = int(body["period_seconds"])
+            sub.anchor, sub.index = end, 0
+            sub.obj["billing_cycle_anchor"] = end
+            self._set_period(sub, start, end)
+            return self.subscription_state(sid)
+
+    def subscription_state(self, sid: str) -> Json:
+        with self.lock:
+            sub = self.get_subscription(sid)
+            periods = [
+                *sub.history,
+                (sub.obj["current_period_start"], sub.obj["current_period_end"]),
+            ]
+            rows = []
+            for start, end in periods:
+                lines = self._invoice_lines(sub, start, end)
+                rows.append(
+                    {
+                        "start": start,
+                        "end": end,
+                        "current": (start, end) == periods[-1],
+                        "quantity": sum(line["quantity"] or 0 for line in lines),
+                        "amount": sum(line["amount"] for line in lines),
+                    }
+                )
+            return {"subscription": sub.obj, "periods": rows}
+
+    # ---- invoices ------------------------------------------------------------------------------
+
+    def _invoice_lines(self, sub: Subscription, start: int, end: int) -> list[Json]:
+        lines = []
+        for item in sub.obj["items"]["data"]:
+            price = item["price"]
+            meter = price["recurring"]["meter"]
+            if price["recurring"]["usage_type"] == "metered" and meter:
+                quantity = self.aggregate(meter, sub.obj["customer"], start, end)
+            else:
+                quantity = item["quantity"] or 1
+            amount = price_amount(price, quantity)
+            lines.append(
+                {
+                    "id": new_id("il_tmp"),
+                    "object": "line_item",
+                    "amount": amount,
+                    "currency": price["currency"],
+                    "description": f"{quantity} × {price['product']}",
+                    "livemode": False,
+                    "metadata": {},
+                    "period": {"start": start, "end": end},
+                    "price": price,
+                    "pricing": {
+                        "type": "price_details",
+                        "price_details": {"price": price["id"], "product": price["product"]},
+                        "unit_amount_decimal": price["unit_amount_decimal"],
+                    },
+                    "quantity": quantity,
+                    "subscription": sub.obj["id"],
+                    "subscription_item": item["id"],
+                }
+            )
+        return lines
+
+    def preview_invoice(self, p: Json) -> Json:
+        customer = as_str(p, "customer")
+        sid = as_str(p, "subscription")
+        if customer is None and sid is None:
+            raise missing("customer")
+        with self.lock:
+            if sid is not None:
+                sub = self.get_subscription(sid)
+                if customer is not None and sub.obj["customer"] != customer:
+                    raise invalid("subscription", "The subscription belongs to another customer.")
+            else:
+                assert customer is not None
+                self.get_customer(customer)
+                subs = [
+                    s
+                    for s in self.subscriptions.values()
+                    if s.obj["customer"] == customer and s.obj["status"] == "active"
+                ]
+                if not subs:
+                    raise ApiError(
+                        404,
+                        f"No upcoming invoices for customer: {customer}",
+                        code="invoice_upcoming_none",
+                    )
+                sub = subs[0]
+                self._roll(sub)
+            start, end = sub.obj["current_period_start"], sub.obj["current_period_end"]
+            lines = self._invoice_lines(sub, start, end)
+            total = sum(line["amount"] for line in lines)
+            return {
+                "id": f"upcoming_in_{sub.obj['id']}",
+                "object": "invoice",
+                "amount_due": total,
+                "amount_paid": 0,
+                "amount_remaining": total,
+                "billing_reason": "upcoming",
+                "created": self.now_int(),
+                "currency": sub.obj["currency"],
+                "customer": sub.obj["customer"],
+                "lines": {
+                    "object": "list",
+                    "data": lines,
+                    "has_more": False,
+                    "total_count": len(lines),
+                    "url": f"/v1/invoices/upcoming/lines?subscription={sub.obj['id']}",
+                },
+                "livemode": False,
+                "parent": {
+                    "type": "subscription_details",
+                    "quote_details": None,
+                    "subscription_details": {
+                        "metadata": sub.obj["metadata"],
+                        "subscription": sub.obj["id"],
+                    },
+                },
+                "period_start": start,
+                "period_end": end,
+                "status": "draft",
+                "subscription": sub.obj["id"],
+                "subtotal": total,
+                "total": total,
+            }
+
+
+def dec(value: Any) -> Decimal:
+    if value is None:
+        return Decimal(0)
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return Decimal(0)
+
+
+def price_amount(price: Json, quantity: int) -> int:
+    """The amount in the currency's minor unit for ``quantity`` units of ``price``.
+
+    Graduated tiers charge each tier's units at that tier's unit amount plus the flat amount of
+    every tier that holds at least one unit; volume tiers charge all units at the tier the total
+    falls in plus that tier's flat amount.  A quantity of zero costs nothing.
+    """
+    if quantity <= 0:
+        return 0
+    if price["billing_scheme"] != "tiered":
+        total = dec(price["unit_amount_decimal"]) * quantity
+    elif price["tiers_mode"] == "volume":
+        tier = next(t for t in price["tiers"] if t["up_to"] is None or quantity <= t["up_to"])
+        total = dec(tier["unit_amount_decimal"]) * quantity + dec(tier["flat_amount_decimal"])
+    else:
+        total = Decimal(0)
+        lower = 0
+        for tier in price["tiers"]:
+            upper = tier["up_to"]
+            units = quantity - lower if upper is None else min(quantity, upper) - lower
+            if units <= 0:
+                break
+            total += dec(tier["unit_amount_decimal"]) * units + dec(tier["flat_amount_decimal"])
+            if upper is None:
+                break
+            lower = upper
+    return int(total.quantize(Decimal(1), rounding=ROUND_HALF_UP))

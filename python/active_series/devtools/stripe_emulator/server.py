@@ -1,0 +1,328 @@
+"""The emulator's HTTP server: request plumbing, API keys, the rate limit, injected faults
+and idempotency around the route tables (:mod:`.routes`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import select
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .common import HTML_ERROR_PAGE, Answer, ApiError, Json, new_id, rate_limit_error
+from .params import parse_form
+from .routes import route_control, route_stripe
+from .state import EmulatorState
+
+
+class StripeEmulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], state: EmulatorState, quiet: bool = False):
+        self.state = state
+        self.quiet = quiet
+        super().__init__(address, _Handler)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        host_text = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://{host_text}:{port}"
+
+
+class _ClientGone(Exception):
+    """The client closed its connection while we were delaying the answer."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: StripeEmulatorServer
+    protocol_version = "HTTP/1.0"
+    server_version = "active-series-stripe-emulator"
+
+    # ---- plumbing ---------------------------------------------------------------------------
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return
+
+    def _log(
+        self, method: str, path: str, status: int | str, started: float, note: str = ""
+    ) -> None:
+        if self.server.quiet:
+            return
+        ms = (time.monotonic() - started) * 1000
+        extra = f" [{note}]" if note else ""
+        sys.stderr.write(f"stripe-emulator {method} {path} {status} {ms:.1f}ms{extra}\n")
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, answer: Answer) -> None:
+        data = json.dumps(answer.body).encode()
+        self.send_response(answer.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Request-Id", new_id("req"))
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_raw(
+        self, status: int, content_type: str, data: bytes, length: int | None = None
+    ) -> None:
+        """An answer with an arbitrary body (faults): ``length`` may promise more than sent."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data) if length is None else length))
+        self.send_header("Request-Id", new_id("req"))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _client_gone(self) -> bool:
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait, but stop as soon as the client hangs up (the socket turns readable at EOF)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                readable, _, _ = select.select([self.connection], [], [], left)
+            except (OSError, ValueError):
+                raise _ClientGone from None
+            if readable and self._client_gone():
+                raise _ClientGone
+            if readable:  # unexpected extra bytes from the client: keep waiting, politely
+                time.sleep(min(0.01, left))
+
+    def _handle(self, method: str) -> None:
+        started = time.monotonic()
+        url = urllib.parse.urlsplit(self.path)
+        path = url.path
+        try:
+            raw = self._read_body()
+            if path.startswith("/_emulator"):
+                answer = self._control(method, path, url.query, raw)
+                self._send(answer)
+                self._log(method, path, answer.status, started)
+                return
+            self._stripe(method, path, url.query, raw, started)
+        except (BrokenPipeError, ConnectionResetError):
+            self._log(method, path, "client-gone", started)
+
+    # ---- Stripe API -------------------------------------------------------------------------
+
+    def _stripe(self, method: str, path: str, query: str, raw: bytes, started: float) -> None:
+        state = self.server.state
+        with state.lock:
+            state.request_counts[path] = state.request_counts.get(path, 0) + 1
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if method == "POST":
+            pairs += urllib.parse.parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
+        params = parse_form(pairs)
+        is_event = method == "POST" and path == "/v1/billing/meter_events"
+        customer = state.customer_of_event(params) if is_event else None
+        if customer is not None:
+            alone = state.begin_call(customer, self, lambda: not self._client_gone())
+        try:
+            if customer is not None and not alone and state.enforce_customer_concurrency:
+                answer = Answer(
+                    429,
+                    ApiError(
+                        429,
+                        "Too many concurrent requests for this customer.",
+                        code="rate_limit",
+                    ).body(),
+                )
+                self._send(answer)
+                self._log(method, path, 429, started, "concurrent")
+                return
+            self._stripe_inner(method, path, params, raw, started)
+        finally:
+            if customer is not None:
+                state.end_call(customer, self)
+
+    def _stripe_inner(
+        self, method: str, path: str, params: Json, raw: bytes, started: float
+    ) -> None:
+        state = self.server.state
+        auth = self.headers.get("Authorization", "")
+        api_key = auth[7:] if auth.startswith("Bearer ") else ""
+        if not api_key or (state.api_key is not None and api_key != state.api_key):
+            err = ApiError(
+                401,
+                "You did not provide a valid API key. Provide it as a Bearer token.",
+            )
+            self._send(Answer(401, err.body()))
+            self._log(method, path, 401, started)
+            return
+        if not state.take_token():
+            state.count_fault("bucket_429")
+            self._send(Answer(429, rate_limit_error().body()))
+            self._log(method, path, 429, started, "rate limited")
+            return
+        fault = state.choose_fault(method, path)
+        if fault is not None:
+            state.count_fault(fault.kind)
+            if fault.kind == "drop_before":
+                self._drop()
+                self._log(method, path, "dropped", started, "fault drop_before")
+                return
+            if fault.kind == "error":
+                err = ApiError(
+                    fault.status,
+                    "An unknown error occurred (injected by the emulator).",
+                    type_="api_error",
+                )
+                self._send(Answer(fault.status, err.body()))
+                self._log(method, path, fault.status, started, "fault error")
+                return
+            if fault.kind == "rate_limit":
+                self._send(Answer(429, rate_limit_error().body()))
+                self._log(method, path, 429, started, "fault rate_limit")
+                return
+            if fault.kind == "html":
+                # a proxy's error page, not executed; status from the rule (random: 502)
+                self._send_raw(fault.status, "text/html; charset=utf-8", HTML_ERROR_PAGE)
+                self._log(method, path, fault.status, started, "fault html")
+                return
+            if fault.kind == "delay":
+                try:
+                    self._sleep(fault.seconds)
+                except _ClientGone:
+                    state.count_fault("abandoned")
+                    self._log(method, path, "abandoned", started, "client left during delay")
+                    return
+        answer = self._execute(method, path, params, raw, api_key)
+        if fault is not None and fault.kind == "drop_after":
+            self._drop()
+            self._log(method, path, "dropped", started, f"fault drop_after ({answer.status})")
+            return
+        if fault is not None and fault.kind in ("truncated_json", "close_mid_response"):
+            data = json.dumps(answer.body).encode()
+            if fault.kind == "truncated_json":
+                # a complete HTTP answer whose JSON body is cut in half
+                self._send_raw(answer.status, "application/json", data[: len(data) // 2])
+            else:
+                # the headers announce the whole body; half of it comes, then the connection closes
+                self._send_raw(
+                    answer.status, "application/json", data[: len(data) // 2], length=len(data)
+                )
+                self._drop()
+            self._log(method, path, answer.status, started, f"fault {fault.kind}")
+            return
+        if fault is not None and fault.kind == "delay_after":
+            try:
+                self._sleep(fault.seconds)
+            except _ClientGone:
+                self._log(method, path, "abandoned", started, "client left after processing")
+                return
+        self._send(answer)
+        self._log(method, path, answer.status, started, "fault delay" if fault else "")
+
+    def _execute(self, method: str, path: str, params: Json, raw: bytes, api_key: str) -> Answer:
+        state = self.server.state
+        key = self.headers.get("Idempotency-Key") if method == "POST" else None
+        if key:
+            fingerprint = hashlib.sha256(f"{method} {path} ".encode() + raw).hexdigest()
+            try:
+                stored = state.idempotency_begin(api_key, key, fingerprint)
+            except ApiError as err:
+                return Answer(err.status, err.body(), err.headers())
+            if stored is not None:
+                return Answer(
+                    stored["status"],
+                    stored["body"],
+                    {**stored["headers"], "Idempotent-Replayed": "true"},
+                )
+        try:
+            answer = Answer(200, route_stripe(state, method, path, params, key))
+        except ApiError as err:
+            answer = Answer(err.status, err.body(), err.headers())
+        except Exception as exc:  # noqa: BLE001 - an emulator bug must still answer like Stripe
+            answer = Answer(
+                500, ApiError(500, f"emulator error: {exc!r}", type_="api_error").body()
+            )
+        if key:
+            keep = 200 <= answer.status < 300
+            state.idempotency_finish(
+                api_key,
+                key,
+                {"status": answer.status, "body": answer.body, "headers": answer.headers}
+                if keep
+                else None,
+            )
+        if "Idempotency-Key" in self.headers:
+            answer.headers.setdefault("Idempotency-Key", self.headers["Idempotency-Key"])
+        return answer
+
+    # ---- control API ------------------------------------------------------------------------
+
+    def _control(self, method: str, path: str, query: str, raw: bytes) -> Answer:
+        state = self.server.state
+        q = dict(urllib.parse.parse_qsl(query))
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError:
+            return Answer(400, {"error": {"message": "control bodies are JSON"}})
+        if not isinstance(body, dict):
+            return Answer(400, {"error": {"message": "control bodies are JSON objects"}})
+        try:
+            return Answer(200, route_control(state, method, path, q, body))
+        except ApiError as err:
+            return Answer(err.status, err.body())
+        except (ValueError, TypeError, KeyError) as exc:
+            return Answer(400, {"error": {"message": f"bad control request: {exc!r}"}})
+
+
+def make_server(
+    host: str = "127.0.0.1", port: int = 0, *, quiet: bool = False, **opts: Any
+) -> StripeEmulatorServer:
+    """Create (but do not start) a server; ``opts`` go to :class:`EmulatorState`."""
+    return StripeEmulatorServer((host, port), EmulatorState(**opts), quiet=quiet)
+
+
+def run_in_thread(
+    port: int = 0, host: str = "127.0.0.1", *, quiet: bool = True, **opts: Any
+) -> tuple[StripeEmulatorServer, str]:
+    """Start the emulator on a daemon thread; returns the server and its base URL.
+
+    Stop it with ``server.shutdown(); server.server_close()``.
+    """
+    server = make_server(host, port, quiet=quiet, **opts)
+    thread = threading.Thread(target=server.serve_forever, name="stripe-emulator", daemon=True)
+    thread.start()
+    return server, server.base_url

@@ -1,0 +1,19 @@
+"""The Stripe relay: ``active-series worker``.
+
+Relays each billed organization's exact period-to-date active-series count to a Stripe
+billing meter with ``last`` aggregation, so that for every (customer, period) Stripe ends
+up holding ``active_series.period_usage``.
+
+- :mod:`.daemon`: the worker's loop (LISTEN, poll, scheduled wake-ups, reconnects);
+- :mod:`.signals`: graceful stop on the first SIGTERM/SIGINT, exit on the second;
+- :mod:`.claim`: one organization at a time, under its row lock (the steps are there);
+- :mod:`.stripe_api`: the Stripe calls and what their failures mean;
+- :mod:`.observe`: log lines and Prometheus metrics;
+- :mod:`.queries`: every SQL statement the relay sends.
+"""
+
+from active_series.relay.claim import ClaimOutcome, Relay
+from active_series.relay.config import RelayConfig
+from active_series.relay.daemon import Worker, close_periods
+
+__all__ = ["ClaimOutcome", "Relay", "RelayConfig", "Worker", "close_periods"]

@@ -1,0 +1,33 @@
+"""The worker's settings (from the command line) and the relay's fixed limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_API_BASE = "https://api.stripe.com"
+CHANNEL = "active_series"
+# Stripe accepts timestamps within the past 35 days; keep an hour of margin.
+MAX_EVENT_AGE = 35 * 86400 - 3600
+# How often to re-read a customer's subscription when it has none (or reading failed).
+SUBSCRIPTION_RECHECK = 3600.0
+
+
+@dataclass
+class RelayConfig:
+    dsn: str
+    api_key: str
+    api_base: str = DEFAULT_API_BASE
+    meter_event_name: str = "active_series"
+    poll_interval: float = 5.0
+    debounce: float = 0.05
+    rate_limit: float = 25.0
+    grace: float = 300.0
+    metrics_port: int = 0
+    max_network_retries: int = 2
+    stripe_timeout: float = 30.0
+    retry_min: float = 1.0
+    retry_max: float = 300.0
+    reconnect_delay: float = 1.0
+    shutdown_timeout: float = 30.0
+    sync_subscriptions: bool = True
+    once: bool = False

@@ -1,0 +1,211 @@
+"""The worker's loop: wait for a notification, the poll interval, scheduled work or a stop
+signal; then drain. The listening connection and the reconnects live here too; relaying an
+organization is :mod:`active_series.relay.claim`'s."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import time
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+from prometheus_client import start_http_server
+
+from active_series.install import SchemaVersionError
+from active_series.ratelimit import backoff
+from active_series.relay.claim import Relay, Stopping
+from active_series.relay.config import CHANNEL, RelayConfig
+from active_series.relay.observe import Log, Metrics
+from active_series.relay.signals import StopSignals
+from active_series.text import first_line
+
+
+class Wake(StrEnum):
+    """Why the worker started a drain."""
+
+    START = "start"
+    NOTIFY = "notify"
+    POLL = "poll"
+    SCHEDULED = "scheduled"
+    RECONNECT = "reconnect"
+
+
+class Worker:
+    """The daemon loop. Reconnects with backoff and jitter; catches up after."""
+
+    def __init__(self, cfg: RelayConfig, log: Log | None = None) -> None:
+        self.cfg = cfg
+        self.log = log or Log(cfg.api_key)
+        self.metrics = Metrics()
+        self.signals = StopSignals(cfg.shutdown_timeout)
+        self.stop = self.signals.stop
+        self.relay = Relay(cfg, self.log, self.metrics, self.stop)
+        self.listen_conn: psycopg.Connection[Any] | None = None
+        self.listen_attempts = 0
+        self.listen_retry_at = 0.0
+
+    def run(self) -> int:
+        self.signals.install()
+        if self.cfg.metrics_port:
+            start_http_server(self.cfg.metrics_port, registry=self.metrics.registry)
+        self.log(
+            "info",
+            "start",
+            pid=os.getpid(),
+            api_base=self.cfg.api_base,
+            meter_event_name=self.cfg.meter_event_name,
+            poll_interval=self.cfg.poll_interval,
+            grace=self.cfg.grace,
+            metrics_port=self.cfg.metrics_port or None,
+        )
+        try:
+            return self._run()
+        except SchemaVersionError as exc:
+            # at the start or at any wake-up (an upgrade under a running worker): exit 4
+            self.log("error", "schema_mismatch", error=str(exc))
+            raise
+        finally:
+            self.relay.close()
+            if self.listen_conn is not None:
+                with contextlib.suppress(Exception):
+                    self.listen_conn.close()
+            self.log("info", "stop")
+
+    def _run(self) -> int:
+        attempts = 0
+        while True:  # the database may be restarting
+            try:
+                self.relay.connect()
+                break
+            except psycopg.OperationalError as exc:
+                delay = backoff(attempts, self.cfg.reconnect_delay, 30.0)
+                attempts += 1
+                self.log("warning", "database_unavailable", error=first_line(exc), retry_in=delay)
+                if self.stop.wait(delay):
+                    return 0
+        self._listen()
+        reason = Wake.START
+        db_attempts = 0
+        while not self.stop.is_set():
+            try:
+                if self.relay.claim_conn is None:
+                    self.relay.connect()
+                    self.log("info", "reconnected", what="database")
+                    reason = Wake.RECONNECT
+                db_attempts = 0
+                self.relay.wake_reason = reason
+                self.metrics.wakeups.labels(reason).inc()
+                handled = self.relay.drain()
+                self.log("debug", "drained", wake=reason, claims=handled)
+                if self.cfg.once:
+                    break
+                reason = self._wait()
+            except Stopping:
+                break
+            except psycopg.Error as exc:
+                self.relay.close()
+                delay = backoff(db_attempts, self.cfg.reconnect_delay, 30.0)
+                db_attempts += 1
+                self.log("warning", "database_unavailable", error=first_line(exc), retry_in=delay)
+                self.stop.wait(delay)
+                reason = Wake.RECONNECT
+        return 0
+
+    # ------------------------------------------------------------------ LISTEN
+    def _listen(self) -> bool:
+        try:
+            conn = psycopg.connect(
+                self.cfg.dsn,
+                autocommit=True,
+                connect_timeout=10,
+                application_name="active-series-worker-listen",
+            )
+            conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error as exc:
+            self._retry_listen_later("listen_failed", exc)
+            return False
+        self.listen_conn = conn
+        self.listen_attempts = 0
+        self.log("info", "listening", channel=CHANNEL, backend_pid=conn.info.backend_pid)
+        return True
+
+    def _lost_listen(self, exc: BaseException) -> None:
+        if self.listen_conn is not None:
+            with contextlib.suppress(Exception):
+                self.listen_conn.close()
+        self.listen_conn = None
+        self._retry_listen_later("listen_lost", exc)
+
+    def _retry_listen_later(self, event: str, exc: BaseException) -> None:
+        delay = backoff(self.listen_attempts, self.cfg.reconnect_delay, 30.0)
+        self.listen_attempts += 1
+        self.listen_retry_at = time.time() + delay
+        self.log("warning", event, error=first_line(exc), retry_in=delay)
+
+    # ------------------------------------------------------------------ waiting
+    def _wait(self) -> Wake:
+        """Block until the next reason to drain; returns it."""
+        now = time.time()
+        deadline, reason = now + self.cfg.poll_interval, Wake.POLL
+        scheduled = self.relay.next_wakeup()
+        if scheduled is not None and scheduled < deadline:
+            deadline, reason = max(scheduled, now + 0.05), Wake.SCHEDULED
+        while not self.stop.is_set():
+            due = self.listen_conn is None and time.time() >= self.listen_retry_at
+            if due and self._listen():
+                return Wake.RECONNECT  # notifications may have been missed: catch up
+            wake_at, listen_retry = deadline, False
+            if self.listen_conn is None and self.listen_retry_at < wake_at:
+                wake_at, listen_retry = self.listen_retry_at, True
+            timeout = wake_at - time.time()
+            if timeout <= 0:
+                if listen_retry:
+                    continue
+                return reason
+            fds = [self.signals.wake_fd]
+            if self.listen_conn is not None:
+                fds.append(self.listen_conn.fileno())
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if self.signals.wake_fd in ready:
+                self.signals.clear_wake()
+                continue
+            readable = self.listen_conn is not None and self.listen_conn.fileno() in ready
+            if readable and self._notified():
+                self._debounce()
+                return Wake.NOTIFY
+        raise Stopping
+
+    def _notified(self) -> bool:
+        assert self.listen_conn is not None
+        try:
+            return bool(list(self.listen_conn.notifies(timeout=0)))
+        except psycopg.Error as exc:
+            self._lost_listen(exc)
+            return False
+
+    def _debounce(self) -> None:
+        """Let a burst of commits settle for ``debounce`` seconds (coalescing)."""
+        end = time.time() + self.cfg.debounce
+        wake_fd = self.signals.wake_fd
+        while self.listen_conn is not None and not self.stop.is_set():
+            left = end - time.time()
+            if left <= 0:
+                return
+            ready, _, _ = select.select([self.listen_conn.fileno(), wake_fd], [], [], left)
+            if self.listen_conn.fileno() in ready:
+                self._notified()
+            if wake_fd in ready:
+                return
+
+
+def close_periods(cfg: RelayConfig, organization: int | None = None) -> int:
+    """One drain of period closing (the CLI's ``close-period``); returns claims made."""
+    relay = Relay(cfg, Log(cfg.api_key), Metrics())
+    relay.connect()
+    try:
+        return relay.drain(only_close=True, organization=organization)
+    finally:
+        relay.close()

@@ -1,0 +1,106 @@
+"""The relay's calls to Stripe: posting a meter event, reading a subscription's period, and
+what a failed call means (:class:`Outcome`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+from typing import Any
+
+import stripe
+
+from active_series.ratelimit import TokenBucket
+from active_series.relay.config import RelayConfig
+
+
+class Outcome(StrEnum):
+    """What a Stripe call came to, for the relay."""
+
+    OK = "ok"
+    DUPLICATE = "duplicate"  # the identifier was already recorded: counts as sent
+    TRANSIENT = "transient"  # 5xx, timeout, dropped connection: retry later
+    RATE_LIMITED = "rate_limited"
+    PERMANENT = "permanent"  # unknown customer, archived meter, invalid value: park
+    GLOBAL = "global"  # bad API key or permissions: nothing an organization did
+
+    @property
+    def accepted(self) -> bool:
+        return self in (Outcome.OK, Outcome.DUPLICATE)
+
+
+def classify(exc: stripe.StripeError) -> tuple[Outcome, str]:
+    """What a failed Stripe call means for the relay: (outcome, one-line reason)."""
+    status = exc.http_status
+    code = exc.code or ""
+    message = str(exc.user_message or exc).strip().splitlines()[0] if str(exc) else ""
+    reason = f"{status or '-'} {code or type(exc).__name__}: {message}"[:500]
+    if isinstance(exc, stripe.RateLimitError) or status == 429:
+        return Outcome.RATE_LIMITED, reason
+    if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+        return Outcome.GLOBAL, reason
+    if isinstance(exc, stripe.IdempotencyError):
+        return Outcome.TRANSIENT, reason
+    if isinstance(exc, stripe.InvalidRequestError) or status in (400, 404):
+        if "already exists with identifier" in message:
+            return Outcome.DUPLICATE, reason
+        return Outcome.PERMANENT, reason
+    return Outcome.TRANSIENT, reason
+
+
+class StripeMeter:
+    """The Stripe client of one worker; every call waits for the shared rate limit."""
+
+    def __init__(self, cfg: RelayConfig) -> None:
+        self.event_name = cfg.meter_event_name
+        self.client = stripe.StripeClient(
+            cfg.api_key,
+            base_addresses={"api": cfg.api_base},
+            max_network_retries=cfg.max_network_retries,
+            http_client=stripe.RequestsClient(timeout=cfg.stripe_timeout),
+        )
+        self.bucket = TokenBucket(cfg.rate_limit)
+
+    def post(self, customer: str, value: int, ts: int, ident: str) -> tuple[Outcome, str]:
+        """Post one meter event; ``ident`` is its identifier and its idempotency key."""
+        self.bucket.acquire()
+        try:
+            self.client.v1.billing.meter_events.create(
+                params={
+                    "event_name": self.event_name,
+                    "payload": {"stripe_customer_id": customer, "value": str(value)},
+                    "identifier": ident,
+                    "timestamp": ts,
+                },
+                options={"idempotency_key": ident},
+            )
+        except stripe.StripeError as exc:
+            return classify(exc)
+        return Outcome.OK, ""
+
+    def subscription_period(self, customer: str) -> tuple[int, int] | None:
+        """The current period of the customer's live subscription (Unix seconds), or None.
+        Raises stripe.StripeError."""
+        self.bucket.acquire()
+        subs = self.client.v1.subscriptions.list(params={"customer": customer, "limit": 10})
+        return current_period(subs.data)
+
+
+def current_period(subscriptions: Iterable[Any]) -> tuple[int, int] | None:
+    """Current period of the first live subscription: on its first item (recent API
+    versions), else on the subscription (older ones)."""
+    for obj in subscriptions:
+        sub = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+        if sub.get("status") not in ("active", "trialing", "past_due"):
+            continue
+        start = end = None
+        items = sub.get("items")
+        data = items.get("data") if items is not None else None
+        if data:
+            start = data[0].get("current_period_start")
+            end = data[0].get("current_period_end")
+        if start is None or end is None:
+            start = sub.get("current_period_start")
+            end = sub.get("current_period_end")
+        if start is not None and end is not None:
+            return int(start), int(end)
+    return None
