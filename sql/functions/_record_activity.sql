@@ -25,7 +25,6 @@ AS $$
 -- testbeds' history locks (_lock_testbeds); then what _record_groups takes.
 DECLARE
     v_groups active_series._shape_group [];
-    v_done integer;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
@@ -113,36 +112,19 @@ BEGIN
     END IF;
 
     -- The common case, a testbed reporting the same set of series as before in the period,
-    -- later than before: one HOT update of that set's row per testbed, looked up by key and
-    -- updated by ctid (it stays put: every write to the testbed's history happens under its
-    -- lock). Anything else (a set or a period new to the testbed, older activity) goes to
-    -- _record_groups, which finds what these updates already did and leaves it.
+    -- later than before: one HOT update of that set's row per testbed (_widen). Anything
+    -- else (a set or a period new to the testbed, older activity) goes to _record_groups,
+    -- which finds what these updates already did and leaves it.
     PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
-    WITH widened AS (
-        UPDATE active_series._shape_seen AS s
-        SET first_seen = least(s.first_seen, w.first_seen),
-            last_seen = greatest(s.last_seen, w.last_seen)
-        FROM (
-            SELECT
-                g.first_seen, g.last_seen,
-                (
-                    SELECT x.ctid
-                    FROM active_series._shape_seen AS x
-                    WHERE x.testbed_id = g.testbed_id
-                        AND x.period_start = g.period_start
-                        AND x.shape_id = active_series._find_shape(
-                            g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
-                        )
-                        AND (g.first_seen < x.first_seen OR g.last_seen > x.last_seen)
-                    LIMIT 1
-                ) AS row_ctid
-            FROM unnest(v_groups) AS g
-        ) AS w
-        WHERE s.ctid = w.row_ctid
-        RETURNING 1
-    )
-    SELECT count(*) INTO v_done FROM widened;
-    IF v_done < cardinality(v_groups) THEN
+    v_groups := ARRAY(
+        SELECT row(
+            g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+            g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
+            active_series._find_shape(g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids)
+        )::active_series._shape_group
+        FROM unnest(v_groups) AS g
+    );
+    IF active_series._widen(v_groups) < cardinality(v_groups) THEN
         PERFORM active_series._record_groups(v_groups);
     END IF;
 END;

@@ -60,42 +60,18 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Sets the testbed reported before in the period: widen their times (each row found by
-    -- its own key lookup, updated by its ctid: it stays put, as every write to the testbed's
-    -- history happens under its lock). The others (no row before this statement) are new.
-    WITH widened AS (
-        UPDATE active_series._shape_seen AS s
-        SET first_seen = least(s.first_seen, g.first_seen),
-            last_seen = greatest(s.last_seen, g.last_seen)
-        FROM (
-            SELECT
-                g.first_seen, g.last_seen,
-                (
-                    SELECT w.ctid
-                    FROM active_series._shape_seen AS w
-                    WHERE w.testbed_id = g.testbed_id
-                        AND w.period_start = g.period_start
-                        AND w.shape_id = g.shape_id
-                        AND (g.first_seen < w.first_seen OR g.last_seen > w.last_seen)
-                    LIMIT 1
-                ) AS row_ctid
-            FROM unnest(v_groups) AS g
-        ) AS g
-        WHERE s.ctid = g.row_ctid
-        RETURNING 1
-    )
-    SELECT array_agg(g) FILTER (
-        WHERE NOT coalesce((
-            SELECT true
-            FROM active_series._shape_seen AS s
-            WHERE s.testbed_id = g.testbed_id
-                AND s.period_start = g.period_start
-                AND s.shape_id = g.shape_id
-            LIMIT 1
-        ), false)
-    )
-    INTO v_new
-    FROM unnest(v_groups) AS g;
+    -- Sets the testbed reported before in the period: widen their times. The others are new.
+    PERFORM active_series._widen(v_groups);
+    SELECT array_agg(g) INTO v_new
+    FROM unnest(v_groups) AS g
+    WHERE NOT coalesce((
+        SELECT true
+        FROM active_series._shape_seen AS s
+        WHERE s.testbed_id = g.testbed_id
+            AND s.period_start = g.period_start
+            AND s.shape_id = g.shape_id
+        LIMIT 1
+    ), false);
     IF v_new IS NULL THEN
         RETURN;
     END IF;

@@ -12,6 +12,7 @@ CREATE TABLE active_series.report_benchmark (
     REFERENCES active_series.variant (benchmark_id, id) ON DELETE CASCADE
 );
 CREATE INDEX report_benchmark_report_id_idx ON active_series.report_benchmark (report_id);
-CREATE INDEX report_benchmark_benchmark_id_idx ON active_series.report_benchmark (benchmark_id);
-CREATE INDEX report_benchmark_variant_id_idx ON active_series.report_benchmark (variant_id);
+-- (serves both foreign keys: the benchmark's, and the variant's with it)
+CREATE INDEX report_benchmark_benchmark_id_variant_id_idx
+ON active_series.report_benchmark (benchmark_id, variant_id);
 COMMENT ON TABLE active_series.report_benchmark IS 'A benchmark (one iteration of it, one variant of it: NULL variant_id is its empty variant) within a report.';

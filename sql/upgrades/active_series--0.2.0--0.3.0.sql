@@ -47,7 +47,10 @@ ALTER TABLE active_series.report_benchmark
 ADD COLUMN variant_id bigint,
 ADD CONSTRAINT report_benchmark_variant_fkey FOREIGN KEY (benchmark_id, variant_id)
 REFERENCES active_series.variant (benchmark_id, id) ON DELETE CASCADE;
-CREATE INDEX report_benchmark_variant_id_idx ON active_series.report_benchmark (variant_id);
+DROP INDEX active_series.report_benchmark_benchmark_id_idx;
+-- (serves both foreign keys: the benchmark's, and the variant's with it)
+CREATE INDEX report_benchmark_benchmark_id_variant_id_idx
+ON active_series.report_benchmark (benchmark_id, variant_id);
 COMMENT ON TABLE active_series.report_benchmark IS 'A benchmark (one iteration of it, one variant of it: NULL variant_id is its empty variant) within a report.';
 
 -- sql/tables/shape.sql
@@ -405,6 +408,53 @@ $$;
 COMMENT ON FUNCTION active_series._covered(active_series._shape_group) IS
 'Internal: whether a testbed''s recorded history of a period already holds a group''s activity (nothing to write).';
 
+-- sql/functions/_widen.sql
+CREATE FUNCTION active_series._widen(p_groups active_series._shape_group[])
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+-- (at every ingest commit: a cached generic plan on index paths, as _record_activity)
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- The groups whose set (shape_id) the testbed already reported in the period: that row's
+-- first_seen and last_seen widened to take the group in (a HOT update; none when already
+-- inside). Returns how many rows it updated. Each row is found by its own key lookup and
+-- updated by its ctid: it stays put, since the caller holds the testbeds' history locks
+-- (_lock_testbeds) and every write to a testbed's history happens under them.
+DECLARE
+    v_widened integer;
+BEGIN
+    WITH widened AS (
+        UPDATE active_series._shape_seen AS s
+        SET first_seen = least(s.first_seen, w.first_seen),
+            last_seen = greatest(s.last_seen, w.last_seen)
+        FROM (
+            SELECT
+                g.first_seen, g.last_seen,
+                (
+                    SELECT x.ctid
+                    FROM active_series._shape_seen AS x
+                    WHERE x.testbed_id = g.testbed_id
+                        AND x.period_start = g.period_start
+                        AND x.shape_id = g.shape_id
+                        AND (g.first_seen < x.first_seen OR g.last_seen > x.last_seen)
+                    LIMIT 1
+                ) AS row_ctid
+            FROM unnest(p_groups) AS g
+        ) AS w
+        WHERE s.ctid = w.row_ctid
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_widened FROM widened;
+    RETURN v_widened;
+END;
+$$;
+COMMENT ON FUNCTION active_series._widen(active_series._shape_group[]) IS
+'Internal: widen the first and last activity of the sets testbeds already reported in a period to take in new activity.';
+
 -- sql/functions/_record_groups.sql
 CREATE FUNCTION active_series._record_groups(
     p_groups active_series._shape_group[],
@@ -468,42 +518,18 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Sets the testbed reported before in the period: widen their times (each row found by
-    -- its own key lookup, updated by its ctid: it stays put, as every write to the testbed's
-    -- history happens under its lock). The others (no row before this statement) are new.
-    WITH widened AS (
-        UPDATE active_series._shape_seen AS s
-        SET first_seen = least(s.first_seen, g.first_seen),
-            last_seen = greatest(s.last_seen, g.last_seen)
-        FROM (
-            SELECT
-                g.first_seen, g.last_seen,
-                (
-                    SELECT w.ctid
-                    FROM active_series._shape_seen AS w
-                    WHERE w.testbed_id = g.testbed_id
-                        AND w.period_start = g.period_start
-                        AND w.shape_id = g.shape_id
-                        AND (g.first_seen < w.first_seen OR g.last_seen > w.last_seen)
-                    LIMIT 1
-                ) AS row_ctid
-            FROM unnest(v_groups) AS g
-        ) AS g
-        WHERE s.ctid = g.row_ctid
-        RETURNING 1
-    )
-    SELECT array_agg(g) FILTER (
-        WHERE NOT coalesce((
-            SELECT true
-            FROM active_series._shape_seen AS s
-            WHERE s.testbed_id = g.testbed_id
-                AND s.period_start = g.period_start
-                AND s.shape_id = g.shape_id
-            LIMIT 1
-        ), false)
-    )
-    INTO v_new
-    FROM unnest(v_groups) AS g;
+    -- Sets the testbed reported before in the period: widen their times. The others are new.
+    PERFORM active_series._widen(v_groups);
+    SELECT array_agg(g) INTO v_new
+    FROM unnest(v_groups) AS g
+    WHERE NOT coalesce((
+        SELECT true
+        FROM active_series._shape_seen AS s
+        WHERE s.testbed_id = g.testbed_id
+            AND s.period_start = g.period_start
+            AND s.shape_id = g.shape_id
+        LIMIT 1
+    ), false);
     IF v_new IS NULL THEN
         RETURN;
     END IF;
@@ -846,7 +872,6 @@ AS $$
 -- testbeds' history locks (_lock_testbeds); then what _record_groups takes.
 DECLARE
     v_groups active_series._shape_group [];
-    v_done integer;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
@@ -934,36 +959,19 @@ BEGIN
     END IF;
 
     -- The common case, a testbed reporting the same set of series as before in the period,
-    -- later than before: one HOT update of that set's row per testbed, looked up by key and
-    -- updated by ctid (it stays put: every write to the testbed's history happens under its
-    -- lock). Anything else (a set or a period new to the testbed, older activity) goes to
-    -- _record_groups, which finds what these updates already did and leaves it.
+    -- later than before: one HOT update of that set's row per testbed (_widen). Anything
+    -- else (a set or a period new to the testbed, older activity) goes to _record_groups,
+    -- which finds what these updates already did and leaves it.
     PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
-    WITH widened AS (
-        UPDATE active_series._shape_seen AS s
-        SET first_seen = least(s.first_seen, w.first_seen),
-            last_seen = greatest(s.last_seen, w.last_seen)
-        FROM (
-            SELECT
-                g.first_seen, g.last_seen,
-                (
-                    SELECT x.ctid
-                    FROM active_series._shape_seen AS x
-                    WHERE x.testbed_id = g.testbed_id
-                        AND x.period_start = g.period_start
-                        AND x.shape_id = active_series._find_shape(
-                            g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
-                        )
-                        AND (g.first_seen < x.first_seen OR g.last_seen > x.last_seen)
-                    LIMIT 1
-                ) AS row_ctid
-            FROM unnest(v_groups) AS g
-        ) AS w
-        WHERE s.ctid = w.row_ctid
-        RETURNING 1
-    )
-    SELECT count(*) INTO v_done FROM widened;
-    IF v_done < cardinality(v_groups) THEN
+    v_groups := ARRAY(
+        SELECT row(
+            g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+            g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
+            active_series._find_shape(g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids)
+        )::active_series._shape_group
+        FROM unnest(v_groups) AS g
+    );
+    IF active_series._widen(v_groups) < cardinality(v_groups) THEN
         PERFORM active_series._record_groups(v_groups);
     END IF;
 END;

@@ -43,8 +43,8 @@ SELECT has_function(
 );
 SELECT is(
     pg_get_function_result('active_series.period_series(bigint, timestamptz)'::regprocedure),
-    'TABLE(project_id bigint, testbed_id bigint, benchmark_id bigint, measure_id bigint, '
-    'first_seen timestamp with time zone, last_seen timestamp with time zone)',
+    'TABLE(project_id bigint, testbed_id bigint, benchmark_id bigint, variant_id bigint, '
+    'measure_id bigint, first_seen timestamp with time zone, last_seen timestamp with time zone)',
     'period_series returns the series with their bounds in the period'
 );
 SELECT matches(

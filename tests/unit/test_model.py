@@ -150,12 +150,12 @@ def test_setting_a_period_splits_and_merges_recorded_periods_exactly():
         (t(2024, 2, 15), t(2024, 3, 1)),
     ]
     assert model.period_series(1, t(2024, 1, 1)) == [
-        m.SeriesRow(10, 100, 200, 300, t(2024, 1, 3), t(2024, 1, 10)),
-        m.SeriesRow(10, 100, 201, 300, t(2024, 1, 3), t(2024, 1, 3)),
+        m.SeriesRow(10, 100, 200, m.EMPTY_VARIANT, 300, t(2024, 1, 3), t(2024, 1, 10)),
+        m.SeriesRow(10, 100, 201, m.EMPTY_VARIANT, 300, t(2024, 1, 3), t(2024, 1, 3)),
     ]
     assert model.period_series(1, t(2024, 1, 15)) == [
-        m.SeriesRow(10, 100, 200, 300, t(2024, 1, 20), t(2024, 1, 25)),
-        m.SeriesRow(10, 100, 200, 301, t(2024, 1, 25), t(2024, 1, 25)),
+        m.SeriesRow(10, 100, 200, m.EMPTY_VARIANT, 300, t(2024, 1, 20), t(2024, 1, 25)),
+        m.SeriesRow(10, 100, 200, m.EMPTY_VARIANT, 301, t(2024, 1, 25), t(2024, 1, 25)),
     ]
     assert model.period_usage(1, t(2024, 2, 15)) == 1
     assert model.period_usage(1, t(2024, 2, 1)) == 0  # no period starts there any more
@@ -204,7 +204,7 @@ def test_last_seen_is_never_lowered_by_an_older_report():
     assert model.count_active(1, t(2024, 1, 20), t(2024, 1, 20, 0, 0, 0, 1)) == 1
     assert model.count_active(1, t(2024, 1, 1), t(2024, 1, 20)) == 0
     assert model.period_series(1, t(2024, 1, 1)) == [
-        m.SeriesRow(10, 100, 200, 300, t(2024, 1, 3), t(2024, 1, 20))
+        m.SeriesRow(10, 100, 200, m.EMPTY_VARIANT, 300, t(2024, 1, 3), t(2024, 1, 20))
     ]
 
 
