@@ -176,3 +176,6 @@ FROM active_series.relay_failures
 """
 
 RELAY_RESUME: Final = "SELECT active_series.relay_resume(%s)"
+
+# -- the metered price, read with the subscription (prices.py) ---------------------------
+STORE_PRICE: Final = "SELECT active_series._store_price(%s, %s, %s)"

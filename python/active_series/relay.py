@@ -51,6 +51,7 @@ import psycopg
 import stripe
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from active_series import prices
 from active_series import queries as q
 from active_series.install import SchemaVersionError, check_version
 
@@ -241,6 +242,9 @@ class Relay:
         self.pause_until = 0.0
         self.rate_backoff = 0
         self.subscription_until: dict[int, float] = {}
+        self.prices = prices.PriceKeeper(
+            self.client, cfg.meter_event_name, self.bucket.acquire, self.log
+        )
         self.wake_reason = "start"
 
     # ------------------------------------------------------------------ connections
@@ -583,7 +587,9 @@ class Relay:
             return
         self.bucket.acquire()
         try:
-            subs = self.client.v1.subscriptions.list(params={"customer": customer, "limit": 10})
+            subs = self.client.v1.subscriptions.list(
+                params={"customer": customer, "limit": 10, "expand": prices.SUBSCRIPTION_EXPAND}
+            )
         except stripe.StripeError as exc:
             kind, reason = classify(exc)
             if kind == RATE_LIMITED:
@@ -591,6 +597,7 @@ class Relay:
             self.subscription_until[org] = now + min(60.0, self.cfg.poll_interval)
             self.log("warning", "subscription_unreadable", org=org, reason=reason)
             return
+        self.prices.keep(self.ledger, org, subs.data)
         bounds = _subscription_period(subs.data)
         if bounds is None:
             self.subscription_until[org] = now + SUBSCRIPTION_RECHECK

@@ -40,7 +40,7 @@ from relay_harness import (
 )
 from test_ingest_shapes import SHAPES
 
-GROUPS = ("ingest", "worker", "admin")
+GROUPS = ("ingest", "worker", "reader", "admin")
 
 #: Tables an ingest client must not write (the brief's list, plus the rest of the schema's
 #: implementation tables).
@@ -66,6 +66,21 @@ DEFINER_FUNCTIONS = {
     "_measure_deleted()",
     "_series_period_deleted()",
     "set_billing_period(bigint,timestamp with time zone,timestamp with time zone)",
+    # the read API of active_series_reader
+    "period_usage(bigint,timestamp with time zone)",
+    "periods(bigint)",
+    "current_period(bigint)",
+    "count_active(bigint,timestamp with time zone,timestamp with time zone,text)",
+    "period_series(bigint,timestamp with time zone)",
+    "price_preview(bigint,timestamp with time zone)",
+    "usage_summary(bigint)",
+}
+
+#: Definer functions whose attribute (and the reason for it) sql/grants.sql sets after their
+#: creation, until their own sources carry them.
+DEFINER_BY_GRANTS = {
+    "count_active(bigint,timestamp with time zone,timestamp with time zone,text)",
+    "period_series(bigint,timestamp with time zone)",
 }
 
 PINNED_PATH = "search_path=active_series, pg_catalog, pg_temp"
@@ -177,9 +192,18 @@ def test_the_security_definer_functions_are_exactly_the_ingest_path_writers(conn
         conn,
         "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'active_series'",
     )
+    grants = (Path(__file__).resolve().parents[2] / "sql" / "grants.sql").read_text()
     for name, config, source, owner in rows:
         assert config == [PINNED_PATH], name
-        assert "-- SECURITY DEFINER" in source, f"{name} does not say why it needs definer rights"
+        short = name.removeprefix("active_series.")
+        if short in DEFINER_BY_GRANTS:
+            # the reason stands in sql/grants.sql, right before the ALTER FUNCTION
+            fn = short.split("(")[0]
+            before = grants.split(f"ALTER FUNCTION active_series.{fn}(")[0]
+            assert "-- SECURITY DEFINER:" in before, name
+            assert fn in before.rsplit("-- SECURITY DEFINER:", 1)[1], name
+        else:
+            assert "-- SECURITY DEFINER" in source, f"{name} does not say why it needs definer"
         assert owner == extension_owner, name
 
 
@@ -570,6 +594,101 @@ def test_a_worker_role_follows_the_stripe_subscription_period(
     ).fetchone()
     assert got == (item["current_period_start"], item["current_period_end"])
     assert mismatches(conn, emu, {org.id: customer}) == []
+
+
+# --- the reader -----------------------------------------------------------------------------
+
+#: What active_series_reader may call, with the arguments the tests pass.
+READER_CALLS = {
+    "period_usage": "SELECT active_series.period_usage(%(org)s, '2024-05-01Z')",
+    "periods": "SELECT * FROM active_series.periods(%(org)s)",
+    "period_series": "SELECT * FROM active_series.period_series(%(org)s, '2024-05-01Z')",
+    "count_active": (
+        "SELECT active_series.count_active(%(org)s, '2024-05-01Z', '2024-06-01Z', 'private')"
+    ),
+    "current_period": "SELECT * FROM active_series.current_period(%(org)s)",
+    "price_preview": (
+        "SELECT period_start, period_end, active_series, amount, currency"
+        " FROM active_series.price_preview(%(org)s, '2024-05-01Z')"
+    ),
+    "usage_summary": (
+        "SELECT organization_id, plan, active_series, private_series, public_series,"
+        " stripe_value, stripe_in_sync FROM active_series.usage_summary(%(org)s)"
+    ),
+}
+READER_VIEWS = {
+    "usage": "SELECT * FROM active_series.usage ORDER BY 1",
+    # not the age of the oldest change: it grows between two reads
+    "relay_status": (
+        "SELECT organization_id, period_start, period_usage, stripe_value, in_sync, parked"
+        " FROM active_series.relay_status ORDER BY 1"
+    ),
+    "alerts": "SELECT * FROM active_series.alerts ORDER BY 1",
+}
+DATA_MODEL = (
+    "organization",
+    "project",
+    "testbed",
+    "benchmark",
+    "measure",
+    "branch",
+    "report",
+    "report_benchmark",
+    "metric",
+)
+#: Implementation tables of the application side (prices, alerts, the cap's watch rows).
+APP_TABLES = ("_price", "_price_tier", "_alert_threshold", "_alert", "_period_watch")
+
+
+def test_a_reader_calls_every_read_function_and_reads_the_views(conn, as_role, ingested):
+    r = as_role("reader")
+    args = {"org": ingested.id}
+    for name, call in READER_CALLS.items():
+        got = r.execute(call, args).fetchall()
+        assert got == conn.execute(call, args).fetchall(), name
+        assert got, name
+    assert one(r, READER_CALLS["period_usage"], args) == 1
+    assert one(r, READER_CALLS["count_active"], args) == 1
+    assert r.execute(READER_CALLS["price_preview"], args).fetchone()[2] == 1
+    for view, query in READER_VIEWS.items():
+        assert r.execute(query).fetchall() == conn.execute(query).fetchall(), view
+    assert r.execute(
+        "SELECT active_series FROM active_series.usage WHERE organization_id = %s",
+        (ingested.id,),
+    ).fetchall()
+    for table in DATA_MODEL:
+        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("active_series", table))
+        assert one(r, query) == one(conn, query), table
+
+
+def test_a_reader_writes_nothing_reads_no_billing_table_and_calls_nothing_else(
+    conn, as_role, ingested
+):
+    r = as_role("reader")
+    watched = BILLING_TABLES + ("billing_account", "_ledger", "_relay_state") + DATA_MODEL
+    before = snapshot(conn, watched)
+    for table in PROTECTED_TABLES + APP_TABLES:
+        refused(r, sql.SQL("SELECT * FROM {}").format(sql.Identifier("active_series", table)))
+        for statement in writes_to(table):
+            assert table in refused(r, statement)
+    for table in DATA_MODEL:
+        ident = sql.Identifier("active_series", table)
+        for statement in (
+            sql.SQL("INSERT INTO {} DEFAULT VALUES").format(ident),
+            sql.SQL("UPDATE {} SET id = id").format(ident),
+            sql.SQL("DELETE FROM {}").format(ident),
+            sql.SQL("TRUNCATE {}").format(ident),
+        ):
+            assert table in refused(r, statement)
+    for view in ("relay_failures", "relay_periods", "series_last_seen", "_count_drift"):
+        refused(r, sql.SQL("SELECT * FROM {}").format(sql.Identifier("active_series", view)))
+    calls = routines(conn, "true")
+    allowed = {s for s, _ in calls if s.split("(")[0].split(".")[1] in READER_CALLS}
+    assert len(allowed) == len(READER_CALLS)
+    for signature, call in calls:
+        if signature not in allowed:
+            assert "permission denied for" in refused(r, call), signature
+    assert snapshot(conn, watched) == before
 
 
 # --- the admin ------------------------------------------------------------------------------
