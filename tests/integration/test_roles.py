@@ -308,6 +308,52 @@ def test_an_ingest_client_soft_deletes_restores_and_hard_deletes(conn, as_role):
     assert conn.execute("SELECT * FROM active_series.verify(%s)", (org.id,)).fetchall() == []
 
 
+def test_an_ingest_client_reports_on_branches_and_archives_and_is_still_counted(conn, as_role):
+    c = as_role("ingest")
+    org = build_org(c, "branches")
+    branches = [
+        one(
+            c,
+            "INSERT INTO active_series.branch (project_id, name) VALUES (%s, %s) RETURNING id",
+            (org.project_id, name),
+        )
+        for name in ("main", "pr-1")
+    ]
+    pairs = [(b, m) for b in org.benchmarks[:2] for m in org.measures[:2]]
+    for branch in [*branches, None]:
+        report = one(
+            c,
+            "INSERT INTO active_series.report (project_id, testbed_id, start_time, end_time,"
+            " branch_id) VALUES (%s, %s, now(), now(), %s) RETURNING id",
+            (org.project_id, org.testbeds[0], branch),
+        )
+        for bm in org.benchmarks[:2]:
+            rb = one(
+                c,
+                "INSERT INTO active_series.report_benchmark (report_id, benchmark_id)"
+                " VALUES (%s, %s) RETURNING id",
+                (report, bm),
+            )
+            SHAPES[0](c, [(rb, m, 1.0) for m in org.measures[:2]])
+    # the same series reported on two branches and on none is one series
+    assert one(conn, "SELECT active_series.period_usage(%s)", (org.id,)) == len(pairs)
+    for table in ("testbed", "benchmark", "measure"):
+        c.execute(
+            sql.SQL("UPDATE {} SET archived = now() WHERE project_id = %s").format(
+                sql.Identifier("active_series", table)
+            ),
+            (org.project_id,),
+        )
+    # archived entities that still report are counted
+    SHAPES[0](c, report_rows(c, org, org.testbeds[0], [(org.benchmarks[2], org.measures[2])]))
+    assert one(conn, "SELECT active_series.period_usage(%s)", (org.id,)) == len(pairs) + 1
+    refused(c, "UPDATE active_series.testbed SET name = 'x'")
+    # deleting a branch deletes its reports; it never lowers a count
+    c.execute("DELETE FROM active_series.branch WHERE id = %s", (branches[1],))
+    assert one(conn, "SELECT active_series.period_usage(%s)", (org.id,)) == len(pairs) + 1
+    assert_matches_oracle(conn, org.id)
+
+
 @pytest.fixture
 def ingested(conn) -> Org:
     org = make_org(conn, "victim")
