@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import psycopg
 
-from active_series import __version__
+from active_series import __version__, alerts
 from active_series.install import SchemaVersionError, check_version, install
 
 # exit codes
@@ -112,6 +112,10 @@ def _integer(text: str, what: str, bits: int) -> int:
 def organization_id(text: str) -> int:
     """An organization id (bigint); unknown ones are the database's to report."""
     return _integer(text, "an organization id", 64)
+
+
+def alert_id(text: str) -> int:
+    return _integer(text, "an alert id", 64)
 
 
 def batch_size(text: str) -> int:
@@ -261,20 +265,44 @@ def cmd_usage(args: argparse.Namespace) -> int:
             rows = [(args.organization, start, end, count)]
         else:
             query = (
-                "SELECT organization_id, organization_name, plan, stripe_customer_id,"
-                " period_start, period_end, active_series, private_series, public_series"
-                " FROM active_series.usage"
+                "SELECT u.organization_id, u.organization_name, u.plan, u.stripe_customer_id,"
+                " u.period_start, u.period_end, u.active_series, u.private_series,"
+                " u.public_series, s.amount, s.currency, s.series_cap, s.next_alert,"
+                " s.stripe_in_sync"
+                " FROM active_series.usage AS u"
+                " CROSS JOIN LATERAL active_series.usage_summary(u.organization_id) AS s"
             )
             params: tuple[Any, ...] = ()
             if args.organization is not None:
-                query += " WHERE organization_id = %s"
+                query += " WHERE u.organization_id = %s"
                 params = (args.organization,)
-            cur = conn.execute(query + " ORDER BY organization_id", params)
+            cur = conn.execute(query + " ORDER BY u.organization_id", params)
             names = [c.name for c in cur.description or []]
             rows = cur.fetchall()
             if args.organization is not None and not rows:
                 raise CliError(f"organization {args.organization} does not exist", EXIT_NOT_FOUND)
     _output(args, names, rows)
+    return EXIT_OK
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    if args.poll_interval <= 0:
+        raise CliError("--poll-interval must be a positive number of seconds", EXIT_INPUT)
+    show = alerts.as_json if args.json else alerts.as_text
+    with connect(args) as conn:
+        if args.organization is not None:
+            _db_call(
+                lambda: conn.execute(
+                    "SELECT * FROM active_series.usage_summary(%s)", (args.organization,)
+                )
+            )
+        rows = (
+            alerts.follow(conn, args.after, args.organization, args.poll_interval)
+            if args.follow
+            else iter(alerts.since(conn, args.after, args.organization))
+        )
+        for alert in rows:
+            print(show(alert), flush=True)
     return EXIT_OK
 
 
@@ -647,6 +675,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", action="store_true", help="every period of the organization")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_usage)
+
+    p = sub.add_parser(
+        "alerts",
+        parents=[common],
+        help="threshold alerts, one per line (--follow: and each new one as it is written)",
+    )
+    p.add_argument("--organization", type=organization_id, help="only this organization id")
+    p.add_argument("--follow", action="store_true", help="keep printing new alerts")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--after", type=alert_id, default=0, metavar="ID", help="only alerts after this id"
+    )
+    p.add_argument("--poll-interval", type=float, default=5.0, help="seconds (with --follow)")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser(
         "explain",

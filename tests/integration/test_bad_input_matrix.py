@@ -519,6 +519,22 @@ CLI_ROWS = {
         "must not be negative",
     ),
     "worker: no Stripe key": (["worker", "--once"], cli.EXIT_STRIPE_KEY, "STRIPE_API_KEY"),
+    "alerts: organization not a number": (
+        ["alerts", "--organization", "acme"],
+        cli.EXIT_USAGE,
+        "must be a whole number",
+    ),
+    "alerts: unknown organization": (
+        ["alerts", "--organization", "{missing}"],
+        cli.EXIT_NOT_FOUND,
+        "does not exist",
+    ),
+    "alerts: after not a number": (["alerts", "--after", "last"], cli.EXIT_USAGE, "alert id"),
+    "alerts: zero poll interval": (
+        ["alerts", "--follow", "--poll-interval", "0"],
+        cli.EXIT_INPUT,
+        "poll-interval",
+    ),
 }
 
 
