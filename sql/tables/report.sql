@@ -14,8 +14,8 @@ CREATE TABLE active_series.report (
     FOREIGN KEY (project_id, branch_id)
     REFERENCES active_series.branch (project_id, id) ON DELETE CASCADE
 );
-CREATE INDEX report_branch_id_idx ON active_series.report (branch_id)
-WHERE branch_id IS NOT NULL;
+-- for the branch's cascade (and reading a branch's reports)
+CREATE INDEX report_project_id_branch_id_idx ON active_series.report (project_id, branch_id);
 CREATE INDEX report_project_id_testbed_id_idx ON active_series.report (project_id, testbed_id);
 COMMENT ON TABLE active_series.report IS
 'One benchmark run. created is the server-side ingest time (the transaction time), which decides the billing period.';

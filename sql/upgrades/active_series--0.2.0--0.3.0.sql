@@ -62,8 +62,7 @@ ALTER TABLE active_series.report ADD COLUMN branch_id bigint;
 ALTER TABLE active_series.report
 ADD FOREIGN KEY (project_id, branch_id)
 REFERENCES active_series.branch (project_id, id) ON DELETE CASCADE;
-CREATE INDEX report_branch_id_idx ON active_series.report (branch_id)
-WHERE branch_id IS NOT NULL;
+CREATE INDEX report_project_id_branch_id_idx ON active_series.report (project_id, branch_id);
 COMMENT ON COLUMN active_series.report.branch_id IS
 'The branch the report was made on (optional). Not part of a series: reports on several branches report to the same series.';
 
