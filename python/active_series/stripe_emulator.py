@@ -1403,6 +1403,31 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def _expand_paths(params: Json) -> set[str]:
+    """The ``expand[]`` paths of a request (``data.`` prefixed for lists, as Stripe's)."""
+    raw = params.get("expand") or []
+    if isinstance(raw, str):
+        raw = [raw]
+    return {str(x) for x in raw} if isinstance(raw, list) else set()
+
+
+def _unexpanded(node: Any, expand: set[str], path: str = "") -> Any:
+    """A copy of an answer without what Stripe includes only when expanded: a price's
+    ``tiers`` (``expand[]=tiers`` on a price, ``items.data.price.tiers`` on a subscription,
+    ``data.items.data.price.tiers`` on a list of them)."""
+    if isinstance(node, list):
+        return [_unexpanded(v, expand, path) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        where = f"{path}.{key}" if path else key
+        if key == "tiers" and node.get("object") == "price" and where not in expand:
+            continue
+        out[key] = _unexpanded(value, expand, where)
+    return out
+
+
 def _paginate(items: Sequence[Json], p: Json, url: str) -> Json:
     limit = _as_int(p, "limit") or 10
     if not 1 <= limit <= 100:
@@ -1678,6 +1703,8 @@ class _Handler(BaseHTTPRequestHandler):
                 )
         try:
             answer = self._route(method, path, params, key)
+            if 200 <= answer.status < 300:
+                answer.body = _unexpanded(answer.body, _expand_paths(params))
         except ApiError as err:
             answer = Answer(err.status, err.body(), err.headers())
         except Exception as exc:  # noqa: BLE001 - an emulator bug must still answer like Stripe
