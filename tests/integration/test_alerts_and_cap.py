@@ -282,3 +282,32 @@ def test_rebucketing_neither_refuses_nor_alerts(conn):
             created=utc(2024, 3, 25),
         )
     assert conn.execute(ALERTS, (org.id,)).fetchall() == [(3, 5, "set_alert")]
+
+
+def test_under_repeatable_read_the_later_commit_fails_to_serialize_instead_of_passing_the_cap(
+    conn, connect
+):
+    """Two REPEATABLE READ transactions each add a series (in two projects) to an
+    organization one series below its cap: the first commits; the second cannot see it, so
+    its check fails with a serialization error (the client retries) rather than count
+    without it. Retried, it is refused by the cap."""
+    first = make_org(conn, "snapshots", testbeds=1, benchmarks=1, measures=1)
+    add_series(conn, first, first.measures)
+    one_more, another = (project_of(conn, first.id, f"p{i}", 1) for i in range(2))
+    conn.execute("SELECT active_series.set_series_cap(%s, 2)", (first.id,))
+    conn.execute("SELECT active_series.set_alert(%s, 2)", (first.id,))
+    sessions = []
+    for project in (one_more, another):
+        c = connect(autocommit=False)
+        c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        ingest(c, project, project.testbeds[0], [(project.benchmarks[0], project.measures[0])])
+        sessions.append(c)
+    sessions[0].commit()
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        sessions[1].commit()
+    assert one(conn, USAGE, (first.id,)) == 2
+    assert conn.execute(ALERTS, (first.id,)).fetchall() == [(2, 2, "set_alert")]
+    with pytest.raises(psycopg.Error) as err:
+        add_series(conn, another, another.measures)
+    assert err.value.sqlstate == CAP_EXCEEDED
+    assert_matches_oracle(conn, first.id)
