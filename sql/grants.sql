@@ -9,7 +9,7 @@ REVOKE ALL ON SCHEMA active_series FROM PUBLIC; -- noqa: CP02
 REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA active_series FROM PUBLIC; -- noqa: CP02
 
 GRANT USAGE ON SCHEMA active_series
-TO active_series_ingest, active_series_worker, active_series_admin;
+TO active_series_ingest, active_series_worker, active_series_admin, active_series_reader;
 
 -- ---------------------------------------------------------------- active_series_ingest
 -- Insert and read the reference data model. Soft-delete and restore projects (and change
@@ -27,9 +27,16 @@ active_series.variant,
 active_series.measure,
 active_series.report,
 active_series.report_benchmark,
-active_series.metric
+active_series.metric,
+active_series.branch
 TO active_series_ingest;
 GRANT UPDATE (deleted_at, visibility) ON active_series.project TO active_series_ingest;
+-- archiving hides a testbed, benchmark or measure in the application (it is still billed)
+GRANT UPDATE (archived) ON
+active_series.testbed,
+active_series.benchmark,
+active_series.measure
+TO active_series_ingest;
 -- the identity columns' sequences (INSERT needs none; nextval() for client-side ids)
 GRANT USAGE ON SEQUENCE
 active_series.organization_id_seq,
@@ -40,7 +47,8 @@ active_series.variant_id_seq,
 active_series.measure_id_seq,
 active_series.report_id_seq,
 active_series.report_benchmark_id_seq,
-active_series.metric_id_seq
+active_series.metric_id_seq,
+active_series.branch_id_seq
 TO active_series_ingest;
 
 -- ---------------------------------------------------------------- active_series_worker
@@ -73,6 +81,9 @@ GRANT UPDATE (
     parked_at, parked_reason, next_attempt_at, attempts, last_event_timestamp, updated_at
 ) ON active_series._relay_state TO active_series_worker;
 GRANT UPDATE (closed_at) ON active_series._period TO active_series_worker;
+-- the metered price, read from the subscription item with the billing period
+GRANT SELECT, INSERT, DELETE ON active_series._price, active_series._price_tier
+TO active_series_worker;
 GRANT EXECUTE ON FUNCTION
 active_series._relay_work(interval),
 active_series._relay_next_wakeup(interval),
@@ -90,7 +101,10 @@ active_series.period_series(bigint, timestamptz),
 active_series.periods(bigint),
 active_series.current_period(bigint),
 active_series.count_active(bigint, timestamptz, timestamptz, text),
-active_series.set_billing_period(bigint, timestamptz, timestamptz)
+active_series.set_billing_period(bigint, timestamptz, timestamptz),
+active_series._store_price(bigint, jsonb, text),
+active_series.price_preview(bigint, timestamptz),
+active_series.usage_summary(bigint)
 TO active_series_worker;
 
 -- ---------------------------------------------------------------- active_series_admin
@@ -102,3 +116,33 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA active_series
 TO active_series_admin;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA active_series TO active_series_admin;
 GRANT EXECUTE ON ALL ROUTINES IN SCHEMA active_series TO active_series_admin;
+
+-- ---------------------------------------------------------------- active_series_reader
+-- Applications and dashboards: read the reference data model, the counts, the usage, the
+-- price preview and the alerts. The read functions are SECURITY DEFINER (each says why):
+-- they read billing tables the reader may not read itself. No billing table, no ledger,
+-- no relay internals, no writes. (Granted after the admin's, as an upgrade adds them.)
+GRANT SELECT ON
+active_series.organization,
+active_series.project,
+active_series.testbed,
+active_series.benchmark,
+active_series.variant,
+active_series.measure,
+active_series.branch,
+active_series.report,
+active_series.report_benchmark,
+active_series.metric,
+active_series.usage,
+active_series.relay_status,
+active_series.alerts
+TO active_series_reader;
+GRANT EXECUTE ON FUNCTION
+active_series.period_usage(bigint, timestamptz),
+active_series.periods(bigint),
+active_series.period_series(bigint, timestamptz),
+active_series.count_active(bigint, timestamptz, timestamptz, text),
+active_series.current_period(bigint),
+active_series.price_preview(bigint, timestamptz),
+active_series.usage_summary(bigint)
+TO active_series_reader;

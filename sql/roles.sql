@@ -15,6 +15,9 @@ BEGIN
             ('active_series_worker',
                 'active_series: the Stripe relay worker (claim relay work, read counts, '
                 'write the ledger)'),
+            ('active_series_reader',
+                'active_series: applications and dashboards (read counts, usage, prices '
+                'and alerts; no writes)'),
             ('active_series_admin',
                 'active_series: operators (billing periods, Stripe customers, backfill, '
                 'verify, relay resume, explicit report.created)')

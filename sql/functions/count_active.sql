@@ -7,6 +7,7 @@ CREATE FUNCTION active_series.count_active(
 RETURNS bigint
 LANGUAGE plpgsql
 STABLE
+SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Series of the organization whose last_seen is in [p_from, p_to), in projects that are
@@ -14,6 +15,8 @@ AS $$
 -- period, so only the history of periods from the one containing p_from on is read
 -- (an index range scan on (organization_id, period_start) of _testbed_period), and of
 -- it only the sets of series seen since p_from. Takes no locks.
+-- SECURITY DEFINER: the read API of active_series_reader, which may not read the history
+-- tables themselves; it returns a count of the organization named only.
 DECLARE
     v_lower timestamptz;
 BEGIN

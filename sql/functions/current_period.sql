@@ -2,9 +2,12 @@ CREATE FUNCTION active_series.current_period(p_organization_id bigint)
 RETURNS TABLE (period_start timestamptz, period_end timestamptz)
 LANGUAGE plpgsql
 STABLE
+SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- The organization's billing period containing now(). Writes nothing, takes no locks.
+-- SECURITY DEFINER: the read API of active_series_reader, which may not read the billing
+-- tables themselves; it returns counts only, of the organization named.
 BEGIN
     PERFORM active_series._require_organization(p_organization_id);
     RETURN QUERY

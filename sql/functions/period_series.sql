@@ -13,10 +13,13 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql
 STABLE
+SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- The series a period's bill is made of, with their first and last activity in the
 -- period (NULL period: the current one); soft-deleted projects excluded. Takes no locks.
+-- SECURITY DEFINER: the read API of active_series_reader, which may not read the history
+-- tables themselves; it returns the series of the organization named only.
 DECLARE
     v_start timestamptz := p_period_start;
 BEGIN

@@ -5,11 +5,14 @@ CREATE FUNCTION active_series.period_usage(
 RETURNS bigint
 LANGUAGE plpgsql
 STABLE
+SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- The exact number of distinct series active in the period starting at p_period_start
 -- (NULL: the current period), excluding soft-deleted projects: 0 when no period with
 -- activity starts there. Reads one count row per project, never the series.
+-- SECURITY DEFINER: the read API of active_series_reader, which may not read the billing
+-- tables themselves; it returns counts only, of the organization named.
 DECLARE
     v_start timestamptz := p_period_start;
 BEGIN

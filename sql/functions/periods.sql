@@ -2,10 +2,13 @@ CREATE FUNCTION active_series.periods(p_organization_id bigint)
 RETURNS TABLE (period_start timestamptz, period_end timestamptz, active_series bigint)
 LANGUAGE plpgsql
 STABLE
+SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Every recorded billing period of the organization, oldest first, with its exact
 -- active-series count (soft-deleted projects excluded). Takes no locks.
+-- SECURITY DEFINER: the read API of active_series_reader, which may not read the billing
+-- tables themselves; it returns counts only, of the organization named.
 BEGIN
     PERFORM active_series._require_organization(p_organization_id);
     RETURN QUERY

@@ -4,7 +4,10 @@ CREATE TABLE active_series.benchmark (
     REFERENCES active_series.project (id) ON DELETE CASCADE,
     name text NOT NULL,
     created timestamptz NOT NULL DEFAULT now(),
+    archived timestamptz,
     UNIQUE (project_id, id)
 );
 COMMENT ON TABLE active_series.benchmark IS
 'A benchmark of a project: one of the three coordinates (testbed, benchmark, measure) of a series.';
+COMMENT ON COLUMN active_series.benchmark.archived IS
+'When the benchmark was archived (NULL: not archived). Archiving hides it in an application; it does not stop billing: an archived benchmark that still reports is counted.';

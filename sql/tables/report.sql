@@ -6,12 +6,20 @@ CREATE TABLE active_series.report (
     start_time timestamptz NOT NULL,
     end_time timestamptz NOT NULL,
     created timestamptz NOT NULL DEFAULT now(),
+    branch_id bigint,
     -- the testbed must belong to the report's project
     FOREIGN KEY (project_id, testbed_id)
-    REFERENCES active_series.testbed (project_id, id) ON DELETE CASCADE
+    REFERENCES active_series.testbed (project_id, id) ON DELETE CASCADE,
+    -- so must the branch, when the report names one
+    FOREIGN KEY (project_id, branch_id)
+    REFERENCES active_series.branch (project_id, id) ON DELETE CASCADE
 );
+-- for the branch's cascade (and reading a branch's reports)
+CREATE INDEX report_project_id_branch_id_idx ON active_series.report (project_id, branch_id);
 CREATE INDEX report_project_id_testbed_id_idx ON active_series.report (project_id, testbed_id);
 COMMENT ON TABLE active_series.report IS
 'One benchmark run. created is the server-side ingest time (the transaction time), which decides the billing period.';
 COMMENT ON COLUMN active_series.report.created IS
 'Set by the server to the transaction time; an explicit value needs active_series.allow_explicit_created (privileged).';
+COMMENT ON COLUMN active_series.report.branch_id IS
+'The branch the report was made on (optional). Not part of a series: reports on several branches report to the same series.';

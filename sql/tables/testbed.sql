@@ -4,7 +4,10 @@ CREATE TABLE active_series.testbed (
     REFERENCES active_series.project (id) ON DELETE CASCADE,
     name text NOT NULL,
     created timestamptz NOT NULL DEFAULT now(),
+    archived timestamptz,
     UNIQUE (project_id, id)
 );
 COMMENT ON TABLE active_series.testbed IS
 'A testbed of a project: one of the three coordinates (testbed, benchmark, measure) of a series.';
+COMMENT ON COLUMN active_series.testbed.archived IS
+'When the testbed was archived (NULL: not archived). Archiving hides it in an application; it does not stop billing: an archived testbed that still reports is counted.';

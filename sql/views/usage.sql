@@ -13,7 +13,7 @@ SELECT
         AS public_series
 FROM active_series.organization AS o
 LEFT JOIN active_series.billing_account AS b ON b.organization_id = o.id
-CROSS JOIN LATERAL active_series._period_at(o.id, now()) AS cp
+CROSS JOIN LATERAL active_series.current_period(o.id) AS cp
 LEFT JOIN active_series._period_usage AS u
     ON u.organization_id = o.id AND u.period_start = cp.period_start
 LEFT JOIN active_series.project AS p

@@ -520,6 +520,22 @@ CLI_ROWS = {
         "must not be negative",
     ),
     "worker: no Stripe key": (["worker", "--once"], ExitCode.STRIPE_KEY, "STRIPE_API_KEY"),
+    "alerts: organization not a number": (
+        ["alerts", "--organization", "acme"],
+        ExitCode.USAGE,
+        "must be a whole number",
+    ),
+    "alerts: unknown organization": (
+        ["alerts", "--organization", "{missing}"],
+        ExitCode.NOT_FOUND,
+        "does not exist",
+    ),
+    "alerts: after not a number": (["alerts", "--after", "last"], ExitCode.USAGE, "alert id"),
+    "alerts: zero poll interval": (
+        ["alerts", "--follow", "--poll-interval", "0"],
+        ExitCode.INPUT,
+        "poll-interval",
+    ),
 }
 
 
@@ -659,3 +675,135 @@ def test_s13_a_backdated_period_stripe_no_longer_accepts_is_reported_not_retried
     assert [k for k, _ in failures] == ["failed_post"]
     assert "35 days" in failures[0][1]
     assert "final_unpostable" in worker.log()
+
+
+# --- A: the application side (reader functions, prices, alerts, cap, branches) ---------------
+
+APP_WATCHED = WATCHED + ("_price", "_price_tier", "_alert_threshold", "_alert", "branch")
+
+APP_BAD_CALLS = {
+    # A1 NULL organization
+    "price_preview NULL org": ("22004", "SELECT * FROM active_series.price_preview(NULL)"),
+    "usage_summary NULL org": ("22004", "SELECT * FROM active_series.usage_summary(NULL)"),
+    "set_alert NULL org": ("22004", "SELECT active_series.set_alert(NULL, 10)"),
+    "set_series_cap NULL org": ("22004", "SELECT active_series.set_series_cap(NULL, 10)"),
+    # A2 unknown organization
+    "price_preview unknown org": (
+        "P0002",
+        "SELECT * FROM active_series.price_preview(%(unknown)s)",
+    ),
+    "usage_summary unknown org": (
+        "P0002",
+        "SELECT * FROM active_series.usage_summary(%(unknown)s)",
+    ),
+    "set_alert unknown org": ("P0002", "SELECT active_series.set_alert(%(unknown)s, 10)"),
+    "set_series_cap unknown org": (
+        "P0002",
+        "SELECT active_series.set_series_cap(%(unknown)s, 10)",
+    ),
+    # A3 NULL and out-of-range thresholds and caps
+    "set_alert NULL count": ("22004", "SELECT active_series.set_alert(%(org)s, NULL)"),
+    "set_alert NULL enabled": ("22004", "SELECT active_series.set_alert(%(org)s, 5, NULL)"),
+    "set_alert zero": ("22023", "SELECT active_series.set_alert(%(org)s, 0)"),
+    "set_alert negative": ("22023", "SELECT active_series.set_alert(%(org)s, -3)"),
+    "set_series_cap negative": ("22023", "SELECT active_series.set_series_cap(%(org)s, -1)"),
+    # A4 wrong types
+    "price_preview org as text": ("22P02", "SELECT * FROM active_series.price_preview('acme')"),
+    "price_preview start as text": (
+        "22007",
+        "SELECT * FROM active_series.price_preview(%(org)s, 'next week')",
+    ),
+    "set_alert count as text": ("22P02", "SELECT active_series.set_alert(%(org)s, 'many')"),
+    "set_alert count as a fraction": ("42883", "SELECT active_series.set_alert(%(org)s, 1.5)"),
+    "set_series_cap beyond bigint": (
+        "42883",
+        "SELECT active_series.set_series_cap(%(org)s, 99999999999999999999)",
+    ),
+    # A5 a branch of another project
+    "report on another project's branch": (
+        "23503",
+        "INSERT INTO active_series.report (project_id, testbed_id, start_time, end_time,"
+        " branch_id) VALUES (%(project)s, %(testbed)s, now(), now(), %(foreign_branch)s)",
+    ),
+}
+
+
+@pytest.mark.parametrize("call", list(APP_BAD_CALLS))
+def test_a_the_application_entry_points_refuse_bad_input_with_nothing_written(conn, org, call):
+    other = make_org(conn, "other")
+    foreign_branch = one(
+        conn,
+        "INSERT INTO active_series.branch (project_id, name) VALUES (%s, 'main') RETURNING id",
+        (other.project_id,),
+    )
+    conn.execute("SELECT active_series.set_alert(%s, 1)", (org.id,))
+    sqlstate, query = APP_BAD_CALLS[call]
+    params = {
+        "org": org.id,
+        "unknown": org.id + 1000,
+        "project": org.project_id,
+        "testbed": org.testbeds[0],
+        "foreign_branch": foreign_branch,
+    }
+    before = snapshot(conn, APP_WATCHED)
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute(query, params)
+    assert err.value.sqlstate == sqlstate, (err.value.sqlstate, str(err.value))
+    assert snapshot(conn, APP_WATCHED) == before
+    if sqlstate in ("22004", "P0002"):
+        assert "organization" in str(err.value) or "set_alert needs" in str(err.value)
+
+
+def test_a_documented_defaults_are_not_errors(conn, org):
+    # no cap (NULL) removes the cap; an unpriced organization has no amount
+    conn.execute("SELECT active_series.set_series_cap(%s, 3)", (org.id,))
+    conn.execute("SELECT active_series.set_series_cap(%s, NULL)", (org.id,))
+    assert one(conn, "SELECT series_cap FROM active_series.usage_summary(%s)", (org.id,)) is None
+    row = conn.execute(
+        "SELECT active_series, amount, currency, tiers FROM active_series.price_preview(%s)",
+        (org.id,),
+    ).fetchone()
+    assert row == (1, None, None, None)
+    for start, end in (
+        ("infinity", None),
+        ("-infinity", None),
+        ("1900-01-01Z", utc(1900, 2, 1)),  # the calendar month that would start there
+    ):
+        assert conn.execute(
+            "SELECT period_end, active_series FROM active_series.price_preview(%s, %s)",
+            (org.id, start),
+        ).fetchone() == (end, 0)
+
+
+MALFORMED_PRICES = {
+    "not an object": '"price_1"',
+    "no id": '{"currency": "usd", "unit_amount": 5}',
+    "bad currency": '{"id": "price_1", "currency": "dollars", "unit_amount": 5}',
+    "unknown scheme": '{"id": "price_1", "currency": "usd", "billing_scheme": "magic"}',
+    "tiers not expanded": '{"id": "price_1", "currency": "usd", "billing_scheme": "tiered",'
+    ' "tiers_mode": "graduated"}',
+    "decreasing up_to": '{"id": "price_1", "currency": "usd", "billing_scheme": "tiered",'
+    ' "tiers_mode": "volume", "tiers": [{"up_to": 5, "unit_amount": 1},'
+    ' {"up_to": 3, "unit_amount": 1}, {"up_to": null, "unit_amount": 1}]}',
+    "unbounded tier before the last": '{"id": "price_1", "currency": "usd",'
+    ' "billing_scheme": "tiered", "tiers_mode": "volume", "tiers": [{"up_to": null,'
+    ' "unit_amount": 1}, {"up_to": 3, "unit_amount": 1}]}',
+    "last tier bounded": '{"id": "price_1", "currency": "usd", "billing_scheme": "tiered",'
+    ' "tiers_mode": "volume", "tiers": [{"up_to": 3, "unit_amount": 1}]}',
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_PRICES))
+def test_a_a_malformed_stripe_price_is_refused_and_the_previous_one_kept(conn, org, case):
+    conn.execute(
+        "SELECT active_series._store_price(%s, %s::jsonb, 'si_1')",
+        (org.id, '{"id": "price_0", "currency": "usd", "unit_amount": 7}'),
+    )
+    before = snapshot(conn, APP_WATCHED)
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute(
+            "SELECT active_series._store_price(%s, %s::jsonb)", (org.id, MALFORMED_PRICES[case])
+        )
+    assert err.value.sqlstate == "22023", (err.value.sqlstate, str(err.value))
+    assert snapshot(conn, APP_WATCHED) == before
+    assert one(conn, "SELECT amount FROM active_series.price_preview(%s)", (org.id,)) == 7

@@ -69,6 +69,7 @@ def test_the_short_demo_ends_with_stripe_holding_every_periods_count(project_dir
     for row in rows:
         assert row["database"] == row["stripe"], row
         assert row["invoice_cents"] == graduated_amount(row["stripe"]), row
+        assert row["invoice_cents"] == row["stripe_invoice_cents"], row
     for org in orgs:
         mine = [r for r in rows if r["organization"] == org]
         # three periods, back to back: two rollovers happened while reporting

@@ -20,6 +20,7 @@ from oracle import (
     BILLING_TABLES,
     Org,
     assert_matches_oracle,
+    ingest,
     make_org,
     make_project,
     one,
@@ -40,7 +41,7 @@ from relay_harness import (
 )
 from test_ingest_shapes import SHAPES
 
-GROUPS = ("ingest", "worker", "admin")
+GROUPS = ("ingest", "worker", "reader", "admin")
 
 #: Tables an ingest client must not write (the brief's list, plus the rest of the schema's
 #: implementation tables).
@@ -68,8 +69,18 @@ DEFINER_FUNCTIONS = {
     "_measure_deleted()",
     "_testbed_period_deleted()",
     "set_billing_period(bigint,timestamp with time zone,timestamp with time zone)",
+    # the read API of active_series_reader
+    "period_usage(bigint,timestamp with time zone)",
+    "periods(bigint)",
+    "current_period(bigint)",
+    "count_active(bigint,timestamp with time zone,timestamp with time zone,text)",
+    "period_series(bigint,timestamp with time zone)",
+    "price_preview(bigint,timestamp with time zone)",
+    "usage_summary(bigint)",
 }
 
+#: Definer functions whose attribute (and the reason for it) sql/grants.sql sets after their
+#: creation, until their own sources carry them.
 PINNED_PATH = "search_path=active_series, pg_catalog, pg_temp"
 
 Connect = Callable[..., psycopg.Connection[Any]]
@@ -181,7 +192,7 @@ def test_the_security_definer_functions_are_exactly_the_ingest_path_writers(conn
     )
     for name, config, source, owner in rows:
         assert config == [PINNED_PATH], name
-        assert "-- SECURITY DEFINER" in source, f"{name} does not say why it needs definer rights"
+        assert "-- SECURITY DEFINER" in source, f"{name} does not say why it needs definer"
         assert owner == extension_owner, name
 
 
@@ -284,6 +295,52 @@ def test_an_ingest_client_soft_deletes_restores_and_hard_deletes(conn, as_role):
     c.execute("DELETE FROM active_series.benchmark WHERE id = %s", (org.benchmarks[0],))
     assert one(conn, usage, (org.id,)) == 4
     assert conn.execute("SELECT * FROM active_series.verify(%s)", (org.id,)).fetchall() == []
+
+
+def test_an_ingest_client_reports_on_branches_and_archives_and_is_still_counted(conn, as_role):
+    c = as_role("ingest")
+    org = build_org(c, "branches")
+    branches = [
+        one(
+            c,
+            "INSERT INTO active_series.branch (project_id, name) VALUES (%s, %s) RETURNING id",
+            (org.project_id, name),
+        )
+        for name in ("main", "pr-1")
+    ]
+    pairs = [(b, m) for b in org.benchmarks[:2] for m in org.measures[:2]]
+    for branch in [*branches, None]:
+        report = one(
+            c,
+            "INSERT INTO active_series.report (project_id, testbed_id, start_time, end_time,"
+            " branch_id) VALUES (%s, %s, now(), now(), %s) RETURNING id",
+            (org.project_id, org.testbeds[0], branch),
+        )
+        for bm in org.benchmarks[:2]:
+            rb = one(
+                c,
+                "INSERT INTO active_series.report_benchmark (report_id, benchmark_id)"
+                " VALUES (%s, %s) RETURNING id",
+                (report, bm),
+            )
+            SHAPES[0](c, [(rb, m, 1.0) for m in org.measures[:2]])
+    # the same series reported on two branches and on none is one series
+    assert one(conn, "SELECT active_series.period_usage(%s)", (org.id,)) == len(pairs)
+    for table in ("testbed", "benchmark", "measure"):
+        c.execute(
+            sql.SQL("UPDATE {} SET archived = now() WHERE project_id = %s").format(
+                sql.Identifier("active_series", table)
+            ),
+            (org.project_id,),
+        )
+    # archived entities that still report are counted
+    SHAPES[0](c, report_rows(c, org, org.testbeds[0], [(org.benchmarks[2], org.measures[2])]))
+    assert one(conn, "SELECT active_series.period_usage(%s)", (org.id,)) == len(pairs) + 1
+    refused(c, "UPDATE active_series.testbed SET name = 'x'")
+    # deleting a branch deletes its reports; it never lowers a count
+    c.execute("DELETE FROM active_series.branch WHERE id = %s", (branches[1],))
+    assert one(conn, "SELECT active_series.period_usage(%s)", (org.id,)) == len(pairs) + 1
+    assert_matches_oracle(conn, org.id)
 
 
 @pytest.fixture
@@ -576,6 +633,142 @@ def test_a_worker_role_follows_the_stripe_subscription_period(
     ).fetchone()
     assert got == (item["current_period_start"], item["current_period_end"])
     assert mismatches(conn, emu, {org.id: customer}) == []
+
+
+# --- the reader -----------------------------------------------------------------------------
+
+#: What active_series_reader may call, with the arguments the tests pass.
+READER_CALLS = {
+    "period_usage": "SELECT active_series.period_usage(%(org)s, '2024-05-01Z')",
+    "periods": "SELECT * FROM active_series.periods(%(org)s)",
+    "period_series": "SELECT * FROM active_series.period_series(%(org)s, '2024-05-01Z')",
+    "count_active": (
+        "SELECT active_series.count_active(%(org)s, '2024-05-01Z', '2024-06-01Z', 'private')"
+    ),
+    "current_period": "SELECT * FROM active_series.current_period(%(org)s)",
+    "price_preview": (
+        "SELECT period_start, period_end, active_series, amount, currency"
+        " FROM active_series.price_preview(%(org)s, '2024-05-01Z')"
+    ),
+    "usage_summary": (
+        "SELECT organization_id, plan, active_series, private_series, public_series,"
+        " stripe_value, stripe_in_sync FROM active_series.usage_summary(%(org)s)"
+    ),
+}
+READER_VIEWS = {
+    "usage": "SELECT * FROM active_series.usage ORDER BY 1",
+    # not the age of the oldest change: it grows between two reads
+    "relay_status": (
+        "SELECT organization_id, period_start, period_usage, stripe_value, in_sync, parked"
+        " FROM active_series.relay_status ORDER BY 1"
+    ),
+    "alerts": "SELECT * FROM active_series.alerts ORDER BY 1",
+}
+DATA_MODEL = (
+    "organization",
+    "project",
+    "testbed",
+    "benchmark",
+    "measure",
+    "branch",
+    "report",
+    "report_benchmark",
+    "metric",
+)
+#: Implementation tables of the application side (prices, alerts, the cap's watch rows).
+APP_TABLES = ("_price", "_price_tier", "_alert_threshold", "_alert", "_period_watch")
+
+
+def test_a_reader_calls_every_read_function_and_reads_the_views(conn, as_role, ingested):
+    r = as_role("reader")
+    args = {"org": ingested.id}
+    for name, call in READER_CALLS.items():
+        got = r.execute(call, args).fetchall()
+        assert got == conn.execute(call, args).fetchall(), name
+        assert got, name
+    assert one(r, READER_CALLS["period_usage"], args) == 1
+    assert one(r, READER_CALLS["count_active"], args) == 1
+    assert r.execute(READER_CALLS["price_preview"], args).fetchone()[2] == 1
+    for view, query in READER_VIEWS.items():
+        assert r.execute(query).fetchall() == conn.execute(query).fetchall(), view
+    assert r.execute(
+        "SELECT active_series FROM active_series.usage WHERE organization_id = %s",
+        (ingested.id,),
+    ).fetchall()
+    for table in DATA_MODEL:
+        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("active_series", table))
+        assert one(r, query) == one(conn, query), table
+
+
+def test_a_reader_writes_nothing_reads_no_billing_table_and_calls_nothing_else(
+    conn, as_role, ingested
+):
+    r = as_role("reader")
+    watched = BILLING_TABLES + ("billing_account", "_ledger", "_relay_state") + DATA_MODEL
+    before = snapshot(conn, watched)
+    for table in PROTECTED_TABLES + APP_TABLES:
+        refused(r, sql.SQL("SELECT * FROM {}").format(sql.Identifier("active_series", table)))
+        for statement in writes_to(table):
+            assert table in refused(r, statement)
+    for table in DATA_MODEL:
+        ident = sql.Identifier("active_series", table)
+        for statement in (
+            sql.SQL("INSERT INTO {} DEFAULT VALUES").format(ident),
+            sql.SQL("UPDATE {} SET id = id").format(ident),
+            sql.SQL("DELETE FROM {}").format(ident),
+            sql.SQL("TRUNCATE {}").format(ident),
+        ):
+            assert table in refused(r, statement)
+    for view in ("relay_failures", "relay_periods", "series_last_seen", "_count_drift"):
+        refused(r, sql.SQL("SELECT * FROM {}").format(sql.Identifier("active_series", view)))
+    calls = routines(conn, "true")
+    allowed = {s for s, _ in calls if s.split("(")[0].split(".")[1] in READER_CALLS}
+    assert len(allowed) == len(READER_CALLS)
+    for signature, call in calls:
+        if signature not in allowed:
+            assert "permission denied for" in refused(r, call), signature
+    assert snapshot(conn, watched) == before
+
+
+def readme_sql(first_line: str) -> list[str]:
+    """The statements of the README's sql block that starts with ``first_line``."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(
+        b.split("```", 1)[0] for b in readme.split("```sql\n")[1:] if b.startswith(first_line)
+    )
+    text = "\n".join(line.split("--", 1)[0] for line in block.splitlines())
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def test_the_readme_application_sql_works_as_the_reader_and_the_admin(conn, as_role):
+    org = make_org(conn, "readme")
+    assert org.id == 1  # the README's examples are about organization 1
+    conn.execute("SELECT active_series.set_stripe_customer(1, 'cus_readme')")
+    conn.execute(
+        "SELECT active_series._store_price(1, %s::jsonb)",
+        (
+            '{"id": "price_1", "currency": "usd", "billing_scheme": "tiered",'
+            ' "tiers_mode": "graduated", "tiers": [{"up_to": 2, "flat_amount": 900},'
+            ' {"up_to": null, "unit_amount": 150}]}',
+        ),
+    )
+    ingest(conn, org, org.testbeds[0], [(org.benchmarks[0], m) for m in org.measures])
+    admin = readme_sql("-- as an operator")
+    assert len(admin) == 4
+    a = as_role("admin")
+    for statement in admin:
+        a.execute(statement)
+    ingest(conn, org, org.testbeds[1], [(org.benchmarks[0], org.measures[0])])
+    reader = readme_sql("-- as the application")
+    assert len(reader) == 5
+    r = as_role("reader")
+    results = [r.execute(statement).fetchall() for statement in reader]
+    assert results[0][0][2] == 4  # active_series
+    assert results[0][0][5:7] == (900 + 2 * 150, "usd")
+    assert [row[3:7] for row in results[1]] == [(1, 1, 2, 2), (2, 3, None, 2)]
+    assert len(results[3]) == 4
+    # the tier bound at 2 was reached by the commit that made 3
+    assert [row[1:4] for row in results[4]] == [(2, 3, "price_tier")]
 
 
 # --- the admin ------------------------------------------------------------------------------

@@ -500,13 +500,18 @@ def test_tiered_metered_price_accepts_inline_product_or_product_id(client: Any) 
         "tiers": TIERS,
         "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
     }
-    by_id = client.v1.prices.create(params={**common, "product": product.id})
+    by_id = client.v1.prices.create(params={**common, "product": product.id, "expand": ["tiers"]})
     inline = client.v1.prices.create(params={**common, "product_data": {"name": "Inline"}})
     assert by_id.product == product.id
     assert inline.product.startswith("prod_") and inline.product != product.id
     assert by_id.recurring.meter == meter.id
     assert by_id.recurring.usage_type == "metered"
     assert [t.up_to for t in by_id.tiers] == [100, 1000, None]
+    # Stripe leaves the tiers out unless they are expanded
+    assert "tiers" not in inline
+    assert "tiers" not in client.v1.prices.retrieve(by_id.id)
+    again = client.v1.prices.retrieve(by_id.id, params={"expand": ["tiers"]})
+    assert [t.up_to for t in again.tiers] == [100, 1000, None]
     bad = {**common, "tiers": TIERS[:2], "product": product.id}
     err = expect_error(stripe.InvalidRequestError, lambda: client.v1.prices.create(params=bad))
     assert err.param == "tiers[1][up_to]"
@@ -529,6 +534,22 @@ def test_subscription_default_period_is_one_calendar_month_on_item_and_subscript
     )
     assert item["current_period_end"] == sub.current_period_end
     assert client.v1.subscriptions.retrieve(sub.id).status == "active"
+
+
+def test_subscription_prices_carry_their_tiers_only_when_expanded(client: Any) -> None:
+    meter = new_meter(client, formula="last")
+    cus = new_customer(client)
+    sub = metered_subscription(client, meter, cus, "graduated")
+    assert "tiers" not in sub["items"]["data"][0]["price"]
+    plain = client.v1.subscriptions.list(params={"customer": cus.id})
+    assert "tiers" not in plain.data[0]["items"]["data"][0]["price"]
+    expanded = client.v1.subscriptions.list(
+        params={"customer": cus.id, "expand": ["data.items.data.price.tiers"]}
+    )
+    tiers = expanded.data[0]["items"]["data"][0]["price"]["tiers"]
+    assert [t["up_to"] for t in tiers] == [100, 1000, None]
+    one = client.v1.subscriptions.retrieve(sub.id, params={"expand": ["items.data.price.tiers"]})
+    assert len(one["items"]["data"][0]["price"]["tiers"]) == 3
 
 
 def test_subscription_with_short_period_advances_to_the_next_period_on_request(

@@ -167,6 +167,9 @@ class Model:
         self.benchmarks: dict[int, int] = {}
         self.measures: dict[int, int] = {}
         self.reports: dict[int, Report] = {}  # reports that still exist
+        self.branches: dict[int, int] = {}  # id -> project_id
+        self.report_branch: dict[int, int] = {}  # report id -> branch id, when it names one
+        self.archived: set[tuple[str, int]] = set()  # (kind, id) of archived entities
 
     # ----------------------------------------------------------------------------------------
     # reference data
@@ -248,7 +251,34 @@ class Model:
             for key in [k for k, p in table.items() if p == project_id]:
                 del table[key]
         self.reports = {k: r for k, r in self.reports.items() if r.project_id != project_id}
+        self.branches = {k: p for k, p in self.branches.items() if p != project_id}
         self._drop(lambda a: a.project_id == project_id)
+
+    # ----------------------------------------------------------------------------------------
+    # branches and archiving: neither is part of a series and neither changes a count (the
+    # same series reported on several branches is one series; an archived testbed, benchmark
+    # or measure that still reports is counted)
+    def add_branch(self, branch_id: int, project_id: int) -> None:
+        self.branches[branch_id] = project_id
+
+    def branches_of(self, project_id: int) -> list[int]:
+        return sorted(b for b, p in self.branches.items() if p == project_id)
+
+    def set_report_branch(self, report_id: int, branch_id: int) -> None:
+        self.report_branch[report_id] = branch_id
+
+    def delete_branch(self, branch_id: int) -> None:
+        """The branch and its reports go (a cascade); the activity they recorded stays."""
+        del self.branches[branch_id]
+        for report in [r for r, b in self.report_branch.items() if b == branch_id]:
+            del self.report_branch[report]
+            self.reports.pop(report, None)
+
+    def set_archived(self, kind: str, entity_id: int, archived: bool) -> None:
+        if archived:
+            self.archived.add((kind, entity_id))
+        else:
+            self.archived.discard((kind, entity_id))
 
     def _drop(self, doomed: Callable[[Activity], bool]) -> None:
         for org in self.organizations.values():

@@ -7,9 +7,10 @@ organizations in one transaction, with a simulated clock (``report.created`` set
 reports benchmarks' variants (none: the empty variant; explicit ones, the empty one among them),
 re-sends a testbed's previous report with the same, a grown, a shrunk or a changed set of series
 (also across a period boundary), deletes reports, hard-deletes
-testbeds/benchmarks/variants/measures/projects, soft-deletes and restores
-projects, flips visibility, sets billing periods and runs backfill.  After every step every read of
-the public API must equal the model exactly and ``verify()`` must be empty.
+testbeds/benchmarks/variants/measures/projects, soft-deletes and restores projects, flips
+visibility, creates and deletes branches (which reports may name), archives and unarchives
+testbeds, benchmarks and measures, sets billing periods and runs backfill.  After every step every
+read of the public API must equal the model exactly and ``verify()`` must be empty.
 
 Settings: ``HYPOTHESIS_PROFILE=ci`` (default, about 2 minutes), ``dev`` (quick) or ``long``.
 """
@@ -49,6 +50,7 @@ SETTINGS = PROFILES.get(os.environ.get("HYPOTHESIS_PROFILE", "ci"), PROFILES["ci
 MAX_ORGS = 3
 MAX_PROJECTS = 6
 MAX_PER_KIND = 3  # testbeds, benchmarks, measures per project
+MAX_BRANCHES = 4
 US = timedelta(microseconds=1)
 EVER = (datetime(1900, 1, 1, tzinfo=UTC), datetime(2300, 1, 1, tzinfo=UTC))
 
@@ -111,6 +113,7 @@ class PlannedReport:
     # one report_benchmark per entry (iteration = index): (benchmark_id, variant_id or None)
     benchmarks: list[tuple[int, int | None]]
     metrics: list[tuple[int, int, float]]  # (index into benchmarks, measure_id, value)
+    branch_id: int | None = None  # the branch the report names (not part of a series)
 
 
 class ActiveSeriesMachine(RuleBasedStateMachine):
@@ -294,7 +297,13 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
             testbed = data.draw(
                 st.sampled_from(self._entities("testbed", project)), label="testbed"
             )
-            plans.append(PlannedReport(project, testbed, created, benchmarks, metrics))
+            branches = self.model.branches_of(project)
+            branch = (
+                data.draw(st.none() | st.sampled_from(branches), label="branch")
+                if branches
+                else None
+            )
+            plans.append(PlannedReport(project, testbed, created, benchmarks, metrics, branch))
         self._send(data, plans)
 
     @precondition(lambda self: bool(self._repeatable()))
@@ -314,7 +323,10 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
             metrics.append((len(benchmarks) - 1, data.draw(st.sampled_from(measures)), 1.0))
         if change in ("shrink", "change") and len(metrics) > 1:
             del metrics[data.draw(st.integers(0, len(metrics) - 1), label="dropped")]
-        self._send(data, [PlannedReport(prev.project_id, testbed, self.clock, benchmarks, metrics)])
+        again = PlannedReport(
+            prev.project_id, testbed, self.clock, benchmarks, metrics, prev.branch_id
+        )
+        self._send(data, [again])
 
     def _repeatable(self) -> list[int]:
         """Testbeds whose previous report can be sent again: its entities all still exist."""
@@ -328,6 +340,7 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
                 for b, v in plan.benchmarks
             )
             and all(m in self.model.measures for _, m, _ in plan.metrics)
+            and (plan.branch_id is None or plan.branch_id in self.model.branches)
         ]
 
     def _send(self, data: st.DataObject, plans: list[PlannedReport]) -> None:
@@ -357,6 +370,8 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
 
         for report, plan, _rbs in done:
             self.model.add_report(report, plan.project_id, plan.testbed_id, plan.created)
+            if plan.branch_id is not None:
+                self.model.set_report_branch(report, plan.branch_id)
             for index, measure, _value in plan.metrics:
                 benchmark, variant = plan.benchmarks[index]
                 self.model.add_metric(report, benchmark, measure, self._variant_key(variant))
@@ -378,9 +393,16 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
     ) -> tuple[int, list[int], list[tuple[int, int, float]]]:
         report = self._insert(
             "INSERT INTO active_series.report"
-            " (project_id, testbed_id, start_time, end_time, created)"
-            " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-            (plan.project_id, plan.testbed_id, plan.created, plan.created, plan.created),
+            " (project_id, testbed_id, start_time, end_time, created, branch_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+            (
+                plan.project_id,
+                plan.testbed_id,
+                plan.created,
+                plan.created,
+                plan.created,
+                plan.branch_id,
+            ),
             cur,
         )
         rbs = [
@@ -499,6 +521,70 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
         )
         self.model.set_visibility(project, visibility)
         note(f"project {project} -> {visibility}")
+
+    # ------------------------------------------------------------------------------------------
+    # branches and archived entities (neither is part of a series)
+    @precondition(
+        lambda self: bool(self.model.projects) and len(self.model.branches) < MAX_BRANCHES
+    )
+    @rule(data=st.data())
+    def create_branch(self, data: st.DataObject) -> None:
+        project = data.draw(st.sampled_from(sorted(self.model.projects)), label="project")
+        branch = self._insert(
+            "INSERT INTO active_series.branch (project_id, name) VALUES (%s, %s) RETURNING id",
+            (project, f"branch{len(self.model.branches)}"),
+        )
+        self.model.add_branch(branch, project)
+        note(f"branch {branch} in project {project}")
+
+    @precondition(lambda self: bool(self.model.branches))
+    @rule(data=st.data())
+    def delete_branch(self, data: st.DataObject) -> None:
+        branch = data.draw(st.sampled_from(sorted(self.model.branches)), label="branch")
+        self.sql("DELETE FROM active_series.branch WHERE id = %s", (branch,))
+        self.model.delete_branch(branch)
+        note(f"DELETE branch {branch} (and its reports)")
+
+    @precondition(lambda self: bool(self.model.projects))
+    @rule(data=st.data(), kind=st.sampled_from(KINDS))
+    def toggle_archived(self, data: st.DataObject, kind: str) -> None:
+        table = {
+            "testbed": self.model.testbeds,
+            "benchmark": self.model.benchmarks,
+            "measure": self.model.measures,
+        }[kind]
+        if not table:
+            return
+        entity = data.draw(st.sampled_from(sorted(table)), label=kind)
+        archived = (kind, entity) not in self.model.archived
+        self.sql(
+            f"UPDATE active_series.{kind} SET archived = %s WHERE id = %s",
+            (self.clock if archived else None, entity),
+        )
+        self.model.set_archived(kind, entity, archived)
+        note(f"{kind} {entity} {'archived' if archived else 'unarchived'}")
+
+    @invariant()
+    def branches_and_archived_equal_model(self) -> None:
+        branches = dict(self.sql("SELECT id, project_id FROM active_series.branch").fetchall())
+        assert branches == self.model.branches
+        named = dict(
+            self.sql(
+                "SELECT id, branch_id FROM active_series.report WHERE branch_id IS NOT NULL"
+            ).fetchall()
+        )
+        assert named == {
+            r: b for r, b in self.model.report_branch.items() if r in self.model.reports
+        }
+        for kind in KINDS:
+            archived = {
+                r[0]
+                for r in self.sql(
+                    f"SELECT id FROM active_series.{kind} WHERE archived IS NOT NULL"
+                ).fetchall()
+            }
+            table = getattr(self.model, f"{kind}s")
+            assert archived == {i for k, i in self.model.archived if k == kind and i in table}
 
     @rule(data=st.data())
     def set_billing_period(self, data: st.DataObject) -> None:

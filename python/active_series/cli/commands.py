@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from active_series.cli import alerts
 from active_series.cli import queries as q
 from active_series.cli.output import Progress, output, print_table
 from active_series.errors import CommandError, ExitCode
@@ -126,6 +127,23 @@ def cmd_usage(args: argparse.Namespace) -> int:
                     f"organization {args.organization} does not exist", ExitCode.NOT_FOUND
                 )
     output(args.json, names, rows)
+    return ExitCode.OK
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    if args.poll_interval <= 0:
+        raise CommandError("--poll-interval must be a positive number of seconds", ExitCode.INPUT)
+    show = alerts.as_json if args.json else alerts.as_text
+    with connect(args) as conn:
+        if args.organization is not None:  # (an unknown organization is an error)
+            _db_call(lambda: conn.execute(q.USAGE_SUMMARY, (args.organization,)))
+        rows = (
+            alerts.follow(conn, args.after, args.organization, args.poll_interval)
+            if args.follow
+            else iter(alerts.since(conn, args.after, args.organization))
+        )
+        for alert in rows:
+            print(show(alert), flush=True)
     return ExitCode.OK
 
 

@@ -33,6 +33,10 @@ def organization_id(text: str) -> int:
     return _integer(text, "an organization id", 64)
 
 
+def alert_id(text: str) -> int:
+    return _integer(text, "an alert id", 64)
+
+
 def batch_size(text: str) -> int:
     """Reports per backfill batch (integer); the procedure rejects values below 1."""
     return _integer(text, "the batch size", 32)
@@ -137,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     _period(p, "the period starting at START")
     p.add_argument("--history", action="store_true", help="every period of the organization")
     _json(p)
+
+    p = _command(
+        sub,
+        "alerts",
+        c.cmd_alerts,
+        "threshold alerts, one per line (--follow: and each new one as it is written)",
+        common,
+    )
+    _organization(p)
+    p.add_argument("--follow", action="store_true", help="keep printing new alerts")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--after", type=alert_id, default=0, metavar="ID", help="only alerts after this id"
+    )
+    p.add_argument("--poll-interval", type=float, default=5.0, help="seconds (with --follow)")
 
     p = _command(
         sub,

@@ -10,11 +10,18 @@ PERIOD_USAGE: Final = "SELECT active_series.period_usage(%s, %s)"
 
 COUNT_ACTIVE: Final = "SELECT active_series.count_active(%s, %s, %s, %s)"
 
+# the current period of each organization, with its price and alert state (usage_summary)
 USAGE: Final = """
-SELECT organization_id, organization_name, plan, stripe_customer_id,
-       period_start, period_end, active_series, private_series, public_series
-FROM active_series.usage
+SELECT * FROM (
+    SELECT u.organization_id, u.organization_name, u.plan, u.stripe_customer_id,
+           u.period_start, u.period_end, u.active_series, u.private_series, u.public_series,
+           s.amount, s.currency, s.series_cap, s.next_alert, s.stripe_in_sync
+    FROM active_series.usage AS u
+    CROSS JOIN LATERAL active_series.usage_summary(u.organization_id) AS s
+) AS usage
 """
+
+USAGE_SUMMARY: Final = "SELECT * FROM active_series.usage_summary(%s)"
 
 # the period starting at %(start)s (NULL: the current one) with its exact count
 PERIOD: Final = """

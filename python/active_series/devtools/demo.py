@@ -458,10 +458,21 @@ class Demo:
                     amount, current = amounts.get(int(start.timestamp()), (None, False))
                     if current and preview is not None:
                         amount = int(preview["amount_due"])
-                    row["invoice_cents"] = amount
+                    # the invoice as the database prices it (price_preview, from the price the
+                    # worker read with the subscription), next to Stripe's own
+                    row["invoice_cents"] = self._price(org.id, start)
+                    row["stripe_invoice_cents"] = amount
                     row["current"] = bool(current)
                 rows.append(row)
         return rows
+
+    def _price(self, org: int, start: datetime) -> int | None:
+        row = (
+            self._conn()
+            .execute("SELECT amount FROM active_series.price_preview(%s, %s)", (org, start))
+            .fetchone()
+        )
+        return None if row is None or row[0] is None else int(row[0])
 
     def print_table(self, rows: list[dict[str, Any]]) -> None:
         names = ["organization", "period", "database", "stripe", "invoice", "match"]
@@ -471,6 +482,13 @@ class Demo:
             end = datetime.fromisoformat(r["period_end"])
             amount = r.get("invoice_cents")
             invoice = "-" if amount is None else f"${amount / 100:,.2f}"
+            if amount != r.get("stripe_invoice_cents"):
+                stripe_amount = r.get("stripe_invoice_cents")
+                invoice += (
+                    " (Stripe: "
+                    + ("-" if stripe_amount is None else f"${stripe_amount / 100:,.2f}")
+                    + ")"
+                )
             if r.get("current"):
                 invoice += " (preview, current)"
             cells.append(

@@ -45,7 +45,8 @@ from active_series.ratelimit import backoff
 from active_series.relay import queries as q
 from active_series.relay.config import MAX_EVENT_AGE, SUBSCRIPTION_RECHECK, RelayConfig
 from active_series.relay.observe import Log, Metrics
-from active_series.relay.stripe_api import Outcome, StripeMeter, classify
+from active_series.relay.prices import PriceKeeper
+from active_series.relay.stripe_api import Outcome, StripeMeter, classify, current_period
 
 Conn = psycopg.Connection[Any]
 
@@ -99,6 +100,9 @@ class Relay:
         self.pause_until = 0.0
         self.rate_backoff = 0
         self.subscription_until: dict[int, float] = {}
+        self.prices = PriceKeeper(
+            self.stripe.client, cfg.meter_event_name, self.stripe.bucket.acquire, self.log
+        )
         self.wake_reason = "start"
 
     # ------------------------------------------------------------------ connections
@@ -408,13 +412,14 @@ class Relay:
 
     def _sync_subscription(self, org: int, customer: str) -> None:
         """Align the organization's billing period with its Stripe subscription's current
-        period, read again once the known one has ended. No subscription: the database's
-        periods stay (calendar months unless an admin set them)."""
+        period, read again once the known one has ended, and keep its metered price
+        (prices.py). No subscription: the database's periods stay (calendar months unless an
+        admin set them)."""
         now = time.time()
         if now < self.subscription_until.get(org, 0.0):
             return
         try:
-            bounds = self.stripe.subscription_period(customer)
+            subscriptions = self.stripe.subscriptions(customer)
         except stripe.StripeError as exc:
             outcome, reason = classify(exc)
             if outcome == Outcome.RATE_LIMITED:
@@ -422,6 +427,8 @@ class Relay:
             self.subscription_until[org] = now + min(60.0, self.cfg.poll_interval)
             self.log("warning", "subscription_unreadable", org=org, reason=reason)
             return
+        self.prices.keep(self.ledger, org, subscriptions)
+        bounds = current_period(subscriptions)
         if bounds is None:
             self.subscription_until[org] = now + SUBSCRIPTION_RECHECK
             return

@@ -156,3 +156,5 @@ FROM active_series.current_period(%s)
 SET_BILLING_PERIOD: Final = (
     "SELECT active_series.set_billing_period(%s, to_timestamp(%s), to_timestamp(%s))"
 )
+# -- the metered price, read with the subscription (prices.py) ---------------------------
+STORE_PRICE: Final = "SELECT active_series._store_price(%s, %s, %s)"

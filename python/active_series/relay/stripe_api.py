@@ -11,6 +11,7 @@ import stripe
 
 from active_series.ratelimit import TokenBucket
 from active_series.relay.config import RelayConfig
+from active_series.relay.prices import SUBSCRIPTION_EXPAND
 
 
 class Outcome(StrEnum):
@@ -77,12 +78,14 @@ class StripeMeter:
             return classify(exc)
         return Outcome.OK, ""
 
-    def subscription_period(self, customer: str) -> tuple[int, int] | None:
-        """The current period of the customer's live subscription (Unix seconds), or None.
-        Raises stripe.StripeError."""
+    def subscriptions(self, customer: str) -> list[Any]:
+        """The customer's subscriptions, with their items' prices and tiers (what the current
+        period and the metered price are read from). Raises stripe.StripeError."""
         self.bucket.acquire()
-        subs = self.client.v1.subscriptions.list(params={"customer": customer, "limit": 10})
-        return current_period(subs.data)
+        subs = self.client.v1.subscriptions.list(
+            params={"customer": customer, "limit": 10, "expand": SUBSCRIPTION_EXPAND}
+        )
+        return list(subs.data)
 
 
 def current_period(subscriptions: Iterable[Any]) -> tuple[int, int] | None:

@@ -123,3 +123,28 @@ def paginate(items: Sequence[Json], p: Json, url: str) -> Json:
     else:
         page, more = items[:limit], len(items) > limit
     return {"object": "list", "data": list(page), "has_more": more, "url": url}
+
+
+def expand_paths(params: Json) -> set[str]:
+    """The ``expand[]`` paths of a request (``data.`` prefixed for lists, as Stripe's)."""
+    raw = params.get("expand") or []
+    if isinstance(raw, str):
+        raw = [raw]
+    return {str(x) for x in raw} if isinstance(raw, list) else set()
+
+
+def unexpanded(node: Any, expand: set[str], path: str = "") -> Any:
+    """A copy of an answer without what Stripe includes only when expanded: a price's
+    ``tiers`` (``expand[]=tiers`` on a price, ``items.data.price.tiers`` on a subscription,
+    ``data.items.data.price.tiers`` on a list of them)."""
+    if isinstance(node, list):
+        return [unexpanded(v, expand, path) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        where = f"{path}.{key}" if path else key
+        if key == "tiers" and node.get("object") == "price" and where not in expand:
+            continue
+        out[key] = unexpanded(value, expand, where)
+    return out

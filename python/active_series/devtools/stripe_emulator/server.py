@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .common import HTML_ERROR_PAGE, Answer, ApiError, Json, new_id, rate_limit_error
-from .params import parse_form
+from .params import expand_paths, parse_form, unexpanded
 from .routes import route_control, route_stripe
 from .state import EmulatorState
 
@@ -269,7 +269,10 @@ class _Handler(BaseHTTPRequestHandler):
                     {**stored["headers"], "Idempotent-Replayed": "true"},
                 )
         try:
-            answer = Answer(200, route_stripe(state, method, path, params, key))
+            answer = Answer(
+                200,
+                unexpanded(route_stripe(state, method, path, params, key), expand_paths(params)),
+            )
         except ApiError as err:
             answer = Answer(err.status, err.body(), err.headers())
         except Exception as exc:  # noqa: BLE001 - an emulator bug must still answer like Stripe

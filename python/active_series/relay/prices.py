@@ -1,0 +1,109 @@
+"""The organization's metered Stripe price, kept in the database for ``price_preview``.
+
+The worker reads it with the subscription period (``Relay._sync_subscription``, claim.py):
+the price of the subscription item that is metered on the relay's meter, its tiers expanded,
+is stored by
+``active_series._store_price`` (the SQL does the parsing); no live subscription, or no item on
+the meter, forgets it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from active_series.relay import queries as q
+
+#: What a subscription list must expand so that its items' prices carry their tiers
+#: (Stripe leaves ``tiers`` out of a price unless asked).
+SUBSCRIPTION_EXPAND = ["data.items.data.price.tiers"]
+
+LIVE = ("active", "trialing", "past_due")
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+
+
+def metered_item(
+    subscriptions: Iterable[Any], meter_id: Callable[[], str | None]
+) -> dict[str, Any] | None:
+    """The item of the first live subscription whose price is metered: the only one, or
+    the one on the relay's meter (``meter_id()`` is asked only when there are several)."""
+    for obj in subscriptions:
+        sub = _plain(obj)
+        if sub.get("status") not in LIVE:
+            continue
+        items = (sub.get("items") or {}).get("data") or []
+        metered = [
+            i
+            for i in items
+            if ((i.get("price") or {}).get("recurring") or {}).get("usage_type") == "metered"
+        ]
+        if len(metered) == 1:
+            return dict(metered[0])
+        if metered:
+            wanted = meter_id()
+            for item in metered:
+                if item["price"]["recurring"].get("meter") == wanted:
+                    return dict(item)
+        return None
+    return None
+
+
+def store(conn: psycopg.Connection[Any], org: int, item: dict[str, Any] | None) -> str | None:
+    """Store the item's price for the organization (None: forget it); its Stripe id."""
+    if item is None:
+        conn.execute(q.STORE_PRICE, (org, None, None))
+        return None
+    price = dict(item["price"])
+    # the SDK hands *_decimal fields over as Decimal: JSON strings, as Stripe sends them
+    conn.execute(q.STORE_PRICE, (org, Jsonb(price, dumps=_dumps), item.get("id")))
+    return str(price.get("id"))
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=lambda v: str(v) if isinstance(v, Decimal) else None)
+
+
+class PriceKeeper:
+    """The worker's side: after each subscription read, store the metered item's price."""
+
+    def __init__(
+        self,
+        client: Any,
+        meter_event_name: str,
+        acquire: Callable[[], None],
+        log: Callable[..., None],
+    ) -> None:
+        self.client = client
+        self.meter_event_name = meter_event_name
+        self.acquire = acquire  # the relay's rate limit, before each Stripe call
+        self.log = log
+        self.meter_id: str | None = None
+
+    def keep(self, conn: psycopg.Connection[Any], org: int, subscriptions: Any) -> None:
+        try:
+            price = store(conn, org, metered_item(subscriptions, self.meter))
+        except Exception as exc:  # noqa: BLE001 - a price never stops the relay: logged, kept
+            if isinstance(exc, psycopg.OperationalError):
+                raise
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.log("warning", "price_unreadable", org=org, reason=reason)
+            return
+        self.log("debug", "price_read", org=org, price=price)
+
+    def meter(self) -> str | None:
+        """The id of the active meter of the relay's event name (looked up once)."""
+        if self.meter_id is None:
+            self.acquire()
+            meters = self.client.v1.billing.meters.list(params={"status": "active", "limit": 100})
+            for meter in meters.auto_paging_iter():
+                if meter.event_name == self.meter_event_name:
+                    self.meter_id = str(meter.id)
+        return self.meter_id

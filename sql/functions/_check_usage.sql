@@ -1,0 +1,79 @@
+CREATE FUNCTION active_series._check_usage(
+    p_organization_id bigint,
+    p_period_start timestamptz
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- An ingest commit raised the period's billed count: refuse it beyond the organization's
+-- series cap (SQLSTATE AS001), and write an alert row (and NOTIFY active_series_alert)
+-- for every threshold the count reached that has none in the period yet. Nothing to do,
+-- and no lock, for an organization without a cap or thresholds.
+-- Locks the period's _period_watch row (an upsert: a concurrent commit that raised the
+-- count waits here until it is committed, and then counts with it; under REPEATABLE
+-- READ it fails with a serialization error instead), so commits check one at a time.
+DECLARE
+    v_cap bigint;
+    v_total bigint;
+    v_new bigint;
+BEGIN
+    SELECT b.series_cap INTO v_cap
+    FROM active_series.billing_account AS b
+    WHERE b.organization_id = p_organization_id;
+    IF v_cap IS NULL
+        AND NOT EXISTS (SELECT FROM active_series._alert_thresholds(p_organization_id)) THEN
+        RETURN;
+    END IF;
+
+    INSERT INTO active_series._period_watch AS w (organization_id, period_start, series_count)
+    VALUES (p_organization_id, p_period_start, 0)
+    ON CONFLICT (organization_id, period_start) DO UPDATE
+    SET checked_at = clock_timestamp();
+
+    -- a new statement: it sees every commit that held the row before us
+    SELECT coalesce(sum(u.series_count), 0)::bigint INTO v_total
+    FROM active_series._period_usage AS u
+    INNER JOIN active_series.project AS p ON p.id = u.project_id
+    WHERE u.organization_id = p_organization_id
+        AND u.period_start = p_period_start
+        AND p.deleted_at IS NULL;
+
+    IF v_total > v_cap THEN
+        RAISE EXCEPTION
+            'active_series: organization % is capped at % active series; this commit would make % in the period starting %',
+            p_organization_id, v_cap, v_total, p_period_start
+            USING ERRCODE = 'AS001',
+            DETAIL = format(
+                'organization_id=%s series_cap=%s series_count=%s', p_organization_id, v_cap,
+                v_total
+            ),
+            HINT = 'Nothing of this transaction was written. An operator raises the cap with '
+            'active_series.set_series_cap(organization, cap) or removes it with NULL.';
+    END IF;
+
+    UPDATE active_series._period_watch AS w
+    SET series_count = v_total
+    WHERE w.organization_id = p_organization_id AND w.period_start = p_period_start;
+
+    WITH added AS (
+        INSERT INTO active_series._alert AS a (
+            organization_id, period_start, threshold, series_count, source
+        )
+        SELECT p_organization_id, p_period_start, t.threshold, v_total, t.source
+        FROM active_series._alert_thresholds(p_organization_id) AS t
+        WHERE t.threshold <= v_total
+        ORDER BY t.threshold
+        ON CONFLICT (organization_id, period_start, threshold) DO NOTHING
+        RETURNING a.id
+    )
+
+    SELECT count(*) INTO v_new FROM added;
+    IF v_new > 0 THEN
+        PERFORM pg_notify('active_series_alert', p_organization_id::text);
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION active_series._check_usage(bigint, timestamptz) IS
+'Internal: after an ingest commit raised a period''s count, enforce the series cap and write the alerts of the thresholds reached.';

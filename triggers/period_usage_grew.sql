@@ -1,0 +1,38 @@
+CREATE FUNCTION active_series._period_usage_grew()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Row-level AFTER INSERT / UPDATE OF series_count on _period_usage, fired only when a
+-- count rose (see WHEN). Checks the cap and the alerts (_check_usage) when the rise comes
+-- from the ingest path, i.e. from within the commit-time trigger (trigger depth > 1):
+-- re-bucketing by set_billing_period and CALL backfill write counts from a top-level
+-- statement and are administrative (they never refuse and never alert). A rise in a
+-- soft-deleted project changes no billed count. Row events fire in the order the statement
+-- wrote the rows, which the ingest path makes key order, so watch rows lock in key order.
+BEGIN
+    IF pg_trigger_depth() < 2 THEN
+        RETURN NULL;
+    END IF;
+    PERFORM FROM active_series.project AS p
+    WHERE p.id = new.project_id AND p.deleted_at IS NULL;
+    IF FOUND THEN
+        PERFORM active_series._check_usage(new.organization_id, new.period_start);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._period_usage_grew() IS
+'Trigger: an ingest commit raised a period''s count; enforce the series cap and write alerts.';
+
+CREATE TRIGGER period_usage_inserted
+AFTER INSERT ON active_series._period_usage
+FOR EACH ROW
+WHEN (new.series_count > 0)
+EXECUTE FUNCTION active_series._period_usage_grew();
+
+CREATE TRIGGER period_usage_grew
+AFTER UPDATE OF series_count ON active_series._period_usage
+FOR EACH ROW
+WHEN (new.series_count > old.series_count)
+EXECUTE FUNCTION active_series._period_usage_grew();
