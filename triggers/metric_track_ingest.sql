@@ -4,9 +4,9 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
--- Statement-level AFTER INSERT on metric: appends a _pending row with the distinct
--- (report_benchmark, measure) pairs of the statement's new metrics (its transition table),
--- so that the commit reads no metric back. The deferred
+-- Statement-level AFTER INSERT on metric: appends a _pending row with the
+-- (report_benchmark, measure) pairs of the statement's new metrics (its transition table;
+-- the commit drops repeats), so that the commit reads no metric back. The deferred
 -- trigger of the transaction's first such row records them all at commit, in one batch,
 -- so that a transaction of many statements takes its locks once, in key order. A row per
 -- statement keeps a long loading transaction linear.
@@ -20,7 +20,7 @@ BEGIN
         array_agg(n.report_benchmark_id),
         array_agg(n.measure_id),
         NOT EXISTS (SELECT FROM active_series._pending AS p WHERE p.txid = txid_current())
-    FROM (SELECT DISTINCT m.report_benchmark_id, m.measure_id FROM new_metric AS m) AS n
+    FROM new_metric AS n
     HAVING count(*) > 0;
     RETURN NULL;
 END;

@@ -882,7 +882,13 @@ BEGIN
             SELECT row(
                 p.organization_id, r.project_id, r.testbed_id, f.period_start, r.created,
                 r.created, ARRAY[rb.benchmark_id],
-                ARRAY[active_series._variant_key(rb.variant_id)], p_measure_ids, NULL
+                ARRAY[
+                    CASE
+                        WHEN rb.variant_id IS NULL THEN 0
+                        ELSE active_series._variant_key(rb.variant_id)
+                    END
+                ],
+                p_measure_ids, NULL
             )::active_series._shape_group
             FROM active_series.report_benchmark AS rb
             INNER JOIN active_series.report AS r ON r.id = rb.report_id
@@ -896,16 +902,15 @@ BEGIN
         -- was cached)
         v_groups := ARRAY(
             WITH rbs AS MATERIALIZED (
-                SELECT d.id, k.*
-                FROM (SELECT DISTINCT x.id FROM unnest(p_report_benchmark_ids) AS x (id)) AS d
-                CROSS JOIN LATERAL (
-                    SELECT
-                        rb.report_id, rb.benchmark_id,
-                        active_series._variant_key(rb.variant_id) AS variant_id
-                    FROM active_series.report_benchmark AS rb
-                    WHERE rb.id = d.id
-                    OFFSET 0
-                ) AS k
+                SELECT
+                    rb.id, rb.report_id, rb.benchmark_id,
+                    -- (without a variant_id, as most reports send, no call)
+                    CASE
+                        WHEN rb.variant_id IS NULL THEN 0
+                        ELSE active_series._variant_key(rb.variant_id)
+                    END AS variant_id
+                FROM active_series.report_benchmark AS rb
+                WHERE rb.id = ANY(p_report_benchmark_ids)
             ),
             reports AS MATERIALIZED (
                 SELECT d.report_id, k.*
@@ -925,7 +930,7 @@ BEGIN
                 INNER JOIN reports AS r ON r.report_id = b.report_id
             ),
             series AS MATERIALIZED (
-                SELECT DISTINCT
+                SELECT
                     k.organization_id, k.project_id, k.testbed_id, k.created, k.benchmark_id,
                     k.variant_id, x.measure_id
                 FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
@@ -940,18 +945,25 @@ BEGIN
                 ) AS t
                 CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
             )
+            -- (one sort: the series come distinct and in set order, and each set's arrays
+            -- are aggregated in that order; an order lost would only store a set twice)
             SELECT row(
-                s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created,
-                s.created,
-                array_agg(s.benchmark_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
-                array_agg(s.variant_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
-                array_agg(s.measure_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id),
-                NULL
+                s.organization_id, s.project_id, s.testbed_id, s.period_start, s.created,
+                s.created, array_agg(s.benchmark_id), array_agg(s.variant_id),
+                array_agg(s.measure_id), NULL
             )::active_series._shape_group
-            FROM series AS s
-            INNER JOIN periods AS t
-                ON t.organization_id = s.organization_id AND t.created = s.created
-            GROUP BY s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created
+            FROM (
+                SELECT DISTINCT
+                    s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created,
+                    s.benchmark_id, s.variant_id, s.measure_id
+                FROM series AS s
+                INNER JOIN periods AS t
+                    ON t.organization_id = s.organization_id AND t.created = s.created
+                ORDER BY
+                    s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created,
+                    s.benchmark_id, s.variant_id, s.measure_id
+            ) AS s
+            GROUP BY s.organization_id, s.project_id, s.testbed_id, s.period_start, s.created
         );
     END IF;
     IF cardinality(v_groups) = 0 THEN
@@ -1523,9 +1535,9 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
--- Statement-level AFTER INSERT on metric: appends a _pending row with the distinct
--- (report_benchmark, measure) pairs of the statement's new metrics (its transition table),
--- so that the commit reads no metric back. The deferred
+-- Statement-level AFTER INSERT on metric: appends a _pending row with the
+-- (report_benchmark, measure) pairs of the statement's new metrics (its transition table;
+-- the commit drops repeats), so that the commit reads no metric back. The deferred
 -- trigger of the transaction's first such row records them all at commit, in one batch,
 -- so that a transaction of many statements takes its locks once, in key order. A row per
 -- statement keeps a long loading transaction linear.
@@ -1539,7 +1551,7 @@ BEGIN
         array_agg(n.report_benchmark_id),
         array_agg(n.measure_id),
         NOT EXISTS (SELECT FROM active_series._pending AS p WHERE p.txid = txid_current())
-    FROM (SELECT DISTINCT m.report_benchmark_id, m.measure_id FROM new_metric AS m) AS n
+    FROM new_metric AS n
     HAVING count(*) > 0;
     RETURN NULL;
 END;
