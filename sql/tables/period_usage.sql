@@ -10,4 +10,4 @@ CREATE TABLE active_series._period_usage (
 );
 CREATE INDEX period_usage_project_id_idx ON active_series._period_usage (project_id);
 COMMENT ON TABLE active_series._period_usage IS
-'Number of _series_period rows per (organization, period, project): period_usage reads O(projects) rows, never the series.';
+'Number of series active per (organization, period, project): the sizes of its testbeds'' sets for the period (_testbed_period). period_usage reads O(projects) rows, never the series.';

@@ -1097,6 +1097,10 @@ WHERE coalesce(h.n, 0) <> coalesce(u.series_count, 0);
 COMMENT ON VIEW active_series._count_drift IS
 'Internal: per-project period counts that differ from the number of series in the history (empty when healthy).';
 
+-- sql/tables/period_usage.sql: its comment
+COMMENT ON TABLE active_series._period_usage IS
+'Number of series active per (organization, period, project): the sizes of its testbeds'' sets for the period (_testbed_period). period_usage reads O(projects) rows, never the series.';
+
 -- sql/functions/_changed.sql
 CREATE OR REPLACE FUNCTION active_series._changed(
     p_organization_id bigint,
