@@ -150,10 +150,12 @@ class Emulator:
         self.proc.wait(10)
 
 
-def setup_orgs(conn: psycopg.Connection, emu: Emulator, tag: str, per_org: int) -> list[dict]:
+def setup_orgs(
+    conn: psycopg.Connection, emu: Emulator, tag: str, per_org: int, count: int = ORGS
+) -> list[dict]:
     emu.ctl.set_rate_limit(None)
     orgs = []
-    for i in range(ORGS):
+    for i in range(count):
         org = conn.execute(
             "INSERT INTO active_series.organization (name) VALUES (%s) RETURNING id",
             (f"{tag}-{i}",),

@@ -72,7 +72,8 @@ active_series.variant,
 active_series.usage,
 active_series.relay_status,
 active_series.relay_failures,
-active_series.relay_periods
+active_series.relay_periods,
+active_series.billing_drift
 TO active_series_worker;
 GRANT SELECT, DELETE ON active_series._outbox TO active_series_worker;
 GRANT SELECT, INSERT, UPDATE ON active_series._ledger TO active_series_worker;
@@ -80,17 +81,19 @@ GRANT SELECT, INSERT ON active_series._relay_state TO active_series_worker;
 GRANT UPDATE (
     parked_at, parked_reason, next_attempt_at, attempts, last_event_timestamp, updated_at
 ) ON active_series._relay_state TO active_series_worker;
-GRANT UPDATE (closed_at) ON active_series._period TO active_series_worker;
+GRANT UPDATE (closed_at, finalized_at, billed_value, drift_since) ON active_series._period
+TO active_series_worker;
 -- the metered price, read from the subscription item with the billing period
 GRANT SELECT, INSERT, DELETE ON active_series._price, active_series._price_tier
 TO active_series_worker;
 GRANT EXECUTE ON FUNCTION
-active_series._relay_work(interval),
-active_series._relay_next_wakeup(interval),
-active_series._relay_claim(bigint),
+active_series._relay_work(interval, interval),
+active_series._relay_next_wakeup(interval, interval),
+active_series._relay_claim(bigint[]),
+active_series._relay_plan(bigint[], interval, interval),
+active_series._relay_timestamp(bigint, bigint, bigint, bigint),
 active_series._relay_window(timestamptz, timestamptz),
 active_series._relay_held(text, timestamptz, timestamptz),
-active_series._relay_last_timestamp(text),
 active_series._relay_identifier(text, bigint, bigint),
 active_series._require_organization(bigint),
 active_series._period_at(bigint, timestamptz),

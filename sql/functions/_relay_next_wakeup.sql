@@ -1,13 +1,13 @@
-CREATE FUNCTION active_series._relay_next_wakeup(p_grace interval)
+CREATE FUNCTION active_series._relay_next_wakeup(p_grace interval, p_invoice_grace interval)
 RETURNS timestamptz
 LANGUAGE sql
 STABLE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- When the relay next has work that no notification will announce: the earliest retry
--- of an organization backing off, or the earliest end plus grace of an unclosed period.
--- Only future times: what is due now is found by _relay_work. NULL: nothing scheduled.
--- Takes no locks.
+-- of an organization backing off, the earliest end plus grace of an unclosed period, or
+-- the earliest end plus invoice grace of an unfinalized one. Only future times: what is
+-- due now is found by _relay_work. NULL: nothing scheduled. Takes no locks.
 SELECT least(
     (
         SELECT min(s.next_attempt_at)
@@ -18,8 +18,13 @@ SELECT least(
         SELECT min(p.period_end) + p_grace
         FROM active_series._period AS p
         WHERE p.closed_at IS NULL AND p.period_end + p_grace > now()
+    ),
+    (
+        SELECT min(p.period_end) + p_invoice_grace
+        FROM active_series._period AS p
+        WHERE p.finalized_at IS NULL AND p.period_end + p_invoice_grace > now()
     )
 );
 $$;
-COMMENT ON FUNCTION active_series._relay_next_wakeup(interval) IS
-'Internal (relay): the next time the relay has scheduled work (a retry or a period to close), NULL if none.';
+COMMENT ON FUNCTION active_series._relay_next_wakeup(interval, interval) IS
+'Internal (relay): the next time the relay has scheduled work (a retry, a period to close or to finalize), NULL if none.';

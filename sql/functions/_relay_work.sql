@@ -1,14 +1,15 @@
-CREATE FUNCTION active_series._relay_work(p_grace interval)
+CREATE FUNCTION active_series._relay_work(p_grace interval, p_invoice_grace interval)
 RETURNS TABLE (organization_id bigint)
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- The organizations the relay has work for now: outbox rows, a pending ledger row
--- (a post whose outcome is unknown), or an unclosed period whose end plus p_grace has
--- passed; not parked, and not backing off. Drops outbox rows of organizations that no
--- longer exist and creates missing _relay_state rows (ON CONFLICT DO NOTHING: never
--- waits for a worker holding one). Locks nothing beyond the rows it writes.
+-- (a post whose outcome is unknown), an unclosed period whose end plus p_grace has
+-- passed, or an unfinalized one whose end plus p_invoice_grace has; not parked, and
+-- not backing off. Drops outbox rows of organizations that no longer exist and creates
+-- missing _relay_state rows (ON CONFLICT DO NOTHING: never waits for a worker holding
+-- one). Locks nothing beyond the rows it writes.
 DECLARE
     v_candidates bigint[];
 BEGIN
@@ -23,7 +24,12 @@ BEGIN
         SELECT l.organization_id FROM active_series._ledger AS l WHERE l.status = 'pending'
         UNION
         SELECT p.organization_id FROM active_series._period AS p
-        WHERE p.closed_at IS NULL AND p.period_end + p_grace <= now()
+        WHERE
+            p.finalized_at IS NULL
+            AND (
+                p.closed_at IS NULL AND p.period_end + p_grace <= now()
+                OR p.period_end + p_invoice_grace <= now()
+            )
     );
 
     INSERT INTO active_series._relay_state (organization_id)
@@ -38,5 +44,5 @@ BEGIN
     ORDER BY s.next_attempt_at NULLS FIRST, c.organization_id;
 END;
 $$;
-COMMENT ON FUNCTION active_series._relay_work(interval) IS
-'Internal (relay): organizations with work due now (outbox rows, pending posts, periods to close after the grace), not parked or backing off.';
+COMMENT ON FUNCTION active_series._relay_work(interval, interval) IS
+'Internal (relay): organizations with work due now (outbox rows, pending posts, periods to close after the grace or to finalize after the invoice grace), not parked or backing off.';

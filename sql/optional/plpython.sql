@@ -198,10 +198,10 @@ AS $$
 # Post the organization's current-period count to Stripe now, as the worker would: under
 # its _relay_state row lock (NOWAIT: a worker holding it is relaying the organization), the
 # post written to the ledger as pending first, a deterministic identifier and idempotency
-# key, a whole-second timestamp after the customer's last one and before the period's last
-# second. Leaves closing periods and resending pending posts to the worker. Locks the
-# organization's _relay_state row until the caller's transaction ends: call it in
-# autocommit, so the ledger row commits with the post.
+# key, the period's next timestamp (_relay_timestamp: after its held one, the period's tail
+# kept for posts after its end). Leaves ended periods and resending pending posts to the
+# worker. Locks the organization's _relay_state row until the caller's transaction ends:
+# call it in autocommit, so the ledger row commits with the post.
 # SECURITY DEFINER: it writes the relay's internal tables (_relay_state, _ledger), on which
 # the operators allowed to call it have no rights.
 import json
@@ -253,15 +253,8 @@ if one(
     [org],
 ):
     return "pending posts: the worker resends them first"
-if one(
-    "SELECT 1 AS x FROM active_series._period WHERE organization_id = $1"
-    " AND closed_at IS NULL AND period_end <= clock_timestamp()",
-    ["bigint"],
-    [org],
-):
-    return "a period has ended and is not closed: the worker posts its final value first"
 cur = one(
-    "SELECT c.period_start, c.period_end, w.last_second,"
+    "SELECT c.period_start, c.period_end, w.first_second, w.last_second,"
     " active_series.period_usage($1, c.period_start) AS usage,"
     " extract(EPOCH FROM clock_timestamp())::float8 AS now"
     " FROM active_series._period_at($1, clock_timestamp()) AS c"
@@ -271,20 +264,26 @@ cur = one(
 )
 usage = int(cur["usage"])
 held = one(
-    "SELECT value, status FROM active_series._relay_held($1, $2, $3)",
+    "SELECT value, status, event_timestamp FROM active_series._relay_held($1, $2, $3)",
     ["text", "timestamptz", "timestamptz"],
     [customer, cur["period_start"], cur["period_end"]],
 )
 if held is not None and int(held["value"]) == usage and held["status"] == "sent":
     return f"in sync: Stripe holds {usage}"
-ts = math.floor(cur["now"])
-if ts >= cur["last_second"]:
-    return "deferred: the period's last second is kept for its closing post"
-last = one(
-    "SELECT active_series._relay_last_timestamp($1) AS t", ["text"], [customer]
-)["t"]
-if last is not None and ts <= last:
-    return "deferred: an event for this customer was sent this second; try again"
+ts = int(
+    one(
+        "SELECT active_series._relay_timestamp($1, $2, $3, $4) AS t",
+        ["bigint", "bigint", "bigint", "bigint"],
+        [
+            None if held is None else held["event_timestamp"],
+            cur["first_second"],
+            cur["last_second"],
+            math.floor(cur["now"]),
+        ],
+    )["t"]
+)
+if ts > math.floor(cur["now"]):
+    return "deferred: an event for this period was sent this second; try again"
 ident = one(
     "SELECT active_series._relay_identifier($1, $2, $3) AS i",
     ["text", "bigint", "bigint"],
@@ -350,7 +349,7 @@ if permanent:
 return f"no answer from Stripe ({message or status}): left pending; the worker resends it"
 $$;
 COMMENT ON FUNCTION active_series.relay_now(bigint) IS
-'PL/Python: post the organization''s current-period count to Stripe now, through the relay''s ledger (the worker''s rules: one post per customer per second, increasing timestamps); returns what happened. Call it in autocommit.';
+'PL/Python: post the organization''s current-period count to Stripe now, through the relay''s ledger (the worker''s rules: strictly increasing timestamps per customer within a period); returns what happened. Call it in autocommit.';
 
 REVOKE ALL ON FUNCTION active_series._stripe_call(text, text, jsonb, text) FROM public;
 REVOKE ALL ON FUNCTION active_series.stripe_reconcile(bigint) FROM public;

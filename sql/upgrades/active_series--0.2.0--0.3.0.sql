@@ -2686,6 +2686,300 @@ LEFT JOIN active_series._period AS p
 COMMENT ON VIEW active_series.alerts IS
 'Every alert written: the organization, the period, the threshold its count reached and the count then (source: set_alert or a price tier''s upper bound), oldest first by id.';
 
+-- ================================================================ relay: rollover, corrections, batches
+-- Posts of a new period no longer wait for the ended one to close; every period keeps its
+-- own strictly increasing timestamps; ended periods take corrections until finalized.
+ALTER TABLE active_series._period
+ADD COLUMN finalized_at timestamptz,
+ADD COLUMN billed_value bigint,
+ADD COLUMN drift_since timestamptz,
+ADD CHECK (finalized_at IS NOT NULL OR (billed_value IS NULL AND drift_since IS NULL));
+COMMENT ON COLUMN active_series._period.closed_at IS
+'When the relay posted the period''s final value (its end plus the worker''s --grace); changes are still posted after it, until finalized_at.';
+COMMENT ON COLUMN active_series._period.finalized_at IS
+'When the relay stopped posting the period (its end plus the worker''s --invoice-grace: Stripe has finalized the invoice); later differences show in billing_drift.';
+COMMENT ON COLUMN active_series._period.billed_value IS
+'The value Stripe held for the period when it was finalized (NULL: the organization was not billed then).';
+COMMENT ON COLUMN active_series._period.drift_since IS
+'Since when period_usage differs from billed_value (set by the relay at finalization or when it sees a later change).';
+-- Ended periods, closed or not, are finalized by the worker once their invoice grace is over
+-- (at its first drain for those that ended long ago), each with the value Stripe holds.
+DROP FUNCTION active_series._relay_last_timestamp(text);
+DROP FUNCTION active_series._relay_work(interval);
+DROP FUNCTION active_series._relay_next_wakeup(interval);
+DROP FUNCTION active_series._relay_claim(bigint);
+-- sql/functions/_relay_timestamp.sql
+CREATE FUNCTION active_series._relay_timestamp(
+    p_held_timestamp bigint,
+    p_first_second bigint,
+    p_last_second bigint,
+    p_now bigint
+)
+RETURNS bigint
+LANGUAGE sql
+IMMUTABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The event timestamp of a period's next post, strictly after its held one
+-- (p_held_timestamp; NULL: none) and inside the period. The period's last
+-- min(1 hour, half the period, at least 1 s) seconds are kept for posts made after it
+-- ends: its final value, then its corrections until the invoice is final, one second
+-- after another. While the period runs: `now`, or NULL in that tail (the change waits
+-- for the final post). After its end: the next second of the tail. The caller defers a
+-- timestamp after p_now and gives up on one after p_last_second.
+SELECT CASE
+    WHEN p_now > p_last_second THEN greatest(c.after_held, p_last_second - c.reserve + 1)
+    WHEN greatest(c.after_held, p_now) <= p_last_second - c.reserve
+        THEN greatest(c.after_held, p_now)
+END
+FROM (
+    SELECT
+        greatest(coalesce(p_held_timestamp + 1, p_first_second), p_first_second) AS after_held,
+        greatest(1, least(3600, (p_last_second - p_first_second + 1) / 2)) AS reserve
+) AS c;
+$$;
+COMMENT ON FUNCTION active_series._relay_timestamp(bigint, bigint, bigint, bigint) IS
+'Internal (relay): the event timestamp of a period''s next post (after its held one, inside the period; its tail is kept for posts after its end: NULL while it runs and the change must wait for the final post).';
+
+-- sql/functions/_relay_work.sql
+CREATE FUNCTION active_series._relay_work(p_grace interval, p_invoice_grace interval)
+RETURNS TABLE (organization_id bigint)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The organizations the relay has work for now: outbox rows, a pending ledger row
+-- (a post whose outcome is unknown), an unclosed period whose end plus p_grace has
+-- passed, or an unfinalized one whose end plus p_invoice_grace has; not parked, and
+-- not backing off. Drops outbox rows of organizations that no longer exist and creates
+-- missing _relay_state rows (ON CONFLICT DO NOTHING: never waits for a worker holding
+-- one). Locks nothing beyond the rows it writes.
+DECLARE
+    v_candidates bigint[];
+BEGIN
+    DELETE FROM active_series._outbox AS x
+    WHERE NOT EXISTS (
+        SELECT FROM active_series.organization AS o WHERE o.id = x.organization_id
+    );
+
+    v_candidates := ARRAY(
+        SELECT x.organization_id FROM active_series._outbox AS x
+        UNION
+        SELECT l.organization_id FROM active_series._ledger AS l WHERE l.status = 'pending'
+        UNION
+        SELECT p.organization_id FROM active_series._period AS p
+        WHERE
+            p.finalized_at IS NULL
+            AND (
+                p.closed_at IS NULL AND p.period_end + p_grace <= now()
+                OR p.period_end + p_invoice_grace <= now()
+            )
+    );
+
+    INSERT INTO active_series._relay_state (organization_id)
+    SELECT c.id FROM unnest(v_candidates) AS c (id)
+    ON CONFLICT ON CONSTRAINT _relay_state_pkey DO NOTHING;
+
+    RETURN QUERY
+    SELECT c.organization_id
+    FROM unnest(v_candidates) AS c (organization_id)
+    INNER JOIN active_series._relay_state AS s ON c.organization_id = s.organization_id
+    WHERE s.parked_at IS NULL AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
+    ORDER BY s.next_attempt_at NULLS FIRST, c.organization_id;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_work(interval, interval) IS
+'Internal (relay): organizations with work due now (outbox rows, pending posts, periods to close after the grace or to finalize after the invoice grace), not parked or backing off.';
+
+-- sql/functions/_relay_claim.sql
+CREATE FUNCTION active_series._relay_claim(p_organization_ids bigint[])
+RETURNS TABLE (
+    organization_id bigint,
+    stripe_customer_id text,
+    plan text,
+    billed boolean,
+    max_outbox_id bigint,
+    oldest_change timestamptz
+)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Claims the organizations it can for the calling transaction: locks their
+-- _relay_state rows FOR UPDATE SKIP LOCKED, in organization order (an organization
+-- without a row is held by another worker, parked or backing off). The locks last until
+-- the caller commits or its connection dies, so at most one worker relays an
+-- organization (one Stripe call per customer in flight). Returns each claimed
+-- organization's billing account and the newest outbox row the relay accounts for.
+BEGIN
+    RETURN QUERY
+    WITH claimed AS (
+        SELECT s.organization_id
+        FROM active_series._relay_state AS s
+        WHERE
+            s.organization_id = ANY(p_organization_ids)
+            AND s.parked_at IS NULL
+            AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
+        ORDER BY s.organization_id
+        FOR UPDATE SKIP LOCKED
+    )
+    SELECT
+        c.organization_id,
+        b.stripe_customer_id,
+        coalesce(b.plan, 'free'),
+        coalesce(b.plan, 'free') <> 'free' AND b.stripe_customer_id IS NOT NULL,
+        x.max_id,
+        x.oldest
+    FROM claimed AS c
+    LEFT JOIN active_series.billing_account AS b ON c.organization_id = b.organization_id
+    LEFT JOIN LATERAL (
+        SELECT
+            max(o.id) AS max_id,
+            min(o.created) AS oldest
+        FROM active_series._outbox AS o
+        WHERE o.organization_id = c.organization_id
+    ) AS x ON TRUE
+    ORDER BY c.organization_id;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_claim(bigint[]) IS
+'Internal (relay): lock the relay state of the organizations not held elsewhere for this transaction (SKIP LOCKED); returns their billing accounts and newest outbox ids.';
+
+-- sql/functions/_relay_plan.sql
+CREATE FUNCTION active_series._relay_plan(
+    p_organization_ids bigint[],
+    p_grace interval,
+    p_invoice_grace interval
+)
+RETURNS TABLE (
+    organization_id bigint,
+    period_start timestamptz,
+    period_end timestamptz,
+    phase text,
+    usage bigint,
+    held_value bigint,
+    held_status text,
+    next_timestamp bigint,
+    first_second bigint,
+    last_second bigint
+)
+LANGUAGE sql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- What the relay has to look at for each organization (claimed by the caller): every
+-- unfinalized period that has begun, and the current one, oldest first, with its exact
+-- usage, the value Stripe holds for it per the ledger (_relay_held; the billing
+-- account's customer) and the timestamp its next post would carry (_relay_timestamp).
+-- phase: open (running), ended (within the grace), closing (grace over, not yet
+-- closed), closed (final value posted, corrections still billed), final (the invoice
+-- grace is over: to be finalized, never posted again). Writes nothing, takes no locks (VOLATILE: it reads the clock).
+WITH periods AS (
+    SELECT p.organization_id, p.period_start, p.period_end, p.closed_at
+    FROM active_series._period AS p
+    WHERE
+        p.organization_id = ANY(p_organization_ids)
+        AND p.finalized_at IS NULL
+        AND p.period_start <= clock_timestamp()
+    UNION
+    SELECT o.id, c.period_start, c.period_end, NULL::timestamptz
+    FROM unnest(p_organization_ids) AS o (id)
+    CROSS JOIN LATERAL active_series._period_at(o.id, clock_timestamp()) AS c
+    WHERE NOT EXISTS (
+        SELECT FROM active_series._period AS q
+        WHERE q.organization_id = o.id AND q.period_start = c.period_start
+    )
+)
+SELECT
+    p.organization_id,
+    p.period_start,
+    p.period_end,
+    CASE
+        WHEN clock_timestamp() < p.period_end THEN 'open'
+        WHEN p.period_end + p_invoice_grace <= clock_timestamp() THEN 'final'
+        WHEN p.closed_at IS NOT NULL THEN 'closed'
+        WHEN p.period_end + p_grace <= clock_timestamp() THEN 'closing'
+        ELSE 'ended'
+    END,
+    active_series.period_usage(p.organization_id, p.period_start),
+    h.value,
+    h.status,
+    active_series._relay_timestamp(
+        h.event_timestamp, w.first_second, w.last_second,
+        floor(extract(EPOCH FROM clock_timestamp()))::bigint
+    ),
+    w.first_second,
+    w.last_second
+FROM periods AS p
+CROSS JOIN active_series._relay_window(p.period_start, p.period_end) AS w
+LEFT JOIN active_series.billing_account AS b ON p.organization_id = b.organization_id
+LEFT JOIN LATERAL active_series._relay_held(
+    b.stripe_customer_id, p.period_start, p.period_end
+) AS h ON TRUE
+ORDER BY p.organization_id, p.period_start;
+$$;
+COMMENT ON FUNCTION active_series._relay_plan(bigint[], interval, interval) IS
+'Internal (relay): per organization, every unfinalized period begun so far with its phase, exact usage, the value Stripe holds and the next post''s timestamp.';
+
+-- sql/functions/_relay_next_wakeup.sql
+CREATE FUNCTION active_series._relay_next_wakeup(p_grace interval, p_invoice_grace interval)
+RETURNS timestamptz
+LANGUAGE sql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- When the relay next has work that no notification will announce: the earliest retry
+-- of an organization backing off, the earliest end plus grace of an unclosed period, or
+-- the earliest end plus invoice grace of an unfinalized one. Only future times: what is
+-- due now is found by _relay_work. NULL: nothing scheduled. Takes no locks.
+SELECT least(
+    (
+        SELECT min(s.next_attempt_at)
+        FROM active_series._relay_state AS s
+        WHERE s.parked_at IS NULL AND s.next_attempt_at > now()
+    ),
+    (
+        SELECT min(p.period_end) + p_grace
+        FROM active_series._period AS p
+        WHERE p.closed_at IS NULL AND p.period_end + p_grace > now()
+    ),
+    (
+        SELECT min(p.period_end) + p_invoice_grace
+        FROM active_series._period AS p
+        WHERE p.finalized_at IS NULL AND p.period_end + p_invoice_grace > now()
+    )
+);
+$$;
+COMMENT ON FUNCTION active_series._relay_next_wakeup(interval, interval) IS
+'Internal (relay): the next time the relay has scheduled work (a retry, a period to close or to finalize), NULL if none.';
+
+-- sql/views/billing_drift.sql
+CREATE VIEW active_series.billing_drift AS
+WITH finalized AS (
+    SELECT
+        p.organization_id,
+        p.period_start,
+        p.period_end,
+        p.billed_value,
+        coalesce(p.drift_since, p.finalized_at) AS since,
+        active_series.period_usage(p.organization_id, p.period_start) AS period_usage
+    FROM active_series._period AS p
+    WHERE p.finalized_at IS NOT NULL AND p.billed_value IS NOT NULL
+)
+
+SELECT
+    f.organization_id,
+    f.period_start,
+    f.period_end,
+    f.billed_value AS billed,
+    f.period_usage,
+    f.period_usage - f.billed_value AS difference,
+    f.since
+FROM finalized AS f
+WHERE f.period_usage <> f.billed_value;
+COMMENT ON VIEW active_series.billing_drift IS
+'Finalized billing periods (their invoice grace is over: Stripe bills what it held then) whose exact usage now differs from what was billed: the difference to credit or charge by hand, and since when it exists.';
+
 -- privileges of the new and re-created objects (sql/grants.sql, whole: idempotent)
 -- Least privilege (README.md, Roles and privileges; docs/roles.md says who may do what and why).
 -- Nothing in the schema is usable by PUBLIC; each group role of sql/roles.sql gets what
@@ -2761,7 +3055,8 @@ active_series.variant,
 active_series.usage,
 active_series.relay_status,
 active_series.relay_failures,
-active_series.relay_periods
+active_series.relay_periods,
+active_series.billing_drift
 TO active_series_worker;
 GRANT SELECT, DELETE ON active_series._outbox TO active_series_worker;
 GRANT SELECT, INSERT, UPDATE ON active_series._ledger TO active_series_worker;
@@ -2769,17 +3064,19 @@ GRANT SELECT, INSERT ON active_series._relay_state TO active_series_worker;
 GRANT UPDATE (
     parked_at, parked_reason, next_attempt_at, attempts, last_event_timestamp, updated_at
 ) ON active_series._relay_state TO active_series_worker;
-GRANT UPDATE (closed_at) ON active_series._period TO active_series_worker;
+GRANT UPDATE (closed_at, finalized_at, billed_value, drift_since) ON active_series._period
+TO active_series_worker;
 -- the metered price, read from the subscription item with the billing period
 GRANT SELECT, INSERT, DELETE ON active_series._price, active_series._price_tier
 TO active_series_worker;
 GRANT EXECUTE ON FUNCTION
-active_series._relay_work(interval),
-active_series._relay_next_wakeup(interval),
-active_series._relay_claim(bigint),
+active_series._relay_work(interval, interval),
+active_series._relay_next_wakeup(interval, interval),
+active_series._relay_claim(bigint[]),
+active_series._relay_plan(bigint[], interval, interval),
+active_series._relay_timestamp(bigint, bigint, bigint, bigint),
 active_series._relay_window(timestamptz, timestamptz),
 active_series._relay_held(text, timestamptz, timestamptz),
-active_series._relay_last_timestamp(text),
 active_series._relay_identifier(text, bigint, bigint),
 active_series._require_organization(bigint),
 active_series._period_at(bigint, timestamptz),

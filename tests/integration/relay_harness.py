@@ -136,16 +136,26 @@ def quiescent(conn: psycopg.Connection[Any]) -> bool:
     return row is not None and row[0] == 0
 
 
-def assert_increasing_timestamps(emu: Emulator) -> None:
-    """Per customer, in arrival order: strictly increasing timestamps (so never an older
-    value after a newer one, and never two events with one timestamp)."""
-    last: dict[str, int] = {}
-    for ev in emu.events():
-        cus = ev["customer"]
-        assert ev["timestamp"] > last.get(cus, -1), (
-            f"{cus}: timestamp {ev['timestamp']} after {last.get(cus)} (seq {ev['seq']})"
+def assert_increasing_timestamps(emu: Emulator, conn: psycopg.Connection[Any]) -> None:
+    """Per customer and billing period, in arrival order: strictly increasing timestamps
+    (never an older value after a newer one within a period, never two events with one
+    timestamp), each inside the period of the value it carries (the ledger says which)."""
+    period = {
+        ident: (start, end)
+        for ident, start, end in conn.execute(
+            "SELECT identifier, extract(EPOCH FROM period_start), extract(EPOCH FROM period_end)"
+            " FROM active_series._ledger"
         )
-        last[cus] = ev["timestamp"]
+    }
+    last: dict[tuple[str, Any], int] = {}
+    for ev in emu.events():
+        start, end = period[ev["identifier"]]
+        assert start <= ev["timestamp"] < end, f"{ev} outside its period [{start}, {end})"
+        key = (ev["customer"], start)
+        assert ev["timestamp"] > last.get(key, -1), (
+            f"{key}: timestamp {ev['timestamp']} after {last.get(key)} (seq {ev['seq']})"
+        )
+        last[key] = ev["timestamp"]
 
 
 def short_periods(conn: psycopg.Connection[Any], org: int, seconds: int) -> dt.datetime:

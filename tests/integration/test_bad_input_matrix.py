@@ -622,7 +622,7 @@ def test_s13_stripe_answering_garbage_leaves_the_worker_running_and_exact(
         )
         assert worker.alive()
     assert mismatches(conn, emu, billed) == []
-    assert_increasing_timestamps(emu)
+    assert_increasing_timestamps(emu, conn)
     # nothing half-written: no post left in doubt or refused, no organization parked
     assert one(conn, "SELECT count(*) FROM active_series._ledger WHERE status <> 'sent'") == 0
     assert one(conn, "SELECT count(*) FROM active_series.relay_failures") == 0
@@ -632,8 +632,9 @@ def test_s13_stripe_answering_garbage_leaves_the_worker_running_and_exact(
 def test_s13_a_backdated_period_stripe_no_longer_accepts_is_reported_not_retried(
     conn, dsn, relay_emulator: Emulator, tmp_path: Path
 ):
-    # An admin loads activity 90 days back: that period ended long ago and Stripe refuses
-    # timestamps older than 35 days. The worker reports it once and goes on with the others.
+    # An admin loads activity 90 days back: that period ended long ago, its invoice is final
+    # (and Stripe refuses timestamps older than 35 days). The worker posts nothing for it,
+    # reports the difference in billing_drift and goes on with the others.
     emu = relay_emulator
     org = make_org(conn, "backdated")
     customer = emu.customer("backdated")
@@ -668,13 +669,30 @@ def test_s13_a_backdated_period_stripe_no_longer_accepts_is_reported_not_retried
             "the old period closed and the current one posted",
         )
         assert worker.alive()
-    failures = conn.execute(
-        "SELECT kind, reason FROM active_series.relay_failures WHERE organization_id = %s",
+    drift = conn.execute(
+        "SELECT billed, period_usage, difference FROM active_series.billing_drift"
+        " WHERE organization_id = %s",
         (org.id,),
     ).fetchall()
-    assert [k for k, _ in failures] == ["failed_post"]
-    assert "35 days" in failures[0][1]
-    assert "final_unpostable" in worker.log()
+    assert drift == [(0, 1, 1)]
+    assert (
+        one(
+            conn,
+            "SELECT count(*) FROM active_series._ledger WHERE organization_id = %s"
+            " AND period_start < %s",
+            (org.id, current),
+        )
+        == 0
+    )
+    assert (
+        one(
+            conn,
+            "SELECT count(*) FROM active_series.relay_failures WHERE organization_id = %s",
+            (org.id,),
+        )
+        == 0
+    )
+    assert "period_finalized" in worker.log()
 
 
 # --- A: the application side (reader functions, prices, alerts, cap, branches) ---------------

@@ -70,7 +70,7 @@ def test_every_customer_period_ends_equal_to_period_usage(
     ).fetchone()[0]
     assert closed >= 3
     assert len(periods(conn, b.id)) >= 4
-    assert_increasing_timestamps(emu)
+    assert_increasing_timestamps(emu, conn)
     assert "sk_test_relay_secret" not in worker.log()
 
 

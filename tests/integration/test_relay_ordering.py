@@ -1,5 +1,6 @@
-"""Per customer, Stripe receives strictly increasing timestamps, each inside the period of
-its value, and a period's final value before anything of the next period."""
+"""Per customer and billing period, Stripe receives strictly increasing timestamps, each
+inside the period of its value; a new period is posted while the ended one is still in its
+grace, and the ended one's final value comes after (``last`` aggregates per period)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def test_timestamps_only_increase_and_stay_inside_their_periods(
             "every period closed and exact",
         )
     assert mismatches(conn, emu, billed) == []
-    assert_increasing_timestamps(emu)
+    assert_increasing_timestamps(emu, conn)
     # every accepted event lies inside the period of the value it carries
     outside = conn.execute(
         "SELECT identifier FROM active_series._ledger"

@@ -592,7 +592,7 @@ def test_the_relay_runs_end_to_end_as_a_worker_role(
         wait_until(lambda: quiescent(conn) and not mismatches(conn, emu, billed), 60, "resume")
         assert worker.alive()
     assert mismatches(conn, emu, billed) == []
-    assert_increasing_timestamps(emu)
+    assert_increasing_timestamps(emu, conn)
     assert "permission denied" not in worker.log()
 
 
@@ -954,7 +954,7 @@ def test_planted_functions_and_operators_are_never_called_by_definer_code_or_tri
             " pg_catalog.now() + interval '25 days')",
             (org.id,),
         )
-        w.execute("SELECT * FROM active_series._relay_work('1 second')").fetchall()
+        w.execute("SELECT * FROM active_series._relay_work('1 second', '1 hour')").fetchall()
         w.execute("SELECT * FROM active_series.relay_status").fetchall()
     assert calls(conn, schema) == 0
     assert conn.execute("SELECT * FROM active_series.verify()").fetchall() == []

@@ -228,9 +228,20 @@ def _relay_config(args: argparse.Namespace) -> RelayConfig:
         raise CommandError(
             "STRIPE_API_KEY is not set (export the Stripe secret key)", ExitCode.STRIPE_KEY
         )
-    for name in ("poll_interval", "debounce", "rate_limit", "grace", "stripe_timeout"):
+    for name in (
+        "poll_interval",
+        "debounce",
+        "rate_limit",
+        "grace",
+        "invoice_grace",
+        "stripe_timeout",
+    ):
         if getattr(args, name, 0) < 0:
             raise CommandError(f"--{name.replace('_', '-')} must not be negative", ExitCode.INPUT)
+    if args.invoice_grace < args.grace:
+        raise CommandError("--invoice-grace must not be shorter than --grace", ExitCode.INPUT)
+    if args.concurrency < 1:
+        raise CommandError("--concurrency must be at least 1", ExitCode.INPUT)
     return RelayConfig(
         dsn=conninfo(args),
         api_key=api_key,
@@ -240,6 +251,9 @@ def _relay_config(args: argparse.Namespace) -> RelayConfig:
         debounce=getattr(args, "debounce", 0.05),
         rate_limit=args.rate_limit,
         grace=args.grace,
+        invoice_grace=args.invoice_grace,
+        concurrency=args.concurrency,
+        api=args.api,
         metrics_port=getattr(args, "metrics_port", 0),
         max_network_retries=args.max_network_retries,
         stripe_timeout=args.stripe_timeout,

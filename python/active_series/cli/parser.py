@@ -191,7 +191,29 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=300.0,
         metavar="SECONDS",
-        help="close a period this long after its end (default 300)",
+        help="post a period's final value this long after its end (default 300)",
+    )
+    stripe_opts.add_argument(
+        "--invoice-grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="post corrections to an ended period until this long after its end, then record "
+        "differences in billing_drift (default 3600: Stripe's default invoice grace)",
+    )
+    stripe_opts.add_argument(
+        "--concurrency",
+        type=int,
+        default=8,
+        metavar="N",
+        help="organizations with a Stripe call in flight at once (default 8)",
+    )
+    stripe_opts.add_argument(
+        "--api",
+        choices=("v1", "v2-stream"),
+        default="v1",
+        help="v1: one meter event per request (default); v2-stream: meter event streams, "
+        "100 events per request, refusals read back from the Events API",
     )
     stripe_opts.add_argument(
         "--max-network-retries",

@@ -1,52 +1,57 @@
-"""Relaying one organization at a time: :class:`Relay` claims it and posts what is due.
+"""Relaying organizations in batches: :class:`Relay` claims them and posts what is due.
 
-How one organization is relayed (a *claim*), all in one transaction on the claim
-connection, which holds the organization's ``_relay_state`` row lock (``FOR UPDATE SKIP
-LOCKED``) until it commits or the worker dies, so at most one Stripe call per customer is
-in flight across all workers:
+How a batch of organizations is relayed (a *claim*), in one transaction on the claim
+connection, which holds each claimed organization's ``_relay_state`` row lock (``FOR UPDATE
+SKIP LOCKED``) until it commits or the worker dies, so at most one Stripe call per customer
+is in flight across all workers:
 
-1. read the billing account and the newest outbox id (``_relay_claim``);
-2. align the billing period with the Stripe subscription (when the known one ended);
-3. resend any ``pending`` ledger row exactly as it was (same identifier, value,
+1. lock the organizations another worker does not hold; read their billing accounts and
+   newest outbox ids (``_relay_claim``);
+2. resend every ``pending`` ledger row exactly as it was (same identifier, value,
    timestamp and idempotency key): the outcome of that call is unknown (a worker was
    killed, or Stripe kept failing);
-4. close every ended period: its final value is posted (at the last second inside the
-   period) unless the ledger shows Stripe holds it, then ``_period.closed_at`` is set.
-   While a period is within its grace, the next period is not posted (its events would
-   have later timestamps, and a late change to the ended period could then no longer be
-   posted without sending an older timestamp after a newer one);
-5. post the current period's fresh ``period_usage`` unless Stripe holds it, at
-   ``timestamp = now`` (whole seconds, strictly after the customer's last event: at most
-   one post per customer per second; coalescing takes care of bursts); the last second of
-   a period is kept for its closing post;
-6. delete the outbox rows up to the id read in 1 and commit.
+3. align billing periods with the Stripe subscriptions (when the known one ended);
+4. read every unfinalized period of each organization (``_relay_plan``): its exact usage,
+   what Stripe holds for it per the ledger, the timestamp of its next post and its phase.
+   Every period whose usage differs from what Stripe holds is posted, whatever the other
+   periods do: a new period is posted as soon as it changes, and an ended one keeps
+   taking corrections until its invoice is final. Timestamps increase strictly within
+   each period (``_relay_timestamp``), which is all ``last`` aggregation needs;
+5. close the periods whose grace is over once Stripe holds their final value, and
+   finalize those whose invoice grace is over (``billing_drift`` shows any difference
+   from then on);
+6. delete the outbox rows up to the ids read in 1 and commit.
 
-Every post is written ``pending`` on a second, autocommit connection and committed
-before the call, then marked ``sent`` (a duplicate identifier counts as sent) or
-``failed`` (a permanent refusal, which parks the organization).
+The calls of one organization are made one after the other; those of different
+organizations run at once on a pool of ``concurrency`` threads (:mod:`.posting`); the
+database work stays on this thread, a few statements per batch. Every post is written
+``pending`` on a second, autocommit connection and committed before its call, then marked
+``sent`` (a duplicate identifier counts as sent), ``failed`` (a permanent refusal, which
+parks the organization) or left pending (no answer: resent by the next claim).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 import psycopg
-import stripe
 
 from active_series.install import check_version
 from active_series.ratelimit import backoff
 from active_series.relay import queries as q
-from active_series.relay.config import MAX_EVENT_AGE, SUBSCRIPTION_RECHECK, RelayConfig
+from active_series.relay.config import CLAIM_BATCH, MAX_EVENT_AGE, RelayConfig
 from active_series.relay.observe import Log, Metrics
-from active_series.relay.prices import PriceKeeper
-from active_series.relay.stripe_api import Outcome, StripeMeter, classify, current_period
+from active_series.relay.posting import Call, Poster, Results, Stopping
+
+__all__ = ["ClaimOutcome", "Relay", "Stopping"]
+from active_series.relay.stripe_api import Outcome
 
 Conn = psycopg.Connection[Any]
 
@@ -55,33 +60,45 @@ class ClaimOutcome(StrEnum):
     """What one claim of one organization came to."""
 
     LOCKED = "locked"  # another worker holds it
-    UNBILLED = "unbilled"
-    CLOSED = "closed"  # close-only pass done
-    IN_SYNC = "in_sync"
+    DONE = "done"  # every period in sync, closed or finalized as due
     POSTED = "posted"
-    DEFERRED = "deferred"  # nothing may be posted yet: a grace, the period's last second
+    DEFERRED = "deferred"  # a post must wait for its timestamp
     PARKED = "parked"
     RATE_LIMITED = "rate_limited"
     PAUSED = "paused"  # Stripe refused our credentials
     RETRY = "retry"
 
 
-class Stopping(Exception):
-    """Raised inside a drain once a stop was requested."""
-
-
 @dataclass(frozen=True)
 class Claim:
-    """One billed organization as its claim read it."""
+    """One claimed organization as its claim read it."""
 
     org: int
-    customer: str
+    customer: str | None
+    billed: bool
     max_outbox: int | None  # the newest outbox row this claim accounts for
     oldest_change: float | None  # when the oldest of those was written (Unix seconds)
 
 
+@dataclass(frozen=True)
+class Period:
+    """One row of ``_relay_plan``."""
+
+    org: int
+    start: datetime
+    end: datetime
+    phase: str  # open, ended, closing, closed, final
+    usage: int
+    held: int  # what Stripe holds per the ledger (0: nothing)
+    held_status: str | None
+    next_ts: int | None  # None: in the period's tail, waiting for its final post
+    first_second: int
+    last_second: int
+    now: int
+
+
 class Relay:
-    """Relays organizations; owns the claim and ledger connections and the Stripe client."""
+    """Relays organizations; owns the claim and ledger connections and the posting pool."""
 
     def __init__(
         self,
@@ -94,15 +111,9 @@ class Relay:
         self.log = log
         self.metrics = metrics
         self.stop = stop or threading.Event()
-        self.stripe = StripeMeter(cfg)
+        self.poster = Poster(cfg, log, metrics)
         self.claim_conn: Conn | None = None
         self.ledger_conn: Conn | None = None
-        self.pause_until = 0.0
-        self.rate_backoff = 0
-        self.subscription_until: dict[int, float] = {}
-        self.prices = PriceKeeper(
-            self.stripe.client, cfg.meter_event_name, self.stripe.bucket.acquire, self.log
-        )
         self.wake_reason = "start"
 
     # ------------------------------------------------------------------ connections
@@ -129,6 +140,10 @@ class Relay:
                     conn.close()
         self.claim_conn = self.ledger_conn = None
 
+    def shutdown(self) -> None:
+        self.close()
+        self.poster.shutdown()
+
     @property
     def ledger(self) -> Conn:
         assert self.ledger_conn is not None, "not connected"
@@ -146,43 +161,34 @@ class Relay:
         SchemaVersionError once the schema is no longer this program's (upgraded under a
         running worker): a worker never relays with another version's rules."""
         check_version(self.ledger)
+        self.record_refusals()
         leave: set[int] = set()
-        rounds: dict[int, int] = {}
+        rounds: dict[int, int] = defaultdict(int)
         handled = 0
         while not self.stop.is_set():
-            orgs = [r[0] for r in self.ledger.execute(q.WORK, (self.cfg.grace,)).fetchall()]
+            graces = (self.cfg.grace, self.cfg.invoice_grace)
+            orgs = [r[0] for r in self.ledger.execute(q.WORK, graces).fetchall()]
             if organization is not None:
                 orgs = [o for o in orgs if o == organization]
             todo = [o for o in orgs if o not in leave]
             if not todo:
                 break
-            for org in todo:
+            for i in range(0, len(todo), CLAIM_BATCH):
                 if self.stop.is_set():
                     break
-                self._wait_pause()
-                try:
-                    outcome = self.process(org, only_close=only_close)
-                except (psycopg.Error, Stopping):
-                    raise
-                except Exception as exc:  # a bug must not stop the other organizations
-                    self.log("error", "relay_error", org=org, error=repr(exc)[:300])
-                    outcome = ClaimOutcome.LOCKED
-                handled += outcome != ClaimOutcome.LOCKED
-                rounds[org] = rounds.get(org, 0) + 1
-                # locked: another worker has it; close-only leaves the outbox alone; a
-                # stream of changes must not starve the other organizations
-                if outcome == ClaimOutcome.LOCKED or only_close or rounds[org] >= 20:
-                    leave.add(org)
+                self.poster.wait_pause(self.stop)
+                batch = todo[i : i + CLAIM_BATCH]
+                outcomes = self.process(batch, only_close=only_close)
+                for org in batch:
+                    outcome = outcomes.get(org, ClaimOutcome.LOCKED)
+                    handled += outcome != ClaimOutcome.LOCKED
+                    rounds[org] += 1
+                    # locked: another worker has it; close-only leaves the outbox alone; a
+                    # stream of changes must not starve the other organizations
+                    if outcome == ClaimOutcome.LOCKED or only_close or rounds[org] >= 20:
+                        leave.add(org)
         self.update_gauges()
         return handled
-
-    def _wait_pause(self) -> None:
-        while not self.stop.is_set():
-            wait = self.pause_until - time.time()
-            if wait <= 0:
-                return
-            self.stop.wait(min(wait, 1.0))
-        raise Stopping
 
     def update_gauges(self) -> None:
         row = self.ledger.execute(q.GAUGES).fetchone()
@@ -190,126 +196,249 @@ class Relay:
             self.metrics.outbox_depth.set(row[0])
             self.metrics.oldest_change_age.set(row[1] or 0.0)
             self.metrics.parked.set(row[2])
+            self.metrics.drift.set(row[3])
 
     def next_wakeup(self) -> float | None:
-        row = self.ledger.execute(q.NEXT_WAKEUP, (self.cfg.grace,)).fetchone()
+        graces = (self.cfg.grace, self.cfg.invoice_grace)
+        row = self.ledger.execute(q.NEXT_WAKEUP, graces).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    # ------------------------------------------------------------------ one organization
-    def process(self, org: int, *, only_close: bool = False) -> ClaimOutcome:
-        """One claim of one organization; returns what happened."""
+    def record_refusals(self) -> None:
+        """Posts Stripe refused after accepting them (v2 streams validate later): marked
+        failed, their organizations parked with the reason (relay_failures shows both)."""
+        refusals = self.poster.refusals()
+        if not refusals:
+            return
+        rows = self.ledger.execute(
+            q.LEDGER_REFUSED_LATER,
+            ([r.identifier for r in refusals], [f"{r.code}: {r.message}"[:500] for r in refusals]),
+        ).fetchall()
+        for org, ident, reason in rows:
+            self.ledger.execute(q.STATE_PARK, (reason, org))
+            self.metrics.posts.labels("parked").inc()
+            self.log("error", "refused_later", org=org, identifier=ident, reason=reason)
+
+    # ------------------------------------------------------------------ one batch
+    def process(self, orgs: list[int], *, only_close: bool = False) -> dict[int, ClaimOutcome]:
+        """One claim of a batch of organizations; returns what happened to each claimed."""
         conn = self.claim
         with conn.transaction():
-            row = conn.execute(q.CLAIM, (org,)).fetchone()
-            if row is None:
-                return ClaimOutcome.LOCKED
-            customer, billed, max_outbox, oldest_change = row
-            # posts whose outcome is unknown (a worker was killed, or Stripe kept failing):
-            # resend them exactly, whatever the organization's plan is now
-            for _id, cus, _start, value, ts, ident in conn.execute(
-                q.PENDING_POSTS, (org,)
-            ).fetchall():
-                outcome, reason = self._call(org, cus, value, ts, ident, resend=True)
-                if not outcome.accepted:
-                    return self._failed(conn, org, outcome, reason)
-                self.log("info", "resent", org=org, customer=cus, value=value, timestamp=ts)
-            if not billed:
-                if max_outbox is not None and not only_close:
-                    conn.execute(q.DELETE_OUTBOX, (org, max_outbox))
-                conn.execute(q.CLOSE_ENDED_PERIODS, (org, self.cfg.grace))
-                conn.execute(q.STATE_DONE, (None, org))
-                return ClaimOutcome.UNBILLED
-            claim = Claim(org, customer, max_outbox, oldest_change)
+            claims = {
+                org: Claim(org, cus, billed, max_id, oldest)
+                for org, cus, billed, max_id, oldest in conn.execute(q.CLAIM, (orgs,))
+            }
+            if not claims:
+                return {}
+            outcomes: dict[int, ClaimOutcome] = {}
+            self._resend_pending(conn, claims, outcomes)
+            billed = [c for c in claims.values() if c.billed and c.org not in outcomes]
             if self.cfg.sync_subscriptions:
-                self._sync_subscription(org, customer)
-            closing = self._close_ended_periods(conn, claim)
-            if closing is not None:
-                return closing
-            if only_close:
-                conn.execute(q.STATE_DONE, (None, org))
-                return ClaimOutcome.CLOSED
-            return self._post_current(conn, claim)
+                self.poster.sync_subscriptions(self.ledger, billed)
+            plan: dict[int, list[Period]] = defaultdict(list)
+            rows = conn.execute(q.PLAN, (list(claims), self.cfg.grace, self.cfg.invoice_grace))
+            for row in rows.fetchall():
+                org, start, end, phase, usage, held, status, ts, first, last, now = row
+                period = Period(
+                    org, start, end, phase, int(usage), int(held or 0), status,
+                    None if ts is None else int(ts), int(first), int(last), int(now),
+                )  # fmt: skip
+                plan[period.org].append(period)
+            unpostable: set[tuple[int, datetime]] = set()
+            posts = self._posts(claims, plan, outcomes, only_close, unpostable)
+            calls = self._write_pending(posts)
+            results = self.poster.post(calls)
+            self._record(conn, results)
+            for org, org_calls in _by_org(calls).items():
+                failed = [
+                    results[c.identifier]
+                    for c in org_calls
+                    if not results[c.identifier][0].accepted
+                ]
+                if failed:
+                    outcomes[org] = self._failed(conn, org, *failed[0])
+            self._finish(conn, claims, plan, calls, outcomes, only_close, unpostable)
+            return outcomes
 
-    def _close_ended_periods(self, conn: Conn, claim: Claim) -> ClaimOutcome | None:
-        """Step 4: post the final value of every ended period and close it; an outcome when
-        the claim must stop here, None when every ended period is closed."""
-        org, customer = claim.org, claim.customer
-        now = self._now(conn)
-        for start, end, end_s, first_s, last_s in conn.execute(q.ENDED_PERIODS, (org,)).fetchall():
-            if end_s + self.cfg.grace > now:
-                # within grace: no post for the next period before this one is final
-                conn.execute(q.STATE_DEFER, (end_s + self.cfg.grace, None, org))
-                return ClaimOutcome.DEFERRED
-            usage = self._usage(conn, org, start)
-            if self._held(conn, customer, start, end) != usage:
-                last = self._last_timestamp(conn, customer)
-                ts = last_s
-                if ts <= last or ts < first_s or ts < now - MAX_EVENT_AGE:
-                    reason = (
-                        "cannot post the final value of a period: no timestamp inside it is "
-                        f"after the last event ({last}) and within Stripe's 35 days"
-                    )
-                    ident = self._identifier(customer, ts, usage)
-                    self.ledger.execute(
-                        q.LEDGER_FAILED_NEW, (org, customer, start, end, usage, ts, ident, reason)
-                    )
-                    self.log("error", "final_unpostable", org=org, period=start, value=usage)
+    def _resend_pending(
+        self, conn: Conn, claims: dict[int, Claim], outcomes: dict[int, ClaimOutcome]
+    ) -> None:
+        """Step 2: resend the posts whose outcome is unknown, whatever the organization's
+        plan is now; an organization whose resend fails goes no further in this claim."""
+        calls = [
+            Call(org, cus, value, ts, ident, resend=True)
+            for org, cus, value, ts, ident in conn.execute(q.PENDING_POSTS, (list(claims),))
+        ]
+        if not calls:
+            return
+        results = self.poster.post(calls)
+        self._record(conn, results)
+        for org, org_calls in _by_org(calls).items():
+            for call in org_calls:
+                outcome, reason = results[call.identifier]
+                if not outcome.accepted:
+                    outcomes[org] = self._failed(conn, org, outcome, reason)
+                    break
+                self.log(
+                    "info",
+                    "resent",
+                    org=org,
+                    customer=call.customer,
+                    value=call.value,
+                    timestamp=call.timestamp,
+                )
+
+    def _posts(
+        self,
+        claims: dict[int, Claim],
+        plan: dict[int, list[Period]],
+        outcomes: dict[int, ClaimOutcome],
+        only_close: bool,
+        unpostable: set[tuple[int, datetime]],
+    ) -> list[tuple[Claim, Period, int]]:
+        """Step 4: the periods to post now. Records values that no timestamp is left for
+        as failed ledger rows (in ``unpostable``) and defers organizations whose next
+        timestamp is still ahead."""
+        posts = []
+        for org, periods in plan.items():
+            claim = claims[org]
+            if org in outcomes or not claim.billed:
+                continue
+            for p in periods:
+                # final: never posted again; ended: waits for its final post at end + grace
+                if p.phase in ("final", "ended") or (only_close and p.phase != "closing"):
+                    continue
+                if p.held == p.usage and p.held_status != "pending":
+                    continue
+                if p.next_ts is None:
+                    continue  # the period's tail: this change waits for the final post
+                ts = p.next_ts
+                if ts > p.last_second or ts < p.now - MAX_EVENT_AGE:
+                    self._unpostable(claim, p, ts)
+                    unpostable.add((org, p.start))
+                elif ts > p.now:
+                    self.claim.execute(q.STATE_DEFER, (ts, org))
+                    outcomes[org] = ClaimOutcome.DEFERRED
                 else:
-                    outcome, reason = self._post(claim, start, end, usage, ts)
-                    if not outcome.accepted:
-                        return self._failed(conn, org, outcome, reason)
+                    posts.append((claim, p, ts))
+        return [post for post in posts if post[0].org not in outcomes]
+
+    def _unpostable(self, claim: Claim, p: Period, ts: int) -> None:
+        assert claim.customer is not None
+        reason = (
+            "cannot post this value: no timestamp inside the period is left after the last "
+            f"event ({ts - 1}) within Stripe's 35 days"
+        )
+        ident = self._identifier(claim.customer, ts, p.usage)
+        self.ledger.execute(
+            q.LEDGER_FAILED_NEW,
+            (claim.org, claim.customer, p.start, p.end, p.usage, ts, ident, reason),
+        )
+        self.log("error", "unpostable", org=claim.org, period=p.start, value=p.usage)
+
+    def _write_pending(self, posts: list[tuple[Claim, Period, int]]) -> list[Call]:
+        """Every post of the batch written pending, committed before any call: a worker
+        killed during a call resends exactly that post."""
+        if not posts:
+            return []
+        columns: list[list[Any]] = [[], [], [], [], [], []]
+        for claim, p, ts in posts:
+            for column, value in zip(
+                columns,
+                (claim.org, claim.customer, p.start, p.end, p.usage, ts),
+                strict=True,
+            ):
+                column.append(value)
+        self.ledger.execute(q.LEDGER_PENDING, columns)
+        idents = self._identifiers(columns[1], columns[5], columns[4])
+        return [
+            Call(claim.org, claim.customer or "", p.usage, ts, ident, period_start=p.start)
+            for (claim, p, ts), ident in zip(posts, idents, strict=True)
+        ]
+
+    def _record(self, conn: Conn, results: Results) -> None:
+        """The ledger outcome of every call made in a round, in one statement: sent, failed
+        (refused for good) or still pending (no answer; resent by a later claim)."""
+        made = [(i, o, r) for i, (o, r) in results.items() if o != Outcome.NOT_SENT]
+        if not made:
+            return
+        self.ledger.execute(
+            q.LEDGER_OUTCOMES,
+            (
+                [i for i, _, _ in made],
+                [
+                    "sent" if o.accepted else "failed" if o == Outcome.PERMANENT else "pending"
+                    for _, o, _ in made
+                ],
+                [r or None for _, _, r in made],
+            ),
+        )
+
+    def _finish(
+        self,
+        conn: Conn,
+        claims: dict[int, Claim],
+        plan: dict[int, list[Period]],
+        calls: list[Call],
+        outcomes: dict[int, ClaimOutcome],
+        only_close: bool,
+        unpostable: set[tuple[int, datetime]],
+    ) -> None:
+        """Steps 5 and 6 for the organizations that got this far. A period whose final
+        value cannot be posted is closed all the same (relay_failures shows why)."""
+        posted = {c.org: c for c in calls}
+        sent: dict[tuple[int, datetime | None], int] = {
+            (c.org, c.period_start): c.value for c in calls
+        }
+        done_orgs, done_ts, outbox_orgs, outbox_ids = [], [], [], []
+        for org, claim in claims.items():
+            if org in outcomes:
+                continue
+            for p in plan.get(org, []):
+                held = sent.get((org, p.start), p.held)
+                final_known = held == p.usage or (org, p.start) in unpostable
+                if p.phase == "closing" and (final_known or not claim.billed):
+                    conn.execute(q.CLOSE_PERIOD, (org, p.start))
+                    self.metrics.periods_closed.inc()
+                    self.log("info", "period_closed", org=org, period=p.start, value=held)
+                elif p.phase == "final":
+                    billed = held if claim.billed else None
+                    conn.execute(
+                        q.FINALIZE_PERIOD, {"billed": billed, "org": org, "start": p.start}
+                    )
                     self.log(
                         "info",
-                        "posted_final",
+                        "period_finalized",
                         org=org,
-                        customer=customer,
-                        period=start,
-                        value=usage,
-                        timestamp=ts,
+                        period=p.start,
+                        billed=billed,
+                        usage=p.usage,
                     )
-            conn.execute(q.CLOSE_PERIOD, (org, start))
-            self.metrics.periods_closed.inc()
-            self.log("info", "period_closed", org=org, period=start, value=usage)
-        return None
-
-    def _post_current(self, conn: Conn, claim: Claim) -> ClaimOutcome:
-        """Step 5 and 6: post the current period's count unless Stripe holds it."""
-        org, customer = claim.org, claim.customer
-        current = conn.execute(q.CURRENT_PERIOD, (org,)).fetchone()
-        assert current is not None, "_period_at returns one row"
-        start, end, first_s, last_s = current
-        usage = self._usage(conn, org, start)
-        if self._held(conn, customer, start, end) == usage:
-            if claim.max_outbox is not None:
-                conn.execute(q.DELETE_OUTBOX, (org, claim.max_outbox))
-            conn.execute(q.STATE_DONE, (None, org))
-            return ClaimOutcome.IN_SYNC
-        ts = math.floor(self._now(conn))
-        if ts >= last_s:
-            # the period's last second is kept for its closing post
-            conn.execute(q.STATE_DEFER, (last_s + 1 + self.cfg.grace, None, org))
-            return ClaimOutcome.DEFERRED
-        last = self._last_timestamp(conn, customer)
-        if ts <= last:
-            conn.execute(q.STATE_DEFER, (last + 1, None, org))
-            return ClaimOutcome.DEFERRED
-        outcome, reason = self._post(claim, start, end, usage, ts)
-        if not outcome.accepted:
-            return self._failed(conn, org, outcome, reason)
-        if claim.max_outbox is not None:
-            conn.execute(q.DELETE_OUTBOX, (org, claim.max_outbox))
-        conn.execute(q.STATE_DONE, (ts, org))
-        self.log(
-            "info",
-            "posted",
-            org=org,
-            customer=customer,
-            period=start,
-            value=usage,
-            timestamp=ts,
-            wake=self.wake_reason,
-        )
-        return ClaimOutcome.POSTED
+            outcomes[org] = ClaimOutcome.POSTED if org in posted else ClaimOutcome.DONE
+            last_ts = max((c.timestamp for c in calls if c.org == org), default=None)
+            done_orgs.append(org)
+            done_ts.append(last_ts)
+            if claim.max_outbox is not None and not only_close:
+                outbox_orgs.append(org)
+                outbox_ids.append(claim.max_outbox)
+            if org in posted:
+                call = posted[org]
+                if claim.oldest_change is not None:
+                    self.metrics.lag.set(max(0.0, time.time() - claim.oldest_change))
+                self.log(
+                    "info",
+                    "posted",
+                    org=org,
+                    customer=call.customer,
+                    period=call.period_start,
+                    value=call.value,
+                    timestamp=call.timestamp,
+                    wake=self.wake_reason,
+                )
+        if outbox_orgs:
+            conn.execute(q.NOTE_DRIFT, (outbox_orgs,))
+            conn.execute(q.DELETE_OUTBOX, (outbox_orgs, outbox_ids))
+        if done_orgs:
+            conn.execute(q.STATE_DONE, (done_orgs, done_ts))
 
     def _failed(self, conn: Conn, org: int, outcome: Outcome, reason: str) -> ClaimOutcome:
         """Record a failed call on the organization's state (in the claim transaction)."""
@@ -319,22 +448,14 @@ class Relay:
             self.metrics.posts.labels("parked").inc()
             self.log("error", "parked", org=org, reason=reason)
             return ClaimOutcome.PARKED
-        if outcome == Outcome.RATE_LIMITED:
-            self.rate_backoff = min(self.rate_backoff + 1, 6)
-            self.pause_until = now + backoff(self.rate_backoff, 0.5, 30.0)
-            conn.execute(q.STATE_DEFER, (self.pause_until, None, org))
-            self.metrics.posts.labels("rate_limited").inc()
-            self.log("warning", "rate_limited", org=org, pause=self.pause_until - now)
-            return ClaimOutcome.RATE_LIMITED
-        if outcome == Outcome.GLOBAL:
-            self.pause_until = now + 30.0
-            conn.execute(q.STATE_DEFER, (self.pause_until, None, org))
-            self.log("error", "stripe_refused_credentials", reason=reason)
-            return ClaimOutcome.PAUSED
+        if outcome in (Outcome.RATE_LIMITED, Outcome.GLOBAL, Outcome.NOT_SENT):
+            conn.execute(q.STATE_DEFER, (max(self.poster.pause_until, now + 1.0), org))
+            paused = outcome != Outcome.RATE_LIMITED
+            return ClaimOutcome.PAUSED if paused else ClaimOutcome.RATE_LIMITED
         row = conn.execute(q.STATE_COUNT_ATTEMPT, (org,)).fetchone()
         attempts = row[0] if row else 1
         retry_at = now + backoff(attempts - 1, self.cfg.retry_min, self.cfg.retry_max)
-        conn.execute(q.STATE_DEFER, (retry_at, None, org))
+        conn.execute(q.STATE_DEFER, (retry_at, org))
         self.metrics.posts.labels("retried").inc()
         self.log(
             "warning",
@@ -346,96 +467,17 @@ class Relay:
         )
         return ClaimOutcome.RETRY
 
-    # ------------------------------------------------------------------ reads
-    @staticmethod
-    def _now(conn: Conn) -> float:
-        return float(conn.execute(q.NOW).fetchone()[0])  # type: ignore[index]
-
-    @staticmethod
-    def _usage(conn: Conn, org: int, start: datetime) -> int:
-        return int(conn.execute(q.USAGE, (org, start)).fetchone()[0])  # type: ignore[index]
-
-    @staticmethod
-    def _held(conn: Conn, customer: str, start: datetime, end: datetime) -> int:
-        row = conn.execute(q.HELD, (customer, start, end)).fetchone()
-        return 0 if row is None else int(row[0])
-
-    @staticmethod
-    def _last_timestamp(conn: Conn, customer: str) -> int:
-        row = conn.execute(q.LAST_TIMESTAMP, (customer,)).fetchone()
-        return 0 if row is None or row[0] is None else int(row[0])
-
     def _identifier(self, customer: str, ts: int, value: int) -> str:
-        """The post's identifier, as the schema defines it (``_relay_identifier``)."""
-        row = self.ledger.execute(q.IDENTIFIER, (customer, ts, value)).fetchone()
-        assert row is not None, "_relay_identifier returns one row"
-        return str(row[0])
+        return self._identifiers([customer], [ts], [value])[0]
 
-    # ------------------------------------------------------------------ Stripe
-    def _post(
-        self, claim: Claim, start: datetime, end: datetime, value: int, ts: int
-    ) -> tuple[Outcome, str]:
-        customer = claim.customer
-        ident = self._identifier(customer, ts, value)
-        # committed before the call: a worker killed during it resends exactly this
-        self.ledger.execute(q.LEDGER_PENDING, (claim.org, customer, start, end, value, ts, ident))
-        outcome, reason = self._call(claim.org, customer, value, ts, ident, resend=False)
-        if outcome.accepted and claim.oldest_change is not None:
-            self.metrics.lag.set(max(0.0, time.time() - claim.oldest_change))
-        return outcome, reason
+    def _identifiers(self, customers: list[Any], stamps: list[Any], values: list[Any]) -> list[str]:
+        """The posts' identifiers, as the schema defines them (``_relay_identifier``)."""
+        rows = self.ledger.execute(q.IDENTIFIERS, (customers, stamps, values)).fetchall()
+        return [str(r[0]) for r in rows]
 
-    def _call(
-        self, org: int, customer: str, value: int, ts: int, ident: str, *, resend: bool
-    ) -> tuple[Outcome, str]:
-        outcome, reason = self.stripe.post(customer, value, ts, ident)
-        if outcome.accepted:
-            self.ledger.execute(q.LEDGER_SENT, (reason or None, ident))
-            self.metrics.posts.labels(str(outcome)).inc()
-            self.rate_backoff = 0
-        elif outcome == Outcome.PERMANENT:
-            self.ledger.execute(q.LEDGER_REFUSED, (reason, ident))
-        else:
-            self.ledger.execute(q.LEDGER_ATTEMPT_FAILED, (reason, ident))
-        if not outcome.accepted:
-            self.log(
-                "warning",
-                "post_failed",
-                org=org,
-                customer=customer,
-                value=value,
-                timestamp=ts,
-                kind=outcome,
-                reason=reason,
-                resend=resend,
-            )
-        return outcome, reason
 
-    def _sync_subscription(self, org: int, customer: str) -> None:
-        """Align the organization's billing period with its Stripe subscription's current
-        period, read again once the known one has ended, and keep its metered price
-        (prices.py). No subscription: the database's periods stay (calendar months unless an
-        admin set them)."""
-        now = time.time()
-        if now < self.subscription_until.get(org, 0.0):
-            return
-        try:
-            subscriptions = self.stripe.subscriptions(customer)
-        except stripe.StripeError as exc:
-            outcome, reason = classify(exc)
-            if outcome == Outcome.RATE_LIMITED:
-                self.pause_until = now + backoff(1, 0.5, 30.0)
-            self.subscription_until[org] = now + min(60.0, self.cfg.poll_interval)
-            self.log("warning", "subscription_unreadable", org=org, reason=reason)
-            return
-        self.prices.keep(self.ledger, org, subscriptions)
-        bounds = current_period(subscriptions)
-        if bounds is None:
-            self.subscription_until[org] = now + SUBSCRIPTION_RECHECK
-            return
-        start, end = bounds
-        row = self.ledger.execute(q.CURRENT_BOUNDS, (org,)).fetchone()
-        differs = row is None or (int(row[0]), int(row[1])) != (start, end)
-        if differs and start <= now < end:
-            self.ledger.execute(q.SET_BILLING_PERIOD, (org, start, end))
-            self.log("info", "billing_period_set", org=org, start=start, end=end)
-        self.subscription_until[org] = float(end)
+def _by_org(calls: list[Call]) -> dict[int, list[Call]]:
+    grouped: dict[int, list[Call]] = defaultdict(list)
+    for call in calls:
+        grouped[call.org].append(call)
+    return grouped

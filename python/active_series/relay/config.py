@@ -10,6 +10,8 @@ CHANNEL = "active_series"
 MAX_EVENT_AGE = 35 * 86400 - 3600
 # How often to re-read a customer's subscription when it has none (or reading failed).
 SUBSCRIPTION_RECHECK = 3600.0
+# Organizations claimed in one transaction (and at most one v2 stream request's events).
+CLAIM_BATCH = 100
 
 
 @dataclass
@@ -22,6 +24,9 @@ class RelayConfig:
     debounce: float = 0.05
     rate_limit: float = 25.0
     grace: float = 300.0
+    invoice_grace: float = 3600.0
+    concurrency: int = 8
+    api: str = "v1"  # or "v2-stream"
     metrics_port: int = 0
     max_network_retries: int = 2
     stripe_timeout: float = 30.0

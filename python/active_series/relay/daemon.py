@@ -68,7 +68,7 @@ class Worker:
             self.log("error", "schema_mismatch", error=str(exc))
             raise
         finally:
-            self.relay.close()
+            self.relay.shutdown()
             if self.listen_conn is not None:
                 with contextlib.suppress(Exception):
                     self.listen_conn.close()
@@ -208,4 +208,4 @@ def close_periods(cfg: RelayConfig, organization: int | None = None) -> int:
     try:
         return relay.drain(only_close=True, organization=organization)
     finally:
-        relay.close()
+        relay.shutdown()

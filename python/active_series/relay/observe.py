@@ -79,3 +79,9 @@ class Metrics:
         self.parked = Gauge(
             "active_series_relay_parked_organizations", "Organizations parked.", registry=r
         )
+        self.drift = Gauge(
+            "active_series_relay_billing_drift_periods",
+            "Finalized billing periods whose usage differs from what Stripe billed "
+            "(rows of active_series.billing_drift).",
+            registry=r,
+        )

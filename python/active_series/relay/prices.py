@@ -1,6 +1,6 @@
 """The organization's metered Stripe price, kept in the database for ``price_preview``.
 
-The worker reads it with the subscription period (``Relay._sync_subscription``, claim.py):
+The worker reads it with the subscription period (``Poster.sync_subscriptions``, posting.py):
 the price of the subscription item that is metered on the relay's meter, its tiers expanded,
 is stored by
 ``active_series._store_price`` (the SQL does the parsing); no live subscription, or no item on

@@ -10,10 +10,15 @@ from __future__ import annotations
 from typing import Final
 
 # -- discovery (autocommit connection) ---------------------------------------------------
-WORK: Final = "SELECT organization_id FROM active_series._relay_work(make_interval(secs => %s))"
+WORK: Final = """
+SELECT organization_id
+FROM active_series._relay_work(make_interval(secs => %s), make_interval(secs => %s))
+"""
 
 NEXT_WAKEUP: Final = """
-SELECT extract(EPOCH FROM active_series._relay_next_wakeup(make_interval(secs => %s)))::float8
+SELECT extract(EPOCH FROM active_series._relay_next_wakeup(
+    make_interval(secs => %s), make_interval(secs => %s)
+))::float8
 """
 
 GAUGES: Final = """
@@ -21,44 +26,54 @@ SELECT
     (SELECT count(*) FROM active_series._outbox),
     (SELECT extract(EPOCH FROM clock_timestamp() - min(o.created))::float8
         FROM active_series._outbox AS o),
-    (SELECT count(*) FROM active_series._relay_state WHERE parked_at IS NOT NULL)
+    (SELECT count(*) FROM active_series._relay_state WHERE parked_at IS NOT NULL),
+    (SELECT count(*) FROM active_series.billing_drift)
 """
 
-# -- claim transaction (one per organization, on the claim connection) -------------------
+# -- claim transaction (one per batch of organizations, on the claim connection) ---------
 CLAIM: Final = """
-SELECT stripe_customer_id, billed, max_outbox_id,
+SELECT organization_id, stripe_customer_id, billed, max_outbox_id,
        extract(EPOCH FROM oldest_change)::float8
 FROM active_series._relay_claim(%s)
 """
 
-NOW: Final = "SELECT extract(EPOCH FROM clock_timestamp())::float8"
-
-DELETE_OUTBOX: Final = """
-DELETE FROM active_series._outbox WHERE organization_id = %s AND id <= %s
-"""
-
 PENDING_POSTS: Final = """
-SELECT id, stripe_customer_id, extract(EPOCH FROM period_start)::float8, value,
-       event_timestamp, identifier
+SELECT organization_id, stripe_customer_id, value, event_timestamp, identifier
 FROM active_series._ledger
-WHERE organization_id = %s AND status = 'pending'
-ORDER BY event_timestamp, id
+WHERE organization_id = ANY(%s) AND status = 'pending'
+ORDER BY organization_id, event_timestamp, id
 """
 
-# unclosed periods that have ended, oldest first, with their whole-second event window
-ENDED_PERIODS: Final = """
-SELECT p.period_start, p.period_end, extract(EPOCH FROM p.period_end)::float8,
-       w.first_second, w.last_second
-FROM active_series._period AS p
-CROSS JOIN active_series._relay_window(p.period_start, p.period_end) AS w
-WHERE p.organization_id = %s AND p.closed_at IS NULL AND p.period_end <= clock_timestamp()
-ORDER BY p.period_start
+PLAN: Final = """
+SELECT organization_id, period_start, period_end, phase, usage, held_value, held_status,
+       next_timestamp, first_second, last_second,
+       floor(extract(EPOCH FROM clock_timestamp()))::bigint
+FROM active_series._relay_plan(%s, make_interval(secs => %s), make_interval(secs => %s))
 """
 
-CLOSE_ENDED_PERIODS: Final = """
-UPDATE active_series._period SET closed_at = clock_timestamp()
-WHERE organization_id = %s AND closed_at IS NULL
-    AND period_end + make_interval(secs => %s) <= clock_timestamp()
+# (organization, newest outbox id) pairs: the outbox rows each claim accounted for
+DELETE_OUTBOX: Final = """
+DELETE FROM active_series._outbox AS o
+USING unnest(%s::bigint[], %s::bigint[]) AS d (organization_id, max_id)
+WHERE o.organization_id = d.organization_id AND o.id <= d.max_id
+"""
+
+# a change to a finalized period: since when its usage differs from what was billed
+NOTE_DRIFT: Final = """
+UPDATE active_series._period AS p
+SET drift_since = CASE
+    WHEN active_series.period_usage(p.organization_id, p.period_start) <> p.billed_value
+        THEN coalesce(p.drift_since, x.first_change)
+END
+FROM (
+    SELECT o.organization_id, o.period_start, min(o.created) AS first_change
+    FROM active_series._outbox AS o
+    WHERE o.organization_id = ANY(%s)
+    GROUP BY o.organization_id, o.period_start
+) AS x
+WHERE
+    p.organization_id = x.organization_id AND p.period_start = x.period_start
+    AND p.finalized_at IS NOT NULL AND p.billed_value IS NOT NULL
 """
 
 CLOSE_PERIOD: Final = """
@@ -66,29 +81,31 @@ UPDATE active_series._period SET closed_at = clock_timestamp()
 WHERE organization_id = %s AND period_start = %s AND closed_at IS NULL
 """
 
-CURRENT_PERIOD: Final = """
-SELECT c.period_start, c.period_end, w.first_second, w.last_second
-FROM active_series._period_at(%s, clock_timestamp()) AS c
-CROSS JOIN active_series._relay_window(c.period_start, c.period_end) AS w
+# the invoice is final: Stripe bills what it held (billed NULL: the organization was not
+# billed); a difference from then on shows in billing_drift
+FINALIZE_PERIOD: Final = """
+UPDATE active_series._period AS p
+SET finalized_at = clock_timestamp(),
+    closed_at = coalesce(p.closed_at, clock_timestamp()),
+    billed_value = %(billed)s,
+    drift_since = CASE
+        WHEN %(billed)s <> active_series.period_usage(p.organization_id, p.period_start)
+            THEN clock_timestamp()
+    END
+WHERE p.organization_id = %(org)s AND p.period_start = %(start)s AND p.finalized_at IS NULL
 """
 
-USAGE: Final = "SELECT active_series.period_usage(%s, %s)"
-
-HELD: Final = "SELECT value, status FROM active_series._relay_held(%s, %s, %s)"
-
-LAST_TIMESTAMP: Final = "SELECT active_series._relay_last_timestamp(%s)"
-
 STATE_DONE: Final = """
-UPDATE active_series._relay_state
+UPDATE active_series._relay_state AS s
 SET attempts = 0, next_attempt_at = NULL, updated_at = now(),
-    last_event_timestamp = greatest(last_event_timestamp, %s)
-WHERE organization_id = %s
+    last_event_timestamp = greatest(s.last_event_timestamp, d.ts)
+FROM unnest(%s::bigint[], %s::bigint[]) AS d (organization_id, ts)
+WHERE s.organization_id = d.organization_id
 """
 
 STATE_DEFER: Final = """
 UPDATE active_series._relay_state
-SET next_attempt_at = to_timestamp(%s), updated_at = now(),
-    last_event_timestamp = greatest(last_event_timestamp, %s)
+SET next_attempt_at = to_timestamp(%s), updated_at = now()
 WHERE organization_id = %s
 """
 
@@ -107,17 +124,26 @@ WHERE organization_id = %s
 """
 
 # -- ledger (autocommit connection: committed before the Stripe call) --------------------
-IDENTIFIER: Final = "SELECT active_series._relay_identifier(%s, %s, %s)"
-
+# every post of a batch, written pending in one statement; returns their identifiers
 LEDGER_PENDING: Final = """
 INSERT INTO active_series._ledger AS l (
     organization_id, stripe_customer_id, period_start, period_end, value, event_timestamp,
     identifier
 )
-VALUES (%s, %s, %s, %s, %s, %s, %s)
+SELECT p.organization_id, p.customer, p.period_start, p.period_end, p.value, p.ts,
+       active_series._relay_identifier(p.customer, p.ts, p.value)
+FROM unnest(
+    %s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::bigint[]
+) AS p (organization_id, customer, period_start, period_end, value, ts)
 ON CONFLICT (identifier) DO UPDATE
 SET status = 'pending', updated = clock_timestamp()
 WHERE l.status = 'failed'
+"""
+
+IDENTIFIERS: Final = """
+SELECT active_series._relay_identifier(x.customer, x.ts, x.value)
+FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) WITH ORDINALITY AS x (customer, ts, value, n)
+ORDER BY x.n
 """
 
 LEDGER_FAILED_NEW: Final = """
@@ -129,22 +155,23 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, 'failed', %s)
 ON CONFLICT (identifier) DO NOTHING
 """
 
-LEDGER_SENT: Final = """
-UPDATE active_series._ledger
-SET status = 'sent', attempts = attempts + 1, last_error = %s, updated = clock_timestamp()
-WHERE identifier = %s
+# outcomes of a round of calls: (identifier, status, error) triples; status sent or
+# failed, or pending for an attempt that failed without an answer (resent later)
+LEDGER_OUTCOMES: Final = """
+UPDATE active_series._ledger AS l
+SET status = o.status, attempts = l.attempts + 1, last_error = o.error,
+    updated = clock_timestamp()
+FROM unnest(%s::text[], %s::text[], %s::text[]) AS o (identifier, status, error)
+WHERE l.identifier = o.identifier
 """
 
-LEDGER_ATTEMPT_FAILED: Final = """
-UPDATE active_series._ledger
-SET attempts = attempts + 1, last_error = %s, updated = clock_timestamp()
-WHERE identifier = %s
-"""
-
-LEDGER_REFUSED: Final = """
-UPDATE active_series._ledger
-SET status = 'failed', attempts = attempts + 1, last_error = %s, updated = clock_timestamp()
-WHERE identifier = %s
+# refusals reported later (v2 streams): the post failed after all
+LEDGER_REFUSED_LATER: Final = """
+UPDATE active_series._ledger AS l
+SET status = 'failed', last_error = o.error, updated = clock_timestamp()
+FROM unnest(%s::text[], %s::text[]) AS o (identifier, error)
+WHERE l.identifier = o.identifier AND l.status <> 'failed'
+RETURNING l.organization_id, l.identifier, o.error
 """
 
 # -- billing periods from the Stripe subscription ----------------------------------------

@@ -23,6 +23,7 @@ class Outcome(StrEnum):
     RATE_LIMITED = "rate_limited"
     PERMANENT = "permanent"  # unknown customer, archived meter, invalid value: park
     GLOBAL = "global"  # bad API key or permissions: nothing an organization did
+    NOT_SENT = "not_sent"  # never called: the worker is pausing its calls (a 429, a bad key)
 
     @property
     def accepted(self) -> bool:

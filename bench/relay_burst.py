@@ -1,0 +1,222 @@
+"""Relay at scale: a burst of many billed organizations changing at once, and rollover.
+
+A Stripe emulator (its own process, loopback, no rate limit) and a real ``active-series
+worker`` subprocess (``--rate-limit 0``). Per row, fresh billed organizations; a warm-up
+(one report each, relayed: every customer's subscription is read once and has a first
+post); then **one transaction** gives every organization a new series, and the clock runs
+from its commit until ``relay_status`` shows every organization in sync. Rows differ only
+in the worker's ``--api`` and ``--concurrency``; ``--concurrency 1`` (one Stripe call at a
+time) is the single-organization worker's way of posting, measured in the same run.
+
+Rollover: organizations whose billing period ends during the run (periods of a few
+seconds, ``--grace`` much longer), each changing right after its period ended: the delay
+from that commit until Stripe has the new period's value, which must not wait for the grace.
+
+    python bench/relay_burst.py --dsn "dbname=bench"
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from active_series.devtools.worker_process import WorkerProcess
+from common import connect, drop_database, fresh_database, log, percentile, server_info, write_run
+from relay import API_KEY, Emulator, report, setup_orgs
+
+ROWS = [
+    ("v1", 1),
+    ("v1", 8),
+    ("v1", 32),
+    ("v2-stream", 8),
+]
+
+
+def worker(dsn: str, emu: Emulator, api: str, concurrency: int, path: Path, *extra: str):
+    return WorkerProcess(
+        dsn,
+        emu.url,
+        "--rate-limit",
+        "0",
+        "--api",
+        api,
+        "--concurrency",
+        str(concurrency),
+        "--poll-interval",
+        "1",
+        *extra,
+        api_key=API_KEY,
+        log_path=path,
+    ).start()
+
+
+def out_of_sync(conn: psycopg.Connection, orgs: list[int]) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM active_series.relay_status"
+        " WHERE organization_id = ANY(%s) AND NOT (in_sync AND outbox_depth = 0)",
+        (orgs,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def wait_in_sync(conn: psycopg.Connection, orgs: list[int], timeout: float) -> float:
+    """Seconds until every organization is in sync (polled every 5 ms)."""
+    t0 = time.monotonic()
+    while out_of_sync(conn, orgs):
+        if time.monotonic() - t0 > timeout:
+            raise SystemExit(f"not in sync after {timeout} s")
+        time.sleep(0.005)
+    return time.monotonic() - t0
+
+
+def burst_row(dsn: str, emu: Emulator, api: str, conc: int, count: int, tmp: Path) -> dict:
+    with connect(dsn) as conn:
+        orgs = setup_orgs(conn, emu, f"{api}-{conc}", 2, count)
+    ids = [o["org"] for o in orgs]
+    proc = worker(dsn, emu, api, conc, tmp / f"burst-{api}-{conc}.log")
+    try:
+        with connect(dsn) as conn:
+            for o in orgs:
+                report(conn, o)
+            wait_in_sync(conn, ids, 300)
+            requests0 = sum(emu.ctl.stats()["requests"].values())
+            with conn.transaction():
+                for o in orgs:
+                    report(conn, o)
+            seconds = wait_in_sync(conn, ids, 300)
+            requests = sum(emu.ctl.stats()["requests"].values()) - requests0
+    finally:
+        proc.stop(30)
+    result = {
+        "api": api,
+        "concurrency": conc,
+        "organizations": count,
+        "seconds": seconds,
+        "organizations_per_second": count / seconds,
+        "events_per_second": count / seconds,
+        "stripe_requests": requests,
+    }
+    log(
+        f"  burst {api} concurrency {conc}: {count} organizations in sync after"
+        f" {seconds:.2f} s = {count / seconds:.0f}/s, {requests} Stripe requests"
+    )
+    return result
+
+
+def rollover_row(dsn: str, emu: Emulator, api: str, count: int, tmp: Path) -> dict:
+    """Organizations on 4 s periods; each changes right after its period ended; the delay
+    until Stripe holds the new period's value (the grace is 60 s)."""
+    with connect(dsn) as conn:
+        orgs = setup_orgs(conn, emu, f"roll-{api}", 4, count)
+        now = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        start = now.replace(microsecond=0) - dt.timedelta(seconds=4 * 10)
+        for o in orgs:
+            conn.execute(
+                "SELECT active_series.set_billing_period(%s, %s, %s)",
+                (o["org"], start, start + dt.timedelta(seconds=4)),
+            )
+    proc = worker(
+        dsn, emu, api, 8, tmp / f"rollover-{api}.log", "--grace", "60", "--invoice-grace", "120"
+    )
+    delays: list[float] = []
+    try:
+        with connect(dsn) as conn:
+            for o in orgs:
+                report(conn, o)
+            wait_in_sync(conn, [o["org"] for o in orgs], 120)
+            for _ in range(3):
+                end = conn.execute(
+                    "SELECT period_end FROM active_series.current_period(%s)", (orgs[0]["org"],)
+                ).fetchone()[0]  # type: ignore[index]
+                while conn.execute("SELECT clock_timestamp() < %s", (end,)).fetchone()[0]:  # type: ignore[index]
+                    time.sleep(0.01)
+                committed = {}
+                for o in orgs:
+                    report(conn, o)
+                    committed[o["customer"]] = (time.time(), o["sent"])
+                left = dict(committed)
+                deadline = time.monotonic() + 60
+                while left and time.monotonic() < deadline:
+                    for ev in emu.ctl.meter_events():
+                        got = left.get(ev["customer"])
+                        if got and ev["timestamp"] >= end.timestamp() and int(ev["value"]) >= 1:
+                            delays.append(max(0.0, ev["received_at"] - got[0]))
+                            del left[ev["customer"]]
+                    time.sleep(0.01)
+                if left:
+                    raise SystemExit(f"rollover: {len(left)} organizations never posted")
+    finally:
+        proc.stop(30)
+    result: dict[str, Any] = {
+        "api": api,
+        "organizations": count,
+        "first_post_delay_seconds": {
+            "p50": percentile(delays, 0.5),
+            "p99": percentile(delays, 0.99),
+            "max": max(delays),
+        },
+        "grace_seconds": 60,
+    }
+    d = result["first_post_delay_seconds"]
+    log(
+        f"  rollover {api}: first post of the new period after p50 {d['p50'] * 1e3:.0f} ms,"
+        f" p99 {d['p99'] * 1e3:.0f} ms (grace 60 s)"
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL", ""), help="libpq conninfo")
+    parser.add_argument("--out", type=Path, help="result JSON (default: bench/results/)")
+    parser.add_argument("--organizations", type=int, default=600)
+    parser.add_argument("--repeats", type=int, default=3, help="bursts per row (median)")
+    parser.add_argument("--database", default="bench_relay_burst", help="scratch database")
+    parser.add_argument("--api", nargs="*", default=["v1", "v2-stream"], help="APIs to measure")
+    args = parser.parse_args(argv)
+
+    started = time.time()
+    dsn = fresh_database(args.dsn, args.database)
+    emu = Emulator()
+    bursts: list[dict[str, Any]] = []
+    rollovers = []
+    try:
+        with connect(dsn) as conn:
+            info = server_info(conn)
+        with tempfile.TemporaryDirectory() as tmp:
+            # rows alternate within each repeat: the machine's noise hits all alike
+            runs: dict[tuple[str, int], list[dict]] = {}
+            for _ in range(args.repeats):
+                for api, conc in [r for r in ROWS if r[0] in args.api]:
+                    row = burst_row(dsn, emu, api, conc, args.organizations, Path(tmp))
+                    runs.setdefault((api, conc), []).append(row)
+            for (api, conc), rows in runs.items():
+                rate = sorted(r["organizations_per_second"] for r in rows)[len(rows) // 2]
+                bursts.append(
+                    {"api": api, "concurrency": conc, "median_per_second": rate, "runs": rows}
+                )
+            for api in args.api:
+                rollovers.append(rollover_row(dsn, emu, api, 50, Path(tmp)))
+    finally:
+        emu.stop()
+        drop_database(args.dsn, args.database)
+    write_run(
+        "relay_burst",
+        started,
+        info,
+        {"organizations": args.organizations, "bursts": bursts, "rollover": rollovers},
+        args.out,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The worker's Stripe calls, many organizations at once: :class:`Poster`.
+
+A claim (:mod:`.claim`) hands over the calls of a batch of organizations; the poster makes
+each organization's calls one after the other, and those of different organizations at
+once on a pool of ``concurrency`` threads (v1: one meter event per request), or packs them
+into requests of up to 100 events sent at once (v2 meter event streams, whose refusals
+come back later: :meth:`Poster.refusals`). Every call first waits for the worker's one
+token bucket. A 429 or a refused key pauses every call of the worker for a while.
+
+Threads rather than asyncio: the SDK's synchronous client and psycopg's synchronous
+connections are what the rest of the relay uses, the work per call is a few
+milliseconds of Python around a network wait, and all database work stays on the
+claiming thread, so no connection is shared between threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+import stripe
+
+from active_series.ratelimit import backoff
+from active_series.relay import queries as q
+from active_series.relay.config import SUBSCRIPTION_RECHECK, RelayConfig
+from active_series.relay.observe import Log, Metrics
+from active_series.relay.prices import PriceKeeper
+from active_series.relay.stripe_api import Outcome, StripeMeter, classify, current_period
+
+# v2 meter event streams take at most this many events per request
+STREAM_BATCH = 100
+
+
+class Stopping(Exception):
+    """Raised inside a drain once a stop was requested."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """One meter event to post for an organization (``period_start``: the period it is for,
+    None for a resend of a pending post)."""
+
+    org: int
+    customer: str
+    value: int
+    timestamp: int
+    identifier: str
+    resend: bool = False
+    period_start: datetime | None = None
+
+
+Results = dict[str, tuple[Outcome, str]]
+
+
+class Poster:
+    """The Stripe side of one worker: the clients, the pool, the shared pause."""
+
+    def __init__(self, cfg: RelayConfig, log: Log, metrics: Metrics) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.metrics = metrics
+        self.meter = StripeMeter(cfg)
+        self.stream: Any = None
+        if cfg.api == "v2-stream":
+            from active_series.relay.stripe_stream import MeterEventStream
+
+            self.stream = MeterEventStream(cfg, self.meter.bucket)
+        self.pool = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="relay-post")
+        self.lock = threading.Lock()
+        self.pause_until = 0.0
+        self.rate_backoff = 0
+        self.subscription_until: dict[int, float] = {}
+        self.prices = PriceKeeper(
+            self.meter.client, cfg.meter_event_name, self.meter.bucket.acquire, log
+        )
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------------ pausing
+    def wait_pause(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            wait = self.pause_until - time.time()
+            if wait <= 0:
+                return
+            stop.wait(min(wait, 1.0))
+        raise Stopping
+
+    def _outcome(self, outcome: Outcome, reason: str) -> None:
+        """Keep the worker-wide pause and backoff in step with a call's outcome."""
+        with self.lock:
+            now = time.time()
+            if outcome.accepted:
+                self.rate_backoff = 0
+            elif outcome == Outcome.RATE_LIMITED:
+                self.rate_backoff = min(self.rate_backoff + 1, 6)
+                self.pause_until = max(self.pause_until, now + backoff(self.rate_backoff, 0.5, 30))
+                self.log("warning", "rate_limited", pause=self.pause_until - now)
+            elif outcome == Outcome.GLOBAL:
+                self.pause_until = now + 30.0
+                self.log("error", "stripe_refused_credentials", reason=reason)
+
+    # ------------------------------------------------------------------ posting
+    def post(self, calls: list[Call]) -> Results:
+        """Make the calls; returns each one's (outcome, reason) by identifier. An
+        organization's calls stop at its first failure: the rest are NOT_SENT."""
+        if not calls:
+            return {}
+        by_org: dict[int, list[Call]] = defaultdict(list)
+        for call in calls:
+            by_org[call.org].append(call)
+        results: Results = {}
+        if self.stream is None:
+            for part in self.pool.map(self._post_one_by_one, by_org.values()):
+                results.update(part)
+        else:
+            for part in self.pool.map(self._post_stream, _requests(list(by_org.values()))):
+                results.update(part)
+        for outcome, _ in results.values():
+            self.metrics.posts.labels(str(outcome)).inc()
+        return results
+
+    def _paused(self) -> bool:
+        return time.time() < self.pause_until
+
+    def _post_one_by_one(self, calls: list[Call]) -> Results:
+        """One organization's calls, in order (v1)."""
+        results: Results = {}
+        for call in calls:
+            if self._paused():
+                results[call.identifier] = (Outcome.NOT_SENT, "")
+                continue
+            outcome, reason = self.meter.post(
+                call.customer, call.value, call.timestamp, call.identifier
+            )
+            self._outcome(outcome, reason)
+            results[call.identifier] = (outcome, reason)
+            if not outcome.accepted:
+                self._log_failure(call, outcome, reason)
+                for rest in calls[calls.index(call) + 1 :]:
+                    results[rest.identifier] = (Outcome.NOT_SENT, "")
+                break
+        return results
+
+    def _post_stream(self, calls: list[Call]) -> Results:
+        """One v2 stream request: its events are accepted (validated later) or not, together."""
+        from active_series.relay.stripe_stream import MeterEvent
+
+        if self._paused():
+            return {c.identifier: (Outcome.NOT_SENT, "") for c in calls}
+        outcome, reason = self.stream.send(
+            [MeterEvent(c.customer, c.value, c.timestamp, c.identifier) for c in calls]
+        )
+        self._outcome(outcome, reason)
+        if not outcome.accepted:
+            for call in calls:
+                self._log_failure(call, outcome, reason)
+        return {c.identifier: (outcome, reason) for c in calls}
+
+    def _log_failure(self, call: Call, outcome: Outcome, reason: str) -> None:
+        self.log(
+            "warning",
+            "post_failed",
+            org=call.org,
+            customer=call.customer,
+            value=call.value,
+            timestamp=call.timestamp,
+            kind=outcome,
+            reason=reason,
+            resend=call.resend,
+        )
+
+    def refusals(self) -> list[Any]:
+        """Events Stripe refused after accepting their request (v2 streams only)."""
+        if self.stream is None:
+            return []
+        try:
+            return list(self.stream.refusals())
+        except stripe.StripeError as exc:
+            self.log("warning", "refusals_unreadable", reason=classify(exc)[1])
+            return []
+
+    # ------------------------------------------------------------------ subscriptions
+    def sync_subscriptions(self, ledger: psycopg.Connection[Any], claims: list[Any]) -> None:
+        """Align each organization's billing period with its Stripe subscription's current
+        period, read again once the known one has ended, and keep its metered price
+        (prices.py). No subscription: the database's periods stay (calendar months unless
+        an admin set them). The reads run on the pool; the writes on ``ledger``."""
+        now = time.time()
+        due = [c for c in claims if now >= self.subscription_until.get(c.org, 0.0)]
+        if not due:
+            return
+        for claim, answer in zip(due, self.pool.map(self._subscriptions, due), strict=True):
+            if isinstance(answer, stripe.StripeError):
+                outcome, reason = classify(answer)
+                self._outcome(outcome, reason)
+                self.subscription_until[claim.org] = now + min(60.0, self.cfg.poll_interval)
+                self.log("warning", "subscription_unreadable", org=claim.org, reason=reason)
+                continue
+            self.prices.keep(ledger, claim.org, answer)
+            bounds = current_period(answer)
+            if bounds is None:
+                self.subscription_until[claim.org] = now + SUBSCRIPTION_RECHECK
+                continue
+            start, end = bounds
+            row = ledger.execute(q.CURRENT_BOUNDS, (claim.org,)).fetchone()
+            differs = row is None or (int(row[0]), int(row[1])) != (start, end)
+            if differs and start <= now < end:
+                ledger.execute(q.SET_BILLING_PERIOD, (claim.org, start, end))
+                self.log("info", "billing_period_set", org=claim.org, start=start, end=end)
+            self.subscription_until[claim.org] = float(end)
+
+    def _subscriptions(self, claim: Any) -> list[Any] | stripe.StripeError:
+        try:
+            return self.meter.subscriptions(claim.customer)
+        except stripe.StripeError as exc:
+            return exc
+
+
+def _requests(groups: list[list[Call]]) -> list[list[Call]]:
+    """Pack organizations' calls into stream requests of at most STREAM_BATCH events, an
+    organization's calls in one request (one call per customer in flight)."""
+    requests: list[list[Call]] = []
+    current: list[Call] = []
+    for group in groups:
+        if current and len(current) + len(group) > STREAM_BATCH:
+            requests.append(current)
+            current = []
+        current.extend(group)
+    if current:
+        requests.append(current)
+    return requests

@@ -1,0 +1,25 @@
+CREATE VIEW active_series.billing_drift AS
+WITH finalized AS (
+    SELECT
+        p.organization_id,
+        p.period_start,
+        p.period_end,
+        p.billed_value,
+        coalesce(p.drift_since, p.finalized_at) AS since,
+        active_series.period_usage(p.organization_id, p.period_start) AS period_usage
+    FROM active_series._period AS p
+    WHERE p.finalized_at IS NOT NULL AND p.billed_value IS NOT NULL
+)
+
+SELECT
+    f.organization_id,
+    f.period_start,
+    f.period_end,
+    f.billed_value AS billed,
+    f.period_usage,
+    f.period_usage - f.billed_value AS difference,
+    f.since
+FROM finalized AS f
+WHERE f.period_usage <> f.billed_value;
+COMMENT ON VIEW active_series.billing_drift IS
+'Finalized billing periods (their invoice grace is over: Stripe bills what it held then) whose exact usage now differs from what was billed: the difference to credit or charge by hand, and since when it exists.';
