@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
 
+import requests
 import stripe
+from requests.adapters import HTTPAdapter
 
 from active_series.ratelimit import TokenBucket
 from active_series.relay.config import RelayConfig
@@ -58,7 +60,9 @@ class StripeMeter:
             cfg.api_key,
             base_addresses={"api": cfg.api_base},
             max_network_retries=cfg.max_network_retries,
-            http_client=stripe.RequestsClient(timeout=cfg.stripe_timeout),
+            http_client=stripe.RequestsClient(
+                timeout=cfg.stripe_timeout, session=http_session(cfg.api_base, cfg.concurrency)
+            ),
         )
         self.bucket = TokenBucket(cfg.rate_limit)
 
@@ -87,6 +91,19 @@ class StripeMeter:
             params={"customer": customer, "limit": 10, "expand": SUBSCRIPTION_EXPAND}
         )
         return list(subs.data)
+
+
+def http_session(api_base: str, concurrency: int) -> requests.Session:
+    """One HTTP session for all the worker's threads: a connection per thread kept alive,
+    and the proxy settings of the environment (HTTPS_PROXY, NO_PROXY) read once here rather
+    than at every request (a tenth of a post's CPU time)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies(api_base)
+    adapter = HTTPAdapter(pool_maxsize=concurrency + 2)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
 
 
 def current_period(subscriptions: Iterable[Any]) -> tuple[int, int] | None:
