@@ -269,6 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     self._sleep(fault.seconds)
                 except _ClientGone:
+                    self._status = "abandoned"
                     state.count_fault("abandoned")
                     self._log(method, path, "abandoned", started, "client left during delay")
                     return
@@ -294,6 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 self._sleep(fault.seconds)
             except _ClientGone:
+                self._status = "abandoned"
                 self._log(method, path, "abandoned", started, "client left after processing")
                 return
         self._send(answer)
