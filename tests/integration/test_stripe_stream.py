@@ -15,12 +15,17 @@ from active_series.ratelimit import TokenBucket
 from active_series.relay.config import RelayConfig
 from active_series.relay.stripe_api import Outcome, StripeMeter
 from active_series.relay.stripe_stream import MAX_BATCH, MeterEvent, MeterEventStream, Refusal
+from oracle import ingest, make_org
 from relay_harness import (
     API_KEY,
     EVENT_NAME,
     Emulator,
     assert_increasing_timestamps,
     assert_one_call_per_customer,
+    bill,
+    billing_periods,
+    periods,
+    short_periods,
     wait_until,
 )
 
@@ -465,3 +470,23 @@ def test_timestamps_may_restart_in_a_new_period_only(relay_emulator: Emulator) -
     s.send([MeterEvent(cus, 6, t + 160, "t-3"), MeterEvent(cus, 7, t + 155, "t-4")])
     with pytest.raises(AssertionError, match="period 1"):
         assert_increasing_timestamps(emu, periods)
+
+
+def test_billing_periods_are_read_from_the_database(conn: Any, relay_emulator: Emulator) -> None:
+    emu = relay_emulator
+    org = make_org(conn, "periods")
+    cus = emu.customer()
+    bill(conn, org.id, cus)
+    start = short_periods(conn, org.id, 60)
+    ingest(conn, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
+    got = billing_periods(conn, {org.id: cus})
+    assert list(got) == [cus]
+    assert got[cus] == [(s, e) for s, e, _ in periods(conn, org.id)]
+    assert got[cus][0][0] >= start
+    t = int(got[cus][-1][0].timestamp())
+    s = stream(emu)
+    s.send([MeterEvent(cus, 2, t + 1, "db-1"), MeterEvent(cus, 1, t - 1, "db-2")])
+    assert_increasing_timestamps(emu, got)  # the second event is in the previous period
+    s.send([MeterEvent(cus, 3, t, "db-3")])
+    with pytest.raises(AssertionError, match=cus):
+        assert_increasing_timestamps(emu, got)
