@@ -490,3 +490,15 @@ def test_billing_periods_are_read_from_the_database(conn: Any, relay_emulator: E
     s.send([MeterEvent(cus, 3, t, "db-3")])
     with pytest.raises(AssertionError, match=cus):
         assert_increasing_timestamps(emu, got)
+
+
+def test_a_token_refused_twice_is_transient(relay_emulator: Emulator) -> None:
+    emu = relay_emulator
+    emu.ctl.configure_stream(session_ttl=0)  # every token is born expired
+    cus = emu.customer()
+    outcome, reason = stream(emu).send([MeterEvent(cus, 1, now(emu), "z-1")])
+    assert outcome == Outcome.TRANSIENT
+    assert "billing_meter_event_session_expired" in reason
+    assert statuses(emu) == [401, 401]
+    assert sessions_created(emu) == 2
+    assert emu.events() == []
