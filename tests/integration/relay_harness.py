@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,26 +137,59 @@ def quiescent(conn: psycopg.Connection[Any]) -> bool:
     return row is not None and row[0] == 0
 
 
-def assert_increasing_timestamps(emu: Emulator, conn: psycopg.Connection[Any]) -> None:
-    """Per customer and billing period, in arrival order: strictly increasing timestamps
-    (never an older value after a newer one within a period, never two events with one
-    timestamp), each inside the period of the value it carries (the ledger says which)."""
-    period = {
-        ident: (start, end)
-        for ident, start, end in conn.execute(
-            "SELECT identifier, extract(EPOCH FROM period_start), extract(EPOCH FROM period_end)"
-            " FROM active_series._ledger"
-        )
+Periods = Mapping[str, Sequence[tuple[dt.datetime, dt.datetime]]]
+
+
+def billing_periods(conn: psycopg.Connection[Any], billed: dict[int, str]) -> Periods:
+    """Each billed customer's periods, from the database (for assert_increasing_timestamps)."""
+    return {
+        customer: [(s, e) for s, e, _ in periods(conn, org)] for org, customer in billed.items()
     }
-    last: dict[tuple[str, Any], int] = {}
+
+
+def assert_increasing_timestamps(emu: Emulator, periods: Periods | None = None) -> None:
+    """Per customer, in arrival order: strictly increasing timestamps (so never an older
+    value after a newer one, and never two events with one timestamp).
+
+    With ``periods`` (customer -> its billing periods, e.g. :func:`billing_periods`), the
+    order is checked per customer within each period (events outside them form one more
+    group): a period's final value may then arrive after the next period's first values.
+    """
+    last: dict[tuple[str, int], int] = {}
     for ev in emu.events():
-        start, end = period[ev["identifier"]]
-        assert start <= ev["timestamp"] < end, f"{ev} outside its period [{start}, {end})"
-        key = (ev["customer"], start)
-        assert ev["timestamp"] > last.get(key, -1), (
-            f"{key}: timestamp {ev['timestamp']} after {last.get(key)} (seq {ev['seq']})"
+        cus = ev["customer"]
+        group = -1
+        for i, (start, end) in enumerate((periods or {}).get(cus, ())):
+            if start.timestamp() <= ev["timestamp"] < end.timestamp():
+                group = i
+        where = "" if periods is None else f" in period {group}"
+        previous = last.get((cus, group))
+        assert ev["timestamp"] > (-1 if previous is None else previous), (
+            f"{cus}{where}: timestamp {ev['timestamp']} after {previous} (seq {ev['seq']})"
         )
-        last[key] = ev["timestamp"]
+        last[(cus, group)] = ev["timestamp"]
+
+
+def assert_one_call_per_customer(emu: Emulator) -> None:
+    """No two meter-event calls (v1 or v2) carrying one customer were handled at the same time,
+    by the emulator's record of every call (a call still in flight lasts until now; a call its
+    client abandoned during an injected delay ends when the client left, so it is left out,
+    as the emulator's own concurrency count does)."""
+    by_customer: dict[str, list[dict[str, Any]]] = {}
+    for call in emu.ctl.calls():
+        if call["status"] == "abandoned":
+            continue
+        for cus in call["customers"]:
+            by_customer.setdefault(cus, []).append(call)
+    for cus, calls in by_customer.items():
+        busy_until, busy = -math.inf, None
+        for call in sorted(calls, key=lambda c: c["start"]):
+            assert call["start"] >= busy_until, (
+                f"{cus}: call {call['seq']} ({call['path']}) began while call {busy} was in flight"
+            )
+            finish = math.inf if call["finish"] is None else call["finish"]
+            if finish > busy_until:
+                busy_until, busy = finish, call["seq"]
 
 
 def short_periods(conn: psycopg.Connection[Any], org: int, seconds: int) -> dt.datetime:

@@ -8,6 +8,7 @@ up holding ``active_series.period_usage``.
 - :mod:`.signals`: graceful stop on the first SIGTERM/SIGINT, exit on the second;
 - :mod:`.claim`: one organization at a time, under its row lock (the steps are there);
 - :mod:`.stripe_api`: the Stripe calls and what their failures mean;
+- :mod:`.stripe_stream`: batches of meter events on Stripe's v2 stream, and their refusals;
 - :mod:`.observe`: log lines and Prometheus metrics;
 - :mod:`.queries`: every SQL statement the relay sends.
 """

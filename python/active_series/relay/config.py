@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_API_BASE = "https://api.stripe.com"
+# The host of the v2 meter event stream (the SDK's "meter_events" base address).
+DEFAULT_METER_EVENTS_BASE = "https://meter-events.stripe.com"
 CHANNEL = "active_series"
 # Stripe accepts timestamps within the past 35 days; keep an hour of margin.
 MAX_EVENT_AGE = 35 * 86400 - 3600
@@ -36,3 +38,14 @@ class RelayConfig:
     shutdown_timeout: float = 30.0
     sync_subscriptions: bool = True
     once: bool = False
+    # v2 meter event stream: its base address ("" means Stripe's host when api_base is
+    # Stripe's, else api_base: an emulator or proxy serving both), and how long before its
+    # expiry a session is renewed (at most half its lifetime)
+    meter_events_base: str = ""
+    stream_session_margin: float = 60.0
+
+    def stream_base(self) -> str:
+        """The base address of the v2 meter event stream."""
+        if self.meter_events_base:
+            return self.meter_events_base
+        return DEFAULT_METER_EVENTS_BASE if self.api_base == DEFAULT_API_BASE else self.api_base

@@ -144,6 +144,20 @@ class EmulatorControl:
             return int(info["max_overall"])
         return int(info["max_in_flight"].get(customer, 0))
 
+    def calls(self, customer: str | None = None) -> list[Json]:
+        """The record of meter-event calls (v1 and v2), oldest first: ``seq``, ``method``,
+        ``path``, ``customers``, ``events``, ``start``/``finish`` (the server's monotonic clock;
+        ``finish`` None while in flight) and ``status``."""
+        return list(self._call("GET", "/_emulator/calls", customer=customer)["data"])
+
+    def configure_stream(
+        self, *, session_ttl: float | None = None, error_report_delay: float | None = None
+    ) -> Json:
+        """Meter event streams: sessions' lifetime and the delay of error reports, in seconds of
+        the emulator's clock (None keeps the setting); answers the settings and session counts."""
+        body = {"session_ttl": session_ttl, "error_report_delay": error_report_delay}
+        return self._call("POST", "/_emulator/meter_event_stream", body)
+
     def stats(self) -> Json:
         return self._call("GET", "/_emulator/stats")
 

@@ -143,6 +143,28 @@ class Meters(Customers):
                     param="identifier",
                     should_retry=False,
                 )
+            meter, customer, value, timestamp = self.check_meter_event(
+                event_name, payload, timestamp, now
+            )
+            record = self.record_meter_event(
+                meter, event_name, identifier, customer, value, timestamp, payload, idempotency_key
+            )
+            return {
+                "object": "billing.meter_event",
+                "created": int(now),
+                "event_name": event_name,
+                "identifier": record["identifier"],
+                "livemode": False,
+                "payload": record["payload"],
+                "timestamp": timestamp,
+            }
+
+    def check_meter_event(
+        self, event_name: str, payload: Json, timestamp: int | None, now: float
+    ) -> tuple[Json, str, int, int]:
+        """(meter, customer, value, timestamp) of a meter event, or the ApiError Stripe gives
+        for it (a code of the ``v1.billing.meter.error_report_triggered`` event's list)."""
+        with self.lock:
             meter = self._meter_for_event(event_name)
             if meter is None:
                 raise ApiError(
@@ -199,32 +221,39 @@ class Meters(Customers):
                     code="meter_event_customer_not_found",
                     param=f"payload[{customer_key}]",
                 )
+            return meter, customer, int(raw_value), timestamp
+
+    def record_meter_event(
+        self,
+        meter: Json,
+        event_name: str,
+        identifier: str | None,
+        customer: str,
+        value: int,
+        timestamp: int,
+        payload: Json,
+        idempotency_key: str | None,
+    ) -> Json:
+        """Record an accepted event (v1 or v2: the same record) and its identifier."""
+        with self.lock:
             if identifier is None:
                 identifier = str(uuid.uuid4())
             self.identifiers.add(identifier)
             record = {
                 "seq": len(self.events) + 1,
-                "received_at": now,
+                "received_at": self.now(),
                 "event_name": event_name,
                 "meter": meter["id"],
                 "identifier": identifier,
                 "customer": customer,
-                "value": int(raw_value),
+                "value": value,
                 "timestamp": timestamp,
                 "payload": {str(k): str(v) for k, v in payload.items()},
                 "idempotency_key": idempotency_key,
                 "canceled": False,
             }
             self.events.append(record)
-            return {
-                "object": "billing.meter_event",
-                "created": int(now),
-                "event_name": event_name,
-                "identifier": identifier,
-                "livemode": False,
-                "payload": record["payload"],
-                "timestamp": timestamp,
-            }
+            return record
 
     def adjust_meter_event(self, p: Json) -> Json:
         """Cancel one event by identifier (``type=cancel``), within 24 hours of its receipt."""

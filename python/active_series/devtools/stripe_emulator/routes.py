@@ -37,6 +37,15 @@ STRIPE_ROUTES: list[tuple[str, re.Pattern[str], StripeHandler]] = [
             lambda st, h, p, k: st.adjust_meter_event(p),
         ),
         ("POST", r"/v1/billing/meters", lambda st, h, p, k: st.create_meter(p)),
+        # meter event streams and their error reports, v2 (streams.py); the session is created
+        # by the server, which knows the API key
+        (
+            "POST",
+            r"/v2/billing/meter_event_stream",
+            lambda st, h, p, k: st.stream_meter_events(p, k),
+        ),
+        ("GET", r"/v2/core/events", lambda st, h, p, k: st.list_thin_events(p, h.string)),
+        ("GET", r"/v2/core/events/([^/]+)", lambda st, h, p, k: st.get_thin_event(h[1])),
         ("GET", r"/v1/billing/meters", _page(lambda st, p: st.list_meters(p))),
         ("GET", r"/v1/billing/meters/([^/]+)", lambda st, h, p, k: st.get_meter(h[1])),
         (
@@ -146,6 +155,8 @@ CONTROL_ROUTES: list[tuple[str, re.Pattern[str], ControlHandler]] = [
             lambda st, h, q, b, m: st.meter_events_json(q.get("customer"), q.get("event_name")),
         ),
         ("*", r"/concurrency", lambda st, h, q, b, m: st.concurrency_json()),
+        ("GET", r"/calls", lambda st, h, q, b, m: st.calls_json(q.get("customer"))),
+        ("*", r"/meter_event_stream", lambda st, h, q, b, m: st.configure_streams(b)),
         ("*", r"/stats", lambda st, h, q, b, m: _stats(st)),
         ("*", r"/aggregate", lambda st, h, q, b, m: _aggregate(st, q)),
         ("*", r"/subscriptions/([^/]+)", lambda st, h, q, b, m: st.subscription_state(h[1])),

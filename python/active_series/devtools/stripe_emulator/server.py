@@ -18,6 +18,10 @@ from .common import HTML_ERROR_PAGE, Answer, ApiError, Json, new_id, rate_limit_
 from .params import expand_paths, parse_form, unexpanded
 from .routes import route_control, route_stripe
 from .state import EmulatorState
+from .streams import STREAM_PATH
+
+SESSION_PATH = "/v2/billing/meter_event_session"
+V1_EVENTS_PATH = "/v1/billing/meter_events"
 
 
 class StripeEmulatorServer(ThreadingHTTPServer):
@@ -44,6 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: StripeEmulatorServer
     protocol_version = "HTTP/1.0"
     server_version = "active-series-stripe-emulator"
+    _status: int | str | None = None  # the answer's status (or how it failed), for the call record
 
     # ---- plumbing ---------------------------------------------------------------------------
 
@@ -73,6 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, answer: Answer) -> None:
+        self._status = answer.status
         data = json.dumps(answer.body).encode()
         self.send_response(answer.status)
         self.send_header("Content-Type", "application/json")
@@ -87,6 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
         self, status: int, content_type: str, data: bytes, length: int | None = None
     ) -> None:
         """An answer with an arbitrary body (faults): ``length`` may promise more than sent."""
+        self._status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data) if length is None else length))
@@ -96,6 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _drop(self) -> None:
+        self._status = "dropped"
         self.close_connection = True
         try:
             self.wfile.flush()
@@ -130,6 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         started = time.monotonic()
+        self._status = None
         url = urllib.parse.urlsplit(self.path)
         path = url.path
         try:
@@ -141,6 +150,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._stripe(method, path, url.query, raw, started)
         except (BrokenPipeError, ConnectionResetError):
+            self._status = "client-gone"
             self._log(method, path, "client-gone", started)
 
     # ---- Stripe API -------------------------------------------------------------------------
@@ -150,15 +160,36 @@ class _Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.request_counts[path] = state.request_counts.get(path, 0) + 1
         pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        if method == "POST":
-            pairs += urllib.parse.parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True)
-        params = parse_form(pairs)
-        is_event = method == "POST" and path == "/v1/billing/meter_events"
-        customer = state.customer_of_event(params) if is_event else None
-        if customer is not None:
-            alone = state.begin_call(customer, self, lambda: not self._client_gone())
+        if method == "POST" and path.startswith("/v2/"):
+            try:
+                params = _json_object(raw)
+            except ValueError as exc:
+                err = ApiError(400, f"The request body is not a JSON object: {exc}")
+                self._send(Answer(400, err.body()))
+                self._log(method, path, 400, started)
+                return
+        else:
+            if method == "POST":
+                pairs += urllib.parse.parse_qsl(
+                    raw.decode("utf-8", "replace"), keep_blank_values=True
+                )
+            params = parse_form(pairs)
+        # meter-event calls: per-customer concurrency (v1) and the call record (v1 and v2)
+        customers: list[str] = []
+        if method == "POST" and path == V1_EVENTS_PATH:
+            customers = [state.customer_of_event(params)]
+        elif method == "POST" and path == STREAM_PATH:
+            customers = state.customers_of_stream(params)
+        call = None
+        if method == "POST" and path in (V1_EVENTS_PATH, STREAM_PATH):
+            events = params.get("events") if path == STREAM_PATH else [params]
+            count = len(events) if isinstance(events, list) else 0
+            call = state.begin_record(method, path, customers, count)
+        alone = True
+        for customer in customers:
+            alone = state.begin_call(customer, self, lambda: not self._client_gone()) and alone
         try:
-            if customer is not None and not alone and state.enforce_customer_concurrency:
+            if path == V1_EVENTS_PATH and not alone and state.enforce_customer_concurrency:
                 answer = Answer(
                     429,
                     ApiError(
@@ -172,8 +203,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._stripe_inner(method, path, params, raw, started)
         finally:
-            if customer is not None:
+            for customer in customers:
                 state.end_call(customer, self)
+            if call is not None:
+                state.finish_record(call, self._status)
 
     def _stripe_inner(
         self, method: str, path: str, params: Json, raw: bytes, started: float
@@ -181,7 +214,20 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         auth = self.headers.get("Authorization", "")
         api_key = auth[7:] if auth.startswith("Bearer ") else ""
-        if not api_key or (state.api_key is not None and api_key != state.api_key):
+        scope = api_key
+        if path == STREAM_PATH:
+            # the stream takes a session's token, never an API key
+            try:
+                scope = state.session_scope(api_key)
+            except ApiError as expired:
+                self._send(Answer(expired.status, expired.body(), expired.headers()))
+                self._log(method, path, expired.status, started, "session")
+                return
+        elif (
+            not api_key
+            or state.is_session_token(api_key)
+            or (state.api_key is not None and api_key != state.api_key)
+        ):
             err = ApiError(
                 401,
                 "You did not provide a valid API key. Provide it as a Bearer token.",
@@ -223,10 +269,11 @@ class _Handler(BaseHTTPRequestHandler):
                 try:
                     self._sleep(fault.seconds)
                 except _ClientGone:
+                    self._status = "abandoned"
                     state.count_fault("abandoned")
                     self._log(method, path, "abandoned", started, "client left during delay")
                     return
-        answer = self._execute(method, path, params, raw, api_key)
+        answer = self._execute(method, path, params, raw, scope)
         if fault is not None and fault.kind == "drop_after":
             self._drop()
             self._log(method, path, "dropped", started, f"fault drop_after ({answer.status})")
@@ -248,18 +295,21 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 self._sleep(fault.seconds)
             except _ClientGone:
+                self._status = "abandoned"
                 self._log(method, path, "abandoned", started, "client left after processing")
                 return
         self._send(answer)
         self._log(method, path, answer.status, started, "fault delay" if fault else "")
 
-    def _execute(self, method: str, path: str, params: Json, raw: bytes, api_key: str) -> Answer:
+    def _execute(self, method: str, path: str, params: Json, raw: bytes, scope: str) -> Answer:
+        """Run the route; ``scope`` is the API key (for the stream, the one that created the
+        session): idempotency keys are the account's."""
         state = self.server.state
         key = self.headers.get("Idempotency-Key") if method == "POST" else None
         if key:
             fingerprint = hashlib.sha256(f"{method} {path} ".encode() + raw).hexdigest()
             try:
-                stored = state.idempotency_begin(api_key, key, fingerprint)
+                stored = state.idempotency_begin(scope, key, fingerprint)
             except ApiError as err:
                 return Answer(err.status, err.body(), err.headers())
             if stored is not None:
@@ -269,10 +319,11 @@ class _Handler(BaseHTTPRequestHandler):
                     {**stored["headers"], "Idempotent-Replayed": "true"},
                 )
         try:
-            answer = Answer(
-                200,
-                unexpanded(route_stripe(state, method, path, params, key), expand_paths(params)),
-            )
+            if method == "POST" and path == SESSION_PATH:
+                body = state.create_session(scope)
+            else:
+                body = route_stripe(state, method, path, params, key)
+            answer = Answer(200, unexpanded(body, expand_paths(params)))
         except ApiError as err:
             answer = Answer(err.status, err.body(), err.headers())
         except Exception as exc:  # noqa: BLE001 - an emulator bug must still answer like Stripe
@@ -282,7 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
         if key:
             keep = 200 <= answer.status < 300
             state.idempotency_finish(
-                api_key,
+                scope,
                 key,
                 {"status": answer.status, "body": answer.body, "headers": answer.headers}
                 if keep
@@ -309,6 +360,19 @@ class _Handler(BaseHTTPRequestHandler):
             return Answer(err.status, err.body())
         except (ValueError, TypeError, KeyError) as exc:
             return Answer(400, {"error": {"message": f"bad control request: {exc!r}"}})
+
+
+def _json_object(raw: bytes) -> Json:
+    """A v2 request's JSON body (an object; empty means ``{}``)."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(body, dict):
+        raise ValueError("expected an object")
+    return body
 
 
 def make_server(

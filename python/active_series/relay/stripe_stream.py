@@ -1,0 +1,227 @@
+"""The relay's client of Stripe's v2 meter event stream.
+
+:class:`MeterEventStream` sends batches of up to 100 meter events with the token of a
+short-lived meter event session (created lazily, renewed before it expires and once more when
+Stripe says it has), and reads back the events Stripe refused: the stream validates
+asynchronously, so an accepted request only means "received"; a refused event (unknown
+customer, timestamp out of range, no meter…) is reported later by a
+``v1.billing.meter.error_report_triggered`` (or ``v1.billing.meter.no_meter_found``) event of
+the Events API, which :meth:`~MeterEventStream.refusals` reads.
+
+Identifiers are the relay's deterministic ones: Stripe keeps one event per identifier (within at
+least 24 hours), so resending a batch, whole or in part, is harmless.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import stripe
+
+from active_series.ratelimit import TokenBucket
+from active_series.relay.config import RelayConfig
+from active_series.relay.stripe_api import Outcome, classify
+
+MAX_BATCH = 100  # events per stream request (Stripe's limit)
+ERROR_REPORT = "v1.billing.meter.error_report_triggered"
+NO_METER = "v1.billing.meter.no_meter_found"
+# Error reports are read again from this long before the newest one seen (they may appear late).
+REPORT_LAG = 3600.0
+
+
+@dataclass(frozen=True)
+class MeterEvent:
+    """One event to send: ``timestamp`` in Unix seconds (sent as ISO 8601)."""
+
+    customer: str
+    value: int
+    timestamp: int
+    identifier: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An event Stripe did not record: its identifier, the error code and message."""
+
+    identifier: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class _Session:
+    client: stripe.StripeClient
+    renew_at: float  # on the stream's clock (monotonic)
+
+
+def iso8601(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _seconds(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class MeterEventStream:
+    """Batches of meter events on the v2 stream; thread-safe (one session, shared).
+
+    Every HTTP request it makes takes one token of ``bucket`` (the worker's Stripe rate limit):
+    each batch sent, each session created, each page of events read.
+    """
+
+    def __init__(
+        self,
+        cfg: RelayConfig,
+        bucket: TokenBucket,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.event_name = cfg.meter_event_name
+        self.bucket = bucket
+        self.margin = cfg.stream_session_margin
+        self._clock = clock
+        self._retries = cfg.max_network_retries
+        self._api_base = cfg.api_base
+        self._stream_base = cfg.stream_base()
+        self._http = stripe.RequestsClient(timeout=cfg.stripe_timeout)
+        self.api = self._client(cfg.api_key)
+        self._lock = threading.Lock()
+        self._session: _Session | None = None
+        self._meter: str | None = None
+        self._reports_lock = threading.Lock()
+        self._seen: dict[str, float] = {}  # error-report event id -> its creation time
+
+    # ---- sending -------------------------------------------------------------------------------
+
+    def send(self, events: Sequence[MeterEvent]) -> tuple[Outcome, str]:
+        """Send one request of at most 100 events: (outcome, one-line reason).
+
+        OK means Stripe received the batch, not that it recorded every event: see
+        :meth:`refusals`. On an expired session the batch is sent again once, with a new one.
+        """
+        assert 0 < len(events) <= MAX_BATCH, f"a batch holds 1 to {MAX_BATCH} events"
+        params: Any = {
+            "events": [
+                {
+                    "event_name": self.event_name,
+                    "payload": {"stripe_customer_id": e.customer, "value": str(e.value)},
+                    "identifier": e.identifier,
+                    "timestamp": iso8601(e.timestamp),
+                }
+                for e in events
+            ]
+        }
+        try:
+            session = self._current(stale=None)
+            try:
+                self.bucket.acquire()
+                session.client.v2.billing.meter_event_stream.create(params=params)
+            except stripe.TemporarySessionExpiredError:
+                session = self._current(stale=session)
+                self.bucket.acquire()
+                session.client.v2.billing.meter_event_stream.create(params=params)
+        except stripe.StripeError as exc:
+            return classify(exc)
+        return Outcome.OK, ""
+
+    def _current(self, stale: _Session | None) -> _Session:
+        """The session to send with: the current one unless it is due for renewal or is
+        ``stale`` (refused as expired), else a new one. Raises stripe.StripeError."""
+        with self._lock:
+            session = self._session
+            if session is not None and session is not stale and self._clock() < session.renew_at:
+                return session
+            started = self._clock()
+            self.bucket.acquire()
+            created = self.api.v2.billing.meter_event_session.create()
+            lifetime = _seconds(created.expires_at) - _seconds(created.created)
+            client = self._client(created.authentication_token)
+            renew_at = started + lifetime - min(self.margin, lifetime / 2)
+            self._session = _Session(client, renew_at)
+            return self._session
+
+    def _client(self, key: str) -> stripe.StripeClient:
+        """An SDK client authenticated with ``key`` (the API key, or a session's token)."""
+        return stripe.StripeClient(
+            key,
+            base_addresses={"api": self._api_base, "meter_events": self._stream_base},
+            max_network_retries=self._retries,
+            http_client=self._http,
+        )
+
+    # ---- refusals ------------------------------------------------------------------------------
+
+    def refusals(self) -> list[Refusal]:
+        """The events Stripe reported refusing since the previous call in this process (on the
+        first call, every report the Events API still holds, up to 30 days).
+
+        Raises stripe.StripeError (nothing is marked as read then).
+        """
+        with self._reports_lock:
+            meter = self._meter_id()
+            queries: list[dict[str, Any]] = [{"types": [NO_METER]}]
+            if meter is not None:
+                queries.insert(0, {"types": [ERROR_REPORT], "object_id": meter})
+            since = max(self._seen.values(), default=None)
+            new: dict[str, float] = {}
+            out: list[Refusal] = []
+            for query in queries:
+                if since is not None:
+                    query["created"] = {"gte": iso8601(int(since - REPORT_LAG))}
+                for event in self._events(query):
+                    if event["id"] in self._seen or event["id"] in new:
+                        continue
+                    new[event["id"]] = _seconds(event["created"])
+                    out.extend(_refusals_of(event))
+            self._seen.update(new)
+            newest = max(self._seen.values(), default=0.0)
+            self._seen = {k: v for k, v in self._seen.items() if v >= newest - 2 * REPORT_LAG}
+            return out
+
+    def _events(self, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every event the query matches, page by page (one bucket token a page)."""
+        self.bucket.acquire()
+        params: Any = {**query, "limit": 100}
+        page: Any = self.api.v2.core.events.list(params=params)
+        while True:
+            for item in page.data:
+                event = item.to_dict()
+                if "data" not in event:  # a thin event: its data comes with retrieve
+                    self.bucket.acquire()
+                    event = self.api.v2.core.events.retrieve(event["id"]).to_dict()
+                yield event
+            if not page.next_page_url:
+                return
+            self.bucket.acquire()
+            page = self.api.deserialize(
+                self.api.raw_request("get", page.next_page_url), api_mode="V2"
+            )
+
+    def _meter_id(self) -> str | None:
+        """The id of the active meter of our event name (looked up once, then cached)."""
+        if self._meter is None:
+            self.bucket.acquire()
+            meters = self.api.v1.billing.meters.list(params={"status": "active", "limit": 100})
+            for meter in meters.auto_paging_iter():
+                if meter.event_name == self.event_name:
+                    self._meter = str(meter.id)
+                    break
+        return self._meter
+
+
+def _refusals_of(event: dict[str, Any]) -> list[Refusal]:
+    reason = (event.get("data") or {}).get("reason") or {}
+    return [
+        Refusal(
+            identifier=str(sample["request"]["identifier"]),
+            code=str(kind.get("code") or ""),
+            message=str(sample.get("error_message") or ""),
+        )
+        for kind in reason.get("error_types") or []
+        for sample in kind.get("sample_errors") or []
+    ]
