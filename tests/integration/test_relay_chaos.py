@@ -1,6 +1,9 @@
 """Chaos: random ingest while the worker is SIGKILLed and restarted at random moments,
-Stripe fails a third of the calls, and the database restarts once. At quiescence every
-(customer, period) is exact: none under-billed.
+Stripe fails a third of the calls, and the database restarts once; late changes land in
+ended periods, some inside their invoice grace, some after it. With v1 calls and with v2
+streams, several customers' calls at once. At quiescence every (customer, period) is exact:
+Stripe holds the usage of every period not yet final, and the value billed of every
+final one, whose difference from the usage billing_drift shows exactly.
 
 ``make test`` runs a short round. ``make soak`` (``ACTIVE_SERIES_CHAOS_SECONDS``, default 600)
 runs the soak: one long-lived worker through Stripe faults of every kind (garbage answers
@@ -26,9 +29,9 @@ from relay_harness import (
     Emulator,
     WorkerProcess,
     assert_increasing_timestamps,
+    assert_one_call_per_customer,
     bill,
     billing_periods,
-    mismatches,
     quiescent,
     short_periods,
     wait_until,
@@ -36,6 +39,7 @@ from relay_harness import (
 )
 
 EVENTS = "/v1/billing/meter_events"
+STREAM = "/v2/billing/meter_event_stream"
 KINDS = ["error", "rate_limit", "drop_before", "drop_after", "timeout", "timeout_after"]
 
 
@@ -62,6 +66,60 @@ def ingest_randomly(
         conn.close()
 
 
+def late_changes(dsn: str, orgs: list[Any], stop: threading.Event, seed: int, span: float) -> None:
+    """Every 0.3-0.8 s a backdated report (a late commit, an admin's load) into a moment
+    ``span`` seconds or less before now: mostly into ended periods."""
+    rng = random.Random(seed)
+    conn = None
+    while not stop.is_set():
+        try:
+            if conn is None:
+                conn = psycopg.connect(dsn, autocommit=True)
+                conn.execute("SET active_series.allow_explicit_created = on")
+            at = conn.execute(
+                "SELECT clock_timestamp() - make_interval(secs => %s)", (rng.uniform(1, span),)
+            ).fetchone()[0]  # type: ignore[index]
+            org = rng.choice(orgs)
+            pair = (rng.choice(org.benchmarks), rng.choice(org.measures))
+            ingest(conn, org, rng.choice(org.testbeds), [pair], created=at)
+        except psycopg.OperationalError:
+            conn = None
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.3, 0.8))
+    if conn is not None:
+        conn.close()
+
+
+def billing_mismatches(conn, emu: Emulator, billed: dict[int, str]) -> list[Any]:
+    """Where Stripe (the emulator) does not hold what it should: the usage of a period not
+    final, the value billed of a final one; and where billing_drift does not show exactly
+    the difference between a final period's usage and what Stripe billed."""
+    out: list[Any] = []
+    for org, customer in billed.items():
+        want_drift = {}
+        for start, end, usage, billed_value, final in conn.execute(
+            "SELECT period_start, period_end, active_series.period_usage(organization_id,"
+            " period_start), billed_value, finalized_at IS NOT NULL"
+            " FROM active_series._period WHERE organization_id = %s",
+            (org,),
+        ).fetchall():
+            got = emu.last_value(customer, start, end)
+            if got != (billed_value if final else usage):
+                out.append((org, start, "final" if final else "open", usage, billed_value, got))
+            if final and usage != got:
+                want_drift[start] = usage - got
+        drift = dict(
+            conn.execute(
+                "SELECT period_start, difference FROM active_series.billing_drift"
+                " WHERE organization_id = %s",
+                (org,),
+            ).fetchall()
+        )
+        if drift != want_drift:
+            out.append((org, "billing_drift", drift, want_drift))
+    return out
+
+
 def unclosed_ended(conn, grace: float) -> int:
     return conn.execute(
         "SELECT count(*) FROM active_series._period WHERE closed_at IS NULL"
@@ -78,15 +136,15 @@ def settle(dsn: str, emu: Emulator, billed: dict, grace: float) -> list:
             lambda: (
                 quiescent(conn)
                 and unclosed_ended(conn, grace) == 0
-                and not mismatches(conn, emu, billed)
+                and not billing_mismatches(conn, emu, billed)
             ),
             120,
             "quiescence",
         )
-        return mismatches(conn, emu, billed)
+        return billing_mismatches(conn, emu, billed)
 
 
-def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) -> None:
+def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float, api: str) -> None:
     rng = random.Random(2026)
     with psycopg.connect(dsn, autocommit=True) as setup:
         orgs = [make_org(setup, f"o{i}", testbeds=3, benchmarks=5, measures=4) for i in range(5)]
@@ -97,8 +155,15 @@ def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) ->
         for org in orgs[:2]:
             short_periods(setup, org.id, 7)  # periods end (and must close) during the chaos
     grace = 1.0
-    emu.ctl.random_failures(0.35, seed=9, kinds=KINDS, timeout_seconds=1.5, path_prefix=EVENTS)
+    path = EVENTS if api == "v1" else STREAM
+    emu.ctl.random_failures(0.35, seed=9, kinds=KINDS, timeout_seconds=1.5, path_prefix=path)
     args = (
+        "--api",
+        api,
+        "--concurrency",
+        "4",
+        "--invoice-grace",
+        "5",
         "--poll-interval",
         "1",
         "--grace",
@@ -119,10 +184,12 @@ def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) ->
     worker = WorkerProcess(dsn, emu.url, tmp_path / "worker.log", *args)
     stop = threading.Event()
     ingester = threading.Thread(target=ingest_randomly, args=(dsn, orgs, stop, 1))
+    late = threading.Thread(target=late_changes, args=(dsn, orgs[:2], stop, 3, 20.0))
     kills = 0
     with workers(worker):
         worker.start()
         ingester.start()
+        late.start()
         try:
             deadline = time.monotonic() + seconds
             restarted = False
@@ -137,24 +204,35 @@ def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) ->
                     restarted = True
             # the seed's gap: the last report of a period has its post fail, none follows
             with psycopg.connect(dsn, autocommit=True) as last:
-                emu.ctl.add_fault("error", count=4, path_prefix=EVENTS)
+                emu.ctl.add_fault("error", count=4, path_prefix=path)
                 org = orgs[0]
                 ingest(last, org, org.testbeds[0], [(org.benchmarks[4], org.measures[3])])
         finally:
             stop.set()
             ingester.join()
+            late.join()
         emu.ctl.random_failures(0)
         assert settle(dsn, emu, billed, grace) == []
         with psycopg.connect(dsn, autocommit=True) as conn:
-            closed = conn.execute(
-                "SELECT count(*) FROM active_series._period WHERE closed_at IS NOT NULL"
+            closed, final, drift = conn.execute(
+                "SELECT count(closed_at), count(finalized_at),"
+                " (SELECT count(*) FROM active_series.billing_drift)"
+                " FROM active_series._period"
+            ).fetchone()
+            # posts for periods already closed: corrections inside the invoice grace
+            corrected = conn.execute(
+                "SELECT count(*) FROM active_series._ledger AS l"
+                " INNER JOIN active_series._period AS p USING (organization_id, period_start)"
+                " WHERE l.status = 'sent' AND l.created > p.closed_at"
             ).fetchone()[0]
             assert_increasing_timestamps(emu, billing_periods(conn, billed))
+    assert_one_call_per_customer(emu)
     assert kills >= 20
     assert restarted
     assert closed >= 4
+    assert final >= 2 and corrected >= 1 and drift >= 1, (final, corrected, drift)
     faults = emu.ctl.fault_counts()
-    requests = emu.ctl.stats()["requests"].get(EVENTS, 0)
+    requests = emu.ctl.stats()["requests"].get(path, 0)
     injected = sum(
         faults.get(k, 0)
         for k in ("error", "rate_limit", "drop_before", "drop_after", "timeout", "timeout_after")
@@ -162,10 +240,11 @@ def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) ->
     assert injected >= 0.25 * requests, (faults, requests)
 
 
+@pytest.mark.parametrize("api", ["v1", "v2-stream"])
 def test_stripe_ends_exact_through_kills_faults_and_a_database_restart(
-    dsn, pg_cluster, relay_emulator: Emulator, tmp_path: Path
+    dsn, pg_cluster, relay_emulator: Emulator, tmp_path: Path, api: str
 ):
-    run_chaos(dsn, pg_cluster, relay_emulator, tmp_path, seconds=50)
+    run_chaos(dsn, pg_cluster, relay_emulator, tmp_path, seconds=45, api=api)
 
 
 # --- the soak -------------------------------------------------------------------------------
