@@ -21,11 +21,14 @@ SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- What the relay has to look at for each organization (claimed by the caller): every
 -- unfinalized period that has begun, and the current one, oldest first, with its exact
--- usage, the value Stripe holds for it per the ledger (_relay_held; the billing
--- account's customer) and the timestamp its next post would carry (_relay_timestamp).
--- phase: open (running), ended (within the grace), closing (grace over, not yet
--- closed), closed (final value posted, corrections still billed), final (the invoice
--- grace is over: to be finalized, never posted again). Writes nothing, takes no locks (VOLATILE: it reads the clock).
+-- usage, the value Stripe holds for it per the ledger and the timestamp its next post
+-- would carry (_relay_timestamp). phase: open (running), ended (within the grace),
+-- closing (grace over, not yet closed), closed (final value posted, corrections still
+-- billed), final (the invoice grace is over: to be finalized, never posted again).
+-- The rules of period_usage, _relay_window and _relay_held are written out here: one
+-- statement for a whole batch rather than three function calls per period (their pinned
+-- search_path keeps them from being inlined). Writes nothing, takes no locks (VOLATILE:
+-- it reads the clock).
 WITH periods AS (
     SELECT p.organization_id, p.period_start, p.period_end, p.closed_at
     FROM active_series._period AS p
@@ -41,19 +44,36 @@ WITH periods AS (
         SELECT FROM active_series._period AS q
         WHERE q.organization_id = o.id AND q.period_start = c.period_start
     )
+),
+
+windows AS (
+    SELECT
+        p.*,
+        ceil(extract(EPOCH FROM p.period_start))::bigint AS first_second,
+        ceil(extract(EPOCH FROM p.period_end))::bigint - 1 AS last_second
+    FROM periods AS p
 )
+
 SELECT
-    p.organization_id,
-    p.period_start,
-    p.period_end,
+    w.organization_id,
+    w.period_start,
+    w.period_end,
     CASE
-        WHEN clock_timestamp() < p.period_end THEN 'open'
-        WHEN p.period_end + p_invoice_grace <= clock_timestamp() THEN 'final'
-        WHEN p.closed_at IS NOT NULL THEN 'closed'
-        WHEN p.period_end + p_grace <= clock_timestamp() THEN 'closing'
+        WHEN clock_timestamp() < w.period_end THEN 'open'
+        WHEN w.period_end + p_invoice_grace <= clock_timestamp() THEN 'final'
+        WHEN w.closed_at IS NOT NULL THEN 'closed'
+        WHEN w.period_end + p_grace <= clock_timestamp() THEN 'closing'
         ELSE 'ended'
     END,
-    active_series.period_usage(p.organization_id, p.period_start),
+    (
+        SELECT coalesce(sum(u.series_count), 0)::bigint
+        FROM active_series._period_usage AS u
+        INNER JOIN active_series.project AS j ON u.project_id = j.id
+        WHERE
+            u.organization_id = w.organization_id
+            AND u.period_start = w.period_start
+            AND j.deleted_at IS NULL
+    ),
     h.value,
     h.status,
     active_series._relay_timestamp(
@@ -62,13 +82,22 @@ SELECT
     ),
     w.first_second,
     w.last_second
-FROM periods AS p
-CROSS JOIN active_series._relay_window(p.period_start, p.period_end) AS w
-LEFT JOIN active_series.billing_account AS b ON p.organization_id = b.organization_id
-LEFT JOIN LATERAL active_series._relay_held(
-    b.stripe_customer_id, p.period_start, p.period_end
+FROM windows AS w
+LEFT JOIN active_series.billing_account AS b ON w.organization_id = b.organization_id
+LEFT JOIN LATERAL (
+    SELECT
+        l.value,
+        l.status,
+        l.event_timestamp
+    FROM active_series._ledger AS l
+    WHERE
+        l.stripe_customer_id = b.stripe_customer_id
+        AND l.status <> 'failed'
+        AND l.event_timestamp BETWEEN w.first_second AND w.last_second
+    ORDER BY l.event_timestamp DESC
+    LIMIT 1
 ) AS h ON TRUE
-ORDER BY p.organization_id, p.period_start;
+ORDER BY w.organization_id, w.period_start;
 $$;
 COMMENT ON FUNCTION active_series._relay_plan(bigint[], interval, interval) IS
 'Internal (relay): per organization, every unfinalized period begun so far with its phase, exact usage, the value Stripe holds and the next post''s timestamp.';
