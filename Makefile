@@ -268,10 +268,11 @@ test-pg18: deps build
 # steady state, period rollover; tracking on vs off vs the seed's upsert and a row trigger;
 # BENCH_SECONDS per steady run, BENCH_REPEATS repeats, ~11 min; BENCH_INGEST_ARGS=--quick for
 # one short repeat), reads (10^3..10^BENCH_SCALE series), backfill
-# (10^5..10^BENCH_BACKFILL_SCALE metrics), the relay against the Stripe emulator; then
+# (10^5..10^BENCH_BACKFILL_SCALE metrics), the relay against the Stripe emulator (latency at
+# the rate limit; a burst of 600 organizations by API and concurrency, and rollover); then
 # BENCHMARKS.md and the plots from bench/results/*.json. BENCH_ONLY picks parts; ingest-sizes
 # (not in the default) is the older ingest by report size, INSERT and COPY (bench/ingest.py).
-BENCH_ONLY ?= ingest reads backfill relay
+BENCH_ONLY ?= ingest reads backfill relay relay-burst
 BENCH_SECONDS ?= 3
 BENCH_REPEATS ?= 3
 BENCH_SCALE ?= 6
@@ -292,6 +293,7 @@ newdb bench; mkdir -p bench/results; \
 		backfill) $(VPY) bench/backfill.py --dsn "dbname=bench" \
 			--max-exponent $(BENCH_BACKFILL_SCALE) ;; \
 		relay) $(VPY) bench/relay.py --dsn "dbname=bench" ;; \
+		relay-burst) $(VPY) bench/relay_burst.py --dsn "dbname=bench" ;; \
 		*) echo "unknown benchmark part: $$part" >&2; exit 2 ;; \
 		esac; \
 	done

@@ -5,7 +5,8 @@ worker`` subprocess (``--rate-limit 0``). Per row, fresh billed organizations; a
 (one report each, relayed: every customer's subscription is read once and has a first
 post); then **one transaction** gives every organization a new series, and the clock runs
 from its commit until ``relay_status`` shows every organization in sync. Rows differ only
-in the worker's ``--api`` and ``--concurrency``; ``--concurrency 1`` (one Stripe call at a
+in the worker's ``--api`` and ``--concurrency`` and in the time the emulator takes per
+request (none, or a 50 ms network round trip); ``--concurrency 1`` (one Stripe call at a
 time) is the single-organization worker's way of posting, measured in the same run.
 
 Rollover: organizations whose billing period ends during the run (periods of a few
@@ -31,12 +32,20 @@ from active_series.devtools.worker_process import WorkerProcess
 from common import connect, drop_database, fresh_database, log, percentile, server_info, write_run
 from relay import API_KEY, Emulator, report, setup_orgs
 
+# (api, concurrency, milliseconds the emulator takes per meter-event request): no delay
+# (the worker's own cost), then a network round trip to Stripe, where calls in flight at
+# once are what keeps up
 ROWS = [
-    ("v1", 1),
-    ("v1", 8),
-    ("v1", 32),
-    ("v2-stream", 8),
+    ("v1", 1, 0),
+    ("v1", 4, 0),
+    ("v1", 16, 0),
+    ("v2-stream", 8, 0),
+    ("v1", 1, 50),
+    ("v1", 16, 50),
+    ("v1", 64, 50),
+    ("v2-stream", 8, 50),
 ]
+PATHS = {"v1": "/v1/billing/meter_events", "v2-stream": "/v2/billing/meter_event_stream"}
 
 
 def worker(dsn: str, emu: Emulator, api: str, concurrency: int, path: Path, *extra: str):
@@ -68,18 +77,21 @@ def out_of_sync(conn: psycopg.Connection, orgs: list[int]) -> int:
 
 
 def wait_in_sync(conn: psycopg.Connection, orgs: list[int], timeout: float) -> float:
-    """Seconds until every organization is in sync (polled every 5 ms)."""
+    """Seconds until every organization is in sync (polled every 20 ms: the view costs a
+    few milliseconds per poll on the machine it measures)."""
     t0 = time.monotonic()
     while out_of_sync(conn, orgs):
         if time.monotonic() - t0 > timeout:
             raise SystemExit(f"not in sync after {timeout} s")
-        time.sleep(0.005)
+        time.sleep(0.02)
     return time.monotonic() - t0
 
 
-def burst_row(dsn: str, emu: Emulator, api: str, conc: int, count: int, tmp: Path) -> dict:
+def burst_row(
+    dsn: str, emu: Emulator, api: str, conc: int, delay_ms: int, count: int, tmp: Path
+) -> dict:
     with connect(dsn) as conn:
-        orgs = setup_orgs(conn, emu, f"{api}-{conc}", 2, count)
+        orgs = setup_orgs(conn, emu, f"{api}-{conc}-{delay_ms}", 2, count)
     ids = [o["org"] for o in orgs]
     proc = worker(dsn, emu, api, conc, tmp / f"burst-{api}-{conc}.log")
     try:
@@ -87,6 +99,10 @@ def burst_row(dsn: str, emu: Emulator, api: str, conc: int, count: int, tmp: Pat
             for o in orgs:
                 report(conn, o)
             wait_in_sync(conn, ids, 300)
+            if delay_ms:
+                emu.ctl.add_fault(
+                    "delay", 1_000_000, path_prefix=PATHS[api], seconds=delay_ms / 1000
+                )
             requests0 = sum(emu.ctl.stats()["requests"].values())
             with conn.transaction():
                 for o in orgs:
@@ -94,10 +110,12 @@ def burst_row(dsn: str, emu: Emulator, api: str, conc: int, count: int, tmp: Pat
             seconds = wait_in_sync(conn, ids, 300)
             requests = sum(emu.ctl.stats()["requests"].values()) - requests0
     finally:
+        emu.ctl.clear_faults()
         proc.stop(30)
     result = {
         "api": api,
         "concurrency": conc,
+        "delay_ms": delay_ms,
         "organizations": count,
         "seconds": seconds,
         "organizations_per_second": count / seconds,
@@ -105,7 +123,7 @@ def burst_row(dsn: str, emu: Emulator, api: str, conc: int, count: int, tmp: Pat
         "stripe_requests": requests,
     }
     log(
-        f"  burst {api} concurrency {conc}: {count} organizations in sync after"
+        f"  burst {api} concurrency {conc} delay {delay_ms} ms: {count} organizations in sync after"
         f" {seconds:.2f} s = {count / seconds:.0f}/s, {requests} Stripe requests"
     )
     return result
@@ -193,15 +211,21 @@ def main(argv: list[str] | None = None) -> int:
             info = server_info(conn)
         with tempfile.TemporaryDirectory() as tmp:
             # rows alternate within each repeat: the machine's noise hits all alike
-            runs: dict[tuple[str, int], list[dict]] = {}
+            runs: dict[tuple[str, int, int], list[dict]] = {}
             for _ in range(args.repeats):
-                for api, conc in [r for r in ROWS if r[0] in args.api]:
-                    row = burst_row(dsn, emu, api, conc, args.organizations, Path(tmp))
-                    runs.setdefault((api, conc), []).append(row)
-            for (api, conc), rows in runs.items():
+                for api, conc, delay in [r for r in ROWS if r[0] in args.api]:
+                    row = burst_row(dsn, emu, api, conc, delay, args.organizations, Path(tmp))
+                    runs.setdefault((api, conc, delay), []).append(row)
+            for (api, conc, delay), rows in runs.items():
                 rate = sorted(r["organizations_per_second"] for r in rows)[len(rows) // 2]
                 bursts.append(
-                    {"api": api, "concurrency": conc, "median_per_second": rate, "runs": rows}
+                    {
+                        "api": api,
+                        "concurrency": conc,
+                        "delay_ms": delay,
+                        "median_per_second": rate,
+                        "runs": rows,
+                    }
                 )
             for api in args.api:
                 rollovers.append(rollover_row(dsn, emu, api, 50, Path(tmp)))

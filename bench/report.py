@@ -535,6 +535,100 @@ def relay_section(d: Json) -> tuple[list[str], list[tuple[str, str, str]]]:
     return out, targets
 
 
+def relay_burst_section(d: Json) -> tuple[list[str], list[tuple[str, str, str]]]:
+    bursts = d["bursts"]
+    out = [
+        "## 6. Relay at scale: a burst, and rollover",
+        "",
+        f"{d['organizations']} billed organizations change in one transaction; the time from "
+        "its commit until `relay_status` shows every one in sync (polled every 20 ms), one "
+        "worker, no rate limit anywhere, median of the repeats (rows alternate within each "
+        "repeat). `delay` is the time the emulator takes per meter-event request (0: the "
+        "worker's own cost; 50 ms: a network round trip to Stripe). `--concurrency 1` posts "
+        "one organization at a time, as the worker did before.",
+        "",
+        "| API | concurrency | delay | organizations/s (median) | runs | Stripe requests |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for b in bursts:
+        runs = ", ".join(f"{r['organizations_per_second']:.0f}" for r in b["runs"])
+        out.append(
+            f"| {b['api']} | {b['concurrency']} | {b['delay_ms']} ms | "
+            f"{b['median_per_second']:.0f} | {runs} | {b['runs'][-1]['stripe_requests']} |"
+        )
+    out += [
+        "",
+        "Rollover: organizations on 4 s periods (grace 60 s) change right after their period "
+        "ended; the delay from that commit until Stripe holds the new period's value.",
+        "",
+        "| API | organizations | p50 | p99 | max | grace |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in d["rollover"]:
+        f = r["first_post_delay_seconds"]
+        out.append(
+            f"| {r['api']} | {r['organizations']} | {ms(f['p50'])} | {ms(f['p99'])} | "
+            f"{ms(f['max'])} | {r['grace_seconds']} s |"
+        )
+    out.append("")
+
+    def best(api: str, delay: int) -> Json | None:
+        rows = [b for b in bursts if b["api"] == api and b["delay_ms"] == delay]
+        return max(rows, key=lambda b: b["median_per_second"], default=None)
+
+    def single(delay: int) -> Json | None:
+        return next(
+            (
+                b
+                for b in bursts
+                if b["api"] == "v1" and b["concurrency"] == 1 and b["delay_ms"] == delay
+            ),
+            None,
+        )
+
+    targets = []
+    v1, one = best("v1", 0), single(0)
+    if v1:
+        base = f" (one at a time: {one['median_per_second']:.0f}/s)" if one else ""
+        targets.append(
+            (
+                "Relay burst, v1, no rate limit: ≥ 500 organizations/s",
+                f"{v1['median_per_second']:.0f}/s at concurrency {v1['concurrency']}{base}",
+                status(v1["median_per_second"] >= 500),
+            )
+        )
+    v2 = best("v2-stream", 0)
+    if v2:
+        targets.append(
+            (
+                "Relay burst, v2 streams: ≥ 5,000 events/s",
+                f"{v2['median_per_second']:.0f} events/s",
+                status(v2["median_per_second"] >= 5000),
+            )
+        )
+    lat, lat_one = best("v1", 50), single(50)
+    if lat and lat_one:
+        targets.append(
+            (
+                "Relay burst with a 50 ms round trip: calls at once keep up (context)",
+                f"{lat['median_per_second']:.0f}/s at concurrency {lat['concurrency']} vs "
+                f"{lat_one['median_per_second']:.0f}/s one at a time",
+                status(lat["median_per_second"] > 4 * lat_one["median_per_second"]),
+            )
+        )
+    for r in d["rollover"]:
+        f = r["first_post_delay_seconds"]
+        targets.append(
+            (
+                f"Rollover ({r['api']}): the new period's first post within debounce + one call, "
+                "not after the grace",
+                f"p99 {ms(f['p99'])}, max {ms(f['max'])} (grace {r['grace_seconds']} s)",
+                status(f["max"] < 1.0),
+            )
+        )
+    return out, targets
+
+
 # ----------------------------------------------------------------------------- growth
 def growth_plot(reads: Json | None, backfill: Json | None, ingest: Json | None) -> str | None:
     if not (reads or backfill):
@@ -587,14 +681,14 @@ def growth_plot(reads: Json | None, backfill: Json | None, ingest: Json | None) 
 
 
 # result file -> the `make bench` part (BENCH_ONLY) that writes it
-PARTS = {"shapes": "ingest", "ingest": "ingest-sizes"}
+PARTS = {"shapes": "ingest", "ingest": "ingest-sizes", "relay_burst": "relay-burst"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
-    data = {n: load(n) for n in ("shapes", "ingest", "reads", "backfill", "relay")}
+    data = {n: load(n) for n in ("shapes", "ingest", "reads", "backfill", "relay", "relay_burst")}
     sections: list[str] = []
     targets: list[tuple[str, str, str]] = []
     builders = {
@@ -603,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         "reads": reads_section,
         "backfill": backfill_section,
         "relay": relay_section,
+        "relay_burst": relay_burst_section,
     }
     for name, build in builders.items():
         d = data[name]
@@ -675,6 +770,7 @@ def main(argv: list[str] | None = None) -> int:
         "`BENCH_BACKFILL_SCALE=7` adds 10^7 metrics to the backfill). One part: "
         "`make bench BENCH_ONLY=ingest` (the shape matrix, ≈ 11 min; "
         "`BENCH_INGEST_ARGS=--quick` for one short repeat, ≈ 2 min), or reads, backfill, relay, "
+        "relay-burst, "
         "ingest-sizes (the older by-size table, INSERT and COPY, not in the default run); the "
         "report is rebuilt from the result files present. One cell's profile (tracking on, "
         "`track_functions = all`): `bench/shapes.py --dsn … --profile 200x3 first`.",
