@@ -270,18 +270,18 @@ held = one(
 )
 if held is not None and int(held["value"]) == usage and held["status"] == "sent":
     return f"in sync: Stripe holds {usage}"
-ts = int(
-    one(
-        "SELECT active_series._relay_timestamp($1, $2, $3, $4) AS t",
-        ["bigint", "bigint", "bigint", "bigint"],
-        [
-            None if held is None else held["event_timestamp"],
-            cur["first_second"],
-            cur["last_second"],
-            math.floor(cur["now"]),
-        ],
-    )["t"]
-)
+ts = one(
+    "SELECT active_series._relay_timestamp($1, $2, $3, $4) AS t",
+    ["bigint", "bigint", "bigint", "bigint"],
+    [
+        None if held is None else held["event_timestamp"],
+        cur["first_second"],
+        cur["last_second"],
+        math.floor(cur["now"]),
+    ],
+)["t"]
+if ts is None:
+    return "deferred: the period's last hour is kept for its final post (the worker's)"
 if ts > math.floor(cur["now"]):
     return "deferred: an event for this period was sent this second; try again"
 ident = one(
