@@ -1,0 +1,183 @@
+"""A primary and its synchronous streaming-replication standby, for failover tests.
+
+``failover_pair()`` is a context manager giving a :class:`FailoverPair`:
+
+- the **primary**: a throwaway server (:class:`active_series.devtools.testpg.TestServer`,
+  as the ``postgres`` system user when root) with ``wal_level=replica``, WAL senders,
+  replication from loopback allowed in ``pg_hba.conf``, ``synchronous_commit=on`` and
+  ``synchronous_standby_names`` naming the standby: a commit returns only once the standby
+  has flushed it, so everything committed on the primary survives its loss;
+- the **standby**: ``pg_basebackup -R`` of the primary over 127.0.0.1 (as the server user)
+  into a new directory, started on a free port as a hot standby streaming from the primary
+  (``application_name`` :data:`STANDBY_NAME`); it has no synchronous standby of its own,
+  so once promoted it accepts writes alone;
+- a database ``dbname`` on the primary with the active_series schema installed as the
+  tests' template is (``active_series.install.install``), replicated to the standby.
+
+Its API: ``primary_dsn``, ``standby_dsn`` (TCP on 127.0.0.1), ``multi_dsn`` (both hosts,
+``target_session_attrs=read-write``: whichever accepts writes), ``crash_primary()`` (an
+immediate stop: no checkpoint, no goodbye to clients) and ``promote()`` (``pg_promote()``,
+then waits until the standby accepts writes). Both servers and their directories are
+removed on exit, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from active_series.devtools.testpg import SUPERUSER, TestServer, hand_to_server_user, run_program
+from active_series.install import install
+
+STANDBY_NAME = "failover_standby"
+DBNAME = "active_series_failover"
+HBA_REPLICATION = "host replication all 127.0.0.1/32 trust"
+
+PRIMARY_SETTINGS = {
+    "wal_level": "replica",
+    "max_wal_senders": "5",
+    "wal_keep_size": "256MB",
+    "full_page_writes": "on",
+    "hot_standby": "on",
+    "synchronous_commit": "on",
+    "synchronous_standby_names": STANDBY_NAME,
+}
+# once promoted, the standby has no standby to wait for
+STANDBY_SETTINGS = {**PRIMARY_SETTINGS, "synchronous_standby_names": ""}
+
+
+def _wait(what: str, check: object, timeout: float = 60.0) -> None:
+    """Poll ``check()`` until it is true; connection errors count as not yet."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except psycopg.Error as exc:
+            last = exc
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+def _one(dsn: str, query: str) -> object:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
+        row = conn.execute(query).fetchone()
+        return None if row is None else row[0]
+
+
+@dataclass
+class FailoverPair:
+    primary: TestServer
+    standby: TestServer
+    dbname: str = DBNAME
+
+    @property
+    def primary_dsn(self) -> str:
+        return str(self.primary.dsn(self.dbname, tcp=True))
+
+    @property
+    def standby_dsn(self) -> str:
+        return str(self.standby.dsn(self.dbname, tcp=True))
+
+    @property
+    def multi_dsn(self) -> str:
+        """Both servers; libpq takes the first that accepts writes."""
+        return (
+            f"host=127.0.0.1,127.0.0.1 port={self.primary.port},{self.standby.port}"
+            f" user={SUPERUSER} dbname={self.dbname}"
+            " target_session_attrs=read-write connect_timeout=5"
+        )
+
+    def crash_primary(self) -> None:
+        """Immediate stop of the primary (pg_ctl stop -m immediate)."""
+        self.primary.stop_immediate()
+
+    def promote(self, timeout: float = 60.0) -> None:
+        """Promote the standby and wait until it accepts writes."""
+        with psycopg.connect(self.standby_dsn, autocommit=True, connect_timeout=5) as conn:
+            conn.execute("SELECT pg_promote(true, %s)", (int(timeout),))
+        _wait(
+            "the promoted standby to accept writes",
+            lambda: (
+                _one(self.standby_dsn, "SELECT NOT pg_is_in_recovery()")
+                and _one(self.standby_dsn, "SELECT txid_current()")
+            ),
+            timeout,
+        )
+
+    def replication_state(self) -> tuple[str, str] | None:
+        """(state, sync_state) of the standby as the primary sees it."""
+        with psycopg.connect(self.primary.dsn(), autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT state, sync_state FROM pg_stat_replication WHERE application_name = %s",
+                (STANDBY_NAME,),
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+
+def _allow_replication(primary: TestServer) -> None:
+    hba = Path(primary.get_data_directory()) / "pg_hba.conf"
+    lines = hba.read_text().splitlines()
+    if not any(" ".join(line.split()) == HBA_REPLICATION for line in lines):
+        hba.write_text("\n".join([*lines, HBA_REPLICATION, ""]))
+
+
+def _make_standby(primary: TestServer, base_dir: Path) -> TestServer:
+    """``pg_basebackup -R`` of the primary into ``base_dir/data``, started as its standby."""
+    data = base_dir / "data"
+    data.mkdir(mode=0o700)
+    hand_to_server_user(data)  # it writes the backup and runs the server
+    source = f"host=127.0.0.1 port={primary.port} user={SUPERUSER} application_name={STANDBY_NAME}"
+    run_program(
+        [
+            str(primary.bindir / "pg_basebackup"),
+            *("-d", source, "-D", str(data)),
+            *("-R", "-X", "stream", "--checkpoint=fast", "--no-sync"),
+        ]
+    )
+    return TestServer(
+        bindir=primary.bindir,
+        base_dir=str(base_dir),
+        settings=STANDBY_SETTINGS,
+    )
+
+
+@contextlib.contextmanager
+def failover_pair(dbname: str = DBNAME) -> Iterator[FailoverPair]:
+    """A started primary with a synchronous standby and ``dbname`` installed on both."""
+    primary = TestServer(settings=PRIMARY_SETTINGS, auto_start=0)
+    standby: TestServer | None = None
+    standby_dir = Path(tempfile.mkdtemp(prefix="active-series-standby-"))
+    try:
+        primary.setup()
+        _allow_replication(primary)
+        primary.start()
+        standby = _make_standby(primary, standby_dir)
+        pair = FailoverPair(primary, standby, dbname)
+        _wait(
+            "a streaming synchronous standby",
+            lambda: (
+                pair.replication_state()
+                == (
+                    "streaming",
+                    "sync",
+                )
+            ),
+        )
+        with psycopg.connect(primary.dsn(), autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {dbname}")
+        install(pair.primary_dsn)
+        yield pair
+    finally:
+        for server in (standby, primary):
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    server.stop()
+        shutil.rmtree(standby_dir, ignore_errors=True)
