@@ -17,18 +17,24 @@
 Its API: ``primary_dsn``, ``standby_dsn`` (TCP on 127.0.0.1), ``multi_dsn`` (both hosts,
 ``target_session_attrs=read-write``: whichever accepts writes), ``crash_primary()`` (an
 immediate stop: no checkpoint, no goodbye to clients) and ``promote()`` (``pg_promote()``,
-then waits until the standby accepts writes). Both servers and their directories are
+then waits until the standby accepts writes). ``pause_replication()`` stops the standby's
+WAL receiver (SIGSTOP) until ``resume_replication()`` (SIGCONT, or SIGKILL with
+``discard``: the WAL it had not read is gone): meanwhile every commit on the primary waits
+for the standby (``waiting_for_standby()`` counts them), so a crash then leaves commits
+whose clients never learn their outcome. Both servers and their directories are
 removed on exit, also on failure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -77,6 +83,7 @@ class FailoverPair:
     primary: TestServer
     standby: TestServer
     dbname: str = DBNAME
+    paused: list[int] = field(default_factory=list)  # WAL receivers stopped
 
     @property
     def primary_dsn(self) -> str:
@@ -101,6 +108,7 @@ class FailoverPair:
 
     def promote(self, timeout: float = 60.0) -> None:
         """Promote the standby and wait until it accepts writes."""
+        _wait("the standby", lambda: _one(self.standby_dsn, "SELECT pg_is_in_recovery()"), timeout)
         with psycopg.connect(self.standby_dsn, autocommit=True, connect_timeout=5) as conn:
             conn.execute("SELECT pg_promote(true, %s)", (int(timeout),))
         _wait(
@@ -111,6 +119,30 @@ class FailoverPair:
             ),
             timeout,
         )
+
+    def pause_replication(self) -> None:
+        """Stop the standby's WAL receiver: the primary's commits wait for it from now on."""
+        pid = _one(self.standby_dsn, "SELECT pid FROM pg_stat_wal_receiver")
+        assert isinstance(pid, int), "the standby has no WAL receiver"
+        os.kill(pid, signal.SIGSTOP)
+        self.paused.append(pid)
+
+    def resume_replication(self, *, discard: bool = False) -> None:
+        """Let the WAL receiver go on; with ``discard``, SIGKILL it instead: what it had not
+        read is lost, and the standby restarts (crash recovery) before it streams again."""
+        while self.paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.paused.pop(), signal.SIGKILL if discard else signal.SIGCONT)
+
+    def waiting_for_standby(self, application_name: str | None = None) -> int:
+        """Backends of the primary (of that application) whose COMMIT waits for the standby."""
+        with psycopg.connect(self.primary.dsn(), autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+                " AND application_name = coalesce(%s, application_name)",
+                (application_name,),
+            ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def replication_state(self) -> tuple[str, str] | None:
         """(state, sync_state) of the standby as the primary sees it."""
@@ -174,7 +206,10 @@ def failover_pair(dbname: str = DBNAME) -> Iterator[FailoverPair]:
         with psycopg.connect(primary.dsn(), autocommit=True) as admin:
             admin.execute(f"CREATE DATABASE {dbname}")
         install(pair.primary_dsn)
-        yield pair
+        try:
+            yield pair
+        finally:
+            pair.resume_replication()  # a stopped process cannot shut down
     finally:
         for server in (standby, primary):
             if server is not None:
