@@ -14,10 +14,13 @@
 - a database ``dbname`` on the primary with the active_series schema installed as the
   tests' template is (``active_series.install.install``), replicated to the standby.
 
-Its API: ``primary_dsn``, ``standby_dsn`` (TCP on 127.0.0.1), ``multi_dsn`` (both hosts,
+Its API: ``primary_dsn``, ``standby_dsn`` (TCP on 127.0.0.1), ``multi_dsn`` (both ports,
 ``target_session_attrs=read-write``: whichever accepts writes), ``crash_primary()`` (an
 immediate stop: no checkpoint, no goodbye to clients) and ``promote()`` (``pg_promote()``,
-then waits until the standby accepts writes). ``pause_replication()`` stops the standby's
+then waits until the standby accepts writes; from then on it is ``primary``, and the crashed
+server ``standby``, down). ``rebuild_standby()`` then makes a new synchronous standby of the
+new primary on the crashed server's port, so ``multi_dsn`` is the same and another failover
+can follow. ``pause_replication()`` stops the standby's
 WAL receiver (SIGSTOP) until ``resume_replication()`` (SIGCONT, or SIGKILL with
 ``discard``: the WAL it had not read is gone): meanwhile every commit on the primary waits
 for the standby (``waiting_for_standby()`` counts them), so a crash then leaves commits
@@ -56,6 +59,7 @@ PRIMARY_SETTINGS = {
 }
 # once promoted, the standby has no standby to wait for
 STANDBY_SETTINGS = {**PRIMARY_SETTINGS, "synchronous_standby_names": ""}
+SYNC = ("streaming", "sync")  # (state, sync_state) of a synchronous standby
 
 
 def _wait(what: str, check: object, timeout: float = 60.0) -> None:
@@ -80,10 +84,17 @@ def _one(dsn: str, query: str) -> object:
 
 @dataclass
 class FailoverPair:
+    """The current primary and standby (see the module's docstring)."""
+
     primary: TestServer
     standby: TestServer
     dbname: str = DBNAME
+    dirs: list[Path] = field(default_factory=list)  # of the standbys, removed at the end
     paused: list[int] = field(default_factory=list)  # WAL receivers stopped
+    ports: tuple[int, int] = (0, 0)
+
+    def __post_init__(self) -> None:
+        self.ports = (self.primary.port, self.standby.port)
 
     @property
     def primary_dsn(self) -> str:
@@ -97,7 +108,7 @@ class FailoverPair:
     def multi_dsn(self) -> str:
         """Both servers; libpq takes the first that accepts writes."""
         return (
-            f"host=127.0.0.1,127.0.0.1 port={self.primary.port},{self.standby.port}"
+            f"host=127.0.0.1,127.0.0.1 port={self.ports[0]},{self.ports[1]}"
             f" user={SUPERUSER} dbname={self.dbname}"
             " target_session_attrs=read-write connect_timeout=5"
         )
@@ -107,18 +118,36 @@ class FailoverPair:
         self.primary.stop_immediate()
 
     def promote(self, timeout: float = 60.0) -> None:
-        """Promote the standby and wait until it accepts writes."""
-        _wait("the standby", lambda: _one(self.standby_dsn, "SELECT pg_is_in_recovery()"), timeout)
-        with psycopg.connect(self.standby_dsn, autocommit=True, connect_timeout=5) as conn:
+        """Promote the standby and wait until it accepts writes; it is the primary now."""
+        standby_dsn = self.standby_dsn
+        _wait("the standby", lambda: _one(standby_dsn, "SELECT pg_is_in_recovery()"), timeout)
+        with psycopg.connect(standby_dsn, autocommit=True, connect_timeout=5) as conn:
             conn.execute("SELECT pg_promote(true, %s)", (int(timeout),))
         _wait(
             "the promoted standby to accept writes",
             lambda: (
-                _one(self.standby_dsn, "SELECT NOT pg_is_in_recovery()")
-                and _one(self.standby_dsn, "SELECT txid_current()")
+                _one(standby_dsn, "SELECT NOT pg_is_in_recovery()")
+                and _one(standby_dsn, "SELECT txid_current()")
             ),
             timeout,
         )
+        self.primary, self.standby = self.standby, self.primary
+
+    def rebuild_standby(self) -> None:
+        """After promote(): the crashed server's place is taken by a new synchronous standby
+        of the new primary, on the same port."""
+        assert not self.standby.is_running(), "the standby is still running"
+        port = self.standby.port
+        self.standby.stop()
+        self.standby = _make_standby(self.primary, self._new_dir(), port)
+        # the backup has none: once promoted in turn, the new standby waits for nobody
+        with psycopg.connect(self.primary.dsn(), autocommit=True) as admin:
+            admin.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}'")
+            admin.execute("SELECT pg_reload_conf()")
+        self.wait_synchronous()
+
+    def wait_synchronous(self) -> None:
+        _wait("a streaming synchronous standby", lambda: self.replication_state() == SYNC)
 
     def pause_replication(self) -> None:
         """Stop the standby's WAL receiver: the primary's commits wait for it from now on."""
@@ -153,6 +182,19 @@ class FailoverPair:
             ).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
+    def _new_dir(self) -> Path:
+        self.dirs.append(Path(tempfile.mkdtemp(prefix="active-series-standby-")))
+        return self.dirs[-1]
+
+    def close(self) -> None:
+        """Stop both servers and remove every directory."""
+        self.resume_replication()  # a stopped process cannot shut down
+        for server in (self.standby, self.primary):
+            with contextlib.suppress(Exception):
+                server.stop()
+        for directory in self.dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+
 
 def _allow_replication(primary: TestServer) -> None:
     hba = Path(primary.get_data_directory()) / "pg_hba.conf"
@@ -161,8 +203,9 @@ def _allow_replication(primary: TestServer) -> None:
         hba.write_text("\n".join([*lines, HBA_REPLICATION, ""]))
 
 
-def _make_standby(primary: TestServer, base_dir: Path) -> TestServer:
-    """``pg_basebackup -R`` of the primary into ``base_dir/data``, started as its standby."""
+def _make_standby(primary: TestServer, base_dir: Path, port: int | None = None) -> TestServer:
+    """``pg_basebackup -R`` of the primary into ``base_dir/data``, started as its standby
+    (on ``port``, else a free one)."""
     data = base_dir / "data"
     data.mkdir(mode=0o700)
     hand_to_server_user(data)  # it writes the backup and runs the server
@@ -175,9 +218,7 @@ def _make_standby(primary: TestServer, base_dir: Path) -> TestServer:
         ]
     )
     return TestServer(
-        bindir=primary.bindir,
-        base_dir=str(base_dir),
-        settings=STANDBY_SETTINGS,
+        bindir=primary.bindir, base_dir=str(base_dir), port=port, settings=STANDBY_SETTINGS
     )
 
 
@@ -185,34 +226,21 @@ def _make_standby(primary: TestServer, base_dir: Path) -> TestServer:
 def failover_pair(dbname: str = DBNAME) -> Iterator[FailoverPair]:
     """A started primary with a synchronous standby and ``dbname`` installed on both."""
     primary = TestServer(settings=PRIMARY_SETTINGS, auto_start=0)
-    standby: TestServer | None = None
     standby_dir = Path(tempfile.mkdtemp(prefix="active-series-standby-"))
+    pair: FailoverPair | None = None
     try:
         primary.setup()
         _allow_replication(primary)
         primary.start()
-        standby = _make_standby(primary, standby_dir)
-        pair = FailoverPair(primary, standby, dbname)
-        _wait(
-            "a streaming synchronous standby",
-            lambda: (
-                pair.replication_state()
-                == (
-                    "streaming",
-                    "sync",
-                )
-            ),
-        )
+        pair = FailoverPair(primary, _make_standby(primary, standby_dir), dbname, [standby_dir])
+        pair.wait_synchronous()
         with psycopg.connect(primary.dsn(), autocommit=True) as admin:
             admin.execute(f"CREATE DATABASE {dbname}")
         install(pair.primary_dsn)
-        try:
-            yield pair
-        finally:
-            pair.resume_replication()  # a stopped process cannot shut down
+        yield pair
     finally:
-        for server in (standby, primary):
-            if server is not None:
-                with contextlib.suppress(Exception):
-                    server.stop()
-        shutil.rmtree(standby_dir, ignore_errors=True)
+        if pair is not None:
+            pair.close()
+        else:
+            primary.stop()
+            shutil.rmtree(standby_dir, ignore_errors=True)

@@ -5,7 +5,8 @@ third of the calls) carry on against the new primary. At quiescence Stripe is ex
 (customer, period), every post is one the new primary's ledger knows, timestamps only rise,
 ``verify()`` finds nothing, and nothing the ingest client saw committed is lost.
 
-``make soak`` runs a longer round (``ACTIVE_SERIES_CHAOS_SECONDS``).
+``make soak`` runs a longer round (``ACTIVE_SERIES_CHAOS_SECONDS``): a failover a minute, a new
+standby after each.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class IngestClient:
     stop: threading.Event = field(default_factory=threading.Event)
     promoted: threading.Event = field(default_factory=threading.Event)
     acked: dict[int, int] = field(default_factory=dict)  # report id -> its metrics
-    acked_after_promotion: int = 0
+    acked_after_promotion: int = 0  # the first
     dropped: int = 0  # transactions that failed on a dropped connection (then retried)
     in_doubt: dict[int, int] = field(default_factory=dict)  # report id -> its metrics
     errors: list[str] = field(default_factory=list)
@@ -122,16 +123,30 @@ def setup_orgs(pair: FailoverPair, emu: Emulator, prefix: str) -> tuple[list[Org
 @dataclass
 class Run:
     kills: int = 0
-    promoted_at: float = 0.0  # Unix time the new primary accepted writes
+    failovers: int = 0
+    promoted_at: float = 0.0  # Unix time the last new primary accepted writes
     requests: int = 0  # meter event requests while Stripe faults were on
     faults: int = 0  # of which failed (5xx, 429, dropped, timed out)
 
 
+def fail_over(pair: FailoverPair, discard: bool) -> None:
+    """Crash the primary with an ingest COMMIT in doubt, and promote the standby. With
+    ``discard`` the standby never gets that commit; without, it may."""
+    # commits the standby does not acknowledge wait: the crash leaves one whose client
+    # cannot know its outcome
+    pair.pause_replication()
+    wait_until(lambda: pair.waiting_for_standby(INGEST_APP), what="a COMMIT waiting")
+    pair.crash_primary()
+    pair.resume_replication(discard=discard)
+    time.sleep(1.0)  # workers and ingest find no server that accepts writes
+    pair.promote()
+
+
 def run_failover(
-    pair: FailoverPair, emu: Emulator, tmp_path: Path, seconds: float, discard: bool
+    pair: FailoverPair, emu: Emulator, tmp_path: Path, seconds: float, discards: list[bool]
 ) -> tuple:
-    """The chaos around one failover at half time; returns (billed, client, run). With
-    ``discard``, the standby never gets the commit in doubt at the crash."""
+    """The chaos for ``seconds`` around a failover for each of ``discards`` (at even
+    intervals; a new standby after each but the last); returns (billed, client, run)."""
     orgs, billed = setup_orgs(pair, emu, "f")
     emu.ctl.random_failures(0.35, seed=5, kinds=KINDS, timeout_seconds=1.5, path_prefix=EVENTS)
     procs = [
@@ -142,6 +157,7 @@ def run_failover(
     ingester = threading.Thread(target=client.run)
     rng = random.Random(2027)
     run = Run()
+    due = [seconds * (i + 1) / (len(discards) + 1) for i in range(len(discards))]
     with workers(*procs):
         for proc in procs:
             proc.start()
@@ -154,24 +170,20 @@ def run_failover(
                 victim.kill()
                 run.kills += 1
                 victim.start()
-                if not run.promoted_at and elapsed >= seconds / 2:
-                    # commits the standby does not acknowledge wait: a crash leaves the
-                    # ingest client one whose outcome it cannot know
-                    pair.pause_replication()
-                    wait_until(lambda: pair.waiting_for_standby(INGEST_APP), what="a commit")
-                    pair.crash_primary()
-                    pair.resume_replication(discard=discard)
-                    time.sleep(1.0)  # workers and ingest find no server that accepts writes
-                    pair.promote()
+                if run.failovers < len(discards) and elapsed >= due[run.failovers]:
+                    fail_over(pair, discards[run.failovers])
+                    run.failovers += 1
                     run.promoted_at = time.time()
                     client.promoted.set()
+                    if run.failovers < len(discards):
+                        pair.rebuild_standby()
         finally:
             client.stop.set()
             ingester.join()
         emu.ctl.random_failures(0)
         run.requests = emu.ctl.stats()["requests"].get(EVENTS, 0)
         run.faults = sum(emu.ctl.fault_counts().get(k, 0) for k in FAULTS)
-        assert settle(pair.standby_dsn, emu, billed, GRACE) == []
+        assert settle(pair.primary_dsn, emu, billed, GRACE) == []
         for proc in procs:
             assert proc.alive(), "a worker exited:\n" + proc.log()[-3000:]
     return billed, client, run
@@ -221,15 +233,15 @@ def check_failover(
 ) -> int:
     """The pass conditions on the new primary; returns how many in-doubt commits it holds."""
     assert client.errors == []
-    assert run.promoted_at, "the primary never failed over"
+    assert run.failovers, "the primary never failed over"
     assert client.dropped >= 1, "the ingest client never saw its connection drop"
-    assert client.in_doubt, "no ingest COMMIT was cut off by the crash"
+    assert len(client.in_doubt) >= run.failovers, "an ingest COMMIT not cut off by a crash"
     assert client.acked_after_promotion > 0, "ingest did not continue on the new primary"
     assert sum(ev["received_at"] > run.promoted_at for ev in emu.events()) > 0, (
         "no post after the promotion"
     )
     with psycopg.connect(pair.multi_dsn, autocommit=True) as conn:
-        assert conn.info.port == pair.standby.port
+        assert conn.info.port == pair.primary.port
         assert conn.execute("SELECT * FROM active_series.verify()").fetchall() == []
         assert conn.execute("SELECT * FROM active_series.relay_failures").fetchall() == []
         assert_posts_are_the_ledgers(conn, emu)
@@ -241,7 +253,7 @@ def check_failover(
     assert_increasing_timestamps(emu)
     assert run.faults >= 0.25 * run.requests, run
     print(
-        f"\nfailover: {len(client.acked)} reports acknowledged"
+        f"\nfailover: {run.failovers} failover(s), {len(client.acked)} reports acknowledged"
         f" ({client.acked_after_promotion} on the new primary), {client.dropped} transactions"
         f" retried, {len(client.in_doubt)} COMMIT(s) in doubt ({kept} kept), {run.kills} worker"
         f" kills, {len(emu.events())} posts, {run.faults} faults in {run.requests} requests,"
@@ -259,7 +271,7 @@ def test_stripe_and_ingest_stay_exact_through_a_primary_crash_and_promotion(
     """Resumed, the standby may still receive the commit in doubt (the WAL the primary had
     sent); killed, it cannot: then the new primary must not have it either."""
     with failover_pair() as pair:
-        billed, client, run = run_failover(pair, relay_emulator, tmp_path, 24, discard)
+        billed, client, run = run_failover(pair, relay_emulator, tmp_path, 24, [discard])
         kept = check_failover(pair, relay_emulator, billed, client, run)
     assert run.kills >= 5
     if discard:
@@ -267,9 +279,12 @@ def test_stripe_and_ingest_stay_exact_through_a_primary_crash_and_promotion(
 
 
 @pytest.mark.soak
-def test_soak_failover(relay_emulator: Emulator, tmp_path: Path):
-    """``make soak``: the same, for ``ACTIVE_SERIES_CHAOS_SECONDS`` (default 600)."""
+def test_soak_failovers(relay_emulator: Emulator, tmp_path: Path):
+    """``make soak``: the same for ``ACTIVE_SERIES_CHAOS_SECONDS`` (default 600), with a
+    failover a minute, the standby rebuilt after each."""
     seconds = float(os.environ.get("ACTIVE_SERIES_CHAOS_SECONDS", "600"))
+    discards = [i % 2 == 1 for i in range(max(1, int(seconds // 60)))]
     with failover_pair() as pair:
-        billed, client, run = run_failover(pair, relay_emulator, tmp_path, seconds, False)
+        billed, client, run = run_failover(pair, relay_emulator, tmp_path, seconds, discards)
         check_failover(pair, relay_emulator, billed, client, run)
+    assert run.failovers == len(discards)
