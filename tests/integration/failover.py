@@ -20,12 +20,12 @@ immediate stop: no checkpoint, no goodbye to clients) and ``promote()`` (``pg_pr
 then waits until the standby accepts writes; from then on it is ``primary``, and the crashed
 server ``standby``, down). ``rebuild_standby()`` then makes a new synchronous standby of the
 new primary on the crashed server's port, so ``multi_dsn`` is the same and another failover
-can follow. ``pause_replication()`` stops the standby's
-WAL receiver (SIGSTOP) until ``resume_replication()`` (SIGCONT, or SIGKILL with
-``discard``: the WAL it had not read is gone): meanwhile every commit on the primary waits
-for the standby (``waiting_for_standby()`` counts them), so a crash then leaves commits
-whose clients never learn their outcome. Both servers and their directories are
-removed on exit, also on failure.
+can follow. ``pause_replication()`` stops the standby's WAL receiver (SIGSTOP) until
+``resume_replication()`` (SIGCONT, or SIGKILL with ``discard``: the WAL it had not read is
+gone): meanwhile every commit on the primary waits for the standby
+(``waiting_for_standby()`` counts them), so a crash then leaves commits whose clients never
+learn their outcome. Both servers and their directories are removed on exit, also on
+failure.
 """
 
 from __future__ import annotations
