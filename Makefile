@@ -307,7 +307,8 @@ bench: deps build
 # The soak: ingest, one long-lived worker and a second one SIGKILLed all along, Stripe faults
 # of every kind and two database restarts, for SOAK_SECONDS (default 600). Prints (and writes
 # to SOAK_REPORT) reports ingested, posts, faults injected, mismatches (must be 0) and the
-# worker's memory over time (must not grow).
+# worker's memory over time (must not grow). Then the failover soak for as long: the same
+# chaos with a primary crash and the promotion of its synchronous standby every minute.
 SOAK_SECONDS ?= 600
 SOAK_REPORT ?= .tmp/soak-report.txt
 soak: deps build

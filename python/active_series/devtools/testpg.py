@@ -11,8 +11,12 @@
 - the settings are :data:`.cluster.TEST_SETTINGS` (no fsync, 200 connections, UTC, ...), and
   clients connect over the unix socket in ``<base_dir>/tmp`` with libpq conninfo strings
   (:meth:`TestServer.dsn`), as superuser ``postgres``;
-- :meth:`TestServer.restart` and :meth:`TestServer.kill` (SIGKILL of the postmaster and its
-  children, as a crash) keep the data directory, for the relay's chaos tests.
+- :meth:`TestServer.restart`, :meth:`TestServer.kill` (SIGKILL of the postmaster and its
+  children, as a crash) and :meth:`TestServer.stop_immediate` (``pg_ctl stop -m
+  immediate``) keep the data directory, for the relay's chaos and failover tests;
+- a server can start from a data directory made elsewhere (``pg_basebackup``, say): give
+  ``base_dir`` whose ``data`` holds it, and ``initdb`` is skipped; :func:`run_program`
+  runs such a program as the server user, in a directory :func:`hand_to_server_user` gave it.
 
 :class:`TestServerFactory` is ``testing.postgresql``'s factory with its cached initdb: the
 first server runs ``initdb`` once, every later one starts from a copy of that directory.
@@ -109,6 +113,39 @@ def server_programs(bindir: Path) -> Path:
     return copy / package.name / install.name / bindir.name
 
 
+def run_program(argv: Sequence[str], *, timeout: float = 120.0) -> str:
+    """Run a server program (``pg_basebackup``, ``pg_ctl``, ...) as the server user when we
+    are root, from ``/``; its output, or RuntimeError with it when it fails."""
+    who = _server_user()
+    env = dict(os.environ)
+    if who:  # not root's home (its .pgpass, say)
+        env["HOME"] = pwd.getpwuid(who["user"]).pw_dir
+    done = subprocess.run(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=env,
+        timeout=timeout,
+        check=False,
+        **who,
+    )
+    if done.returncode != 0:
+        output = (done.stderr.strip() or done.stdout.strip())[-3000:]
+        raise RuntimeError(f"{Path(argv[0]).name} failed (exit {done.returncode}): {output}")
+    return done.stdout
+
+
+def hand_to_server_user(directory: Path) -> None:
+    """When we are root: give a new, empty directory to the server user, and let it traverse
+    the directory's parent (for a program of :func:`run_program` to write in it)."""
+    who = _server_user()
+    if who:
+        os.chmod(directory.parent, os.stat(directory.parent).st_mode | 0o011)
+        os.chown(directory, who["user"], who["group"])
+
+
 def _chown_tree(path: Path, uid: int, gid: int) -> None:
     os.chown(path, uid, gid)
     for root, dirs, files in os.walk(path):
@@ -203,9 +240,11 @@ class TestServer(testing.postgresql.Postgresql):  # type: ignore[misc]
     def port(self) -> int:
         return int(self.settings["port"])
 
-    def dsn(self, dbname: str = "postgres") -> str:  # type: ignore[override]
-        """libpq conninfo for ``dbname`` as superuser ``postgres``, over the unix socket."""
-        return f"host={self.socket_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
+    def dsn(self, dbname: str = "postgres", *, tcp: bool = False) -> str:  # type: ignore[override]
+        """libpq conninfo for ``dbname`` as superuser ``postgres``, over the unix socket
+        (over TCP on 127.0.0.1 with ``tcp``)."""
+        host = "127.0.0.1" if tcp else self.socket_dir
+        return f"host={host} port={self.port} user={SUPERUSER} dbname={dbname}"
 
     def env(self, dbname: str = "postgres") -> dict[str, str]:
         """libpq environment variables (PGHOST, PGPORT, PGUSER, PGDATABASE) for this server."""
@@ -224,6 +263,23 @@ class TestServer(testing.postgresql.Postgresql):  # type: ignore[misc]
         """Stop (fast: SIGINT) and start again on the same port and data directory."""
         self.terminate()
         self.start()
+
+    def stop_immediate(self, timeout: float = 30.0) -> None:
+        """Immediate shutdown (``pg_ctl stop -m immediate``: SIGQUIT to the postmaster, which
+        ends its children without a checkpoint); start() runs crash recovery."""
+        if self.child_process is None:
+            return
+        pid = self.child_process.pid
+        victims = children(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGQUIT)
+        self.child_process.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while any(Path(f"/proc/{v}").exists() for v in victims):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server processes {victims} did not exit after SIGQUIT")
+            time.sleep(0.05)
+        self.child_process = None
 
     def kill(self, timeout: float = 30.0) -> None:
         """SIGKILL the postmaster and its children, as a crash would; start() recovers."""
