@@ -46,7 +46,7 @@ import psycopg
 from active_series.install import check_version
 from active_series.ratelimit import backoff
 from active_series.relay import queries as q
-from active_series.relay.config import CLAIM_BATCH, MAX_EVENT_AGE, RelayConfig
+from active_series.relay.config import CLAIM_BATCH, MAX_EVENT_AGE, RelayConfig, worker_conninfo
 from active_series.relay.observe import Log, Metrics
 from active_series.relay.posting import Call, Poster, Results, Stopping
 
@@ -120,14 +120,14 @@ class Relay:
     def connect(self) -> None:
         self.close()
         self.ledger_conn = psycopg.connect(
-            self.cfg.dsn,
+            worker_conninfo(self.cfg.dsn),
             autocommit=True,
             connect_timeout=10,
             application_name="active-series-worker-ledger",
         )
         check_version(self.ledger_conn)
         self.claim_conn = psycopg.connect(
-            self.cfg.dsn,
+            worker_conninfo(self.cfg.dsn),
             autocommit=False,
             connect_timeout=10,
             application_name="active-series-worker-claim",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 DEFAULT_API_BASE = "https://api.stripe.com"
 # The host of the v2 meter event stream (the SDK's "meter_events" base address).
 DEFAULT_METER_EVENTS_BASE = "https://meter-events.stripe.com"
@@ -49,3 +51,23 @@ class RelayConfig:
         if self.meter_events_base:
             return self.meter_events_base
         return DEFAULT_METER_EVENTS_BASE if self.api_base == DEFAULT_API_BASE else self.api_base
+
+
+# TCP keepalives for the worker's connections, unless the DSN sets its own: a primary that
+# vanishes from the network (rather than crashing) is noticed in about a minute, and the
+# worker reconnects through its multi-host DSN to the new primary.
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
+
+
+def worker_conninfo(dsn: str) -> str:
+    """The DSN with the worker's keepalive defaults under its own settings."""
+    params = conninfo_to_dict(dsn)
+    for key, value in KEEPALIVES.items():
+        params.setdefault(key, value)
+    return make_conninfo("", **params)

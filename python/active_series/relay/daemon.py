@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from active_series.install import SchemaVersionError
 from active_series.ratelimit import backoff
 from active_series.relay.claim import Relay, Stopping
-from active_series.relay.config import CHANNEL, RelayConfig
+from active_series.relay.config import CHANNEL, RelayConfig, worker_conninfo
 from active_series.relay.observe import Log, Metrics
 from active_series.relay.signals import StopSignals
 from active_series.text import first_line
@@ -118,7 +118,7 @@ class Worker:
     def _listen(self) -> bool:
         try:
             conn = psycopg.connect(
-                self.cfg.dsn,
+                worker_conninfo(self.cfg.dsn),
                 autocommit=True,
                 connect_timeout=10,
                 application_name="active-series-worker-listen",
