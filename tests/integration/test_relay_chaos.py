@@ -18,6 +18,7 @@ import random
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,51 +44,63 @@ STREAM = "/v2/billing/meter_event_stream"
 KINDS = ["error", "rate_limit", "drop_before", "drop_after", "timeout", "timeout_after"]
 
 
-def ingest_randomly(
-    dsn: str, orgs: list[Any], stop: threading.Event, seed: int, count: list[int] | None = None
+def keep_reporting(
+    dsn: str,
+    stop: threading.Event,
+    seed: int,
+    pause: tuple[float, float],
+    report: Callable[[psycopg.Connection[Any], random.Random], None],
+    *,
+    backdated: bool = False,
 ) -> None:
-    """Ingest a report of a few random series every 20-200 ms; ``count[0]`` counts them."""
+    """``report(conn, rng)`` every ``pause`` seconds (uniform) until ``stop``, reconnecting
+    after a lost connection (the database restarts); ``backdated``: the session may set
+    ``report.created``."""
     rng = random.Random(seed)
     conn = None
     while not stop.is_set():
         try:
             if conn is None:
                 conn = psycopg.connect(dsn, autocommit=True)
-            org = rng.choice(orgs)
-            pairs = {(rng.choice(org.benchmarks), rng.choice(org.measures)) for _ in range(3)}
-            ingest(conn, org, rng.choice(org.testbeds), sorted(pairs))
-            if count is not None:
-                count[0] += 1
+                if backdated:
+                    conn.execute("SET active_series.allow_explicit_created = on")
+            report(conn, rng)
         except psycopg.OperationalError:
             conn = None
             time.sleep(0.2)
-        time.sleep(rng.uniform(0.02, 0.2))
+        time.sleep(rng.uniform(*pause))
     if conn is not None:
         conn.close()
+
+
+def ingest_randomly(
+    dsn: str, orgs: list[Any], stop: threading.Event, seed: int, count: list[int] | None = None
+) -> None:
+    """Ingest a report of a few random series every 20-200 ms; ``count[0]`` counts them."""
+
+    def report(conn: psycopg.Connection[Any], rng: random.Random) -> None:
+        org = rng.choice(orgs)
+        pairs = {(rng.choice(org.benchmarks), rng.choice(org.measures)) for _ in range(3)}
+        ingest(conn, org, rng.choice(org.testbeds), sorted(pairs))
+        if count is not None:
+            count[0] += 1
+
+    keep_reporting(dsn, stop, seed, (0.02, 0.2), report)
 
 
 def late_changes(dsn: str, orgs: list[Any], stop: threading.Event, seed: int, span: float) -> None:
     """Every 0.3-0.8 s a backdated report (a late commit, an admin's load) into a moment
     ``span`` seconds or less before now: mostly into ended periods."""
-    rng = random.Random(seed)
-    conn = None
-    while not stop.is_set():
-        try:
-            if conn is None:
-                conn = psycopg.connect(dsn, autocommit=True)
-                conn.execute("SET active_series.allow_explicit_created = on")
-            at = conn.execute(
-                "SELECT clock_timestamp() - make_interval(secs => %s)", (rng.uniform(1, span),)
-            ).fetchone()[0]  # type: ignore[index]
-            org = rng.choice(orgs)
-            pair = (rng.choice(org.benchmarks), rng.choice(org.measures))
-            ingest(conn, org, rng.choice(org.testbeds), [pair], created=at)
-        except psycopg.OperationalError:
-            conn = None
-            time.sleep(0.2)
-        time.sleep(rng.uniform(0.3, 0.8))
-    if conn is not None:
-        conn.close()
+
+    def report(conn: psycopg.Connection[Any], rng: random.Random) -> None:
+        at = conn.execute(
+            "SELECT clock_timestamp() - make_interval(secs => %s)", (rng.uniform(1, span),)
+        ).fetchone()[0]  # type: ignore[index]
+        org = rng.choice(orgs)
+        pair = (rng.choice(org.benchmarks), rng.choice(org.measures))
+        ingest(conn, org, rng.choice(org.testbeds), [pair], created=at)
+
+    keep_reporting(dsn, stop, seed, (0.3, 0.8), report, backdated=True)
 
 
 def billing_mismatches(conn, emu: Emulator, billed: dict[int, str]) -> list[Any]:

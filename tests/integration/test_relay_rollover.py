@@ -72,14 +72,20 @@ def worker_for(dsn: str, emu: Emulator, log: Path, grace: float, invoice_grace: 
     )
 
 
+def billed_org(conn: psycopg.Connection[Any], emu: Emulator, seconds: int) -> tuple[Any, str]:
+    """A billed organization on periods of ``seconds``, and its Stripe customer."""
+    org = make_org(conn, benchmarks=4)
+    cus = emu.customer()
+    bill(conn, org.id, cus)
+    short_periods(conn, org.id, seconds)
+    return org, cus
+
+
 def test_a_new_period_is_posted_while_the_ended_one_is_in_its_grace(
     conn, dsn, relay_emulator: Emulator, tmp_path: Path
 ):
     emu = relay_emulator
-    org = make_org(conn, benchmarks=4)
-    cus = emu.customer()
-    bill(conn, org.id, cus)
-    short_periods(conn, org.id, 6)
+    org, cus = billed_org(conn, emu, 6)
     worker = worker_for(dsn, emu, tmp_path / "w.log", grace=8, invoice_grace=30)
     with workers(worker.start()):
         p_start, p_end = early_in_a_period(conn, org.id, 3)
@@ -129,10 +135,7 @@ def test_an_ended_period_takes_corrections_until_its_invoice_grace_then_drift_is
     conn, dsn, relay_emulator: Emulator, tmp_path: Path
 ):
     emu = relay_emulator
-    org = make_org(conn, benchmarks=4)
-    cus = emu.customer()
-    bill(conn, org.id, cus)
-    short_periods(conn, org.id, 10)
+    org, cus = billed_org(conn, emu, 10)
     worker = worker_for(dsn, emu, tmp_path / "w.log", grace=1, invoice_grace=20)
     with workers(worker.start()):
         p_start, p_end = early_in_a_period(conn, org.id, 4)
