@@ -115,6 +115,7 @@ class Relay:
         self.claim_conn: Conn | None = None
         self.ledger_conn: Conn | None = None
         self.wake_reason = "start"
+        self.refusals_due = 0.0  # when the Events API is read for refusals next (monotonic)
 
     # ------------------------------------------------------------------ connections
     def connect(self) -> None:
@@ -205,7 +206,12 @@ class Relay:
 
     def record_refusals(self) -> None:
         """Posts Stripe refused after accepting them (v2 streams validate later): marked
-        failed, their organizations parked with the reason (relay_failures shows both)."""
+        failed, their organizations parked with the reason (relay_failures shows both).
+        Read at most once per poll interval: drains can follow each other closely."""
+        now = time.monotonic()
+        if now < self.refusals_due:
+            return
+        self.refusals_due = now + self.cfg.poll_interval
         refusals = self.poster.refusals()
         if not refusals:
             return
