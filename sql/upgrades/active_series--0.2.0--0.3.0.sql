@@ -873,6 +873,8 @@ AS $$
 DECLARE
     v_groups active_series._shape_group [];
     v_group active_series._shape_group;
+    v_shape_id bigint;
+    v_series integer;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
@@ -999,26 +1001,59 @@ BEGIN
         -- out, without the calls: _lock_testbeds, _find_shape and _widen for one group)
         v_group := v_groups[1];
         PERFORM pg_advisory_xact_lock(1634956101, hashint8(v_group.testbed_id));
-        v_group.shape_id := (
-            SELECT s.id
-            FROM active_series._shape AS s
-            WHERE s.project_id = v_group.project_id
-                AND s.digest = hash_array_extended(
-                    v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
-                )
-                AND s.benchmark_ids = v_group.benchmark_ids
-                AND s.variant_ids = v_group.variant_ids
-                AND s.measure_ids = v_group.measure_ids
-            LIMIT 1
-        );
+        SELECT s.id, s.series INTO v_shape_id, v_series
+        FROM active_series._shape AS s
+        WHERE s.project_id = v_group.project_id
+            AND s.digest = hash_array_extended(
+                v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+            )
+            AND s.benchmark_ids = v_group.benchmark_ids
+            AND s.variant_ids = v_group.variant_ids
+            AND s.measure_ids = v_group.measure_ids
+        LIMIT 1;
+        v_group.shape_id := v_shape_id;
         UPDATE active_series._shape_seen AS s
         SET first_seen = least(s.first_seen, v_group.first_seen),
             last_seen = greatest(s.last_seen, v_group.last_seen)
         WHERE s.testbed_id = v_group.testbed_id
             AND s.period_start = v_group.period_start
-            AND s.shape_id = v_group.shape_id
+            AND s.shape_id = v_shape_id
             AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
         IF FOUND THEN
+            RETURN;
+        END IF;
+        -- (the first report of the testbed in the period with a stored set, as below for
+        -- several sets, written for one)
+        IF v_shape_id IS NOT NULL AND NOT EXISTS (
+            SELECT
+            FROM active_series._testbed_period AS p
+            WHERE p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
+        ) THEN
+            WITH sets AS (
+                INSERT INTO active_series._testbed_period (
+                    testbed_id, period_start, organization_id, project_id, shape_id
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_group.organization_id,
+                    v_group.project_id, v_shape_id
+                )
+            ),
+            seen AS (
+                INSERT INTO active_series._shape_seen (
+                    testbed_id, period_start, shape_id, first_seen, last_seen
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_shape_id, v_group.first_seen,
+                    v_group.last_seen
+                )
+            )
+            INSERT INTO active_series._period_usage AS u (
+                organization_id, period_start, project_id, series_count
+            )
+            VALUES (v_group.organization_id, v_group.period_start, v_group.project_id, v_series)
+            ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+            SET series_count = u.series_count + excluded.series_count;
+            PERFORM active_series._changed(v_group.organization_id, v_group.period_start, 'ingest');
             RETURN;
         END IF;
         v_groups := ARRAY[v_group];
