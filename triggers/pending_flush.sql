@@ -14,16 +14,21 @@ DECLARE
     v_report_benchmark_ids bigint [];
     v_measure_ids bigint [];
 BEGIN
+    -- (the head row's pairs are NEW's: only the later statements' rows are unfolded, and a
+    -- transaction of one statement passes its arrays as they are)
     WITH done AS (
         DELETE FROM active_series._pending AS p
         WHERE p.txid = NEW.txid
-        RETURNING p.report_benchmark_ids, p.measure_ids
+        RETURNING p.report_benchmark_ids, p.measure_ids, p.head
     )
     SELECT array_agg(x.id), array_agg(x.measure_id)
     INTO v_report_benchmark_ids, v_measure_ids
     FROM done AS d
-    CROSS JOIN LATERAL unnest(d.report_benchmark_ids, d.measure_ids) AS x (id, measure_id);
-    PERFORM active_series._record_activity(v_report_benchmark_ids, v_measure_ids);
+    CROSS JOIN LATERAL unnest(d.report_benchmark_ids, d.measure_ids) AS x (id, measure_id)
+    WHERE NOT d.head;
+    PERFORM active_series._record_activity(
+        NEW.report_benchmark_ids || v_report_benchmark_ids, NEW.measure_ids || v_measure_ids
+    );
     RETURN NULL;
 END;
 $$;

@@ -10,12 +10,29 @@ AS $$
 -- statement and are administrative (they never refuse and never alert). A rise in a
 -- soft-deleted project changes no billed count. Row events fire in the order the statement
 -- wrote the rows, which the ingest path makes key order, so watch rows lock in key order.
+-- Most organizations have neither a cap nor a threshold: one query (cached plan) answers
+-- that, without calling _check_usage (whose threshold list is a SQL function, planned at
+-- each call). A tier bound that set_alert disabled still calls it; it decides exactly.
 BEGIN
     IF pg_trigger_depth() < 2 THEN
         RETURN NULL;
     END IF;
     PERFORM FROM active_series.project AS p
-    WHERE p.id = new.project_id AND p.deleted_at IS NULL;
+    WHERE p.id = new.project_id AND p.deleted_at IS NULL
+        AND (
+            EXISTS (
+                SELECT FROM active_series.billing_account AS b
+                WHERE b.organization_id = new.organization_id AND b.series_cap IS NOT NULL
+            )
+            OR EXISTS (
+                SELECT FROM active_series._alert_threshold AS a
+                WHERE a.organization_id = new.organization_id AND a.enabled
+            )
+            OR EXISTS (
+                SELECT FROM active_series._price_tier AS t
+                WHERE t.organization_id = new.organization_id AND t.up_to IS NOT NULL
+            )
+        );
     IF FOUND THEN
         PERFORM active_series._check_usage(new.organization_id, new.period_start);
     END IF;

@@ -37,7 +37,17 @@ BEGIN
             s.benchmark_ids && p_benchmark_ids
             OR s.measure_ids && p_measure_ids
             OR s.variant_ids && p_variant_ids
-            OR (s.variant_ids && '{0}'::bigint [] AND s.benchmark_ids && p_empty_of)
+            -- (a pair (benchmark, 0) of the set, not just a 0 and a benchmark anywhere in
+            -- it: a set without the deleted series may be recorded again as it is, and must
+            -- not be deleted below)
+            OR (
+                s.variant_ids && '{0}'::bigint [] AND s.benchmark_ids && p_empty_of
+                AND EXISTS (
+                    SELECT
+                    FROM unnest(s.benchmark_ids, s.variant_ids) AS e (b, v)
+                    WHERE e.v = 0 AND e.b = ANY(p_empty_of)
+                )
+            )
         );
     IF v_shapes IS NULL THEN
         RETURN;

@@ -872,6 +872,9 @@ AS $$
 -- testbeds' history locks (_lock_testbeds); then what _record_groups takes.
 DECLARE
     v_groups active_series._shape_group [];
+    v_group active_series._shape_group;
+    v_shape_id bigint;
+    v_series integer;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
@@ -912,9 +915,26 @@ BEGIN
                 FROM active_series.report_benchmark AS rb
                 WHERE rb.id = ANY(p_report_benchmark_ids)
             ),
+            -- each report's set, sorted (one sort on four keys; the series come distinct and
+            -- in set order, and each set's arrays are aggregated in that order; an order lost
+            -- would only store a set twice)
+            sets AS MATERIALIZED (
+                SELECT
+                    s.report_id, array_agg(s.benchmark_id) AS benchmark_ids,
+                    array_agg(s.variant_id) AS variant_ids, array_agg(s.measure_id) AS measure_ids
+                FROM (
+                    SELECT DISTINCT b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                    FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
+                    INNER JOIN rbs AS b ON b.id = x.id
+                    ORDER BY b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                ) AS s
+                GROUP BY s.report_id
+            ),
+            -- (each report looked up once; OFFSET 0 keeps the LATERAL subquery a per-row
+            -- index lookup, whatever the statistics said when this plan was cached)
             reports AS MATERIALIZED (
-                SELECT d.report_id, k.*
-                FROM (SELECT DISTINCT b.report_id FROM rbs AS b) AS d
+                SELECT d.benchmark_ids, d.variant_ids, d.measure_ids, k.*
+                FROM sets AS d
                 CROSS JOIN LATERAL (
                     SELECT r.project_id, r.testbed_id, r.created, p.organization_id
                     FROM active_series.report AS r
@@ -923,47 +943,49 @@ BEGIN
                     OFFSET 0
                 ) AS k
             ),
-            k AS (
-                SELECT b.id, b.benchmark_id, b.variant_id, r.project_id, r.testbed_id, r.created,
-                    r.organization_id
-                FROM rbs AS b
-                INNER JOIN reports AS r ON r.report_id = b.report_id
-            ),
-            series AS MATERIALIZED (
-                SELECT
-                    k.organization_id, k.project_id, k.testbed_id, k.created, k.benchmark_id,
-                    k.variant_id, x.measure_id
-                FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
-                INNER JOIN k ON k.id = x.id
-            ),
             periods AS MATERIALIZED (
                 SELECT t.organization_id, t.created, f.period_start
                 FROM (
                     SELECT DISTINCT s.organization_id, s.created
-                    FROM series AS s
+                    FROM reports AS s
                     ORDER BY s.organization_id, s.created
                 ) AS t
                 CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
+            ),
+            keyed AS MATERIALIZED (
+                SELECT
+                    s.*, t.period_start,
+                    count(*) OVER (PARTITION BY s.testbed_id, s.created) AS reports
+                FROM reports AS s
+                INNER JOIN periods AS t
+                    ON t.organization_id = s.organization_id AND t.created = s.created
             )
-            -- (one sort: the series come distinct and in set order, and each set's arrays
-            -- are aggregated in that order; an order lost would only store a set twice)
+            -- a testbed's one report at a time: its set as it is
             SELECT row(
-                s.organization_id, s.project_id, s.testbed_id, s.period_start, s.created,
-                s.created, array_agg(s.benchmark_id), array_agg(s.variant_id),
-                array_agg(s.measure_id), NULL
+                k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                k.created, k.benchmark_ids, k.variant_ids, k.measure_ids, NULL
+            )::active_series._shape_group
+            FROM keyed AS k
+            WHERE k.reports = 1
+            UNION ALL
+            -- several reports of one testbed in one transaction (one time): their sets merged
+            SELECT row(
+                m.organization_id, m.project_id, m.testbed_id, m.period_start, m.created,
+                m.created, array_agg(m.b), array_agg(m.v), array_agg(m.m), NULL
             )::active_series._shape_group
             FROM (
                 SELECT DISTINCT
-                    s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created,
-                    s.benchmark_id, s.variant_id, s.measure_id
-                FROM series AS s
-                INNER JOIN periods AS t
-                    ON t.organization_id = s.organization_id AND t.created = s.created
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+                FROM keyed AS k
+                CROSS JOIN LATERAL unnest(k.benchmark_ids, k.variant_ids, k.measure_ids)
+                    AS e (b, v, m)
+                WHERE k.reports > 1
                 ORDER BY
-                    s.organization_id, s.project_id, s.testbed_id, t.period_start, s.created,
-                    s.benchmark_id, s.variant_id, s.measure_id
-            ) AS s
-            GROUP BY s.organization_id, s.project_id, s.testbed_id, s.period_start, s.created
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+            ) AS m
+            GROUP BY m.organization_id, m.project_id, m.testbed_id, m.period_start, m.created
         );
     END IF;
     IF cardinality(v_groups) = 0 THEN
@@ -972,20 +994,150 @@ BEGIN
 
     -- The common case, a testbed reporting the same set of series as before in the period,
     -- later than before: one HOT update of that set's row per testbed (_widen). Anything
-    -- else (a set or a period new to the testbed, older activity) goes to _record_groups,
-    -- which finds what these updates already did and leaves it.
-    PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
-    v_groups := ARRAY(
-        SELECT row(
-            g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
-            g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
-            active_series._find_shape(g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids)
-        )::active_series._shape_group
-        FROM unnest(v_groups) AS g
-    );
-    IF active_series._widen(v_groups) < cardinality(v_groups) THEN
-        PERFORM active_series._record_groups(v_groups);
+    -- else (a set or a period new to the testbed, older activity) goes on below, which finds
+    -- what these updates already did and leaves it.
+    IF cardinality(v_groups) = 1 THEN
+        -- (one testbed at one time, nearly every transaction: the same three steps written
+        -- out, without the calls: _lock_testbeds, _find_shape and _widen for one group)
+        v_group := v_groups[1];
+        PERFORM pg_advisory_xact_lock(1634956101, hashint8(v_group.testbed_id));
+        SELECT s.id, s.series INTO v_shape_id, v_series
+        FROM active_series._shape AS s
+        WHERE s.project_id = v_group.project_id
+            AND s.digest = hash_array_extended(
+                v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+            )
+            AND s.benchmark_ids = v_group.benchmark_ids
+            AND s.variant_ids = v_group.variant_ids
+            AND s.measure_ids = v_group.measure_ids
+        LIMIT 1;
+        v_group.shape_id := v_shape_id;
+        UPDATE active_series._shape_seen AS s
+        SET first_seen = least(s.first_seen, v_group.first_seen),
+            last_seen = greatest(s.last_seen, v_group.last_seen)
+        WHERE s.testbed_id = v_group.testbed_id
+            AND s.period_start = v_group.period_start
+            AND s.shape_id = v_shape_id
+            AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- (the first report of the testbed in the period with a stored set, as below for
+        -- several sets, written for one)
+        IF v_shape_id IS NOT NULL AND NOT EXISTS (
+            SELECT
+            FROM active_series._testbed_period AS p
+            WHERE p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
+        ) THEN
+            WITH sets AS (
+                INSERT INTO active_series._testbed_period (
+                    testbed_id, period_start, organization_id, project_id, shape_id
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_group.organization_id,
+                    v_group.project_id, v_shape_id
+                )
+            ),
+            seen AS (
+                INSERT INTO active_series._shape_seen (
+                    testbed_id, period_start, shape_id, first_seen, last_seen
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_shape_id, v_group.first_seen,
+                    v_group.last_seen
+                )
+            )
+            INSERT INTO active_series._period_usage AS u (
+                organization_id, period_start, project_id, series_count
+            )
+            VALUES (v_group.organization_id, v_group.period_start, v_group.project_id, v_series)
+            ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+            SET series_count = u.series_count + excluded.series_count;
+            PERFORM active_series._changed(v_group.organization_id, v_group.period_start, 'ingest');
+            RETURN;
+        END IF;
+        v_groups := ARRAY[v_group];
+    ELSE
+        PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
+        v_groups := ARRAY(
+            SELECT row(
+                g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+                g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
+                active_series._find_shape(
+                    g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                )
+            )::active_series._shape_group
+            FROM unnest(v_groups) AS g
+        );
+        IF active_series._widen(v_groups) = cardinality(v_groups) THEN
+            RETURN;
+        END IF;
     END IF;
+
+    -- The first report of a testbed in a period (a new testbed, or the first report after
+    -- the period changed) of a set already stored: the set is the testbed's set for the
+    -- period, so one statement writes what _record_groups would, in the same key order:
+    -- the testbeds' sets for the period, their _shape_seen rows, the counts grown by the
+    -- sets' sizes (_period_usage, key order); then the outbox. It holds when every group is
+    -- of a stored set, no testbed has history in its period (under the history locks taken
+    -- above: nothing else writes it meanwhile; so _widen did nothing) and no (testbed,
+    -- period) has two groups. Else the general path.
+    IF NOT EXISTS (
+        SELECT
+        FROM unnest(v_groups) AS g
+        WHERE g.shape_id IS NULL
+            OR (
+                SELECT true
+                FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = g.testbed_id AND p.period_start = g.period_start
+            )
+    )
+    AND (
+        SELECT count(DISTINCT (g.testbed_id, g.period_start)) FROM unnest(v_groups) AS g
+    ) = cardinality(v_groups) THEN
+        WITH g AS MATERIALIZED (
+            SELECT
+                g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+                g.last_seen, g.shape_id, s.series
+            FROM unnest(v_groups) AS g
+            CROSS JOIN LATERAL (
+                SELECT h.series FROM active_series._shape AS h WHERE h.id = g.shape_id
+            ) AS s
+        ),
+        sets AS (
+            INSERT INTO active_series._testbed_period (
+                testbed_id, period_start, organization_id, project_id, shape_id
+            )
+            SELECT g.testbed_id, g.period_start, g.organization_id, g.project_id, g.shape_id
+            FROM g
+            ORDER BY g.testbed_id, g.period_start
+        ),
+        seen AS (
+            INSERT INTO active_series._shape_seen (
+                testbed_id, period_start, shape_id, first_seen, last_seen
+            )
+            SELECT g.testbed_id, g.period_start, g.shape_id, g.first_seen, g.last_seen
+            FROM g
+            ORDER BY g.testbed_id, g.period_start, g.shape_id
+        )
+        INSERT INTO active_series._period_usage AS u (
+            organization_id, period_start, project_id, series_count
+        )
+        SELECT g.organization_id, g.period_start, g.project_id, sum(g.series)
+        FROM g
+        GROUP BY g.organization_id, g.period_start, g.project_id
+        ORDER BY g.organization_id, g.period_start, g.project_id
+        ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+        SET series_count = u.series_count + excluded.series_count;
+        PERFORM active_series._changed(c.organization_id, c.period_start, 'ingest')
+        FROM (
+            SELECT DISTINCT g.organization_id, g.period_start
+            FROM unnest(v_groups) AS g
+            ORDER BY g.organization_id, g.period_start
+        ) AS c;
+        RETURN;
+    END IF;
+    PERFORM active_series._record_groups(v_groups);
 END;
 $$;
 COMMENT ON FUNCTION active_series._record_activity(bigint[], bigint[]) IS
@@ -1581,16 +1733,21 @@ DECLARE
     v_report_benchmark_ids bigint [];
     v_measure_ids bigint [];
 BEGIN
+    -- (the head row's pairs are NEW's: only the later statements' rows are unfolded, and a
+    -- transaction of one statement passes its arrays as they are)
     WITH done AS (
         DELETE FROM active_series._pending AS p
         WHERE p.txid = NEW.txid
-        RETURNING p.report_benchmark_ids, p.measure_ids
+        RETURNING p.report_benchmark_ids, p.measure_ids, p.head
     )
     SELECT array_agg(x.id), array_agg(x.measure_id)
     INTO v_report_benchmark_ids, v_measure_ids
     FROM done AS d
-    CROSS JOIN LATERAL unnest(d.report_benchmark_ids, d.measure_ids) AS x (id, measure_id);
-    PERFORM active_series._record_activity(v_report_benchmark_ids, v_measure_ids);
+    CROSS JOIN LATERAL unnest(d.report_benchmark_ids, d.measure_ids) AS x (id, measure_id)
+    WHERE NOT d.head;
+    PERFORM active_series._record_activity(
+        NEW.report_benchmark_ids || v_report_benchmark_ids, NEW.measure_ids || v_measure_ids
+    );
     RETURN NULL;
 END;
 $$;
@@ -1644,7 +1801,17 @@ BEGIN
             s.benchmark_ids && p_benchmark_ids
             OR s.measure_ids && p_measure_ids
             OR s.variant_ids && p_variant_ids
-            OR (s.variant_ids && '{0}'::bigint [] AND s.benchmark_ids && p_empty_of)
+            -- (a pair (benchmark, 0) of the set, not just a 0 and a benchmark anywhere in
+            -- it: a set without the deleted series may be recorded again as it is, and must
+            -- not be deleted below)
+            OR (
+                s.variant_ids && '{0}'::bigint [] AND s.benchmark_ids && p_empty_of
+                AND EXISTS (
+                    SELECT
+                    FROM unnest(s.benchmark_ids, s.variant_ids) AS e (b, v)
+                    WHERE e.v = 0 AND e.b = ANY(p_empty_of)
+                )
+            )
         );
     IF v_shapes IS NULL THEN
         RETURN;
@@ -2642,12 +2809,29 @@ AS $$
 -- statement and are administrative (they never refuse and never alert). A rise in a
 -- soft-deleted project changes no billed count. Row events fire in the order the statement
 -- wrote the rows, which the ingest path makes key order, so watch rows lock in key order.
+-- Most organizations have neither a cap nor a threshold: one query (cached plan) answers
+-- that, without calling _check_usage (whose threshold list is a SQL function, planned at
+-- each call). A tier bound that set_alert disabled still calls it; it decides exactly.
 BEGIN
     IF pg_trigger_depth() < 2 THEN
         RETURN NULL;
     END IF;
     PERFORM FROM active_series.project AS p
-    WHERE p.id = new.project_id AND p.deleted_at IS NULL;
+    WHERE p.id = new.project_id AND p.deleted_at IS NULL
+        AND (
+            EXISTS (
+                SELECT FROM active_series.billing_account AS b
+                WHERE b.organization_id = new.organization_id AND b.series_cap IS NOT NULL
+            )
+            OR EXISTS (
+                SELECT FROM active_series._alert_threshold AS a
+                WHERE a.organization_id = new.organization_id AND a.enabled
+            )
+            OR EXISTS (
+                SELECT FROM active_series._price_tier AS t
+                WHERE t.organization_id = new.organization_id AND t.up_to IS NOT NULL
+            )
+        );
     IF FOUND THEN
         PERFORM active_series._check_usage(new.organization_id, new.period_start);
     END IF;

@@ -12,6 +12,7 @@ from oracle import (
     make_org,
     make_report,
     make_report_benchmark,
+    make_variant,
     one,
     record_now,
     utc,
@@ -243,3 +244,22 @@ def test_older_activity_before_a_series_first_seen_still_lowers_it(conn):
     ).fetchall()
     assert first_seen == [(org.measures[0], utc(2024, 5, 10)), (org.measures[1], utc(2024, 5, 15))]
     assert_matches_oracle(conn, org.id)
+
+
+def test_deleting_an_empty_variant_keeps_the_sets_without_its_series(conn):
+    """A set holding another benchmark's empty variant and the deleted variant's benchmark with
+    another variant holds none of the deleted series: the testbed's history is recorded again
+    with that set as it was, and the set stays stored (its _shape_seen row refers to it)."""
+    org = make_org(conn, benchmarks=2, measures=2)
+    b0, b1 = org.benchmarks
+    m0, m1 = org.measures
+    tb0, tb1 = org.testbeds
+    sized = make_variant(conn, b1, '{"size_mb": 16}')
+    empty = make_variant(conn, b1, "{}")
+    ingest(conn, org, tb0, [(b1, None, m0)])  # b1's empty variant
+    ingest(conn, org, tb1, [(b0, None, m1), (b1, sized, m0)])  # a 0 and b1, not (b1, 0)
+    ingest(conn, org, tb1, [(b0, None, m0)])  # testbed 1's set for the period: a third one
+    assert_matches_oracle(conn, org.id)
+    conn.execute("DELETE FROM active_series.variant WHERE id = %s", (empty,))
+    assert_matches_oracle(conn, org.id)
+    assert one(conn, "SELECT active_series.period_usage(%s)", (org.id,)) == 3
