@@ -46,7 +46,7 @@ import psycopg
 from active_series.install import check_version
 from active_series.ratelimit import backoff
 from active_series.relay import queries as q
-from active_series.relay.config import CLAIM_BATCH, MAX_EVENT_AGE, RelayConfig, worker_conninfo
+from active_series.relay.config import MAX_EVENT_AGE, RelayConfig, worker_conninfo
 from active_series.relay.observe import Log, Metrics
 from active_series.relay.posting import Call, Poster, Results, Stopping
 
@@ -174,11 +174,12 @@ class Relay:
             todo = [o for o in orgs if o not in leave]
             if not todo:
                 break
-            for i in range(0, len(todo), CLAIM_BATCH):
+            size = self.cfg.claim_batch
+            for i in range(0, len(todo), size):
                 if self.stop.is_set():
                     break
                 self.poster.wait_pause(self.stop)
-                batch = todo[i : i + CLAIM_BATCH]
+                batch = todo[i : i + size]
                 outcomes = self.process(batch, only_close=only_close)
                 for org in batch:
                     outcome = outcomes.get(org, ClaimOutcome.LOCKED)

@@ -14,7 +14,7 @@ CHANNEL = "active_series"
 MAX_EVENT_AGE = 35 * 86400 - 3600
 # How often to re-read a customer's subscription when it has none (or reading failed).
 SUBSCRIPTION_RECHECK = 3600.0
-# Organizations claimed in one transaction (and at most one v2 stream request's events).
+# Organizations claimed in one transaction at most (one v2 stream request's events).
 CLAIM_BATCH = 100
 
 
@@ -40,6 +40,20 @@ class RelayConfig:
     shutdown_timeout: float = 30.0
     sync_subscriptions: bool = True
     once: bool = False
+
+    @property
+    def claim_batch(self) -> int:
+        """Organizations per claim. A claim posts the values it read at its start, so with
+        one call per organization (v1) it is kept to what the calls of about half a second
+        can carry: two per posting thread, and no more than half a second of the rate
+        limit. A v2 stream request carries a whole claim."""
+        if self.api == "v2-stream":
+            return CLAIM_BATCH
+        batch = min(CLAIM_BATCH, 2 * self.concurrency)
+        if self.rate_limit > 0:
+            batch = min(batch, max(1, int(self.rate_limit / 2)))
+        return batch
+
     # v2 meter event stream: its base address ("" means Stripe's host when api_base is
     # Stripe's, else api_base: an emulator or proxy serving both), and how long before its
     # expiry a session is renewed (at most half its lifetime)
