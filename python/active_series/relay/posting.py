@@ -117,11 +117,12 @@ class Poster:
             by_org[call.org].append(call)
         results: Results = {}
         if self.stream is None:
-            for part in self.pool.map(self._post_one_by_one, by_org.values()):
-                results.update(part)
+            jobs, work = list(by_org.values()), self._post_one_by_one
         else:
-            for part in self.pool.map(self._post_stream, _requests(list(by_org.values()))):
-                results.update(part)
+            jobs, work = _requests(list(by_org.values())), self._post_stream
+        # one job (a single organization changed): no hand-over to the pool
+        for part in map(work, jobs) if len(jobs) == 1 else self.pool.map(work, jobs):
+            results.update(part)
         for outcome, _ in results.values():
             self.metrics.posts.labels(str(outcome)).inc()
         return results

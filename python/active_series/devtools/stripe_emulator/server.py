@@ -27,6 +27,9 @@ V1_EVENTS_PATH = "/v1/billing/meter_events"
 class StripeEmulatorServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a worker opening more connections than that
+    # at once (its posting threads) saw some refused and retried by TCP a second later
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], state: EmulatorState, quiet: bool = False):
         self.state = state
