@@ -306,6 +306,7 @@ class Relay:
         as failed ledger rows (in ``unpostable``) and defers organizations whose next
         timestamp is still ahead."""
         posts = []
+        defer: dict[int, int] = {}
         for org, periods in plan.items():
             claim = claims[org]
             if org in outcomes or not claim.billed:
@@ -323,10 +324,12 @@ class Relay:
                     self._unpostable(claim, p, ts)
                     unpostable.add((org, p.start))
                 elif ts > p.now:
-                    self.claim.execute(q.STATE_DEFER, (ts, org))
+                    defer[org] = max(ts, defer.get(org, ts))
                     outcomes[org] = ClaimOutcome.DEFERRED
                 else:
                     posts.append((claim, p, ts))
+        if defer:
+            self.claim.execute(q.STATE_DEFER_UNTIL, (list(defer), list(defer.values())))
         return [post for post in posts if post[0].org not in outcomes]
 
     def _unpostable(self, claim: Claim, p: Period, ts: int) -> None:
@@ -393,6 +396,9 @@ class Relay:
         """Steps 5 and 6 for the organizations that got this far. A period whose final
         value cannot be posted is closed all the same (relay_failures shows why)."""
         posted = {c.org: c for c in calls}
+        last_ts: dict[int, int] = {}
+        for c in calls:
+            last_ts[c.org] = max(c.timestamp, last_ts.get(c.org, c.timestamp))
         sent: dict[tuple[int, datetime | None], int] = {
             (c.org, c.period_start): c.value for c in calls
         }
@@ -421,9 +427,8 @@ class Relay:
                         usage=p.usage,
                     )
             outcomes[org] = ClaimOutcome.POSTED if org in posted else ClaimOutcome.DONE
-            last_ts = max((c.timestamp for c in calls if c.org == org), default=None)
             done_orgs.append(org)
-            done_ts.append(last_ts)
+            done_ts.append(last_ts.get(org))
             if claim.max_outbox is not None and not only_close:
                 outbox_orgs.append(org)
                 outbox_ids.append(claim.max_outbox)

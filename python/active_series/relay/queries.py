@@ -109,6 +109,14 @@ SET next_attempt_at = to_timestamp(%s), updated_at = now()
 WHERE organization_id = %s
 """
 
+# (organization, Unix second) pairs: organizations whose next post must wait for its second
+STATE_DEFER_UNTIL: Final = """
+UPDATE active_series._relay_state AS s
+SET next_attempt_at = to_timestamp(d.ts), updated_at = now()
+FROM unnest(%s::bigint[], %s::bigint[]) AS d (organization_id, ts)
+WHERE s.organization_id = d.organization_id
+"""
+
 # the first statement of a failed attempt; its backoff is then set with STATE_DEFER
 STATE_COUNT_ATTEMPT: Final = """
 UPDATE active_series._relay_state
