@@ -257,7 +257,7 @@ def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float, ap
 def test_stripe_ends_exact_through_kills_faults_and_a_database_restart(
     dsn, pg_cluster, relay_emulator: Emulator, tmp_path: Path, api: str
 ):
-    run_chaos(dsn, pg_cluster, relay_emulator, tmp_path, seconds=45, api=api)
+    run_chaos(dsn, pg_cluster, relay_emulator, tmp_path, seconds=35, api=api)
 
 
 # --- the soak -------------------------------------------------------------------------------
