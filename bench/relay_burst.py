@@ -99,6 +99,9 @@ def burst_row(
             for o in orgs:
                 report(conn, o)
             wait_in_sync(conn, ids, 300)
+            # the next post of a customer takes a later second than its last one: start the
+            # burst in a new second, as a burst after quiet would
+            time.sleep(1.1)
             if delay_ms:
                 emu.ctl.add_fault(
                     "delay", 1_000_000, path_prefix=PATHS[api], seconds=delay_ms / 1000

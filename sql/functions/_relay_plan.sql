@@ -15,7 +15,7 @@ RETURNS TABLE (
     first_second bigint,
     last_second bigint
 )
-LANGUAGE sql
+LANGUAGE plpgsql
 VOLATILE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
@@ -27,77 +27,80 @@ AS $$
 -- billed), final (the invoice grace is over: to be finalized, never posted again).
 -- The rules of period_usage, _relay_window and _relay_held are written out here: one
 -- statement for a whole batch rather than three function calls per period (their pinned
--- search_path keeps them from being inlined). Writes nothing, takes no locks (VOLATILE:
--- it reads the clock).
-WITH periods AS (
-    SELECT p.organization_id, p.period_start, p.period_end, p.closed_at
-    FROM active_series._period AS p
-    WHERE
-        p.organization_id = ANY(p_organization_ids)
-        AND p.finalized_at IS NULL
-        AND p.period_start <= clock_timestamp()
-    UNION
-    SELECT o.id, c.period_start, c.period_end, NULL::timestamptz
-    FROM unnest(p_organization_ids) AS o (id)
-    CROSS JOIN LATERAL active_series._period_at(o.id, clock_timestamp()) AS c
-    WHERE NOT EXISTS (
-        SELECT FROM active_series._period AS q
-        WHERE q.organization_id = o.id AND q.period_start = c.period_start
-    )
-),
-
-windows AS (
-    SELECT
-        p.*,
-        ceil(extract(EPOCH FROM p.period_start))::bigint AS first_second,
-        ceil(extract(EPOCH FROM p.period_end))::bigint - 1 AS last_second
-    FROM periods AS p
-)
-
-SELECT
-    w.organization_id,
-    w.period_start,
-    w.period_end,
-    CASE
-        WHEN clock_timestamp() < w.period_end THEN 'open'
-        WHEN w.period_end + p_invoice_grace <= clock_timestamp() THEN 'final'
-        WHEN w.closed_at IS NOT NULL THEN 'closed'
-        WHEN w.period_end + p_grace <= clock_timestamp() THEN 'closing'
-        ELSE 'ended'
-    END,
-    (
-        SELECT coalesce(sum(u.series_count), 0)::bigint
-        FROM active_series._period_usage AS u
-        INNER JOIN active_series.project AS j ON u.project_id = j.id
+-- search_path keeps them from being inlined); PL/pgSQL for its cached plan (a worker
+-- calls it at every claim). Writes nothing, takes no locks (VOLATILE: it reads the clock).
+BEGIN
+    RETURN QUERY
+    WITH periods AS (
+        SELECT p.organization_id, p.period_start, p.period_end, p.closed_at
+        FROM active_series._period AS p
         WHERE
-            u.organization_id = w.organization_id
-            AND u.period_start = w.period_start
-            AND j.deleted_at IS NULL
+            p.organization_id = ANY(p_organization_ids)
+            AND p.finalized_at IS NULL
+            AND p.period_start <= clock_timestamp()
+        UNION
+        SELECT o.id, c.period_start, c.period_end, NULL::timestamptz
+        FROM unnest(p_organization_ids) AS o (id)
+        CROSS JOIN LATERAL active_series._period_at(o.id, clock_timestamp()) AS c
+        WHERE NOT EXISTS (
+            SELECT FROM active_series._period AS q
+            WHERE q.organization_id = o.id AND q.period_start = c.period_start
+        )
     ),
-    h.value,
-    h.status,
-    active_series._relay_timestamp(
-        h.event_timestamp, w.first_second, w.last_second,
-        floor(extract(EPOCH FROM clock_timestamp()))::bigint
-    ),
-    w.first_second,
-    w.last_second
-FROM windows AS w
-LEFT JOIN active_series.billing_account AS b ON w.organization_id = b.organization_id
-LEFT JOIN LATERAL (
+
+    windows AS (
+        SELECT
+            p.*,
+            ceil(extract(EPOCH FROM p.period_start))::bigint AS first_second,
+            ceil(extract(EPOCH FROM p.period_end))::bigint - 1 AS last_second
+        FROM periods AS p
+    )
+
     SELECT
-        l.value,
-        l.status,
-        l.event_timestamp
-    FROM active_series._ledger AS l
-    WHERE
-        l.stripe_customer_id = b.stripe_customer_id
-        AND l.status <> 'failed'
-        AND l.event_timestamp BETWEEN w.first_second AND w.last_second
-    ORDER BY l.event_timestamp DESC
-    LIMIT 1
-) AS h ON TRUE
-ORDER BY w.organization_id, w.period_start;
+        w.organization_id,
+        w.period_start,
+        w.period_end,
+        CASE
+            WHEN clock_timestamp() < w.period_end THEN 'open'
+            WHEN w.period_end + p_invoice_grace <= clock_timestamp() THEN 'final'
+            WHEN w.closed_at IS NOT NULL THEN 'closed'
+            WHEN w.period_end + p_grace <= clock_timestamp() THEN 'closing'
+            ELSE 'ended'
+        END,
+        (
+            SELECT coalesce(sum(u.series_count), 0)::bigint
+            FROM active_series._period_usage AS u
+            INNER JOIN active_series.project AS j ON u.project_id = j.id
+            WHERE
+                u.organization_id = w.organization_id
+                AND u.period_start = w.period_start
+                AND j.deleted_at IS NULL
+        ),
+        h.value,
+        h.status,
+        active_series._relay_timestamp(
+            h.event_timestamp, w.first_second, w.last_second,
+            floor(extract(EPOCH FROM clock_timestamp()))::bigint
+        ),
+        w.first_second,
+        w.last_second
+    FROM windows AS w
+    LEFT JOIN active_series.billing_account AS b ON w.organization_id = b.organization_id
+    LEFT JOIN LATERAL (
+        SELECT
+            l.value,
+            l.status,
+            l.event_timestamp
+        FROM active_series._ledger AS l
+        WHERE
+            l.stripe_customer_id = b.stripe_customer_id
+            AND l.status <> 'failed'
+            AND l.event_timestamp BETWEEN w.first_second AND w.last_second
+        ORDER BY l.event_timestamp DESC
+        LIMIT 1
+    ) AS h ON TRUE
+    ORDER BY w.organization_id, w.period_start;
+END;
 $$;
 COMMENT ON FUNCTION active_series._relay_plan(bigint[], interval, interval) IS
 'Internal (relay): per organization, every unfinalized period begun so far with its phase, exact usage, the value Stripe holds and the next post''s timestamp.';
