@@ -620,8 +620,8 @@ def relay_burst_section(d: Json) -> tuple[list[str], list[tuple[str, str, str]]]
         f = r["first_post_delay_seconds"]
         targets.append(
             (
-                f"Rollover ({r['api']}): the new period's first post within debounce + one call, "
-                "not after the grace",
+                f"Rollover ({r['api']}): the new period's first post right after its first "
+                "change (debounce + one claim), not after the old period's grace",
                 f"p99 {ms(f['p99'])}, max {ms(f['max'])} (grace {r['grace_seconds']} s)",
                 status(f["max"] < 1.0),
             )
