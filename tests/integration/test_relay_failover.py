@@ -270,7 +270,12 @@ def check_failover(
 
 
 @pytest.mark.parametrize(
-    "discard", [False, True], ids=["wal-receiver-resumed", "wal-receiver-killed"]
+    "discard",
+    [
+        # make test runs the stricter case; make soak both (and test_soak_failovers alternates)
+        pytest.param(False, marks=pytest.mark.soak, id="wal-receiver-resumed"),
+        pytest.param(True, id="wal-receiver-killed"),
+    ],
 )
 def test_stripe_and_ingest_stay_exact_through_a_primary_crash_and_promotion(
     discard: bool, relay_emulator: Emulator, tmp_path: Path
