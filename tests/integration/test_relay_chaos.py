@@ -89,14 +89,24 @@ def ingest_randomly(
 
 
 def late_changes(dsn: str, orgs: list[Any], stop: threading.Event, seed: int, span: float) -> None:
-    """Every 0.3-0.8 s a backdated report (a late commit, an admin's load) into a moment
-    ``span`` seconds or less before now: mostly into ended periods."""
+    """Every 0.3-0.8 s a backdated report (a late commit, an admin's load): half of them into
+    the period that ended last, the others into a moment ``span`` seconds or less before
+    now (mostly ended periods, some past their invoice grace)."""
 
     def report(conn: psycopg.Connection[Any], rng: random.Random) -> None:
-        at = conn.execute(
-            "SELECT clock_timestamp() - make_interval(secs => %s)", (rng.uniform(1, span),)
-        ).fetchone()[0]  # type: ignore[index]
         org = rng.choice(orgs)
+        if rng.random() < 0.5:
+            # into the period that ended last: closed and still taking corrections, mostly
+            query = (
+                "SELECT coalesce(max(period_start) + interval '1 second', clock_timestamp())"
+                " FROM active_series._period"
+                " WHERE organization_id = %s AND period_end <= clock_timestamp()"
+            )
+            params: tuple[Any, ...] = (org.id,)
+        else:
+            query = "SELECT clock_timestamp() - make_interval(secs => %s)"
+            params = (rng.uniform(1, span),)
+        at = conn.execute(query, params).fetchone()[0]  # type: ignore[index]
         pair = (rng.choice(org.benchmarks), rng.choice(org.measures))
         ingest(conn, org, rng.choice(org.testbeds), [pair], created=at)
 
