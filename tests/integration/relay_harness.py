@@ -172,9 +172,10 @@ def assert_increasing_timestamps(emu: Emulator, periods: Periods | None = None) 
 
 def assert_one_call_per_customer(emu: Emulator) -> None:
     """No two meter-event calls (v1 or v2) carrying one customer were handled at the same time,
-    by the emulator's record of every call (a call still in flight lasts until now; a call its
-    client abandoned during an injected delay ends when the client left, so it is left out,
-    as the emulator's own concurrency count does)."""
+    by the emulator's record of every call. A call lasts from its request until its answer
+    starts to go out (the client may send its next call as soon as it has it); one still in
+    flight lasts until now; one its client abandoned during an injected delay ended when the
+    client left, so it is left out, as the emulator's own concurrency count does."""
     by_customer: dict[str, list[dict[str, Any]]] = {}
     for call in emu.ctl.calls():
         if call["status"] == "abandoned":
@@ -185,11 +186,11 @@ def assert_one_call_per_customer(emu: Emulator) -> None:
         busy_until, busy = -math.inf, None
         for call in sorted(calls, key=lambda c: c["start"]):
             assert call["start"] >= busy_until, (
-                f"{cus}: call {call['seq']} ({call['path']}) began while call {busy} was in flight"
+                f"{cus}: call {call} began while call {busy} was in flight"
             )
             finish = math.inf if call["finish"] is None else call["finish"]
             if finish > busy_until:
-                busy_until, busy = finish, call["seq"]
+                busy_until, busy = finish, call
 
 
 def short_periods(conn: psycopg.Connection[Any], org: int, seconds: int) -> dt.datetime:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -52,6 +53,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
     server_version = "active-series-stripe-emulator"
     _status: int | str | None = None  # the answer's status (or how it failed), for the call record
+    # ends a meter-event call's record and in-flight count; run as its answer starts to go out
+    # (the client may send its next call as soon as it has the answer)
+    _on_reply: Callable[[], None] | None = None
 
     # ---- plumbing ---------------------------------------------------------------------------
 
@@ -80,8 +84,14 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def _replying(self) -> None:
+        hook, self._on_reply = self._on_reply, None
+        if hook is not None:
+            hook()
+
     def _send(self, answer: Answer) -> None:
         self._status = answer.status
+        self._replying()
         data = json.dumps(answer.body).encode()
         self.send_response(answer.status)
         self.send_header("Content-Type", "application/json")
@@ -97,6 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> None:
         """An answer with an arbitrary body (faults): ``length`` may promise more than sent."""
         self._status = status
+        self._replying()
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data) if length is None else length))
@@ -107,6 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _drop(self) -> None:
         self._status = "dropped"
+        self._replying()
         self.close_connection = True
         try:
             self.wfile.flush()
@@ -142,6 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         started = time.monotonic()
         self._status = None
+        self._on_reply = None
         url = urllib.parse.urlsplit(self.path)
         path = url.path
         try:
@@ -191,6 +204,14 @@ class _Handler(BaseHTTPRequestHandler):
         alone = True
         for customer in customers:
             alone = state.begin_call(customer, self, lambda: not self._client_gone()) and alone
+
+        def done() -> None:
+            for customer in customers:
+                state.end_call(customer, self)
+            if call is not None:
+                state.finish_record(call, self._status)
+
+        self._on_reply = done
         try:
             if path == V1_EVENTS_PATH and not alone and state.enforce_customer_concurrency:
                 answer = Answer(
@@ -206,10 +227,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._stripe_inner(method, path, params, raw, started)
         finally:
-            for customer in customers:
-                state.end_call(customer, self)
-            if call is not None:
-                state.finish_record(call, self._status)
+            self._replying()  # no answer went out (abandoned, session refused early, ...)
 
     def _stripe_inner(
         self, method: str, path: str, params: Json, raw: bytes, started: float
