@@ -2886,6 +2886,31 @@ COMMENT ON COLUMN active_series._period.billed_value IS
 'The value Stripe held for the period when it was finalized (NULL: the organization was not billed then).';
 COMMENT ON COLUMN active_series._period.drift_since IS
 'Since when period_usage differs from billed_value (set by the relay at finalization or when it sees a later change).';
+-- A post's call ends by a deadline its ledger row holds: a worker whose claim was lost by a
+-- promotion or a restart mid-call keeps every worker from calling for that customer until then.
+ALTER TABLE active_series._ledger
+ADD COLUMN in_flight_until timestamptz,
+ADD COLUMN in_flight_on text;
+COMMENT ON COLUMN active_series._ledger.in_flight_until IS
+'Set while the post''s call may be in flight: the worker that wrote it promises the call ends by then, and clears it with the outcome.';
+COMMENT ON COLUMN active_series._ledger.in_flight_on IS
+'The server instance (_relay_instance) the worker making the call held its claim on. A claim on another instance (after a promotion or a restart, when the worker may be alive and still calling) leaves the organization alone until in_flight_until; on the same instance, the lost row lock means the worker is gone.';
+-- sql/functions/_relay_instance.sql
+CREATE FUNCTION active_series._relay_instance()
+RETURNS text
+LANGUAGE sql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The server instance serving writes now: its WAL timeline and when its postmaster started.
+-- It changes when a standby is promoted (new timeline) and when the server restarts. Every
+-- session on this instance gets the same value; takes no locks.
+SELECT
+    substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)
+    || ' ' || to_char(pg_postmaster_start_time(), 'YYYY-MM-DD"T"HH24:MI:SS.USOF');
+$$;
+COMMENT ON FUNCTION active_series._relay_instance() IS
+'Internal (relay): the server instance serving writes (WAL timeline and postmaster start); it changes at a promotion or a restart.';
 -- Ended periods, closed or not, are finalized by the worker once their invoice grace is over
 -- (at its first drain for those that ended long ago), each with the value Stripe holds.
 DROP FUNCTION active_series._relay_last_timestamp(text);
@@ -3294,6 +3319,7 @@ active_series._relay_timestamp(bigint, bigint, bigint, bigint),
 active_series._relay_window(timestamptz, timestamptz),
 active_series._relay_held(text, timestamptz, timestamptz),
 active_series._relay_identifier(text, bigint, bigint),
+active_series._relay_instance(),
 active_series._require_organization(bigint),
 active_series._period_at(bigint, timestamptz),
 active_series._recorded_period(bigint, timestamptz),

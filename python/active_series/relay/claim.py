@@ -33,9 +33,10 @@ parks the organization) or left pending (no answer: resent by the next claim).
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -271,12 +272,28 @@ class Relay:
     ) -> None:
         """Step 2: resend the posts whose outcome is unknown, whatever the organization's
         plan is now; an organization whose resend fails goes no further in this claim."""
-        calls = [
-            Call(org, cus, value, ts, ident, resend=True)
-            for org, cus, value, ts, ident in conn.execute(q.PENDING_POSTS, (list(claims),))
-        ]
-        if not calls:
+        rows = conn.execute(q.PENDING_POSTS, (list(claims),)).fetchall()
+        if not rows:
             return
+        # a call of another worker that lost its claim (killed, or cut off from the primary)
+        # may still be in flight: its organization waits for that call's deadline
+        busy: dict[int, float] = {}
+        for org, *_, until in rows:
+            if until is not None:
+                busy[org] = max(until, busy.get(org, until))
+        if busy:
+            conn.execute(q.STATE_DEFER_UNTIL, (list(busy), [math.ceil(t) for t in busy.values()]))
+            for org, until in busy.items():
+                outcomes[org] = ClaimOutcome.DEFERRED
+                self.log("info", "call_in_flight_elsewhere", org=org, until=until)
+        resend = [row[:5] for row in rows if row[0] not in busy]
+        if not resend:
+            return
+        deadlines = self._leases([org for org, *_ in resend], [ident for *_, ident in resend])
+        calls = [
+            Call(org, cus, value, ts, ident, deadlines[org], resend=True)
+            for org, cus, value, ts, ident in resend
+        ]
         results = self.poster.post(calls)
         self._record(conn, results)
         for org, org_calls in _by_org(calls).items():
@@ -350,36 +367,57 @@ class Relay:
         killed during a call resends exactly that post."""
         if not posts:
             return []
-        columns: list[list[Any]] = [[], [], [], [], [], []]
+        per_org = Counter(claim.org for claim, _, _ in posts)
+        columns: list[list[Any]] = [[], [], [], [], [], [], []]
         for claim, p, ts in posts:
             for column, value in zip(
-                columns,
+                columns[:6],
                 (claim.org, claim.customer, p.start, p.end, p.usage, ts),
                 strict=True,
             ):
                 column.append(value)
+            columns[6].append(self.cfg.lease(per_org[claim.org]))
+        written = time.monotonic()  # before the row: its deadline is no earlier than the call's
         self.ledger.execute(q.LEDGER_PENDING, columns)
         idents = self._identifiers(columns[1], columns[5], columns[4])
         return [
-            Call(claim.org, claim.customer or "", p.usage, ts, ident, period_start=p.start)
-            for (claim, p, ts), ident in zip(posts, idents, strict=True)
+            Call(
+                claim.org,
+                claim.customer or "",
+                p.usage,
+                ts,
+                ident,
+                written + lease,
+                period_start=p.start,
+            )
+            for (claim, p, ts), ident, lease in zip(posts, idents, columns[6], strict=True)
         ]
+
+    def _leases(self, orgs: list[int], idents: list[str]) -> dict[int, float]:
+        """Give pending posts about to be resent their deadline (committed before the
+        calls); returns each organization's, in ``time.monotonic()`` seconds."""
+        per_org = Counter(orgs)
+        leases = [self.cfg.lease(per_org[org]) for org in orgs]
+        written = time.monotonic()
+        self.ledger.execute(q.LEDGER_IN_FLIGHT, (idents, leases))
+        return {org: written + lease for org, lease in zip(orgs, leases, strict=True)}
 
     def _record(self, conn: Conn, results: Results) -> None:
         """The ledger outcome of every call made in a round, in one statement: sent, failed
         (refused for good) or still pending (no answer; resent by a later claim)."""
-        made = [(i, o, r) for i, (o, r) in results.items() if o != Outcome.NOT_SENT]
-        if not made:
+        if not results:
             return
+        rows = list(results.items())
         self.ledger.execute(
             q.LEDGER_OUTCOMES,
             (
-                [i for i, _, _ in made],
+                [i for i, _ in rows],
+                [o != Outcome.NOT_SENT for _, (o, _) in rows],
                 [
                     "sent" if o.accepted else "failed" if o == Outcome.PERMANENT else "pending"
-                    for _, o, _ in made
+                    for _, (o, _) in rows
                 ],
-                [r or None for _, _, r in made],
+                [r or None for _, (_, r) in rows],
             ),
         )
 

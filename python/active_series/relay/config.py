@@ -16,6 +16,14 @@ MAX_EVENT_AGE = 35 * 86400 - 3600
 SUBSCRIPTION_RECHECK = 3600.0
 # Organizations claimed in one transaction at most (one v2 stream request's events).
 CLAIM_BATCH = 100
+# Every post's ledger row holds the deadline by which its call ends (_ledger.in_flight_until):
+# a worker killed mid-call, or cut off from the primary, may leave a call running that no
+# lock shows any more, and no other worker calls for that customer before the deadline. A
+# call starts only if it can end by its deadline; this is how long after the row is written
+# it may still start (waiting for the rate limit or a posting thread).
+CALL_START_WINDOW = 5.0
+# The SDK sleeps this long at most before its n-th retry: min(0.5 * 2 ** (n - 1), 5) seconds.
+SDK_RETRY_DELAY = (0.5, 5.0)
 
 
 @dataclass
@@ -54,6 +62,20 @@ class RelayConfig:
         if self.rate_limit > 0:
             batch = min(batch, max(1, int(self.rate_limit / 2)))
         return batch
+
+    @property
+    def call_bound(self) -> float:
+        """The longest one meter-event call can last, the SDK's retries included: each
+        attempt may take the timeout to connect and again to read its answer."""
+        first, most = SDK_RETRY_DELAY
+        sleeps = sum(min(first * 2**n, most) for n in range(self.max_network_retries))
+        return (self.max_network_retries + 1) * 2 * self.stripe_timeout + sleeps
+
+    def lease(self, calls: int) -> float:
+        """Seconds from writing a post's ledger row to its deadline, for an organization
+        whose claim posts ``calls`` events: one call after the other (v1), or one request
+        carrying them all (v2)."""
+        return CALL_START_WINDOW + (1 if self.api == "v2-stream" else calls) * self.call_bound
 
     # v2 meter event stream: its base address ("" means Stripe's host when api_base is
     # Stripe's, else api_base: an emulator or proxy serving both), and how long before its

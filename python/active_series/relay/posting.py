@@ -44,13 +44,15 @@ class Stopping(Exception):
 @dataclass(frozen=True)
 class Call:
     """One meter event to post for an organization (``period_start``: the period it is for,
-    None for a resend of a pending post)."""
+    None for a resend of a pending post; ``deadline``: the ``time.monotonic()`` by which its
+    call ends, as its ledger row promises)."""
 
     org: int
     customer: str
     value: int
     timestamp: int
     identifier: str
+    deadline: float
     resend: bool = False
     period_start: datetime | None = None
 
@@ -138,7 +140,7 @@ class Poster:
                 results[call.identifier] = (Outcome.NOT_SENT, "")
                 continue
             outcome, reason = self.meter.post(
-                call.customer, call.value, call.timestamp, call.identifier
+                call.customer, call.value, call.timestamp, call.identifier, call.deadline
             )
             self._outcome(outcome, reason)
             results[call.identifier] = (outcome, reason)
@@ -156,7 +158,8 @@ class Poster:
         if self._paused():
             return {c.identifier: (Outcome.NOT_SENT, "") for c in calls}
         outcome, reason = self.stream.send(
-            [MeterEvent(c.customer, c.value, c.timestamp, c.identifier) for c in calls]
+            [MeterEvent(c.customer, c.value, c.timestamp, c.identifier) for c in calls],
+            min(c.deadline for c in calls),
         )
         self._outcome(outcome, reason)
         if not outcome.accepted:

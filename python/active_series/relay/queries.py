@@ -37,8 +37,17 @@ SELECT organization_id, stripe_customer_id, billed, max_outbox_id,
 FROM active_series._relay_claim(%s)
 """
 
+# the pending posts of the claimed organizations, and (last column) until when a call of one
+# may still be in flight: one whose worker held its claim on another server instance (it lost
+# the claim to a promotion or a restart, and may be alive and calling); on this instance the
+# claim's row lock is gone only with the worker's session
 PENDING_POSTS: Final = """
-SELECT organization_id, stripe_customer_id, value, event_timestamp, identifier
+SELECT organization_id, stripe_customer_id, value, event_timestamp, identifier,
+       CASE
+           WHEN in_flight_until > clock_timestamp()
+               AND in_flight_on IS DISTINCT FROM active_series._relay_instance()
+               THEN extract(EPOCH FROM in_flight_until)::float8
+       END
 FROM active_series._ledger
 WHERE organization_id = ANY(%s) AND status = 'pending'
 ORDER BY organization_id, event_timestamp, id
@@ -132,20 +141,33 @@ WHERE organization_id = %s
 """
 
 # -- ledger (autocommit connection: committed before the Stripe call) --------------------
-# every post of a batch, written pending in one statement; returns their identifiers
+# every post of a batch, written pending in one statement, each with the seconds until its
+# call's deadline
 LEDGER_PENDING: Final = """
 INSERT INTO active_series._ledger AS l (
     organization_id, stripe_customer_id, period_start, period_end, value, event_timestamp,
-    identifier
+    identifier, in_flight_until, in_flight_on
 )
 SELECT p.organization_id, p.customer, p.period_start, p.period_end, p.value, p.ts,
-       active_series._relay_identifier(p.customer, p.ts, p.value)
+       active_series._relay_identifier(p.customer, p.ts, p.value),
+       clock_timestamp() + make_interval(secs => p.lease), active_series._relay_instance()
 FROM unnest(
-    %s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::bigint[]
-) AS p (organization_id, customer, period_start, period_end, value, ts)
+    %s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::bigint[],
+    %s::float8[]
+) AS p (organization_id, customer, period_start, period_end, value, ts, lease)
 ON CONFLICT (identifier) DO UPDATE
-SET status = 'pending', updated = clock_timestamp()
+SET status = 'pending', updated = clock_timestamp(), in_flight_until = excluded.in_flight_until,
+    in_flight_on = excluded.in_flight_on
 WHERE l.status = 'failed'
+"""
+
+# pending posts about to be resent: (identifier, seconds until the call's deadline) pairs
+LEDGER_IN_FLIGHT: Final = """
+UPDATE active_series._ledger AS l
+SET in_flight_until = clock_timestamp() + make_interval(secs => x.lease),
+    in_flight_on = active_series._relay_instance()
+FROM unnest(%s::text[], %s::float8[]) AS x (identifier, lease)
+WHERE l.identifier = x.identifier
 """
 
 IDENTIFIERS: Final = """
@@ -163,13 +185,16 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, 'failed', %s)
 ON CONFLICT (identifier) DO NOTHING
 """
 
-# outcomes of a round of calls: (identifier, status, error) triples; status sent or
-# failed, or pending for an attempt that failed without an answer (resent later)
+# outcomes of a round of calls: (identifier, made, status, error) tuples; status sent or
+# failed, or pending for an attempt that failed without an answer or a call not made (resent
+# later); no call is in flight any more
 LEDGER_OUTCOMES: Final = """
 UPDATE active_series._ledger AS l
-SET status = o.status, attempts = l.attempts + 1, last_error = o.error,
-    updated = clock_timestamp()
-FROM unnest(%s::text[], %s::text[], %s::text[]) AS o (identifier, status, error)
+SET status = o.status, attempts = l.attempts + o.made::integer,
+    last_error = CASE WHEN o.made THEN o.error ELSE l.last_error END,
+    updated = clock_timestamp(), in_flight_until = NULL, in_flight_on = NULL
+FROM unnest(%s::text[], %s::boolean[], %s::text[], %s::text[])
+    AS o (identifier, made, status, error)
 WHERE l.identifier = o.identifier
 """
 

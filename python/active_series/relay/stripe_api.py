@@ -3,6 +3,7 @@ what a failed call means (:class:`Outcome`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from enum import StrEnum
 from typing import Any
@@ -25,7 +26,9 @@ class Outcome(StrEnum):
     RATE_LIMITED = "rate_limited"
     PERMANENT = "permanent"  # unknown customer, archived meter, invalid value: park
     GLOBAL = "global"  # bad API key or permissions: nothing an organization did
-    NOT_SENT = "not_sent"  # never called: the worker is pausing its calls (a 429, a bad key)
+    # never called: the worker is pausing its calls (a 429, a bad key), or it is too late to
+    # end by the call's deadline
+    NOT_SENT = "not_sent"
 
     @property
     def accepted(self) -> bool:
@@ -51,11 +54,21 @@ def classify(exc: stripe.StripeError) -> tuple[Outcome, str]:
     return Outcome.TRANSIENT, reason
 
 
+def can_end_by(deadline: float, bound: float) -> bool:
+    """Whether a call that may last ``bound`` seconds, started now, ends by ``deadline``
+    (``time.monotonic()`` seconds): the promise its ledger row holds (``in_flight_until``)."""
+    return time.monotonic() + bound <= deadline
+
+
+TOO_LATE = "not sent: too late to end by the deadline its ledger row holds"
+
+
 class StripeMeter:
     """The Stripe client of one worker; every call waits for the shared rate limit."""
 
     def __init__(self, cfg: RelayConfig) -> None:
         self.event_name = cfg.meter_event_name
+        self.call_bound = cfg.call_bound
         self.client = stripe.StripeClient(
             cfg.api_key,
             base_addresses={"api": cfg.api_base},
@@ -66,9 +79,14 @@ class StripeMeter:
         )
         self.bucket = TokenBucket(cfg.rate_limit)
 
-    def post(self, customer: str, value: int, ts: int, ident: str) -> tuple[Outcome, str]:
-        """Post one meter event; ``ident`` is its identifier and its idempotency key."""
+    def post(
+        self, customer: str, value: int, ts: int, ident: str, deadline: float
+    ) -> tuple[Outcome, str]:
+        """Post one meter event; ``ident`` is its identifier and its idempotency key. Not
+        made (NOT_SENT) unless it ends by ``deadline``, whatever the SDK's retries do."""
         self.bucket.acquire()
+        if not can_end_by(deadline, self.call_bound):
+            return Outcome.NOT_SENT, TOO_LATE
         try:
             self.client.v1.billing.meter_events.create(
                 params={

@@ -14,6 +14,7 @@ least 24 hours), so resending a batch, whole or in part, is harmless.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,7 @@ import stripe
 
 from active_series.ratelimit import TokenBucket
 from active_series.relay.config import RelayConfig
-from active_series.relay.stripe_api import Outcome, classify
+from active_series.relay.stripe_api import TOO_LATE, Outcome, can_end_by, classify
 
 MAX_BATCH = 100  # events per stream request (Stripe's limit)
 ERROR_REPORT = "v1.billing.meter.error_report_triggered"
@@ -84,6 +85,7 @@ class MeterEventStream:
         self.event_name = cfg.meter_event_name
         self.bucket = bucket
         self.margin = cfg.stream_session_margin
+        self.call_bound = cfg.call_bound
         self._clock = clock
         self._retries = cfg.max_network_retries
         self._api_base = cfg.api_base
@@ -98,11 +100,12 @@ class MeterEventStream:
 
     # ---- sending -------------------------------------------------------------------------------
 
-    def send(self, events: Sequence[MeterEvent]) -> tuple[Outcome, str]:
+    def send(self, events: Sequence[MeterEvent], deadline: float = math.inf) -> tuple[Outcome, str]:
         """Send one request of at most 100 events: (outcome, one-line reason).
 
         OK means Stripe received the batch, not that it recorded every event: see
         :meth:`refusals`. On an expired session the batch is sent again once, with a new one.
+        A request is not made (NOT_SENT) unless it ends by ``deadline`` (monotonic seconds).
         """
         assert 0 < len(events) <= MAX_BATCH, f"a batch holds 1 to {MAX_BATCH} events"
         params: Any = {
@@ -119,14 +122,17 @@ class MeterEventStream:
         try:
             session = self._current(stale=None)
             try:
-                self.bucket.acquire()
-                session.client.v2.billing.meter_event_stream.create(params=params)
+                return self._request(session, params, deadline)
             except stripe.TemporarySessionExpiredError:
-                session = self._current(stale=session)
-                self.bucket.acquire()
-                session.client.v2.billing.meter_event_stream.create(params=params)
+                return self._request(self._current(stale=session), params, deadline)
         except stripe.StripeError as exc:
             return classify(exc)
+
+    def _request(self, session: _Session, params: Any, deadline: float) -> tuple[Outcome, str]:
+        self.bucket.acquire()
+        if not can_end_by(deadline, self.call_bound):
+            return Outcome.NOT_SENT, TOO_LATE
+        session.client.v2.billing.meter_event_stream.create(params=params)
         return Outcome.OK, ""
 
     def _current(self, stale: _Session | None) -> _Session:
