@@ -3,6 +3,7 @@ what a failed call means (:class:`Outcome`)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from enum import StrEnum
@@ -80,7 +81,7 @@ class StripeMeter:
         self.bucket = TokenBucket(cfg.rate_limit)
 
     def post(
-        self, customer: str, value: int, ts: int, ident: str, deadline: float
+        self, customer: str, value: int, ts: int, ident: str, deadline: float = math.inf
     ) -> tuple[Outcome, str]:
         """Post one meter event; ``ident`` is its identifier and its idempotency key. Not
         made (NOT_SENT) unless it ends by ``deadline``, whatever the SDK's retries do."""
