@@ -12,6 +12,7 @@ RETURNS TABLE (
 )
 LANGUAGE sql
 STABLE
+ROWS 1
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- The post that decides the customer's `last` value for the period, as Stripe sees it:

@@ -3,6 +3,7 @@ RETURNS TABLE (period_start timestamptz, period_end timestamptz)
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
+ROWS 1
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- The organization's billing period containing now(). Writes nothing, takes no locks.

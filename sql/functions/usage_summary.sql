@@ -19,6 +19,7 @@ RETURNS TABLE (
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
+ROWS 1
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- One row for a customer's usage page: the current period, its exact count (private and
