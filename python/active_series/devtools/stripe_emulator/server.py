@@ -50,7 +50,10 @@ class _ClientGone(Exception):
 
 class _Handler(BaseHTTPRequestHandler):
     server: StripeEmulatorServer
-    protocol_version = "HTTP/1.0"
+    # keep-alive, as Stripe: a client's connection serves its next request (every answer has a
+    # Content-Length; a fault that breaks the connection closes it)
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms ACK wait
     server_version = "active-series-stripe-emulator"
     _status: int | str | None = None  # the answer's status (or how it failed), for the call record
     # ends a meter-event call's record and in-flight count; run as its answer starts to go out
@@ -166,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self._stripe(method, path, url.query, raw, started)
         except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
             self._status = "client-gone"
             self._log(method, path, "client-gone", started)
 
