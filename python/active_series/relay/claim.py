@@ -275,8 +275,8 @@ class Relay:
         rows = conn.execute(q.PENDING_POSTS, (list(claims),)).fetchall()
         if not rows:
             return
-        # a call of another worker that lost its claim (killed, or cut off from the primary)
-        # may still be in flight: its organization waits for that call's deadline
+        # a call of a worker whose claim a promotion or a restart took (it may be alive) may
+        # still be in flight: its organization waits for that call's deadline
         busy: dict[int, float] = {}
         for org, *_, until in rows:
             if until is not None:
@@ -403,8 +403,9 @@ class Relay:
         return {org: written + lease for org, lease in zip(orgs, leases, strict=True)}
 
     def _record(self, conn: Conn, results: Results) -> None:
-        """The ledger outcome of every call made in a round, in one statement: sent, failed
-        (refused for good) or still pending (no answer; resent by a later claim)."""
+        """The ledger outcome of every call of a round, in one statement: sent, failed
+        (refused for good) or still pending (no answer, or not made; resent by a later
+        claim). No call of the round is in flight any more."""
         if not results:
             return
         rows = list(results.items())
