@@ -367,16 +367,15 @@ class Relay:
         killed during a call resends exactly that post."""
         if not posts:
             return []
-        per_org = Counter(claim.org for claim, _, _ in posts)
-        columns: list[list[Any]] = [[], [], [], [], [], [], []]
+        columns: list[list[Any]] = [[], [], [], [], [], []]
         for claim, p, ts in posts:
             for column, value in zip(
-                columns[:6],
+                columns,
                 (claim.org, claim.customer, p.start, p.end, p.usage, ts),
                 strict=True,
             ):
                 column.append(value)
-            columns[6].append(self.cfg.lease(per_org[claim.org]))
+        columns.append(self._lease_seconds(columns[0]))
         written = time.monotonic()  # before the row: its deadline is no earlier than the call's
         self.ledger.execute(q.LEDGER_PENDING, columns)
         idents = self._identifiers(columns[1], columns[5], columns[4])
@@ -396,11 +395,16 @@ class Relay:
     def _leases(self, orgs: list[int], idents: list[str]) -> dict[int, float]:
         """Give pending posts about to be resent their deadline (committed before the
         calls); returns each organization's, in ``time.monotonic()`` seconds."""
-        per_org = Counter(orgs)
-        leases = [self.cfg.lease(per_org[org]) for org in orgs]
+        leases = self._lease_seconds(orgs)
         written = time.monotonic()
         self.ledger.execute(q.LEDGER_IN_FLIGHT, (idents, leases))
         return {org: written + lease for org, lease in zip(orgs, leases, strict=True)}
+
+    def _lease_seconds(self, orgs: list[int]) -> list[float]:
+        """Per post (given by its organization): seconds from writing it to its deadline,
+        from how many calls its organization makes in this round."""
+        calls = Counter(orgs)
+        return [self.cfg.lease(calls[org]) for org in orgs]
 
     def _record(self, conn: Conn, results: Results) -> None:
         """The ledger outcome of every call of a round, in one statement: sent, failed
