@@ -40,7 +40,20 @@ BEGIN
             AND p.period_start <= clock_timestamp()
         UNION
         SELECT o.id, c.period_start, c.period_end, NULL::timestamptz
-        FROM unnest(p_organization_ids) AS o (id)
+        FROM (
+            -- (only where no recorded period contains now is _period_at called, ~20 µs
+            -- each; OFFSET 0 keeps this filter ahead of the calls)
+            SELECT u.id
+            FROM unnest(p_organization_ids) AS u (id)
+            WHERE NOT EXISTS (
+                SELECT FROM active_series._period AS q
+                WHERE
+                    q.organization_id = u.id
+                    AND q.period_start <= clock_timestamp()
+                    AND q.period_end > clock_timestamp()
+            )
+            OFFSET 0
+        ) AS o
         CROSS JOIN LATERAL active_series._period_at(o.id, clock_timestamp()) AS c
         WHERE NOT EXISTS (
             SELECT FROM active_series._period AS q

@@ -377,8 +377,7 @@ class Relay:
                 column.append(value)
         columns.append(self._lease_seconds(columns[0]))
         written = time.monotonic()  # before the row: its deadline is no earlier than the call's
-        self.ledger.execute(q.LEDGER_PENDING, columns)
-        idents = self._identifiers(columns[1], columns[5], columns[4])
+        idents = [str(r[0]) for r in self.ledger.execute(q.LEDGER_PENDING, columns).fetchall()]
         return [
             Call(
                 claim.org,
@@ -523,12 +522,10 @@ class Relay:
         return ClaimOutcome.RETRY
 
     def _identifier(self, customer: str, ts: int, value: int) -> str:
-        return self._identifiers([customer], [ts], [value])[0]
-
-    def _identifiers(self, customers: list[Any], stamps: list[Any], values: list[Any]) -> list[str]:
-        """The posts' identifiers, as the schema defines them (``_relay_identifier``)."""
-        rows = self.ledger.execute(q.IDENTIFIERS, (customers, stamps, values)).fetchall()
-        return [str(r[0]) for r in rows]
+        """A post's identifier, as the schema defines it (``_relay_identifier``)."""
+        row = self.ledger.execute(q.IDENTIFIER, (customer, ts, value)).fetchone()
+        assert row is not None
+        return str(row[0])
 
 
 def _by_org(calls: list[Call]) -> dict[int, list[Call]]:

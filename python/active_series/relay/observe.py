@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+_NEEDS_QUOTES = re.compile(r'[ "=\n\t]')
 
 
 class Log:
@@ -24,7 +27,7 @@ class Log:
         if isinstance(value, float):
             value = round(value, 3)
         text = str(value)
-        if text == "" or any(c in text for c in ' "=\n\t'):
+        if text == "" or _NEEDS_QUOTES.search(text):
             return json.dumps(text)
         return text
 

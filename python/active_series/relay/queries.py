@@ -142,39 +142,46 @@ WHERE organization_id = %s
 
 # -- ledger (autocommit connection: committed before the Stripe call) --------------------
 # every post of a batch, written pending in one statement, each with the seconds until its
-# call's deadline
+# call's deadline (the server instance read once per statement, not per row); returns the
+# posts' identifiers, in the order given
 LEDGER_PENDING: Final = """
-INSERT INTO active_series._ledger AS l (
-    organization_id, stripe_customer_id, period_start, period_end, value, event_timestamp,
-    identifier, in_flight_until, in_flight_on
+WITH i AS MATERIALIZED (SELECT active_series._relay_instance() AS instance),
+p AS MATERIALIZED (
+    SELECT x.*, active_series._relay_identifier(x.customer, x.ts, x.value) AS identifier
+    FROM unnest(
+        %s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],
+        %s::bigint[], %s::float8[]
+    ) WITH ORDINALITY
+        AS x (organization_id, customer, period_start, period_end, value, ts, lease, n)
+),
+w AS (
+    INSERT INTO active_series._ledger AS l (
+        organization_id, stripe_customer_id, period_start, period_end, value, event_timestamp,
+        identifier, in_flight_until, in_flight_on
+    )
+    SELECT p.organization_id, p.customer, p.period_start, p.period_end, p.value, p.ts,
+           p.identifier, clock_timestamp() + make_interval(secs => p.lease), i.instance
+    FROM p CROSS JOIN i
+    ON CONFLICT (identifier) DO UPDATE
+    SET status = 'pending', updated = clock_timestamp(),
+        in_flight_until = excluded.in_flight_until, in_flight_on = excluded.in_flight_on
+    WHERE l.status = 'failed'
 )
-SELECT p.organization_id, p.customer, p.period_start, p.period_end, p.value, p.ts,
-       active_series._relay_identifier(p.customer, p.ts, p.value),
-       clock_timestamp() + make_interval(secs => p.lease), active_series._relay_instance()
-FROM unnest(
-    %s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::bigint[],
-    %s::float8[]
-) AS p (organization_id, customer, period_start, period_end, value, ts, lease)
-ON CONFLICT (identifier) DO UPDATE
-SET status = 'pending', updated = clock_timestamp(), in_flight_until = excluded.in_flight_until,
-    in_flight_on = excluded.in_flight_on
-WHERE l.status = 'failed'
+SELECT p.identifier FROM p ORDER BY p.n
 """
 
 # pending posts about to be resent: (identifier, seconds until the call's deadline) pairs
 LEDGER_IN_FLIGHT: Final = """
+WITH i AS MATERIALIZED (SELECT active_series._relay_instance() AS instance)
 UPDATE active_series._ledger AS l
 SET in_flight_until = clock_timestamp() + make_interval(secs => x.lease),
-    in_flight_on = active_series._relay_instance()
+    in_flight_on = i.instance
 FROM unnest(%s::text[], %s::float8[]) AS x (identifier, lease)
+CROSS JOIN i
 WHERE l.identifier = x.identifier
 """
 
-IDENTIFIERS: Final = """
-SELECT active_series._relay_identifier(x.customer, x.ts, x.value)
-FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) WITH ORDINALITY AS x (customer, ts, value, n)
-ORDER BY x.n
-"""
+IDENTIFIER: Final = "SELECT active_series._relay_identifier(%s, %s, %s)"
 
 LEDGER_FAILED_NEW: Final = """
 INSERT INTO active_series._ledger AS l (
