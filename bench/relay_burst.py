@@ -32,18 +32,20 @@ from active_series.devtools.worker_process import WorkerProcess
 from common import connect, drop_database, fresh_database, log, percentile, server_info, write_run
 from relay import API_KEY, Emulator, report, setup_orgs
 
-# (api, concurrency, milliseconds the emulator takes per meter-event request): no delay
-# (the worker's own cost), then a network round trip to Stripe, where calls in flight at
-# once are what keeps up
-ROWS = [
-    ("v1", 1, 0),
-    ("v1", 4, 0),
-    ("v1", 16, 0),
-    ("v2-stream", 8, 0),
-    ("v1", 1, 50),
-    ("v1", 16, 50),
-    ("v1", 64, 50),
-    ("v2-stream", 8, 50),
+# (api, concurrency, milliseconds the emulator takes per meter-event request, organizations
+# in the burst: None for --organizations): no delay (the worker's own cost), then a network
+# round trip to Stripe, where calls in flight at once are what keeps up. The larger v2 burst
+# shows the stream's rate once the fixed cost of a burst (debounce, one claim) is shared.
+ROWS: list[tuple[str, int, int, int | None]] = [
+    ("v1", 1, 0, None),
+    ("v1", 4, 0, None),
+    ("v1", 16, 0, None),
+    ("v2-stream", 8, 0, None),
+    ("v2-stream", 8, 0, 3000),
+    ("v1", 1, 50, None),
+    ("v1", 16, 50, None),
+    ("v1", 64, 50, None),
+    ("v2-stream", 8, 50, None),
 ]
 PATHS = {"v1": "/v1/billing/meter_events", "v2-stream": "/v2/billing/meter_event_stream"}
 
@@ -221,18 +223,20 @@ def main(argv: list[str] | None = None) -> int:
             for api in args.api:
                 rollovers.append(rollover_row(dsn, emu, api, 50, Path(tmp)))
             # rows alternate within each repeat: the machine's noise hits all alike
-            runs: dict[tuple[str, int, int], list[dict]] = {}
+            runs: dict[tuple[str, int, int, int], list[dict]] = {}
             for _ in range(args.repeats):
-                for api, conc, delay in [r for r in ROWS if r[0] in args.api]:
-                    row = burst_row(dsn, emu, api, conc, delay, args.organizations, Path(tmp))
-                    runs.setdefault((api, conc, delay), []).append(row)
-            for (api, conc, delay), rows in runs.items():
+                for api, conc, delay, orgs in [r for r in ROWS if r[0] in args.api]:
+                    count = orgs or args.organizations
+                    row = burst_row(dsn, emu, api, conc, delay, count, Path(tmp))
+                    runs.setdefault((api, conc, delay, count), []).append(row)
+            for (api, conc, delay, count), rows in runs.items():
                 rate = sorted(r["organizations_per_second"] for r in rows)[len(rows) // 2]
                 bursts.append(
                     {
                         "api": api,
                         "concurrency": conc,
                         "delay_ms": delay,
+                        "organizations": count,
                         "median_per_second": rate,
                         "runs": rows,
                     }
