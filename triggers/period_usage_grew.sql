@@ -13,6 +13,7 @@ AS $$
 -- Most organizations have neither a cap nor a threshold: one query (cached plan) answers
 -- that, without calling _check_usage (whose threshold list is a SQL function, planned at
 -- each call). A tier bound that set_alert disabled still calls it; it decides exactly.
+-- The rises of a re-recording after a hard delete (_rerecording) only undo its falls.
 BEGIN
     IF pg_trigger_depth() < 2 THEN
         RETURN NULL;
@@ -33,7 +34,9 @@ BEGIN
                 WHERE t.organization_id = new.organization_id AND t.up_to IS NOT NULL
             )
         );
-    IF FOUND THEN
+    IF FOUND AND NOT EXISTS (
+        SELECT FROM active_series._rerecording AS r WHERE r.txid = txid_current()
+    ) THEN
         PERFORM active_series._check_usage(new.organization_id, new.period_start);
     END IF;
     RETURN NULL;

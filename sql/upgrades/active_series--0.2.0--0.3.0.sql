@@ -824,6 +824,13 @@ CREATE INDEX pending_txid_idx ON active_series._pending (txid);
 COMMENT ON TABLE active_series._pending IS
 'The (report_benchmark, measure) pairs each ingest statement inserted metrics for (a row per statement, summarized from its transition table), recorded and deleted at its transaction''s commit by a deferred trigger: never visible to other transactions.';
 
+-- sql/tables/rerecording.sql
+CREATE UNLOGGED TABLE active_series._rerecording (
+    txid bigint PRIMARY KEY DEFAULT txid_current()
+);
+COMMENT ON TABLE active_series._rerecording IS
+'The transactions re-recording history after a hard delete (_forget_series), for as long as they do: the counts they raise on the way back never exceed what they were, so the cap and alert check (_period_usage_grew) leaves them alone. Only the extension''s own functions write it.';
+
 -- sql/views/series_last_seen.sql
 CREATE VIEW active_series.series_last_seen AS
 SELECT
@@ -1840,7 +1847,11 @@ BEGIN
 
     DELETE FROM active_series._testbed_period AS t
     WHERE t.shape_id = ANY(v_shapes);
+    -- (the counts fell with the deletes above and rise back below, to no more than they
+    -- were: no cap to enforce, no alert to write, _period_usage_grew is told so)
+    INSERT INTO active_series._rerecording DEFAULT VALUES;
     PERFORM active_series._record_groups(active_series._regroup(v_spans), 'delete');
+    DELETE FROM active_series._rerecording AS r WHERE r.txid = txid_current();
     -- the sets that held them are no longer referred to (a _shape_seen set is always inside
     -- its testbed history's set, and every history whose set held one was rewritten)
     DELETE FROM active_series._shape AS s
@@ -2846,6 +2857,7 @@ AS $$
 -- Most organizations have neither a cap nor a threshold: one query (cached plan) answers
 -- that, without calling _check_usage (whose threshold list is a SQL function, planned at
 -- each call). A tier bound that set_alert disabled still calls it; it decides exactly.
+-- The rises of a re-recording after a hard delete (_rerecording) only undo its falls.
 BEGIN
     IF pg_trigger_depth() < 2 THEN
         RETURN NULL;
@@ -2866,7 +2878,9 @@ BEGIN
                 WHERE t.organization_id = new.organization_id AND t.up_to IS NOT NULL
             )
         );
-    IF FOUND THEN
+    IF FOUND AND NOT EXISTS (
+        SELECT FROM active_series._rerecording AS r WHERE r.txid = txid_current()
+    ) THEN
         PERFORM active_series._check_usage(new.organization_id, new.period_start);
     END IF;
     RETURN NULL;

@@ -236,6 +236,44 @@ def test_the_cap_holds_exactly_under_concurrent_ingest(conn, connect):
     assert_matches_oracle(conn, org_id)
 
 
+def test_a_hard_delete_under_a_lowered_cap_succeeds_and_writes_no_alert(conn):
+    """Hard-deleting a benchmark re-records the remaining series of the testbeds whose sets
+    held it. Counts only fall: the delete succeeds although the organization is above a cap
+    lowered since, and writes no alert, though the re-recording passes through every count
+    from 0 to the remaining one."""
+    org = make_org(conn, "lowered", testbeds=1, benchmarks=2, measures=3)
+    kept, deleted = org.benchmarks
+    with conn.transaction():
+        ingest(
+            conn,
+            org,
+            org.testbeds[0],
+            [(kept, m) for m in org.measures] + [(deleted, org.measures[0])],
+        )
+    assert one(conn, USAGE, (org.id,)) == 4
+    conn.execute("SELECT active_series.set_series_cap(%s, 2)", (org.id,))
+    conn.execute("SELECT active_series.set_alert(%s, 3)", (org.id,))
+    assert conn.execute(ALERTS, (org.id,)).fetchall() == []
+
+    conn.execute("DELETE FROM active_series.benchmark WHERE id = %s", (deleted,))
+    assert one(conn, USAGE, (org.id,)) == 3
+    assert conn.execute(ALERTS, (org.id,)).fetchall() == []
+    assert_matches_oracle(conn, org.id)
+    # the cap still refuses what ingest would add
+    with pytest.raises(psycopg.Error) as err, conn.transaction():
+        ingest(conn, org, org.testbeds[0], [(kept, org.measures[0])])
+        other = make_project(conn, org.id, "more", "private")
+        more = Org(
+            org.id,
+            other,
+            make_entities(conn, "testbed", other, 1),
+            make_entities(conn, "benchmark", other, 1),
+            make_entities(conn, "measure", other, 1),
+        )
+        ingest(conn, more, more.testbeds[0], [(more.benchmarks[0], more.measures[0])])
+    assert err.value.sqlstate == CAP_EXCEEDED
+
+
 def test_rebucketing_neither_refuses_nor_alerts(conn):
     """set_billing_period merging two periods may raise a count above the cap and past a
     threshold: it is an administrative re-bucketing of recorded activity, so it succeeds
