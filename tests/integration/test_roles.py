@@ -57,6 +57,8 @@ PROTECTED_TABLES = (
     "_ledger",
     "_relay_state",
     "_pending",
+    # a transaction marked here skips the cap and alert check: a client must not forge it
+    "_rerecording",
     "_meta",
 )
 
@@ -389,6 +391,7 @@ def writes_to(table: str) -> list[sql.Composable]:
 def first_column(table: str) -> str:
     return {
         "_pending": "txid",
+        "_rerecording": "txid",
         "_meta": "version",
         "_ledger": "value",
         "_shape": "project_id",
