@@ -34,11 +34,8 @@ BEGIN
 
     -- a new statement: it sees every commit that held the row before us
     SELECT coalesce(sum(u.series_count), 0)::bigint INTO v_total
-    FROM active_series._period_usage AS u
-    INNER JOIN active_series.project AS p ON p.id = u.project_id
-    WHERE u.organization_id = p_organization_id
-        AND u.period_start = p_period_start
-        AND p.deleted_at IS NULL;
+    FROM active_series._billed_usage AS u
+    WHERE u.organization_id = p_organization_id AND u.period_start = p_period_start;
 
     IF v_total > v_cap THEN
         RAISE EXCEPTION

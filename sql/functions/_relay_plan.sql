@@ -82,12 +82,8 @@ BEGIN
         END,
         (
             SELECT coalesce(sum(u.series_count), 0)::bigint
-            FROM active_series._period_usage AS u
-            INNER JOIN active_series.project AS j ON u.project_id = j.id
-            WHERE
-                u.organization_id = w.organization_id
-                AND u.period_start = w.period_start
-                AND j.deleted_at IS NULL
+            FROM active_series._billed_usage AS u
+            WHERE u.organization_id = w.organization_id AND u.period_start = w.period_start
         ),
         h.value,
         h.status,

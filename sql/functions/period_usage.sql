@@ -23,11 +23,8 @@ BEGIN
     END IF;
     RETURN (
         SELECT coalesce(sum(u.series_count), 0)::bigint
-        FROM active_series._period_usage AS u
-        INNER JOIN active_series.project AS p ON p.id = u.project_id
-        WHERE u.organization_id = p_organization_id
-            AND u.period_start = v_start
-            AND p.deleted_at IS NULL
+        FROM active_series._billed_usage AS u
+        WHERE u.organization_id = p_organization_id AND u.period_start = v_start
     );
 END;
 $$;

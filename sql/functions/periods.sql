@@ -16,11 +16,8 @@ BEGIN
         p.period_start, p.period_end,
         coalesce((
             SELECT sum(u.series_count)
-            FROM active_series._period_usage AS u
-            INNER JOIN active_series.project AS j ON j.id = u.project_id
-            WHERE u.organization_id = p.organization_id
-                AND u.period_start = p.period_start
-                AND j.deleted_at IS NULL
+            FROM active_series._billed_usage AS u
+            WHERE u.organization_id = p.organization_id AND u.period_start = p.period_start
         ), 0)::bigint
     FROM active_series._period AS p
     WHERE p.organization_id = p_organization_id

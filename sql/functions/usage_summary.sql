@@ -40,17 +40,15 @@ BEGIN
         pp.active_series,
         coalesce((
             SELECT sum(u.series_count)
-            FROM active_series._period_usage AS u
-            INNER JOIN active_series.project AS p ON p.id = u.project_id
+            FROM active_series._billed_usage AS u
             WHERE u.organization_id = o.id AND u.period_start = pp.period_start
-                AND p.deleted_at IS NULL AND p.visibility = 'private'
+                AND u.visibility = 'private'
         ), 0)::bigint,
         coalesce((
             SELECT sum(u.series_count)
-            FROM active_series._period_usage AS u
-            INNER JOIN active_series.project AS p ON p.id = u.project_id
+            FROM active_series._billed_usage AS u
             WHERE u.organization_id = o.id AND u.period_start = pp.period_start
-                AND p.deleted_at IS NULL AND p.visibility = 'public'
+                AND u.visibility = 'public'
         ), 0)::bigint,
         pp.amount,
         pp.currency,

@@ -824,6 +824,24 @@ CREATE INDEX pending_txid_idx ON active_series._pending (txid);
 COMMENT ON TABLE active_series._pending IS
 'The (report_benchmark, measure) pairs each ingest statement inserted metrics for (a row per statement, summarized from its transition table), recorded and deleted at its transaction''s commit by a deferred trigger: never visible to other transactions.';
 
+-- sql/views/_billed_usage.sql
+CREATE VIEW active_series._billed_usage AS
+-- The one rule for which counts bill: a project's count row for a period, unless the project
+-- is soft-deleted (its rows are kept, and a restore bills them again). Every count that is
+-- billed, shown, posted or checked against the cap sums these rows (a plain view: the
+-- planner folds it into each query, as if written out there).
+SELECT
+    u.organization_id,
+    u.period_start,
+    u.project_id,
+    p.visibility,
+    u.series_count
+FROM active_series._period_usage AS u
+INNER JOIN active_series.project AS p ON u.project_id = p.id
+WHERE p.deleted_at IS NULL;
+COMMENT ON VIEW active_series._billed_usage IS
+'Internal: the per-(organization, period, project) counts that bill (soft-deleted projects left out); every billed, shown or checked count sums these.';
+
 -- sql/tables/rerecording.sql
 CREATE UNLOGGED TABLE active_series._rerecording (
     txid bigint PRIMARY KEY DEFAULT txid_current()
@@ -2115,11 +2133,8 @@ BEGIN
     END IF;
     RETURN (
         SELECT coalesce(sum(u.series_count), 0)::bigint
-        FROM active_series._period_usage AS u
-        INNER JOIN active_series.project AS p ON p.id = u.project_id
-        WHERE u.organization_id = p_organization_id
-            AND u.period_start = v_start
-            AND p.deleted_at IS NULL
+        FROM active_series._billed_usage AS u
+        WHERE u.organization_id = p_organization_id AND u.period_start = v_start
     );
 END;
 $$;
@@ -2143,11 +2158,8 @@ BEGIN
         p.period_start, p.period_end,
         coalesce((
             SELECT sum(u.series_count)
-            FROM active_series._period_usage AS u
-            INNER JOIN active_series.project AS j ON j.id = u.project_id
-            WHERE u.organization_id = p.organization_id
-                AND u.period_start = p.period_start
-                AND j.deleted_at IS NULL
+            FROM active_series._billed_usage AS u
+            WHERE u.organization_id = p.organization_id AND u.period_start = p.period_start
         ), 0)::bigint
     FROM active_series._period AS p
     WHERE p.organization_id = p_organization_id
@@ -2186,18 +2198,16 @@ SELECT
     b.stripe_customer_id,
     cp.period_start,
     cp.period_end,
-    coalesce(sum(u.series_count) FILTER (WHERE p.id IS NOT NULL), 0)::bigint AS active_series,
-    coalesce(sum(u.series_count) FILTER (WHERE p.visibility = 'private'), 0)::bigint
+    coalesce(sum(u.series_count), 0)::bigint AS active_series,
+    coalesce(sum(u.series_count) FILTER (WHERE u.visibility = 'private'), 0)::bigint
         AS private_series,
-    coalesce(sum(u.series_count) FILTER (WHERE p.visibility = 'public'), 0)::bigint
+    coalesce(sum(u.series_count) FILTER (WHERE u.visibility = 'public'), 0)::bigint
         AS public_series
 FROM active_series.organization AS o
 LEFT JOIN active_series.billing_account AS b ON b.organization_id = o.id
 CROSS JOIN LATERAL active_series.current_period(o.id) AS cp
-LEFT JOIN active_series._period_usage AS u
-    ON u.organization_id = o.id AND u.period_start = cp.period_start
-LEFT JOIN active_series.project AS p
-    ON p.id = u.project_id AND p.deleted_at IS NULL
+LEFT JOIN active_series._billed_usage AS u
+    ON o.id = u.organization_id AND cp.period_start = u.period_start
 GROUP BY o.id, o.name, b.plan, b.stripe_customer_id, cp.period_start, cp.period_end;
 COMMENT ON VIEW active_series.usage IS
 'Per organization: plan, Stripe customer, current billing period and its exact active-series count, split private/public.';
@@ -2246,13 +2256,9 @@ CROSS JOIN
     ) AS cp
 CROSS JOIN
     LATERAL (
-        SELECT coalesce(sum(pu.series_count), 0)::bigint AS period_usage
-        FROM active_series._period_usage AS pu
-        INNER JOIN active_series.project AS p ON pu.project_id = p.id
-        WHERE
-            pu.organization_id = b.organization_id
-            AND pu.period_start = cp.period_start
-            AND p.deleted_at IS NULL
+        SELECT coalesce(sum(bu.series_count), 0)::bigint AS period_usage
+        FROM active_series._billed_usage AS bu
+        WHERE bu.organization_id = b.organization_id AND bu.period_start = cp.period_start
     ) AS u
 -- _relay_held's rule, written out: the view is read by roles that may not call the relay's
 -- internal functions (a view reads its tables with its owner's rights, but calls
@@ -2667,17 +2673,15 @@ BEGIN
         pp.active_series,
         coalesce((
             SELECT sum(u.series_count)
-            FROM active_series._period_usage AS u
-            INNER JOIN active_series.project AS p ON p.id = u.project_id
+            FROM active_series._billed_usage AS u
             WHERE u.organization_id = o.id AND u.period_start = pp.period_start
-                AND p.deleted_at IS NULL AND p.visibility = 'private'
+                AND u.visibility = 'private'
         ), 0)::bigint,
         coalesce((
             SELECT sum(u.series_count)
-            FROM active_series._period_usage AS u
-            INNER JOIN active_series.project AS p ON p.id = u.project_id
+            FROM active_series._billed_usage AS u
             WHERE u.organization_id = o.id AND u.period_start = pp.period_start
-                AND p.deleted_at IS NULL AND p.visibility = 'public'
+                AND u.visibility = 'public'
         ), 0)::bigint,
         pp.amount,
         pp.currency,
@@ -2799,11 +2803,8 @@ BEGIN
 
     -- a new statement: it sees every commit that held the row before us
     SELECT coalesce(sum(u.series_count), 0)::bigint INTO v_total
-    FROM active_series._period_usage AS u
-    INNER JOIN active_series.project AS p ON p.id = u.project_id
-    WHERE u.organization_id = p_organization_id
-        AND u.period_start = p_period_start
-        AND p.deleted_at IS NULL;
+    FROM active_series._billed_usage AS u
+    WHERE u.organization_id = p_organization_id AND u.period_start = p_period_start;
 
     IF v_total > v_cap THEN
         RAISE EXCEPTION
@@ -3190,12 +3191,8 @@ BEGIN
         END,
         (
             SELECT coalesce(sum(u.series_count), 0)::bigint
-            FROM active_series._period_usage AS u
-            INNER JOIN active_series.project AS j ON u.project_id = j.id
-            WHERE
-                u.organization_id = w.organization_id
-                AND u.period_start = w.period_start
-                AND j.deleted_at IS NULL
+            FROM active_series._billed_usage AS u
+            WHERE u.organization_id = w.organization_id AND u.period_start = w.period_start
         ),
         h.value,
         h.status,
@@ -3351,6 +3348,7 @@ active_series.project,
 active_series.billing_account,
 active_series._period,
 active_series._period_usage,
+active_series._billed_usage,
 active_series._shape,
 active_series._shape_seen,
 active_series._testbed_period,

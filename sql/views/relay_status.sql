@@ -43,13 +43,9 @@ CROSS JOIN
     ) AS cp
 CROSS JOIN
     LATERAL (
-        SELECT coalesce(sum(pu.series_count), 0)::bigint AS period_usage
-        FROM active_series._period_usage AS pu
-        INNER JOIN active_series.project AS p ON pu.project_id = p.id
-        WHERE
-            pu.organization_id = b.organization_id
-            AND pu.period_start = cp.period_start
-            AND p.deleted_at IS NULL
+        SELECT coalesce(sum(bu.series_count), 0)::bigint AS period_usage
+        FROM active_series._billed_usage AS bu
+        WHERE bu.organization_id = b.organization_id AND bu.period_start = cp.period_start
     ) AS u
 -- _relay_held's rule, written out: the view is read by roles that may not call the relay's
 -- internal functions (a view reads its tables with its owner's rights, but calls
