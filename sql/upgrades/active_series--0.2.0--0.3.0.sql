@@ -2288,6 +2288,31 @@ LEFT JOIN active_series._relay_state AS s ON b.organization_id = s.organization_
 WHERE b.plan <> 'free' AND b.stripe_customer_id IS NOT NULL;
 COMMENT ON VIEW active_series.relay_status IS
 'Per billed organization: current period, its exact usage, the value Stripe holds per the ledger, whether they agree, outbox depth, age of the oldest unposted change, and whether the relay is parked.';
+CREATE OR REPLACE VIEW active_series.relay_periods AS
+SELECT
+    b.organization_id,
+    b.stripe_customer_id,
+    p.period_start,
+    p.period_end,
+    p.closed_at,
+    u.period_usage,
+    h.value AS stripe_value,
+    h.status AS stripe_value_status,
+    coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent' AS in_sync
+FROM active_series.billing_account AS b
+INNER JOIN active_series._period AS p ON b.organization_id = p.organization_id
+CROSS JOIN
+    LATERAL (
+        SELECT coalesce(sum(bu.series_count), 0)::bigint AS period_usage
+        FROM active_series._billed_usage AS bu
+        WHERE bu.organization_id = b.organization_id AND bu.period_start = p.period_start
+    ) AS u
+LEFT JOIN LATERAL active_series._relay_held(
+    b.stripe_customer_id, p.period_start, p.period_end
+) AS h ON TRUE
+WHERE b.stripe_customer_id IS NOT NULL;
+COMMENT ON VIEW active_series.relay_periods IS
+'Per organization with a Stripe customer and recorded billing period: the exact usage, the value Stripe holds for that period per the ledger, whether they agree, and when the period was closed.';
 
 -- Prices, alerts and the series cap.
 CREATE TABLE active_series._price (
@@ -3264,7 +3289,11 @@ WITH finalized AS (
         p.period_end,
         p.billed_value,
         coalesce(p.drift_since, p.finalized_at) AS since,
-        active_series.period_usage(p.organization_id, p.period_start) AS period_usage
+        (
+            SELECT coalesce(sum(u.series_count), 0)::bigint
+            FROM active_series._billed_usage AS u
+            WHERE u.organization_id = p.organization_id AND u.period_start = p.period_start
+        ) AS period_usage
     FROM active_series._period AS p
     WHERE p.finalized_at IS NOT NULL AND p.billed_value IS NOT NULL
 )

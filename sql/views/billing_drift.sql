@@ -6,7 +6,11 @@ WITH finalized AS (
         p.period_end,
         p.billed_value,
         coalesce(p.drift_since, p.finalized_at) AS since,
-        active_series.period_usage(p.organization_id, p.period_start) AS period_usage
+        (
+            SELECT coalesce(sum(u.series_count), 0)::bigint
+            FROM active_series._billed_usage AS u
+            WHERE u.organization_id = p.organization_id AND u.period_start = p.period_start
+        ) AS period_usage
     FROM active_series._period AS p
     WHERE p.finalized_at IS NOT NULL AND p.billed_value IS NOT NULL
 )

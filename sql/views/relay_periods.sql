@@ -5,13 +5,18 @@ SELECT
     p.period_start,
     p.period_end,
     p.closed_at,
-    active_series.period_usage(b.organization_id, p.period_start) AS period_usage,
+    u.period_usage,
     h.value AS stripe_value,
     h.status AS stripe_value_status,
-    coalesce(h.value, 0) = active_series.period_usage(b.organization_id, p.period_start)
-    AND coalesce(h.status, 'sent') = 'sent' AS in_sync
+    coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent' AS in_sync
 FROM active_series.billing_account AS b
 INNER JOIN active_series._period AS p ON b.organization_id = p.organization_id
+CROSS JOIN
+    LATERAL (
+        SELECT coalesce(sum(bu.series_count), 0)::bigint AS period_usage
+        FROM active_series._billed_usage AS bu
+        WHERE bu.organization_id = b.organization_id AND bu.period_start = p.period_start
+    ) AS u
 LEFT JOIN LATERAL active_series._relay_held(
     b.stripe_customer_id, p.period_start, p.period_end
 ) AS h ON TRUE
