@@ -235,7 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls")
     p.add_argument(
-        "--debounce", type=float, default=0.05, help="seconds to let a burst of changes settle"
+        "--debounce",
+        type=float,
+        default=0.05,
+        help="drains start at most this often (seconds): a change after a quiet spell is"
+        " posted at once, changes within this of the last drain are posted together",
     )
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus port (0: off)")
     p.add_argument("--retry-min", type=float, default=1.0, help="first per-organization backoff")

@@ -5,6 +5,7 @@ organization is :mod:`active_series.relay.claim`'s."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import time
@@ -46,6 +47,7 @@ class Worker:
         self.listen_conn: psycopg.Connection[Any] | None = None
         self.listen_attempts = 0
         self.listen_retry_at = 0.0
+        self.drained_at = -math.inf  # when the last drain started (time.monotonic())
 
     def run(self) -> int:
         self.signals.install()
@@ -98,6 +100,7 @@ class Worker:
                 db_attempts = 0
                 self.relay.wake_reason = reason
                 self.metrics.wakeups.labels(reason).inc()
+                self.drained_at = time.monotonic()
                 handled = self.relay.drain()
                 self.log("debug", "drained", wake=reason, claims=handled)
                 if self.cfg.once:
@@ -174,7 +177,7 @@ class Worker:
                 continue
             readable = self.listen_conn is not None and self.listen_conn.fileno() in ready
             if readable and self._notified():
-                self._debounce()
+                self._settle()
                 return Wake.NOTIFY
         raise Stopping
 
@@ -186,12 +189,14 @@ class Worker:
             self._lost_listen(exc)
             return False
 
-    def _debounce(self) -> None:
-        """Let a burst of commits settle for ``debounce`` seconds (coalescing)."""
-        end = time.time() + self.cfg.debounce
+    def _settle(self) -> None:
+        """Drains start at most once per ``debounce`` seconds. A change after a quiet spell
+        is drained at once; the changes that come within ``debounce`` of the last drain's
+        start wait for the rest of it, and are drained together (coalescing)."""
+        end = self.drained_at + self.cfg.debounce
         wake_fd = self.signals.wake_fd
         while self.listen_conn is not None and not self.stop.is_set():
-            left = end - time.time()
+            left = end - time.monotonic()
             if left <= 0:
                 return
             ready, _, _ = select.select([self.listen_conn.fileno(), wake_fd], [], [], left)
