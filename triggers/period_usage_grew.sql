@@ -34,10 +34,14 @@ BEGIN
                 WHERE t.organization_id = new.organization_id AND t.up_to IS NOT NULL
             )
         );
-    IF FOUND AND NOT EXISTS (
-        SELECT FROM active_series._rerecording AS r WHERE r.txid = txid_current()
-    ) THEN
-        PERFORM active_series._check_usage(new.organization_id, new.period_start);
+    -- (nested: a condition with a subquery is not a simple expression, and would run the
+    -- executor at every call, FOUND or not)
+    IF FOUND THEN
+        IF NOT EXISTS (
+            SELECT FROM active_series._rerecording AS r WHERE r.txid = txid_current()
+        ) THEN
+            PERFORM active_series._check_usage(new.organization_id, new.period_start);
+        END IF;
     END IF;
     RETURN NULL;
 END;
