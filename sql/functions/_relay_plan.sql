@@ -12,6 +12,7 @@ RETURNS TABLE (
     held_value bigint,
     held_status text,
     next_timestamp bigint,
+    due_second bigint,
     first_second bigint,
     last_second bigint
 )
@@ -21,10 +22,11 @@ SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- What the relay has to look at for each organization (claimed by the caller): every
 -- unfinalized period that has begun, and the current one, oldest first, with its exact
--- usage, the value Stripe holds for it per the ledger and the timestamp its next post
--- would carry (_relay_timestamp). phase: open (running), ended (within the grace),
--- closing (grace over, not yet closed), closed (final value posted, corrections still
--- billed), final (the invoice grace is over: to be finalized, never posted again).
+-- usage, the value Stripe holds for it per the ledger, and the timestamp its next post
+-- would carry with the second it is due (_relay_timestamp). phase: open (running), ended
+-- (within the grace), closing (grace over, not yet closed), closed (final value posted,
+-- corrections still billed), final (the invoice grace is over: to be finalized, never
+-- posted again).
 -- The rules of period_usage, _relay_window and _relay_held are written out here: one
 -- statement for a whole batch rather than three function calls per period (their pinned
 -- search_path keeps them from being inlined); PL/pgSQL for its cached plan (a worker
@@ -87,10 +89,8 @@ BEGIN
         ),
         h.value,
         h.status,
-        active_series._relay_timestamp(
-            h.event_timestamp, w.first_second, w.last_second,
-            floor(extract(EPOCH FROM clock_timestamp()))::bigint
-        ),
+        t.event_timestamp,
+        t.due_second,
         w.first_second,
         w.last_second
     FROM windows AS w
@@ -108,6 +108,10 @@ BEGIN
         ORDER BY l.event_timestamp DESC
         LIMIT 1
     ) AS h ON TRUE
+    CROSS JOIN LATERAL active_series._relay_timestamp(
+        h.event_timestamp, w.first_second, w.last_second,
+        floor(extract(EPOCH FROM clock_timestamp()))::bigint
+    ) AS t
     ORDER BY w.organization_id, w.period_start;
 END;
 $$;

@@ -198,8 +198,8 @@ AS $$
 # Post the organization's current-period count to Stripe now, as the worker would: under
 # its _relay_state row lock (NOWAIT: a worker holding it is relaying the organization), the
 # post written to the ledger as pending first, a deterministic identifier and idempotency
-# key, the period's next timestamp (_relay_timestamp: after its held one, the period's tail
-# kept for posts after its end). Leaves ended periods and resending pending posts to the
+# key, the period's next timestamp (_relay_timestamp: after its held one, the second half
+# of the period's tail kept for posts after its end). Leaves ended periods and resending pending posts to the
 # worker. Locks the organization's _relay_state row until the caller's transaction ends:
 # call it in autocommit, so the ledger row commits with the post.
 # SECURITY DEFINER: it writes the relay's internal tables (_relay_state, _ledger), on which
@@ -270,8 +270,8 @@ held = one(
 )
 if held is not None and int(held["value"]) == usage and held["status"] == "sent":
     return f"in sync: Stripe holds {usage}"
-ts = one(
-    "SELECT active_series._relay_timestamp($1, $2, $3, $4) AS t",
+post = one(
+    "SELECT event_timestamp, due_second FROM active_series._relay_timestamp($1, $2, $3, $4)",
     ["bigint", "bigint", "bigint", "bigint"],
     [
         None if held is None else held["event_timestamp"],
@@ -279,11 +279,13 @@ ts = one(
         cur["last_second"],
         math.floor(cur["now"]),
     ],
-)["t"]
+)
+ts = post["event_timestamp"]
 if ts is None:
-    return "deferred: the period's last hour is kept for its final post (the worker's)"
-if ts > math.floor(cur["now"]):
-    return "deferred: an event for this period was sent this second; try again"
+    return "deferred: the period's tail is kept for its final post (the worker's)"
+if post["due_second"] > math.floor(cur["now"]):
+    wait = post["due_second"] - math.floor(cur["now"])
+    return f"deferred: an event for this period was sent moments ago; try again in {wait} s"
 ident = one(
     "SELECT active_series._relay_identifier($1, $2, $3) AS i",
     ["text", "bigint", "bigint"],

@@ -3,6 +3,7 @@ final value still reaches Stripe once the period has ended (end + grace), inside
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from pathlib import Path
 
@@ -86,3 +87,47 @@ def test_the_final_value_arrives_after_the_period_when_its_last_post_failed(
     assert final[0]["received_at"] >= end.timestamp()
     assert closed >= end
     assert_increasing_timestamps(emu, billing_periods(conn, {org.id: cus}))
+
+
+def test_changes_in_the_last_hour_of_a_period_are_posted_as_they_come_in_its_first_half_hour(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path
+):
+    """The period's tail (its last hour) runs at half speed: a change in it is posted at once,
+    at most one every two seconds, with a timestamp in the tail's first half, so the second
+    half stays free for the final post and the corrections after the period ends. A monthly
+    customer reporting at 23:30 on the month's last day is billed at once, not at 00:05."""
+    emu = relay_emulator
+    org = make_org(conn)
+    cus = emu.customer()
+    bill(conn, org.id, cus)
+    # four-hour periods, the current one ending in 20 minutes: 40 minutes into its tail
+    now = conn.execute("SELECT date_trunc('second', clock_timestamp())").fetchone()[0]
+    end = now + dt.timedelta(minutes=20)
+    conn.execute(
+        "SELECT active_series.set_billing_period(%s, %s, %s)",
+        (org.id, end - dt.timedelta(hours=4), end),
+    )
+    start, period_end, _ = current(conn, org.id)
+    assert period_end == end
+    tail = int(end.timestamp()) - 3600
+    worker = WorkerProcess(dsn, emu.url, tmp_path / "w.log", "--poll-interval", "0.5")
+    with workers(worker.start()):
+        for i in range(3):
+            ingest(
+                conn,
+                org,
+                org.testbeds[0],
+                [(org.benchmarks[j], org.measures[0]) for j in range(i + 1)],
+            )
+            wait_until(
+                lambda n=i + 1: emu.last_value(cus, start, end) == n, 30, f"the post of {i + 1}"
+            )
+    events = emu.events(cus)
+    assert [e["value"] for e in events] == [1, 2, 3]
+    stamps = [e["timestamp"] for e in events]
+    assert stamps == sorted(set(stamps))
+    for e in events:
+        # posted as it came, at the tail's half-speed time, in the tail's first half
+        assert tail <= e["timestamp"] < tail + 1800
+        assert e["timestamp"] <= tail + (e["received_at"] - tail) / 2
+    assert stamps[0] >= tail + (2400 - 5) // 2

@@ -4,7 +4,7 @@ BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 -- ingest activity is recorded at commit; this file rolls back, so record it per statement
 SET CONSTRAINTS active_series.pending_flush IMMEDIATE;
-SELECT plan(43);
+SELECT plan(44);
 
 -- ---------------------------------------------------------------- signatures
 SELECT has_function(
@@ -267,6 +267,46 @@ SELECT throws_ok(
            active_series.measure AS m LIMIT 1 $$,
     NULL, NULL,
     'a NaN metric value is rejected'
+);
+
+-- ---------------------------------------------------------------- relay timestamps
+-- a period of seconds 0..9999 (tail 6400..9999, its second half from 8200 kept for the posts
+-- after the end) and the tiny tails of test periods of 2 and 4 seconds
+SELECT results_eq(
+    $$ SELECT c.what, t.event_timestamp, t.due_second
+       FROM (VALUES
+           ('running: now', NULL, 0, 9999, 100),
+           ('running: after the held second, deferred', 100, 0, 9999, 100),
+           ('tail: half-speed time', 6000, 0, 9999, 7400),
+           ('tail: after the held second, due at twice its distance', 6900, 0, 9999, 7400),
+           ('tail: its last second', 8000, 0, 9999, 9999),
+           ('ended: the second half', 8199, 0, 9999, 10000),
+           ('ended: the second half, whatever was held', 5000, 0, 9999, 12000),
+           ('ended: after the held second', 8200, 0, 9999, 12000),
+           ('one-second tail: the change waits', 0, 0, 1, 1),
+           ('one-second tail: ended', 0, 0, 1, 2),
+           ('two-second tail: its first second', 1, 0, 3, 2),
+           ('two-second tail: full', 2, 0, 3, 3),
+           ('two-second tail: ended', 2, 0, 3, 4)
+       ) AS c (what, held, first_second, last_second, now)
+       CROSS JOIN LATERAL active_series._relay_timestamp(
+           c.held::bigint, c.first_second::bigint, c.last_second::bigint, c.now::bigint
+       ) AS t $$,
+    $$ VALUES
+       ('running: now', 100::bigint, 100::bigint),
+       ('running: after the held second, deferred', 101, 101),
+       ('tail: half-speed time', 6900, 7400),
+       ('tail: after the held second, due at twice its distance', 6901, 7402),
+       ('tail: its last second', 8199, 9998),
+       ('ended: the second half', 8200, 8200),
+       ('ended: the second half, whatever was held', 8200, 8200),
+       ('ended: after the held second', 8201, 8201),
+       ('one-second tail: the change waits', NULL, NULL),
+       ('one-second tail: ended', 1, 1),
+       ('two-second tail: its first second', 2, 2),
+       ('two-second tail: full', NULL, NULL),
+       ('two-second tail: ended', 3, 3) $$,
+    '_relay_timestamp: now while the period runs, half-speed time in its tail, the tail''s second half after its end'
 );
 
 SELECT * FROM finish();

@@ -92,7 +92,8 @@ class Period:
     usage: int
     held: int  # what Stripe holds per the ledger (0: nothing)
     held_status: str | None
-    next_ts: int | None  # None: in the period's tail, waiting for its final post
+    next_ts: int | None  # None: in a tail too short to post in, waiting for its final post
+    due: int | None  # the second from which next_ts may be posted
     first_second: int
     last_second: int
     now: int
@@ -245,10 +246,11 @@ class Relay:
             plan: dict[int, list[Period]] = defaultdict(list)
             rows = conn.execute(q.PLAN, (list(claims), self.cfg.grace, self.cfg.invoice_grace))
             for row in rows.fetchall():
-                org, start, end, phase, usage, held, status, ts, first, last, now = row
+                org, start, end, phase, usage, held, status, ts, due, first, last, now = row
                 period = Period(
                     org, start, end, phase, int(usage), int(held or 0), status,
-                    None if ts is None else int(ts), int(first), int(last), int(now),
+                    None if ts is None else int(ts), None if due is None else int(due),
+                    int(first), int(last), int(now),
                 )  # fmt: skip
                 plan[period.org].append(period)
             unpostable: set[tuple[int, datetime]] = set()
@@ -334,14 +336,14 @@ class Relay:
                     continue
                 if p.held == p.usage and p.held_status != "pending":
                     continue
-                if p.next_ts is None:
-                    continue  # the period's tail: this change waits for the final post
+                if p.next_ts is None or p.due is None:
+                    continue  # no second of the tail to post in: waits for the final post
                 ts = p.next_ts
                 if ts > p.last_second or ts < p.now - MAX_EVENT_AGE:
                     self._unpostable(claim, p, ts)
                     unpostable.add((org, p.start))
-                elif ts > p.now:
-                    defer[org] = max(ts, defer.get(org, ts))
+                elif p.due > p.now:
+                    defer[org] = max(p.due, defer.get(org, p.due))
                     outcomes[org] = ClaimOutcome.DEFERRED
                 else:
                     posts.append((claim, p, ts))

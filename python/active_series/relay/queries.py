@@ -55,7 +55,7 @@ ORDER BY organization_id, event_timestamp, id
 
 PLAN: Final = """
 SELECT organization_id, period_start, period_end, phase, usage, held_value, held_status,
-       next_timestamp, first_second, last_second,
+       next_timestamp, due_second, first_second, last_second,
        floor(extract(EPOCH FROM clock_timestamp()))::bigint
 FROM active_series._relay_plan(%s, make_interval(secs => %s), make_interval(secs => %s))
 """
