@@ -25,7 +25,9 @@ is in flight across all workers:
 The calls of one organization are made one after the other; those of different
 organizations run at once on a pool of ``concurrency`` threads (:mod:`.posting`); the
 database work stays on this thread, a few statements per batch. Every post is written
-``pending`` on a second, autocommit connection and committed before its call, then marked
+``pending`` on a second, autocommit connection and committed before its call (on v2
+streams request by request, so the rows of one request are written while the previous
+request is in flight), then marked
 ``sent`` (a duplicate identifier counts as sent), ``failed`` (a permanent refusal, which
 parks the organization) or left pending (no answer: resent by the next claim).
 """
@@ -49,7 +51,7 @@ from active_series.ratelimit import backoff
 from active_series.relay import queries as q
 from active_series.relay.config import MAX_EVENT_AGE, RelayConfig, worker_conninfo
 from active_series.relay.observe import Log, Metrics
-from active_series.relay.posting import Call, Poster, Results, Stopping
+from active_series.relay.posting import STREAM_BATCH, Call, Poster, Results, Stopping, pack
 
 __all__ = ["ClaimOutcome", "Relay", "Stopping"]
 from active_series.relay.stripe_api import Outcome
@@ -97,6 +99,10 @@ class Period:
     first_second: int
     last_second: int
     now: int
+
+
+# a period to post now: the claim, the period and its event timestamp
+Post = tuple[Claim, Period, int]
 
 
 class Relay:
@@ -164,7 +170,6 @@ class Relay:
         SchemaVersionError once the schema is no longer this program's (upgraded under a
         running worker): a worker never relays with another version's rules."""
         check_version(self.ledger)
-        self.record_refusals()
         leave: set[int] = set()
         rounds: dict[int, int] = defaultdict(int)
         handled = 0
@@ -191,6 +196,8 @@ class Relay:
                     # stream of changes must not starve the other organizations
                     if outcome == ClaimOutcome.LOCKED or only_close or rounds[org] >= 20:
                         leave.add(org)
+        # after the claims: a burst's posts do not wait for this read of the Events API
+        self.record_refusals()
         self.update_gauges()
         return handled
 
@@ -255,8 +262,7 @@ class Relay:
                 plan[period.org].append(period)
             unpostable: set[tuple[int, datetime]] = set()
             posts = self._posts(claims, plan, outcomes, only_close, unpostable)
-            calls = self._write_pending(posts)
-            results = self.poster.post(calls)
+            calls, results = self._post(posts)
             self._record(conn, results)
             for org, org_calls in _by_org(calls).items():
                 failed = [
@@ -320,11 +326,11 @@ class Relay:
         outcomes: dict[int, ClaimOutcome],
         only_close: bool,
         unpostable: set[tuple[int, datetime]],
-    ) -> list[tuple[Claim, Period, int]]:
+    ) -> list[Post]:
         """Step 4: the periods to post now. Records values that no timestamp is left for
         as failed ledger rows (in ``unpostable``) and defers organizations whose next
         timestamp is still ahead."""
-        posts = []
+        posts: list[Post] = []
         defer: dict[int, int] = {}
         for org, periods in plan.items():
             claim = claims[org]
@@ -364,7 +370,24 @@ class Relay:
         )
         self.log("error", "unpostable", org=claim.org, period=p.start, value=p.usage)
 
-    def _write_pending(self, posts: list[tuple[Claim, Period, int]]) -> list[Call]:
+    def _post(self, posts: list[Post]) -> tuple[list[Call], Results]:
+        """Write the posts pending and make their calls. On v2 streams each request's rows
+        are written, committed, and the request handed to the pool before the next
+        request's rows are written: the rows of one overlap the Stripe call of another."""
+        if self.poster.stream is None:
+            calls = self._write_pending(posts)
+            return calls, self.poster.post(calls)
+        by_org: dict[int, list[Post]] = defaultdict(list)
+        for post in posts:
+            by_org[post[0].org].append(post)
+        calls, requests = [], []
+        for request in pack(list(by_org.values()), STREAM_BATCH):
+            written = self._write_pending(request)
+            calls += written
+            requests.append(self.poster.submit(written))
+        return calls, self.poster.collect(requests)
+
+    def _write_pending(self, posts: list[Post]) -> list[Call]:
         """Every post of the batch written pending, committed before any call: a worker
         killed during a call resends exactly that post."""
         if not posts:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import stripe
@@ -35,6 +36,8 @@ from active_series.relay.stripe_api import Outcome, StripeMeter, classify, curre
 
 # v2 meter event streams take at most this many events per request
 STREAM_BATCH = 100
+
+T = TypeVar("T")
 
 
 class Stopping(Exception):
@@ -117,13 +120,27 @@ class Poster:
         by_org: dict[int, list[Call]] = defaultdict(list)
         for call in calls:
             by_org[call.org].append(call)
-        results: Results = {}
         if self.stream is None:
             jobs, work = list(by_org.values()), self._post_one_by_one
         else:
-            jobs, work = _requests(list(by_org.values())), self._post_stream
+            jobs, work = pack(list(by_org.values()), STREAM_BATCH), self._post_stream
         # one job (a single organization changed): no hand-over to the pool
-        for part in map(work, jobs) if len(jobs) == 1 else self.pool.map(work, jobs):
+        parts = map(work, jobs) if len(jobs) == 1 else self.pool.map(work, jobs)
+        return self._count(parts)
+
+    def submit(self, request: list[Call]) -> Future[Results]:
+        """Send one stream request (at most STREAM_BATCH events, whole organizations) on
+        the pool; :meth:`collect` gathers the answers."""
+        assert self.stream is not None and 0 < len(request) <= STREAM_BATCH
+        return self.pool.submit(self._post_stream, request)
+
+    def collect(self, requests: list[Future[Results]]) -> Results:
+        """The outcomes of :meth:`submit`'s requests, once all are answered."""
+        return self._count(f.result() for f in requests)
+
+    def _count(self, parts: Iterable[Results]) -> Results:
+        results: Results = {}
+        for part in parts:
             results.update(part)
         for outcome, _ in results.values():
             self.metrics.posts.labels(str(outcome)).inc()
@@ -227,13 +244,14 @@ class Poster:
             return exc
 
 
-def _requests(groups: list[list[Call]]) -> list[list[Call]]:
-    """Pack organizations' calls into stream requests of at most STREAM_BATCH events, an
-    organization's calls in one request (one call per customer in flight)."""
-    requests: list[list[Call]] = []
-    current: list[Call] = []
+def pack(groups: list[list[T]], size: int) -> list[list[T]]:
+    """Pack organizations' groups (calls or posts) into requests of at most ``size``
+    events, each organization's whole group in one request (one call per customer in
+    flight)."""
+    requests: list[list[T]] = []
+    current: list[T] = []
     for group in groups:
-        if current and len(current) + len(group) > STREAM_BATCH:
+        if current and len(current) + len(group) > size:
             requests.append(current)
             current = []
         current.extend(group)
