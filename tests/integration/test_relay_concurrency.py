@@ -1,6 +1,7 @@
 """One worker relays many organizations at once (v1 calls on its thread pool, or v2 stream
 requests of many events), never two calls for one customer at a time; v2 stream sessions
-are renewed as they expire, and an event Stripe refuses later ends in relay_failures."""
+are renewed as they expire, an event Stripe refuses later ends in relay_failures, and a
+database error between a claim's stream requests leaves none of them in flight."""
 
 from __future__ import annotations
 
@@ -132,3 +133,36 @@ def test_an_event_the_stream_refuses_later_ends_in_relay_failures(
     assert all("meter_event_customer_not_found" in r for _, r in kinds)
     assert emu.events("cus_nobody") == []
     assert "refused_later" in proc.log()
+
+
+def test_a_database_error_between_stream_requests_leaves_no_call_of_the_claim_in_flight(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path
+):
+    """A v2 claim hands each request to the pool as soon as its posts are pending and goes
+    on writing the next request's. When the database fails in between, the claim waits for
+    the requests in flight before it gives up: the next claim resends their pending posts,
+    and a resend during the first call would be a second call for one customer at once."""
+    emu = relay_emulator
+    orgs, billed = billed_orgs(conn, emu, 101)  # 100 events in the first request, 1 in the next
+    last = billed[max(billed)]
+    conn.execute(
+        "CREATE FUNCTION public.refuse_ledger_row() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'the database failed'; END $$"
+    )
+    conn.execute(
+        "CREATE TRIGGER refuse_ledger_row BEFORE INSERT ON active_series._ledger FOR EACH ROW"
+        f" WHEN (NEW.stripe_customer_id = '{last}') EXECUTE FUNCTION public.refuse_ledger_row()"
+    )
+    emu.ctl.delay_next(1, 3.0, path_prefix=STREAM)  # the first request takes 3 s
+    proc = worker(dsn, emu, tmp_path, "--api", "v2-stream", "--reconnect-delay", "0.1")
+    with workers(proc.start()):
+        wait_until(lambda: proc.log_events("listening"), 30, "the worker")
+        report_each(conn, orgs, 0)
+        wait_until(lambda: proc.log_events("database_unavailable"), 30, "the failed write")
+        conn.execute("DROP TRIGGER refuse_ledger_row ON active_series._ledger")
+        wait_until(lambda: quiescent(conn) and not mismatches(conn, emu, billed), 60, "in sync")
+    # the first request ran its 3 s, and its posts were resent only after it
+    first = emu.ctl.calls()[0]
+    assert first["events"] == 100 and first["finish"] - first["start"] >= 3.0
+    assert_one_call_per_customer(emu)
+    assert_increasing_timestamps(emu, billing_periods(conn, billed))

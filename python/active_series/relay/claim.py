@@ -39,6 +39,7 @@ import math
 import threading
 import time
 from collections import Counter, defaultdict
+from concurrent import futures
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -381,10 +382,16 @@ class Relay:
         for post in posts:
             by_org[post[0].org].append(post)
         calls, requests = [], []
-        for request in pack(list(by_org.values()), STREAM_BATCH):
-            written = self._write_pending(request)
-            calls += written
-            requests.append(self.poster.submit(written))
+        try:
+            for request in pack(list(by_org.values()), STREAM_BATCH):
+                written = self._write_pending(request)
+                calls += written
+                requests.append(self.poster.submit(written))
+        except BaseException:
+            # (the database failed mid-way) no call of this claim outlives it: the next
+            # claim resends the pending posts, and must not while these are in flight
+            futures.wait(requests)
+            raise
         return calls, self.poster.collect(requests)
 
     def _write_pending(self, posts: list[Post]) -> list[Call]:
