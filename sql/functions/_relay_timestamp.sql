@@ -19,15 +19,16 @@ AS $$
 -- so the changes of the tail's last hour are posted as they come (at most one every two
 -- seconds) and its second half is left for the posts made after the period ends, one
 -- second after another (its final value, then its corrections until the invoice is
--- final). NULL when a tail too short to halve (tiny test periods) leaves no second: the
--- change waits for the final post. PL/pgSQL: _relay_plan calls it for every period of a
--- claim, and a row of OUT parameters from an SQL function costs a set-returning call
--- (about 20 µs against 3).
+-- final). A tail under a minute (periods under two minutes: tests, demos) is kept whole
+-- for those: a change inside it waits for the final post (NULL, NULL). PL/pgSQL:
+-- _relay_plan calls it for every period of a claim, and a row of OUT parameters from an
+-- SQL function costs a set-returning call (about 20 µs against 3).
 DECLARE
     after_held bigint := greatest(coalesce(p_held_timestamp + 1, p_first_second), p_first_second);
     reserve bigint := greatest(1, least(3600, (p_last_second - p_first_second + 1) / 2));
     tail bigint := p_last_second - reserve + 1;
-    half bigint := tail + reserve / 2;
+    -- the first second kept for the posts after the period's end
+    half bigint := tail + CASE WHEN reserve >= 60 THEN reserve / 2 ELSE 0 END;
     slow bigint := greatest(after_held, tail + greatest(0, p_now - tail) / 2);
 BEGIN
     IF p_now > p_last_second THEN
@@ -43,4 +44,4 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION active_series._relay_timestamp(bigint, bigint, bigint, bigint) IS
-'Internal (relay): a period''s next post: its event timestamp (after its held one, inside the period; the tail runs at half speed, its second half kept for posts after the end) and the second it is due (NULL, NULL: waits for the final post).';
+'Internal (relay): a period''s next post: its event timestamp (after its held one, inside the period; the tail runs at half speed, its second half, or all of a tail under a minute, kept for posts after the end) and the second it is due (NULL, NULL: waits for the final post).';

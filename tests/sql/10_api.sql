@@ -271,7 +271,8 @@ SELECT throws_ok(
 
 -- ---------------------------------------------------------------- relay timestamps
 -- a period of seconds 0..9999 (tail 6400..9999, its second half from 8200 kept for the posts
--- after the end) and the tiny tails of test periods of 2 and 4 seconds
+-- after the end), a 2-minute period (a one-minute tail, halved) and the tails under a minute
+-- of test periods of 2 and 4 seconds, kept whole
 SELECT results_eq(
     $$ SELECT c.what, t.event_timestamp, t.due_second
        FROM (VALUES
@@ -285,7 +286,9 @@ SELECT results_eq(
            ('ended: after the held second', 8200, 0, 9999, 12000),
            ('one-second tail: the change waits', 0, 0, 1, 1),
            ('one-second tail: ended', 0, 0, 1, 2),
-           ('two-second tail: its first second', 1, 0, 3, 2),
+           ('one-minute tail: half-speed time', 50, 0, 119, 70),
+           ('one-minute tail: ended', 70, 0, 119, 121),
+           ('two-second tail: the change waits', 1, 0, 3, 2),
            ('two-second tail: full', 2, 0, 3, 3),
            ('two-second tail: ended', 2, 0, 3, 4)
        ) AS c (what, held, first_second, last_second, now)
@@ -303,10 +306,12 @@ SELECT results_eq(
        ('ended: after the held second', 8201, 8201),
        ('one-second tail: the change waits', NULL, NULL),
        ('one-second tail: ended', 1, 1),
-       ('two-second tail: its first second', 2, 2),
+       ('one-minute tail: half-speed time', 65, 70),
+       ('one-minute tail: ended', 90, 90),
+       ('two-second tail: the change waits', NULL, NULL),
        ('two-second tail: full', NULL, NULL),
        ('two-second tail: ended', 3, 3) $$,
-    '_relay_timestamp: now while the period runs, half-speed time in its tail, the tail''s second half after its end'
+    '_relay_timestamp: now while the period runs, half-speed time in its tail, the tail''s second half after its end (all of a tail under a minute)'
 );
 
 SELECT * FROM finish();
