@@ -6,7 +6,10 @@ up holding ``active_series.period_usage``.
 
 - :mod:`.daemon`: the worker's loop (LISTEN, poll, scheduled wake-ups, reconnects);
 - :mod:`.signals`: graceful stop on the first SIGTERM/SIGINT, exit on the second;
-- :mod:`.claim`: one organization at a time, under its row lock (the steps are there);
+- :mod:`.claim`: organizations claimed in batches, each under its row lock (the steps are
+  there);
+- :mod:`.posting`: the Stripe calls of a claim, many customers at once, one at a time per
+  customer;
 - :mod:`.stripe_api`: the Stripe calls and what their failures mean;
 - :mod:`.stripe_stream`: batches of meter events on Stripe's v2 stream, and their refusals;
 - :mod:`.observe`: log lines and Prometheus metrics;
