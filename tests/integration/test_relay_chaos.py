@@ -13,6 +13,7 @@ mismatches (must be 0) and the worker's memory over time (must not grow).
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 import statistics
@@ -113,6 +114,36 @@ def late_changes(dsn: str, orgs: list[Any], stop: threading.Event, seed: int, sp
     keep_reporting(dsn, stop, seed, (0.3, 0.8), report, backdated=True)
 
 
+def correct_a_closed_period(dsn: str, org: Any, invoice_grace: float) -> None:
+    """A late change that surely changes a closed period's usage while its invoice is still
+    a draft: a series never reported before (a new benchmark), into the first period of
+    ``org`` that closes with at least half its invoice grace left. The random late changes
+    add a series to a closed period only when it was not yet active in it, which over a
+    short run may never happen; this one the worker must post as a correction."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET active_series.allow_explicit_created = on")
+        deadline = time.monotonic() + 60
+        while True:
+            row = conn.execute(
+                "SELECT period_start FROM active_series._period"
+                " WHERE organization_id = %s AND closed_at IS NOT NULL AND finalized_at IS NULL"
+                " AND period_end + make_interval(secs => %s) > clock_timestamp()"
+                " ORDER BY period_start DESC LIMIT 1",
+                (org.id, invoice_grace / 2),
+            ).fetchone()
+            if row is not None:
+                break
+            assert time.monotonic() < deadline, "no period of the organization closed"
+            time.sleep(0.1)
+        benchmark = conn.execute(
+            "INSERT INTO active_series.benchmark (project_id, name) VALUES (%s, 'late')"
+            " RETURNING id",
+            (org.project_id,),
+        ).fetchone()[0]
+        at = row[0] + dt.timedelta(seconds=1)
+        ingest(conn, org, org.testbeds[0], [(benchmark, org.measures[0])], created=at)
+
+
 def billing_mismatches(conn, emu: Emulator, billed: dict[int, str]) -> list[Any]:
     """Where Stripe (the emulator) does not hold what it should: the usage of a period not
     final, the value billed of a final one; and where billing_drift does not show exactly
@@ -178,6 +209,9 @@ def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float, ap
         for org in orgs[:2]:
             short_periods(setup, org.id, 7)  # periods end (and must close) during the chaos
     grace = 1.0
+    # 7 s of corrections after the close: after the restart, the customers whose calls were
+    # cut off wait out their calls' deadlines (about 10 s here) first
+    invoice_grace = 8.0
     path = EVENTS if api == "v1" else STREAM
     emu.ctl.random_failures(0.35, seed=9, kinds=KINDS, timeout_seconds=1.5, path_prefix=path)
     args = (
@@ -186,9 +220,7 @@ def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float, ap
         "--concurrency",
         "4",
         "--invoice-grace",
-        # 7 s of corrections after the close: after the restart, the customers whose calls
-        # were cut off wait out their calls' deadlines (about 10 s here) first
-        "8",
+        str(invoice_grace),
         "--poll-interval",
         "1",
         "--grace",
@@ -237,6 +269,7 @@ def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float, ap
             ingester.join()
             late.join()
         emu.ctl.random_failures(0)
+        correct_a_closed_period(dsn, orgs[0], invoice_grace)
         assert settle(dsn, emu, billed, grace) == []
         with psycopg.connect(dsn, autocommit=True) as conn:
             closed, final, drift = conn.execute(
