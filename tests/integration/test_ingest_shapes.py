@@ -209,6 +209,42 @@ def test_a_report_with_6000_metrics_counts_6000_series(conn):
     assert_matches_oracle(conn, org.id)
 
 
+def test_report_benchmarks_of_another_report_between_a_transactions_own_are_not_recorded(conn):
+    """A transaction's report_benchmarks are read by one scan of their id range when they are
+    close together: another report's report_benchmarks in that range, without metrics in
+    the transaction, record nothing."""
+    org = make_org(conn, testbeds=2, benchmarks=4, measures=1)
+    mine = make_report(conn, org.project_id, org.testbeds[0])
+    other = make_report(conn, org.project_id, org.testbeds[1])
+    rbs = []
+    for benchmark in org.benchmarks:  # ids interleaved: mine, other, mine, other, ...
+        rbs.append(make_report_benchmark(conn, mine, benchmark))
+        make_report_benchmark(conn, other, benchmark)
+    with conn.transaction():
+        insert_select(conn, [(rb, org.measures[0], 1.0) for rb in rbs])
+    assert one(conn, "SELECT active_series.period_usage(%s)", (org.id,)) == 4
+    assert_matches_oracle(conn, org.id)
+
+
+def test_a_transaction_reaching_back_to_an_old_report_benchmark_is_exact(conn):
+    """Metrics for an old report_benchmark and a new one in one transaction, far apart in id
+    (many others written in between): each probed by id, both recorded."""
+    org = make_org(conn, testbeds=2, benchmarks=2, measures=1)
+    old = make_report_benchmark(
+        conn, make_report(conn, org.project_id, org.testbeds[0]), org.benchmarks[0]
+    )
+    filler = make_report(conn, org.project_id, org.testbeds[1])
+    for i in range(20):
+        make_report_benchmark(conn, filler, org.benchmarks[1], i)
+    new = make_report_benchmark(
+        conn, make_report(conn, org.project_id, org.testbeds[1]), org.benchmarks[0]
+    )
+    with conn.transaction():
+        insert_select(conn, [(old, org.measures[0], 1.0), (new, org.measures[0], 2.0)])
+    assert one(conn, "SELECT active_series.period_usage(%s)", (org.id,)) == 2
+    assert_matches_oracle(conn, org.id)
+
+
 def test_a_transaction_committing_after_a_later_one_is_exact(connect):
     """Concurrent ingest of one testbed: the transaction that started first (an earlier
     report.created) but commits last widens its own set's times and nothing else; every count
