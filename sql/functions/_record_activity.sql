@@ -28,9 +28,6 @@ DECLARE
     v_group active_series._shape_group;
     v_shape_id bigint;
     v_series integer;
-    v_low bigint;
-    v_high bigint;
-    v_dense boolean;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
@@ -56,16 +53,9 @@ BEGIN
             WHERE rb.id = p_report_benchmark_ids[1]
         );
     ELSE
-        -- Each report_benchmark, then each report, looked up once. A transaction's
-        -- report_benchmarks are mostly consecutive ids (its reports, written together): when
-        -- they span less than twice their number, one scan of that range reads them (one
-        -- index descent, not one per id; the join with the pairs below drops the others'
-        -- report_benchmarks in between), else one probe per id. (OFFSET 0 keeps each LATERAL
-        -- subquery a per-row index lookup, whatever the statistics said when this plan was
-        -- cached.)
-        SELECT min(x.id), max(x.id) INTO v_low, v_high
-        FROM unnest(p_report_benchmark_ids) AS x (id);
-        v_dense := v_high - v_low < 2 * cardinality(p_report_benchmark_ids);
+        -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
+        -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
+        -- was cached)
         v_groups := ARRAY(
             WITH rbs AS MATERIALIZED (
                 SELECT
@@ -76,16 +66,7 @@ BEGIN
                         ELSE active_series._variant_key(rb.variant_id)
                     END AS variant_id
                 FROM active_series.report_benchmark AS rb
-                WHERE v_dense AND rb.id BETWEEN v_low AND v_high
-                UNION ALL
-                SELECT
-                    rb.id, rb.report_id, rb.benchmark_id,
-                    CASE
-                        WHEN rb.variant_id IS NULL THEN 0
-                        ELSE active_series._variant_key(rb.variant_id)
-                    END AS variant_id
-                FROM active_series.report_benchmark AS rb
-                WHERE NOT v_dense AND rb.id = ANY(p_report_benchmark_ids)
+                WHERE rb.id = ANY(p_report_benchmark_ids)
             ),
             -- each report's set, sorted (one sort on four keys; the series come distinct and
             -- in set order, and each set's arrays are aggregated in that order; an order lost

@@ -210,9 +210,8 @@ def test_a_report_with_6000_metrics_counts_6000_series(conn):
 
 
 def test_report_benchmarks_of_another_report_between_a_transactions_own_are_not_recorded(conn):
-    """A transaction's report_benchmarks are read by one scan of their id range when they are
-    close together: another report's report_benchmarks in that range, without metrics in
-    the transaction, record nothing."""
+    """Another report's report_benchmarks with ids between a transaction's own, without
+    metrics in the transaction, record nothing."""
     org = make_org(conn, testbeds=2, benchmarks=4, measures=1)
     mine = make_report(conn, org.project_id, org.testbeds[0])
     other = make_report(conn, org.project_id, org.testbeds[1])
@@ -228,7 +227,7 @@ def test_report_benchmarks_of_another_report_between_a_transactions_own_are_not_
 
 def test_a_transaction_reaching_back_to_an_old_report_benchmark_is_exact(conn):
     """Metrics for an old report_benchmark and a new one in one transaction, far apart in id
-    (many others written in between): each probed by id, both recorded."""
+    (many others written in between): both recorded."""
     org = make_org(conn, testbeds=2, benchmarks=2, measures=1)
     old = make_report_benchmark(
         conn, make_report(conn, org.project_id, org.testbeds[0]), org.benchmarks[0]
