@@ -27,9 +27,9 @@ organizations run at once on a pool of ``concurrency`` threads (:mod:`.posting`)
 database work stays on this thread, a few statements per batch. Every post is written
 ``pending`` on a second, autocommit connection and committed before its call (on v2
 streams request by request, so the rows of one request are written while the previous
-request is in flight), then marked
-``sent`` (a duplicate identifier counts as sent), ``failed`` (a permanent refusal, which
-parks the organization) or left pending (no answer: resent by the next claim).
+request is in flight), then marked ``sent`` (a duplicate identifier counts as sent),
+``failed`` (a permanent refusal, which parks the organization) or left pending (no answer:
+resent by the next claim).
 """
 
 from __future__ import annotations
@@ -52,7 +52,15 @@ from active_series.ratelimit import backoff
 from active_series.relay import queries as q
 from active_series.relay.config import MAX_EVENT_AGE, RelayConfig, worker_conninfo
 from active_series.relay.observe import Log, Metrics
-from active_series.relay.posting import STREAM_BATCH, Call, Poster, Results, Stopping, pack
+from active_series.relay.posting import (
+    STREAM_BATCH,
+    Call,
+    Poster,
+    Results,
+    Stopping,
+    by_org,
+    pack,
+)
 
 __all__ = ["ClaimOutcome", "Relay", "Stopping"]
 from active_series.relay.stripe_api import Outcome
@@ -277,7 +285,7 @@ class Relay:
             posts = self._posts(claims, plan, outcomes, only_close, unpostable)
             calls, results = self._post(posts)
             self._record(conn, results)
-            for org, org_calls in _by_org(calls).items():
+            for org, org_calls in by_org(calls, lambda call: call.org).items():
                 failed = [
                     results[c.identifier]
                     for c in org_calls
@@ -317,7 +325,7 @@ class Relay:
         ]
         results = self.poster.post(calls)
         self._record(conn, results)
-        for org, org_calls in _by_org(calls).items():
+        for org, org_calls in by_org(calls, lambda call: call.org).items():
             for call in org_calls:
                 outcome, reason = results[call.identifier]
                 if not outcome.accepted:
@@ -390,12 +398,10 @@ class Relay:
         if self.poster.stream is None:
             calls = self._write_pending(posts)
             return calls, self.poster.post(calls)
-        by_org: dict[int, list[Post]] = defaultdict(list)
-        for post in posts:
-            by_org[post[0].org].append(post)
+        groups = list(by_org(posts, lambda post: post[0].org).values())
         calls, requests = [], []
         try:
-            for request in pack(list(by_org.values()), STREAM_BATCH):
+            for request in pack(groups, STREAM_BATCH):
                 written = self._write_pending(request)
                 calls += written
                 requests.append(self.poster.submit(written))
@@ -572,10 +578,3 @@ class Relay:
         row = self.ledger.execute(q.IDENTIFIER, (customer, ts, value)).fetchone()
         assert row is not None
         return str(row[0])
-
-
-def _by_org(calls: list[Call]) -> dict[int, list[Call]]:
-    grouped: dict[int, list[Call]] = defaultdict(list)
-    for call in calls:
-        grouped[call.org].append(call)
-    return grouped

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -117,13 +117,11 @@ class Poster:
         organization's calls stop at its first failure: the rest are NOT_SENT."""
         if not calls:
             return {}
-        by_org: dict[int, list[Call]] = defaultdict(list)
-        for call in calls:
-            by_org[call.org].append(call)
+        groups = list(by_org(calls, lambda call: call.org).values())
         if self.stream is None:
-            jobs, work = list(by_org.values()), self._post_one_by_one
+            jobs, work = groups, self._post_one_by_one
         else:
-            jobs, work = pack(list(by_org.values()), STREAM_BATCH), self._post_stream
+            jobs, work = pack(groups, STREAM_BATCH), self._post_stream
         # one job (a single organization changed): no hand-over to the pool
         parts = map(work, jobs) if len(jobs) == 1 else self.pool.map(work, jobs)
         return self._count(parts)
@@ -242,6 +240,14 @@ class Poster:
             return self.meter.subscriptions(claim.customer)
         except stripe.StripeError as exc:
             return exc
+
+
+def by_org(items: Iterable[T], org: Callable[[T], int]) -> dict[int, list[T]]:
+    """Calls or posts grouped by organization, each group in the order given."""
+    groups: dict[int, list[T]] = defaultdict(list)
+    for item in items:
+        groups[org(item)].append(item)
+    return groups
 
 
 def pack(groups: list[list[T]], size: int) -> list[list[T]]:
