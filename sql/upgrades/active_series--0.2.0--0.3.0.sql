@@ -900,30 +900,43 @@ DECLARE
     v_group active_series._shape_group;
     v_shape_id bigint;
     v_series integer;
+    v_organization_id bigint;
+    v_project_id bigint;
+    v_testbed_id bigint;
+    v_created timestamptz;
+    v_benchmark_id bigint;
+    v_variant_id bigint;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
     END IF;
     IF cardinality(p_report_benchmark_ids) = 1 THEN
-        -- one metric's series (the smallest report): its one set, looked up directly
-        v_groups := ARRAY(
-            SELECT row(
-                p.organization_id, r.project_id, r.testbed_id, f.period_start, r.created,
-                r.created, ARRAY[rb.benchmark_id],
-                ARRAY[
-                    CASE
-                        WHEN rb.variant_id IS NULL THEN 0
-                        ELSE active_series._variant_key(rb.variant_id)
-                    END
-                ],
-                p_measure_ids, NULL
+        -- one metric's series (the smallest report): its one set, looked up directly, in
+        -- plain statements (a function in the join would be a table function: a tuplestore
+        -- per call)
+        SELECT
+            p.organization_id, r.project_id, r.testbed_id, r.created, rb.benchmark_id,
+            CASE
+                WHEN rb.variant_id IS NULL THEN 0
+                ELSE active_series._variant_key(rb.variant_id)
+            END
+        INTO v_organization_id, v_project_id, v_testbed_id, v_created, v_benchmark_id,
+            v_variant_id
+        FROM active_series.report_benchmark AS rb
+        INNER JOIN active_series.report AS r ON r.id = rb.report_id
+        INNER JOIN active_series.project AS p ON p.id = r.project_id
+        WHERE rb.id = p_report_benchmark_ids[1];
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        v_groups := ARRAY[
+            row(
+                v_organization_id, v_project_id, v_testbed_id,
+                (active_series._period_for(v_organization_id, v_created)).period_start,
+                v_created, v_created, ARRAY[v_benchmark_id], ARRAY[v_variant_id], p_measure_ids,
+                NULL
             )::active_series._shape_group
-            FROM active_series.report_benchmark AS rb
-            INNER JOIN active_series.report AS r ON r.id = rb.report_id
-            INNER JOIN active_series.project AS p ON p.id = r.project_id
-            CROSS JOIN LATERAL active_series._period_for(p.organization_id, r.created) AS f
-            WHERE rb.id = p_report_benchmark_ids[1]
-        );
+        ];
     ELSE
         -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
         -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
