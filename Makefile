@@ -266,7 +266,7 @@ test-pg18: deps build
 # The benchmark suite on a throwaway server: ingest overhead by report shape (the shape
 # matrix of bench/shapes.py: 200x3, 50x1, 10x60, 1x1 benchmarks x measures; first report,
 # steady state, period rollover; tracking on vs off vs the seed's upsert and a row trigger;
-# BENCH_SECONDS per steady run, BENCH_REPEATS repeats, ~11 min; BENCH_INGEST_ARGS=--quick for
+# BENCH_SECONDS per steady run, BENCH_REPEATS repeats, ~4 min; BENCH_INGEST_ARGS=--quick for
 # one short repeat), reads (10^3..10^BENCH_SCALE series), backfill
 # (10^5..10^BENCH_BACKFILL_SCALE metrics), the relay against the Stripe emulator (latency at
 # the rate limit; a burst of 600 organizations by API and concurrency, and rollover); then

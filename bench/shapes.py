@@ -47,7 +47,7 @@ tracking off, then on with ``track_functions = all``, and prints each active_ser
 function's calls, total and self time per report (``pg_stat_user_functions``) and the rows
 written per report into the extension's own tables (``pg_stat_user_tables``).
 
-    python bench/shapes.py --dsn "dbname=bench"                 # the matrix, ~11 min
+    python bench/shapes.py --dsn "dbname=bench"                 # the matrix, ~4 min
     python bench/shapes.py --dsn "dbname=bench" --quick         # one short repeat, ~2 min
     python bench/shapes.py --dsn "dbname=bench" --profile 200x3 first
 """
