@@ -785,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|",
         *[f"| {t} | {m} | {s} |" for t, m, s in targets],
         "",
-        "Run everything: `make bench` (≈ 22 min; `BENCH_SCALE=5` stops the reads at 10^5 series, "
+        "Run everything: `make bench` (≈ 14 min; `BENCH_SCALE=5` stops the reads at 10^5 series, "
         "`BENCH_BACKFILL_SCALE=7` adds 10^7 metrics to the backfill). One part: "
         "`make bench BENCH_ONLY=ingest` (the shape matrix, ≈ 4 min; "
         "`BENCH_INGEST_ARGS=--quick` for one short repeat, ≈ 2 min), or reads, backfill, relay, "
