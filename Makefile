@@ -58,7 +58,8 @@ clean:
 endif
 
 # Our targets come after the include so PGXS's default goal (all) does not become ours.
-.PHONY: deps deps-apt build lint lint-static lint-plpgsql test test-db test-pg18 bench soak
+.PHONY: deps deps-apt build lint lint-static lint-plpgsql test test-db test-pg18 test-pg-upgrade \
+	bench soak
 
 $(BUILT_SQL) $(RELEASED_SQL) $(UPGRADE_SQL) &: active_series.control tools/build_sql.py \
 		sql/manifest.txt $(SQL_SOURCES) $(wildcard sql/releases/* sql/upgrades/*)
@@ -179,13 +180,15 @@ export PLPGSQL_CHECK_SQL
 # (testing.postgresql, as the postgres system user when root), names it in PGHOST, PGPORT,
 # PGUSER and PGDATABASE, and removes it when the script ends, also on failure. newdb NAME
 # [FROM] creates a database and installs the active_series schema into it (the same way
-# `active-series install` does); with FROM, that released version first, then upgraded.
+# `active-series install` does); with FROM, that released version first, then upgraded;
+# then the reference data model, attached (unless the upgrade attached one).
 define NEWDB
 set -euo pipefail
 newdb() {
 	$(PSQL) -d postgres -c "CREATE DATABASE $$1"
-	$(VPY) -c 'import sys; from active_series.install import install; \
-		[install(sys.argv[1], v) for v in sys.argv[2:]]; install(sys.argv[1])' \
+	$(VPY) -c 'import sys; from active_series.install import create_reference_model, install; \
+		[install(sys.argv[1], v) for v in sys.argv[2:]]; install(sys.argv[1]); \
+		create_reference_model(sys.argv[1])' \
 		"dbname=$$1" $${2:-}
 }
 endef
@@ -258,6 +261,12 @@ test-db: build lint-static lint-plpgsql
 	$(if $(UPGRADE_FROM),( $(PYTEST_UPGRADE_RUN) ) || failed="$$failed pytest-upgraded";) \
 	( $(PYTEST_PG18_RUN) ) || failed="$$failed pytest-pg18"; \
 	if [ -n "$$failed" ]; then echo "make test: failures in:$$failed" >&2; exit 1; fi
+
+# pg_upgrade to PostgreSQL 18 of databases with the extension and with a plain install, the
+# reference model and an application's own schema (make test runs it too).
+test-pg-upgrade: deps build
+	$(VENV)/bin/pytest tests/integration/test_pg_upgrade.py -rs --timeout=600 -p no:cacheprovider \
+		$(PYTEST_ARGS)
 
 # The core suites on PostgreSQL 18 alone (make test runs them too).
 test-pg18: deps build

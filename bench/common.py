@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TRACKING_TRIGGER = "metric_track_ingest"
+TRACKING_TRIGGER = "active_series_metric_inserted"
 
 
 def log(*parts: object) -> None:
@@ -40,13 +40,14 @@ def with_dbname(dsn: str, dbname: str) -> str:
 
 def fresh_database(dsn: str, name: str) -> str:
     """Drop and create database ``name`` with the active_series schema; returns its DSN."""
-    from active_series.install import install
+    from active_series.install import create_reference_model, install
 
     with connect(with_dbname(dsn, "postgres")) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     target = with_dbname(dsn, name)
     install(target)
+    create_reference_model(target)
     return target
 
 

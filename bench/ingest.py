@@ -10,7 +10,7 @@ results does, by one of two methods:
 
 Modes, alternated within each repeat (the order rotates every repeat):
 
-* ``off``: no tracking (``metric_track_ingest`` disabled): the reference throughput;
+* ``off``: no tracking (``active_series_metric_inserted`` disabled): the reference throughput;
 * ``on``: active_series tracking (the statement trigger and the commit-time flush);
 * ``seed``: the seed's approach, tracking off: after the metric insert the client upserts one
   row per series into a per-series ``last_seen`` table (``INSERT … ON CONFLICT (series) DO UPDATE

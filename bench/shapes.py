@@ -29,7 +29,7 @@ wall time of the counted transactions (from pgbench's per-transaction log) over 
 
 Modes, in rotating order within each repeat, on the same data (see bench/ingest.py):
 
-* ``off``: tracking off (``metric_track_ingest`` disabled): the reference;
+* ``off``: tracking off (``active_series_metric_inserted`` disabled): the reference;
 * ``on``: active_series tracking;
 * ``seed``: tracking off, the seed's per-series ``last_seen`` upsert (GREATEST) as one
   set-based statement at the end of the ingest transaction;

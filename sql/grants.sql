@@ -12,44 +12,10 @@ GRANT USAGE ON SCHEMA active_series
 TO active_series_ingest, active_series_worker, active_series_admin, active_series_reader;
 
 -- ---------------------------------------------------------------- active_series_ingest
--- Insert and read the reference data model. Soft-delete and restore projects (and change
--- their visibility); hard-delete what an application deletes (reports and their rows,
--- testbeds, benchmarks, measures, projects: deleting a report never lowers a count, a hard
--- delete removes the series, as for any client). Not: organizations (their deletion
--- cascades the billing account and the ledger), any other UPDATE (key columns are refused
--- for everybody), any billing table, any function.
-GRANT SELECT, INSERT ON active_series.organization TO active_series_ingest;
-GRANT SELECT, INSERT, DELETE ON
-active_series.project,
-active_series.testbed,
-active_series.benchmark,
-active_series.variant,
-active_series.measure,
-active_series.report,
-active_series.report_benchmark,
-active_series.metric,
-active_series.branch
-TO active_series_ingest;
-GRANT UPDATE (deleted_at, visibility) ON active_series.project TO active_series_ingest;
--- archiving hides a testbed, benchmark or measure in the application (it is still billed)
-GRANT UPDATE (archived) ON
-active_series.testbed,
-active_series.benchmark,
-active_series.measure
-TO active_series_ingest;
--- the identity columns' sequences (INSERT needs none; nextval() for client-side ids)
-GRANT USAGE ON SEQUENCE
-active_series.organization_id_seq,
-active_series.project_id_seq,
-active_series.testbed_id_seq,
-active_series.benchmark_id_seq,
-active_series.variant_id_seq,
-active_series.measure_id_seq,
-active_series.report_id_seq,
-active_series.report_benchmark_id_seq,
-active_series.metric_id_seq,
-active_series.branch_id_seq
-TO active_series_ingest;
+-- The application's tables are the application's: it grants its ingest role what it needs
+-- (create_reference_model grants the reference model's: insert, read and delete rows,
+-- soft-delete and restore projects, archive). The triggers attach installs write the
+-- extension's tables as their owner (SECURITY DEFINER): no billing table, no function here.
 
 -- ---------------------------------------------------------------- active_series_worker
 -- Exactly what python/active_series/relay/ (its queries.py) uses: find and claim relay
@@ -58,8 +24,6 @@ TO active_series_ingest;
 -- period (set_billing_period, SECURITY DEFINER). Plus the read API, for `relay status`.
 GRANT SELECT ON active_series._meta TO active_series_worker;
 GRANT SELECT ON
-active_series.organization,
-active_series.project,
 active_series.billing_account,
 active_series._period,
 active_series._period_usage,
@@ -69,7 +33,6 @@ active_series._shape_seen,
 active_series._testbed_period,
 active_series._series_history,
 active_series.series_last_seen,
-active_series.variant,
 active_series.usage,
 active_series.relay_status,
 active_series.relay_failures,
@@ -98,6 +61,9 @@ active_series._relay_held(text, timestamptz, timestamptz),
 active_series._relay_identifier(text, bigint, bigint),
 active_series._relay_instance(),
 active_series._require_organization(bigint),
+active_series._organization_rows(),
+active_series._project_rows(),
+active_series._variant_rows(),
 active_series._period_at(bigint, timestamptz),
 active_series._recorded_period(bigint, timestamptz),
 active_series._derive_period(bigint, timestamptz),
@@ -116,7 +82,7 @@ TO active_series_worker;
 -- Operators: everything above, and set_billing_period, set_stripe_customer, backfill
 -- (a committing procedure: it cannot be SECURITY DEFINER, so it runs with these table
 -- rights), verify, relay_resume, and an explicit report.created (checked by the
--- report_set_created trigger against membership in this role). No TRUNCATE, no DDL.
+-- report_created trigger against membership in this role). No TRUNCATE, no DDL.
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA active_series
 TO active_series_admin;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA active_series TO active_series_admin;
@@ -128,16 +94,6 @@ GRANT EXECUTE ON ALL ROUTINES IN SCHEMA active_series TO active_series_admin;
 -- they read billing tables the reader may not read itself. No billing table, no ledger,
 -- no relay internals, no writes. (Granted after the admin's, as an upgrade adds them.)
 GRANT SELECT ON
-active_series.organization,
-active_series.project,
-active_series.testbed,
-active_series.benchmark,
-active_series.variant,
-active_series.measure,
-active_series.branch,
-active_series.report,
-active_series.report_benchmark,
-active_series.metric,
 active_series.usage,
 active_series.relay_status,
 active_series.alerts
@@ -149,5 +105,9 @@ active_series.period_series(bigint, timestamptz),
 active_series.count_active(bigint, timestamptz, timestamptz, text),
 active_series.current_period(bigint),
 active_series.price_preview(bigint, timestamptz),
-active_series.usage_summary(bigint)
+active_series.usage_summary(bigint),
+-- (the views usage and alerts read the organizations through it)
+active_series._organization_rows(),
+active_series._project_rows(),
+active_series._variant_rows()
 TO active_series_reader;

@@ -39,7 +39,7 @@ import psycopg
 import pytest
 from active_series.devtools.cluster import find_bindir
 from active_series.devtools.testpg import TestServer, TestServerFactory
-from active_series.install import install
+from active_series.install import create_reference_model, install
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -142,6 +142,7 @@ def template_db(pg_cluster: Server) -> Iterator[str]:
         if upgrade_from:
             install(pg_cluster.dsn(name), upgrade_from)
         install(pg_cluster.dsn(name))
+        create_reference_model(pg_cluster.dsn(name))
         # No connections from now on: CREATE DATABASE ... TEMPLATE needs it idle.
         _admin(
             pg_cluster,

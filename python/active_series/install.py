@@ -119,6 +119,17 @@ def check_version(conn: psycopg.Connection, expected: str = __version__) -> str:
     return found
 
 
+def check_attached(conn: psycopg.Connection) -> None:
+    """Raise SchemaVersionError unless tables are attached (the data model to read)."""
+    row = conn.execute("SELECT EXISTS (SELECT FROM active_series._attachment)").fetchone()
+    if not row or not row[0]:
+        raise SchemaVersionError(
+            "no tables are attached to active_series in this database: run "
+            "`active-series create-model` (the reference data model) or `active-series attach` "
+            "(your own tables)"
+        )
+
+
 def install(conninfo: str, version: str = __version__) -> str:
     """Install ``version`` (this package's by default), or upgrade to it; return it.
 
@@ -159,6 +170,21 @@ def install(conninfo: str, version: str = __version__) -> str:
                 conn.execute(_read(name))
         conn.commit()
     return version
+
+
+def create_reference_model(conninfo: str, schema: str = SCHEMA) -> bool:
+    """The reference data model as the caller's tables in ``schema``, attached, unless
+    tables are attached already (an upgraded 0.3.0 database has its own); True when made."""
+    with psycopg.connect(conninfo, autocommit=False) as conn:
+        check_version(conn)
+        conn.execute("LOCK TABLE active_series._attachment IN SHARE ROW EXCLUSIVE MODE")
+        if conn.execute("SELECT EXISTS (SELECT FROM active_series._attachment)").fetchone() == (
+            True,
+        ):
+            return False
+        conn.execute("SELECT active_series.create_reference_model(%s)", (schema,))
+        conn.commit()
+    return True
 
 
 def plpython_script() -> str:

@@ -59,13 +59,16 @@ BEGIN
             HINT = 'Use the ' || v_foreign.kind || ' of the same name in the report''s project.';
     END IF;
 
-    INSERT INTO active_series.variant (benchmark_id, parameters)
-    SELECT DISTINCT e.benchmark_id, '{}'::jsonb
-    FROM unnest(v_groups) AS g
-    CROSS JOIN LATERAL unnest(g.benchmark_ids, g.variant_ids) AS e (benchmark_id, variant_id)
-    WHERE g.shape_id IS NULL AND e.variant_id = 0
-    ORDER BY e.benchmark_id
-    ON CONFLICT (benchmark_id, parameters) DO NOTHING;
+    -- (without a variant table, every report_benchmark reports the empty variant)
+    IF EXISTS (SELECT FROM active_series._attachment AS a WHERE a.role = 'variant') THEN
+        INSERT INTO active_series.variant (benchmark_id, parameters)
+        SELECT DISTINCT e.benchmark_id, '{}'::jsonb
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.benchmark_ids, g.variant_ids) AS e (benchmark_id, variant_id)
+        WHERE g.shape_id IS NULL AND e.variant_id = 0
+        ORDER BY e.benchmark_id
+        ON CONFLICT (benchmark_id, parameters) DO NOTHING;
+    END IF;
 
     WITH missing AS (
         SELECT DISTINCT g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids

@@ -1,7 +1,6 @@
 CREATE TABLE active_series._alert (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    organization_id bigint NOT NULL
-    REFERENCES active_series.organization (id) ON DELETE CASCADE,
+    organization_id bigint NOT NULL,
     period_start timestamptz NOT NULL,
     threshold bigint NOT NULL,
     series_count bigint NOT NULL,

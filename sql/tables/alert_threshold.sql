@@ -1,6 +1,5 @@
 CREATE TABLE active_series._alert_threshold (
-    organization_id bigint NOT NULL
-    REFERENCES active_series.organization (id) ON DELETE CASCADE,
+    organization_id bigint NOT NULL,
     series_count bigint NOT NULL CHECK (series_count >= 1),
     enabled boolean NOT NULL DEFAULT true,
     updated_at timestamptz NOT NULL DEFAULT now(),

@@ -1,6 +1,5 @@
 CREATE TABLE active_series.billing_account (
-    organization_id bigint PRIMARY KEY
-    REFERENCES active_series.organization (id) ON DELETE CASCADE,
+    organization_id bigint PRIMARY KEY,
     stripe_customer_id text UNIQUE,
     plan text NOT NULL DEFAULT 'free',
     period_anchor timestamptz,

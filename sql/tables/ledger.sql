@@ -1,7 +1,6 @@
 CREATE TABLE active_series._ledger (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    organization_id bigint NOT NULL
-    REFERENCES active_series.organization (id) ON DELETE CASCADE,
+    organization_id bigint NOT NULL,
     stripe_customer_id text NOT NULL,
     period_start timestamptz NOT NULL,
     period_end timestamptz NOT NULL,

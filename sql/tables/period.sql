@@ -1,6 +1,5 @@
 CREATE TABLE active_series._period (
-    organization_id bigint NOT NULL
-    REFERENCES active_series.organization (id) ON DELETE CASCADE,
+    organization_id bigint NOT NULL,
     period_start timestamptz NOT NULL,
     period_end timestamptz NOT NULL,
     closed_at timestamptz,

@@ -1,8 +1,7 @@
 CREATE TABLE active_series._period_usage (
     organization_id bigint NOT NULL,
     period_start timestamptz NOT NULL,
-    project_id bigint NOT NULL
-    REFERENCES active_series.project (id) ON DELETE CASCADE,
+    project_id bigint NOT NULL,
     series_count bigint NOT NULL CHECK (series_count >= 0),
     PRIMARY KEY (organization_id, period_start, project_id),
     FOREIGN KEY (organization_id, period_start)

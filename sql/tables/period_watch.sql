@@ -1,6 +1,5 @@
 CREATE TABLE active_series._period_watch (
-    organization_id bigint NOT NULL
-    REFERENCES active_series.organization (id) ON DELETE CASCADE,
+    organization_id bigint NOT NULL,
     period_start timestamptz NOT NULL,
     series_count bigint NOT NULL,
     checked_at timestamptz NOT NULL DEFAULT clock_timestamp(),

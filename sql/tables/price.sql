@@ -1,6 +1,5 @@
 CREATE TABLE active_series._price (
-    organization_id bigint PRIMARY KEY
-    REFERENCES active_series.organization (id) ON DELETE CASCADE,
+    organization_id bigint PRIMARY KEY,
     stripe_price_id text NOT NULL,
     stripe_subscription_item_id text,
     currency text NOT NULL CHECK (currency ~ '^[a-z]{3}$'),

@@ -1,6 +1,5 @@
 CREATE TABLE active_series._relay_state (
-    organization_id bigint PRIMARY KEY
-    REFERENCES active_series.organization (id) ON DELETE CASCADE,
+    organization_id bigint PRIMARY KEY,
     parked_at timestamptz,
     parked_reason text,
     next_attempt_at timestamptz,

@@ -1,7 +1,6 @@
 CREATE TABLE active_series._shape (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    project_id bigint NOT NULL
-    REFERENCES active_series.project (id) ON DELETE CASCADE,
+    project_id bigint NOT NULL,
     -- the series, sorted by (benchmark, variant, measure); variant 0 is the benchmark's
     -- empty variant (a report_benchmark without variant_id)
     benchmark_ids bigint[] NOT NULL,

@@ -1,6 +1,5 @@
 CREATE TABLE active_series._testbed_period (
-    testbed_id bigint NOT NULL
-    REFERENCES active_series.testbed (id) ON DELETE CASCADE,
+    testbed_id bigint NOT NULL,
     period_start timestamptz NOT NULL,
     -- (the testbed's: a project or organization deleted takes its testbeds' rows with it)
     organization_id bigint NOT NULL,

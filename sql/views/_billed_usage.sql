@@ -10,7 +10,7 @@ SELECT
     p.visibility,
     u.series_count
 FROM active_series._period_usage AS u
-INNER JOIN active_series.project AS p ON u.project_id = p.id
+INNER JOIN active_series._project_rows() AS p ON u.project_id = p.id
 WHERE p.deleted_at IS NULL;
 COMMENT ON VIEW active_series._billed_usage IS
 'Internal: the per-(organization, period, project) counts that bill (soft-deleted projects left out); every billed, shown or checked count sums these.';

@@ -10,7 +10,7 @@ SELECT
     a.source,
     a.created
 FROM active_series._alert AS a
-INNER JOIN active_series.organization AS o ON o.id = a.organization_id
+INNER JOIN active_series._organization_rows() AS o ON o.id = a.organization_id
 LEFT JOIN active_series._period AS p
     ON p.organization_id = a.organization_id AND p.period_start = a.period_start;
 COMMENT ON VIEW active_series.alerts IS

@@ -9,7 +9,7 @@ SELECT
     max(h.last_seen) AS last_seen,
     max(h.period_start) AS period_start
 FROM active_series._series_history AS h
-LEFT JOIN active_series.variant AS v
+LEFT JOIN active_series._variant_rows() AS v
     ON h.variant_id = 0 AND v.benchmark_id = h.benchmark_id AND v.parameters = '{}'::jsonb
 GROUP BY
     h.organization_id, h.project_id, h.testbed_id, h.benchmark_id, h.variant_id, v.id,

@@ -11,7 +11,7 @@ SELECT
         AS private_series,
     coalesce(sum(u.series_count) FILTER (WHERE u.visibility = 'public'), 0)::bigint
         AS public_series
-FROM active_series.organization AS o
+FROM active_series._organization_rows() AS o
 LEFT JOIN active_series.billing_account AS b ON b.organization_id = o.id
 CROSS JOIN LATERAL active_series.current_period(o.id) AS cp
 LEFT JOIN active_series._billed_usage AS u

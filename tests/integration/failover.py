@@ -42,7 +42,7 @@ from pathlib import Path
 
 import psycopg
 from active_series.devtools.testpg import SUPERUSER, TestServer, hand_to_server_user, run_program
-from active_series.install import install
+from active_series.install import create_reference_model, install
 
 STANDBY_NAME = "failover_standby"
 DBNAME = "active_series_failover"
@@ -237,6 +237,7 @@ def failover_pair(dbname: str = DBNAME) -> Iterator[FailoverPair]:
         with psycopg.connect(primary.dsn(), autocommit=True) as admin:
             admin.execute(f"CREATE DATABASE {dbname}")
         install(pair.primary_dsn)
+        create_reference_model(pair.primary_dsn)
         yield pair
     finally:
         if pair is not None:

@@ -25,8 +25,8 @@ from oracle import (
 )
 from psycopg import sql
 
-DISABLE = "ALTER TABLE active_series.metric DISABLE TRIGGER metric_track_ingest"
-ENABLE = "ALTER TABLE active_series.metric ENABLE TRIGGER metric_track_ingest"
+DISABLE = "ALTER TABLE active_series.metric DISABLE TRIGGER active_series_metric_inserted"
+ENABLE = "ALTER TABLE active_series.metric ENABLE TRIGGER active_series_metric_inserted"
 TRUNCATE = (
     "TRUNCATE active_series._shape_seen, active_series._testbed_period, active_series._shape,"
     " active_series._period_usage, active_series._period, active_series._outbox"

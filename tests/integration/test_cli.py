@@ -215,7 +215,15 @@ def test_install_then_use_an_empty_database(empty_dsn) -> None:
     assert installed.stdout.startswith("active_series ")
     again = run("install", "--dsn", empty_dsn)
     assert again.returncode == 0
+    unattached = run("usage", "--dsn", empty_dsn)
+    assert unattached.returncode == ExitCode.SCHEMA
+    assert "active-series create-model" in one_line_error(unattached)
+    made = run("create-model", "--dsn", empty_dsn)
+    assert made.returncode == 0, made.stderr
     assert run("usage", "--dsn", empty_dsn).returncode == 0
+    refused = run("create-model", "--dsn", empty_dsn)
+    assert refused.returncode == ExitCode.INPUT
+    assert "already exist" in one_line_error(refused)
 
 
 def test_a_schema_of_another_version_is_refused(conn, dsn) -> None:

@@ -21,7 +21,7 @@ from oracle import (
 
 FILL = """
 SET active_series.allow_explicit_created = on;
-ALTER TABLE active_series.metric DISABLE TRIGGER metric_track_ingest;
+ALTER TABLE active_series.metric DISABLE TRIGGER active_series_metric_inserted;
 INSERT INTO active_series.testbed (project_id, name)
     SELECT %(project)s, 'tb-' || i FROM generate_series(1, 5) AS i;
 INSERT INTO active_series.benchmark (project_id, name)
@@ -49,7 +49,7 @@ INSERT INTO active_series.metric (report_benchmark_id, measure_id, value)
          (SELECT array_agg(id ORDER BY id) FROM active_series.measure
           WHERE project_id = %(project)s) AS ms(ids)
     WHERE r.project_id = %(project)s;
-ALTER TABLE active_series.metric ENABLE TRIGGER metric_track_ingest;
+ALTER TABLE active_series.metric ENABLE TRIGGER active_series_metric_inserted;
 RESET active_series.allow_explicit_created;
 """
 

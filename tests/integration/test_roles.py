@@ -64,12 +64,16 @@ PROTECTED_TABLES = (
 
 #: The SECURITY DEFINER functions, each with the reason its comment gives.
 DEFINER_FUNCTIONS = {
-    "_track_metric_insert()",
+    # the triggers attach makes on the application's tables (_attach_triggers)
+    "_attached_metric_inserted()",
+    "_attached_project_changed()",
+    "_attached_benchmark_deleted()",
+    "_attached_variant_deleted()",
+    "_attached_measure_deleted()",
+    "_attached_organization_deleted()",
+    "_attached_project_deleted()",
+    "_attached_testbed_deleted()",
     "_flush_pending()",
-    "_project_changed()",
-    "_benchmark_deleted()",
-    "_variant_deleted()",
-    "_measure_deleted()",
     "_testbed_period_deleted()",
     "set_billing_period(bigint,timestamp with time zone,timestamp with time zone)",
     # the read API of active_series_reader
@@ -658,6 +662,13 @@ READER_CALLS = {
         "SELECT organization_id, plan, active_series, private_series, public_series,"
         " stripe_value, stripe_in_sync FROM active_series.usage_summary(%(org)s)"
     ),
+    # the attached tables' rows under the views usage and alerts (the reader reads those
+    # tables anyway: these add nothing to what it sees)
+    "_organization_rows": "SELECT * FROM active_series._organization_rows() WHERE id = %(org)s",
+    "_project_rows": (
+        "SELECT * FROM active_series._project_rows() WHERE organization_id = %(org)s"
+    ),
+    "_variant_rows": "SELECT count(*) FROM active_series._variant_rows()",
 }
 READER_VIEWS = {
     "usage": "SELECT * FROM active_series.usage ORDER BY 1",

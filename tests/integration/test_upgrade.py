@@ -28,6 +28,7 @@ from active_series import __version__
 from active_series.install import (
     SchemaVersionError,
     available_versions,
+    create_reference_model,
     install,
     installed_version,
     upgrade_path,
@@ -183,11 +184,13 @@ def install_old(dsn: str, version: str, mode: str) -> None:
 
 
 def fresh(dsn: str, mode: str) -> None:
+    """A fresh install with the reference model (what an upgraded 0.3.0 database holds)."""
     if mode == "plain":
         install(dsn)
     else:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION active_series")
+    create_reference_model(dsn)
 
 
 @pytest.fixture(params=["plain", "extension"])
@@ -287,7 +290,7 @@ def test_concurrent_upgrades_run_once(old: str, new_empty_db: Callable[[], str])
     for t in threads:
         t.join(60)
     assert results == [__version__] * 3
-    install(reference)
+    fresh(reference, "plain")
     assert differences(dsn_snapshot(upgraded), dsn_snapshot(reference)) == []
 
 

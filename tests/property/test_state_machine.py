@@ -127,8 +127,8 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
         tables = [
             r[0]
             for r in conn.execute(
-                "SELECT tablename FROM pg_tables"
-                " WHERE schemaname = 'active_series' AND tablename <> '_meta' ORDER BY 1"
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'active_series'"
+                " AND tablename NOT IN ('_meta', '_attachment') ORDER BY 1"
             )
         ]
         conn.execute(

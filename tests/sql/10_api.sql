@@ -153,12 +153,12 @@ SELECT is_empty(
                AND (i.indkey::int2[])[0:cardinality(c.conkey) - 1] <@ c.conkey) $$,
     'an index leads with the columns of every foreign key'
 );
-SELECT has_trigger('active_series', 'metric', 'metric_track_ingest', 'the ingest trigger');
+SELECT has_trigger('active_series', 'metric', 'active_series_metric_inserted', 'the ingest trigger');
 SELECT is(
     (SELECT tgtype & 1 = 0 AND tgtype & 4 = 4 AND tgtype & 2 = 0 FROM pg_trigger
-     WHERE tgrelid = 'active_series.metric'::regclass AND tgname = 'metric_track_ingest'),
+     WHERE tgrelid = 'active_series.metric'::regclass AND tgname = 'active_series_metric_inserted'),
     true,
-    'metric_track_ingest is a statement-level AFTER INSERT trigger'
+    'active_series_metric_inserted is a statement-level AFTER INSERT trigger'
 );
 
 -- ---------------------------------------------------------------- behaviour

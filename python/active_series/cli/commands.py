@@ -25,6 +25,7 @@ from active_series.errors import CommandError, ExitCode
 from active_series.install import (
     InstallError,
     SchemaVersionError,
+    check_attached,
     check_version,
     install,
     install_plpython,
@@ -40,7 +41,11 @@ def conninfo(args: argparse.Namespace) -> str:
     return args.dsn or os.environ.get("DATABASE_URL", "")
 
 
-def connect(args: argparse.Namespace, *, check: bool = True) -> psycopg.Connection:
+def connect(
+    args: argparse.Namespace, *, check: bool = True, attached: bool = True
+) -> psycopg.Connection:
+    """A connection to the database of ``args``; with ``check``, refused (exit 4) unless the
+    schema is this program's version and, with ``attached``, tables are attached."""
     try:
         conn = psycopg.connect(conninfo(args), autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
@@ -48,6 +53,8 @@ def connect(args: argparse.Namespace, *, check: bool = True) -> psycopg.Connecti
     if check:
         try:
             check_version(conn)
+            if attached:
+                check_attached(conn)
         except SchemaVersionError as exc:
             conn.close()
             raise CommandError(str(exc), ExitCode.SCHEMA) from None

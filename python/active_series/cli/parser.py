@@ -10,6 +10,7 @@ from typing import Any
 
 from active_series import __version__
 from active_series.cli import commands as c
+from active_series.cli import model
 
 # where other distributions (and active_series.devtools) add commands: a function that
 # takes the subparsers and adds its own, each with func=handler(args) -> exit code
@@ -111,6 +112,38 @@ def build_parser() -> argparse.ArgumentParser:
         const="no",
         help="do not install the PL/Python functions",
     )
+
+    p = _command(
+        sub,
+        "create-model",
+        model.cmd_create_model,
+        "create the reference data model as your own tables, attached",
+        common,
+    )
+    p.add_argument(
+        "--schema",
+        default="active_series",
+        help="the schema to create it in (default: %(default)s)",
+    )
+
+    p = _command(sub, "attach", model.cmd_attach, "start tracking on your own tables", common)
+    p.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        metavar="ROLE=TABLE",
+        help=f"the table playing ROLE, one of {', '.join(model.ROLES)} (variant optional)",
+    )
+    p.add_argument(
+        "--column",
+        action="append",
+        default=[],
+        metavar="ROLE.COLUMN=NAME",
+        help="your column holding a role's value where its name differs, e.g. "
+        "report.created=created_at (empty NAME: the table has none)",
+    )
+
+    _command(sub, "detach", model.cmd_detach, "stop tracking on your tables", common)
 
     p = _command(
         sub, "verify", c.cmd_verify, "compare cache and history with a recomputation", common

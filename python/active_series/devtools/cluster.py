@@ -148,6 +148,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 class Cluster:
     """A PostgreSQL cluster in ``data_dir``, run by this user (or ``postgres`` when root).
 
+    ``initdb_options`` are added to initdb's (e.g. ``--no-data-checksums``).
     ``port=None`` reuses the port recorded by an earlier start when it is free,
     else picks a free one.  ``socket_dir=None`` puts the unix socket in the data
     directory when that path is short enough, else in a new directory under
@@ -165,8 +166,10 @@ class Cluster:
         settings: Mapping[str, str] | None = None,
         os_user: str | None = None,
         start_timeout: float = 60.0,
+        initdb_options: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir).absolute()
+        self.initdb_options = list(initdb_options)
         self.bindir = Path(bindir) if bindir is not None else find_bindir()
         self.settings = {**TEST_SETTINGS, **(settings or {})}
         self.start_timeout = start_timeout
@@ -311,6 +314,7 @@ class Cluster:
                 "--locale=C",
                 "--no-sync",
                 "--no-instructions",
+                *self.initdb_options,
             ],
             f"initdb in {self.data_dir}",
         )

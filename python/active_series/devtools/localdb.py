@@ -17,7 +17,7 @@ from psycopg import sql
 from active_series import __version__
 from active_series.devtools.cluster import Cluster, ClusterError
 from active_series.errors import CommandError, ExitCode
-from active_series.install import InstallError, install, install_plpython
+from active_series.install import InstallError, create_reference_model, install, install_plpython
 from active_series.text import first_line, pg_message
 
 DEFAULT_DATA_DIR = ".active-series/db"
@@ -59,6 +59,7 @@ def ensure_database(cluster: Cluster, dbname: str, *, with_schema: bool = True) 
         dsn: str = cluster.dsn(dbname)
         if with_schema:
             install(dsn)
+            create_reference_model(dsn)
             install_plpython(dsn, "auto")
     except psycopg.OperationalError as exc:
         raise CommandError(

@@ -113,9 +113,9 @@ def server_programs(bindir: Path) -> Path:
     return copy / package.name / install.name / bindir.name
 
 
-def run_program(argv: Sequence[str], *, timeout: float = 120.0) -> str:
+def run_program(argv: Sequence[str], *, timeout: float = 120.0, cwd: str = "/") -> str:
     """Run a server program (``pg_basebackup``, ``pg_ctl``, ...) as the server user when we
-    are root, from ``/``; its output, or RuntimeError with it when it fails."""
+    are root, from ``cwd``; its output, or RuntimeError with it when it fails."""
     who = _server_user()
     env = dict(os.environ)
     if who:  # not root's home (its .pgpass, say)
@@ -125,7 +125,7 @@ def run_program(argv: Sequence[str], *, timeout: float = 120.0) -> str:
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        cwd="/",
+        cwd=cwd,
         env=env,
         timeout=timeout,
         check=False,

@@ -1,0 +1,1537 @@
+-- active_series 0.3.0 -> 0.4.0 (ALTER EXTENSION active_series UPDATE, or
+-- `active-series install` on a plain install). The application's tables become the
+-- application's: the reference data model (organization ... metric, branch) stays where it
+-- is, with its rows and grants, but no longer belongs to the extension, and is attached
+-- (attach): its triggers are made from the attachment's templates. The extension's tables
+-- lose their foreign keys to it (its deletions reach them through triggers) and are
+-- registered for pg_dump. The upgrade tests compare the result with a fresh 0.4.0 install on
+-- which create_reference_model() ran.
+
+-- The application's tables (active_series.<role>: its own, or views attach makes of them)
+-- do not exist while this script runs: the functions that read them are checked when they
+-- run, not when they are created (plpgsql_check checks them all in make lint).
+SET LOCAL check_function_bodies = off;
+
+-- ================================================================ the old triggers
+DROP FUNCTION active_series._track_metric_insert() CASCADE;
+DROP FUNCTION active_series._report_set_created() CASCADE;
+DROP FUNCTION active_series._benchmark_deleted() CASCADE;
+DROP FUNCTION active_series._variant_deleted() CASCADE;
+DROP FUNCTION active_series._measure_deleted() CASCADE;
+DROP FUNCTION active_series._project_changed() CASCADE;
+DROP FUNCTION active_series._reject_key_update() CASCADE;
+
+-- ================================================================ foreign keys to the model
+DO $$
+DECLARE
+    v_fk record;
+BEGIN
+    FOR v_fk IN
+        SELECT k.conrelid::regclass AS rel, k.conname
+        FROM pg_catalog.pg_constraint AS k
+        WHERE k.contype = 'f'
+            AND k.confrelid IN (
+                'active_series.organization'::regclass, 'active_series.project'::regclass,
+                'active_series.testbed'::regclass
+            )
+            AND k.conrelid NOT IN (
+                'active_series.organization'::regclass, 'active_series.project'::regclass,
+                'active_series.testbed'::regclass, 'active_series.benchmark'::regclass,
+                'active_series.variant'::regclass, 'active_series.measure'::regclass,
+                'active_series.branch'::regclass, 'active_series.report'::regclass,
+                'active_series.report_benchmark'::regclass, 'active_series.metric'::regclass
+            )
+    LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', v_fk.rel, v_fk.conname);
+    END LOOP;
+END;
+$$;
+
+-- ================================================================ the model leaves the extension
+DO $$
+DECLARE
+    v_table text;
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        FOREACH v_table IN ARRAY ARRAY[
+            'organization', 'project', 'testbed', 'benchmark', 'variant', 'measure', 'branch',
+            'report', 'report_benchmark', 'metric'
+        ] LOOP
+            EXECUTE format('ALTER EXTENSION active_series DROP TABLE active_series.%I', v_table);
+            -- (its identity sequence, where the extension holds it apart)
+            IF EXISTS (
+                SELECT FROM pg_catalog.pg_depend AS d
+                WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                    AND d.objid = format('active_series.%I', v_table || '_id_seq')::regclass
+                    AND d.deptype = 'e'
+            ) THEN
+                EXECUTE format('ALTER EXTENSION active_series DROP SEQUENCE active_series.%I',
+                    v_table || '_id_seq');
+            END IF;
+        END LOOP;
+    END IF;
+END;
+$$;
+
+-- ================================================================ attach
+-- ---------------------------------------------------------------- sql/tables/attachment.sql
+CREATE TABLE active_series._attachment (
+    -- the part the table plays in the data model
+    role text PRIMARY KEY CHECK (role IN (
+        'organization', 'project', 'testbed', 'benchmark', 'variant', 'measure', 'report',
+        'report_benchmark', 'metric'
+    )),
+    table_schema name NOT NULL,
+    table_name name NOT NULL,
+    -- the role's columns (as the reference model names them) -> the table's own columns;
+    -- an optional column the table lacks is left out
+    columns jsonb NOT NULL CHECK (jsonb_typeof(columns) = 'object'),
+    -- indexes attach created on the table for the recorder's reads (detach drops them)
+    created_indexes name[] NOT NULL DEFAULT '{}',
+    attached_at timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT attachment_table_key UNIQUE (table_schema, table_name)
+);
+COMMENT ON TABLE active_series._attachment IS
+'Which of the application''s tables plays each role of the data model, and which of its columns holds each value the extension reads (attach, detach).';
+
+-- ---------------------------------------------------------------- triggers/reject_key_update.sql
+CREATE FUNCTION active_series._reject_key_update()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- BEFORE UPDATE OF <key columns> on an attached table, only fired when one of them
+-- changes (see the trigger's WHEN; attach installs it): moving a row to another owner
+-- would silently re-attribute recorded activity, so it is refused. TG_ARGV: the columns,
+-- and the table's key column.
+BEGIN
+    RAISE EXCEPTION 'active_series: % of % cannot be changed (row id %)',
+        TG_ARGV[0], TG_TABLE_NAME, to_jsonb(OLD) ->> TG_ARGV[1]
+        USING ERRCODE = 'feature_not_supported',
+        HINT = 'Delete the row and insert a new one instead.';
+END;
+$$;
+COMMENT ON FUNCTION active_series._reject_key_update() IS
+'Trigger: refuse updates of the columns that decide which series and organization activity belongs to.';
+
+-- ---------------------------------------------------------------- triggers/owners_deleted.sql
+CREATE FUNCTION active_series._owners_deleted(p_role text, p_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Organizations, projects or testbeds the application deleted (attach's AFTER DELETE
+-- triggers active_series_<role>_deleted): the extension's rows of them go too. A testbed's
+-- histories (whose deletion lowers the counts, _testbed_period_deleted); a project's sets
+-- and counts; an organization's periods (their counts with them), billing account, prices,
+-- alerts, ledger and relay state. (A project's or organization's testbeds go by their own
+-- trigger: the application deletes them with it, its foreign keys see to that.)
+-- Locks: the rows it deletes.
+BEGIN
+    IF p_ids IS NULL THEN
+        RETURN;
+    END IF;
+    CASE p_role
+        WHEN 'testbed' THEN
+            DELETE FROM active_series._testbed_period AS t WHERE t.testbed_id = ANY(p_ids);
+        WHEN 'project' THEN
+            DELETE FROM active_series._period_usage AS u WHERE u.project_id = ANY(p_ids);
+            DELETE FROM active_series._shape AS s WHERE s.project_id = ANY(p_ids);
+        WHEN 'organization' THEN
+            DELETE FROM active_series._period AS p WHERE p.organization_id = ANY(p_ids);
+            DELETE FROM active_series.billing_account AS b WHERE b.organization_id = ANY(p_ids);
+            DELETE FROM active_series._price AS p WHERE p.organization_id = ANY(p_ids);
+            DELETE FROM active_series._alert AS a WHERE a.organization_id = ANY(p_ids);
+            DELETE FROM active_series._alert_threshold AS a WHERE a.organization_id = ANY(p_ids);
+            DELETE FROM active_series._period_watch AS w WHERE w.organization_id = ANY(p_ids);
+            DELETE FROM active_series._ledger AS l WHERE l.organization_id = ANY(p_ids);
+            DELETE FROM active_series._relay_state AS r WHERE r.organization_id = ANY(p_ids);
+    END CASE;
+END;
+$$;
+COMMENT ON FUNCTION active_series._owners_deleted(text, bigint[]) IS
+'Internal: the extension''s rows of deleted organizations, projects or testbeds go with them.';
+
+-- ---------------------------------------------------------------- sql/functions/attach.sql
+CREATE FUNCTION active_series._attach_spec()
+RETURNS TABLE (role text, col text, kind text, required boolean, refers_to text, ord int)
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The data model as the extension reads it: each role, each value it reads of that role,
+-- that value's kind (key: the row's integer or bigint key, unique; ref: a key of another
+-- role, through a foreign key; time: timestamptz; jsonb; text; visibility: text
+-- 'public'/'private', or boolean true for public) and whether the table must have it.
+-- ord orders roles so that a role comes after those it refers to.
+SELECT s.role, s.col, s.kind, s.required, s.refers_to, s.ord
+FROM (VALUES
+    ('organization', 'id', 'key', true, NULL, 1),
+    ('organization', 'name', 'text', false, NULL, 1),
+    ('project', 'id', 'key', true, NULL, 2),
+    ('project', 'organization_id', 'ref', true, 'organization', 2),
+    ('project', 'visibility', 'visibility', false, NULL, 2),
+    ('project', 'deleted_at', 'time', false, NULL, 2),
+    ('testbed', 'id', 'key', true, NULL, 3),
+    ('testbed', 'project_id', 'ref', true, 'project', 3),
+    ('benchmark', 'id', 'key', true, NULL, 4),
+    ('benchmark', 'project_id', 'ref', true, 'project', 4),
+    ('variant', 'id', 'key', true, NULL, 5),
+    ('variant', 'benchmark_id', 'ref', true, 'benchmark', 5),
+    ('variant', 'parameters', 'jsonb', true, NULL, 5),
+    ('measure', 'id', 'key', true, NULL, 6),
+    ('measure', 'project_id', 'ref', true, 'project', 6),
+    ('report', 'id', 'key', true, NULL, 7),
+    ('report', 'project_id', 'ref', true, 'project', 7),
+    ('report', 'testbed_id', 'ref', true, 'testbed', 7),
+    ('report', 'created', 'time', true, NULL, 7),
+    ('report_benchmark', 'id', 'key', true, NULL, 8),
+    ('report_benchmark', 'report_id', 'ref', true, 'report', 8),
+    ('report_benchmark', 'benchmark_id', 'ref', true, 'benchmark', 8),
+    ('report_benchmark', 'variant_id', 'ref', false, 'variant', 8),
+    ('metric', 'report_benchmark_id', 'ref', true, 'report_benchmark', 9),
+    ('metric', 'measure_id', 'ref', true, 'measure', 9)
+) AS s (role, col, kind, required, refers_to, ord);
+$$;
+COMMENT ON FUNCTION active_series._attach_spec() IS
+'Internal: the roles of the data model and the values the extension reads of each (attach).';
+
+CREATE FUNCTION active_series._attach_check(p_tables jsonb, p_columns jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Validates an attachment and returns it resolved: {role: {"schema", "table", "columns":
+-- {role column: table column}}}. p_tables: {role: table oid}; p_columns: {role: {role
+-- column: table column or null}}, where a role column left out is looked up by its own
+-- name. Refuses, naming what is wrong: an unknown role or column, a relation that is not a
+-- table, a table in two roles, a missing column, a column of the wrong type (uuid keys are
+-- not supported), a key without a unique index, a reference without its foreign key.
+DECLARE
+    v_spec record;
+    v_role text;
+    v_rel regclass;
+    v_name text;
+    v_type regtype;
+    v_out jsonb := '{}'::jsonb;
+    v_cols jsonb;
+    v_bad text;
+BEGIN
+    FOR v_role IN SELECT role FROM _attach_spec() WHERE NOT p_tables ? role AND role <> 'variant'
+    LOOP
+        RAISE EXCEPTION 'active_series: attach needs the table of role %', v_role
+            USING ERRCODE = 'null_value_not_allowed';
+    END LOOP;
+    SELECT string_agg(k, ', ') INTO v_bad
+    FROM jsonb_object_keys(p_columns) AS k
+    WHERE NOT p_tables ? k;
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'active_series: columns names role(s) % without a table', v_bad
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'The roles are organization, project, testbed, benchmark, variant, measure, '
+                'report, report_benchmark and metric.';
+    END IF;
+    SELECT string_agg(format('%s.%s', r.role, c.col), ', ') INTO v_bad
+    FROM jsonb_each(p_columns) AS r (role, cols)
+    CROSS JOIN LATERAL jsonb_object_keys(
+        CASE WHEN jsonb_typeof(r.cols) = 'object' THEN r.cols ELSE '{"?": null}' END
+    ) AS c (col)
+    WHERE NOT EXISTS (SELECT FROM _attach_spec() AS s WHERE s.role = r.role AND s.col = c.col);
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'active_series: attach reads no column %', v_bad
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'columns maps a role''s columns, e.g. {"report": {"created": "created_at"}}: '
+                'see active_series._attach_spec().';
+    END IF;
+    SELECT string_agg(format('%s (roles %s)', t.rel::regclass, t.roles), '; ') INTO v_bad
+    FROM (
+        SELECT e.value::oid AS rel, string_agg(e.key, ' and ' ORDER BY e.key) AS roles
+        FROM jsonb_each_text(p_tables) AS e
+        GROUP BY e.value::oid
+        HAVING count(*) > 1
+    ) AS t;
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'active_series: a table plays one role: %', v_bad
+            USING ERRCODE = 'duplicate_object';
+    END IF;
+
+    FOR v_role, v_rel IN
+        SELECT e.key, e.value::oid::regclass
+        FROM jsonb_each_text(p_tables) AS e
+        ORDER BY (SELECT min(s.ord) FROM _attach_spec() AS s WHERE s.role = e.key)
+    LOOP
+        IF NOT EXISTS (
+            SELECT FROM pg_catalog.pg_class AS c WHERE c.oid = v_rel AND c.relkind IN ('r', 'p')
+        ) THEN
+            RAISE EXCEPTION 'active_series: % (role %) is not a table', v_rel, v_role
+                USING ERRCODE = 'wrong_object_type';
+        END IF;
+        v_cols := '{}'::jsonb;
+        FOR v_spec IN SELECT * FROM _attach_spec() AS s WHERE s.role = v_role LOOP
+            IF p_columns -> v_role ? v_spec.col THEN
+                v_name := p_columns -> v_role ->> v_spec.col;
+                IF v_name IS NULL AND v_spec.required THEN
+                    RAISE EXCEPTION 'active_series: the %''s % cannot be left out', v_role, v_spec.col
+                        USING ERRCODE = 'null_value_not_allowed';
+                END IF;
+                -- (null: the table has no such column)
+                CONTINUE WHEN v_name IS NULL;
+            ELSE
+                v_name := v_spec.col;
+            END IF;
+            v_type := NULL;
+            SELECT a.atttypid::regtype INTO v_type
+            FROM pg_catalog.pg_attribute AS a
+            WHERE a.attrelid = v_rel AND a.attname = v_name AND a.attnum > 0
+                AND NOT a.attisdropped;
+            IF v_type IS NULL THEN
+                IF v_spec.required OR p_columns -> v_role ? v_spec.col THEN
+                    RAISE EXCEPTION 'active_series: table % (role %) has no column % (its %)',
+                        v_rel, v_role, quote_ident(v_name), v_spec.col
+                        USING ERRCODE = 'undefined_column',
+                        HINT = format('Name the column that holds it: columns => '
+                            '''{"%s": {"%s": "..."}}''.', v_role, v_spec.col);
+                END IF;
+                CONTINUE;
+            END IF;
+            IF v_spec.kind IN ('key', 'ref') AND v_type = 'uuid'::regtype THEN
+                RAISE EXCEPTION 'active_series: column %.% (the %''s %) is a uuid: keys must be integer or bigint',
+                    v_rel, quote_ident(v_name), v_role, v_spec.col
+                    USING ERRCODE = 'feature_not_supported';
+            END IF;
+            IF NOT v_type = ANY(CASE v_spec.kind
+                WHEN 'key' THEN '{integer,bigint}'::regtype []
+                WHEN 'ref' THEN '{integer,bigint}'::regtype []
+                WHEN 'time' THEN '{timestamptz}'::regtype []
+                WHEN 'jsonb' THEN '{jsonb}'::regtype []
+                WHEN 'text' THEN '{text,varchar}'::regtype []
+                WHEN 'visibility' THEN '{text,varchar,boolean}'::regtype []
+            END) THEN
+                RAISE EXCEPTION 'active_series: column %.% (the %''s %) is %, not %',
+                    v_rel, quote_ident(v_name), v_role, v_spec.col, v_type, CASE v_spec.kind
+                        WHEN 'key' THEN 'integer or bigint'
+                        WHEN 'ref' THEN 'integer or bigint'
+                        WHEN 'time' THEN 'timestamp with time zone'
+                        WHEN 'visibility' THEN 'text or boolean (true: public)'
+                        WHEN 'text' THEN 'text'
+                        ELSE v_spec.kind
+                    END
+                    USING ERRCODE = 'datatype_mismatch';
+            END IF;
+            v_cols := v_cols || jsonb_build_object(v_spec.col, v_name);
+        END LOOP;
+        v_out := v_out || jsonb_build_object(v_role, jsonb_build_object(
+            'oid', v_rel::oid,
+            'schema', (SELECT n.nspname FROM pg_catalog.pg_class AS c
+                INNER JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                WHERE c.oid = v_rel),
+            'table', (SELECT c.relname FROM pg_catalog.pg_class AS c WHERE c.oid = v_rel),
+            'columns', v_cols
+        ));
+        -- the key: unique by an index of that column alone (a primary key, or unique)
+        IF v_cols ? 'id' AND NOT EXISTS (
+            SELECT FROM pg_catalog.pg_index AS i
+            WHERE i.indrelid = v_rel AND i.indisunique AND i.indpred IS NULL
+                AND i.indexprs IS NULL AND i.indnkeyatts = 1
+                AND i.indkey[0] = (
+                    SELECT a.attnum FROM pg_catalog.pg_attribute AS a
+                    WHERE a.attrelid = v_rel AND a.attname = v_cols ->> 'id'
+                )
+        ) THEN
+            RAISE EXCEPTION 'active_series: the key %.% (role %) has no unique index',
+                v_rel, quote_ident(v_cols ->> 'id'), v_role
+                USING ERRCODE = 'invalid_table_definition',
+                HINT = 'Make it the primary key, or add a unique index on it alone.';
+        END IF;
+    END LOOP;
+
+    IF (p_tables ? 'variant') <> (v_out -> 'report_benchmark' -> 'columns' ? 'variant_id') THEN
+        RAISE EXCEPTION 'active_series: a variant table and report_benchmark.variant_id go together (%)',
+            CASE WHEN p_tables ? 'variant' THEN 'the report_benchmark table has no variant_id'
+                ELSE 'no variant table is given' END
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- the empty variant is created on demand: (benchmark, parameters) must be unique
+    IF p_tables ? 'variant' AND NOT EXISTS (
+        SELECT FROM pg_catalog.pg_index AS i
+        WHERE i.indrelid = (v_out -> 'variant' ->> 'oid')::oid AND i.indisunique
+            AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 2
+            AND ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2 []) AS k (n)
+                INNER JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.n
+                ORDER BY a.attname) = ARRAY(SELECT x FROM unnest(ARRAY[
+                    v_out -> 'variant' -> 'columns' ->> 'benchmark_id',
+                    v_out -> 'variant' -> 'columns' ->> 'parameters']) AS x ORDER BY x)
+    ) THEN
+        RAISE EXCEPTION 'active_series: the variant table % has no unique index on (%, %)',
+            (v_out -> 'variant' ->> 'oid')::oid::regclass,
+            v_out -> 'variant' -> 'columns' ->> 'benchmark_id',
+            v_out -> 'variant' -> 'columns' ->> 'parameters'
+            USING ERRCODE = 'invalid_table_definition';
+    END IF;
+
+    -- every reference through a foreign key to the referenced role's key
+    FOR v_spec IN
+        SELECT s.*
+        FROM _attach_spec() AS s
+        WHERE s.kind = 'ref' AND v_out -> s.role -> 'columns' ? s.col
+        ORDER BY s.ord, s.col
+    LOOP
+        IF NOT EXISTS (
+            SELECT
+            FROM pg_catalog.pg_constraint AS k
+            CROSS JOIN LATERAL unnest(k.conkey, k.confkey) AS p (col, refcol)
+            INNER JOIN pg_catalog.pg_attribute AS a
+                ON a.attrelid = k.conrelid AND a.attnum = p.col
+            INNER JOIN pg_catalog.pg_attribute AS f
+                ON f.attrelid = k.confrelid AND f.attnum = p.refcol
+            WHERE k.contype = 'f'
+                AND k.conrelid = (v_out -> v_spec.role ->> 'oid')::oid
+                AND k.confrelid = (v_out -> v_spec.refers_to ->> 'oid')::oid
+                AND a.attname = v_out -> v_spec.role -> 'columns' ->> v_spec.col
+                AND f.attname = v_out -> v_spec.refers_to -> 'columns' ->> 'id'
+        ) THEN
+            RAISE EXCEPTION 'active_series: %.% (the %''s %) has no foreign key to %.%',
+                (v_out -> v_spec.role ->> 'oid')::oid::regclass,
+                quote_ident(v_out -> v_spec.role -> 'columns' ->> v_spec.col),
+                v_spec.role, v_spec.col,
+                (v_out -> v_spec.refers_to ->> 'oid')::oid::regclass,
+                quote_ident(v_out -> v_spec.refers_to -> 'columns' ->> 'id')
+                USING ERRCODE = 'invalid_foreign_key',
+                HINT = 'The recorder relies on it: add the foreign key, then attach.';
+        END IF;
+    END LOOP;
+
+    -- a relation named as the role in schema active_series is either the table itself or a
+    -- view that attach made (it is replaced)
+    SELECT string_agg(format('active_series.%I', c.relname), ', ') INTO v_bad
+    FROM jsonb_each(v_out) AS r (role, a)
+    INNER JOIN pg_catalog.pg_class AS c
+        ON c.relname = r.role AND c.relnamespace = 'active_series'::regnamespace
+    WHERE c.oid <> (r.a ->> 'oid')::oid AND c.relkind <> 'v';
+    IF v_bad IS NOT NULL THEN
+        RAISE EXCEPTION 'active_series: % already exist(s) and would be hidden by the attachment', v_bad
+            USING ERRCODE = 'duplicate_table',
+            HINT = 'Attach those tables, or rename them.';
+    END IF;
+    RETURN v_out;
+END;
+$$;
+COMMENT ON FUNCTION active_series._attach_check(jsonb, jsonb) IS
+'Internal: validate an attachment and resolve its columns (attach).';
+
+CREATE FUNCTION active_series._attach_render(p_template text, p_cols jsonb)
+RETURNS text
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- p_template with each {name} replaced by the quoted identifier p_cols names for it, and
+-- {table} by the quoted table name; an unknown name is an error (a template's mistake).
+DECLARE
+    v_out text := p_template;
+    v_name text;
+BEGIN
+    FOR v_name IN
+        SELECT DISTINCT m[1] FROM regexp_matches(p_template, '\{(\w+)\}', 'g') AS m
+    LOOP
+        IF NOT p_cols ? v_name THEN
+            RAISE EXCEPTION 'active_series: template names {%}, which the attachment lacks', v_name
+                USING ERRCODE = 'internal_error';
+        END IF;
+        v_out := replace(v_out, '{' || v_name || '}', p_cols ->> v_name);
+    END LOOP;
+    RETURN v_out;
+END;
+$$;
+COMMENT ON FUNCTION active_series._attach_render(text, jsonb) IS
+'Internal: fill a trigger template with an attachment''s identifiers.';
+
+CREATE FUNCTION active_series._attach_triggers()
+RETURNS TABLE (
+    role text, event text, needs text, timing text, level text, transition text,
+    definer boolean, body text
+)
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The triggers attach installs on the application's tables: each becomes a function
+-- active_series._attached_<role>_<event>() and a trigger active_series_<event> on the
+-- role's table, with the table's own column names filled in ({column}: the role column's
+-- name in that table). needs: a role column the table must have for the trigger to exist.
+-- definer: the function writes the extension's tables, which the ingesting role may not
+-- (SECURITY DEFINER: what it writes comes from the rows the statement touched).
+SELECT t.role, t.event, t.needs, t.timing, t.level, t.transition, t.definer, t.body
+FROM (VALUES
+    -- report.created is the transaction time
+    ('report', 'report_created', NULL, 'BEFORE INSERT', 'ROW', NULL, false, $b$
+-- BEFORE INSERT on the report table: created is the transaction time. An explicit other value is
+-- refused unless the session set active_series.allow_explicit_created = on and the role
+-- inserting the row is a superuser or a member of active_series_admin (migrations,
+-- backfills, demo loaders): clients cannot move activity out of the period it happened in.
+-- SECURITY INVOKER on purpose: current_user is then the role that runs the INSERT (after
+-- SET ROLE, the role set, not the session's login role), which is the one to judge. As
+-- SECURITY DEFINER it would be the extension owner, and session_user would let a
+-- superuser session that SET ROLE to an ingest role pass. It writes no billing table.
+DECLARE
+    v_allowed boolean;
+BEGIN
+    IF NEW.{created} IS NULL THEN
+        NEW.{created} := now();
+    ELSIF NEW.{created} IS DISTINCT FROM now() THEN
+        v_allowed := coalesce(current_setting('active_series.allow_explicit_created', true), 'off')
+            IN ('on', 'true', '1', 'yes')
+            AND (
+                coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles AS r
+                    WHERE r.rolname = current_user), false)
+                OR (
+                    to_regrole('active_series_admin') IS NOT NULL
+                    AND pg_has_role(current_user, 'active_series_admin', 'MEMBER')
+                )
+            );
+        IF NOT v_allowed THEN
+            RAISE EXCEPTION 'active_series: report.created is set by the server to the transaction time (got %)',
+                NEW.{created}
+                USING ERRCODE = 'insufficient_privilege',
+                HINT = 'Leave created out of the INSERT. Loading history needs '
+                    'SET active_series.allow_explicit_created = on as a superuser or '
+                    'a member of active_series_admin.';
+        END IF;
+        IF NOT isfinite(NEW.{created}) THEN
+            RAISE EXCEPTION 'active_series: report.created must be a finite time (got %)',
+                NEW.{created}
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- billing periods around it must stay readable by every client (Python's datetime
+        -- ends at year 9999 and starts at year 1): a typo like year 20240 is an error
+        IF NEW.{created} < '1900-01-01 00:00:00+00' OR NEW.{created} >= '9000-01-01 00:00:00+00' THEN
+            RAISE EXCEPTION 'active_series: report.created must be from 1900-01-01 to before '
+                '9000-01-01 UTC (got %)', NEW.{created}
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$b$),
+    -- a statement's metrics, noted for the commit-time recording (_record_pending)
+    ('metric', 'metric_inserted', NULL, 'AFTER INSERT', 'STATEMENT', 'NEW', true, $b$
+BEGIN
+    INSERT INTO active_series._pending (report_benchmark_ids, measure_ids, head)
+    SELECT
+        array_agg(n.{report_benchmark_id}::bigint),
+        array_agg(n.{measure_id}::bigint),
+        NOT EXISTS (SELECT FROM active_series._pending AS p WHERE p.txid = txid_current())
+    FROM new_rows AS n
+    HAVING count(*) > 0;
+    RETURN NULL;
+END;
+$b$),
+    -- hard deletes: their series leave the history (_forget_series)
+    ('benchmark', 'benchmark_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT o.{project_id}::bigint), array_agg(o.{id}::bigint), '{}', '{}', '{}'
+    )
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('variant', 'variant_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT b.project_id::bigint),
+        '{}',
+        coalesce(array_agg(o.{id}::bigint) FILTER (WHERE o.{parameters} <> '{}'::jsonb), '{}'),
+        coalesce(
+            array_agg(o.{benchmark_id}::bigint) FILTER (WHERE o.{parameters} = '{}'::jsonb), '{}'
+        ),
+        '{}'
+    )
+    FROM old_rows AS o
+    INNER JOIN active_series.benchmark AS b ON b.id = o.{benchmark_id};
+    RETURN NULL;
+END;
+$b$),
+    ('measure', 'measure_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT o.{project_id}::bigint), '{}', '{}', '{}', array_agg(o.{id}::bigint)
+    )
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    -- organizations, projects and testbeds deleted take the extension's rows of them along
+    ('organization', 'organization_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('organization', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('project', 'project_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('project', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('testbed', 'testbed_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('testbed', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    -- a project soft-deleted or restored changes what its organization is billed
+    ('project', 'project_changed', 'deleted_at', 'AFTER UPDATE', 'STATEMENT', 'OLD NEW', true, $b$
+BEGIN
+    PERFORM active_series._changed(c.organization_id, NULL, 'project')
+    FROM (
+        SELECT DISTINCT n.{organization_id}::bigint AS organization_id
+        FROM new_rows AS n
+        INNER JOIN old_rows AS o ON o.{id} = n.{id}
+        WHERE (o.{deleted_at} IS NULL) <> (n.{deleted_at} IS NULL)
+    ) AS c;
+    RETURN NULL;
+END;
+$b$)
+) AS t (role, event, needs, timing, level, transition, definer, body);
+$$;
+COMMENT ON FUNCTION active_series._attach_triggers() IS
+'Internal: the trigger templates attach fills in for the application''s tables.';
+
+CREATE FUNCTION active_series._attach_install(p_att jsonb)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Installs a checked attachment (_attach_check): records it, makes the view
+-- active_series.<role> of each table that is not itself active_series.<role> (with the
+-- reference model's column names, keys as bigint: the recorder reads these), creates the
+-- indexes the recorder's reads need, and the triggers (_attach_triggers, and the refusal
+-- of key updates). In a database where active_series is an extension, the functions and
+-- triggers it creates depend on the extension: DROP EXTENSION removes them and nothing else.
+DECLARE
+    v_role text;
+    v_a jsonb;
+    v_rel regclass;
+    v_cols jsonb;
+    v_ids jsonb;
+    v_select text;
+    v_t record;
+    v_fn text;
+    v_trigger text;
+    v_keys text [];
+    v_index name;
+    v_indexes name [];
+    v_col text;
+    v_int boolean;
+    v_extension boolean := EXISTS (
+        SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series'
+    );
+BEGIN
+    FOR v_role, v_a IN
+        SELECT s.role, p_att -> s.role
+        FROM (SELECT DISTINCT x.role, x.ord FROM _attach_spec() AS x) AS s
+        ORDER BY s.ord
+    LOOP
+        IF v_a IS NULL THEN
+            -- no variant table: every report_benchmark reports its benchmark's empty variant
+            EXECUTE 'DROP VIEW IF EXISTS active_series.variant';
+            EXECUTE 'CREATE VIEW active_series.variant AS SELECT NULL::bigint AS id, '
+                'NULL::bigint AS benchmark_id, NULL::jsonb AS parameters WHERE false';
+            EXECUTE 'GRANT SELECT ON active_series.variant TO active_series_reader, '
+                'active_series_worker, active_series_admin';
+            CONTINUE;
+        END IF;
+        v_rel := (v_a ->> 'oid')::oid::regclass;
+        v_cols := v_a -> 'columns';
+        SELECT jsonb_object_agg(c.key, quote_ident(c.value)) INTO v_ids
+        FROM jsonb_each_text(v_cols) AS c;
+        v_ids := v_ids || jsonb_build_object('table', v_rel::text);
+
+        -- the view the recorder reads, unless the table is active_series.<role> itself
+        IF NOT (v_a ->> 'schema' = 'active_series' AND v_a ->> 'table' = v_role) THEN
+            SELECT string_agg(
+                CASE
+                    WHEN v_cols ? s.col AND s.kind = 'visibility' AND (
+                        SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
+                        WHERE a.attrelid = v_rel AND a.attname = v_cols ->> s.col
+                    ) = 'boolean'::regtype
+                        THEN format('CASE WHEN t.%I THEN ''public'' ELSE ''private'' END', v_cols ->> s.col)
+                    WHEN v_cols ? s.col AND s.kind = 'visibility'
+                        THEN format('t.%I::text', v_cols ->> s.col)
+                    WHEN v_cols ? s.col AND s.kind IN ('key', 'ref') THEN format('t.%I::bigint', v_cols ->> s.col)
+                    WHEN v_cols ? s.col THEN format('t.%I', v_cols ->> s.col)
+                    WHEN s.kind = 'visibility' THEN '''public''::text'
+                    WHEN s.kind = 'time' THEN 'NULL::timestamptz'
+                    WHEN s.kind = 'text' THEN 'NULL::text'
+                    ELSE 'NULL::bigint'
+                END || ' AS ' || quote_ident(s.col),
+                ', ' ORDER BY s.col <> 'id', s.col
+            )
+            INTO v_select
+            FROM _attach_spec() AS s
+            WHERE s.role = v_role;
+            EXECUTE format('DROP VIEW IF EXISTS active_series.%I', v_role);
+            EXECUTE format('CREATE VIEW active_series.%I AS SELECT %s FROM %s AS t',
+                v_role, v_select, v_rel);
+            EXECUTE format('COMMENT ON VIEW active_series.%I IS %L', v_role, format(
+                'The %s role of the data model, read from %s (attach).', v_role, v_rel));
+        END IF;
+        EXECUTE format('GRANT SELECT ON active_series.%I TO active_series_reader, '
+            'active_series_admin', v_role);
+        IF v_role IN ('organization', 'project', 'variant') THEN
+            EXECUTE format('GRANT SELECT ON active_series.%I TO active_series_worker', v_role);
+        END IF;
+
+        -- indexes the recorder's reads need: the key, a metric's report_benchmark, a
+        -- report's rows, an organization's projects; an integer column is read as bigint
+        -- (the view casts it), so it is indexed as bigint
+        v_indexes := '{}';
+        FOREACH v_col IN ARRAY ARRAY['id'] || CASE v_role
+            WHEN 'metric' THEN ARRAY['report_benchmark_id']
+            WHEN 'report_benchmark' THEN ARRAY['report_id']
+            WHEN 'project' THEN ARRAY['organization_id']
+            ELSE '{}'::text []
+        END LOOP
+            CONTINUE WHEN NOT v_cols ? v_col;
+            v_int := (
+                SELECT a.atttypid = 'integer'::regtype FROM pg_catalog.pg_attribute AS a
+                WHERE a.attrelid = v_rel AND a.attname = v_cols ->> v_col
+            );
+            CONTINUE WHEN EXISTS (
+                SELECT FROM pg_catalog.pg_index AS i
+                WHERE i.indrelid = v_rel AND i.indpred IS NULL AND CASE
+                    WHEN v_int THEN i.indkey[0] = 0 AND pg_get_indexdef(i.indexrelid, 1, false)
+                        = format('((%I)::bigint)', v_cols ->> v_col)
+                    ELSE i.indkey[0] = (
+                        SELECT a.attnum FROM pg_catalog.pg_attribute AS a
+                        WHERE a.attrelid = v_rel AND a.attname = v_cols ->> v_col
+                    )
+                END
+            );
+            v_index := left(format('%s_%s_active_series_idx', v_a ->> 'table', v_cols ->> v_col), 63);
+            EXECUTE format('CREATE INDEX %I ON %s (%s)', v_index, v_rel, CASE
+                WHEN v_int THEN format('(%I::bigint)', v_cols ->> v_col)
+                ELSE quote_ident(v_cols ->> v_col)
+            END);
+            v_indexes := v_indexes || v_index;
+        END LOOP;
+
+        INSERT INTO active_series._attachment (role, table_schema, table_name, columns, created_indexes)
+        VALUES (v_role, v_a ->> 'schema', v_a ->> 'table', v_cols, v_indexes);
+
+        -- triggers
+        FOR v_t IN
+            SELECT t.* FROM _attach_triggers() AS t
+            WHERE t.role = v_role AND (t.needs IS NULL OR v_cols ? t.needs)
+        LOOP
+            v_fn := format('active_series.%I', '_attached_' || v_t.event);
+            v_trigger := 'active_series_' || v_t.event;
+            EXECUTE format(
+                'CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql %s '
+                'SET search_path = active_series, pg_catalog, pg_temp AS %L',
+                v_fn, CASE WHEN v_t.definer THEN 'SECURITY DEFINER' ELSE '' END,
+                CASE WHEN v_t.definer THEN E'\n-- SECURITY DEFINER: the ingesting role may not '
+                    'write the extension''s tables; what it writes comes from the rows the '
+                    'statement touched.' ELSE '' END
+                || _attach_render(v_t.body, v_ids));
+            EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', v_fn);
+            EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn, format(
+                'Trigger %s on %s (attach).', v_trigger, v_rel));
+            EXECUTE format('CREATE TRIGGER %I %s ON %s %s FOR EACH %s EXECUTE FUNCTION %s()',
+                v_trigger, v_t.timing, v_rel,
+                CASE v_t.transition
+                    WHEN 'NEW' THEN 'REFERENCING NEW TABLE AS new_rows'
+                    WHEN 'OLD' THEN 'REFERENCING OLD TABLE AS old_rows'
+                    WHEN 'OLD NEW' THEN 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows'
+                    ELSE ''
+                END,
+                v_t.level, v_fn);
+            IF v_extension THEN
+                EXECUTE format('ALTER FUNCTION %s() DEPENDS ON EXTENSION active_series', v_fn);
+                EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION active_series',
+                    v_trigger, v_rel);
+            END IF;
+        END LOOP;
+
+        -- the columns that decide whose activity a row is cannot be updated
+        SELECT array_agg(v_cols ->> s.col ORDER BY s.col) INTO v_keys
+        FROM _attach_spec() AS s
+        WHERE s.role = v_role AND v_cols ? s.col
+            AND (s.kind = 'ref' OR (s.role, s.col) IN (('report', 'created'), ('variant', 'parameters')));
+        IF v_keys IS NOT NULL THEN
+            EXECUTE format(
+                'CREATE TRIGGER active_series_reject_key_update BEFORE UPDATE OF %s ON %s '
+                'FOR EACH ROW WHEN (%s) '
+                'EXECUTE FUNCTION active_series._reject_key_update(%L, %L)',
+                (SELECT string_agg(quote_ident(k), ', ') FROM unnest(v_keys) AS k),
+                v_rel,
+                (SELECT string_agg(format('old.%1$I IS DISTINCT FROM new.%1$I', k), ' OR ')
+                    FROM unnest(v_keys) AS k),
+                array_to_string(v_keys, ', ', ''),
+                v_cols ->> 'id');
+            IF v_extension THEN
+                EXECUTE format('ALTER TRIGGER active_series_reject_key_update ON %s '
+                    'DEPENDS ON EXTENSION active_series', v_rel);
+            END IF;
+        END IF;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION active_series._attach_install(jsonb) IS
+'Internal: install a checked attachment: views, indexes and triggers (attach).';
+
+CREATE FUNCTION active_series.attach(
+    organization regclass DEFAULT NULL,
+    project regclass DEFAULT NULL,
+    testbed regclass DEFAULT NULL,
+    benchmark regclass DEFAULT NULL,
+    measure regclass DEFAULT NULL,
+    report regclass DEFAULT NULL,
+    report_benchmark regclass DEFAULT NULL,
+    metric regclass DEFAULT NULL,
+    variant regclass DEFAULT NULL,
+    columns jsonb DEFAULT '{}'
+)
+RETURNS SETOF active_series._attachment
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Starts tracking on the application's own tables: which table plays each role, and in
+-- columns, which of its columns holds each value the extension reads where the column is
+-- not named as in the reference model (create_reference_model), e.g.
+-- '{"report": {"created": "created_at"}, "project": {"visibility": "is_public"}}'.
+-- Every role but variant is required (named arguments: a role left out is an error that
+-- names it); without a variant table every report_benchmark reports its benchmark's empty
+-- variant.
+-- Checked whole first (_attach_check): nothing is installed unless all of it is right.
+-- Refused while another attachment is in place (detach first). Returns what it recorded.
+-- Existing rows are not recorded: CALL active_series.backfill() does that.
+-- Locks: _attachment (one attach or detach at a time), and the tables it adds triggers to.
+BEGIN
+    LOCK TABLE active_series._attachment IN SHARE ROW EXCLUSIVE MODE;
+    IF EXISTS (SELECT FROM active_series._attachment) THEN
+        RAISE EXCEPTION 'active_series: already attached (to %)', (
+            SELECT string_agg(format('%s: %I.%I', a.role, a.table_schema, a.table_name), ', '
+                ORDER BY a.role)
+            FROM active_series._attachment AS a
+        )
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'SELECT active_series.detach() first.';
+    END IF;
+    IF jsonb_typeof(coalesce($10, '{}')) <> 'object' THEN
+        RAISE EXCEPTION 'active_series: columns must be a JSON object (got %)', $10
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM active_series._attach_install(active_series._attach_check(
+        jsonb_strip_nulls(jsonb_build_object(
+            'organization', $1::oid, 'project', $2::oid, 'testbed', $3::oid,
+            'benchmark', $4::oid, 'measure', $5::oid, 'report', $6::oid,
+            'report_benchmark', $7::oid, 'metric', $8::oid, 'variant', $9::oid
+        )),
+        coalesce($10, '{}')
+    ));
+    RETURN QUERY SELECT * FROM active_series._attachment AS a ORDER BY a.role;
+END;
+$$;
+COMMENT ON FUNCTION active_series.attach(
+    regclass, regclass, regclass, regclass, regclass, regclass, regclass, regclass, regclass, jsonb
+) IS
+'Start tracking on the application''s own tables: name the table of each role and, where they differ from the reference model''s, the columns.';
+
+CREATE FUNCTION active_series.detach()
+RETURNS SETOF active_series._attachment
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Stops tracking: drops the triggers, trigger functions, views and indexes attach made. The
+-- application's tables and rows, and the extension's history and counts, stay. Returns what
+-- was attached (nothing when nothing was).
+-- Locks: _attachment, and the tables it drops triggers from.
+DECLARE
+    v_a record;
+    v_t record;
+    v_index name;
+BEGIN
+    LOCK TABLE active_series._attachment IN SHARE ROW EXCLUSIVE MODE;
+    FOR v_a IN SELECT * FROM active_series._attachment AS a LOOP
+        FOR v_t IN
+            SELECT t.event FROM active_series._attach_triggers() AS t WHERE t.role = v_a.role
+        LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %I.%I',
+                'active_series_' || v_t.event, v_a.table_schema, v_a.table_name);
+            EXECUTE format('DROP FUNCTION IF EXISTS active_series.%I()', '_attached_' || v_t.event);
+        END LOOP;
+        EXECUTE format('DROP TRIGGER IF EXISTS active_series_reject_key_update ON %I.%I',
+            v_a.table_schema, v_a.table_name);
+        FOREACH v_index IN ARRAY v_a.created_indexes LOOP
+            EXECUTE format('DROP INDEX IF EXISTS %I.%I', v_a.table_schema, v_index);
+        END LOOP;
+        IF NOT (v_a.table_schema = 'active_series' AND v_a.table_name = v_a.role) THEN
+            EXECUTE format('DROP VIEW IF EXISTS active_series.%I', v_a.role);
+        END IF;
+    END LOOP;
+    -- (the empty view that stands for a missing variant table)
+    IF EXISTS (SELECT FROM active_series._attachment)
+        AND NOT EXISTS (SELECT FROM active_series._attachment AS a WHERE a.role = 'variant')
+    THEN
+        DROP VIEW IF EXISTS active_series.variant;
+    END IF;
+    RETURN QUERY DELETE FROM active_series._attachment RETURNING *;
+END;
+$$;
+COMMENT ON FUNCTION active_series.detach() IS
+'Stop tracking: remove the triggers, views and indexes attach made; the application''s tables, rows and the recorded history stay.';
+
+-- ---------------------------------------------------------------- sql/functions/create_reference_model.sql
+CREATE FUNCTION active_series.create_reference_model(p_schema name DEFAULT 'active_series')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The reference data model (organization ... metric, and branch) as ordinary tables in
+-- p_schema, owned by the caller (never by the extension: pg_dump, pg_upgrade and DROP
+-- EXTENSION treat them as the application's), created there if needed, then attached
+-- (attach). The ingest role gets what an application needs: insert, read and delete rows,
+-- soft-delete and restore projects, archive testbeds, benchmarks and measures.
+-- Refused when any of the tables already exists in p_schema.
+-- Locks: the new tables; then what attach takes.
+DECLARE
+    v_existing text;
+BEGIN
+    IF p_schema IS NULL THEN
+        RAISE EXCEPTION 'active_series: create_reference_model needs a schema name'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ' ORDER BY c.relname)
+    INTO v_existing
+    FROM pg_catalog.pg_class AS c
+    INNER JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE n.nspname = p_schema AND c.relname IN (
+        'organization', 'project', 'testbed', 'benchmark', 'variant', 'measure', 'branch',
+        'report', 'report_benchmark', 'metric'
+    );
+    IF v_existing IS NOT NULL THEN
+        RAISE EXCEPTION 'active_series: the reference model cannot be created in schema %: % already exist(s)',
+            quote_ident(p_schema), v_existing
+            USING ERRCODE = 'duplicate_table',
+            HINT = 'Name another schema, or attach the existing tables with active_series.attach().';
+    END IF;
+    EXECUTE format('CREATE SCHEMA IF NOT EXISTS %I', p_schema);
+    EXECUTE format($ddl$
+CREATE TABLE %1$I.organization (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    name text NOT NULL,
+    created timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE %1$I.organization IS
+'A customer: every series, count and bill belongs to one organization.';
+CREATE TABLE %1$I.project (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    organization_id bigint NOT NULL
+    REFERENCES %1$I.organization (id) ON DELETE CASCADE,
+    name text NOT NULL,
+    visibility text NOT NULL DEFAULT 'public'
+    CHECK (visibility IN ('public', 'private')),
+    deleted_at timestamptz,
+    created timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX project_organization_id_idx ON %1$I.project (organization_id);
+COMMENT ON TABLE %1$I.project IS
+'Projects of an organization. deleted_at set = soft-deleted: its series are not counted (NULL restores).';
+CREATE TABLE %1$I.testbed (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    project_id bigint NOT NULL
+    REFERENCES %1$I.project (id) ON DELETE CASCADE,
+    name text NOT NULL,
+    created timestamptz NOT NULL DEFAULT now(),
+    archived timestamptz,
+    UNIQUE (project_id, id)
+);
+COMMENT ON TABLE %1$I.testbed IS
+'A testbed of a project: one of the three coordinates (testbed, benchmark, measure) of a series.';
+COMMENT ON COLUMN %1$I.testbed.archived IS
+'When the testbed was archived (NULL: not archived). Archiving hides it in an application; it does not stop billing: an archived testbed that still reports is counted.';
+CREATE TABLE %1$I.benchmark (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    project_id bigint NOT NULL
+    REFERENCES %1$I.project (id) ON DELETE CASCADE,
+    name text NOT NULL,
+    created timestamptz NOT NULL DEFAULT now(),
+    archived timestamptz,
+    UNIQUE (project_id, id)
+);
+COMMENT ON TABLE %1$I.benchmark IS
+'A benchmark of a project: one of the three coordinates (testbed, benchmark, measure) of a series.';
+COMMENT ON COLUMN %1$I.benchmark.archived IS
+'When the benchmark was archived (NULL: not archived). Archiving hides it in an application; it does not stop billing: an archived benchmark that still reports is counted.';
+CREATE TABLE %1$I.variant (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    benchmark_id bigint NOT NULL
+    REFERENCES %1$I.benchmark (id) ON DELETE CASCADE,
+    -- the benchmark's parameter set; '{}' is its empty variant
+    parameters jsonb NOT NULL DEFAULT '{}'
+    CONSTRAINT variant_parameters_object CHECK (jsonb_typeof(parameters) = 'object'),
+    created timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT variant_benchmark_id_parameters_key UNIQUE (benchmark_id, parameters),
+    CONSTRAINT variant_benchmark_id_id_key UNIQUE (benchmark_id, id)
+);
+COMMENT ON TABLE %1$I.variant IS
+'A parameter set of a benchmark (for example {"size_mb": 16}): the variant coordinate of a series (testbed, benchmark, variant, measure). A report_benchmark without variant_id reports the benchmark''s empty variant ({}), created on demand.';
+CREATE TABLE %1$I.measure (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    project_id bigint NOT NULL
+    REFERENCES %1$I.project (id) ON DELETE CASCADE,
+    name text NOT NULL,
+    created timestamptz NOT NULL DEFAULT now(),
+    archived timestamptz,
+    UNIQUE (project_id, id)
+);
+COMMENT ON TABLE %1$I.measure IS
+'A measure of a project: one of the three coordinates (testbed, benchmark, measure) of a series.';
+COMMENT ON COLUMN %1$I.measure.archived IS
+'When the measure was archived (NULL: not archived). Archiving hides it in an application; it does not stop billing: an archived measure that still reports is counted.';
+CREATE TABLE %1$I.branch (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    project_id bigint NOT NULL
+    REFERENCES %1$I.project (id) ON DELETE CASCADE,
+    name text NOT NULL,
+    created timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (project_id, id)
+);
+COMMENT ON TABLE %1$I.branch IS
+'A branch of a project (main, a pull request, ...). Reports may name one; a series does not include it: the same testbed, benchmark and measure reported on several branches is one series.';
+CREATE TABLE %1$I.report (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    project_id bigint NOT NULL
+    REFERENCES %1$I.project (id) ON DELETE CASCADE,
+    testbed_id bigint NOT NULL,
+    start_time timestamptz NOT NULL,
+    end_time timestamptz NOT NULL,
+    created timestamptz NOT NULL DEFAULT now(),
+    branch_id bigint,
+    -- the testbed must belong to the report's project
+    FOREIGN KEY (project_id, testbed_id)
+    REFERENCES %1$I.testbed (project_id, id) ON DELETE CASCADE,
+    -- so must the branch, when the report names one
+    FOREIGN KEY (project_id, branch_id)
+    REFERENCES %1$I.branch (project_id, id) ON DELETE CASCADE
+);
+-- for the branch's cascade (and reading a branch's reports)
+CREATE INDEX report_project_id_branch_id_idx ON %1$I.report (project_id, branch_id);
+CREATE INDEX report_project_id_testbed_id_idx ON %1$I.report (project_id, testbed_id);
+COMMENT ON TABLE %1$I.report IS
+'One benchmark run. created is the server-side ingest time (the transaction time), which decides the billing period.';
+COMMENT ON COLUMN %1$I.report.created IS
+'Set by the server to the transaction time; an explicit value needs %1$I.allow_explicit_created (privileged).';
+COMMENT ON COLUMN %1$I.report.branch_id IS
+'The branch the report was made on (optional). Not part of a series: reports on several branches report to the same series.';
+CREATE TABLE %1$I.report_benchmark (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    report_id bigint NOT NULL
+    REFERENCES %1$I.report (id) ON DELETE CASCADE,
+    benchmark_id bigint NOT NULL
+    REFERENCES %1$I.benchmark (id) ON DELETE CASCADE,
+    iteration integer NOT NULL DEFAULT 0,
+    -- NULL: the benchmark's empty variant
+    variant_id bigint,
+    -- the variant must be one of the benchmark's
+    CONSTRAINT report_benchmark_variant_fkey FOREIGN KEY (benchmark_id, variant_id)
+    REFERENCES %1$I.variant (benchmark_id, id) ON DELETE CASCADE
+);
+CREATE INDEX report_benchmark_report_id_idx ON %1$I.report_benchmark (report_id);
+-- (serves both foreign keys: the benchmark's, and the variant's with it)
+CREATE INDEX report_benchmark_benchmark_id_variant_id_idx
+ON %1$I.report_benchmark (benchmark_id, variant_id);
+COMMENT ON TABLE %1$I.report_benchmark IS 'A benchmark (one iteration of it, one variant of it: NULL variant_id is its empty variant) within a report.';
+CREATE TABLE %1$I.metric (
+    id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    report_benchmark_id bigint NOT NULL
+    REFERENCES %1$I.report_benchmark (id) ON DELETE CASCADE,
+    measure_id bigint NOT NULL
+    REFERENCES %1$I.measure (id) ON DELETE CASCADE,
+    value double precision NOT NULL
+    CONSTRAINT metric_value_finite
+    CHECK (value NOT IN ('NaN'::float8, 'Infinity'::float8, '-Infinity'::float8))
+);
+CREATE INDEX metric_report_benchmark_id_idx
+ON %1$I.metric (report_benchmark_id, measure_id);
+CREATE INDEX metric_measure_id_idx ON %1$I.metric (measure_id);
+COMMENT ON TABLE %1$I.metric IS
+'One measured value. Inserting metrics is what makes a series active (see the trigger active_series_metric_inserted that attach installs). value must be finite: NULL, NaN and infinities are rejected.';
+$ddl$, p_schema);
+    EXECUTE format($grants$
+GRANT USAGE ON SCHEMA %1$I TO active_series_ingest, active_series_reader, active_series_admin,
+    active_series_worker;
+GRANT SELECT, INSERT ON %1$I.organization TO active_series_ingest;
+GRANT SELECT, INSERT, DELETE ON
+    %1$I.project, %1$I.testbed, %1$I.benchmark, %1$I.variant, %1$I.measure, %1$I.report,
+    %1$I.report_benchmark, %1$I.metric, %1$I.branch
+TO active_series_ingest;
+GRANT UPDATE (deleted_at, visibility) ON %1$I.project TO active_series_ingest;
+GRANT UPDATE (archived) ON %1$I.testbed, %1$I.benchmark, %1$I.measure TO active_series_ingest;
+GRANT USAGE ON SEQUENCE
+    %1$I.organization_id_seq, %1$I.project_id_seq, %1$I.testbed_id_seq,
+    %1$I.benchmark_id_seq, %1$I.variant_id_seq, %1$I.measure_id_seq, %1$I.report_id_seq,
+    %1$I.report_benchmark_id_seq, %1$I.metric_id_seq, %1$I.branch_id_seq
+TO active_series_ingest;
+GRANT SELECT ON %1$I.organization, %1$I.project, %1$I.variant TO active_series_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON
+    %1$I.organization, %1$I.project, %1$I.testbed, %1$I.benchmark, %1$I.variant,
+    %1$I.measure, %1$I.branch, %1$I.report, %1$I.report_benchmark, %1$I.metric
+TO active_series_admin;
+GRANT USAGE, SELECT ON
+    %1$I.organization_id_seq, %1$I.project_id_seq, %1$I.testbed_id_seq,
+    %1$I.benchmark_id_seq, %1$I.variant_id_seq, %1$I.measure_id_seq, %1$I.report_id_seq,
+    %1$I.report_benchmark_id_seq, %1$I.metric_id_seq, %1$I.branch_id_seq
+TO active_series_admin;
+GRANT SELECT ON
+    %1$I.organization, %1$I.project, %1$I.testbed, %1$I.benchmark, %1$I.variant,
+    %1$I.measure, %1$I.branch, %1$I.report, %1$I.report_benchmark, %1$I.metric
+TO active_series_reader;
+$grants$, p_schema);
+    PERFORM active_series.attach(
+        organization => format('%I.organization', p_schema)::regclass,
+        project => format('%I.project', p_schema)::regclass,
+        testbed => format('%I.testbed', p_schema)::regclass,
+        benchmark => format('%I.benchmark', p_schema)::regclass,
+        measure => format('%I.measure', p_schema)::regclass,
+        report => format('%I.report', p_schema)::regclass,
+        report_benchmark => format('%I.report_benchmark', p_schema)::regclass,
+        metric => format('%I.metric', p_schema)::regclass,
+        variant => format('%I.variant', p_schema)::regclass
+    );
+END;
+$$;
+COMMENT ON FUNCTION active_series.create_reference_model(name) IS
+'Create the reference data model (organization, project, testbed, benchmark, variant, measure, branch, report, report_benchmark, metric) as the caller''s own tables in a schema, and attach it.';
+
+-- ---------------------------------------------------------------- sql/functions/_model_rows.sql
+-- The attached tables' rows that the extension's own views read. The tables are named (the
+-- relations active_series.<role>) only when these run, so the views can exist before
+-- anything is attached (sql/settings.sql). Plain SQL, without SET
+-- options, so that the planner inlines them into each query (a view over them is planned
+-- as if it named the table). Keys come out as bigint; for an integer key, attach indexes
+-- the key as bigint.
+
+CREATE FUNCTION active_series._organization_rows()
+RETURNS TABLE (id bigint, name text)
+LANGUAGE sql
+STABLE
+AS $$
+SELECT o.id::bigint, o.name::text FROM active_series.organization AS o;
+$$;
+COMMENT ON FUNCTION active_series._organization_rows() IS
+'Internal: the attached organizations (id, name), for the extension''s views.';
+
+CREATE FUNCTION active_series._project_rows()
+RETURNS TABLE (id bigint, organization_id bigint, visibility text, deleted_at timestamptz)
+LANGUAGE sql
+STABLE
+AS $$
+SELECT p.id::bigint, p.organization_id::bigint, p.visibility::text, p.deleted_at
+FROM active_series.project AS p;
+$$;
+COMMENT ON FUNCTION active_series._project_rows() IS
+'Internal: the attached projects (id, organization, visibility, soft deletion), for the extension''s views.';
+
+CREATE FUNCTION active_series._variant_rows()
+RETURNS TABLE (id bigint, benchmark_id bigint, parameters jsonb)
+LANGUAGE sql
+STABLE
+AS $$
+SELECT v.id::bigint, v.benchmark_id::bigint, v.parameters FROM active_series.variant AS v;
+$$;
+COMMENT ON FUNCTION active_series._variant_rows() IS
+'Internal: the attached variants (id, benchmark, parameters), for the extension''s views.';
+
+-- (the empty variant is created only where a variant table is attached)
+-- ---------------------------------------------------------------- sql/functions/_resolve_shapes.sql
+CREATE OR REPLACE FUNCTION active_series._resolve_shapes(p_groups active_series._shape_group[])
+RETURNS active_series._shape_group[]
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Fills in each group's shape_id: the stored shape with the same project and series, else
+-- a new one. A new shape is checked first: its benchmarks and measures must be its
+-- project's (a series never joins another project's catalog), and the empty variant of
+-- each benchmark it reports without a variant is created. Shapes are never updated and
+-- have no unique key (two transactions may store the same set; either serves), so
+-- creating one waits for nobody.
+-- Locks: the empty variants it creates (benchmark order), nothing else.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_foreign record;
+BEGIN
+    v_groups := ARRAY(
+        SELECT row(
+            g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+            g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
+            coalesce(
+                g.shape_id,
+                active_series._find_shape(
+                    g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                )
+            )
+        )::active_series._shape_group
+        FROM unnest(p_groups) AS g
+    );
+    IF NOT EXISTS (SELECT FROM unnest(v_groups) AS g WHERE g.shape_id IS NULL) THEN
+        RETURN v_groups;
+    END IF;
+
+    SELECT x.kind, x.id, x.project_id, x.report_project_id INTO v_foreign
+    FROM (
+        SELECT DISTINCT 'benchmark' AS kind, e.id, b.project_id, g.project_id AS report_project_id
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.benchmark_ids) AS e (id)
+        INNER JOIN active_series.benchmark AS b ON b.id = e.id
+        WHERE g.shape_id IS NULL
+        UNION ALL
+        SELECT DISTINCT 'measure', e.id, m.project_id, g.project_id
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.measure_ids) AS e (id)
+        INNER JOIN active_series.measure AS m ON m.id = e.id
+        WHERE g.shape_id IS NULL
+    ) AS x
+    WHERE x.project_id <> x.report_project_id
+    ORDER BY x.kind, x.id
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'active_series: % % belongs to project %, not to project % of the report',
+            v_foreign.kind, v_foreign.id, v_foreign.project_id, v_foreign.report_project_id
+            USING ERRCODE = 'foreign_key_violation',
+            HINT = 'Use the ' || v_foreign.kind || ' of the same name in the report''s project.';
+    END IF;
+
+    -- (without a variant table, every report_benchmark reports the empty variant)
+    IF EXISTS (SELECT FROM active_series._attachment AS a WHERE a.role = 'variant') THEN
+        INSERT INTO active_series.variant (benchmark_id, parameters)
+        SELECT DISTINCT e.benchmark_id, '{}'::jsonb
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.benchmark_ids, g.variant_ids) AS e (benchmark_id, variant_id)
+        WHERE g.shape_id IS NULL AND e.variant_id = 0
+        ORDER BY e.benchmark_id
+        ON CONFLICT (benchmark_id, parameters) DO NOTHING;
+    END IF;
+
+    WITH missing AS (
+        SELECT DISTINCT g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+        FROM unnest(v_groups) AS g
+        WHERE g.shape_id IS NULL
+    ),
+    created AS (
+        INSERT INTO active_series._shape (
+            project_id, benchmark_ids, variant_ids, measure_ids, series
+        )
+        SELECT
+            m.project_id, m.benchmark_ids, m.variant_ids, m.measure_ids,
+            cardinality(m.measure_ids)
+        FROM missing AS m
+        RETURNING id, project_id, benchmark_ids, variant_ids, measure_ids
+    )
+    SELECT array_agg(
+        row(
+            g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+            g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
+            coalesce(g.shape_id, c.id)
+        )::active_series._shape_group
+    )
+    INTO v_groups
+    FROM unnest(v_groups) AS g
+    LEFT JOIN created AS c
+        ON g.shape_id IS NULL
+        AND c.project_id = g.project_id
+        AND c.benchmark_ids = g.benchmark_ids
+        AND c.variant_ids = g.variant_ids
+        AND c.measure_ids = g.measure_ids;
+    RETURN v_groups;
+END;
+$$;
+COMMENT ON FUNCTION active_series._resolve_shapes(active_series._shape_group[]) IS
+'Internal: the stored shape of each group''s set of series, created (after the project check) when new.';
+
+-- ================================================================ views read the model through _model_rows
+-- ---------------------------------------------------------------- sql/views/_billed_usage.sql
+CREATE OR REPLACE VIEW active_series._billed_usage AS
+-- The one rule for which counts bill: a project's count row for a period, unless the project
+-- is soft-deleted (its rows are kept, and a restore bills them again). Every count that is
+-- billed, shown, posted or checked against the cap sums these rows (a plain view: the
+-- planner folds it into each query, as if written out there).
+SELECT
+    u.organization_id,
+    u.period_start,
+    u.project_id,
+    p.visibility,
+    u.series_count
+FROM active_series._period_usage AS u
+INNER JOIN active_series._project_rows() AS p ON u.project_id = p.id
+WHERE p.deleted_at IS NULL;
+COMMENT ON VIEW active_series._billed_usage IS
+'Internal: the per-(organization, period, project) counts that bill (soft-deleted projects left out); every billed, shown or checked count sums these.';
+
+-- ---------------------------------------------------------------- sql/views/usage.sql
+CREATE OR REPLACE VIEW active_series.usage AS
+SELECT
+    o.id AS organization_id,
+    o.name AS organization_name,
+    coalesce(b.plan, 'free') AS plan,
+    b.stripe_customer_id,
+    cp.period_start,
+    cp.period_end,
+    coalesce(sum(u.series_count), 0)::bigint AS active_series,
+    coalesce(sum(u.series_count) FILTER (WHERE u.visibility = 'private'), 0)::bigint
+        AS private_series,
+    coalesce(sum(u.series_count) FILTER (WHERE u.visibility = 'public'), 0)::bigint
+        AS public_series
+FROM active_series._organization_rows() AS o
+LEFT JOIN active_series.billing_account AS b ON b.organization_id = o.id
+CROSS JOIN LATERAL active_series.current_period(o.id) AS cp
+LEFT JOIN active_series._billed_usage AS u
+    ON o.id = u.organization_id AND cp.period_start = u.period_start
+GROUP BY o.id, o.name, b.plan, b.stripe_customer_id, cp.period_start, cp.period_end;
+COMMENT ON VIEW active_series.usage IS
+'Per organization: plan, Stripe customer, current billing period and its exact active-series count, split private/public.';
+
+-- ---------------------------------------------------------------- sql/views/alerts.sql
+CREATE OR REPLACE VIEW active_series.alerts AS
+SELECT
+    a.id,
+    a.organization_id,
+    o.name AS organization_name,
+    a.period_start,
+    p.period_end,
+    a.threshold,
+    a.series_count,
+    a.source,
+    a.created
+FROM active_series._alert AS a
+INNER JOIN active_series._organization_rows() AS o ON o.id = a.organization_id
+LEFT JOIN active_series._period AS p
+    ON p.organization_id = a.organization_id AND p.period_start = a.period_start;
+COMMENT ON VIEW active_series.alerts IS
+'Every alert written: the organization, the period, the threshold its count reached and the count then (source: set_alert or a price tier''s upper bound), oldest first by id.';
+
+-- ---------------------------------------------------------------- sql/views/series_last_seen.sql
+CREATE OR REPLACE VIEW active_series.series_last_seen AS
+SELECT
+    h.organization_id,
+    h.project_id,
+    h.testbed_id,
+    h.benchmark_id,
+    coalesce(v.id, nullif(h.variant_id, 0)) AS variant_id,
+    h.measure_id,
+    max(h.last_seen) AS last_seen,
+    max(h.period_start) AS period_start
+FROM active_series._series_history AS h
+LEFT JOIN active_series._variant_rows() AS v
+    ON h.variant_id = 0 AND v.benchmark_id = h.benchmark_id AND v.parameters = '{}'::jsonb
+GROUP BY
+    h.organization_id, h.project_id, h.testbed_id, h.benchmark_id, h.variant_id, v.id,
+    h.measure_id;
+COMMENT ON VIEW active_series.series_last_seen IS
+'One row per series: the greatest report.created ever recorded for it (only rises), and the billing period containing it.';
+
+-- ================================================================ grants and pg_dump
+-- ---------------------------------------------------------------- sql/grants.sql
+-- Least privilege (README.md, Roles and privileges; docs/roles.md says who may do what and why).
+-- Nothing in the schema is usable by PUBLIC; each group role of sql/roles.sql gets what
+-- its job needs. The ingest path works for an ingest-only role because the triggers that
+-- write the cache, history, counts and outbox are SECURITY DEFINER (their comments say
+-- why); every other function runs with its caller's rights.
+
+-- (sqlfluff takes the PUBLIC pseudo-role for an identifier: CP02 does not apply.)
+REVOKE ALL ON SCHEMA active_series FROM PUBLIC; -- noqa: CP02
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA active_series FROM PUBLIC; -- noqa: CP02
+
+GRANT USAGE ON SCHEMA active_series
+TO active_series_ingest, active_series_worker, active_series_admin, active_series_reader;
+
+-- ---------------------------------------------------------------- active_series_ingest
+-- The application's tables are the application's: it grants its ingest role what it needs
+-- (create_reference_model grants the reference model's: insert, read and delete rows,
+-- soft-delete and restore projects, archive). The triggers attach installs write the
+-- extension's tables as their owner (SECURITY DEFINER): no billing table, no function here.
+
+-- ---------------------------------------------------------------- active_series_worker
+-- Exactly what python/active_series/relay/ (its queries.py) uses: find and claim relay
+-- work, delete the outbox rows it relayed, read counts and billing accounts, write the
+-- ledger and its relay state, close periods, and follow the Stripe subscription's billing
+-- period (set_billing_period, SECURITY DEFINER). Plus the read API, for `relay status`.
+GRANT SELECT ON active_series._meta TO active_series_worker;
+GRANT SELECT ON
+active_series.billing_account,
+active_series._period,
+active_series._period_usage,
+active_series._billed_usage,
+active_series._shape,
+active_series._shape_seen,
+active_series._testbed_period,
+active_series._series_history,
+active_series.series_last_seen,
+active_series.usage,
+active_series.relay_status,
+active_series.relay_failures,
+active_series.relay_periods,
+active_series.billing_drift
+TO active_series_worker;
+GRANT SELECT, DELETE ON active_series._outbox TO active_series_worker;
+GRANT SELECT, INSERT, UPDATE ON active_series._ledger TO active_series_worker;
+GRANT SELECT, INSERT ON active_series._relay_state TO active_series_worker;
+GRANT UPDATE (
+    parked_at, parked_reason, next_attempt_at, attempts, last_event_timestamp, updated_at
+) ON active_series._relay_state TO active_series_worker;
+GRANT UPDATE (closed_at, finalized_at, billed_value, drift_since) ON active_series._period
+TO active_series_worker;
+-- the metered price, read from the subscription item with the billing period
+GRANT SELECT, INSERT, DELETE ON active_series._price, active_series._price_tier
+TO active_series_worker;
+GRANT EXECUTE ON FUNCTION
+active_series._relay_work(interval, interval),
+active_series._relay_next_wakeup(interval, interval),
+active_series._relay_claim(bigint[]),
+active_series._relay_plan(bigint[], interval, interval),
+active_series._relay_timestamp(bigint, bigint, bigint, bigint),
+active_series._relay_window(timestamptz, timestamptz),
+active_series._relay_held(text, timestamptz, timestamptz),
+active_series._relay_identifier(text, bigint, bigint),
+active_series._relay_instance(),
+active_series._require_organization(bigint),
+active_series._organization_rows(),
+active_series._project_rows(),
+active_series._variant_rows(),
+active_series._period_at(bigint, timestamptz),
+active_series._recorded_period(bigint, timestamptz),
+active_series._derive_period(bigint, timestamptz),
+active_series.period_usage(bigint, timestamptz),
+active_series.period_series(bigint, timestamptz),
+active_series.periods(bigint),
+active_series.current_period(bigint),
+active_series.count_active(bigint, timestamptz, timestamptz, text),
+active_series.set_billing_period(bigint, timestamptz, timestamptz),
+active_series._store_price(bigint, jsonb, text),
+active_series.price_preview(bigint, timestamptz),
+active_series.usage_summary(bigint)
+TO active_series_worker;
+
+-- ---------------------------------------------------------------- active_series_admin
+-- Operators: everything above, and set_billing_period, set_stripe_customer, backfill
+-- (a committing procedure: it cannot be SECURITY DEFINER, so it runs with these table
+-- rights), verify, relay_resume, and an explicit report.created (checked by the
+-- report_created trigger against membership in this role). No TRUNCATE, no DDL.
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA active_series
+TO active_series_admin;
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA active_series TO active_series_admin;
+GRANT EXECUTE ON ALL ROUTINES IN SCHEMA active_series TO active_series_admin;
+
+-- ---------------------------------------------------------------- active_series_reader
+-- Applications and dashboards: read the reference data model, the counts, the usage, the
+-- price preview and the alerts. The read functions are SECURITY DEFINER (each says why):
+-- they read billing tables the reader may not read itself. No billing table, no ledger,
+-- no relay internals, no writes. (Granted after the admin's, as an upgrade adds them.)
+GRANT SELECT ON
+active_series.usage,
+active_series.relay_status,
+active_series.alerts
+TO active_series_reader;
+GRANT EXECUTE ON FUNCTION
+active_series.period_usage(bigint, timestamptz),
+active_series.periods(bigint),
+active_series.period_series(bigint, timestamptz),
+active_series.count_active(bigint, timestamptz, timestamptz, text),
+active_series.current_period(bigint),
+active_series.price_preview(bigint, timestamptz),
+active_series.usage_summary(bigint),
+-- (the views usage and alerts read the organizations through it)
+active_series._organization_rows(),
+active_series._project_rows(),
+active_series._variant_rows()
+TO active_series_reader;
+
+-- ---------------------------------------------------------------- sql/config_dump.sql
+-- pg_dump leaves out the rows of an extension's tables unless the extension registers them:
+-- every table of the extension's state, and the sequences of their identity columns, are
+-- dumped with the database (and restored before the application's tables get their
+-- triggers back: a restore records nothing again). Not dumped: _meta (the install script
+-- writes it), _pending and _rerecording (rows that live within one transaction). A plain
+-- install (no extension) is dumped whole anyway.
+DO $$
+DECLARE
+    v_rel regclass;
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        -- (one call a statement: each one updates the extension's row)
+        FOREACH v_rel IN ARRAY ARRAY[
+            'active_series._attachment',
+            'active_series.billing_account',
+            'active_series._period',
+            'active_series._shape',
+            'active_series._shape_id_seq',
+            'active_series._testbed_period',
+            'active_series._shape_seen',
+            'active_series._period_usage',
+            'active_series._outbox',
+            'active_series._outbox_id_seq',
+            'active_series._relay_state',
+            'active_series._ledger',
+            'active_series._ledger_id_seq',
+            'active_series._price',
+            'active_series._price_tier',
+            'active_series._alert_threshold',
+            'active_series._alert',
+            'active_series._alert_id_seq',
+            'active_series._period_watch'
+        ]::regclass [] LOOP
+            PERFORM pg_catalog.pg_extension_config_dump(v_rel, '');
+        END LOOP;
+    END IF;
+END;
+$$;
+
+-- ================================================================ the model, attached
+-- (its triggers, made now, are the application's like its tables: not the extension's)
+SELECT active_series.attach(
+    organization => 'active_series.organization',
+    project => 'active_series.project',
+    testbed => 'active_series.testbed',
+    benchmark => 'active_series.benchmark',
+    measure => 'active_series.measure',
+    report => 'active_series.report',
+    report_benchmark => 'active_series.report_benchmark',
+    metric => 'active_series.metric',
+    variant => 'active_series.variant'
+);
+DO $$
+DECLARE
+    v_fn regprocedure;
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        FOR v_fn IN
+            SELECT p.oid::regprocedure FROM pg_catalog.pg_proc AS p
+            WHERE p.pronamespace = 'active_series'::regnamespace
+                AND p.proname LIKE '\_attached\_%'
+        LOOP
+            EXECUTE format('ALTER EXTENSION active_series DROP FUNCTION %s', v_fn);
+        END LOOP;
+    END IF;
+END;
+$$;
+
+COMMENT ON TABLE active_series.metric IS
+'One measured value. Inserting metrics is what makes a series active (see the trigger active_series_metric_inserted that attach installs). value must be finite: NULL, NaN and infinities are rejected.';
+
+UPDATE active_series._meta SET version = '0.4.0';
