@@ -278,10 +278,11 @@ test-pg18: deps build
 # BENCH_SECONDS per steady run, BENCH_REPEATS repeats, ~4 min; BENCH_INGEST_ARGS=--quick for
 # one short repeat), reads (10^3..10^BENCH_SCALE series), backfill
 # (10^5..10^BENCH_BACKFILL_SCALE metrics), the relay against the Stripe emulator (latency at
-# the rate limit; a burst of 600 organizations by API and concurrency, and rollover); then
+# the rate limit; a burst of 600 organizations by API and concurrency, and rollover), the
+# shape matrix on an application's own schema beside the reference model (attached); then
 # BENCHMARKS.md and the plots from bench/results/*.json. BENCH_ONLY picks parts; ingest-sizes
 # (not in the default) is the older ingest by report size, INSERT and COPY (bench/ingest.py).
-BENCH_ONLY ?= ingest reads backfill relay relay-burst
+BENCH_ONLY ?= ingest reads backfill relay relay-burst attached
 BENCH_SECONDS ?= 3
 BENCH_REPEATS ?= 3
 BENCH_SCALE ?= 6
@@ -303,6 +304,8 @@ newdb bench; mkdir -p bench/results; \
 			--max-exponent $(BENCH_BACKFILL_SCALE) ;; \
 		relay) $(VPY) bench/relay.py --dsn "dbname=bench" ;; \
 		relay-burst) $(VPY) bench/relay_burst.py --dsn "dbname=bench" ;; \
+		attached) $(VPY) bench/attached.py --dsn "dbname=bench" \
+			--seconds $(BENCH_SECONDS) --repeats $(BENCH_REPEATS) ;; \
 		*) echo "unknown benchmark part: $$part" >&2; exit 2 ;; \
 		esac; \
 	done

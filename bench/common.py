@@ -38,8 +38,9 @@ def with_dbname(dsn: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(dsn, dbname=dbname)
 
 
-def fresh_database(dsn: str, name: str) -> str:
-    """Drop and create database ``name`` with the active_series schema; returns its DSN."""
+def fresh_database(dsn: str, name: str, model: bool = True) -> str:
+    """Drop and create database ``name`` with the active_series schema and, with ``model``,
+    the reference data model; returns its DSN."""
     from active_series.install import create_reference_model, install
 
     with connect(with_dbname(dsn, "postgres")) as conn:
@@ -47,7 +48,8 @@ def fresh_database(dsn: str, name: str) -> str:
         conn.execute(f'CREATE DATABASE "{name}"')
     target = with_dbname(dsn, name)
     install(target)
-    create_reference_model(target)
+    if model:
+        create_reference_model(target)
     return target
 
 

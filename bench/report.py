@@ -700,6 +700,54 @@ def growth_plot(reads: Json | None, backfill: Json | None, ingest: Json | None) 
 
 
 # result file -> the `make bench` part (BENCH_ONLY) that writes it
+def attached_section(d: Json) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """The shape matrix on an application's own schema beside the reference model."""
+    out = [
+        "## 7. An application's own schema, attached, beside the reference model",
+        "",
+        "The same shapes and scenarios on two databases of one server: the reference model, "
+        "and schema `app` of `active_series.devtools.app_schema` (its own table and column "
+        f"names, integer keys on some tables, attached). {d['results'][0]['clients']} clients; "
+        "in every repeat the two alternate, tracking off then on in each; medians of "
+        f"{d['results'][0]['repeats']} repeats. `off/on` is each schema's throughput with "
+        "tracking relative to itself without it; `spread` is the range of the repeats' own "
+        "off/on ratios, both schemas together: a difference inside it is noise. `+ms` is "
+        "tracking's time per report (on − off); `app÷ref off` compares the schemas without "
+        "tracking (the reference model has more indexes and foreign keys).",
+        "",
+        "| shape | scenario | ref off/on | app off/on | difference | spread | ref +ms "
+        "| app +ms | app÷ref off |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    within = 0
+    for r in d["results"]:
+        runs = r["runs"]
+        paired = [
+            off / on
+            for side in ("ref", "app")
+            for off, on in zip(runs[f"{side} off"], runs[f"{side} on"], strict=True)
+        ]
+        spread = max(paired) - min(paired)
+        diff = r["app_off_over_on"] - r["ref_off_over_on"]
+        within += abs(diff) <= spread
+        out.append(
+            f"| {shape_label(r['shape'])} | {r['scenario']} | {r['ref_off_over_on']:.2f} "
+            f"| {r['app_off_over_on']:.2f} | {diff:+.2f} | {spread:.2f} "
+            f"| {r['ref_added_ms']:.3f} | {r['app_added_ms']:.3f} | {r['app_over_ref_off']:.2f} |"
+        )
+    total = len(d["results"])
+    out.append("")
+    target = [
+        (
+            "the shape matrix on an attached, foreign-named schema is within noise of the "
+            "reference model's",
+            f"{within} of {total} cells within the repeats' spread",
+            status(within == total),
+        )
+    ]
+    return out, target
+
+
 PARTS = {"shapes": "ingest", "ingest": "ingest-sizes", "relay_burst": "relay-burst"}
 
 
@@ -707,7 +755,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
-    data = {n: load(n) for n in ("shapes", "ingest", "reads", "backfill", "relay", "relay_burst")}
+    data = {
+        n: load(n)
+        for n in ("shapes", "ingest", "reads", "backfill", "relay", "relay_burst", "attached")
+    }
     sections: list[str] = []
     targets: list[tuple[str, str, str]] = []
     builders = {
@@ -717,6 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         "backfill": backfill_section,
         "relay": relay_section,
         "relay_burst": relay_burst_section,
+        "attached": attached_section,
     }
     for name, build in builders.items():
         d = data[name]
@@ -789,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         "`BENCH_BACKFILL_SCALE=7` adds 10^7 metrics to the backfill). One part: "
         "`make bench BENCH_ONLY=ingest` (the shape matrix, ≈ 4 min; "
         "`BENCH_INGEST_ARGS=--quick` for one short repeat, ≈ 2 min), or reads, backfill, relay, "
-        "relay-burst, "
+        "relay-burst, attached, "
         "ingest-sizes (the older by-size table, INSERT and COPY, not in the default run); the "
         "report is rebuilt from the result files present. One cell's profile (tracking on, "
         "`track_functions = all`): `bench/shapes.py --dsn … --profile 200x3 first`.",

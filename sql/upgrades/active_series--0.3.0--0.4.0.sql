@@ -643,7 +643,10 @@ BEGIN
     LOOP
         IF v_a IS NULL THEN
             -- no variant table: every report_benchmark reports its benchmark's empty variant
-            EXECUTE 'DROP VIEW IF EXISTS active_series.variant';
+            IF to_regclass('active_series.variant') IS NOT NULL THEN
+                -- (attach's own view of an earlier attachment: _attach_check allows no other)
+                EXECUTE 'DROP VIEW active_series.variant';
+            END IF;
             EXECUTE 'CREATE VIEW active_series.variant AS SELECT NULL::bigint AS id, '
                 'NULL::bigint AS benchmark_id, NULL::jsonb AS parameters WHERE false';
             EXECUTE 'GRANT SELECT ON active_series.variant TO active_series_reader, '
@@ -679,7 +682,9 @@ BEGIN
             INTO v_select
             FROM _attach_spec() AS s
             WHERE s.role = v_role;
-            EXECUTE format('DROP VIEW IF EXISTS active_series.%I', v_role);
+            IF to_regclass(format('active_series.%I', v_role)) IS NOT NULL THEN
+                EXECUTE format('DROP VIEW active_series.%I', v_role);
+            END IF;
             EXECUTE format('CREATE VIEW active_series.%I AS SELECT %s FROM %s AS t',
                 v_role, v_select, v_rel);
             EXECUTE format('COMMENT ON VIEW active_series.%I IS %L', v_role, format(

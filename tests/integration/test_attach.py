@@ -7,6 +7,10 @@ clear error and leaves nothing behind (docs/bad-input.md, "attach")."""
 from __future__ import annotations
 
 import datetime as dt
+import random
+import sys
+import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +18,14 @@ import foreign_schema as app
 import psycopg
 import pytest
 from active_series.install import install
+from conftest import run_ok
 from oracle import utc
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 Conn = psycopg.Connection[Any]
+CLI = [sys.executable, "-m", "active_series.cli"]
 
 
 @pytest.fixture
@@ -331,3 +339,88 @@ def test_a_second_attach_is_refused_until_detach(app_conn: Conn) -> None:
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="already attached"):
         app.attach_app(conn)
     assert installed(conn) == made
+
+
+def test_concurrent_ingest_into_the_applications_tables_counts_exactly(app_dsn: str) -> None:
+    """Eight connections ingest at once, into shared testbeds and series, in random order,
+    in transactions of several runs: no deadlock, no lost series, counts exact."""
+    with psycopg.connect(app_dsn, autocommit=True) as conn:
+        app.attach_app(conn)
+        orgs = [app.make_org(conn, f"o{i}", testbeds=3, benchmarks=4, measures=2) for i in range(2)]
+    errors: list[BaseException] = []
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            with psycopg.connect(app_dsn, autocommit=True) as c:
+                for _ in range(12):
+                    with c.transaction():
+                        for _ in range(rng.randint(1, 3)):
+                            org = rng.choice(orgs)
+                            pairs = [(b, m) for b in org.benchmarks for m in org.measures]
+                            app.ingest(
+                                c,
+                                org,
+                                rng.choice(org.testbeds),
+                                rng.sample(pairs, rng.randint(1, len(pairs))),
+                            )
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    with psycopg.connect(app_dsn, autocommit=True) as conn:
+        assert_exact(conn, *orgs)
+
+
+def test_a_managed_servers_owner_installs_and_attaches_without_superuser(
+    new_empty_db: Callable[[], str], superuser_dsn: str
+) -> None:
+    """A database owner with CREATEROLE but not superuser (a managed server's admin):
+    active-series install --dsn, its own tables, attach from the command line, ingest."""
+    owner = f"owner_{uuid.uuid4().hex[:8]}"
+    dsn = new_empty_db()
+    dbname = conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(superuser_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE").format(sql.Identifier(owner)))
+        admin.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(dbname), sql.Identifier(owner)
+            )
+        )
+    as_owner = make_conninfo(dsn, user=owner)
+    try:
+        run_ok(
+            [*CLI, "install", "--dsn", as_owner, "--without-plpython"],
+        )
+        with psycopg.connect(as_owner, autocommit=True) as conn:
+            conn.execute(app.DDL)
+        argv = [*CLI, "attach", "--dsn", as_owner]
+        argv += [f"--table={role}={table}" for role, table in app.TABLES.items()]
+        argv += [
+            f"--column={role}.{column}={name}"
+            for role, columns in app.COLUMNS.items()
+            for column, name in columns.items()
+        ]
+        attached = run_ok(argv)
+        assert "attached report: app.runs" in attached.stdout
+        with psycopg.connect(as_owner, autocommit=True) as conn:
+            assert (
+                app.one(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is False
+            )
+            a = app.make_org(conn, "a")
+            app.ingest(conn, a, a.testbeds[0], [(a.benchmarks[0], a.measures[0])])
+            app.ingest(conn, a, a.testbeds[1], [(b, m) for b in a.benchmarks for m in a.measures])
+            assert_exact(conn, a)
+        detached = run_ok([*CLI, "detach", "--dsn", as_owner])
+        assert "detached metric: app.results" in detached.stdout
+    finally:
+        with psycopg.connect(superuser_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+            )
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(owner)))
