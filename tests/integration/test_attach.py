@@ -424,3 +424,41 @@ def test_a_managed_servers_owner_installs_and_attaches_without_superuser(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
             )
             admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(owner)))
+
+
+def test_an_application_role_with_no_right_in_the_extension_ingests(
+    app_conn: Conn, app_dsn: str
+) -> None:
+    """The application's own role, granted its tables and nothing of active_series: it
+    ingests, soft- and hard-deletes, and is refused a key update or an explicit created."""
+    conn = app_conn
+    app.attach_app(conn)
+    a = app.make_org(conn, "a")
+    role = f"app_writer_{uuid.uuid4().hex[:8]}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        for grant in (
+            "GRANT USAGE ON SCHEMA app TO {}",
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA app TO {}",
+            "GRANT USAGE ON ALL SEQUENCES IN SCHEMA app TO {}",
+        ):
+            conn.execute(sql.SQL(grant).format(sql.Identifier(role)))
+        with psycopg.connect(make_conninfo(app_dsn, user=role), autocommit=True) as c:
+            assert app.one(c, "SELECT has_schema_privilege('active_series', 'USAGE')") is False
+            pairs = [(b, m) for b in a.benchmarks for m in a.measures]
+            run = app.ingest(c, a, a.testbeds[0], pairs)
+            c.execute("UPDATE app.projects SET removed_at = now()")
+            c.execute("UPDATE app.projects SET removed_at = NULL")
+            c.execute("DELETE FROM app.benchmarks WHERE bench_id = %s", (a.benchmarks[0],))
+            with pytest.raises(psycopg.errors.FeatureNotSupported):
+                c.execute("UPDATE app.runs SET tb = %s WHERE run_id = %s", (a.testbeds[1], run))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="transaction time"):
+                c.execute(
+                    "INSERT INTO app.runs (proj, tb, created_at) VALUES (%s, %s, '2020-01-01Z')",
+                    (a.project, a.testbeds[0]),
+                )
+        assert usage(conn, a.id) == len(pairs) - len(a.measures)
+        assert_exact(conn, a)
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
