@@ -23,6 +23,8 @@ TO active_series_ingest, active_series_worker, active_series_admin, active_serie
 -- ledger and its relay state, close periods, and follow the Stripe subscription's billing
 -- period (set_billing_period, SECURITY DEFINER). Plus the read API, for `relay status`.
 GRANT SELECT ON active_series._meta TO active_series_worker;
+-- (the CLI checks that tables are attached before it reads them: `relay status` as the worker)
+GRANT SELECT ON active_series._attachment TO active_series_worker;
 GRANT SELECT ON
 active_series.billing_account,
 active_series._period,

@@ -8,6 +8,7 @@ roles are dropped afterwards. The superuser connection (``conn``) sets up and ch
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import run_ok
 from oracle import (
     BILLING_TABLES,
     Org,
@@ -602,6 +604,12 @@ def test_the_relay_runs_end_to_end_as_a_worker_role(
     assert mismatches(conn, emu, billed) == []
     assert_increasing_timestamps(emu, billing_periods(conn, billed))
     assert "permission denied" not in worker.log()
+    # and its commands on the command line
+    for command in (["relay", "status"], ["relay", "failures"]):
+        done = run_ok(
+            [sys.executable, "-m", "active_series.cli", *command, "--dsn", login("worker")]
+        )
+        assert "permission denied" not in done.stdout + done.stderr, command
 
 
 def test_a_worker_role_follows_the_stripe_subscription_period(
