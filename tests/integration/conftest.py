@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from active_series.devtools.testpg import TestServer
+from active_series.install import install
 from psycopg import sql
 from relay_harness import relay_emulator  # noqa: F401
 
@@ -83,3 +84,13 @@ def extension_files(pg_cluster: Any) -> Path:
         pytest.skip(f"make install needs write access to {sharedir} (run as root)")
     run_ok(["make", "--no-print-directory", "-C", str(REPO), "install", f"PG_CONFIG={pg_config}"])
     return sharedir
+
+
+def install_mode(dsn: str, mode: str) -> None:
+    """The active_series schema in ``dsn``: ``plain`` (active-series install) or
+    ``extension`` (CREATE EXTENSION: the extension_files fixture first)."""
+    if mode == "plain":
+        install(dsn)
+    else:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION active_series")

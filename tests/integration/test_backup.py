@@ -19,9 +19,9 @@ import foreign_schema as app
 import oracle
 import psycopg
 import pytest
-from active_series.install import create_reference_model, install
+from active_series.install import create_reference_model
 from catalog import differences, dsn_snapshot
-from conftest import clean_env
+from conftest import clean_env, install_mode
 from psycopg import sql
 from relay_harness import (
     Emulator,
@@ -74,14 +74,6 @@ class Model:
         ).fetchall():
             assert count == app.oracle(conn, org.id, start, end), start
         assert oracle.verify(conn, org.id) == []
-
-
-def install_mode(dsn: str, mode: str) -> None:
-    if mode == "plain":
-        install(dsn)
-    else:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION active_series")
 
 
 def program(pg_cluster: Any, name: str) -> str:

@@ -21,8 +21,7 @@ import psycopg
 import pytest
 from active_series.devtools.cluster import DEFAULT_BINDIR, Cluster
 from active_series.devtools.testpg import hand_to_server_user, run_program, server_programs
-from active_series.install import install
-from conftest import REPO, run_ok
+from conftest import REPO, install_mode, run_ok
 from oracle import utc
 from test_backup import Model, contents
 
@@ -122,11 +121,7 @@ def make_database(cluster: Cluster, name: str, mode: str, model: Model) -> tuple
     with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     dsn = cluster.dsn(name)
-    if mode == "extension":
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION active_series")
-    else:
-        install(dsn)
+    install_mode(dsn, mode)
     model.create(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         billed, other = model.org(conn, "billed"), model.org(conn, "other")

@@ -34,7 +34,7 @@ from active_series.install import (
     upgrade_path,
 )
 from catalog import differences, dsn_snapshot
-from conftest import REPO
+from conftest import REPO, install_mode
 from oracle import (
     Org,
     allow_explicit_created,
@@ -185,11 +185,7 @@ def install_old(dsn: str, version: str, mode: str) -> None:
 
 def fresh(dsn: str, mode: str) -> None:
     """A fresh install with the reference model (what an upgraded 0.3.0 database holds)."""
-    if mode == "plain":
-        install(dsn)
-    else:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION active_series")
+    install_mode(dsn, mode)
     create_reference_model(dsn)
 
 
