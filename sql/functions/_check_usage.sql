@@ -8,8 +8,9 @@ VOLATILE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- An ingest commit raised the period's billed count: refuse it beyond the organization's
--- series cap (SQLSTATE AS001), and write an alert row (and NOTIFY active_series_alert)
--- for every threshold the count reached that has none in the period yet. Nothing to do,
+-- series cap (SQLSTATE AS001), and write an alert row for every threshold the count
+-- reached that has none in the period yet (no NOTIFY: see _changed; readers of alerts
+-- poll them by id, `active-series alerts --follow`). Nothing to do,
 -- and no lock, for an organization without a cap or thresholds.
 -- Locks the period's _period_watch row (an upsert: a concurrent commit that raised the
 -- count waits here until it is committed, and then counts with it; under REPEATABLE
@@ -17,7 +18,6 @@ AS $$
 DECLARE
     v_cap bigint;
     v_total bigint;
-    v_new bigint;
 BEGIN
     SELECT b.series_cap INTO v_cap
     FROM active_series.billing_account AS b
@@ -54,22 +54,14 @@ BEGIN
     SET series_count = v_total
     WHERE w.organization_id = p_organization_id AND w.period_start = p_period_start;
 
-    WITH added AS (
-        INSERT INTO active_series._alert AS a (
-            organization_id, period_start, threshold, series_count, source
-        )
-        SELECT p_organization_id, p_period_start, t.threshold, v_total, t.source
-        FROM active_series._alert_thresholds(p_organization_id) AS t
-        WHERE t.threshold <= v_total
-        ORDER BY t.threshold
-        ON CONFLICT (organization_id, period_start, threshold) DO NOTHING
-        RETURNING a.id
+    INSERT INTO active_series._alert AS a (
+        organization_id, period_start, threshold, series_count, source
     )
-
-    SELECT count(*) INTO v_new FROM added;
-    IF v_new > 0 THEN
-        PERFORM pg_notify('active_series_alert', p_organization_id::text);
-    END IF;
+    SELECT p_organization_id, p_period_start, t.threshold, v_total, t.source
+    FROM active_series._alert_thresholds(p_organization_id) AS t
+    WHERE t.threshold <= v_total
+    ORDER BY t.threshold
+    ON CONFLICT (organization_id, period_start, threshold) DO NOTHING;
 END;
 $$;
 COMMENT ON FUNCTION active_series._check_usage(bigint, timestamptz) IS

@@ -22,7 +22,7 @@ AS $$
 --   the testbed had not reported in the period, the testbed's set for the period
 --   (_testbed_period, the union) is replaced, and _period_usage grows by the difference;
 -- * the sets themselves are stored once (_shape) and shared by testbeds and periods.
--- Then an outbox row and a NOTIFY for each (organization, period) whose count changed.
+-- Then an outbox row for each (organization, period) whose count changed.
 -- Locks, in this order, so that concurrent callers cannot deadlock: the testbeds' history
 -- locks (_lock_testbeds: every write to a testbed's history happens under it); the
 -- empty variants and shapes it creates (_resolve_shapes; nobody waits for a shape); last,

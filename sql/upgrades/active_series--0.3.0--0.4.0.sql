@@ -1160,6 +1160,291 @@ $$;
 COMMENT ON FUNCTION active_series._variant_rows() IS
 'Internal: the attached variants (id, benchmark, parameters), for the extension''s views.';
 
+-- ================================================================ no NOTIFY from ingest
+-- (a notifying commit takes a server-wide lock: the worker watches the outbox instead)
+-- ---------------------------------------------------------------- sql/functions/_changed.sql
+CREATE OR REPLACE FUNCTION active_series._changed(
+    p_organization_id bigint,
+    p_period_start timestamptz,
+    p_reason text
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Durable "this organization's count may have changed" for the relay. No NOTIFY: a
+-- transaction that notified takes a lock shared by the whole server at commit, which would
+-- queue every ingest commit that changes a count behind the one before it; the worker
+-- watches the outbox's ids instead (python/active_series/relay/daemon.py).
+-- (PL/pgSQL for its cached plan: ingest commits that change a count call it.)
+BEGIN
+    INSERT INTO active_series._outbox (organization_id, period_start, reason)
+    VALUES (p_organization_id, p_period_start, p_reason);
+END;
+$$;
+COMMENT ON FUNCTION active_series._changed(bigint, timestamptz, text) IS
+'Internal: append an outbox row for the relay.';
+
+-- ---------------------------------------------------------------- sql/functions/_check_usage.sql
+CREATE OR REPLACE FUNCTION active_series._check_usage(
+    p_organization_id bigint,
+    p_period_start timestamptz
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- An ingest commit raised the period's billed count: refuse it beyond the organization's
+-- series cap (SQLSTATE AS001), and write an alert row for every threshold the count
+-- reached that has none in the period yet (no NOTIFY: see _changed; readers of alerts
+-- poll them by id, `active-series alerts --follow`). Nothing to do,
+-- and no lock, for an organization without a cap or thresholds.
+-- Locks the period's _period_watch row (an upsert: a concurrent commit that raised the
+-- count waits here until it is committed, and then counts with it; under REPEATABLE
+-- READ it fails with a serialization error instead), so commits check one at a time.
+DECLARE
+    v_cap bigint;
+    v_total bigint;
+BEGIN
+    SELECT b.series_cap INTO v_cap
+    FROM active_series.billing_account AS b
+    WHERE b.organization_id = p_organization_id;
+    IF v_cap IS NULL
+        AND NOT EXISTS (SELECT FROM active_series._alert_thresholds(p_organization_id)) THEN
+        RETURN;
+    END IF;
+
+    INSERT INTO active_series._period_watch AS w (organization_id, period_start, series_count)
+    VALUES (p_organization_id, p_period_start, 0)
+    ON CONFLICT (organization_id, period_start) DO UPDATE
+    SET checked_at = clock_timestamp();
+
+    -- a new statement: it sees every commit that held the row before us
+    SELECT coalesce(sum(u.series_count), 0)::bigint INTO v_total
+    FROM active_series._billed_usage AS u
+    WHERE u.organization_id = p_organization_id AND u.period_start = p_period_start;
+
+    IF v_total > v_cap THEN
+        RAISE EXCEPTION
+            'active_series: organization % is capped at % active series; this commit would make % in the period starting %',
+            p_organization_id, v_cap, v_total, p_period_start
+            USING ERRCODE = 'AS001',
+            DETAIL = format(
+                'organization_id=%s series_cap=%s series_count=%s', p_organization_id, v_cap,
+                v_total
+            ),
+            HINT = 'Nothing of this transaction was written. An operator raises the cap with '
+            'active_series.set_series_cap(organization, cap) or removes it with NULL.';
+    END IF;
+
+    UPDATE active_series._period_watch AS w
+    SET series_count = v_total
+    WHERE w.organization_id = p_organization_id AND w.period_start = p_period_start;
+
+    INSERT INTO active_series._alert AS a (
+        organization_id, period_start, threshold, series_count, source
+    )
+    SELECT p_organization_id, p_period_start, t.threshold, v_total, t.source
+    FROM active_series._alert_thresholds(p_organization_id) AS t
+    WHERE t.threshold <= v_total
+    ORDER BY t.threshold
+    ON CONFLICT (organization_id, period_start, threshold) DO NOTHING;
+END;
+$$;
+COMMENT ON FUNCTION active_series._check_usage(bigint, timestamptz) IS
+'Internal: after an ingest commit raised a period''s count, enforce the series cap and write the alerts of the thresholds reached.';
+
+-- ---------------------------------------------------------------- sql/functions/_record_groups.sql
+CREATE OR REPLACE FUNCTION active_series._record_groups(
+    p_groups active_series._shape_group[],
+    p_reason text DEFAULT 'ingest'
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+-- (as _record_activity: generic plans on index paths, whatever the statistics were)
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Writes sets of series into the history: each group says that a testbed reported these
+-- series within one (recorded) period between first_seen and last_seen. Row writes follow
+-- what changed, never the number of series:
+-- * a set the testbed already reported in the period widens that _shape_seen row's
+--   first_seen/last_seen (one HOT update; nothing when already inside);
+-- * activity the history already holds (a late commit, backfill over recorded data) writes
+--   nothing;
+-- * a set new to the testbed in the period adds one _shape_seen row; when it holds series
+--   the testbed had not reported in the period, the testbed's set for the period
+--   (_testbed_period, the union) is replaced, and _period_usage grows by the difference;
+-- * the sets themselves are stored once (_shape) and shared by testbeds and periods.
+-- Then an outbox row for each (organization, period) whose count changed.
+-- Locks, in this order, so that concurrent callers cannot deadlock: the testbeds' history
+-- locks (_lock_testbeds: every write to a testbed's history happens under it); the
+-- empty variants and shapes it creates (_resolve_shapes; nobody waits for a shape); last,
+-- the _period_usage rows in key order. The caller holds the organizations' period locks.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_todo integer;
+    v_new active_series._shape_group [];
+    v_unions active_series._shape_group [];
+BEGIN
+    PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(p_groups) AS g));
+
+    -- one group per (testbed, period, shape), in key order
+    SELECT
+        array_agg(
+            row(
+                a.organization_id, a.project_id, a.testbed_id, a.period_start, a.first_seen,
+                a.last_seen, NULL, NULL, NULL, a.shape_id
+            )::active_series._shape_group
+            ORDER BY a.testbed_id, a.period_start, a.shape_id
+        ),
+        count(*)
+    INTO v_groups, v_todo
+    FROM (
+        SELECT
+            g.testbed_id, g.period_start, g.shape_id,
+            min(g.organization_id) AS organization_id, min(g.project_id) AS project_id,
+            min(g.first_seen) AS first_seen, max(g.last_seen) AS last_seen
+        FROM unnest(active_series._resolve_shapes(ARRAY(
+            SELECT g FROM unnest(p_groups) AS g WHERE NOT active_series._covered(g)
+        ))) AS g
+        GROUP BY g.testbed_id, g.period_start, g.shape_id
+    ) AS a;
+    IF v_todo = 0 THEN
+        RETURN;
+    END IF;
+
+    -- Sets the testbed reported before in the period: widen their times. The others are new.
+    PERFORM active_series._widen(v_groups);
+    SELECT array_agg(g) INTO v_new
+    FROM unnest(v_groups) AS g
+    WHERE NOT coalesce((
+        SELECT true
+        FROM active_series._shape_seen AS s
+        WHERE s.testbed_id = g.testbed_id
+            AND s.period_start = g.period_start
+            AND s.shape_id = g.shape_id
+        LIMIT 1
+    ), false);
+    IF v_new IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- The testbed's set for the period with the new sets added, where that adds series: the
+    -- new set itself when the testbed had none (no unfolding), else the union unfolded
+    WITH t AS (
+        SELECT
+            n.testbed_id, n.period_start,
+            min(n.organization_id) AS organization_id, min(n.project_id) AS project_id,
+            array_agg(DISTINCT n.shape_id) AS shape_ids,
+            (
+                SELECT p.shape_id FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = n.testbed_id AND p.period_start = n.period_start
+            ) AS old_shape_id
+        FROM unnest(v_new) AS n
+        GROUP BY n.testbed_id, n.period_start
+    )
+    SELECT array_agg(
+        row(
+            t.organization_id, t.project_id, t.testbed_id, t.period_start, NULL, NULL,
+            e.benchmark_ids, e.variant_ids, e.measure_ids,
+            CASE
+                WHEN t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1
+                    THEN t.shape_ids[1]
+            END
+        )::active_series._shape_group
+        ORDER BY t.testbed_id, t.period_start
+    )
+    INTO v_unions
+    FROM t
+    LEFT JOIN LATERAL (
+        SELECT
+            array_agg(x.b ORDER BY x.b, x.v, x.m) AS benchmark_ids,
+            array_agg(x.v ORDER BY x.b, x.v, x.m) AS variant_ids,
+            array_agg(x.m ORDER BY x.b, x.v, x.m) AS measure_ids
+        FROM (
+            SELECT e.b, e.v, e.m
+            FROM active_series._shape AS s
+            CROSS JOIN LATERAL unnest(s.benchmark_ids, s.variant_ids, s.measure_ids)
+                AS e (b, v, m)
+            WHERE s.id = ANY(t.shape_ids || t.old_shape_id)
+            GROUP BY e.b, e.v, e.m
+        ) AS x
+    ) AS e ON NOT (t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1)
+    WHERE t.old_shape_id IS NULL
+        OR cardinality(e.measure_ids) > (
+            SELECT o.series FROM active_series._shape AS o WHERE o.id = t.old_shape_id
+        );
+    IF v_unions IS NULL THEN
+        -- (every new set was inside the testbed's set: no count changes)
+        INSERT INTO active_series._shape_seen AS s (
+            testbed_id, period_start, shape_id, first_seen, last_seen
+        )
+        SELECT n.testbed_id, n.period_start, n.shape_id, n.first_seen, n.last_seen
+        FROM unnest(v_new) AS n
+        ORDER BY n.testbed_id, n.period_start, n.shape_id;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT FROM unnest(v_unions) AS u WHERE u.shape_id IS NULL) THEN
+        v_unions := active_series._resolve_shapes(v_unions);
+    END IF;
+
+    -- the testbeds' sets for the periods, and the counts by what they gained
+    WITH old AS (
+        SELECT
+            u.*,
+            (SELECT s.series FROM active_series._shape AS s WHERE s.id = u.shape_id) AS series,
+            coalesce((
+                SELECT s.series FROM active_series._shape AS s
+                WHERE s.id = (
+                    SELECT p.shape_id FROM active_series._testbed_period AS p
+                    WHERE p.testbed_id = u.testbed_id AND p.period_start = u.period_start
+                )
+            ), 0) AS old_series
+        FROM unnest(v_unions) AS u
+    ),
+    written AS (
+        INSERT INTO active_series._testbed_period AS p (
+            testbed_id, period_start, organization_id, project_id, shape_id
+        )
+        SELECT o.testbed_id, o.period_start, o.organization_id, o.project_id, o.shape_id
+        FROM old AS o
+        ORDER BY o.testbed_id, o.period_start
+        ON CONFLICT (testbed_id, period_start) DO UPDATE SET shape_id = excluded.shape_id
+    )
+    INSERT INTO active_series._period_usage AS u (
+        organization_id, period_start, project_id, series_count
+    )
+    SELECT o.organization_id, o.period_start, o.project_id, sum(o.series - o.old_series)
+    FROM old AS o
+    GROUP BY o.organization_id, o.period_start, o.project_id
+    ORDER BY o.organization_id, o.period_start, o.project_id
+    ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+    SET series_count = u.series_count + excluded.series_count;
+
+    INSERT INTO active_series._shape_seen AS s (
+        testbed_id, period_start, shape_id, first_seen, last_seen
+    )
+    SELECT n.testbed_id, n.period_start, n.shape_id, n.first_seen, n.last_seen
+    FROM unnest(v_new) AS n
+    ORDER BY n.testbed_id, n.period_start, n.shape_id;
+
+    PERFORM active_series._changed(c.organization_id, c.period_start, p_reason)
+    FROM (
+        SELECT DISTINCT u.organization_id, u.period_start
+        FROM unnest(v_unions) AS u
+        ORDER BY u.organization_id, u.period_start
+    ) AS c;
+END;
+$$;
+COMMENT ON FUNCTION active_series._record_groups(active_series._shape_group[], text) IS
+'Internal: write sets of series reported by testbeds within periods into the history and the per-period counts (writes follow what changed, not the number of series).';
+
 -- (the empty variant is created only where a variant table is attached)
 -- ---------------------------------------------------------------- sql/functions/_resolve_shapes.sql
 CREATE OR REPLACE FUNCTION active_series._resolve_shapes(p_groups active_series._shape_group[])

@@ -72,7 +72,7 @@ def test_alerts_follow_prints_each_new_alert_as_it_is_written(conn, dsn) -> None
         first = json.loads(lines.get(timeout=30))
         assert (first["threshold"], first["series_count"]) == (1, 1)  # written before it started
         add_series(conn, org, 4)
-        second = json.loads(lines.get(timeout=30))  # woken by the NOTIFY
+        second = json.loads(lines.get(timeout=30))  # its next poll, within a second
         assert (second["threshold"], second["series_count"]) == (4, 4)
         assert second["id"] > first["id"]
     finally:

@@ -160,7 +160,7 @@ def test_a_database_error_between_stream_requests_leaves_no_call_of_the_claim_in
     emu.ctl.delay_next(1, 3.0, path_prefix=STREAM)  # the first request takes 3 s
     proc = worker(dsn, emu, tmp_path, "--api", "v2-stream", "--reconnect-delay", "0.1")
     with workers(proc.start()):
-        wait_until(lambda: proc.log_events("listening"), 30, "the worker")
+        wait_until(lambda: proc.log_events("watching"), 30, "the worker")
         report_each(conn, orgs, 0)
         wait_until(lambda: proc.log_events("database_unavailable"), 30, "the failed write")
         conn.execute("DELETE FROM public.refusing")

@@ -83,7 +83,7 @@ def test_a_call_cut_off_by_a_restart_keeps_every_worker_off_its_customer_until_i
     with workers(*procs):
         for proc in procs:
             proc.start()
-        wait_until(lambda: all(p.log_events("listening") for p in procs), 30, "two workers")
+        wait_until(lambda: all(p.log_events("watching") for p in procs), 30, "two workers")
         ingest(conn, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
         wait_until(lambda: any(c["finish"] is None for c in emu.ctl.calls(customer)), 30)
         pg_cluster.restart()

@@ -1,20 +1,19 @@
 """Threshold alerts for a pipe or a webhook sender (``active-series alerts``).
 
 Alerts are durable rows (the view ``active_series.alerts``) written by the ingest commit that
-brings a period's count to a threshold; ``NOTIFY active_series_alert`` is only a wake-up hint.
-``follow`` therefore reads rows by id after the last one it printed, when notified and at
-every poll interval, so nothing is missed across a lost connection's notifications.
+brings a period's count to a threshold. No NOTIFY comes with them (a notifying commit takes a
+server-wide lock): ``follow`` reads the rows by id after the last one it printed, at every
+poll interval, so nothing is missed, also across a reconnect.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import psycopg
-
-CHANNEL: Final = "active_series_alert"
 
 SINCE: Final = """
 SELECT id, organization_id, organization_name, period_start, period_end, threshold,
@@ -49,18 +48,16 @@ def follow(
     conn: psycopg.Connection[Any],
     after: int = 0,
     organization: int | None = None,
-    poll_interval: float = 5.0,
+    poll_interval: float = 1.0,
     stop: Callable[[], bool] = lambda: False,
 ) -> Iterator[dict[str, Any]]:
-    """Every alert with an id above ``after`` and then each new one, as it is written.
-    ``conn`` must be in autocommit mode: it LISTENs."""
-    conn.execute(f"LISTEN {CHANNEL}")
+    """Every alert with an id above ``after`` and then each new one, within a poll interval
+    of its commit. ``conn`` must be in autocommit mode (each read sees the latest commits)."""
     while not stop():
         for alert in since(conn, after, organization):
             after = alert["id"]
             yield alert
-        for _ in conn.notifies(timeout=poll_interval, stop_after=1):
-            pass
+        time.sleep(poll_interval)
 
 
 def as_json(alert: dict[str, Any]) -> str:

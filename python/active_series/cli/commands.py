@@ -237,6 +237,7 @@ def _relay_config(args: argparse.Namespace) -> RelayConfig:
         )
     for name in (
         "poll_interval",
+        "watch_interval",
         "debounce",
         "rate_limit",
         "grace",
@@ -245,6 +246,8 @@ def _relay_config(args: argparse.Namespace) -> RelayConfig:
     ):
         if getattr(args, name, 0) < 0:
             raise CommandError(f"--{name.replace('_', '-')} must not be negative", ExitCode.INPUT)
+    if getattr(args, "watch_interval", 0.05) <= 0:
+        raise CommandError("--watch-interval must be positive", ExitCode.INPUT)
     if args.invoice_grace < args.grace:
         raise CommandError("--invoice-grace must not be shorter than --grace", ExitCode.INPUT)
     if args.concurrency < 1:
@@ -255,6 +258,7 @@ def _relay_config(args: argparse.Namespace) -> RelayConfig:
         api_base=args.stripe_api_base,
         meter_event_name=args.meter_event_name,
         poll_interval=getattr(args, "poll_interval", 5.0),
+        watch_interval=getattr(args, "watch_interval", 0.05),
         debounce=getattr(args, "debounce", 0.05),
         rate_limit=args.rate_limit,
         grace=args.grace,

@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--after", type=alert_id, default=0, metavar="ID", help="only alerts after this id"
     )
-    p.add_argument("--poll-interval", type=float, default=5.0, help="seconds (with --follow)")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds (with --follow)")
 
     p = _command(
         sub,
@@ -267,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
         stripe_opts,
     )
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls")
+    p.add_argument(
+        "--watch-interval",
+        type=float,
+        default=0.05,
+        help="seconds between looks at the outbox for new changes (ingest sends no NOTIFY)",
+    )
     p.add_argument(
         "--debounce",
         type=float,

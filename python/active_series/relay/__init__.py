@@ -4,7 +4,7 @@ Relays each billed organization's exact period-to-date active-series count to a 
 billing meter with ``last`` aggregation, so that for every (customer, period) Stripe ends
 up holding ``active_series.period_usage``.
 
-- :mod:`.daemon`: the worker's loop (LISTEN, poll, scheduled wake-ups, reconnects);
+- :mod:`.daemon`: the worker's loop (the outbox watch, poll, scheduled wake-ups, reconnects);
 - :mod:`.signals`: graceful stop on the first SIGTERM/SIGINT, exit on the second;
 - :mod:`.claim`: organizations claimed in batches, each under its row lock (the steps are
   there);

@@ -9,7 +9,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 DEFAULT_API_BASE = "https://api.stripe.com"
 # The host of the v2 meter event stream (the SDK's "meter_events" base address).
 DEFAULT_METER_EVENTS_BASE = "https://meter-events.stripe.com"
-CHANNEL = "active_series"
 # Stripe accepts timestamps within the past 35 days; keep an hour of margin.
 MAX_EVENT_AGE = 35 * 86400 - 3600
 # How often to re-read a customer's subscription when it has none (or reading failed).
@@ -33,6 +32,7 @@ class RelayConfig:
     api_base: str = DEFAULT_API_BASE
     meter_event_name: str = "active_series"
     poll_interval: float = 5.0
+    watch_interval: float = 0.05
     debounce: float = 0.05
     rate_limit: float = 25.0
     grace: float = 300.0

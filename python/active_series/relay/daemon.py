@@ -1,6 +1,12 @@
-"""The worker's loop: wait for a notification, the poll interval, scheduled work or a stop
-signal; then drain. The listening connection and the reconnects live here too; relaying an
-organization is :mod:`active_series.relay.claim`'s."""
+"""The worker's loop: wait for a new change in the outbox, the poll interval, scheduled work
+or a stop signal; then drain. The watching connection and the reconnects live here too;
+relaying an organization is :mod:`active_series.relay.claim`'s.
+
+Ingest commits send no NOTIFY: a transaction that has notified takes, at commit, a lock shared
+by the whole server, so every notifying commit would wait for the one before it (at the start
+of a billing period, every organization's first report). The worker looks at the outbox's
+primary key instead, every ``watch_interval`` (a few index entries), for ids it has not seen.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from prometheus_client import start_http_server
 from active_series.install import SchemaVersionError
 from active_series.ratelimit import backoff
 from active_series.relay.claim import Relay, Stopping
-from active_series.relay.config import CHANNEL, RelayConfig, worker_conninfo
+from active_series.relay.config import RelayConfig, worker_conninfo
 from active_series.relay.observe import Log, Metrics
 from active_series.relay.signals import StopSignals
 from active_series.text import first_line
@@ -29,10 +35,35 @@ class Wake(StrEnum):
     """Why the worker started a drain."""
 
     START = "start"
-    NOTIFY = "notify"
+    CHANGE = "change"
     POLL = "poll"
     SCHEDULED = "scheduled"
     RECONNECT = "reconnect"
+
+
+# A commit may bring an outbox id below the highest one already seen (ids are taken before
+# commit, and commits land in any order): the watch rereads this many ids below the highest.
+WATCH_WINDOW = 1000
+WATCH_SQL = "SELECT id FROM active_series._outbox WHERE id > %s ORDER BY id"
+
+
+class Watch:
+    """New outbox rows, by their ids: the worker's wake-up without NOTIFY."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.seen: set[int] = set()
+        self.top = 0
+        self.changed()  # what is there now is the start-up drain's
+
+    def changed(self) -> bool:
+        """Whether an outbox row appeared since the last look."""
+        ids = [r[0] for r in self.conn.execute(WATCH_SQL, (max(0, self.top - WATCH_WINDOW),))]
+        new = not self.seen.issuperset(ids)
+        self.seen = set(ids)
+        if ids:
+            self.top = max(self.top, ids[-1])
+        return new
 
 
 class Worker:
@@ -45,9 +76,9 @@ class Worker:
         self.signals = StopSignals(cfg.shutdown_timeout)
         self.stop = self.signals.stop
         self.relay = Relay(cfg, self.log, self.metrics, self.stop)
-        self.listen_conn: psycopg.Connection[Any] | None = None
-        self.listen_attempts = 0
-        self.listen_retry_at = 0.0
+        self.watch: Watch | None = None
+        self.watch_attempts = 0
+        self.watch_retry_at = 0.0
         self.drained_at = -math.inf  # when the last drain started (time.monotonic())
 
     def run(self) -> int:
@@ -61,6 +92,7 @@ class Worker:
             api_base=self.cfg.api_base,
             meter_event_name=self.cfg.meter_event_name,
             poll_interval=self.cfg.poll_interval,
+            watch_interval=self.cfg.watch_interval,
             grace=self.cfg.grace,
             metrics_port=self.cfg.metrics_port or None,
         )
@@ -72,9 +104,9 @@ class Worker:
             raise
         finally:
             self.relay.shutdown()
-            if self.listen_conn is not None:
+            if self.watch is not None:
                 with contextlib.suppress(Exception):
-                    self.listen_conn.close()
+                    self.watch.conn.close()
             self.log("info", "stop")
 
     def _run(self) -> int:
@@ -89,7 +121,7 @@ class Worker:
                 self.log("warning", "database_unavailable", error=first_line(exc), retry_in=delay)
                 if self.stop.wait(delay):
                     return 0
-        self._listen()
+        self._start_watch()
         reason = Wake.START
         db_attempts = 0
         frozen = False
@@ -122,35 +154,34 @@ class Worker:
                 reason = Wake.RECONNECT
         return 0
 
-    # ------------------------------------------------------------------ LISTEN
-    def _listen(self) -> bool:
+    # ------------------------------------------------------------------ watching
+    def _start_watch(self) -> bool:
         try:
             conn = psycopg.connect(
                 worker_conninfo(self.cfg.dsn),
                 autocommit=True,
                 connect_timeout=10,
-                application_name="active-series-worker-listen",
+                application_name="active-series-worker-watch",
             )
-            conn.execute(f"LISTEN {CHANNEL}")
+            self.watch = Watch(conn)
         except psycopg.Error as exc:
-            self._retry_listen_later("listen_failed", exc)
+            self._retry_watch_later("watch_failed", exc)
             return False
-        self.listen_conn = conn
-        self.listen_attempts = 0
-        self.log("info", "listening", channel=CHANNEL, backend_pid=conn.info.backend_pid)
+        self.watch_attempts = 0
+        self.log("info", "watching", backend_pid=conn.info.backend_pid)
         return True
 
-    def _lost_listen(self, exc: BaseException) -> None:
-        if self.listen_conn is not None:
+    def _lost_watch(self, exc: BaseException) -> None:
+        if self.watch is not None:
             with contextlib.suppress(Exception):
-                self.listen_conn.close()
-        self.listen_conn = None
-        self._retry_listen_later("listen_lost", exc)
+                self.watch.conn.close()
+        self.watch = None
+        self._retry_watch_later("watch_lost", exc)
 
-    def _retry_listen_later(self, event: str, exc: BaseException) -> None:
-        delay = backoff(self.listen_attempts, self.cfg.reconnect_delay, 30.0)
-        self.listen_attempts += 1
-        self.listen_retry_at = time.time() + delay
+    def _retry_watch_later(self, event: str, exc: BaseException) -> None:
+        delay = backoff(self.watch_attempts, self.cfg.reconnect_delay, 30.0)
+        self.watch_attempts += 1
+        self.watch_retry_at = time.time() + delay
         self.log("warning", event, error=first_line(exc), retry_in=delay)
 
     # ------------------------------------------------------------------ waiting
@@ -162,53 +193,43 @@ class Worker:
         if scheduled is not None and scheduled < deadline:
             deadline, reason = max(scheduled, now + 0.05), Wake.SCHEDULED
         while not self.stop.is_set():
-            due = self.listen_conn is None and time.time() >= self.listen_retry_at
-            if due and self._listen():
-                return Wake.RECONNECT  # notifications may have been missed: catch up
-            wake_at, listen_retry = deadline, False
-            if self.listen_conn is None and self.listen_retry_at < wake_at:
-                wake_at, listen_retry = self.listen_retry_at, True
+            due = self.watch is None and time.time() >= self.watch_retry_at
+            if due and self._start_watch():
+                return Wake.RECONNECT  # changes may have come meanwhile: catch up
+            wake_at = deadline
+            if self.watch is not None:
+                wake_at = min(wake_at, time.time() + self.cfg.watch_interval)
+            elif self.watch_retry_at < wake_at:
+                wake_at = self.watch_retry_at
             timeout = wake_at - time.time()
-            if timeout <= 0:
-                if listen_retry:
+            if timeout > 0:
+                ready, _, _ = select.select([self.signals.wake_fd], [], [], timeout)
+                if ready:
+                    self.signals.clear_wake()
                     continue
-                return reason
-            fds = [self.signals.wake_fd]
-            if self.listen_conn is not None:
-                fds.append(self.listen_conn.fileno())
-            ready, _, _ = select.select(fds, [], [], timeout)
-            if self.signals.wake_fd in ready:
-                self.signals.clear_wake()
-                continue
-            readable = self.listen_conn is not None and self.listen_conn.fileno() in ready
-            if readable and self._notified():
+            if self._changed():
                 self._settle()
-                return Wake.NOTIFY
+                return Wake.CHANGE
+            if time.time() >= deadline:
+                return reason
         raise Stopping
 
-    def _notified(self) -> bool:
-        assert self.listen_conn is not None
+    def _changed(self) -> bool:
+        if self.watch is None:
+            return False
         try:
-            return bool(list(self.listen_conn.notifies(timeout=0)))
+            return self.watch.changed()
         except psycopg.Error as exc:
-            self._lost_listen(exc)
+            self._lost_watch(exc)
             return False
 
     def _settle(self) -> None:
         """Drains start at most once per ``debounce`` seconds. A change after a quiet spell
         is drained at once; the changes that come within ``debounce`` of the last drain's
         start wait for the rest of it, and are drained together (coalescing)."""
-        end = self.drained_at + self.cfg.debounce
-        wake_fd = self.signals.wake_fd
-        while self.listen_conn is not None and not self.stop.is_set():
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            ready, _, _ = select.select([self.listen_conn.fileno(), wake_fd], [], [], left)
-            if self.listen_conn.fileno() in ready:
-                self._notified()
-            if wake_fd in ready:
-                return
+        left = self.drained_at + self.cfg.debounce - time.monotonic()
+        if left > 0:
+            select.select([self.signals.wake_fd], [], [], left)
 
 
 def freeze_heap() -> None:

@@ -58,7 +58,7 @@ class Metrics:
         )
         self.wakeups = Counter(
             "active_series_relay_wakeups",
-            "Drains started, by what woke the worker: start, notify, poll, scheduled, reconnect.",
+            "Drains started, by what woke the worker: start, change, poll, scheduled, reconnect.",
             ["reason"],
             registry=r,
         )
