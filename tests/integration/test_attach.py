@@ -23,7 +23,6 @@ from oracle import utc
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
-from test_roles import readme_sql
 
 Conn = psycopg.Connection[Any]
 CLI = [sys.executable, "-m", "active_series.cli"]
@@ -463,21 +462,3 @@ def test_an_application_role_with_no_right_in_the_extension_ingests(
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
-
-
-def test_the_readmes_attach_block_attaches_schema_app(app_conn: Conn) -> None:
-    """README's attach example, pasted, on schema app with rows already in it: attached,
-    and the backfill counts what was there."""
-    conn = app_conn
-    a = app.make_org(conn, "before")
-    app.ingest(conn, a, a.testbeds[0], [(a.benchmarks[0], a.measures[0])])  # not tracked yet
-    statements = readme_sql("SELECT * FROM active_series.attach(")
-    assert [s.split("(")[0] for s in statements] == [
-        "SELECT * FROM active_series.attach",
-        "CALL active_series.backfill",
-    ]
-    for statement in statements:
-        conn.execute(statement)
-    assert installed(conn)["rows"] == 8
-    assert usage(conn, a.id) == 1
-    assert_exact(conn, a)

@@ -22,7 +22,6 @@ from oracle import (
     BILLING_TABLES,
     Org,
     assert_matches_oracle,
-    ingest,
     make_org,
     make_project,
     one,
@@ -751,47 +750,6 @@ def test_a_reader_writes_nothing_reads_no_billing_table_and_calls_nothing_else(
         if signature not in allowed:
             assert "permission denied for" in refused(r, call), signature
     assert snapshot(conn, watched) == before
-
-
-def readme_sql(first_line: str) -> list[str]:
-    """The statements of the README's sql block that starts with ``first_line``."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = next(
-        b.split("```", 1)[0] for b in readme.split("```sql\n")[1:] if b.startswith(first_line)
-    )
-    text = "\n".join(line.split("--", 1)[0] for line in block.splitlines())
-    return [s.strip() for s in text.split(";") if s.strip()]
-
-
-def test_the_readme_application_sql_works_as_the_reader_and_the_admin(conn, as_role):
-    org = make_org(conn, "readme")
-    assert org.id == 1  # the README's examples are about organization 1
-    conn.execute("SELECT active_series.set_stripe_customer(1, 'cus_readme')")
-    conn.execute(
-        "SELECT active_series._store_price(1, %s::jsonb)",
-        (
-            '{"id": "price_1", "currency": "usd", "billing_scheme": "tiered",'
-            ' "tiers_mode": "graduated", "tiers": [{"up_to": 2, "flat_amount": 900},'
-            ' {"up_to": null, "unit_amount": 150}]}',
-        ),
-    )
-    ingest(conn, org, org.testbeds[0], [(org.benchmarks[0], m) for m in org.measures])
-    admin = readme_sql("-- as an operator")
-    assert len(admin) == 4
-    a = as_role("admin")
-    for statement in admin:
-        a.execute(statement)
-    ingest(conn, org, org.testbeds[1], [(org.benchmarks[0], org.measures[0])])
-    reader = readme_sql("-- as the application")
-    assert len(reader) == 5
-    r = as_role("reader")
-    results = [r.execute(statement).fetchall() for statement in reader]
-    assert results[0][0][2] == 4  # active_series
-    assert results[0][0][5:7] == (900 + 2 * 150, "usd")
-    assert [row[3:7] for row in results[1]] == [(1, 1, 2, 2), (2, 3, None, 2)]
-    assert len(results[3]) == 4
-    # the tier bound at 2 was reached by the commit that made 3
-    assert [row[1:4] for row in results[4]] == [(2, 3, "price_tier")]
 
 
 # --- the admin ------------------------------------------------------------------------------
