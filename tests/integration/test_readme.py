@@ -429,6 +429,7 @@ def test_every_block_is_run_or_listed() -> None:
         assert block.lang in ("sql", "sh", ""), f"README.md:{block.line}: fence {block.lang!r}"
         if isinstance(entry, Run):
             assert entry.group in GROUPS, entry.group
+            assert entry.why_before or not entry.before, "say what happens before the block"
             assert block.lang in ("sql", "sh"), f"README.md:{block.line}: what runs it?"
         if block.lang == "sql":
             assert not re.search(r"^\s*\\", block.text, re.M), "psql meta-commands"
