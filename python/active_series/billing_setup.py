@@ -76,6 +76,12 @@ ORDER BY o.id
 
 LINK = "SELECT active_series.set_stripe_customer(%(org)s, %(customer)s, %(plan)s)"
 
+CURRENT_PERIOD = """
+SELECT extract(EPOCH FROM period_start)::bigint, extract(EPOCH FROM period_end)::bigint,
+       period_start < now()
+FROM active_series.current_period(%(org)s)
+"""
+
 
 # ---------------------------------------------------------------- what to set up
 
@@ -167,6 +173,9 @@ class Plan:
     billed: bool = False  # and every organization on a plan other than free
     plan: str = DEFAULT_PLAN
     subscription_metadata: dict[str, str] = field(default_factory=dict)
+    # a new subscription starts at the organization's current period start (backdated) and
+    # ends its first cycle at the period's end: the series reported so far are billed
+    backdate: bool = False
 
     @property
     def links(self) -> bool:
@@ -367,9 +376,17 @@ class Setup:
                 "(SELECT active_series.set_stripe_customer(N, NULL)) and run again"
             )
 
-    def subscription(self, customer: str, meter: Any, price: Any, plan: Plan) -> tuple[Any, bool]:
+    def subscription(
+        self,
+        customer: str,
+        meter: Any,
+        price: Any,
+        plan: Plan,
+        period: tuple[int, int] | None = None,
+    ) -> tuple[Any, bool]:
         """A live subscription of ``customer`` with an item on ``meter``, else a new one to
-        ``price``. Returns (subscription, created)."""
+        ``price`` (over ``period``, (start, end) in Unix seconds: backdated to its start,
+        its first cycle ending at its end). Returns (subscription, created)."""
         subs = self.client.v1.subscriptions.list(params={"customer": customer})
         for sub in subs.auto_paging_iter():
             if sub.status in ("canceled", "incomplete_expired"):
@@ -381,6 +398,8 @@ class Setup:
         params: dict[str, Any] = {"customer": customer, "items": [{"price": price.id}]}
         if plan.subscription_metadata:
             params["metadata"] = plan.subscription_metadata
+        if period is not None:
+            params["backdate_start_date"], params["billing_cycle_anchor"] = period
         sub = self.client.v1.subscriptions.create(params=params)  # type: ignore[arg-type]
         self.created += 1
         return sub, True
@@ -452,7 +471,13 @@ def setup(
             link_plan = plan.plan if org_plan == "free" else org_plan
             _link(conn, org, customer, link_plan)
             what += f", linked on plan {link_plan}"
-        sub, sub_created = steps.subscription(customer, meter, price, plan)
+        period = None
+        if plan.backdate:
+            assert conn is not None
+            row = conn.execute(CURRENT_PERIOD, {"org": org}).fetchone()
+            if row is not None and row[2]:
+                period = (int(row[0]), int(row[1]))
+        sub, sub_created = steps.subscription(customer, meter, price, plan, period)
         say(
             f"organization {org} ({name}): customer {customer} {what}; "
             f"subscription {sub.id} {'created' if sub_created else 'exists'}"

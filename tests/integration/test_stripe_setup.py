@@ -386,3 +386,32 @@ def test_the_emulator_searches_customers_by_metadata(emu) -> None:
         c.v1.customers.search(params={"query": "name:'a' AND name:'b' OR name:'c'"})
     with pytest.raises(stripe.InvalidRequestError, match="Unsupported search query"):
         c.v1.customers.search(params={"query": "created>1"})
+
+
+def test_backdate_bills_the_series_reported_before_the_subscription(conn, dsn, emu) -> None:
+    early, late = make_org(conn, "early"), make_org(conn, "late")
+    for org in (early, late):
+        ingest(conn, org, org.testbeds[0], [(b, m) for b in org.benchmarks for m in org.measures])
+    period = conn.execute(
+        "SELECT extract(EPOCH FROM period_start)::bigint, extract(EPOCH FROM period_end)::bigint"
+        " FROM active_series.current_period(%s)",
+        (early.id,),
+    ).fetchone()
+    assert setup(emu, dsn, "--organization", str(early.id), "--backdate").returncode == 0
+    assert setup(emu, dsn, "--organization", str(late.id)).returncode == 0
+    item = {s.obj["customer"]: s.obj["items"]["data"][0] for s in emu.state.subscriptions.values()}
+    links = linked(conn)
+    backdated = item[links[early.id][1]]
+    assert (backdated["current_period_start"], backdated["current_period_end"]) == period
+    assert item[links[late.id][1]]["current_period_start"] > period[0]
+    worker = run("worker", "--dsn", dsn, "--stripe-api-base", emu.url, "--once", "--debounce", "0")
+    assert worker.returncode == 0, worker.stderr
+    status = {
+        r["organization_id"]: r
+        for r in json.loads(run("relay", "status", "--dsn", dsn, "--json").stdout)
+    }
+    series = len(early.benchmarks) * len(early.measures)
+    # the backdated subscription's period holds the series; the other starts empty
+    assert (status[early.id]["period_usage"], status[early.id]["stripe_value"]) == (series, series)
+    assert status[early.id]["in_sync"] and status[late.id]["in_sync"]
+    assert status[late.id]["period_usage"] == 0

@@ -88,6 +88,14 @@ def add_commands(
         "if it is on free (repeatable; needs active_series_admin)",
     )
     sp.add_argument(
+        "--backdate",
+        action="store_true",
+        help="start a new subscription at the organization's current period start "
+        "(backdate_start_date), its first cycle ending at the period's end "
+        "(billing_cycle_anchor), so the series reported so far in the period are billed "
+        "(default: from now on, as Stripe starts a subscription)",
+    )
+    sp.add_argument(
         "--plan", default=DEFAULT_PLAN, help="the plan of newly billed organizations (pro)"
     )
     sp.add_argument(
@@ -129,6 +137,7 @@ def cmd_stripe_setup(args: argparse.Namespace) -> int:
         organizations=list(dict.fromkeys(args.organization)),
         billed=args.customers,
         plan=args.plan,
+        backdate=args.backdate,
     )
     client = stripe.StripeClient(
         api_key,

@@ -223,6 +223,7 @@ class Billing(Meters):
             if period_seconds <= 0:
                 raise invalid("metadata", f"{PERIOD_SECONDS_METADATA_KEY} must be positive.")
         anchor_param = as_int(p, "billing_cycle_anchor")
+        backdate = as_int(p, "backdate_start_date")
         with self.lock:
             self.get_customer(customer)
             prices = []
@@ -240,6 +241,8 @@ class Billing(Meters):
                 prices.append((price, qty))
             first = prices[0][0]["recurring"]
             now = self.now_int()
+            if backdate is not None and backdate > now:
+                raise invalid("backdate_start_date", "backdate_start_date must be in the past.")
             sub_id = new_id("sub")
             sub = Subscription(
                 obj={},
@@ -252,8 +255,9 @@ class Billing(Meters):
             if anchor_param is None:
                 start, end = now, sub.boundary(1)
             elif anchor_param > now:
+                # a first period up to the anchor, from the backdated start if there is one
                 sub.anchor, sub.index = anchor_param, 0
-                start, end = now, anchor_param
+                start, end = (now if backdate is None else backdate), anchor_param
             else:
                 sub.anchor = anchor_param
                 index = 1
@@ -295,7 +299,7 @@ class Billing(Meters):
                 "latest_invoice": None,
                 "livemode": False,
                 "metadata": metadata,
-                "start_date": now,
+                "start_date": now if backdate is None else backdate,
                 "status": "active",
             }
             self._set_period(sub, start, end)
