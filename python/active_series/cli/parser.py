@@ -10,7 +10,7 @@ from typing import Any
 
 from active_series import __version__
 from active_series.cli import commands as c
-from active_series.cli import model
+from active_series.cli import model, stripe_setup
 
 # where other distributions (and active_series.devtools) add commands: a function that
 # takes the subparsers and adds its own, each with func=handler(args) -> exit code
@@ -324,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _organization(rp, required=True)
     rp.set_defaults(func=c.cmd_relay_resume)
+
+    stripe_setup.add_commands(sub, common, organization_id)
 
     # commands of the developer tools (active_series.devtools), registered by entry point
     for entry in entry_points(group=COMMANDS_GROUP):

@@ -39,6 +39,7 @@ import psycopg
 import stripe
 from psycopg import sql
 
+from active_series import billing_setup
 from active_series.devtools import demo_queries as q
 from active_series.devtools.cluster import Cluster
 from active_series.devtools.localdb import cluster_call, embedded_cluster, ensure_database
@@ -248,47 +249,35 @@ class Demo:
         return client, EmulatorControl(url), url
 
     def create_billing(self, client: stripe.StripeClient) -> str:
-        meter = client.v1.billing.meters.create(
-            params={
-                "display_name": "Active series",
-                "event_name": EVENT_NAME,
-                "default_aggregation": {"formula": "last"},
-            }
-        )
-        price = client.v1.prices.create(
-            params={
-                "currency": "usd",
-                "product_data": {"name": "Pro (active series)"},
-                "billing_scheme": "tiered",
-                "tiers_mode": "graduated",
-                "tiers": TIERS,  # type: ignore[typeddict-item]
-                "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-            }
-        )
-        say(
-            f"meter {meter.id} (last), price {price.id}: $29 up to 10 series, "
-            "$1.00 each to 25, $0.50 each above"
+        """The organizations in the database, then the Stripe side as ``active-series stripe
+        setup`` makes it (the same code), with the demo's short periods."""
+        for org in self.orgs:
+            self._create_org(org)
+        linked = billing_setup.setup(
+            client,
+            self._conn(),
+            billing_setup.Plan(
+                event_name=EVENT_NAME,
+                tiers=TIERS,
+                organizations=[org.id for org in self.orgs],
+                subscription_metadata={"emulator_period_seconds": str(self.period)},
+            ),
+            say=lambda line: say(f"  {line}"),
         )
         for org in self.orgs:
-            org.customer = client.v1.customers.create(params={"name": org.name}).id
-            sub = client.v1.subscriptions.create(
-                params={
-                    "customer": org.customer,
-                    "items": [{"price": price.id}],
-                    "metadata": {"emulator_period_seconds": str(self.period)},
-                }
-            )
-            org.subscription = sub.id
-            item = sub["items"]["data"][0]
+            link = linked.organizations[org.id]
+            org.customer, org.subscription = link.customer, link.subscription.id
+            item = link.subscription["items"]["data"][0]
             org.first_start = float(item["current_period_start"])
-            self._create_org(org, item["current_period_start"], item["current_period_end"])
-            say(
-                f"  {org.name}: organization {org.id}, customer {org.customer}, "
-                f"subscription {sub.id}, {self.period}-second periods"
+            # the subscription's period, as the worker would align it
+            self._conn().execute(
+                q.SET_BILLING_PERIOD,
+                (org.id, item["current_period_start"], item["current_period_end"]),
             )
-        return str(meter.id)
+            say(f"  {org.name}: organization {org.id}, {self.period}-second periods")
+        return str(linked.meter.id)
 
-    def _create_org(self, org: Org, start: int, end: int) -> None:
+    def _create_org(self, org: Org) -> None:
         conn = self._conn()
 
         def one(query: str, params: tuple[Any, ...]) -> int:
@@ -310,9 +299,6 @@ class Demo:
                         (org.project, name),
                     )
                 )
-        conn.execute(q.SET_STRIPE_CUSTOMER, (org.id, org.customer))
-        # the subscription's period, as the worker would align it
-        conn.execute(q.SET_BILLING_PERIOD, (org.id, start, end))
 
     def _conn(self) -> psycopg.Connection[Any]:
         assert self.conn is not None

@@ -15,8 +15,6 @@ VALUES (%s, %s, 'private') RETURNING id
 # the testbed, benchmark or measure tables: project_id and name
 NEW_NAMED: Final = "INSERT INTO active_series.{} (project_id, name) VALUES (%s, %s) RETURNING id"
 
-SET_STRIPE_CUSTOMER: Final = "SELECT active_series.set_stripe_customer(%s, %s, 'pro')"
-
 SET_BILLING_PERIOD: Final = (
     "SELECT active_series.set_billing_period(%s, to_timestamp(%s), to_timestamp(%s))"
 )

@@ -7,7 +7,7 @@ from typing import Any
 
 from .common import PERIOD_SECONDS_METADATA_KEY, ApiError, Json, new_id
 from .meters import Meters
-from .params import as_dict, as_int, as_str, invalid, metadata_of, missing
+from .params import as_bool, as_dict, as_int, as_str, invalid, metadata_of, missing
 from .store import Subscription
 
 
@@ -79,7 +79,17 @@ class Billing(Meters):
             unit_amount = as_int(
                 p, "unit_amount", required=as_str(p, "unit_amount_decimal") is None
             )
+        lookup_key = as_str(p, "lookup_key")
+        if lookup_key is not None and len(lookup_key) > 200:
+            raise invalid("lookup_key", "lookup_key must be at most 200 characters.")
+        transfer = as_bool(p, "transfer_lookup_key")
         with self.lock:
+            holder = self._price_with_lookup_key(lookup_key)
+            if holder is not None and not transfer:
+                raise invalid(
+                    "lookup_key",
+                    f"A price ({holder['id']}) already uses that lookup key.",
+                )
             product_id = as_str(p, "product")
             if product_id is not None:
                 self.get_product(product_id)
@@ -97,7 +107,7 @@ class Billing(Meters):
                 "created": self.now_int(),
                 "currency": currency,
                 "livemode": False,
-                "lookup_key": as_str(p, "lookup_key"),
+                "lookup_key": lookup_key,
                 "metadata": metadata_of(p),
                 "nickname": as_str(p, "nickname"),
                 "product": product_id,
@@ -109,8 +119,50 @@ class Billing(Meters):
                 "unit_amount_decimal": as_str(p, "unit_amount_decimal")
                 or (str(unit_amount) if unit_amount is not None else None),
             }
+            if holder is not None:  # transfer_lookup_key: moved, atomically (one lock)
+                holder["lookup_key"] = None
             self.prices[price["id"]] = price
             return price
+
+    def _price_with_lookup_key(self, lookup_key: str | None) -> Json | None:
+        if lookup_key is None:
+            return None
+        with self.lock:
+            return next((x for x in self.prices.values() if x["lookup_key"] == lookup_key), None)
+
+    def list_prices(self, p: Json) -> list[Json]:
+        """Newest first; filters ``active``, ``currency``, ``product``, ``type``,
+        ``lookup_keys`` (at most 10) and ``recurring[interval|meter|usage_type]``."""
+        keys = p.get("lookup_keys")
+        if isinstance(keys, str):
+            keys = [keys]
+        if keys is not None and not isinstance(keys, list):
+            raise invalid("lookup_keys", "Invalid array: lookup_keys")
+        if keys is not None and len(keys) > 10:
+            raise invalid("lookup_keys", "You can specify up to 10 lookup_keys.")
+        active = as_bool(p, "active")
+        recurring = as_dict(p, "recurring")
+        wanted = {
+            "currency": (as_str(p, "currency") or "").lower() or None,
+            "product": as_str(p, "product"),
+            "type": as_str(p, "type"),
+        }
+
+        def chosen(price: Json) -> bool:
+            if keys is not None and price["lookup_key"] not in keys:
+                return False
+            if p.get("active") not in (None, "") and price["active"] != active:
+                return False
+            if any(v is not None and price[k] != v for k, v in wanted.items()):
+                return False
+            every = price["recurring"] or {}
+            return all(
+                as_str(recurring, name) in (None, every.get(name))
+                for name in ("interval", "meter", "usage_type")
+            ) and (not recurring or bool(every))
+
+        with self.lock:
+            return [x for x in reversed(self.prices.values()) if chosen(x)]
 
     @staticmethod
     def _parse_tiers(raw: Any) -> list[Json]:
@@ -171,6 +223,7 @@ class Billing(Meters):
             if period_seconds <= 0:
                 raise invalid("metadata", f"{PERIOD_SECONDS_METADATA_KEY} must be positive.")
         anchor_param = as_int(p, "billing_cycle_anchor")
+        backdate = as_int(p, "backdate_start_date")
         with self.lock:
             self.get_customer(customer)
             prices = []
@@ -188,6 +241,8 @@ class Billing(Meters):
                 prices.append((price, qty))
             first = prices[0][0]["recurring"]
             now = self.now_int()
+            if backdate is not None and backdate > now:
+                raise invalid("backdate_start_date", "backdate_start_date must be in the past.")
             sub_id = new_id("sub")
             sub = Subscription(
                 obj={},
@@ -200,8 +255,9 @@ class Billing(Meters):
             if anchor_param is None:
                 start, end = now, sub.boundary(1)
             elif anchor_param > now:
+                # a first period up to the anchor, from the backdated start if there is one
                 sub.anchor, sub.index = anchor_param, 0
-                start, end = now, anchor_param
+                start, end = (now if backdate is None else backdate), anchor_param
             else:
                 sub.anchor = anchor_param
                 index = 1
@@ -243,7 +299,7 @@ class Billing(Meters):
                 "latest_invoice": None,
                 "livemode": False,
                 "metadata": metadata,
-                "start_date": now,
+                "start_date": now if backdate is None else backdate,
                 "status": "active",
             }
             self._set_period(sub, start, end)

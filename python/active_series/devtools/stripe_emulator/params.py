@@ -88,6 +88,17 @@ def as_str(
     return raw
 
 
+def as_bool(params: Json, name: str, *, required: bool = False, label: str | None = None) -> bool:
+    """A boolean parameter (form-encoded ``true`` or ``false``); absent is false."""
+    label = label or name
+    raw = _given(params, name, required, label)
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
+    if raw in ("true", "false"):
+        return raw == "true"
+    raise invalid(label, f"Invalid boolean: {raw}")
+
+
 def as_dict(params: Json, name: str) -> Json:
     raw = params.get(name)
     if raw is None or raw == "":

@@ -61,11 +61,13 @@ STRIPE_ROUTES: list[tuple[str, re.Pattern[str], StripeHandler]] = [
         # customers (customers.py)
         ("POST", r"/v1/customers", lambda st, h, p, k: st.create_customer(p)),
         ("GET", r"/v1/customers", _page(lambda st, p: st.list_customers(p))),
+        ("GET", r"/v1/customers/search", lambda st, h, p, k: st.search_customers(p, h.string)),
         ("GET", r"/v1/customers/([^/]+)", lambda st, h, p, k: st.get_customer(h[1])),
         # products, prices, subscriptions, invoices (billing.py)
         ("POST", r"/v1/products", lambda st, h, p, k: st.create_product(p)),
         ("GET", r"/v1/products/([^/]+)", lambda st, h, p, k: st.get_product(h[1])),
         ("POST", r"/v1/prices", lambda st, h, p, k: st.create_price(p)),
+        ("GET", r"/v1/prices", _page(lambda st, p: st.list_prices(p))),
         ("GET", r"/v1/prices/([^/]+)", lambda st, h, p, k: st.get_price(h[1])),
         ("POST", r"/v1/subscriptions", lambda st, h, p, k: st.create_subscription(p)),
         ("GET", r"/v1/subscriptions", _page(lambda st, p: st.list_subscriptions(p))),

@@ -3,6 +3,8 @@ and idempotency around the route tables (:mod:`.routes`)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import select
@@ -23,6 +25,38 @@ from .streams import STREAM_PATH
 
 SESSION_PATH = "/v2/billing/meter_event_session"
 V1_EVENTS_PATH = "/v1/billing/meter_events"
+NO_API_KEY = (
+    "You did not provide an API key. You need to provide your API key in the Authorization "
+    "header, using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY'). See "
+    "https://stripe.com/docs/api#authentication for details, or we can help at "
+    "https://support.stripe.com/."
+)
+
+
+def api_key_of(authorization: str) -> str:
+    """The API key of an ``Authorization`` header, as Stripe takes it: HTTP Basic auth with
+    the key as the user name and no password (``curl -u sk_test_...:``), or a Bearer token.
+    Anything else is no key."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return ""
+        return decoded.partition(":")[0]
+    return ""
+
+
+def masked_key(key: str) -> str:
+    """A key as Stripe's error quotes it: its prefix and last four characters."""
+    prefix = "_".join(key.split("_")[:2]) + "_" if key.count("_") >= 2 else ""
+    rest = key[len(prefix) :]
+    if len(rest) <= 4:
+        return prefix + "*" * len(rest)
+    return prefix + "*" * (len(rest) - 4) + rest[-4:]
 
 
 class StripeEmulatorServer(ThreadingHTTPServer):
@@ -237,8 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
         self, method: str, path: str, params: Json, raw: bytes, started: float
     ) -> None:
         state = self.server.state
-        auth = self.headers.get("Authorization", "")
-        api_key = auth[7:] if auth.startswith("Bearer ") else ""
+        api_key = api_key_of(self.headers.get("Authorization", ""))
         scope = api_key
         if path == STREAM_PATH:
             # the stream takes a session's token, never an API key
@@ -248,15 +281,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(Answer(expired.status, expired.body(), expired.headers()))
                 self._log(method, path, expired.status, started, "session")
                 return
-        elif (
-            not api_key
-            or state.is_session_token(api_key)
-            or (state.api_key is not None and api_key != state.api_key)
+        elif not api_key:
+            self._send(Answer(401, ApiError(401, NO_API_KEY).body()))
+            self._log(method, path, 401, started)
+            return
+        elif state.is_session_token(api_key) or (
+            state.api_key is not None and api_key != state.api_key
         ):
-            err = ApiError(
-                401,
-                "You did not provide a valid API key. Provide it as a Bearer token.",
-            )
+            err = ApiError(401, f"Invalid API Key provided: {masked_key(api_key)}")
             self._send(Answer(401, err.body()))
             self._log(method, path, 401, started)
             return
