@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,49 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmdline:
             found.append(f"{entry.name}: {cmdline}")
     return found
+
+
+def check_chart_data(data: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """What the chart draws shows what happened: per period, Stripe's value post by post up
+    to the final post made after the period's end, and the worker's tail before it."""
+    periods = {(p["organization"], p["period_start"]): p for p in data["periods"]}
+    assert set(periods) == {(r["organization"], r["period_start"]) for r in rows}
+    ended = []
+    for row in rows:
+        p = periods[row["organization"], row["period_start"]]
+        assert p["period_usage"] == row["database"]
+        assert p["start"] <= p["tail"] <= p["held_from"] < p["end"], p
+        assert p["database"], p  # the exact count, sampled while the period was current
+        posts = p["stripe"]
+        assert posts, p
+        assert posts[-1]["value"] == row["stripe"], p
+        for post in posts:
+            assert p["start"] <= post["timestamp"] < p["end"], p
+            # a post made before the period's end never carries a second of the tail's part
+            # kept for the posts after the end
+            if post["t"] < p["end"]:
+                assert post["timestamp"] < p["held_from"], p
+        if row["current"]:
+            continue
+        ended.append(p)
+        final = p["final"]
+        assert final is not None, p
+        # the final value: the period's count, Stripe's, after the period's end
+        assert final["value"] == row["database"] == row["stripe"], p
+        assert final["t"] > p["end"], p
+        if final["posted"]:
+            last = posts[-1]
+            assert (last["t"], last["value"]) == (final["t"], final["value"]), p
+            assert last["timestamp"] == p["held_from"], p  # the first second kept for it
+            before = [x for x in posts if x["t"] < p["end"]]
+            assert before and before[-1]["value"] != final["value"], p
+        else:  # nothing to post after the end: Stripe held the count already
+            assert all(x["t"] < p["end"] for x in posts), p
+    assert ended
+    # the growing organization counts more series inside every tail (its ingest goes on until
+    # 80 % of the period): Stripe gets its count only from the final post, after the end
+    growing = [p for p in ended if p["organization"] == "acme"]
+    assert growing and all(p["final"]["posted"] for p in growing), growing
 
 
 @pytest.fixture
@@ -98,6 +142,7 @@ def test_the_short_demo_ends_with_stripe_holding_every_periods_count(project_dir
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     samples = json.loads((out / "samples.json").read_text())
     assert {s["org"] for s in samples} == orgs
+    check_chart_data(json.loads((out / "chart.json").read_text()), rows)
 
     # nothing left behind: no server of its data directory, no worker
     assert not (project_dir / ".active-series" / "db" / "postmaster.pid").exists()

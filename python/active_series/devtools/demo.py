@@ -11,7 +11,9 @@
    period rollover, period close and the final posts happen live;
 5. prints, per organization and period: the exact count (``period_usage``), the value
    Stripe holds (the meter's aggregate over the period) and the invoice amount from the
-   tiered price; writes ``summary.json`` and a PNG chart of active series over time.
+   tiered price; writes ``summary.json`` and a PNG chart of active series over time: per
+   period, the count and what Stripe holds post by post, until the final post made after
+   the period's end, with the worker's tail shaded (its data in ``chart.json``).
 
 Everything it started (worker, emulator, cluster) is stopped on the way out, also on
 Ctrl-C or SIGTERM; the worker also gets SIGTERM if this process dies.
@@ -72,6 +74,31 @@ TIERS: list[dict[str, Any]] = [
     {"up_to": 25, "unit_amount": 100},
     {"up_to": "inf", "unit_amount": 50},
 ]
+
+
+def tail_of(first_second: int, last_second: int) -> tuple[int, int]:
+    """The worker's tail of the period made of the seconds ``first_second..last_second``
+    (the rule of ``active_series._relay_timestamp``, README section Worker): the second its
+    tail starts (its last min(1 hour, half the period, at least 1 s) seconds, where time
+    runs at half speed) and the first second kept for the posts after the period's end (the
+    tail's second half; all of a tail under a minute, where a change waits for the final
+    post)."""
+    reserve = max(1, min(3600, (last_second - first_second + 1) // 2))
+    tail = last_second - reserve + 1
+    return tail, tail + (reserve // 2 if reserve >= 60 else 0)
+
+
+def held_over_time(events: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
+    """Per meter event of one period, in the order Stripe received them: the event and the
+    value Stripe holds for the period once it has it (``last``: the value of the greatest
+    timestamp; of events with the same timestamp, the one received last)."""
+    out: list[tuple[dict[str, Any], int]] = []
+    best: dict[str, Any] | None = None
+    for event in sorted(events, key=lambda e: int(e["seq"])):
+        if best is None or int(event["timestamp"]) >= int(best["timestamp"]):
+            best = event
+        out.append((event, int(best["value"])))
+    return out
 
 
 def _growing(period: int, progress: float) -> int:
@@ -378,7 +405,13 @@ class Demo:
             start, end, usage = self.current(org)
             held = ctl.aggregate(meter, org.customer, start.timestamp(), end.timestamp())
             self.samples.append(
-                {"t": round(at, 2), "org": org.name, "database": usage, "stripe": held}
+                {
+                    "t": round(at, 2),
+                    "org": org.name,
+                    "period_start": start.isoformat(),
+                    "database": usage,
+                    "stripe": held,
+                }
             )
 
     def _announce_closed(self) -> None:
@@ -489,7 +522,74 @@ class Demo:
             )
         say("\n".join(["", *table_lines(names, cells), ""]))
 
-    def chart(self, path: Path) -> bool:
+    def _t(self, unix: float) -> float:
+        """Seconds since the demo started: the time axis of the samples and the chart."""
+        return round(unix - self.started, 3)
+
+    def chart_data(self, ctl: EmulatorControl, meter: str) -> dict[str, Any]:
+        """What the chart draws, per organization and period (times in seconds since the
+        demo started): the exact count while the period was current (the samples); every
+        post Stripe received for the period, when it arrived, the timestamp it carries and
+        the value Stripe holds once it has it, including the posts made after the period's
+        end; the worker's tail; and the period's final value: the final post made after the
+        end, or, where Stripe already held the count, the close (null: not closed yet)."""
+        conn = self._conn()
+        now = time.time()
+        periods = []
+        for org in self.orgs:
+            closes = dict(conn.execute(q.PERIOD_CLOSES, (org.id,)).fetchall())
+            events = [
+                e
+                for e in ctl.meter_events(customer=org.customer, event_name=EVENT_NAME)
+                if e["meter"] == meter and not e["canceled"]
+            ]
+            for start, end, usage in conn.execute(q.PERIODS, (org.id,)).fetchall():
+                first, last = int(start.timestamp()), int(end.timestamp()) - 1
+                tail, held_from = tail_of(first, last)
+                key = start.isoformat()
+                posts = [
+                    {
+                        "t": self._t(float(e["received_at"])),
+                        "timestamp": self._t(int(e["timestamp"])),
+                        "value": value,
+                    }
+                    for e, value in held_over_time(
+                        [e for e in events if first <= int(e["timestamp"]) <= last]
+                    )
+                ]
+                closed = closes.get(start)
+                final: dict[str, Any] | None = None
+                after_end = [p for p in posts if p["t"] >= self._t(end.timestamp())]
+                if closed is not None and end.timestamp() <= now:
+                    if after_end:
+                        final = {"t": after_end[-1]["t"], "value": after_end[-1]["value"]}
+                        final["posted"] = True
+                    else:  # Stripe held the count already: nothing to post at the close
+                        held = posts[-1]["value"] if posts else 0
+                        final = {"t": self._t(closed.timestamp()), "value": held}
+                        final["posted"] = False
+                periods.append(
+                    {
+                        "organization": org.name,
+                        "period_start": key,
+                        "period_end": end.isoformat(),
+                        "start": self._t(first),
+                        "end": self._t(end.timestamp()),
+                        "tail": self._t(tail),
+                        "held_from": self._t(held_from),
+                        "period_usage": int(usage),
+                        "database": [
+                            [x["t"], x["database"]]
+                            for x in self.samples
+                            if x["org"] == org.name and x["period_start"] == key
+                        ],
+                        "stripe": posts,
+                        "final": final,
+                    }
+                )
+        return {"grace": GRACE, "now": self._t(now), "periods": periods}
+
+    def chart(self, path: Path, data: dict[str, Any]) -> bool:
         try:
             import matplotlib
 
@@ -498,39 +598,101 @@ class Demo:
         except ImportError:
             say("chart skipped: matplotlib is not installed (pip install 'active-series[demo]')")
             return False
-        fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
-        for i, org in enumerate(self.orgs):
-            color = f"C{i}"
-            mine = [s for s in self.samples if s["org"] == org.name]
-            t = [s["t"] for s in mine]
-            ax.step(
-                t,
-                [s["database"] for s in mine],
-                where="post",
-                color=color,
-                label=f"{org.name}: period_usage",
-            )
-            ax.step(
-                t,
-                [s["stripe"] for s in mine],
-                where="post",
-                color=color,
-                linestyle="--",
-                alpha=0.6,
-                label=f"{org.name}: Stripe meter (last)",
-            )
-        first = self.orgs[0].first_start - self.started
-        for k in range(self.periods + 1):
-            ax.axvline(first + k * self.period, color="grey", linewidth=0.5, linestyle=":")
-        top = max([s["database"] for s in self.samples] + [1])
-        ax.set_ylim(0, top * 1.45)
+        fig, ax = plt.subplots(figsize=(11, 6), dpi=100)
+        colors = {org.name: f"C{i}" for i, org in enumerate(self.orgs)}
+        now = float(data["now"])
+        # the worker's tails, merged over the organizations (their periods may differ by a
+        # second): where it posts at half speed, and the part kept for the posts after the end
+        for lo, hi, shade, label in (
+            ("tail", "held_from", 0.07, "tail: posts at half speed"),
+            ("held_from", "end", 0.16, "tail: posts held until the final post"),
+        ):
+            # up to now: the current period's tail may be ahead
+            spans = sorted((p[lo], min(p[hi], now)) for p in data["periods"])
+            merged: list[list[float]] = []
+            for a, b in spans:
+                if b <= a:
+                    continue
+                if merged and a <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], b)
+                else:
+                    merged.append([a, b])
+            for k, (a, b) in enumerate(merged):
+                ax.axvspan(
+                    a, b, color="grey", alpha=shade, linewidth=0, label=label if k == 0 else None
+                )
+        labelled: set[str] = set()
+        for p in data["periods"]:
+            name, color = p["organization"], colors[p["organization"]]
+            first = name not in labelled
+            labelled.add(name)
+            # the exact count while the period was current, held to its end
+            db = list(p["database"])
+            if db and p["final"] is not None:
+                db.append([p["end"], p["period_usage"]])
+            if db:
+                ax.step(
+                    [x[0] for x in db],
+                    [x[1] for x in db],
+                    where="post",
+                    color=color,
+                    label=f"{name}: period_usage" if first else None,
+                )
+            # what Stripe holds for the period, post by post, past the period's end
+            posts = p["stripe"]
+            if posts:
+                until = p["final"]["t"] if p["final"] is not None else data["now"]
+                ax.step(
+                    [x["t"] for x in posts] + [max(until, posts[-1]["t"])],
+                    [x["value"] for x in posts] + [posts[-1]["value"]],
+                    where="post",
+                    color=color,
+                    linestyle="--",
+                    linewidth=2.2,
+                    alpha=0.55,
+                    label=f"{name}: Stripe meter (last)" if first else None,
+                )
+            final = p["final"]
+            if final is None:
+                continue
+            if final["posted"]:
+                ax.plot(final["t"], final["value"], marker="o", color=color, markersize=6)
+                ax.annotate(
+                    f"final: {final['value']}",
+                    (final["t"], final["value"]),
+                    textcoords="offset points",
+                    xytext=(4, 5),
+                    fontsize="x-small",
+                    color=color,
+                )
+            else:
+                ax.plot(
+                    final["t"],
+                    final["value"],
+                    marker="o",
+                    markerfacecolor="white",
+                    color=color,
+                    markersize=5,
+                )
+        ax.plot(
+            [], [], "o", color="black", label=f"final post: after the end + --grace ({GRACE:g} s)"
+        )
+        ax.plot([], [], "o", color="black", markerfacecolor="white", label="closed, Stripe held it")
+        for edge in {p[k] for p in data["periods"] for k in ("start", "end")}:
+            if edge <= now:
+                ax.axvline(edge, color="grey", linewidth=0.6, linestyle=":")
+        ax.set_xlim(0, now + 0.5)
+        top = max([p["period_usage"] for p in data["periods"]] + [1])
+        ax.set_ylim(0, top * 1.15)
         ax.set_xlabel("seconds since the demo started (dotted: billing periods)")
-        ax.set_ylabel("active series in the current period")
-        ax.set_title("active_series demo: exact count vs what Stripe holds")
-        ax.legend(loc="upper left", fontsize="small", ncol=2)
+        ax.set_ylabel("active series in the period")
+        ax.set_title("active_series demo: the exact count vs what Stripe holds for each period")
+        ax.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize="small", ncol=3, frameon=False
+        )
         ax.grid(alpha=0.2)
         fig.tight_layout()
-        fig.savefig(path)
+        fig.savefig(path, bbox_inches="tight")
         plt.close(fig)
         return True
 
@@ -550,8 +712,10 @@ class Demo:
             self.print_table(rows)
             (self.out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
             (self.out / "samples.json").write_text(json.dumps(self.samples) + "\n")
+            data = self.chart_data(ctl, meter)
+            (self.out / "chart.json").write_text(json.dumps(data, indent=1) + "\n")
             chart = self.out / "active-series.png"
-            if self.chart(chart):
+            if self.chart(chart, data):
                 say(f"chart: {chart}")
             say(f"table: {self.out / 'summary.json'}")
             if not settled or any(r["database"] != r["stripe"] for r in rows):

@@ -57,3 +57,8 @@ PERIODS: Final = """
 SELECT period_start, period_end, active_series FROM active_series.periods(%s)
 ORDER BY period_start
 """
+
+# when the worker closed each of an organization's periods (NULL: not yet)
+PERIOD_CLOSES: Final = """
+SELECT period_start, closed_at FROM active_series.relay_periods WHERE organization_id = %s
+"""
