@@ -368,12 +368,18 @@ class Setup:
             self.created += 1
         return customer.id, not replayed
 
-    def existing_customer(self, customer: str) -> None:
-        found = self.client.v1.customers.retrieve(customer)
-        if getattr(found, "deleted", False):
+    def existing_customer(self, org: int, customer: str) -> None:
+        try:
+            found = self.client.v1.customers.retrieve(customer)
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "resource_missing":
+                raise
+            found = None
+        if found is None or getattr(found, "deleted", False):
+            state = "deleted in Stripe" if found is not None else "unknown to this Stripe account"
             raise SetupConflict(
-                f"{customer} is deleted in Stripe; link the organization to another customer "
-                "(SELECT active_series.set_stripe_customer(N, NULL)) and run again"
+                f"organization {org} is linked to {customer}, which is {state}; unlink it "
+                f"(SELECT active_series.set_stripe_customer({org}, NULL)) and run again"
             )
 
     def subscription(
@@ -462,7 +468,7 @@ def setup(
     result = Result(meter=meter, price=price)
     for org, name, org_plan, linked in rows:
         if linked is not None:  # an organization already linked keeps its customer
-            steps.existing_customer(linked)
+            steps.existing_customer(org, linked)
             customer, what = linked, "exists"
         else:
             customer, created = steps.customer(org, name, installation)

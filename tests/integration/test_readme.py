@@ -46,6 +46,7 @@ import foreign_schema as app
 import psycopg
 import pytest
 from active_series import __version__
+from active_series.devtools.stripe_emulator import run_in_thread
 from active_series.install import install
 from conftest import clean_env
 from psycopg import sql
@@ -266,7 +267,7 @@ def check_sql_api(o: Outcome) -> None:
     assert o.rows("FROM active_series.verify()") == []  # no rows = healthy
     # the periods re-bucketed by set_billing_period still count the same series
     assert o.one("SELECT active_series.period_usage(1)") == 2
-    assert o.one("SELECT stripe_customer_id FROM active_series.usage") == "cus_123"
+    assert o.one("SELECT stripe_customer_id FROM active_series.usage") is None  # unlinked
 
 
 #: What the worker does between the ingest and the usage page: it reads the organization's
@@ -292,7 +293,7 @@ READER_BEFORE = (
 def check_reader(o: Outcome) -> None:
     (summary,) = o.rows("FROM active_series.usage_summary(1)")
     assert summary[2:7] == (3, 3, 0, 900, "usd")  # count, private, public, amount, currency
-    assert summary[9] is False  # Stripe does not hold the count: no worker posted it
+    assert summary[9] is None  # not linked to a Stripe customer (yet): nothing to hold
     tiers = o.rows("FROM active_series.price_preview(1) AS p")
     assert [r[:3] for r in tiers] == [(3, 900, "usd")] * 2
     assert [r[3:] for r in tiers] == [(1, 1, 3, 3, 900), (2, 4, None, 0, 0)]
@@ -325,6 +326,19 @@ def check_roles(o: Outcome) -> None:
         ("alice", "admin"),
     ):
         assert o.one("SELECT pg_has_role(%s, %s, 'MEMBER')", role, f"active_series_{group}")
+
+
+def check_worker(o: Outcome) -> None:
+    first, second = o.stdout.split("meter ", 2)[1:]  # the two runs of stripe setup
+    assert ": created" in first and "customer" in first
+    assert ": created" not in second, second  # the second run finds all of it
+    assert o.conn is not None
+    row = o.conn.execute(
+        "SELECT in_sync, stripe_value, period_usage FROM active_series.relay_status"
+        " WHERE organization_id = 1"
+    ).fetchone()
+    assert row == (True, 3, 3), row
+    assert o.one("SELECT stripe_customer_id FROM active_series.usage WHERE organization_id = 1")
 
 
 def check_billing_drift(o: Outcome) -> None:
@@ -379,6 +393,7 @@ BLOCKS: dict[str, Run | Skip] = {
     # ## The command line
     "active-series db start|stop|status": Skip(LISTING),
     # ## Worker
+    "export STRIPE_API_KEY=sk_test_emulator": Run("reference", check_worker),
     "export STRIPE_API_KEY=sk_live_...": Skip(LISTING + "; sk_live_... is a placeholder"),
     "SELECT * FROM active_series.billing_drift;": Run("reference", check_billing_drift),
     "host=db1,db2": Skip("the hosts db1 and db2 of a replicated pair (test_relay_failover.py)"),
@@ -662,6 +677,7 @@ def test_the_readme_blocks_of_each_group_run_in_order(
     for name in ("DATABASE_URL", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"):
         env.pop(name, None)
     env.pop("STRIPE_API_KEY", None)
+    stripe_server, env["STRIPE_API_BASE"] = run_in_thread(rate_limit=None)  # the Worker block's
     env["PATH"] = f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     if dsn is not None:
         env |= {"DATABASE_URL": dsn} | libpq_env(dsn)
@@ -673,6 +689,8 @@ def test_the_readme_blocks_of_each_group_run_in_order(
             runner.run(block, entry)
     finally:
         runner.close()
+        stripe_server.shutdown()
+        stripe_server.server_close()
         if group == "embedded":
             subprocess.run(
                 [str(workdir / ".venv/bin/active-series"), "db", "stop"],

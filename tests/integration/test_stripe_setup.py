@@ -415,3 +415,15 @@ def test_backdate_bills_the_series_reported_before_the_subscription(conn, dsn, e
     assert (status[early.id]["period_usage"], status[early.id]["stripe_value"]) == (series, series)
     assert status[early.id]["in_sync"] and status[late.id]["in_sync"]
     assert status[late.id]["period_usage"] == 0
+
+
+def test_an_organization_linked_to_a_customer_stripe_lacks_is_told_how_to_unlink(
+    conn, dsn, emu
+) -> None:
+    acme = make_org(conn, "acme")
+    conn.execute("SELECT active_series.set_stripe_customer(%s, 'cus_123', 'pro')", (acme.id,))
+    out = setup(emu, dsn, "--organization", str(acme.id))
+    assert out.returncode == ExitCode.FAILURE, out.stderr
+    assert "linked to cus_123, which is unknown to this Stripe account" in out.stderr
+    assert f"set_stripe_customer({acme.id}, NULL)" in out.stderr
+    assert emu.counts()["customers"] == 0
