@@ -325,9 +325,7 @@ class Billing(Meters):
             if body.get("item"):
                 # one item's period only (items of different intervals), until the
                 # subscription's next period
-                item = next(
-                    (i for i in sub.obj["items"]["data"] if i["id"] == body["item"]), None
-                )
+                item = next((i for i in sub.obj["items"]["data"] if i["id"] == body["item"]), None)
                 if item is None:
                     raise ApiError(404, f"no item {body['item']} on {sid}")
                 if int(body["end"]) <= int(body["start"]):
