@@ -75,6 +75,9 @@ else:
 request = urllib.request.Request(url, data=data, method=p_method)
 request.add_header("Authorization", "Bearer " + key)
 request.add_header("Content-Type", "application/x-www-form-urlencoded")
+# the Stripe API version these functions speak: the worker's too
+# (active_series.relay.stripe_api.STRIPE_API_VERSION; a unit test checks they are equal)
+request.add_header("Stripe-Version", "2026-10-28.endive")
 if p_idempotency_key:
     request.add_header("Idempotency-Key", p_idempotency_key)
 try:

@@ -119,3 +119,78 @@ def test_billing_periods_follow_the_stripe_subscription(
     state = emu.ctl.subscription_state(sub.id)
     current = [p for p in state["periods"] if p["current"]][0]
     assert current["quantity"] == 4
+
+
+def test_the_period_and_price_come_from_the_metered_item_not_the_first(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path
+):
+    """A subscription whose first item is a licensed seat price and whose second is the
+    metered one, each item with a period of its own: the worker reads the metered item's
+    period and its price with the tiers (within Stripe's four-level expansion limit)."""
+    emu = relay_emulator
+    org = make_org(conn, "two-items")
+    cus = emu.customer("two-items")
+    seats = emu.client.v1.prices.create(
+        params={
+            "currency": "usd",
+            "product_data": {"name": "seats"},
+            "unit_amount": 900,
+            "recurring": {"interval": "month"},
+        }
+    )
+    metered = emu.client.v1.prices.create(
+        params={
+            "currency": "usd",
+            "product_data": {"name": "active series"},
+            "billing_scheme": "tiered",
+            "tiers_mode": "graduated",
+            "tiers": [
+                {"up_to": 2, "flat_amount": 1000, "unit_amount": 0},
+                {"up_to": "inf", "unit_amount": 50},
+            ],
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": emu.meter},
+        }
+    )
+    sub = emu.client.v1.subscriptions.create(
+        params={
+            "customer": cus,
+            "items": [{"price": seats.id, "quantity": 3}, {"price": metered.id}],
+            "metadata": {"emulator_period_seconds": "7200"},
+        }
+    )
+    first, second = sub["items"]["data"]
+    assert second["price"]["id"] == metered.id
+    # the seats item on a period of its own, ending earlier than the metered item's
+    start = second["current_period_start"]
+    emu.ctl.set_subscription_period(sub.id, start - 600, start + 1200, item=first["id"])
+    bill(conn, org.id, cus)
+    ingest(conn, org, org.testbeds[0], all_series(org)[:4])
+    worker = WorkerProcess(
+        dsn, emu.url, tmp_path / "worker.log", "--poll-interval", "0.5", "--grace", "1"
+    )
+    with workers(worker.start()):
+        wait_until(lambda: quiescent(conn) and emu.events(cus), 30, "the first post")
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT amount FROM active_series.price_preview(%s)", (org.id,)
+                ).fetchone()[0]
+                is not None
+            ),
+            30,
+            "the stored price",
+        )
+    got = conn.execute(
+        "SELECT extract(EPOCH FROM period_start)::bigint, extract(EPOCH FROM period_end)::bigint"
+        " FROM active_series.current_period(%s)",
+        (org.id,),
+    ).fetchone()
+    assert got == (second["current_period_start"], second["current_period_end"])
+    preview = conn.execute(
+        "SELECT active_series, amount, stripe_price_id, tiers_mode"
+        " FROM active_series.price_preview(%s)",
+        (org.id,),
+    ).fetchone()
+    # 4 series: 2 in the first tier (flat 1000), 2 at 50
+    assert preview == (4, 1100, metered.id, "graduated")
+    assert "subscription_unreadable" not in worker.log()

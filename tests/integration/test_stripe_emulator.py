@@ -543,13 +543,57 @@ def test_subscription_prices_carry_their_tiers_only_when_expanded(client: Any) -
     assert "tiers" not in sub["items"]["data"][0]["price"]
     plain = client.v1.subscriptions.list(params={"customer": cus.id})
     assert "tiers" not in plain.data[0]["items"]["data"][0]["price"]
-    expanded = client.v1.subscriptions.list(
-        params={"customer": cus.id, "expand": ["data.items.data.price.tiers"]}
-    )
-    tiers = expanded.data[0]["items"]["data"][0]["price"]["tiers"]
-    assert [t["up_to"] for t in tiers] == [100, 1000, None]
     one = client.v1.subscriptions.retrieve(sub.id, params={"expand": ["items.data.price.tiers"]})
-    assert len(one["items"]["data"][0]["price"]["tiers"]) == 3
+    tiers = one["items"]["data"][0]["price"]["tiers"]
+    assert [t["up_to"] for t in tiers] == [100, 1000, None]
+    price = client.v1.prices.retrieve(sub["items"]["data"][0]["price"]["id"])
+    assert "tiers" not in price
+    price = client.v1.prices.retrieve(price.id, params={"expand": ["tiers"]})
+    assert len(price["tiers"]) == 3
+
+
+def test_expansions_deeper_than_four_levels_are_refused_as_stripe_does(
+    client: Any, ctl: EmulatorControl
+) -> None:
+    meter = new_meter(client, formula="last")
+    cus = new_customer(client)
+    metered_subscription(client, meter, cus, "graduated")
+    # a list's leading "data" counts: five levels
+    err = expect_error(
+        stripe.InvalidRequestError,
+        lambda: client.v1.subscriptions.list(
+            params={"customer": cus.id, "expand": ["data.items.data.price.tiers"]}
+        ),
+    )
+    assert err.http_status == 400
+    assert err.user_message == "You cannot expand more than 4 levels of a property."
+    # four levels are accepted
+    listed = client.v1.subscriptions.list(
+        params={"customer": cus.id, "expand": ["data.items.data.price"]}
+    )
+    assert listed.data[0]["items"]["data"][0]["price"]["recurring"]["meter"] == meter.id
+    # a POST too, before it executes: nothing is created
+    before = len(client.v1.customers.list(params={"limit": 100}).data)
+    expect_error(
+        stripe.InvalidRequestError,
+        lambda: client.v1.customers.create(params={"name": "x", "expand": ["a.b.c.d.e"]}),
+    )
+    assert len(client.v1.customers.list(params={"limit": 100}).data) == before
+
+
+def test_one_item_period_can_differ_from_the_subscription(
+    client: Any, ctl: EmulatorControl
+) -> None:
+    meter = new_meter(client)
+    cus = new_customer(client)
+    sub = metered_subscription(client, meter, cus, "graduated")
+    item = sub["items"]["data"][0]["id"]
+    start = sub.current_period_start
+    ctl.set_subscription_period(sub.id, start - 100, start + 100, item=item)
+    again = client.v1.subscriptions.retrieve(sub.id)
+    assert again["items"]["data"][0]["current_period_start"] == start - 100
+    assert again["items"]["data"][0]["current_period_end"] == start + 100
+    assert again.current_period_start == start
 
 
 def test_subscription_with_short_period_advances_to_the_next_period_on_request(
@@ -689,18 +733,83 @@ def test_invoice_preview_for_customer_without_subscription_is_an_error(client: A
 # ---------------------------------------------------------------------------------------------
 
 
-def test_injected_500_is_retried_by_the_sdk_and_the_retry_succeeds(
+def test_injected_500_is_the_stored_answer_of_its_idempotency_key(
     emulator: tuple[StripeEmulatorServer, str], client: Any, ctl: EmulatorControl
 ) -> None:
     new_meter(client)
     cus = new_customer(client)
     ctl.fail_next(1, path_prefix=EVENTS)
     retrying = make_client(emulator[1], retries=2)
-    event = send(retrying, cus.id, 5, identifier="r-1")
+    params = {
+        "event_name": "api_calls",
+        "payload": {"stripe_customer_id": cus.id, "value": "5"},
+        "identifier": "r-1",
+    }
+    # the SDK retries the 500 with the same key: Stripe replays the stored 500 each time
+    err = expect_error(
+        stripe.APIError,
+        lambda: retrying.v1.billing.meter_events.create(
+            params=params, options={"idempotency_key": "key-1"}
+        ),
+    )
+    assert err.http_status == 500
+    assert err.headers.get("Idempotent-Replayed") == "true"
+    assert ctl.stats()["requests"][EVENTS] == 3
+    assert ctl.fault_counts() == {"error": 1}
+    assert ctl.meter_events() == []
+    # later, the same key still gets the 500; a new key executes
+    expect_error(
+        stripe.APIError,
+        lambda: client.v1.billing.meter_events.create(
+            params=params, options={"idempotency_key": "key-1"}
+        ),
+    )
+    event = client.v1.billing.meter_events.create(
+        params=params, options={"idempotency_key": "key-2"}
+    )
     assert event.identifier == "r-1"
     assert len(ctl.meter_events()) == 1
-    assert ctl.fault_counts() == {"error": 1}
-    assert ctl.stats()["requests"][EVENTS] == 2
+
+
+def test_idempotency_keys_are_forgotten_after_24_hours(client: Any, ctl: EmulatorControl) -> None:
+    new_meter(client)
+    cus = new_customer(client)
+    params = {"event_name": "api_calls", "payload": {"stripe_customer_id": cus.id, "value": "2"}}
+    client.v1.billing.meter_events.create(params=params, options={"idempotency_key": "old"})
+    ctl.advance_clock(23 * 3600)
+    client.v1.billing.meter_events.create(params=params, options={"idempotency_key": "old"})
+    assert len(ctl.meter_events()) == 1
+    ctl.advance_clock(3600)
+    client.v1.billing.meter_events.create(params=params, options={"idempotency_key": "old"})
+    assert len(ctl.meter_events()) == 2
+
+
+def test_a_request_refused_for_its_parameters_stores_no_answer(
+    client: Any, ctl: EmulatorControl
+) -> None:
+    params = {
+        "display_name": "m",
+        "event_name": "m",
+        "default_aggregation": {"formula": "median"},
+    }
+    opts = {"idempotency_key": "refused"}
+    for _ in range(2):  # executed again, not replayed
+        err = expect_error(
+            stripe.InvalidRequestError,
+            lambda: client.v1.billing.meters.create(params=params, options=opts),
+        )
+        assert "Idempotent-Replayed" not in (err.headers or {})
+
+
+def test_the_stripe_version_header_of_each_request_is_counted(
+    emulator: tuple[StripeEmulatorServer, str], ctl: EmulatorControl
+) -> None:
+    pinned = stripe.StripeClient(
+        "sk_test_emulator", base_addresses={"api": emulator[1]}, stripe_version="2099-01-01.x"
+    )
+    pinned.v1.customers.create(params={"name": "v"})
+    pinned.v1.customers.list()
+    assert ctl.stats()["stripe_versions"] == {"2099-01-01.x": 2}
 
 
 def test_injected_500_without_retries_raises_api_error_and_records_nothing(

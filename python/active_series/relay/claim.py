@@ -7,9 +7,9 @@ is in flight across all workers:
 
 1. lock the organizations another worker does not hold; read their billing accounts and
    newest outbox ids (``_relay_claim``);
-2. resend every ``pending`` ledger row exactly as it was (same identifier, value,
-   timestamp and idempotency key): the outcome of that call is unknown (a worker was
-   killed, or Stripe kept failing);
+2. resend every ``pending`` ledger row as it was (same identifier, value and timestamp;
+   a fresh idempotency key, as Stripe replays a key's first answer, a 500 included): the
+   outcome of that call is unknown (a worker was killed, or Stripe kept failing);
 3. align billing periods with the Stripe subscriptions (when the known one ended);
 4. read every unfinalized period of each organization (``_relay_plan``): its exact usage,
    what Stripe holds for it per the ledger, the timestamp of its next post and its phase.

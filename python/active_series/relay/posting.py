@@ -31,7 +31,7 @@ from active_series.ratelimit import backoff
 from active_series.relay import queries as q
 from active_series.relay.config import SUBSCRIPTION_RECHECK, RelayConfig
 from active_series.relay.observe import Log, Metrics
-from active_series.relay.prices import PriceKeeper
+from active_series.relay.prices import PriceKeeper, plain
 from active_series.relay.stripe_api import Outcome, StripeMeter, classify, current_period
 
 # v2 meter event streams take at most this many events per request
@@ -209,21 +209,25 @@ class Poster:
     def sync_subscriptions(self, ledger: psycopg.Connection[Any], claims: list[Any]) -> None:
         """Align each organization's billing period with its Stripe subscription's current
         period, read again once the known one has ended, and keep its metered price
-        (prices.py). No subscription: the database's periods stay (calendar months unless
-        an admin set them). The reads run on the pool; the writes on ``ledger``."""
+        (prices.py). The period is the metered item's (items may have periods of their own).
+        No subscription: the database's periods stay (calendar months unless an admin set
+        them). The reads run on the pool; the writes on ``ledger``."""
         now = time.time()
         due = [c for c in claims if now >= self.subscription_until.get(c.org, 0.0)]
         if not due:
             return
-        for claim, answer in zip(due, self.pool.map(self._subscriptions, due), strict=True):
+        prices: dict[str, dict[str, Any]] = {}  # price id -> with its tiers, read once a pass
+        answers = self.pool.map(lambda claim: self._subscriptions(claim, prices), due)
+        for claim, answer in zip(due, answers, strict=True):
             if isinstance(answer, stripe.StripeError):
                 outcome, reason = classify(answer)
                 self._outcome(outcome, reason)
                 self.subscription_until[claim.org] = now + min(60.0, self.cfg.poll_interval)
                 self.log("warning", "subscription_unreadable", org=claim.org, reason=reason)
                 continue
-            self.prices.keep(ledger, claim.org, answer)
-            bounds = current_period(answer)
+            subscriptions, item = answer
+            self.prices.keep(ledger, claim.org, item)
+            bounds = current_period(subscriptions, item)
             if bounds is None:
                 self.subscription_until[claim.org] = now + SUBSCRIPTION_RECHECK
                 continue
@@ -235,9 +239,20 @@ class Poster:
                 self.log("info", "billing_period_set", org=claim.org, start=start, end=end)
             self.subscription_until[claim.org] = float(end)
 
-    def _subscriptions(self, claim: Any) -> list[Any] | stripe.StripeError:
+    def _subscriptions(
+        self, claim: Any, prices: dict[str, dict[str, Any]]
+    ) -> tuple[list[Any], dict[str, Any] | None] | stripe.StripeError:
+        """The customer's subscriptions and their metered item, its price with its tiers
+        (each price read once per pass: ``prices``), or the error that stopped the reads."""
         try:
-            return self.meter.subscriptions(claim.customer)
+            subscriptions = self.meter.subscriptions(claim.customer)
+            item = self.prices.metered(subscriptions)
+            if item is not None and item.get("price"):
+                price_id = str(item["price"]["id"])
+                if price_id not in prices:
+                    prices[price_id] = plain(self.meter.price(price_id))
+                item = {**item, "price": prices[price_id]}
+            return subscriptions, item
         except stripe.StripeError as exc:
             return exc
 

@@ -1,10 +1,10 @@
 """The organization's metered Stripe price, kept in the database for ``price_preview``.
 
 The worker reads it with the subscription period (``Poster.sync_subscriptions``, posting.py):
-the price of the subscription item that is metered on the relay's meter, its tiers expanded,
-is stored by
-``active_series._store_price`` (the SQL does the parsing); no live subscription, or no item on
-the meter, forgets it.
+the price of the subscription item that is metered on the relay's meter (:func:`metered_item`),
+retrieved again with its tiers expanded (Stripe refuses the five-level expansion that would
+bring them with a subscription list), is stored by ``active_series._store_price`` (the SQL
+does the parsing); no live subscription, or no item on the meter, forgets it.
 """
 
 from __future__ import annotations
@@ -19,14 +19,10 @@ from psycopg.types.json import Jsonb
 
 from active_series.relay import queries as q
 
-#: What a subscription list must expand so that its items' prices carry their tiers
-#: (Stripe leaves ``tiers`` out of a price unless asked).
-SUBSCRIPTION_EXPAND = ["data.items.data.price.tiers"]
-
 LIVE = ("active", "trialing", "past_due")
 
 
-def _plain(obj: Any) -> dict[str, Any]:
+def plain(obj: Any) -> dict[str, Any]:
     return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
 
 
@@ -36,7 +32,7 @@ def metered_item(
     """The item of the first live subscription whose price is metered: the only one, or
     the one on the relay's meter (``meter_id()`` is asked only when there are several)."""
     for obj in subscriptions:
-        sub = _plain(obj)
+        sub = plain(obj)
         if sub.get("status") not in LIVE:
             continue
         items = (sub.get("items") or {}).get("data") or []
@@ -72,7 +68,8 @@ def _dumps(obj: Any) -> str:
 
 
 class PriceKeeper:
-    """The worker's side: after each subscription read, store the metered item's price."""
+    """The worker's side: after each subscription read, store the metered item's price
+    (the item as :meth:`metered` found it, its price read again with its tiers)."""
 
     def __init__(
         self,
@@ -87,9 +84,15 @@ class PriceKeeper:
         self.log = log
         self.meter_id: str | None = None
 
-    def keep(self, conn: psycopg.Connection[Any], org: int, subscriptions: Any) -> None:
+    def metered(self, subscriptions: Iterable[Any]) -> dict[str, Any] | None:
+        """The metered item of the first live subscription (:func:`metered_item`). Raises
+        stripe.StripeError (the meter's id is read from Stripe when several items are
+        metered)."""
+        return metered_item(subscriptions, self.meter)
+
+    def keep(self, conn: psycopg.Connection[Any], org: int, item: dict[str, Any] | None) -> None:
         try:
-            price = store(conn, org, metered_item(subscriptions, self.meter))
+            price = store(conn, org, item)
         except Exception as exc:  # noqa: BLE001 - a price never stops the relay: logged, kept
             if isinstance(exc, psycopg.OperationalError):
                 raise

@@ -1,9 +1,10 @@
 """The relay's calls to Stripe: posting a meter event, reading a subscription's period, and
-what a failed call means (:class:`Outcome`)."""
+what a failed call means (:class:`Outcome`); the Stripe API version the relay speaks."""
 
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from collections.abc import Iterable
 from enum import StrEnum
@@ -15,7 +16,12 @@ from requests.adapters import HTTPAdapter
 
 from active_series.ratelimit import TokenBucket
 from active_series.relay.config import RelayConfig
-from active_series.relay.prices import SUBSCRIPTION_EXPAND
+
+#: The Stripe API version every call of the relay names (``Stripe-Version``): the one the
+#: tested stripe SDK release was generated for, so that an SDK upgrade does not change what
+#: the relay speaks unnoticed. The PL/Python functions (sql/optional/plpython.sql) send the
+#: same (a unit test checks).
+STRIPE_API_VERSION = "2026-10-28.endive"
 
 
 class Outcome(StrEnum):
@@ -73,6 +79,7 @@ class StripeMeter:
         self.client = stripe.StripeClient(
             cfg.api_key,
             base_addresses={"api": cfg.api_base},
+            stripe_version=STRIPE_API_VERSION,
             max_network_retries=cfg.max_network_retries,
             http_client=stripe.RequestsClient(
                 timeout=cfg.stripe_timeout, session=http_session(cfg.api_base, cfg.concurrency)
@@ -83,8 +90,14 @@ class StripeMeter:
     def post(
         self, customer: str, value: int, ts: int, ident: str, deadline: float = math.inf
     ) -> tuple[Outcome, str]:
-        """Post one meter event; ``ident`` is its identifier and its idempotency key. Not
-        made (NOT_SENT) unless it ends by ``deadline``, whatever the SDK's retries do."""
+        """Post one meter event with the identifier ``ident``. Not made (NOT_SENT) unless it
+        ends by ``deadline``, whatever the SDK's retries do.
+
+        Each call gets a fresh idempotency key (:func:`attempt_key`), which the SDK's own
+        retries of the call reuse: Stripe stores the first answer to a key, a 500 included,
+        and replays it, so a resend under the same key could never succeed. What keeps a
+        resend from counting twice is the identifier: Stripe records one event per
+        identifier and answers a second one with a 400 that counts as sent (DUPLICATE)."""
         self.bucket.acquire()
         if not can_end_by(deadline, self.call_bound):
             return Outcome.NOT_SENT, TOO_LATE
@@ -96,20 +109,31 @@ class StripeMeter:
                     "identifier": ident,
                     "timestamp": ts,
                 },
-                options={"idempotency_key": ident},
+                options={"idempotency_key": attempt_key(ident)},
             )
         except stripe.StripeError as exc:
             return classify(exc)
         return Outcome.OK, ""
 
     def subscriptions(self, customer: str) -> list[Any]:
-        """The customer's subscriptions, with their items' prices and tiers (what the current
-        period and the metered price are read from). Raises stripe.StripeError."""
+        """The customer's subscriptions with their items and the items' prices (without tiers:
+        :meth:`price` reads those). Raises stripe.StripeError."""
         self.bucket.acquire()
-        subs = self.client.v1.subscriptions.list(
-            params={"customer": customer, "limit": 10, "expand": SUBSCRIPTION_EXPAND}
-        )
+        subs = self.client.v1.subscriptions.list(params={"customer": customer, "limit": 10})
         return list(subs.data)
+
+    def price(self, price_id: str) -> Any:
+        """A price with its tiers (Stripe includes them only when expanded, and refuses to
+        expand them from a subscription list: five levels, its limit is four). Raises
+        stripe.StripeError."""
+        self.bucket.acquire()
+        return self.client.v1.prices.retrieve(price_id, params={"expand": ["tiers"]})
+
+
+def attempt_key(ident: str) -> str:
+    """A fresh idempotency key for one attempt at posting the event ``ident``: the
+    identifier (to find the attempt in Stripe's request log) and a random suffix."""
+    return f"{ident}:{secrets.token_hex(8)}"
 
 
 def http_session(api_base: str, concurrency: int) -> requests.Session:
@@ -125,8 +149,12 @@ def http_session(api_base: str, concurrency: int) -> requests.Session:
     return session
 
 
-def current_period(subscriptions: Iterable[Any]) -> tuple[int, int] | None:
-    """Current period of the first live subscription: on its first item (recent API
+def current_period(
+    subscriptions: Iterable[Any], metered: dict[str, Any] | None = None
+) -> tuple[int, int] | None:
+    """Current period of the first live subscription: on its ``metered`` item (the one the
+    relay's meter bills, :func:`~active_series.relay.prices.metered_item`; items of a
+    subscription may have periods of their own), else on its first item (recent API
     versions), else on the subscription (older ones)."""
     for obj in subscriptions:
         sub = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
@@ -135,6 +163,8 @@ def current_period(subscriptions: Iterable[Any]) -> tuple[int, int] | None:
         start = end = None
         items = sub.get("items")
         data = items.get("data") if items is not None else None
+        if metered is not None and data and any(i.get("id") == metered.get("id") for i in data):
+            data = [metered]
         if data:
             start = data[0].get("current_period_start")
             end = data[0].get("current_period_end")

@@ -9,7 +9,9 @@ customer, timestamp out of range, no meter…) is reported later by a
 the Events API, which :meth:`~MeterEventStream.refusals` reads.
 
 Identifiers are the relay's deterministic ones: Stripe keeps one event per identifier (within at
-least 24 hours), so resending a batch, whole or in part, is harmless.
+least 24 hours), so resending a batch, whole or in part, is harmless. Idempotency keys are not:
+each request (each resend too) gets a fresh one from the SDK, which its own retries of that
+request reuse, so a resend is never answered with what an earlier attempt got.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ import stripe
 
 from active_series.ratelimit import TokenBucket
 from active_series.relay.config import RelayConfig
-from active_series.relay.stripe_api import TOO_LATE, Outcome, can_end_by, classify
+from active_series.relay.stripe_api import (
+    STRIPE_API_VERSION,
+    TOO_LATE,
+    Outcome,
+    can_end_by,
+    classify,
+)
 
 MAX_BATCH = 100  # events per stream request (Stripe's limit)
 ERROR_REPORT = "v1.billing.meter.error_report_triggered"
@@ -156,6 +164,7 @@ class MeterEventStream:
         return stripe.StripeClient(
             key,
             base_addresses={"api": self._api_base, "meter_events": self._stream_base},
+            stripe_version=STRIPE_API_VERSION,
             max_network_retries=self._retries,
             http_client=self._http,
         )

@@ -378,6 +378,17 @@ class Billing(Meters):
     def set_subscription_period(self, sid: str, body: Json) -> Json:
         with self.lock:
             sub = self.get_subscription(sid)
+            if body.get("item"):
+                # one item's period only (items of different intervals), until the
+                # subscription's next period
+                item = next((i for i in sub.obj["items"]["data"] if i["id"] == body["item"]), None)
+                if item is None:
+                    raise ApiError(404, f"no item {body['item']} on {sid}")
+                if int(body["end"]) <= int(body["start"]):
+                    raise ApiError(400, "end must be after start")
+                item["current_period_start"] = int(body["start"])
+                item["current_period_end"] = int(body["end"])
+                return self.subscription_state(sid)
             start = int(body.get("start") or sub.obj["current_period_start"])
             end = int(body.get("end") or sub.obj["current_period_end"])
             if end <= start:

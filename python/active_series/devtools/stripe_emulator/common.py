@@ -13,6 +13,10 @@ DEFAULT_RATE_LIMIT = 25.0
 MAX_EVENT_AGE_SECONDS = 35 * 24 * 3600
 MAX_EVENT_FUTURE_SECONDS = 5 * 60
 MAX_IDENTIFIER_LENGTH = 100
+#: Stripe refuses ``expand[]`` paths of more than four properties (a list's ``data`` counts).
+MAX_EXPAND_DEPTH = 4
+#: Stripe prunes an idempotency key at the earliest 24 hours after its first request.
+IDEMPOTENCY_KEY_SECONDS = 24 * 3600
 PERIOD_SECONDS_METADATA_KEY = "emulator_period_seconds"
 # faults that change how (or whether) an answer arrives, by rule or at random
 _ANSWER_FAULTS = (

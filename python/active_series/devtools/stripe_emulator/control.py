@@ -180,6 +180,8 @@ class EmulatorControl:
         start: int,
         end: int,
         period_seconds: int | None = None,
+        *,
+        item: str | None = None,
     ) -> Json:
-        body = {"start": start, "end": end, "period_seconds": period_seconds}
+        body = {"start": start, "end": end, "period_seconds": period_seconds, "item": item}
         return self._call("POST", f"/_emulator/subscriptions/{subscription}/period", body)

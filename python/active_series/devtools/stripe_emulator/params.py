@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .common import ApiError, Json
+from .common import MAX_EXPAND_DEPTH, ApiError, Json
 
 
 def missing(param: str) -> ApiError:
@@ -144,10 +144,21 @@ def expand_paths(params: Json) -> set[str]:
     return {str(x) for x in raw} if isinstance(raw, list) else set()
 
 
+def check_expand_depth(paths: Iterable[str]) -> None:
+    """Refuse, as Stripe does, an expansion of more than four levels (``data`` counts)."""
+    for path in paths:
+        if len(path.split(".")) > MAX_EXPAND_DEPTH:
+            raise ApiError(
+                400,
+                f"You cannot expand more than {MAX_EXPAND_DEPTH} levels of a property.",
+                param="expand",
+            )
+
+
 def unexpanded(node: Any, expand: set[str], path: str = "") -> Any:
     """A copy of an answer without what Stripe includes only when expanded: a price's
-    ``tiers`` (``expand[]=tiers`` on a price, ``items.data.price.tiers`` on a subscription,
-    ``data.items.data.price.tiers`` on a list of them)."""
+    ``tiers`` (``expand[]=tiers`` on a price, ``items.data.price.tiers`` on a subscription;
+    on a list of subscriptions that would take five levels, which Stripe refuses)."""
     if isinstance(node, list):
         return [unexpanded(v, expand, path) for v in node]
     if not isinstance(node, dict):

@@ -133,6 +133,7 @@ def _stats(state: EmulatorState) -> Json:
             "requests": dict(state.request_counts),
             "faults": dict(state.fault_counts),
             "meter_events": len(state.events),
+            "stripe_versions": dict(state.stripe_versions),
         }
 
 

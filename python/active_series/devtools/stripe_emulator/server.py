@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .common import HTML_ERROR_PAGE, Answer, ApiError, Json, new_id, rate_limit_error
-from .params import expand_paths, parse_form, unexpanded
+from .params import check_expand_depth, expand_paths, parse_form, unexpanded
 from .routes import route_control, route_stripe
 from .state import EmulatorState
 from .streams import STREAM_PATH
@@ -213,6 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         with state.lock:
             state.request_counts[path] = state.request_counts.get(path, 0) + 1
+        state.count_version(self.headers.get("Stripe-Version"))
         pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
         if method == "POST" and path.startswith("/v2/"):
             try:
@@ -298,6 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._log(method, path, 429, started, "rate limited")
             return
         fault = state.choose_fault(method, path)
+        injected: ApiError | None = None
         if fault is not None:
             state.count_fault(fault.kind)
             if fault.kind == "drop_before":
@@ -305,14 +307,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._log(method, path, "dropped", started, "fault drop_before")
                 return
             if fault.kind == "error":
-                err = ApiError(
+                # Stripe failed while executing: that answer is the request's, stored for its
+                # idempotency key like any other (_execute)
+                injected = ApiError(
                     fault.status,
                     "An unknown error occurred (injected by the emulator).",
                     type_="api_error",
                 )
-                self._send(Answer(fault.status, err.body()))
-                self._log(method, path, fault.status, started, "fault error")
-                return
             if fault.kind == "rate_limit":
                 self._send(Answer(429, rate_limit_error().body()))
                 self._log(method, path, 429, started, "fault rate_limit")
@@ -330,7 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
                     state.count_fault("abandoned")
                     self._log(method, path, "abandoned", started, "client left during delay")
                     return
-        answer = self._execute(method, path, params, raw, scope)
+        answer = self._execute(method, path, params, raw, scope, injected)
         if fault is not None and fault.kind == "drop_after":
             self._drop()
             self._log(method, path, "dropped", started, f"fault drop_after ({answer.status})")
@@ -356,12 +357,32 @@ class _Handler(BaseHTTPRequestHandler):
                 self._log(method, path, "abandoned", started, "client left after processing")
                 return
         self._send(answer)
-        self._log(method, path, answer.status, started, "fault delay" if fault else "")
+        self._log(method, path, answer.status, started, f"fault {fault.kind}" if fault else "")
 
-    def _execute(self, method: str, path: str, params: Json, raw: bytes, scope: str) -> Answer:
-        """Run the route; ``scope`` is the API key (for the stream, the one that created the
-        session): idempotency keys are the account's."""
+    def _execute(
+        self,
+        method: str,
+        path: str,
+        params: Json,
+        raw: bytes,
+        scope: str,
+        injected: ApiError | None = None,
+    ) -> Answer:
+        """Run the route (or answer ``injected``, an injected failure of the execution);
+        ``scope`` is the API key (for the stream, the one that created the session):
+        idempotency keys are the account's.
+
+        Idempotency as Stripe documents it for API v1: the first answer to a key is stored
+        once the endpoint has begun executing, successes and 5xx alike, and replayed to every
+        later request with that key and the same parameters; a request refused by its
+        parameters (4xx) stores nothing. On v2 paths only successes are replayed (Stripe
+        carries a failed v2 request out again on a retry).
+        """
         state = self.server.state
+        try:
+            check_expand_depth(expand_paths(params))
+        except ApiError as err:
+            return Answer(err.status, err.body(), err.headers())
         key = self.headers.get("Idempotency-Key") if method == "POST" else None
         if key:
             fingerprint = hashlib.sha256(f"{method} {path} ".encode() + raw).hexdigest()
@@ -376,6 +397,8 @@ class _Handler(BaseHTTPRequestHandler):
                     {**stored["headers"], "Idempotent-Replayed": "true"},
                 )
         try:
+            if injected is not None:
+                raise injected
             if method == "POST" and path == SESSION_PATH:
                 body = state.create_session(scope)
             else:
@@ -388,7 +411,9 @@ class _Handler(BaseHTTPRequestHandler):
                 500, ApiError(500, f"emulator error: {exc!r}", type_="api_error").body()
             )
         if key:
-            keep = 200 <= answer.status < 300
+            keep = 200 <= answer.status < 300 or (
+                answer.status >= 500 and not path.startswith("/v2/")
+            )
             state.idempotency_finish(
                 scope,
                 key,

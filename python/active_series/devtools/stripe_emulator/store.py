@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 
 from active_series.ratelimit import TokenBucket
 
-from .common import DEFAULT_RATE_LIMIT, FAULT_KINDS, RANDOM_KINDS, ApiError, Json, add_months
+from .common import (
+    DEFAULT_RATE_LIMIT,
+    FAULT_KINDS,
+    IDEMPOTENCY_KEY_SECONDS,
+    RANDOM_KINDS,
+    ApiError,
+    Json,
+    add_months,
+)
 from .faults import Fault, FaultRule, RandomFaults
 
 
@@ -84,6 +92,7 @@ class Store:
             self.max_in_flight: dict[str, int] = {}
             self.concurrency_violations = 0
             self.request_counts: dict[str, int] = {}
+            self.stripe_versions: dict[str, int] = {}  # Stripe-Version header -> requests
 
     def now(self) -> float:
         return time.time() + self.clock_offset
@@ -221,11 +230,21 @@ class Store:
     # ---- idempotency -------------------------------------------------------------------------
 
     def idempotency_begin(self, scope: str, key: str, fingerprint: str) -> Json | None:
-        """Return a stored answer to replay, raise on conflicts, or mark the key in progress."""
+        """Return a stored answer to replay, raise on conflicts, or mark the key in progress.
+
+        A key is forgotten 24 hours (emulator clock) after its first request, as Stripe may
+        prune it then: the same key afterwards is a new request."""
         with self.lock:
+            now = self.now()
             entry = self.idempotency.get((scope, key))
+            if entry is not None and now - entry["at"] >= IDEMPOTENCY_KEY_SECONDS:
+                entry = None
             if entry is None:
-                self.idempotency[(scope, key)] = {"fingerprint": fingerprint, "response": None}
+                self.idempotency[(scope, key)] = {
+                    "fingerprint": fingerprint,
+                    "response": None,
+                    "at": now,
+                }
                 return None
             if entry["fingerprint"] != fingerprint:
                 raise ApiError(
@@ -252,5 +271,11 @@ class Store:
         with self.lock:
             if response is None:
                 self.idempotency.pop((scope, key), None)
-            else:
+            elif (scope, key) in self.idempotency:
                 self.idempotency[(scope, key)]["response"] = response
+
+    def count_version(self, version: str | None) -> None:
+        """Count a request's ``Stripe-Version`` header (``""``: none sent)."""
+        with self.lock:
+            name = version or ""
+            self.stripe_versions[name] = self.stripe_versions.get(name, 0) + 1
