@@ -7,10 +7,11 @@ IMMUTABLE
 PARALLEL SAFE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
--- The identifier (and idempotency key) of a meter event post. Deterministic: a customer
+-- The identifier of a meter event post (Stripe's duplicate check; each attempt's
+-- idempotency key is this plus a fresh suffix). Deterministic: a customer
 -- never gets two events with one timestamp, so (customer, timestamp, value) names a post,
 -- also across ledger rebuilds. The worker and relay_now both call this. Takes no locks.
 SELECT 'as-' || p_stripe_customer_id || '-' || p_event_timestamp || '-' || p_value;
 $$;
 COMMENT ON FUNCTION active_series._relay_identifier(text, bigint, bigint) IS
-'Internal: the identifier and idempotency key of a meter event post, from customer, timestamp and value.';
+'Internal: the identifier of a meter event post, from customer, timestamp and value.';

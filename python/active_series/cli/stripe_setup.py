@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from active_series.errors import CommandError, ExitCode
+from active_series.relay.stripe_api import STRIPE_API_VERSION
 
 
 def add_commands(
@@ -142,6 +143,7 @@ def cmd_stripe_setup(args: argparse.Namespace) -> int:
     client = stripe.StripeClient(
         api_key,
         base_addresses={"api": args.stripe_api_base},
+        stripe_version=STRIPE_API_VERSION,
         max_network_retries=args.max_network_retries,
     )
     conn: psycopg.Connection[Any] | None = connect(args) if plan.links else None

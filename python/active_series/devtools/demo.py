@@ -53,6 +53,7 @@ from active_series.devtools.stripe_emulator import (
 )
 from active_series.devtools.worker_process import WorkerProcess
 from active_series.errors import CommandError, ExitCode
+from active_series.relay.stripe_api import STRIPE_API_VERSION
 from active_series.text import table_lines
 
 API_KEY = "sk_test_active_series_demo"
@@ -272,7 +273,12 @@ class Demo:
     def start_stripe(self) -> tuple[stripe.StripeClient, EmulatorControl, str]:
         self.server, url = run_in_thread(rate_limit=None)
         say(f"Stripe emulator: {url}")
-        client = stripe.StripeClient(API_KEY, base_addresses={"api": url}, max_network_retries=2)
+        client = stripe.StripeClient(
+            API_KEY,
+            base_addresses={"api": url},
+            stripe_version=STRIPE_API_VERSION,
+            max_network_retries=2,
+        )
         return client, EmulatorControl(url), url
 
     def create_billing(self, client: stripe.StripeClient) -> str:
