@@ -1827,3 +1827,8 @@ COMMENT ON TABLE active_series.metric IS
 'One measured value. Inserting metrics is what makes a series active (see the trigger active_series_metric_inserted that attach installs). value must be finite: NULL, NaN and infinities are rejected.';
 
 UPDATE active_series._meta SET version = '0.4.0';
+
+-- sql/grants.sql: the reader runs the CLI's read commands (version check, attachment check,
+-- relay failures)
+GRANT SELECT ON active_series._meta, active_series._attachment TO active_series_reader;
+GRANT SELECT ON active_series.relay_failures TO active_series_reader;
