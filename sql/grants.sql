@@ -100,6 +100,10 @@ active_series.usage,
 active_series.relay_status,
 active_series.alerts
 TO active_series_reader;
+-- the read commands of the CLI: it checks the schema's version and that tables are attached
+-- (neither table holds an organization's data), and `relay failures` reads its view
+GRANT SELECT ON active_series._meta, active_series._attachment TO active_series_reader;
+GRANT SELECT ON active_series.relay_failures TO active_series_reader;
 GRANT EXECUTE ON FUNCTION
 active_series.period_usage(bigint, timestamptz),
 active_series.periods(bigint),

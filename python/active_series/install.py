@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from importlib import resources
 from importlib.resources.abc import Traversable
+from typing import Final
 
 import psycopg
 from psycopg import sql
@@ -30,6 +31,10 @@ class InstallError(RuntimeError):
 
 class SchemaVersionError(InstallError):
     """The database holds no active_series schema, or one of another version."""
+
+
+class InstallPermissionError(InstallError):
+    """The connecting role may not install or upgrade the schema there."""
 
 
 def _scripts() -> Traversable:
@@ -138,7 +143,29 @@ def install(conninfo: str, version: str = __version__) -> str:
     runs the upgrade scripts shipped in this package, in one transaction.  Never
     downgrades.
     """
+    return install_or_upgrade(conninfo, version)[1]
+
+
+# the owner of what is installed (the extension's, else the schema's), and whether the
+# connecting role has its rights (a superuser has every role's)
+OWNER: Final = """
+SELECT coalesce(e.extowner, n.nspowner)::regrole::text,
+       pg_has_role(coalesce(e.extowner, n.nspowner), 'USAGE')
+FROM pg_namespace AS n
+LEFT JOIN pg_extension AS e ON e.extname = 'active_series'
+WHERE n.nspname = 'active_series'
+"""
+
+
+def install_or_upgrade(conninfo: str, version: str = __version__) -> tuple[str | None, str]:
+    """:func:`install`, returning (the version found before, or None; the version now).
+    InstallPermissionError when the schema exists and the connecting role is neither its
+    owner (nor a member of that role) nor a superuser: installing, upgrading and the check
+    of an installed version alike are the owner's."""
     with psycopg.connect(conninfo, autocommit=False) as conn:
+        owner = conn.execute(OWNER).fetchone()
+        if owner is not None and not owner[1]:
+            raise InstallPermissionError(f"active_series here belongs to role {owner[0]}")
         # one install or upgrade at a time per database
         conn.execute("SELECT pg_advisory_xact_lock(1634956101)")
         ext = conn.execute(
@@ -159,7 +186,7 @@ def install(conninfo: str, version: str = __version__) -> str:
                         f"({exc}): run `make install` of this release on the server first"
                     ) from exc
             conn.commit()
-            return version
+            return ext[0], version
         found = installed_version(conn)
         if found is None:
             script = script_text(version)  # a clear error for a version this package lacks
@@ -169,7 +196,7 @@ def install(conninfo: str, version: str = __version__) -> str:
             for name in upgrade_path(found, version):
                 conn.execute(_read(name))
         conn.commit()
-    return version
+    return found, version
 
 
 def create_reference_model(conninfo: str, schema: str = SCHEMA) -> bool:

@@ -1846,3 +1846,8 @@ COMMENT ON FUNCTION active_series._relay_identifier(text, bigint, bigint) IS
 'Internal: the identifier of a meter event post, from customer, timestamp and value.';
 
 UPDATE active_series._meta SET version = '0.4.0';
+
+-- sql/grants.sql: the reader runs the CLI's read commands (version check, attachment check,
+-- relay failures)
+GRANT SELECT ON active_series._meta, active_series._attachment TO active_series_reader;
+GRANT SELECT ON active_series.relay_failures TO active_series_reader;

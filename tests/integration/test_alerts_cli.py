@@ -96,8 +96,9 @@ def test_usage_shows_the_price_preview_the_cap_and_the_next_alert(conn, dsn) -> 
     proc = run("usage", "--dsn", dsn, "--json", "--organization", str(org.id))
     assert proc.returncode == 0, proc.stderr
     [row] = json.loads(proc.stdout)
-    assert (row["active_series"], row["amount"], row["currency"]) == (1, 900, "usd")
+    assert (row["active_series"], row["amount"], row["currency"]) == (1, "9.00", "usd")
+    assert row["amount_minor_units"] == 900
     assert (row["series_cap"], row["next_alert"], row["stripe_in_sync"]) == (10, 2, None)
     add_series(conn, org, 3)
     [row] = json.loads(run("usage", "--dsn", dsn, "--json").stdout)
-    assert (row["active_series"], row["amount"], row["next_alert"]) == (3, 1050, None)
+    assert (row["active_series"], row["amount"], row["next_alert"]) == (3, "10.50", None)

@@ -18,10 +18,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from active_series import cli
+from active_series import __version__, cli
 from active_series.devtools.cluster import free_port
 from active_series.errors import ExitCode
-from oracle import ingest, make_org
+from active_series.install import install
+from oracle import Org, ingest, make_org, make_variant
 from relay_harness import API_KEY, Emulator, bill, wait_until
 
 COMMANDS = [
@@ -114,7 +115,7 @@ def test_usage_count_and_explain_show_the_exact_period(conn, dsn) -> None:
     history = run("usage", "--dsn", dsn, "--organization", str(org.id), "--history", "--json")
     assert history.returncode == 0, history.stderr
     assert [(r["period_start"], r["active_series"]) for r in json.loads(history.stdout)] == [
-        (str(start), 7)
+        (start.astimezone(dt.UTC).isoformat(), 7)
     ]
     past = run("count", "--dsn", dsn, "--organization", str(org.id), "--period", start.isoformat())
     assert (past.returncode, past.stdout.strip()) == (0, "7")
@@ -134,7 +135,7 @@ def test_usage_count_and_explain_show_the_exact_period(conn, dsn) -> None:
         expected
     )
     assert {s["project"] for s in got["series"]} == {"p"}
-    assert {s["variant"] for s in got["series"]} == {"{}"}
+    assert [s["variant"] for s in got["series"]] == [{}] * 7  # the empty variant, an object
 
     plain = run(
         "explain", "--dsn", dsn, "--organization", str(org.id), "--period", start.isoformat()
@@ -212,9 +213,10 @@ def test_install_then_use_an_empty_database(empty_dsn) -> None:
     assert "not installed" in one_line_error(missing)
     installed = run("install", "--dsn", empty_dsn)
     assert installed.returncode == 0, installed.stderr
-    assert installed.stdout.startswith("active_series ")
+    assert installed.stdout.startswith(f"active_series {__version__} installed")
     again = run("install", "--dsn", empty_dsn)
     assert again.returncode == 0
+    assert again.stdout.startswith(f"active_series is already installed at version {__version__}")
     unattached = run("usage", "--dsn", empty_dsn)
     assert unattached.returncode == ExitCode.SCHEMA
     assert "active-series create-model" in one_line_error(unattached)
@@ -379,3 +381,155 @@ def test_stripe_emulator_serves_until_stopped() -> None:
 def test_naive_times_are_utc() -> None:
     assert cli.parse_time("2026-11-01") == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     assert cli.parse_time("2026-11-01T02:00:00+02:00") == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+def test_install_says_what_it_upgraded_from(empty_dsn) -> None:
+    install(empty_dsn, "0.3.0")
+    upgraded = run("install", "--dsn", empty_dsn, "--without-plpython", timeout=180)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.strip() == f"active_series upgraded from 0.3.0 to {__version__}"
+    again = run("install", "--dsn", empty_dsn, "--without-plpython")
+    assert again.stdout.strip() == f"active_series is already installed at version {__version__}"
+
+
+def test_count_of_a_time_that_starts_no_period_exits_6_and_period_excludes_a_window(
+    conn, dsn
+) -> None:
+    org = make_org(conn)
+    ingest(conn, org, org.testbeds[0], all_series(org)[:2])
+    o = str(org.id)
+    not_a_start = run("count", "--dsn", dsn, "--organization", o, "--period", "2001-01-07")
+    assert not_a_start.returncode == ExitCode.INPUT, not_a_start.stdout
+    message = one_line_error(not_a_start)
+    assert f"no billing period of organization {org.id} starts at 2001-01-07" in message
+    assert "recent ones start at" in message
+    assert not_a_start.stdout == ""
+    both = run(
+        "count", "--dsn", dsn, "--organization", o, "--period", "2001-01-07",
+        "--from", "2026-01-01", "--to", "2026-02-01",
+    )  # fmt: skip
+    assert both.returncode == ExitCode.USAGE
+    assert "--period" in one_line_error(both) and "exclude each other" in both.stderr
+    half = run("count", "--dsn", dsn, "--organization", o, "--period", "2001-01-07", "--to", "x")
+    assert half.returncode == ExitCode.USAGE  # (an unparsable time: argparse's own)
+
+
+@pytest.mark.parametrize(
+    "bad", ["host=/tmp port=notanumber", "postgresql://a b", "nonsense", "postgresql://h:x/db"]
+)
+def test_a_malformed_dsn_exits_3(bad: str) -> None:
+    key = {"STRIPE_API_KEY": API_KEY}
+    for command in (
+        ["usage"],
+        ["count", "--organization", "1"],
+        ["install"],
+        ["attach", "--table", "organization=o"],
+        ["relay", "status"],
+        ["worker", "--once"],
+        ["close-period"],
+    ):
+        proc = run(*command, "--dsn", bad, env=key)
+        assert proc.returncode == ExitCode.DATABASE, (command, proc.stderr)
+        assert "malformed connection string" in one_line_error(proc), command
+    via_env = run("usage", env={"DATABASE_URL": bad})
+    assert via_env.returncode == ExitCode.DATABASE, via_env.stderr
+
+
+#: A Stripe price of 9.00 for up to 2 series, then 1.50 a series (amounts in minor units).
+PRICE = (
+    '{{"id": "price_1", "currency": "{currency}", "billing_scheme": "tiered",'
+    ' "tiers_mode": "graduated", "tiers": [{{"up_to": 2, "flat_amount": 900}},'
+    ' {{"up_to": null, "unit_amount": 150}}]}}'
+)
+
+
+def scene(conn: psycopg.Connection[Any], name: str = "acme", currency: str = "usd") -> Org:
+    """An organization with 3 series (one of a variant with parameters), a price, an alert,
+    a Stripe customer and a parked relay: every read command has rows to show."""
+    org = make_org(conn, name)
+    variant = make_variant(conn, org.benchmarks[0], '{"threads": 4}')
+    conn.execute(
+        "SELECT active_series._store_price(%s, %s::jsonb)",
+        (org.id, PRICE.format(currency=currency)),
+    )
+    conn.execute("SELECT active_series.set_alert(%s, 2)", (org.id,))
+    bill(conn, org.id, f"cus_{name}")
+    ingest(
+        conn,
+        org,
+        org.testbeds[0],
+        [(org.benchmarks[0], variant, org.measures[0]), *all_series(org)[3:5]],
+    )
+    conn.execute(
+        "INSERT INTO active_series._relay_state (organization_id, parked_at, parked_reason)"
+        " VALUES (%s, now(), 'No such customer') ON CONFLICT (organization_id)"
+        " DO UPDATE SET parked_at = now(), parked_reason = excluded.parked_reason",
+        (org.id,),
+    )
+    return org
+
+
+#: Every JSON a command prints (its arguments, the organization id filled in).
+JSON_COMMANDS = (
+    ("usage", "--json"),
+    ("usage", "--json", "--organization", "{org}"),
+    ("usage", "--json", "--organization", "{org}", "--history"),
+    ("explain", "--json", "--organization", "{org}"),
+    ("relay", "status", "--json"),
+    ("relay", "failures", "--json"),
+    ("alerts", "--json"),
+)
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?\+00:00")
+ANY_TIME = re.compile(r"\d{4}-\d\d-\d\d.\d\d:\d\d")
+
+
+def strings(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_json_has_one_time_format_objects_as_objects_and_amounts_with_their_unit(conn, dsn) -> None:
+    org = scene(conn)
+    times = 0
+    for command in JSON_COMMANDS:
+        proc = run(*(a.format(org=org.id) for a in command), "--dsn", dsn)
+        assert proc.returncode == 0, (command, proc.stderr)
+        for line in proc.stdout.splitlines():
+            for text in strings(json.loads(line)):
+                if ANY_TIME.match(text):
+                    assert ISO_TIME.fullmatch(text), (command, text)
+                    times += 1
+    assert times >= 20
+
+    [usage] = json.loads(run("usage", "--json", "--dsn", dsn).stdout)
+    assert usage["amount"] == "10.50"  # 9.00 + 1.50, in dollars
+    assert (usage["currency"], usage["amount_minor_units"]) == ("usd", 1050)
+    [status] = json.loads(run("relay", "status", "--json", "--dsn", dsn).stdout)
+    assert re.fullmatch(r"PT\d+(\.\d+)?S", status["oldest_unposted_change_age"]), status
+    explained = json.loads(
+        run("explain", "--json", "--organization", str(org.id), "--dsn", dsn).stdout
+    )
+    variants = [s["variant"] for s in explained["series"]]
+    assert sorted(variants, key=len) == [{}, {}, {"threads": 4}]
+    table = run("explain", "--organization", str(org.id), "--dsn", dsn).stdout
+    assert '{"threads": 4}' in table
+
+
+def test_usage_prints_amounts_in_major_units_with_the_currency(conn, dsn) -> None:
+    dollars = scene(conn, "dollars", "usd")
+    yen = scene(conn, "yen", "jpy")
+    text = run("usage", "--dsn", dsn).stdout.splitlines()
+    header = text[0].split()
+    assert "currency" not in header
+    rows = {line.split()[0]: line for line in text[1:]}
+    assert "10.50 USD" in rows[str(dollars.id)]
+    assert "1050 JPY" in rows[str(yen.id)]  # a zero-decimal currency: 1050 is 1050 yen
+    assert " 1050 " not in rows[str(dollars.id)]
+    priced = {
+        r["organization_id"]: r for r in json.loads(run("usage", "--json", "--dsn", dsn).stdout)
+    }
+    assert (priced[yen.id]["amount"], priced[yen.id]["currency"]) == ("1050", "jpy")
+    assert priced[yen.id]["amount_minor_units"] == 1050

@@ -264,7 +264,7 @@ def test_the_cli_and_the_worker_refuse_an_old_schema_until_it_is_upgraded(
 
     upgraded = run("install", "--dsn", empty_dsn)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert f"active_series {__version__} installed" in upgraded.stdout
+    assert f"active_series upgraded from {old} to {__version__}" in upgraded.stdout
     assert run("usage", "--dsn", empty_dsn).returncode == 0
 
 

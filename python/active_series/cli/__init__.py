@@ -1,7 +1,8 @@
 """The ``active-series`` command line: parse (:mod:`.parser`), hand off (:mod:`.commands`,
 and the developer tools' commands, registered by entry point),
 print an expected failure as one line on stderr and exit with its code
-(:class:`~active_series.errors.ExitCode`); no traceback."""
+(:class:`~active_series.errors.ExitCode`); no traceback. A privilege the database refuses
+names the role the command needs (exit 3)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 
 import psycopg
 
+from active_series.cli.commands import refused_privilege
 from active_series.cli.parser import build_parser, parse_time
 from active_series.errors import CommandError, ExitCode
 from active_series.text import pg_message
@@ -33,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     except psycopg.OperationalError as exc:
         print(f"active-series: database error: {pg_message(exc)}", file=sys.stderr)
+        return ExitCode.DATABASE
+    except psycopg.errors.InsufficientPrivilege as exc:  # says which role the command needs
+        print(f"active-series: {refused_privilege(args, exc)}", file=sys.stderr)
         return ExitCode.DATABASE
     except psycopg.Error as exc:
         print(f"active-series: {pg_message(exc)}", file=sys.stderr)

@@ -8,12 +8,13 @@ poll interval, so nothing is missed, also across a reconnect.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import psycopg
+
+from active_series.cli.output import to_json
 
 SINCE: Final = """
 SELECT id, organization_id, organization_name, period_start, period_end, threshold,
@@ -61,8 +62,8 @@ def follow(
 
 
 def as_json(alert: dict[str, Any]) -> str:
-    """One line of JSON (times in ISO 8601)."""
-    return json.dumps(alert, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else v)
+    """One line of JSON (:func:`~active_series.cli.output.to_json`)."""
+    return to_json(alert)
 
 
 def as_text(alert: dict[str, Any]) -> str:

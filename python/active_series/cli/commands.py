@@ -9,36 +9,89 @@ and an exit code; :func:`active_series.cli.main` prints it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from active_series.cli import alerts
 from active_series.cli import queries as q
-from active_series.cli.output import Progress, output, print_table
+from active_series.cli.output import Progress, output, print_table, to_json
 from active_series.errors import CommandError, ExitCode
 from active_series.install import (
     InstallError,
+    InstallPermissionError,
     SchemaVersionError,
     check_attached,
     check_version,
-    install,
+    install_or_upgrade,
     install_plpython,
 )
-from active_series.text import pg_message
+from active_series.text import first_line, major_units, money, pg_message
 
 if TYPE_CHECKING:
     from active_series.relay import RelayConfig
 
 
+#: Who may run a command (``command_needs`` of each parser): named in the one-line error when the
+#: database refuses the command's role a privilege (exit 3, as a refused login).
+OWNER: Final = "the owner of schema active_series (the role that installed it) or a superuser"
+ADMIN: Final = "active_series_admin"
+WORKER: Final = "active_series_worker or active_series_admin"
+READER: Final = "active_series_reader or active_series_admin"
+READ: Final = "active_series_reader, active_series_worker or active_series_admin"
+
+
 def conninfo(args: argparse.Namespace) -> str:
-    """--dsn, else DATABASE_URL, else '' (libpq then reads the PG* variables)."""
-    return args.dsn or os.environ.get("DATABASE_URL", "")
+    """--dsn, else DATABASE_URL, else '' (libpq then reads the PG* variables); a connection
+    string libpq cannot parse is refused (exit 3) before anything connects."""
+    dsn: str = args.dsn or os.environ.get("DATABASE_URL", "")
+    try:
+        options = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise malformed(first_line(exc)) from None
+    for name in INTEGER_OPTIONS:  # libpq checks them only when it connects
+        for part in str(options.get(name, "")).split(","):
+            if part.strip() and not part.strip().lstrip("-").isdigit():
+                raise malformed(f'invalid integer value "{part}" for connection option "{name}"')
+    return dsn
+
+
+#: The libpq connection options that take whole numbers.
+INTEGER_OPTIONS: Final = (
+    "port",
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+
+
+def malformed(detail: str) -> CommandError:
+    return CommandError(
+        f"malformed connection string (--dsn or DATABASE_URL): {detail}", ExitCode.DATABASE
+    )
+
+
+def denied(args: argparse.Namespace, detail: str) -> CommandError:
+    """The command's role lacks a privilege: one line that says which role the command
+    needs, then ``detail`` (what was refused)."""
+    name = getattr(args, "command_name", None) or getattr(args, "command", None) or "it"
+    needs = getattr(args, "command_needs", None)
+    if needs is None:
+        return CommandError(f"permission denied: {detail}", ExitCode.DATABASE)
+    return CommandError(f"permission denied: {name} needs {needs} ({detail})", ExitCode.DATABASE)
+
+
+def refused_privilege(args: argparse.Namespace, exc: psycopg.Error) -> CommandError:
+    """:func:`denied` for a privilege the database refused."""
+    return denied(args, f"the database said: {pg_message(exc)}")
 
 
 def connect(
@@ -58,6 +111,9 @@ def connect(
         except SchemaVersionError as exc:
             conn.close()
             raise CommandError(str(exc), ExitCode.SCHEMA) from None
+        except BaseException:
+            conn.close()
+            raise
     return conn
 
 
@@ -79,13 +135,21 @@ def _db_call(fn: Callable[[], Any]) -> Any:
 
 def cmd_install(args: argparse.Namespace) -> int:
     try:
-        version = install(conninfo(args))
+        found, version = install_or_upgrade(conninfo(args))
         optional = install_plpython(conninfo(args), args.plpython)
     except psycopg.OperationalError as exc:
         raise unreachable(exc) from None
+    except InstallPermissionError as exc:
+        raise denied(args, str(exc)) from None
     except InstallError as exc:
         raise CommandError(str(exc), ExitCode.SCHEMA) from None
-    print(f"active_series {version} installed" + (f"; {optional}" if optional else ""))
+    if found is None:
+        done = f"active_series {version} installed"
+    elif found == version:
+        done = f"active_series is already installed at version {version}"
+    else:
+        done = f"active_series upgraded from {found} to {version}"
+    print(done + (f"; {optional}" if optional else ""))
     return ExitCode.OK
 
 
@@ -102,16 +166,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_count(args: argparse.Namespace) -> int:
+    window = args.window_from is not None or args.window_to is not None
+    if args.period is not None and window:
+        raise CommandError(
+            "--period (a billing period) and --from/--to (a window) exclude each other",
+            ExitCode.USAGE,
+        )
+    if window and (args.window_from is None or args.window_to is None):
+        raise CommandError("--from and --to go together", ExitCode.INPUT)
     with connect(args) as conn:
-        if args.window_from is None and args.window_to is None:
-            params: tuple[Any, ...] = (args.organization, args.period)
-            value = _db_call(lambda: conn.execute(q.PERIOD_USAGE, params).fetchone())
-        elif args.window_from is None or args.window_to is None:
-            raise CommandError("--from and --to go together", ExitCode.INPUT)
-        else:
+        if window:
             params = (args.organization, args.window_from, args.window_to, args.visibility)
-            value = _db_call(lambda: conn.execute(q.COUNT_ACTIVE, params).fetchone())
-    print(value[0])
+            value = _db_call(lambda: conn.execute(q.COUNT_ACTIVE, params).fetchone())[0]
+        elif args.period is not None:  # a time that starts no period is bad input (exit 6)
+            value = _period(conn, args.organization, args.period)[2]
+        else:
+            row = _db_call(lambda: conn.execute(q.PERIOD_USAGE, (args.organization,)).fetchone())
+            value = row[0]
+    print(value)
     return ExitCode.OK
 
 
@@ -133,8 +205,32 @@ def cmd_usage(args: argparse.Namespace) -> int:
                 raise CommandError(
                     f"organization {args.organization} does not exist", ExitCode.NOT_FOUND
                 )
+            names, rows = _amounts(names, rows, args.json)
     output(args.json, names, rows)
     return ExitCode.OK
+
+
+def _amounts(names: list[str], rows: list[Any], as_json: bool) -> tuple[list[str], list[Any]]:
+    """The price preview's ``amount`` (Stripe's minor units) and ``currency`` columns as
+    people and programs read them: in a table one column, ``31.00 USD``; in JSON
+    ``amount`` in major units as an exact decimal string ("31.00"), ``currency`` (Stripe's
+    lowercase code) and ``amount_minor_units`` (3100, the integer Stripe's API uses)."""
+    at, cur = names.index("amount"), names.index("currency")
+
+    def convert(row: Any) -> list[Any]:
+        amount, currency = row[at], row[cur]
+        priced = amount is not None and currency is not None
+        values = list(row)
+        if as_json:
+            values[at] = major_units(amount, currency) if priced else None
+            return [*values, amount]
+        values[at] = money(amount, currency) if priced else None
+        del values[cur]
+        return values
+
+    if as_json:
+        return [*names, "amount_minor_units"], [convert(r) for r in rows]
+    return [n for n in names if n != "currency"], [convert(r) for r in rows]
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
@@ -191,15 +287,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
         rows = cur.fetchall()
     if args.json:
         print(
-            json.dumps(
+            to_json(
                 {
                     "organization_id": args.organization,
-                    "period_start": start.isoformat(),
-                    "period_end": end.isoformat(),
+                    "period_start": start,
+                    "period_end": end,
                     "active_series": count,
                     "series": [dict(zip(names, row, strict=True)) for row in rows],
-                },
-                default=str,
+                }
             )
         )
         return ExitCode.OK
@@ -286,10 +381,25 @@ def _relay_errors(fn: Callable[[], int]) -> int:
         raise unreachable(exc) from None
 
 
+def _require_relay_rights(args: argparse.Namespace) -> None:
+    """Refuse, with the role needed, a role that may not run the relay: the worker would
+    otherwise retry the refused call for ever, as it retries a database that is down. An
+    unreachable database or a schema not installed is left to the relay to handle."""
+    try:
+        conn = psycopg.connect(conninfo(args), autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError:
+        return
+    with conn:
+        row = conn.execute(q.RELAY_ALLOWED).fetchone()
+    if row is not None and row[0] is False:
+        raise denied(args, "the role may not execute active_series._relay_work")
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from active_series.relay import Worker
 
     cfg = _relay_config(args)
+    _require_relay_rights(args)
     return _relay_errors(lambda: Worker(cfg).run())
 
 
@@ -297,6 +407,7 @@ def cmd_close_period(args: argparse.Namespace) -> int:
     from active_series.relay import close_periods
 
     cfg = _relay_config(args)
+    _require_relay_rights(args)
     claims = _relay_errors(lambda: close_periods(cfg, args.organization))
     print(f"{claims} organization(s) checked for periods to close")
     return ExitCode.OK

@@ -99,6 +99,8 @@ def cmd_create_model(args: argparse.Namespace) -> int:
     try:
         with connect(args, attached=False) as conn:
             conn.execute("SELECT active_series.create_reference_model(%s)", (args.schema,))
+    except psycopg.errors.InsufficientPrivilege:
+        raise  # main names the role the command needs
     except REFUSALS as exc:
         raise refused(exc) from None
     print(f"reference model created in schema {args.schema} and attached")
@@ -111,6 +113,8 @@ def cmd_attach(args: argparse.Namespace) -> int:
     try:
         with connect(args, attached=False) as conn:
             rows = attach(conn, tables, columns)
+    except psycopg.errors.InsufficientPrivilege:
+        raise  # main names the role the command needs
     except REFUSALS as exc:
         raise refused(exc) from None
     print_attachment(rows, "attached")

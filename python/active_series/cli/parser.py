@@ -73,10 +73,16 @@ def _json(p: argparse.ArgumentParser) -> None:
 
 
 def _command(
-    sub: Any, name: str, func: Callable[[argparse.Namespace], int], text: str, *parents: Any
+    sub: Any,
+    name: str,
+    func: Callable[[argparse.Namespace], int],
+    text: str,
+    *parents: Any,
+    needs: str | None = None,
 ) -> argparse.ArgumentParser:
+    """A subcommand; ``needs``: the roles that may run it (named when a privilege is refused)."""
     p: argparse.ArgumentParser = sub.add_parser(name, parents=list(parents), help=text)
-    p.set_defaults(func=func)
+    p.set_defaults(func=func, command_name=name, command_needs=needs)
     return p
 
 
@@ -94,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _command(
-        sub, "install", c.cmd_install, "install or upgrade the schema over a connection", common
+        sub,
+        "install",
+        c.cmd_install,
+        "install or upgrade the schema over a connection",
+        common,
+        needs=c.OWNER,
     )
     p.add_argument(
         "--with-plpython",
@@ -119,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         model.cmd_create_model,
         "create the reference data model as your own tables, attached",
         common,
+        needs=c.OWNER,
     )
     p.add_argument(
         "--schema",
@@ -126,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the schema to create it in (default: %(default)s)",
     )
 
-    p = _command(sub, "attach", model.cmd_attach, "start tracking on your own tables", common)
+    p = _command(
+        sub, "attach", model.cmd_attach, "start tracking on your own tables", common, needs=c.OWNER
+    )
     p.add_argument(
         "--table",
         action="append",
@@ -143,10 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
         "report.created=created_at (empty NAME: the table has none)",
     )
 
-    _command(sub, "detach", model.cmd_detach, "stop tracking on your tables", common)
+    _command(sub, "detach", model.cmd_detach, "stop tracking on your tables", common, needs=c.OWNER)
 
     p = _command(
-        sub, "verify", c.cmd_verify, "compare cache and history with a recomputation", common
+        sub,
+        "verify",
+        c.cmd_verify,
+        "compare cache and history with a recomputation",
+        common,
+        needs=c.ADMIN,
     )
     _organization(p)
 
@@ -156,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.cmd_count,
         "exact count of a period, or series whose last_seen is in a window",
         common,
+        needs=c.READ,
     )
     _organization(p, required=True)
     _period(p)
@@ -169,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.cmd_usage,
         "usage per organization: the current period, a past one, or every one",
         common,
+        needs=c.READ,
     )
     _organization(p)
     _period(p, "the period starting at START")
@@ -181,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.cmd_alerts,
         "threshold alerts, one per line (--follow: and each new one as it is written)",
         common,
+        needs=c.READER,
     )
     _organization(p)
     p.add_argument("--follow", action="store_true", help="keep printing new alerts")
@@ -196,13 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
         c.cmd_explain,
         "the series a period's bill is made of (project, testbed, benchmark, measure)",
         common,
+        needs=c.READER,
     )
     _organization(p, required=True)
     _period(p)
     _json(p)
 
     p = _command(
-        sub, "backfill", c.cmd_backfill, "rebuild cache and history from existing metrics", common
+        sub,
+        "backfill",
+        c.cmd_backfill,
+        "rebuild cache and history from existing metrics",
+        common,
+        needs=c.ADMIN,
     )
     p.add_argument("--batch-size", type=batch_size, default=500, help="reports per committed batch")
 
@@ -265,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         "relay active-series counts to Stripe (STRIPE_API_KEY from the environment)",
         common,
         stripe_opts,
+        needs=c.WORKER,
     )
     p.add_argument("--poll-interval", type=float, default=5.0, help="seconds between polls")
     p.add_argument(
@@ -306,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "post final values and close the billing periods past end + grace",
         common,
         stripe_opts,
+        needs=c.WORKER,
     )
     _organization(p)
 
@@ -315,15 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", c.cmd_relay_status, "per billed organization: usage vs what Stripe holds"),
         ("failures", c.cmd_relay_failures, "parked organizations and refused posts"),
     ):
-        rp = relay_sub.add_parser(name, parents=[common], help=text)
+        rp = _command(relay_sub, name, func, text, common, needs=c.READ)
+        rp.set_defaults(command_name=f"relay {name}")
         _organization(rp)
         _json(rp)
-        rp.set_defaults(func=func)
-    rp = relay_sub.add_parser(
-        "resume", parents=[common], help="resume a parked organization after the fix"
+    rp = _command(
+        relay_sub,
+        "resume",
+        c.cmd_relay_resume,
+        "resume a parked organization after the fix",
+        common,
+        needs=c.ADMIN,
     )
+    rp.set_defaults(command_name="relay resume")
     _organization(rp, required=True)
-    rp.set_defaults(func=c.cmd_relay_resume)
 
     stripe_setup.add_commands(sub, common, organization_id)
 

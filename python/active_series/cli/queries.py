@@ -6,7 +6,8 @@ from typing import Final
 
 VERIFY: Final = "SELECT organization_id, problem, detail FROM active_series.verify(%s)"
 
-PERIOD_USAGE: Final = "SELECT active_series.period_usage(%s, %s)"
+# the current period's count
+PERIOD_USAGE: Final = "SELECT active_series.period_usage(%s)"
 
 COUNT_ACTIVE: Final = "SELECT active_series.count_active(%s, %s, %s, %s)"
 
@@ -49,7 +50,7 @@ SELECT period_start FROM active_series.periods(%s) ORDER BY 1 DESC LIMIT 3
 
 EXPLAIN: Final = """
 SELECT p.name AS project, t.name AS testbed, b.name AS benchmark,
-       v.parameters::text AS variant, m.name AS measure, s.first_seen, s.last_seen
+       v.parameters AS variant, m.name AS measure, s.first_seen, s.last_seen
 FROM active_series.period_series(%s, %s) AS s
 JOIN active_series.project AS p ON p.id = s.project_id
 JOIN active_series.testbed AS t ON t.id = s.testbed_id
@@ -74,3 +75,10 @@ FROM active_series.relay_failures
 """
 
 RELAY_RESUME: Final = "SELECT active_series.relay_resume(%s)"
+
+# may this role claim relay work? (NULL: the schema is not installed, or is older)
+RELAY_ALLOWED: Final = """
+SELECT has_function_privilege(p, 'EXECUTE')
+FROM (SELECT to_regprocedure('active_series._relay_work(interval, interval)') AS p) AS f
+WHERE p IS NOT NULL
+"""
