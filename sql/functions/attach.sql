@@ -374,6 +374,37 @@ BEGIN
     RETURN NULL;
 END;
 $b$),
+    -- a report_benchmark's benchmark is its report's project's
+    ('report_benchmark', 'report_benchmark_inserted', NULL, 'AFTER INSERT', 'STATEMENT', 'NEW', true, $b$
+-- AFTER INSERT (statement) on the report_benchmark table: a benchmark of another project
+-- than the report's is refused when the row is inserted (SQLSTATE 23503), not later when
+-- a metric of it is committed. One join of the statement's rows; its variant is the
+-- benchmark's (a foreign key). SECURITY DEFINER only to read the report and benchmark
+-- tables through the extension's views; it writes nothing.
+DECLARE
+    v_bad record;
+BEGIN
+    SELECT n.{id} AS id, n.{benchmark_id} AS benchmark_id, b.project_id AS benchmark_project_id,
+        n.{report_id} AS report_id, r.project_id AS report_project_id
+    INTO v_bad
+    FROM new_rows AS n
+    INNER JOIN active_series.report AS r ON r.id = n.{report_id}
+    INNER JOIN active_series.benchmark AS b ON b.id = n.{benchmark_id}
+    WHERE b.project_id <> r.project_id
+    ORDER BY n.{id}
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'active_series: report_benchmark % names benchmark % of project %, but its report % is in project %',
+            v_bad.id, v_bad.benchmark_id, v_bad.benchmark_project_id, v_bad.report_id,
+            v_bad.report_project_id
+            USING ERRCODE = 'foreign_key_violation',
+            DETAIL = 'A report''s benchmarks must be its project''s.',
+            HINT = format('Use the benchmark of the same name in project %s (the report''s), '
+                'creating it there if needed.', v_bad.report_project_id);
+    END IF;
+    RETURN NULL;
+END;
+$b$),
     -- hard deletes: their series leave the history (_forget_series)
     ('benchmark', 'benchmark_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
 BEGIN
