@@ -37,7 +37,7 @@ BEGIN
     PERFORM active_series._record_activity(
         NEW.report_benchmark_ids || v_report_benchmark_ids, NEW.measure_ids || v_measure_ids
     );
-    v_refusal := nullif(pg_catalog.current_setting('active_series._refusal'), 'defer');
+    v_refusal := nullif(pg_catalog.current_setting('active_series._refusal'), 'defer')::jsonb;
     PERFORM pg_catalog.set_config('active_series._refusal', '', true);
     IF v_refusal IS NOT NULL THEN
         RAISE EXCEPTION USING

@@ -842,9 +842,7 @@ TENANT_CALLS = {
 }
 
 
-def test_a_tenant_sees_the_organization_its_connection_names_and_no_other(
-    conn, as_role, ingested
-):
+def test_a_tenant_sees_the_organization_its_connection_names_and_no_other(conn, as_role, ingested):
     other = second_organization(conn)
     t = as_role("tenant")
     # nothing until the application names the organization
@@ -867,8 +865,8 @@ def test_a_tenant_sees_the_organization_its_connection_names_and_no_other(
     assert {r[0] for r in seen[other.id]["tenant_usage"]} == {other.id}
     # another organization cannot be named through the reader's API, views or tables
     for statement in (
-        "SELECT active_series.period_usage(%s)" % ingested.id,
-        "SELECT * FROM active_series.usage_summary(%s)" % ingested.id,
+        f"SELECT active_series.period_usage({ingested.id})",
+        f"SELECT * FROM active_series.usage_summary({ingested.id})",
         "SELECT * FROM active_series.usage",
         "SELECT * FROM active_series.alerts",
         "SELECT * FROM active_series.metric",
@@ -887,7 +885,7 @@ def test_a_tenant_sees_the_organization_its_connection_names_and_no_other(
 
 def test_a_tenant_calls_nothing_but_the_tenant_functions(conn, as_role, ingested):
     t = as_role("tenant")
-    t.execute("SET active_series.organization_id = %s" % ingested.id)
+    t.execute(f"SET active_series.organization_id = {ingested.id}")
     calls = routines(conn, "true")
     allowed = {s for s, _ in calls if s.startswith("active_series.tenant_")}
     assert {s.split("(")[0].removeprefix("active_series.") for s in allowed} == {
