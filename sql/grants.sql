@@ -10,6 +10,7 @@ REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA active_series FROM PUBLIC; -- noqa: CP0
 
 GRANT USAGE ON SCHEMA active_series
 TO active_series_ingest, active_series_worker, active_series_admin, active_series_reader;
+GRANT USAGE ON SCHEMA active_series TO active_series_tenant;
 
 -- ---------------------------------------------------------------- active_series_ingest
 -- The application's tables are the application's: it grants its ingest role what it needs
@@ -117,3 +118,17 @@ active_series._organization_rows(),
 active_series._project_rows(),
 active_series._variant_rows()
 TO active_series_reader;
+
+-- ---------------------------------------------------------------- active_series_tenant
+-- A tenant's dashboard: the tenant_* read functions (SECURITY DEFINER), each for the
+-- organization the connection's setting active_series.organization_id names. No table, no
+-- view, no other function: not the reader's API, which takes any organization.
+GRANT EXECUTE ON FUNCTION
+active_series.tenant_usage(),
+active_series.tenant_period_usage(timestamptz),
+active_series.tenant_periods(),
+active_series.tenant_period_series(timestamptz),
+active_series.tenant_price_preview(timestamptz),
+active_series.tenant_usage_summary(),
+active_series.tenant_alerts()
+TO active_series_tenant;

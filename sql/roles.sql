@@ -20,7 +20,10 @@ BEGIN
                 'and alerts; no writes)'),
             ('active_series_admin',
                 'active_series: operators (billing periods, Stripe customers, backfill, '
-                'verify, relay resume, explicit report.created)')
+                'verify, relay resume, explicit report.created)'),
+            ('active_series_tenant',
+                'active_series: a tenant''s dashboard (the tenant_* read functions, for the '
+                'organization the connection''s active_series.organization_id names)')
         ) AS r (name, purpose)
     LOOP
         IF pg_catalog.to_regrole(v_role.name) IS NULL THEN

@@ -10,10 +10,18 @@ AS $$
 -- SECURITY DEFINER: it fires at commit as the ingesting role, which may neither write the
 -- cache, history, counts and outbox nor call the internal functions that do; what it
 -- records is derived from committed-to-be metric rows only, never from arguments.
+-- A refusal found deep inside the recording (the series cap, _check_usage; a series with
+-- another project's benchmark or measure, _resolve_shapes) is noted in the transaction
+-- setting active_series._refusal instead of raised there, and raised here, at the top:
+-- the client then sees its message, detail and hint with one line of context, not the
+-- nested statements of the recorder. (No exception block: that would cost a
+-- subtransaction at every commit.)
 DECLARE
     v_report_benchmark_ids bigint [];
     v_measure_ids bigint [];
+    v_refusal jsonb;
 BEGIN
+    PERFORM pg_catalog.set_config('active_series._refusal', 'defer', true);
     -- (the head row's pairs are NEW's: only the later statements' rows are unfolded, and a
     -- transaction of one statement passes its arrays as they are)
     WITH done AS (
@@ -29,6 +37,15 @@ BEGIN
     PERFORM active_series._record_activity(
         NEW.report_benchmark_ids || v_report_benchmark_ids, NEW.measure_ids || v_measure_ids
     );
+    v_refusal := nullif(pg_catalog.current_setting('active_series._refusal'), 'defer')::jsonb;
+    PERFORM pg_catalog.set_config('active_series._refusal', '', true);
+    IF v_refusal IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = v_refusal ->> 'sqlstate',
+            MESSAGE = v_refusal ->> 'message',
+            DETAIL = v_refusal ->> 'detail',
+            HINT = v_refusal ->> 'hint';
+    END IF;
     RETURN NULL;
 END;
 $$;

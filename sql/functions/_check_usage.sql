@@ -8,7 +8,8 @@ VOLATILE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- An ingest commit raised the period's billed count: refuse it beyond the organization's
--- series cap (SQLSTATE AS001), and write an alert row for every threshold the count
+-- series cap (SQLSTATE AS001; within the commit-time recording the refusal is noted for
+-- _flush_pending to raise, see there), and write an alert row for every threshold the count
 -- reached that has none in the period yet (no NOTIFY: see _changed; readers of alerts
 -- poll them by id, `active-series alerts --follow`). Nothing to do,
 -- and no lock, for an organization without a cap or thresholds.
@@ -18,6 +19,7 @@ AS $$
 DECLARE
     v_cap bigint;
     v_total bigint;
+    v_refusal jsonb;
 BEGIN
     SELECT b.series_cap INTO v_cap
     FROM active_series.billing_account AS b
@@ -38,16 +40,33 @@ BEGIN
     WHERE u.organization_id = p_organization_id AND u.period_start = p_period_start;
 
     IF v_total > v_cap THEN
-        RAISE EXCEPTION
-            'active_series: organization % is capped at % active series; this commit would make % in the period starting %',
-            p_organization_id, v_cap, v_total, p_period_start
-            USING ERRCODE = 'AS001',
-            DETAIL = format(
-                'organization_id=%s series_cap=%s series_count=%s', p_organization_id, v_cap,
-                v_total
+        v_refusal := jsonb_build_object(
+            'sqlstate', 'AS001',
+            'message', format(
+                'active_series: organization %s is capped at %s active series; this commit '
+                'would make %s in the period starting %s',
+                p_organization_id, v_cap, v_total, p_period_start
             ),
-            HINT = 'Nothing of this transaction was written. An operator raises the cap with '
-            'active_series.set_series_cap(organization, cap) or removes it with NULL.';
+            'detail', format(
+                'organization_id=%s series_cap=%s series_count=%s',
+                p_organization_id, v_cap, v_total
+            ),
+            'hint', 'Nothing of this transaction was written. Report fewer new series, or '
+            'have an operator raise the cap: SELECT active_series.set_series_cap('
+            || p_organization_id || ', <cap>) (NULL removes it).'
+        );
+        -- at commit, _flush_pending raises it (the first refusal of the commit wins)
+        IF current_setting('active_series._refusal', true) = 'defer' THEN
+            PERFORM set_config('active_series._refusal', v_refusal::text, true);
+            RETURN;
+        ELSIF current_setting('active_series._refusal', true) LIKE '{%' THEN
+            RETURN;
+        END IF;
+        RAISE EXCEPTION USING
+            ERRCODE = v_refusal ->> 'sqlstate',
+            MESSAGE = v_refusal ->> 'message',
+            DETAIL = v_refusal ->> 'detail',
+            HINT = v_refusal ->> 'hint';
     END IF;
 
     UPDATE active_series._period_watch AS w

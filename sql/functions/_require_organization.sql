@@ -8,12 +8,15 @@ AS $$
 BEGIN
     IF p_organization_id IS NULL THEN
         RAISE EXCEPTION 'active_series: organization id must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed';
+            USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass the id of an existing organization.';
     END IF;
     PERFORM FROM active_series.organization AS o WHERE o.id = p_organization_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'active_series: organization % does not exist', p_organization_id
-            USING ERRCODE = 'no_data_found';
+            USING ERRCODE = 'no_data_found',
+            HINT = 'Pass the id of an existing organization: SELECT organization_id, '
+            'organization_name FROM active_series.usage lists them.';
     END IF;
 END;
 $$;

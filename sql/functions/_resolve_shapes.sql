@@ -17,6 +17,7 @@ AS $$
 DECLARE
     v_groups active_series._shape_group [];
     v_foreign record;
+    v_refusal jsonb;
 BEGIN
     v_groups := ARRAY(
         SELECT row(
@@ -53,10 +54,39 @@ BEGIN
     ORDER BY x.kind, x.id
     LIMIT 1;
     IF FOUND THEN
-        RAISE EXCEPTION 'active_series: % % belongs to project %, not to project % of the report',
-            v_foreign.kind, v_foreign.id, v_foreign.project_id, v_foreign.report_project_id
-            USING ERRCODE = 'foreign_key_violation',
-            HINT = 'Use the ' || v_foreign.kind || ' of the same name in the report''s project.';
+        v_refusal := jsonb_build_object(
+            'sqlstate', '23503',
+            'message', format(
+                'active_series: %s %s belongs to project %s, not to project %s of the report',
+                v_foreign.kind, v_foreign.id, v_foreign.project_id, v_foreign.report_project_id
+            ),
+            'detail', format(
+                'A series is a testbed, benchmark, variant and measure of one project; %s %s '
+                'is in project %s.', v_foreign.kind, v_foreign.id, v_foreign.project_id
+            ),
+            'hint', format(
+                'Nothing of this transaction was written. Use the %s of the same name in '
+                'project %s (the report''s), creating it there if needed.',
+                v_foreign.kind, v_foreign.report_project_id
+            )
+        );
+        -- within the commit-time recording (a trigger), _flush_pending raises it at the top:
+        -- the groups with a new shape are left out, so that the recording ends cleanly
+        IF pg_trigger_depth() > 0
+            AND (
+                current_setting('active_series._refusal', true) = 'defer'
+                OR current_setting('active_series._refusal', true) LIKE '{%'
+            ) THEN
+            IF current_setting('active_series._refusal', true) = 'defer' THEN
+                PERFORM set_config('active_series._refusal', v_refusal::text, true);
+            END IF;
+            RETURN ARRAY(SELECT g FROM unnest(v_groups) AS g WHERE g.shape_id IS NOT NULL);
+        END IF;
+        RAISE EXCEPTION USING
+            ERRCODE = v_refusal ->> 'sqlstate',
+            MESSAGE = v_refusal ->> 'message',
+            DETAIL = v_refusal ->> 'detail',
+            HINT = v_refusal ->> 'hint';
     END IF;
 
     -- (without a variant table, every report_benchmark reports the empty variant)

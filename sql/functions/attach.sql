@@ -293,6 +293,43 @@ $$;
 COMMENT ON FUNCTION active_series._attach_render(text, jsonb) IS
 'Internal: fill a trigger template with an attachment''s identifiers.';
 
+CREATE FUNCTION active_series._benchmark_elsewhere(
+    p_ids bigint[],
+    p_report_ids bigint[],
+    p_benchmark_ids bigint[]
+)
+RETURNS TABLE (
+    id bigint,
+    benchmark_id bigint,
+    benchmark_project_id bigint,
+    report_id bigint,
+    report_project_id bigint
+)
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Of the report_benchmarks (id, report, benchmark) a statement inserted, the first whose
+-- benchmark belongs to another project than its report (none: no row). Key lookups only,
+-- whatever the statistics say (the planner settings above): it runs on every insert of
+-- report_benchmarks (the trigger template report_benchmark_inserted). Takes no locks.
+BEGIN
+    RETURN QUERY
+    SELECT n.id, n.benchmark_id, b.project_id, n.report_id, r.project_id
+    FROM unnest(p_ids, p_report_ids, p_benchmark_ids) AS n (id, report_id, benchmark_id)
+    INNER JOIN active_series.report AS r ON r.id = n.report_id
+    INNER JOIN active_series.benchmark AS b ON b.id = n.benchmark_id
+    WHERE b.project_id <> r.project_id
+    ORDER BY n.id
+    LIMIT 1;
+END;
+$$;
+COMMENT ON FUNCTION active_series._benchmark_elsewhere(bigint[], bigint[], bigint[]) IS
+'Internal: the first inserted report_benchmark whose benchmark is another project''s than its report''s.';
+
 CREATE FUNCTION active_series._attach_triggers()
 RETURNS TABLE (
     role text, event text, needs text, timing text, level text, transition text,
@@ -371,6 +408,37 @@ BEGIN
         NOT EXISTS (SELECT FROM active_series._pending AS p WHERE p.txid = txid_current())
     FROM new_rows AS n
     HAVING count(*) > 0;
+    RETURN NULL;
+END;
+$b$),
+    -- a report_benchmark's benchmark is its report's project's
+    ('report_benchmark', 'report_benchmark_inserted', NULL, 'AFTER INSERT', 'STATEMENT', 'NEW', true, $b$
+-- AFTER INSERT (statement) on the report_benchmark table: a benchmark of another project
+-- than the report's is refused when the row is inserted (SQLSTATE 23503), not later when
+-- a metric of it is committed. One lookup of the statement's rows (_benchmark_elsewhere);
+-- its variant is the benchmark's (a foreign key). SECURITY DEFINER only to read the report
+-- and benchmark tables through the extension's views; it writes nothing.
+DECLARE
+    v_bad record;
+BEGIN
+    SELECT e.* INTO v_bad
+    FROM (
+        SELECT
+            array_agg(n.{id}::bigint) AS ids,
+            array_agg(n.{report_id}::bigint) AS report_ids,
+            array_agg(n.{benchmark_id}::bigint) AS benchmark_ids
+        FROM new_rows AS n
+    ) AS a
+    CROSS JOIN LATERAL active_series._benchmark_elsewhere(a.ids, a.report_ids, a.benchmark_ids) AS e;
+    IF FOUND THEN
+        RAISE EXCEPTION 'active_series: report_benchmark % names benchmark % of project %, but its report % is in project %',
+            v_bad.id, v_bad.benchmark_id, v_bad.benchmark_project_id, v_bad.report_id,
+            v_bad.report_project_id
+            USING ERRCODE = 'foreign_key_violation',
+            DETAIL = 'A report''s benchmarks must be its project''s.',
+            HINT = format('Use the benchmark of the same name in project %s (the report''s), '
+                'creating it there if needed.', v_bad.report_project_id);
+    END IF;
     RETURN NULL;
 END;
 $b$),

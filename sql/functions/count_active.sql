@@ -27,7 +27,8 @@ BEGIN
     END IF;
     IF p_from > p_to THEN
         RAISE EXCEPTION 'active_series: window start % is after its end %', p_from, p_to
-            USING ERRCODE = 'invalid_parameter_value';
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Swap the two times: count_active(organization, from, to).';
     END IF;
     IF p_visibility IS NOT NULL AND p_visibility NOT IN ('public', 'private') THEN
         RAISE EXCEPTION 'active_series: visibility must be ''public'', ''private'' or NULL (got %)',

@@ -20,7 +20,8 @@ BEGIN
     IF p_series_count < 1 THEN
         RAISE EXCEPTION 'active_series: an alert threshold must be a positive number of series (got %)',
             p_series_count
-            USING ERRCODE = 'invalid_parameter_value';
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass the number of active series to be alerted at (1 or more).';
     END IF;
     INSERT INTO active_series._alert_threshold AS a (organization_id, series_count, enabled)
     VALUES (p_organization_id, p_series_count, p_enabled)

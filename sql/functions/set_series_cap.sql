@@ -15,7 +15,8 @@ BEGIN
     PERFORM active_series._require_organization(p_organization_id);
     IF p_series_cap < 0 THEN
         RAISE EXCEPTION 'active_series: a series cap must be 0 or more (got %)', p_series_cap
-            USING ERRCODE = 'invalid_parameter_value';
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass a number of series, or NULL for no cap.';
     END IF;
     INSERT INTO active_series.billing_account AS b (organization_id, series_cap)
     VALUES (p_organization_id, p_series_cap)

@@ -1794,6 +1794,709 @@ BEGIN
 END;
 $$;
 
+-- ================================================================ errors a user can act on
+-- The refusals of the commit-time recording (series cap, another project's benchmark or
+-- measure) are raised by _flush_pending at the top, with hints; a report_benchmark of
+-- another project's benchmark is refused when inserted (a trigger template, installed by
+-- the attach below).
+-- ---------------------------------------------------------------- triggers/pending_flush.sql
+CREATE OR REPLACE FUNCTION active_series._flush_pending()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Deferred (fires at commit) for the transaction's first _pending row: records the
+-- activity of every metric the transaction inserted, in one batch (_record_activity), and
+-- removes its rows. Still inside the ingest transaction: a failure aborts the commit.
+-- SECURITY DEFINER: it fires at commit as the ingesting role, which may neither write the
+-- cache, history, counts and outbox nor call the internal functions that do; what it
+-- records is derived from committed-to-be metric rows only, never from arguments.
+-- A refusal found deep inside the recording (the series cap, _check_usage; a series with
+-- another project's benchmark or measure, _resolve_shapes) is noted in the transaction
+-- setting active_series._refusal instead of raised there, and raised here, at the top:
+-- the client then sees its message, detail and hint with one line of context, not the
+-- nested statements of the recorder. (No exception block: that would cost a
+-- subtransaction at every commit.)
+DECLARE
+    v_report_benchmark_ids bigint [];
+    v_measure_ids bigint [];
+    v_refusal jsonb;
+BEGIN
+    PERFORM pg_catalog.set_config('active_series._refusal', 'defer', true);
+    -- (the head row's pairs are NEW's: only the later statements' rows are unfolded, and a
+    -- transaction of one statement passes its arrays as they are)
+    WITH done AS (
+        DELETE FROM active_series._pending AS p
+        WHERE p.txid = NEW.txid
+        RETURNING p.report_benchmark_ids, p.measure_ids, p.head
+    )
+    SELECT array_agg(x.id), array_agg(x.measure_id)
+    INTO v_report_benchmark_ids, v_measure_ids
+    FROM done AS d
+    CROSS JOIN LATERAL unnest(d.report_benchmark_ids, d.measure_ids) AS x (id, measure_id)
+    WHERE NOT d.head;
+    PERFORM active_series._record_activity(
+        NEW.report_benchmark_ids || v_report_benchmark_ids, NEW.measure_ids || v_measure_ids
+    );
+    v_refusal := nullif(pg_catalog.current_setting('active_series._refusal'), 'defer')::jsonb;
+    PERFORM pg_catalog.set_config('active_series._refusal', '', true);
+    IF v_refusal IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = v_refusal ->> 'sqlstate',
+            MESSAGE = v_refusal ->> 'message',
+            DETAIL = v_refusal ->> 'detail',
+            HINT = v_refusal ->> 'hint';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._flush_pending() IS
+'Trigger: at commit, record the activity of the metrics a transaction inserted.';
+
+-- ---------------------------------------------------------------- sql/functions/_check_usage.sql
+CREATE OR REPLACE FUNCTION active_series._check_usage(
+    p_organization_id bigint,
+    p_period_start timestamptz
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- An ingest commit raised the period's billed count: refuse it beyond the organization's
+-- series cap (SQLSTATE AS001; within the commit-time recording the refusal is noted for
+-- _flush_pending to raise, see there), and write an alert row for every threshold the count
+-- reached that has none in the period yet (no NOTIFY: see _changed; readers of alerts
+-- poll them by id, `active-series alerts --follow`). Nothing to do,
+-- and no lock, for an organization without a cap or thresholds.
+-- Locks the period's _period_watch row (an upsert: a concurrent commit that raised the
+-- count waits here until it is committed, and then counts with it; under REPEATABLE
+-- READ it fails with a serialization error instead), so commits check one at a time.
+DECLARE
+    v_cap bigint;
+    v_total bigint;
+    v_refusal jsonb;
+BEGIN
+    SELECT b.series_cap INTO v_cap
+    FROM active_series.billing_account AS b
+    WHERE b.organization_id = p_organization_id;
+    IF v_cap IS NULL
+        AND NOT EXISTS (SELECT FROM active_series._alert_thresholds(p_organization_id)) THEN
+        RETURN;
+    END IF;
+
+    INSERT INTO active_series._period_watch AS w (organization_id, period_start, series_count)
+    VALUES (p_organization_id, p_period_start, 0)
+    ON CONFLICT (organization_id, period_start) DO UPDATE
+    SET checked_at = clock_timestamp();
+
+    -- a new statement: it sees every commit that held the row before us
+    SELECT coalesce(sum(u.series_count), 0)::bigint INTO v_total
+    FROM active_series._billed_usage AS u
+    WHERE u.organization_id = p_organization_id AND u.period_start = p_period_start;
+
+    IF v_total > v_cap THEN
+        v_refusal := jsonb_build_object(
+            'sqlstate', 'AS001',
+            'message', format(
+                'active_series: organization %s is capped at %s active series; this commit '
+                'would make %s in the period starting %s',
+                p_organization_id, v_cap, v_total, p_period_start
+            ),
+            'detail', format(
+                'organization_id=%s series_cap=%s series_count=%s',
+                p_organization_id, v_cap, v_total
+            ),
+            'hint', 'Nothing of this transaction was written. Report fewer new series, or '
+            'have an operator raise the cap: SELECT active_series.set_series_cap('
+            || p_organization_id || ', <cap>) (NULL removes it).'
+        );
+        -- at commit, _flush_pending raises it (the first refusal of the commit wins)
+        IF current_setting('active_series._refusal', true) = 'defer' THEN
+            PERFORM set_config('active_series._refusal', v_refusal::text, true);
+            RETURN;
+        ELSIF current_setting('active_series._refusal', true) LIKE '{%' THEN
+            RETURN;
+        END IF;
+        RAISE EXCEPTION USING
+            ERRCODE = v_refusal ->> 'sqlstate',
+            MESSAGE = v_refusal ->> 'message',
+            DETAIL = v_refusal ->> 'detail',
+            HINT = v_refusal ->> 'hint';
+    END IF;
+
+    UPDATE active_series._period_watch AS w
+    SET series_count = v_total
+    WHERE w.organization_id = p_organization_id AND w.period_start = p_period_start;
+
+    INSERT INTO active_series._alert AS a (
+        organization_id, period_start, threshold, series_count, source
+    )
+    SELECT p_organization_id, p_period_start, t.threshold, v_total, t.source
+    FROM active_series._alert_thresholds(p_organization_id) AS t
+    WHERE t.threshold <= v_total
+    ORDER BY t.threshold
+    ON CONFLICT (organization_id, period_start, threshold) DO NOTHING;
+END;
+$$;
+COMMENT ON FUNCTION active_series._check_usage(bigint, timestamptz) IS
+'Internal: after an ingest commit raised a period''s count, enforce the series cap and write the alerts of the thresholds reached.';
+
+-- ---------------------------------------------------------------- sql/functions/_resolve_shapes.sql
+CREATE OR REPLACE FUNCTION active_series._resolve_shapes(p_groups active_series._shape_group[])
+RETURNS active_series._shape_group[]
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Fills in each group's shape_id: the stored shape with the same project and series, else
+-- a new one. A new shape is checked first: its benchmarks and measures must be its
+-- project's (a series never joins another project's catalog), and the empty variant of
+-- each benchmark it reports without a variant is created. Shapes are never updated and
+-- have no unique key (two transactions may store the same set; either serves), so
+-- creating one waits for nobody.
+-- Locks: the empty variants it creates (benchmark order), nothing else.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_foreign record;
+    v_refusal jsonb;
+BEGIN
+    v_groups := ARRAY(
+        SELECT row(
+            g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+            g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
+            coalesce(
+                g.shape_id,
+                active_series._find_shape(
+                    g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                )
+            )
+        )::active_series._shape_group
+        FROM unnest(p_groups) AS g
+    );
+    IF NOT EXISTS (SELECT FROM unnest(v_groups) AS g WHERE g.shape_id IS NULL) THEN
+        RETURN v_groups;
+    END IF;
+
+    SELECT x.kind, x.id, x.project_id, x.report_project_id INTO v_foreign
+    FROM (
+        SELECT DISTINCT 'benchmark' AS kind, e.id, b.project_id, g.project_id AS report_project_id
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.benchmark_ids) AS e (id)
+        INNER JOIN active_series.benchmark AS b ON b.id = e.id
+        WHERE g.shape_id IS NULL
+        UNION ALL
+        SELECT DISTINCT 'measure', e.id, m.project_id, g.project_id
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.measure_ids) AS e (id)
+        INNER JOIN active_series.measure AS m ON m.id = e.id
+        WHERE g.shape_id IS NULL
+    ) AS x
+    WHERE x.project_id <> x.report_project_id
+    ORDER BY x.kind, x.id
+    LIMIT 1;
+    IF FOUND THEN
+        v_refusal := jsonb_build_object(
+            'sqlstate', '23503',
+            'message', format(
+                'active_series: %s %s belongs to project %s, not to project %s of the report',
+                v_foreign.kind, v_foreign.id, v_foreign.project_id, v_foreign.report_project_id
+            ),
+            'detail', format(
+                'A series is a testbed, benchmark, variant and measure of one project; %s %s '
+                'is in project %s.', v_foreign.kind, v_foreign.id, v_foreign.project_id
+            ),
+            'hint', format(
+                'Nothing of this transaction was written. Use the %s of the same name in '
+                'project %s (the report''s), creating it there if needed.',
+                v_foreign.kind, v_foreign.report_project_id
+            )
+        );
+        -- within the commit-time recording (a trigger), _flush_pending raises it at the top:
+        -- the groups with a new shape are left out, so that the recording ends cleanly
+        IF pg_trigger_depth() > 0
+            AND (
+                current_setting('active_series._refusal', true) = 'defer'
+                OR current_setting('active_series._refusal', true) LIKE '{%'
+            ) THEN
+            IF current_setting('active_series._refusal', true) = 'defer' THEN
+                PERFORM set_config('active_series._refusal', v_refusal::text, true);
+            END IF;
+            RETURN ARRAY(SELECT g FROM unnest(v_groups) AS g WHERE g.shape_id IS NOT NULL);
+        END IF;
+        RAISE EXCEPTION USING
+            ERRCODE = v_refusal ->> 'sqlstate',
+            MESSAGE = v_refusal ->> 'message',
+            DETAIL = v_refusal ->> 'detail',
+            HINT = v_refusal ->> 'hint';
+    END IF;
+
+    -- (without a variant table, every report_benchmark reports the empty variant)
+    IF EXISTS (SELECT FROM active_series._attachment AS a WHERE a.role = 'variant') THEN
+        INSERT INTO active_series.variant (benchmark_id, parameters)
+        SELECT DISTINCT e.benchmark_id, '{}'::jsonb
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.benchmark_ids, g.variant_ids) AS e (benchmark_id, variant_id)
+        WHERE g.shape_id IS NULL AND e.variant_id = 0
+        ORDER BY e.benchmark_id
+        ON CONFLICT (benchmark_id, parameters) DO NOTHING;
+    END IF;
+
+    WITH missing AS (
+        SELECT DISTINCT g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+        FROM unnest(v_groups) AS g
+        WHERE g.shape_id IS NULL
+    ),
+    created AS (
+        INSERT INTO active_series._shape (
+            project_id, benchmark_ids, variant_ids, measure_ids, series
+        )
+        SELECT
+            m.project_id, m.benchmark_ids, m.variant_ids, m.measure_ids,
+            cardinality(m.measure_ids)
+        FROM missing AS m
+        RETURNING id, project_id, benchmark_ids, variant_ids, measure_ids
+    )
+    SELECT array_agg(
+        row(
+            g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+            g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
+            coalesce(g.shape_id, c.id)
+        )::active_series._shape_group
+    )
+    INTO v_groups
+    FROM unnest(v_groups) AS g
+    LEFT JOIN created AS c
+        ON g.shape_id IS NULL
+        AND c.project_id = g.project_id
+        AND c.benchmark_ids = g.benchmark_ids
+        AND c.variant_ids = g.variant_ids
+        AND c.measure_ids = g.measure_ids;
+    RETURN v_groups;
+END;
+$$;
+COMMENT ON FUNCTION active_series._resolve_shapes(active_series._shape_group[]) IS
+'Internal: the stored shape of each group''s set of series, created (after the project check) when new.';
+
+-- ---------------------------------------------------------------- sql/functions/_require_organization.sql
+CREATE OR REPLACE FUNCTION active_series._require_organization(p_organization_id bigint)
+RETURNS void
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Raises a clear error (SQLSTATE P0002) unless the organization exists. Takes no locks.
+BEGIN
+    IF p_organization_id IS NULL THEN
+        RAISE EXCEPTION 'active_series: organization id must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+            HINT = 'Pass the id of an existing organization.';
+    END IF;
+    PERFORM FROM active_series.organization AS o WHERE o.id = p_organization_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'active_series: organization % does not exist', p_organization_id
+            USING ERRCODE = 'no_data_found',
+            HINT = 'Pass the id of an existing organization: SELECT organization_id, '
+            'organization_name FROM active_series.usage lists them.';
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION active_series._require_organization(bigint) IS
+'Internal: raise SQLSTATE P0002 "organization N does not exist" unless it does.';
+
+-- ---------------------------------------------------------------- sql/functions/set_series_cap.sql
+CREATE OR REPLACE FUNCTION active_series.set_series_cap(
+    p_organization_id bigint,
+    p_series_cap bigint
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Sets the organization's hard cap on a period's active series (NULL: no cap, the
+-- default). From then on an ingest commit that would raise a period's count above it
+-- fails with SQLSTATE AS001. A cap below the current count refuses new series only.
+-- Locks the billing_account row.
+BEGIN
+    PERFORM active_series._require_organization(p_organization_id);
+    IF p_series_cap < 0 THEN
+        RAISE EXCEPTION 'active_series: a series cap must be 0 or more (got %)', p_series_cap
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass a number of series, or NULL for no cap.';
+    END IF;
+    INSERT INTO active_series.billing_account AS b (organization_id, series_cap)
+    VALUES (p_organization_id, p_series_cap)
+    ON CONFLICT (organization_id) DO UPDATE
+    SET series_cap = excluded.series_cap, updated_at = now();
+END;
+$$;
+COMMENT ON FUNCTION active_series.set_series_cap(bigint, bigint) IS
+'Set (or with NULL remove) an organization''s hard cap on the active series of a period.';
+
+-- ---------------------------------------------------------------- sql/functions/set_alert.sql
+CREATE OR REPLACE FUNCTION active_series.set_alert(
+    p_organization_id bigint,
+    p_series_count bigint,
+    p_enabled boolean DEFAULT true
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Sets (p_enabled) or removes (false) an alert at p_series_count active series: the first
+-- ingest commit of a period that brings the count to it or above writes one alert row.
+-- false also silences a price tier's upper bound. Locks the threshold's row.
+BEGIN
+    PERFORM active_series._require_organization(p_organization_id);
+    IF p_series_count IS NULL OR p_enabled IS NULL THEN
+        RAISE EXCEPTION 'active_series: set_alert needs a series count and whether it is enabled'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_series_count < 1 THEN
+        RAISE EXCEPTION 'active_series: an alert threshold must be a positive number of series (got %)',
+            p_series_count
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass the number of active series to be alerted at (1 or more).';
+    END IF;
+    INSERT INTO active_series._alert_threshold AS a (organization_id, series_count, enabled)
+    VALUES (p_organization_id, p_series_count, p_enabled)
+    ON CONFLICT (organization_id, series_count) DO UPDATE
+    SET enabled = excluded.enabled, updated_at = now();
+END;
+$$;
+COMMENT ON FUNCTION active_series.set_alert(bigint, bigint, boolean) IS
+'Set (true, the default) or remove (false) an alert threshold of an organization, in active series; false also silences a price tier''s bound.';
+
+-- ---------------------------------------------------------------- sql/functions/count_active.sql
+CREATE OR REPLACE FUNCTION active_series.count_active(
+    p_organization_id bigint,
+    p_from timestamptz,
+    p_to timestamptz,
+    p_visibility text DEFAULT NULL
+)
+RETURNS bigint
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Series of the organization whose last_seen is in [p_from, p_to), in projects that are
+-- not soft-deleted, optionally of one visibility. A series' last_seen lies in its latest
+-- period, so only the history of periods from the one containing p_from on is read
+-- (an index range scan on (organization_id, period_start) of _testbed_period), and of
+-- it only the sets of series seen since p_from. Takes no locks.
+-- SECURITY DEFINER: the read API of active_series_reader, which may not read the history
+-- tables themselves; it returns a count of the organization named only.
+DECLARE
+    v_lower timestamptz;
+BEGIN
+    PERFORM active_series._require_organization(p_organization_id);
+    IF p_from IS NULL OR p_to IS NULL THEN
+        RAISE EXCEPTION 'active_series: count_active needs both p_from and p_to'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_from > p_to THEN
+        RAISE EXCEPTION 'active_series: window start % is after its end %', p_from, p_to
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Swap the two times: count_active(organization, from, to).';
+    END IF;
+    IF p_visibility IS NOT NULL AND p_visibility NOT IN ('public', 'private') THEN
+        RAISE EXCEPTION 'active_series: visibility must be ''public'', ''private'' or NULL (got %)',
+            quote_literal(p_visibility)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    SELECT max(p.period_start) INTO v_lower
+    FROM active_series._period AS p
+    WHERE p.organization_id = p_organization_id AND p.period_start <= p_from;
+
+    RETURN (
+        SELECT count(*)
+        FROM (
+            SELECT max(s.last_seen) AS last_seen
+            FROM active_series._testbed_period AS t
+            INNER JOIN active_series.project AS p ON p.id = t.project_id
+            INNER JOIN active_series._shape_seen AS s
+                ON s.testbed_id = t.testbed_id AND s.period_start = t.period_start
+            INNER JOIN active_series._shape AS h ON h.id = s.shape_id
+            CROSS JOIN LATERAL unnest(h.benchmark_ids, h.variant_ids, h.measure_ids)
+                AS e (benchmark_id, variant_id, measure_id)
+            WHERE t.organization_id = p_organization_id
+                AND t.period_start >= coalesce(v_lower, '-infinity')
+                AND s.last_seen >= p_from
+                AND p.deleted_at IS NULL
+                AND (p_visibility IS NULL OR p.visibility = p_visibility)
+            GROUP BY t.testbed_id, e.benchmark_id, e.variant_id, e.measure_id
+        ) AS x
+        WHERE x.last_seen < p_to
+    );
+END;
+$$;
+COMMENT ON FUNCTION active_series.count_active(bigint, timestamptz, timestamptz, text) IS
+'Number of series of an organization whose last_seen is in [p_from, p_to); p_visibility ''public''/''private'' or NULL for all; soft-deleted projects excluded.';
+
+-- ---------------------------------------------------------------- triggers/reject_key_update.sql
+CREATE OR REPLACE FUNCTION active_series._reject_key_update()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- BEFORE UPDATE OF <key columns> on an attached table, only fired when one of them
+-- changes (see the trigger's WHEN; attach installs it): moving a row to another owner
+-- would silently re-attribute recorded activity, so it is refused. TG_ARGV: the columns,
+-- and the table's key column.
+DECLARE
+    v_changed text;
+    v_id text := to_jsonb(OLD) ->> TG_ARGV[1];
+BEGIN
+    -- (it always raises: the trigger's WHEN fires it only when a key column changes)
+    SELECT string_agg(c.col, ', ' ORDER BY c.ord) INTO v_changed
+    FROM unnest(string_to_array(TG_ARGV[0], ', ')) WITH ORDINALITY AS c (col, ord)
+    WHERE (to_jsonb(OLD) -> c.col) IS DISTINCT FROM (to_jsonb(NEW) -> c.col);
+    RAISE EXCEPTION 'active_series: % of % cannot be changed%',
+        coalesce(v_changed, TG_ARGV[0]), TG_TABLE_NAME,
+        coalesce(' (row id ' || v_id || ')', '')
+        USING ERRCODE = 'feature_not_supported',
+        DETAIL = format('These columns decide which series and organization activity belongs to: %s.',
+            TG_ARGV[0]),
+        HINT = 'Delete the row and insert a new one instead.';
+END;
+$$;
+COMMENT ON FUNCTION active_series._reject_key_update() IS
+'Trigger: refuse updates of the columns that decide which series and organization activity belongs to.';
+
+-- ---------------------------------------------------------------- sql/functions/attach.sql
+CREATE OR REPLACE FUNCTION active_series._benchmark_elsewhere(
+    p_ids bigint[],
+    p_report_ids bigint[],
+    p_benchmark_ids bigint[]
+)
+RETURNS TABLE (
+    id bigint,
+    benchmark_id bigint,
+    benchmark_project_id bigint,
+    report_id bigint,
+    report_project_id bigint
+)
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Of the report_benchmarks (id, report, benchmark) a statement inserted, the first whose
+-- benchmark belongs to another project than its report (none: no row). Key lookups only,
+-- whatever the statistics say (the planner settings above): it runs on every insert of
+-- report_benchmarks (the trigger template report_benchmark_inserted). Takes no locks.
+BEGIN
+    RETURN QUERY
+    SELECT n.id, n.benchmark_id, b.project_id, n.report_id, r.project_id
+    FROM unnest(p_ids, p_report_ids, p_benchmark_ids) AS n (id, report_id, benchmark_id)
+    INNER JOIN active_series.report AS r ON r.id = n.report_id
+    INNER JOIN active_series.benchmark AS b ON b.id = n.benchmark_id
+    WHERE b.project_id <> r.project_id
+    ORDER BY n.id
+    LIMIT 1;
+END;
+$$;
+COMMENT ON FUNCTION active_series._benchmark_elsewhere(bigint[], bigint[], bigint[]) IS
+'Internal: the first inserted report_benchmark whose benchmark is another project''s than its report''s.';
+
+-- ---------------------------------------------------------------- sql/functions/attach.sql
+CREATE OR REPLACE FUNCTION active_series._attach_triggers()
+RETURNS TABLE (
+    role text, event text, needs text, timing text, level text, transition text,
+    definer boolean, body text
+)
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The triggers attach installs on the application's tables: each becomes a function
+-- active_series._attached_<role>_<event>() and a trigger active_series_<event> on the
+-- role's table, with the table's own column names filled in ({column}: the role column's
+-- name in that table). needs: a role column the table must have for the trigger to exist.
+-- definer: the function writes the extension's tables, which the ingesting role may not
+-- (SECURITY DEFINER: what it writes comes from the rows the statement touched).
+SELECT t.role, t.event, t.needs, t.timing, t.level, t.transition, t.definer, t.body
+FROM (VALUES
+    -- report.created is the transaction time
+    ('report', 'report_created', NULL, 'BEFORE INSERT', 'ROW', NULL, false, $b$
+-- BEFORE INSERT on the report table: created is the transaction time. An explicit other value is
+-- refused unless the session set active_series.allow_explicit_created = on and the role
+-- inserting the row is a superuser or a member of active_series_admin (migrations,
+-- backfills, demo loaders): clients cannot move activity out of the period it happened in.
+-- SECURITY INVOKER on purpose: current_user is then the role that runs the INSERT (after
+-- SET ROLE, the role set, not the session's login role), which is the one to judge. As
+-- SECURITY DEFINER it would be the extension owner, and session_user would let a
+-- superuser session that SET ROLE to an ingest role pass. It writes no billing table.
+DECLARE
+    v_allowed boolean;
+BEGIN
+    IF NEW.{created} IS NULL THEN
+        NEW.{created} := now();
+    ELSIF NEW.{created} IS DISTINCT FROM now() THEN
+        v_allowed := coalesce(current_setting('active_series.allow_explicit_created', true), 'off')
+            IN ('on', 'true', '1', 'yes')
+            AND (
+                coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles AS r
+                    WHERE r.rolname = current_user), false)
+                OR (
+                    to_regrole('active_series_admin') IS NOT NULL
+                    AND pg_has_role(current_user, 'active_series_admin', 'MEMBER')
+                )
+            );
+        IF NOT v_allowed THEN
+            RAISE EXCEPTION 'active_series: report.created is set by the server to the transaction time (got %)',
+                NEW.{created}
+                USING ERRCODE = 'insufficient_privilege',
+                HINT = 'Leave created out of the INSERT. Loading history needs '
+                    'SET active_series.allow_explicit_created = on as a superuser or '
+                    'a member of active_series_admin.';
+        END IF;
+        IF NOT isfinite(NEW.{created}) THEN
+            RAISE EXCEPTION 'active_series: report.created must be a finite time (got %)',
+                NEW.{created}
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- billing periods around it must stay readable by every client (Python's datetime
+        -- ends at year 9999 and starts at year 1): a typo like year 20240 is an error
+        IF NEW.{created} < '1900-01-01 00:00:00+00' OR NEW.{created} >= '9000-01-01 00:00:00+00' THEN
+            RAISE EXCEPTION 'active_series: report.created must be from 1900-01-01 to before '
+                '9000-01-01 UTC (got %)', NEW.{created}
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$b$),
+    -- a statement's metrics, noted for the commit-time recording (_record_pending)
+    ('metric', 'metric_inserted', NULL, 'AFTER INSERT', 'STATEMENT', 'NEW', true, $b$
+BEGIN
+    INSERT INTO active_series._pending (report_benchmark_ids, measure_ids, head)
+    SELECT
+        array_agg(n.{report_benchmark_id}::bigint),
+        array_agg(n.{measure_id}::bigint),
+        NOT EXISTS (SELECT FROM active_series._pending AS p WHERE p.txid = txid_current())
+    FROM new_rows AS n
+    HAVING count(*) > 0;
+    RETURN NULL;
+END;
+$b$),
+    -- a report_benchmark's benchmark is its report's project's
+    ('report_benchmark', 'report_benchmark_inserted', NULL, 'AFTER INSERT', 'STATEMENT', 'NEW', true, $b$
+-- AFTER INSERT (statement) on the report_benchmark table: a benchmark of another project
+-- than the report's is refused when the row is inserted (SQLSTATE 23503), not later when
+-- a metric of it is committed. One lookup of the statement's rows (_benchmark_elsewhere);
+-- its variant is the benchmark's (a foreign key). SECURITY DEFINER only to read the report
+-- and benchmark tables through the extension's views; it writes nothing.
+DECLARE
+    v_bad record;
+BEGIN
+    SELECT e.* INTO v_bad
+    FROM (
+        SELECT
+            array_agg(n.{id}::bigint) AS ids,
+            array_agg(n.{report_id}::bigint) AS report_ids,
+            array_agg(n.{benchmark_id}::bigint) AS benchmark_ids
+        FROM new_rows AS n
+    ) AS a
+    CROSS JOIN LATERAL active_series._benchmark_elsewhere(a.ids, a.report_ids, a.benchmark_ids) AS e;
+    IF FOUND THEN
+        RAISE EXCEPTION 'active_series: report_benchmark % names benchmark % of project %, but its report % is in project %',
+            v_bad.id, v_bad.benchmark_id, v_bad.benchmark_project_id, v_bad.report_id,
+            v_bad.report_project_id
+            USING ERRCODE = 'foreign_key_violation',
+            DETAIL = 'A report''s benchmarks must be its project''s.',
+            HINT = format('Use the benchmark of the same name in project %s (the report''s), '
+                'creating it there if needed.', v_bad.report_project_id);
+    END IF;
+    RETURN NULL;
+END;
+$b$),
+    -- hard deletes: their series leave the history (_forget_series)
+    ('benchmark', 'benchmark_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT o.{project_id}::bigint), array_agg(o.{id}::bigint), '{}', '{}', '{}'
+    )
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('variant', 'variant_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT b.project_id::bigint),
+        '{}',
+        coalesce(array_agg(o.{id}::bigint) FILTER (WHERE o.{parameters} <> '{}'::jsonb), '{}'),
+        coalesce(
+            array_agg(o.{benchmark_id}::bigint) FILTER (WHERE o.{parameters} = '{}'::jsonb), '{}'
+        ),
+        '{}'
+    )
+    FROM old_rows AS o
+    INNER JOIN active_series.benchmark AS b ON b.id = o.{benchmark_id};
+    RETURN NULL;
+END;
+$b$),
+    ('measure', 'measure_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT o.{project_id}::bigint), '{}', '{}', '{}', array_agg(o.{id}::bigint)
+    )
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    -- organizations, projects and testbeds deleted take the extension's rows of them along
+    ('organization', 'organization_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('organization', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('project', 'project_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('project', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('testbed', 'testbed_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('testbed', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    -- a project soft-deleted or restored changes what its organization is billed
+    ('project', 'project_changed', 'deleted_at', 'AFTER UPDATE', 'STATEMENT', 'OLD NEW', true, $b$
+BEGIN
+    PERFORM active_series._changed(c.organization_id, NULL, 'project')
+    FROM (
+        SELECT DISTINCT n.{organization_id}::bigint AS organization_id
+        FROM new_rows AS n
+        INNER JOIN old_rows AS o ON o.{id} = n.{id}
+        WHERE (o.{deleted_at} IS NULL) <> (n.{deleted_at} IS NULL)
+    ) AS c;
+    RETURN NULL;
+END;
+$b$)
+) AS t (role, event, needs, timing, level, transition, definer, body);
+$$;
+COMMENT ON FUNCTION active_series._attach_triggers() IS
+'Internal: the trigger templates attach fills in for the application''s tables.';
+
 -- ================================================================ the model, attached
 -- (its triggers, made now, are the application's like its tables: not the extension's)
 SELECT active_series.attach(
@@ -1851,3 +2554,317 @@ UPDATE active_series._meta SET version = '0.4.0';
 -- relay failures)
 GRANT SELECT ON active_series._meta, active_series._attachment TO active_series_reader;
 GRANT SELECT ON active_series.relay_failures TO active_series_reader;
+
+-- ================================================================ tenant isolation (optional)
+-- ---------------------------------------------------------------- sql/roles.sql (the new role)
+-- The group roles shipped with the extension (NOLOGIN; grant them to login roles). Roles
+-- are cluster-wide: created here when missing, left alone when another database of the
+-- cluster (or an administrator) created them first, and not dropped by DROP EXTENSION.
+-- What each may do is granted per database in sql/grants.sql (see docs/roles.md).
+DO $roles$
+DECLARE
+    v_role record;
+BEGIN
+    FOR v_role IN
+        SELECT r.name, r.purpose
+        FROM (
+            VALUES
+            ('active_series_ingest',
+                'active_series: ingest clients (insert and read the reference data model)'),
+            ('active_series_worker',
+                'active_series: the Stripe relay worker (claim relay work, read counts, '
+                'write the ledger)'),
+            ('active_series_reader',
+                'active_series: applications and dashboards (read counts, usage, prices '
+                'and alerts; no writes)'),
+            ('active_series_admin',
+                'active_series: operators (billing periods, Stripe customers, backfill, '
+                'verify, relay resume, explicit report.created)'),
+            ('active_series_tenant',
+                'active_series: a tenant''s dashboard (the tenant_* read functions, for the '
+                'organization the connection''s active_series.organization_id names)')
+        ) AS r (name, purpose)
+    LOOP
+        IF pg_catalog.to_regrole(v_role.name) IS NULL THEN
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', v_role.name);
+                EXECUTE pg_catalog.format(
+                    'COMMENT ON ROLE %I IS %L', v_role.name, v_role.purpose
+                );
+            EXCEPTION WHEN duplicate_object THEN
+                -- created meanwhile by a concurrent install into another database
+                NULL;
+            END;
+        END IF;
+    END LOOP;
+END
+$roles$;
+
+-- ---------------------------------------------------------------- sql/functions/tenant.sql
+-- Tenant isolation (optional): the read API of one organization, for a tenant-facing
+-- dashboard. A member of active_series_tenant may call these functions and nothing else
+-- of the schema; each answers for the organization the connection's setting
+-- active_series.organization_id names, which the application sets on every connection it
+-- hands to a tenant's dashboard. Trust model (docs/roles.md): any session may SET a
+-- setting, so the role keeps the dashboard's own queries to one organization, but must
+-- never run SQL written by a tenant's users.
+
+CREATE FUNCTION active_series._tenant_organization()
+RETURNS bigint
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The organization named by the connection's setting active_series.organization_id.
+-- Raises 42501 when it is not set, 22023 when it is no organization id, P0002 when that
+-- organization does not exist. Takes no locks.
+DECLARE
+    v_setting text := btrim(current_setting('active_series.organization_id', true));
+BEGIN
+    IF v_setting IS NULL OR v_setting = '' THEN
+        RAISE EXCEPTION 'active_series: no tenant organization is set on this connection'
+            USING ERRCODE = 'insufficient_privilege',
+            HINT = 'The application sets it on each connection of a tenant''s dashboard: '
+            'SET active_series.organization_id = ''<organization id>''.';
+    END IF;
+    IF v_setting !~ '^[0-9]{1,18}$' THEN
+        RAISE EXCEPTION 'active_series: active_series.organization_id must be an organization id (got %)',
+            quote_literal(v_setting)
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'SET active_series.organization_id = ''<organization id>''.';
+    END IF;
+    PERFORM FROM active_series.organization AS o WHERE o.id = v_setting::bigint;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'active_series: organization % (active_series.organization_id) does not exist',
+            v_setting
+            USING ERRCODE = 'no_data_found',
+            HINT = 'The application sets active_series.organization_id to the id of the '
+            'tenant''s organization.';
+    END IF;
+    RETURN v_setting::bigint;
+END;
+$$;
+COMMENT ON FUNCTION active_series._tenant_organization() IS
+'Internal: the organization of the connection''s setting active_series.organization_id (tenant functions).';
+
+CREATE FUNCTION active_series.tenant_usage()
+RETURNS TABLE (
+    organization_id bigint,
+    organization_name text,
+    plan text,
+    period_start timestamptz,
+    period_end timestamptz,
+    active_series bigint,
+    private_series bigint,
+    public_series bigint
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The tenant's row of the view usage (without the Stripe customer).
+-- SECURITY DEFINER: the read API of active_series_tenant, which may read neither the view
+-- (every organization's rows) nor the tables behind it; it returns the connection's
+-- organization only.
+DECLARE
+    v_org bigint := active_series._tenant_organization();
+BEGIN
+    RETURN QUERY
+    SELECT
+        u.organization_id, u.organization_name, u.plan, u.period_start, u.period_end,
+        u.active_series, u.private_series, u.public_series
+    FROM active_series.usage AS u
+    WHERE u.organization_id = v_org;
+END;
+$$;
+COMMENT ON FUNCTION active_series.tenant_usage() IS
+'Tenant: the connection''s organization''s current period and count (the view usage, one row, no Stripe customer).';
+
+CREATE FUNCTION active_series.tenant_period_usage(p_period_start timestamptz DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- period_usage of the connection's organization.
+-- SECURITY DEFINER: the read API of active_series_tenant, which may not call period_usage
+-- (any organization); it answers for the connection's organization only.
+BEGIN
+    RETURN active_series.period_usage(active_series._tenant_organization(), p_period_start);
+END;
+$$;
+COMMENT ON FUNCTION active_series.tenant_period_usage(timestamptz) IS
+'Tenant: period_usage of the connection''s organization (active_series.organization_id).';
+
+CREATE FUNCTION active_series.tenant_periods()
+RETURNS TABLE (period_start timestamptz, period_end timestamptz, active_series bigint)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- periods of the connection's organization.
+-- SECURITY DEFINER: the read API of active_series_tenant, which may not call periods (any
+-- organization); it answers for the connection's organization only.
+BEGIN
+    RETURN QUERY SELECT * FROM active_series.periods(active_series._tenant_organization());
+END;
+$$;
+COMMENT ON FUNCTION active_series.tenant_periods() IS
+'Tenant: periods of the connection''s organization (active_series.organization_id).';
+
+CREATE FUNCTION active_series.tenant_period_series(p_period_start timestamptz DEFAULT NULL)
+RETURNS TABLE (
+    project_id bigint,
+    testbed_id bigint,
+    benchmark_id bigint,
+    variant_id bigint,
+    measure_id bigint,
+    first_seen timestamptz,
+    last_seen timestamptz
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- period_series of the connection's organization.
+-- SECURITY DEFINER: the read API of active_series_tenant, which may not call
+-- period_series (any organization); it answers for the connection's organization only.
+BEGIN
+    RETURN QUERY
+    SELECT * FROM active_series.period_series(active_series._tenant_organization(), p_period_start);
+END;
+$$;
+COMMENT ON FUNCTION active_series.tenant_period_series(timestamptz) IS
+'Tenant: period_series of the connection''s organization (active_series.organization_id).';
+
+CREATE FUNCTION active_series.tenant_price_preview(p_period_start timestamptz DEFAULT NULL)
+RETURNS TABLE (
+    period_start timestamptz,
+    period_end timestamptz,
+    active_series bigint,
+    amount bigint,
+    currency text,
+    tiers_mode text,
+    tiers jsonb,
+    stripe_price_id text,
+    price_read_at timestamptz
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- price_preview of the connection's organization.
+-- SECURITY DEFINER: the read API of active_series_tenant, which may not call
+-- price_preview (any organization); it answers for the connection's organization only.
+BEGIN
+    RETURN QUERY
+    SELECT * FROM active_series.price_preview(active_series._tenant_organization(), p_period_start);
+END;
+$$;
+COMMENT ON FUNCTION active_series.tenant_price_preview(timestamptz) IS
+'Tenant: price_preview of the connection''s organization (active_series.organization_id).';
+
+CREATE FUNCTION active_series.tenant_usage_summary()
+RETURNS TABLE (
+    organization_id bigint,
+    organization_name text,
+    plan text,
+    period_start timestamptz,
+    period_end timestamptz,
+    active_series bigint,
+    private_series bigint,
+    public_series bigint,
+    amount bigint,
+    currency text,
+    tiers jsonb,
+    series_cap bigint,
+    next_alert bigint,
+    stripe_value bigint,
+    stripe_in_sync boolean
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- usage_summary of the connection's organization.
+-- SECURITY DEFINER: the read API of active_series_tenant, which may not call
+-- usage_summary (any organization); it answers for the connection's organization only.
+BEGIN
+    RETURN QUERY SELECT * FROM active_series.usage_summary(active_series._tenant_organization());
+END;
+$$;
+COMMENT ON FUNCTION active_series.tenant_usage_summary() IS
+'Tenant: usage_summary of the connection''s organization (active_series.organization_id).';
+
+CREATE FUNCTION active_series.tenant_alerts()
+RETURNS TABLE (
+    id bigint,
+    period_start timestamptz,
+    period_end timestamptz,
+    threshold bigint,
+    series_count bigint,
+    source text,
+    created timestamptz
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The alerts of the connection's organization (the view alerts), oldest first.
+-- SECURITY DEFINER: the read API of active_series_tenant, which may not read the view
+-- (every organization's alerts); it returns the connection's organization's only.
+DECLARE
+    v_org bigint := active_series._tenant_organization();
+BEGIN
+    RETURN QUERY
+    SELECT a.id, a.period_start, a.period_end, a.threshold, a.series_count, a.source, a.created
+    FROM active_series.alerts AS a
+    WHERE a.organization_id = v_org
+    ORDER BY a.id;
+END;
+$$;
+COMMENT ON FUNCTION active_series.tenant_alerts() IS
+'Tenant: the alerts of the connection''s organization (active_series.organization_id), oldest first.';
+
+-- ---------------------------------------------------------------- sql/grants.sql
+REVOKE EXECUTE ON FUNCTION
+active_series._tenant_organization(),
+active_series.tenant_usage(),
+active_series.tenant_period_usage(timestamptz),
+active_series.tenant_periods(),
+active_series.tenant_period_series(timestamptz),
+active_series.tenant_price_preview(timestamptz),
+active_series.tenant_usage_summary(),
+active_series.tenant_alerts()
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION
+active_series._tenant_organization(),
+active_series.tenant_usage(),
+active_series.tenant_period_usage(timestamptz),
+active_series.tenant_periods(),
+active_series.tenant_period_series(timestamptz),
+active_series.tenant_price_preview(timestamptz),
+active_series.tenant_usage_summary(),
+active_series.tenant_alerts()
+TO active_series_admin;
+GRANT USAGE ON SCHEMA active_series TO active_series_tenant;
+GRANT EXECUTE ON FUNCTION
+active_series.tenant_usage(),
+active_series.tenant_period_usage(timestamptz),
+active_series.tenant_periods(),
+active_series.tenant_period_series(timestamptz),
+active_series.tenant_price_preview(timestamptz),
+active_series.tenant_usage_summary(),
+active_series.tenant_alerts()
+TO active_series_tenant;
+REVOKE EXECUTE ON FUNCTION active_series._benchmark_elsewhere(bigint[], bigint[], bigint[])
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION active_series._benchmark_elsewhere(bigint[], bigint[], bigint[])
+TO active_series_admin;

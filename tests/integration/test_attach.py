@@ -134,11 +134,46 @@ def test_the_rules_hold_on_the_applications_tables(app_conn: Conn) -> None:
         a.testbeds[0],
     )
     assert stamped is True
-    # a benchmark of another project fails at commit, naming it
+    # a benchmark of another project is refused with its run_benchmark, naming both projects
     b = app.make_org(conn, "b")
-    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="benchmark"):
+    with pytest.raises(
+        psycopg.errors.ForeignKeyViolation,
+        match=rf"report_benchmark \d+ names benchmark {b.benchmarks[0]} of project {b.project},"
+        rf" but its report \d+ is in project {a.project}",
+    ) as err:
         app.ingest(conn, a, a.testbeds[0], [(b.benchmarks[0], a.measures[0])])
+    assert err.value.diag.message_hint is not None
+    assert len((err.value.diag.context or "").splitlines()) <= 2
     assert_exact(conn, a)
+
+
+def test_a_run_benchmark_of_another_projects_benchmark_is_refused_when_inserted(
+    app_conn: Conn,
+) -> None:
+    """On the application's tables, a report_benchmark row whose benchmark is another
+    project's fails at its INSERT (one statement of several rows, too), before any metric."""
+    conn = app_conn
+    app.attach_app(conn)
+    a = app.make_org(conn, "a")
+    b = app.make_org(conn, "b")
+    run = app.one(
+        conn,
+        "INSERT INTO app.runs (proj, tb) VALUES (%s, %s) RETURNING run_id",
+        a.project,
+        a.testbeds[0],
+    )
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="names benchmark"):
+        conn.execute(
+            "INSERT INTO app.run_benchmarks (run, bench) VALUES (%s, %s), (%s, %s)",
+            (run, a.benchmarks[0], run, b.benchmarks[1]),
+        )
+    assert app.one(conn, "SELECT count(*) FROM app.run_benchmarks") == 0
+    # the project's own benchmarks are accepted
+    conn.execute(
+        "INSERT INTO app.run_benchmarks (run, bench) VALUES (%s, %s), (%s, %s)",
+        (run, a.benchmarks[0], run, a.benchmarks[1]),
+    )
+    assert app.one(conn, "SELECT count(*) FROM app.run_benchmarks") == 2
 
 
 def installed(conn: Conn) -> dict[str, int]:

@@ -95,7 +95,8 @@ def test_a_measure_or_benchmark_of_another_organization_is_refused_at_commit(con
     """A series never joins another tenant's catalog: the commit fails, naming the row."""
     other = make_org(conn, "other")
     before = everything(conn)
-    measure, benchmark = r"measure \d+ belongs to project", r"benchmark \d+ belongs to project"
+    measure = r"measure \d+ belongs to project"
+    benchmark = r"report_benchmark \d+ names benchmark \d+ of project"
     # a new benchmark of the testbed, with the other organization's measure
     refused_at_commit(conn, org, org.testbeds[0], [(org.benchmarks[1], other.measures[0])], measure)
     # a known benchmark with its known measure and the other organization's one
@@ -103,7 +104,8 @@ def test_a_measure_or_benchmark_of_another_organization_is_refused_at_commit(con
     refused_at_commit(
         conn, org, org.testbeds[0], [known, (org.benchmarks[0], other.measures[1])], measure
     )
-    # the other organization's benchmark, with this one's measure
+    # the other organization's benchmark, with this one's measure: refused with its
+    # report_benchmark, before any metric
     refused_at_commit(
         conn, org, org.testbeds[0], [(other.benchmarks[0], org.measures[0])], benchmark
     )

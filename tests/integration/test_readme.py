@@ -318,12 +318,23 @@ def check_operator(o: Outcome) -> None:
     assert o.one("SELECT series_cap FROM active_series.usage_summary(1)") is None
 
 
+def check_tenant(o: Outcome) -> None:
+    assert o.rows("tenant_usage()")[0][0] == 1  # organization 1's row, and only it
+    assert len(o.rows("tenant_usage()")) == 1
+    assert o.rows("tenant_period_usage()") == [(o.one("SELECT active_series.period_usage(1)"),)]
+    (summary,) = o.rows("tenant_usage_summary()")
+    assert summary[2] == 3  # active_series, as the reader saw it
+    assert len(o.rows("tenant_period_series()")) == 3
+    assert [r[2:4] for r in o.rows("tenant_alerts()")] == [(3, 3)]  # threshold, series_count
+
+
 def check_roles(o: Outcome) -> None:
     for role, group in (
         ("bencher_app", "ingest"),
         ("dashboard", "reader"),
         ("billing_worker", "worker"),
         ("alice", "admin"),
+        ("tenant_dashboard", "tenant"),
     ):
         assert o.one("SELECT pg_has_role(%s, %s, 'MEMBER')", role, f"active_series_{group}")
 
@@ -390,6 +401,7 @@ BLOCKS: dict[str, Run | Skip] = {
     "-- as an operator (a member of active_series_admin)": Run(
         "reference", check_operator, role="admin"
     ),
+    "-- as a login role in active_series_tenant": Run("reference", check_tenant, role="tenant"),
     # ## The command line
     "active-series db start|stop|status": Skip(LISTING),
     # ## Worker

@@ -22,6 +22,7 @@ from oracle import (
     BILLING_TABLES,
     Org,
     assert_matches_oracle,
+    ingest,
     make_org,
     make_project,
     one,
@@ -43,7 +44,7 @@ from relay_harness import (
 )
 from test_ingest_shapes import SHAPES
 
-GROUPS = ("ingest", "worker", "reader", "admin")
+GROUPS = ("ingest", "worker", "reader", "admin", "tenant")
 
 #: Tables an ingest client must not write (the brief's list, plus the rest of the schema's
 #: implementation tables).
@@ -74,6 +75,8 @@ DEFINER_FUNCTIONS = {
     "_attached_organization_deleted()",
     "_attached_project_deleted()",
     "_attached_testbed_deleted()",
+    # refuses a report_benchmark of another project's benchmark; reads the model's views
+    "_attached_report_benchmark_inserted()",
     "_flush_pending()",
     "_testbed_period_deleted()",
     "set_billing_period(bigint,timestamp with time zone,timestamp with time zone)",
@@ -85,6 +88,14 @@ DEFINER_FUNCTIONS = {
     "period_series(bigint,timestamp with time zone)",
     "price_preview(bigint,timestamp with time zone)",
     "usage_summary(bigint)",
+    # the read API of active_series_tenant: the connection's organization only
+    "tenant_usage()",
+    "tenant_period_usage(timestamp with time zone)",
+    "tenant_periods()",
+    "tenant_period_series(timestamp with time zone)",
+    "tenant_price_preview(timestamp with time zone)",
+    "tenant_usage_summary()",
+    "tenant_alerts()",
 }
 
 #: Definer functions whose attribute (and the reason for it) sql/grants.sql sets after their
@@ -763,6 +774,139 @@ def test_a_reader_writes_nothing_reads_no_billing_table_and_calls_nothing_else(
         if signature not in allowed:
             assert "permission denied for" in refused(r, call), signature
     assert snapshot(conn, watched) == before
+
+
+def second_organization(conn: psycopg.Connection[Any]) -> Org:
+    """Another organization, with a series, a Stripe customer, a cap and an alert."""
+    other = make_org(conn, "other")
+    ingest(conn, other, other.testbeds[0], [(other.benchmarks[0], other.measures[0])])
+    conn.execute("SELECT active_series.set_stripe_customer(%s, 'cus_other')", (other.id,))
+    conn.execute("SELECT active_series.set_alert(%s, 1)", (other.id,))
+    ingest(conn, other, other.testbeds[1], [(other.benchmarks[1], other.measures[1])])
+    return other
+
+
+def test_the_plain_reader_sees_every_organization_and_the_data_model(conn, as_role, ingested):
+    """What docs/roles.md says of active_series_reader: every organization's usage row with
+    its Stripe customer, every alert, and the rows of the data model (metric included)."""
+    other = second_organization(conn)
+    r = as_role("reader")
+    rows = r.execute(
+        "SELECT organization_id, stripe_customer_id FROM active_series.usage ORDER BY 1"
+    ).fetchall()
+    assert rows == [(ingested.id, "cus_victim"), (other.id, "cus_other")]
+    assert one(
+        r, "SELECT count(*) FROM active_series.alerts WHERE organization_id = %s", (other.id,)
+    )
+    metrics = one(
+        r,
+        "SELECT count(DISTINCT p.organization_id) FROM active_series.metric AS m"
+        " JOIN active_series.report_benchmark AS rb ON rb.id = m.report_benchmark_id"
+        " JOIN active_series.report AS rp ON rp.id = rb.report_id"
+        " JOIN active_series.project AS p ON p.id = rp.project_id",
+    )
+    assert metrics == 2
+    assert one(r, "SELECT active_series.period_usage(%s)", (other.id,)) == 2
+
+
+TENANT_CALLS = {
+    # tenant function -> the same question asked of the reader's API for one organization
+    "tenant_usage": (
+        "SELECT * FROM active_series.tenant_usage()",
+        "SELECT organization_id, organization_name, plan, period_start, period_end,"
+        " active_series, private_series, public_series FROM active_series.usage"
+        " WHERE organization_id = %(org)s",
+    ),
+    "tenant_period_usage": (
+        "SELECT active_series.tenant_period_usage()",
+        "SELECT active_series.period_usage(%(org)s)",
+    ),
+    "tenant_period_usage(start)": (
+        "SELECT active_series.tenant_period_usage('2024-05-01Z')",
+        "SELECT active_series.period_usage(%(org)s, '2024-05-01Z')",
+    ),
+    "tenant_periods": (
+        "SELECT * FROM active_series.tenant_periods()",
+        "SELECT * FROM active_series.periods(%(org)s)",
+    ),
+    "tenant_period_series": (
+        "SELECT * FROM active_series.tenant_period_series()",
+        "SELECT * FROM active_series.period_series(%(org)s)",
+    ),
+    "tenant_period_series(start)": (
+        "SELECT * FROM active_series.tenant_period_series('2024-05-01Z')",
+        "SELECT * FROM active_series.period_series(%(org)s, '2024-05-01Z')",
+    ),
+    "tenant_price_preview": (
+        "SELECT * FROM active_series.tenant_price_preview()",
+        "SELECT * FROM active_series.price_preview(%(org)s)",
+    ),
+    "tenant_usage_summary": (
+        "SELECT organization_id, plan, active_series, series_cap, next_alert"
+        " FROM active_series.tenant_usage_summary()",
+        "SELECT organization_id, plan, active_series, series_cap, next_alert"
+        " FROM active_series.usage_summary(%(org)s)",
+    ),
+    "tenant_alerts": (
+        "SELECT * FROM active_series.tenant_alerts()",
+        "SELECT id, period_start, period_end, threshold, series_count, source, created"
+        " FROM active_series.alerts WHERE organization_id = %(org)s ORDER BY id",
+    ),
+}
+
+
+def test_a_tenant_sees_the_organization_its_connection_names_and_no_other(conn, as_role, ingested):
+    other = second_organization(conn)
+    t = as_role("tenant")
+    # nothing until the application names the organization
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as err:
+        t.execute("SELECT * FROM active_series.tenant_usage()")
+    assert err.value.diag.message_hint and "active_series.organization_id" in (
+        err.value.diag.message_hint
+    )
+    seen: dict[int, dict[str, list[tuple]]] = {}
+    for org in (ingested, other):
+        t.execute("SELECT set_config('active_series.organization_id', %s, false)", (str(org.id),))
+        seen[org.id] = {}
+        for name, (tenant_call, reader_call) in TENANT_CALLS.items():
+            got = t.execute(tenant_call).fetchall()
+            assert got == conn.execute(reader_call, {"org": org.id}).fetchall(), name
+            seen[org.id][name] = got
+    # each organization's answers are its own (the second has two series and an alert)
+    assert seen[ingested.id]["tenant_period_usage"] != seen[other.id]["tenant_period_usage"]
+    assert seen[other.id]["tenant_alerts"] and not seen[ingested.id]["tenant_alerts"]
+    assert {r[0] for r in seen[other.id]["tenant_usage"]} == {other.id}
+    # another organization cannot be named through the reader's API, views or tables
+    for statement in (
+        f"SELECT active_series.period_usage({ingested.id})",
+        f"SELECT * FROM active_series.usage_summary({ingested.id})",
+        "SELECT * FROM active_series.usage",
+        "SELECT * FROM active_series.alerts",
+        "SELECT * FROM active_series.metric",
+        "SELECT * FROM active_series.organization",
+        "SELECT * FROM active_series.billing_account",
+    ):
+        assert "permission denied" in refused(t, statement), statement
+    # an id that is no organization, or not an id
+    t.execute("SET active_series.organization_id = '987654321'")
+    with pytest.raises(psycopg.errors.NoDataFound):
+        t.execute("SELECT active_series.tenant_period_usage()")
+    t.execute("SET active_series.organization_id = 'acme'")
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        t.execute("SELECT active_series.tenant_period_usage()")
+
+
+def test_a_tenant_calls_nothing_but_the_tenant_functions(conn, as_role, ingested):
+    t = as_role("tenant")
+    t.execute(f"SET active_series.organization_id = {ingested.id}")
+    calls = routines(conn, "true")
+    allowed = {s for s, _ in calls if s.startswith("active_series.tenant_")}
+    assert {s.split("(")[0].removeprefix("active_series.") for s in allowed} == {
+        name.split("(")[0] for name in TENANT_CALLS
+    }
+    for signature, call in calls:
+        if signature not in allowed:
+            assert "permission denied for" in refused(t, call), signature
 
 
 # --- the admin ------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 -- ingest activity is recorded at commit; this file rolls back, so record it per statement
 SET CONSTRAINTS active_series.pending_flush IMMEDIATE;
-SELECT plan(44);
+SELECT plan(45);
 
 -- ---------------------------------------------------------------- signatures
 SELECT has_function(
@@ -264,6 +264,17 @@ SELECT throws_ok(
     $$ SELECT active_series.period_usage(-42) $$,
     'P0002', NULL,
     'an unknown organization raises no_data_found'
+);
+INSERT INTO active_series.project (organization_id, name, visibility)
+SELECT id, 'pgtap_other', 'private' FROM pgtap_org;
+INSERT INTO active_series.benchmark (project_id, name)
+SELECT id, 'elsewhere' FROM active_series.project WHERE name = 'pgtap_other';
+SELECT throws_ok(
+    $$ INSERT INTO active_series.report_benchmark (report_id, benchmark_id, iteration)
+       SELECT r.id, b.id, 0 FROM active_series.report AS r, active_series.benchmark AS b
+       WHERE b.name = 'elsewhere' LIMIT 1 $$,
+    '23503', NULL,
+    'a report_benchmark of another project''s benchmark is refused when inserted'
 );
 SELECT throws_ok(
     $$ INSERT INTO active_series.metric (report_benchmark_id, measure_id, value)
