@@ -319,13 +319,35 @@ def check_operator(o: Outcome) -> None:
 
 
 def check_tenant(o: Outcome) -> None:
-    assert o.rows("tenant_usage()")[0][0] == 1  # organization 1's row, and only it
-    assert len(o.rows("tenant_usage()")) == 1
-    assert o.rows("tenant_period_usage()") == [(o.one("SELECT active_series.period_usage(1)"),)]
-    (summary,) = o.rows("tenant_usage_summary()")
-    assert summary[2] == 3  # active_series, as the reader saw it
-    assert len(o.rows("tenant_period_series()")) == 3
-    assert [r[2:4] for r in o.rows("tenant_alerts()")] == [(3, 3)]  # threshold, series_count
+    """Each tenant function answers what the reader's API answers for organization 1."""
+    assert o.conn is not None
+
+    def of_org_1(query: str) -> list[tuple[Any, ...]]:
+        assert o.conn is not None
+        return o.conn.execute(query).fetchall()
+
+    assert o.rows("tenant_usage()") == of_org_1(
+        "SELECT organization_id, organization_name, plan, period_start, period_end,"
+        " active_series, private_series, public_series FROM active_series.usage"
+        " WHERE organization_id = 1"
+    )
+    summary = o.rows("tenant_usage_summary()")
+    assert [r[5] for r in summary] == [3]  # active_series, as the reader saw it
+    assert summary == of_org_1("SELECT * FROM active_series.usage_summary(1)")
+    assert o.rows("tenant_price_preview()") == of_org_1(
+        "SELECT * FROM active_series.price_preview(1)"
+    )
+    assert o.rows("tenant_periods()") == of_org_1("SELECT * FROM active_series.periods(1)")
+    assert o.rows("tenant_period_series()") == of_org_1(
+        "SELECT * FROM active_series.period_series(1)"
+    )
+    assert o.rows("tenant_period_usage()") == of_org_1("SELECT active_series.period_usage(1)")
+    alerts = o.rows("tenant_alerts()")
+    assert [r[3:6] for r in alerts] == [(3, 3, "price_tier")]
+    assert alerts == of_org_1(
+        "SELECT id, period_start, period_end, threshold, series_count, source, created"
+        " FROM active_series.alerts WHERE organization_id = 1 ORDER BY id"
+    )
 
 
 def check_roles(o: Outcome) -> None:
