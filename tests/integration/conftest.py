@@ -7,6 +7,8 @@
   ALTER EXTENSION ... UPDATE find every version's scripts; skips the test where the server
   is not ours or its share directory is not writable.
 - ``relay_emulator`` (function): the Stripe emulator (relay_harness).
+- ``login`` (function): factory ``login(group) -> conninfo`` of a new LOGIN member of
+  ``active_series_<group>`` (``None``: of no group); dropped after the test.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 from active_series.devtools.testpg import TestServer
 from active_series.install import install
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from relay_harness import relay_emulator  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,3 +97,33 @@ def install_mode(dsn: str, mode: str) -> None:
     else:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION active_series")
+
+
+@pytest.fixture
+def login(pg_cluster: Any, dsn: str) -> Iterator[Callable[[str], str]]:
+    """``login(group)`` -> conninfo of a new LOGIN role that is a member of
+    ``active_series_<group>`` (``None``: of no group). Dropped after the test."""
+    made: list[str] = []
+
+    def _login(group: str | None) -> str:
+        name = f"as_{group or 'nobody'}_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+            made.append(name)
+            if group is not None:
+                admin.execute(
+                    sql.SQL("GRANT {} TO {}").format(
+                        sql.Identifier(f"active_series_{group}"), sql.Identifier(name)
+                    )
+                )
+        return make_conninfo(dsn, user=name)
+
+    yield _login
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for name in made:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (name,),
+            )
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))

@@ -41,6 +41,20 @@ class Emulator:
             }
         ).id
 
+    def metered_price(self, **params: Any) -> Any:
+        """A monthly metered price on the meter (in usd unless ``params`` say otherwise)."""
+        return self.client.v1.prices.create(
+            params={
+                "currency": "usd",
+                "product_data": {"name": "active series"},
+                "recurring": {"interval": "month", "usage_type": "metered", "meter": self.meter},
+                **params,
+            }
+        )
+
+    def graduated_price(self, tiers: list[dict[str, Any]]) -> Any:
+        return self.metered_price(billing_scheme="tiered", tiers_mode="graduated", tiers=tiers)
+
     def customer(self, name: str = "org") -> str:
         return self.client.v1.customers.create(params={"name": name}).id
 

@@ -17,7 +17,6 @@ from active_series.errors import ExitCode
 from oracle import Org
 from relay_harness import API_KEY
 from test_cli import one_line_error, run, scene
-from test_roles import login  # noqa: F401 (the fixture: a LOGIN member of a group role)
 
 Login = Callable[[str | None], str]
 
@@ -99,7 +98,7 @@ def check_refusal(proc: subprocess.CompletedProcess[str], name: str, needs: str)
 
 
 @pytest.mark.parametrize("role", ["reader", "worker", "ingest", "admin"])
-def test_each_read_command_as_each_role(dsn, login: Login, billed, role: str) -> None:  # noqa: F811
+def test_each_read_command_as_each_role(dsn, login: Login, billed, role: str) -> None:
     org, start = billed
     as_role = login(role)
     for name, command in READS.items():
@@ -120,7 +119,7 @@ def test_each_read_command_as_each_role(dsn, login: Login, billed, role: str) ->
 def test_a_command_the_role_may_not_run_names_the_role_it_needs(
     conn,
     dsn,
-    login: Login,  # noqa: F811
+    login: Login,
     billed,
     role: str,
 ) -> None:
@@ -135,7 +134,7 @@ def test_a_command_the_role_may_not_run_names_the_role_it_needs(
     assert conn.execute("SELECT to_regnamespace('elsewhere')").fetchone() == (None,)
 
 
-def test_a_role_of_no_group_is_told_which_role_a_command_needs(dsn, login: Login, billed) -> None:  # noqa: F811
+def test_a_role_of_no_group_is_told_which_role_a_command_needs(dsn, login: Login, billed) -> None:
     org, start = billed
     nobody = login(None)
     check_refusal(run("usage", "--dsn", nobody), "usage", NEEDS["read"])
@@ -160,7 +159,7 @@ def follow_first_line(conninfo: str) -> tuple[str, subprocess.Popen[str]]:
         raise AssertionError(f"no alert from alerts --follow: {proc.stderr.read()}") from None
 
 
-def test_alerts_follow_starts_as_a_reader(dsn, login: Login, billed) -> None:  # noqa: F811
+def test_alerts_follow_starts_as_a_reader(dsn, login: Login, billed) -> None:
     expected = run("alerts", "--json", "--dsn", dsn).stdout.splitlines()[0]
     first, proc = follow_first_line(login("reader"))
     try:

@@ -81,18 +81,8 @@ def test_billing_periods_follow_the_stripe_subscription(
     emu = relay_emulator
     org = make_org(conn, "subscribed")
     cus = emu.customer("subscribed")
-    price = emu.client.v1.prices.create(
-        params={
-            "currency": "usd",
-            "product_data": {"name": "active series"},
-            "billing_scheme": "tiered",
-            "tiers_mode": "graduated",
-            "tiers": [
-                {"up_to": 10, "flat_amount": 1000, "unit_amount": 0},
-                {"up_to": "inf", "unit_amount": 50},
-            ],
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": emu.meter},
-        }
+    price = emu.graduated_price(
+        [{"up_to": 10, "flat_amount": 1000, "unit_amount": 0}, {"up_to": "inf", "unit_amount": 50}]
     )
     sub = emu.client.v1.subscriptions.create(
         params={
@@ -138,18 +128,8 @@ def test_the_period_and_price_come_from_the_metered_item_not_the_first(
             "recurring": {"interval": "month"},
         }
     )
-    metered = emu.client.v1.prices.create(
-        params={
-            "currency": "usd",
-            "product_data": {"name": "active series"},
-            "billing_scheme": "tiered",
-            "tiers_mode": "graduated",
-            "tiers": [
-                {"up_to": 2, "flat_amount": 1000, "unit_amount": 0},
-                {"up_to": "inf", "unit_amount": 50},
-            ],
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": emu.meter},
-        }
+    metered = emu.graduated_price(
+        [{"up_to": 2, "flat_amount": 1000, "unit_amount": 0}, {"up_to": "inf", "unit_amount": 50}]
     )
     sub = emu.client.v1.subscriptions.create(
         params={

@@ -106,36 +106,6 @@ Connect = Callable[..., psycopg.Connection[Any]]
 
 
 @pytest.fixture
-def login(pg_cluster: Any, dsn: str) -> Iterator[Callable[[str], str]]:
-    """``login(group)`` -> conninfo of a new LOGIN role that is a member of
-    ``active_series_<group>`` (``None``: of no group). Dropped after the test."""
-    made: list[str] = []
-
-    def _login(group: str | None) -> str:
-        name = f"as_{group or 'nobody'}_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-            made.append(name)
-            if group is not None:
-                admin.execute(
-                    sql.SQL("GRANT {} TO {}").format(
-                        sql.Identifier(f"active_series_{group}"), sql.Identifier(name)
-                    )
-                )
-        return make_conninfo(dsn, user=name)
-
-    yield _login
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        for name in made:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                (name,),
-            )
-            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
-
-
-@pytest.fixture
 def as_role(login: Callable[[str | None], str]) -> Iterator[Callable[..., psycopg.Connection]]:
     """``as_role(group, **kwargs)`` -> a connection of a new member of that group."""
     opened: list[psycopg.Connection[Any]] = []
@@ -628,14 +598,7 @@ def test_a_worker_role_follows_the_stripe_subscription_period(
     emu = relay_emulator
     org = build_org(as_role("ingest"), "subscribed")
     customer = emu.customer("subscribed")
-    price = emu.client.v1.prices.create(
-        params={
-            "currency": "usd",
-            "product_data": {"name": "active series"},
-            "unit_amount": 10,
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": emu.meter},
-        }
-    )
+    price = emu.metered_price(unit_amount=10)
     sub = emu.client.v1.subscriptions.create(
         params={
             "customer": customer,

@@ -12,8 +12,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -24,8 +23,6 @@ from active_series.devtools import demo
 from active_series.devtools.stripe_emulator import StripeEmulatorServer, run_in_thread
 from active_series.errors import ExitCode
 from oracle import ingest, make_org
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 from relay_harness import wait_until
 
 API_KEY = "sk_test_setup_0123456789abcdef"
@@ -235,33 +232,6 @@ def test_a_crash_between_stripe_and_the_database_creates_no_second_customer(conn
     assert f"customer {made} found by its metadata" in proc.stdout
     assert linked(conn) == {org.id: ("pro", made)}
     assert emu.counts()["customers"] == 1
-
-
-@pytest.fixture
-def login(dsn: str) -> Iterator[Callable[[str], str]]:
-    made: list[str] = []
-
-    def _login(group: str) -> str:
-        name = f"as_{group}_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
-            admin.execute(
-                sql.SQL("GRANT {} TO {}").format(
-                    sql.Identifier(f"active_series_{group}"), sql.Identifier(name)
-                )
-            )
-        made.append(name)
-        return make_conninfo(dsn, user=name)
-
-    yield _login
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        for name in made:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                (name,),
-            )
-            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
-            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
 def test_linking_needs_the_admin_role_and_says_so_before_creating_anything(
