@@ -54,10 +54,13 @@ def classify(exc: stripe.StripeError) -> tuple[Outcome, str]:
         return Outcome.GLOBAL, reason
     if isinstance(exc, stripe.IdempotencyError):
         return Outcome.TRANSIENT, reason
-    if isinstance(exc, stripe.InvalidRequestError) or status in (400, 404):
+    if isinstance(exc, stripe.InvalidRequestError):
         if "already exists with identifier" in message:
             return Outcome.DUPLICATE, reason
         return Outcome.PERMANENT, reason
+    # Anything else, a 4xx included, is an answer the SDK could not read as Stripe's error (a
+    # proxy's page, a body cut short): what Stripe decided is unknown, so the post is resent
+    # (under a fresh idempotency key; a resend of an accepted event is a duplicate).
     return Outcome.TRANSIENT, reason
 
 
