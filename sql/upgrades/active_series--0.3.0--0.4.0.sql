@@ -1848,12 +1848,14 @@ COMMENT ON FUNCTION active_series._relay_identifier(text, bigint, bigint) IS
 -- prices: a per-unit price's transform_quantity is kept and applied; a first tier's flat
 -- amount is charged at a quantity of 0 (Stripe bills it whatever the usage)
 ALTER TABLE active_series._price
-    ADD COLUMN transform_divide_by bigint CHECK (transform_divide_by >= 1),
-    ADD COLUMN transform_round text CHECK (transform_round IN ('up', 'down')),
-    ADD CONSTRAINT _price_transform_quantity_check CHECK (
-        (transform_divide_by IS NULL) = (transform_round IS NULL)
-        AND (transform_divide_by IS NULL OR billing_scheme = 'per_unit')
-    );
+ADD COLUMN transform_divide_by bigint CHECK (transform_divide_by >= 1);
+ALTER TABLE active_series._price
+ADD COLUMN transform_round text CHECK (transform_round IN ('up', 'down'));
+ALTER TABLE active_series._price
+ADD CONSTRAINT _price_transform_quantity_check CHECK (
+    (transform_divide_by IS NULL) = (transform_round IS NULL)
+    AND (transform_divide_by IS NULL OR billing_scheme = 'per_unit')
+);
 COMMENT ON TABLE active_series._price IS
 'The metered Stripe price of each billed organization, as the worker last read it from the subscription item for the meter (with _price_tier). price_preview computes amounts from it. transform_divide_by and transform_round are the price''s transform_quantity (per-unit prices only): the quantity is divided by it and rounded before it is priced.';
 

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 import stripe
 from oracle import Org, ingest, make_org, one
+from psycopg.types.json import Jsonb
 from relay_harness import Emulator, WorkerProcess, quiescent, wait_until, workers
 
 GRADUATED = [
@@ -353,3 +354,74 @@ def test_the_worker_refuses_a_price_billed_in_one_of_its_currency_options(
         " FROM active_series.price_preview(%s)",
         (org.id,),
     ).fetchone() == (7, None, None, None)
+
+
+TIERED = {
+    "id": "price_tiered",
+    "currency": "eur",
+    "billing_scheme": "tiered",
+    "tiers_mode": "graduated",
+    "tiers": [{"up_to": "inf", "unit_amount": 5}],
+}
+
+
+@pytest.mark.parametrize(
+    "price",
+    [
+        {**TIERED, "transform_quantity": {"divide_by": 10, "round": "up"}},
+        {"id": "p", "currency": "eur", "unit_amount": 5, "transform_quantity": {"round": "up"}},
+        {
+            "id": "p",
+            "currency": "eur",
+            "unit_amount": 5,
+            "transform_quantity": {"divide_by": 0, "round": "up"},
+        },
+        {"id": "p", "currency": "eur", "unit_amount": 5, "transform_quantity": {"divide_by": 2}},
+        {
+            "id": "p",
+            "currency": "eur",
+            "unit_amount": 5,
+            "transform_quantity": {"divide_by": 2, "round": "half"},
+        },
+    ],
+    ids=["tiered", "no_divide_by", "divide_by_0", "no_round", "round_half"],
+)
+def test_a_malformed_transform_quantity_is_refused_and_the_previous_price_kept(
+    conn, price: dict
+) -> None:
+    org = make_org(conn, "transform", testbeds=1, benchmarks=1, measures=MEASURES)
+    bill(conn, org, 7)
+    conn.execute(
+        "SELECT active_series._store_price(%s, %s, 'si_1')",
+        (org.id, Jsonb({"id": "price_0", "currency": "usd", "unit_amount": 7})),
+    )
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute("SELECT active_series._store_price(%s, %s)", (org.id, Jsonb(price)))
+    assert refused.value.sqlstate == "22023"
+    assert price["id"] in str(refused.value)
+    assert one(conn, "SELECT amount FROM active_series.price_preview(%s)", (org.id,)) == 49
+
+
+def test_a_stored_transform_quantity_divides_the_count_before_pricing(conn) -> None:
+    """7 series at 5 per started package of 3: 3 packages (up), 2 (down)."""
+    org = make_org(conn, "packages", testbeds=1, benchmarks=1, measures=MEASURES)
+    bill(conn, org, 7)
+    amounts = []
+    for rounding in ("up", "down"):
+        price = {
+            "id": f"price_{rounding}",
+            "currency": "eur",
+            "billing_scheme": "per_unit",
+            "unit_amount": 5,
+            "unit_amount_decimal": "5",
+            "transform_quantity": {"divide_by": 3, "round": rounding},
+        }
+        conn.execute("SELECT active_series._store_price(%s, %s)", (org.id, Jsonb(price)))
+        amounts.append(
+            conn.execute(
+                "SELECT active_series, amount, tiers -> 0 -> 'units'"
+                " FROM active_series.price_preview(%s)",
+                (org.id,),
+            ).fetchone()
+        )
+    assert amounts == [(7, 15, 3), (7, 10, 2)]
