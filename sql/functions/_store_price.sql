@@ -10,11 +10,15 @@ SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Keeps a copy of the organization's metered Stripe price (a Stripe price object as JSON,
 -- its tiers expanded), replacing the previous one; NULL forgets it. Amounts are kept in
--- Stripe's exact _decimal forms (minor units), falling back to the integer fields.
--- Locks the organization's _price row.
+-- Stripe's exact _decimal forms (minor units), falling back to the integer fields; a
+-- per-unit price's transform_quantity (divide_by, round) is kept with it (Stripe allows it
+-- on per-unit prices only). Locks the organization's _price row.
 DECLARE
     v_scheme text := coalesce(p_price ->> 'billing_scheme', 'per_unit');
     v_tiers jsonb := p_price -> 'tiers';
+    v_transform jsonb := p_price -> 'transform_quantity';
+    v_divide_by bigint;
+    v_round text;
     v_bad text;
 BEGIN
     PERFORM active_series._require_organization(p_organization_id);
@@ -35,9 +39,25 @@ BEGIN
             p_price ->> 'id'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF jsonb_typeof(v_transform) = 'object' THEN
+        v_round := v_transform ->> 'round';
+        v_divide_by := CASE
+            WHEN v_transform ->> 'divide_by' ~ '^[0-9]{1,18}$' THEN (v_transform ->> 'divide_by')::bigint
+        END;
+        IF v_scheme <> 'per_unit' THEN
+            RAISE EXCEPTION 'active_series: price % has transform_quantity with billing scheme %: Stripe allows it on per_unit prices only',
+                p_price ->> 'id', v_scheme
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF coalesce(v_divide_by, 0) < 1 OR v_round IS NULL OR v_round NOT IN ('up', 'down') THEN
+            RAISE EXCEPTION 'active_series: price % has a transform_quantity other than {divide_by: a positive whole number, round: up or down}: %',
+                p_price ->> 'id', v_transform
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
     INSERT INTO active_series._price (
         organization_id, stripe_price_id, stripe_subscription_item_id, currency, billing_scheme,
-        tiers_mode, unit_amount, unit_amount_decimal, read_at
+        tiers_mode, unit_amount, unit_amount_decimal, read_at, transform_divide_by, transform_round
     )
     VALUES (
         p_organization_id,
@@ -48,7 +68,9 @@ BEGIN
         CASE WHEN v_scheme = 'tiered' THEN p_price ->> 'tiers_mode' END,
         (p_price ->> 'unit_amount')::bigint,
         coalesce(p_price ->> 'unit_amount_decimal', p_price ->> 'unit_amount')::numeric,
-        now()
+        now(),
+        v_divide_by,
+        v_round
     );
     IF v_scheme <> 'tiered' THEN
         RETURN;

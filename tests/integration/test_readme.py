@@ -297,9 +297,10 @@ def check_reader(o: Outcome) -> None:
     tiers = o.rows("FROM active_series.price_preview(1) AS p")
     assert [r[:3] for r in tiers] == [(3, 900, "usd")] * 2
     assert [r[3:] for r in tiers] == [(1, 1, 3, 3, 900), (2, 4, None, 0, 0)]
-    # newest first: this period, and the one set_billing_period made (no activity in it)
+    # newest first: this period, and the one set_billing_period made (no activity in it:
+    # Stripe bills the first tier's flat amount at a count of 0 too)
     periods = o.rows("FROM active_series.periods(1) AS h")
-    assert [(r[2], r[3]) for r in periods] == [(3, 900), (0, 0)]
+    assert [(r[2], r[3]) for r in periods] == [(3, 900), (0, 900)]
     assert periods[-1][:2] == (
         dt.datetime(2026, 11, 5, tzinfo=dt.UTC),
         dt.datetime(2026, 12, 5, tzinfo=dt.UTC),

@@ -552,6 +552,38 @@ def test_subscription_prices_carry_their_tiers_only_when_expanded(client: Any) -
     assert len(price["tiers"]) == 3
 
 
+def test_currency_options_come_only_when_expanded_and_fix_a_subscription_currency(
+    client: Any,
+) -> None:
+    meter = new_meter(client, formula="last")
+    cus = new_customer(client)
+    price = client.v1.prices.create(
+        params={
+            "currency": "eur",
+            "unit_amount": 10,
+            "currency_options": {"usd": {"unit_amount": 12}},
+            "product_data": {"name": "two currencies"},
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+        }
+    )
+    assert "currency_options" not in price
+    price = client.v1.prices.retrieve(price.id, params={"expand": ["currency_options"]})
+    assert price["currency_options"]["usd"]["unit_amount"] == 12
+    err = expect_error(
+        stripe.InvalidRequestError,
+        lambda: client.v1.subscriptions.create(
+            params={"customer": cus.id, "currency": "gbp", "items": [{"price": price.id}]}
+        ),
+    )
+    assert err.param == "items[0][price]"
+    sub = client.v1.subscriptions.create(
+        params={"customer": cus.id, "currency": "usd", "items": [{"price": price.id}]}
+    )
+    send(client, cus.id, 5, timestamp=sub.current_period_start)
+    invoice = client.v1.invoices.create_preview(params={"subscription": sub.id})
+    assert (sub.currency, invoice.currency, invoice.amount_due) == ("usd", "usd", 60)
+
+
 def test_expansions_deeper_than_four_levels_are_refused_as_stripe_does(
     client: Any, ctl: EmulatorControl
 ) -> None:
@@ -667,7 +699,9 @@ def test_future_billing_cycle_anchor_makes_a_short_first_period(
         ("volume", 1500, 1500 * 1),
         ("volume", 500, 500 * 5 + 200),
         ("volume", 100, 100 * 10 + 500),
-        ("graduated", 0, 0),
+        # 0 falls in the first tier, whose flat amount Stripe bills (Set up tiered pricing)
+        ("graduated", 0, 500),
+        ("volume", 0, 500),
     ],
 )
 def test_invoice_preview_prices_the_last_value_of_the_current_period_with_the_tiers(

@@ -5,6 +5,12 @@ the price of the subscription item that is metered on the relay's meter (:func:`
 retrieved again with its tiers expanded (Stripe refuses the five-level expansion that would
 bring them with a subscription list), is stored by ``active_series._store_price`` (the SQL
 does the parsing); no live subscription, or no item on the meter, forgets it.
+
+A subscription billed in another currency than the price's own is billed at the price's
+``currency_options`` amounts for that currency, which the stored price does not hold: such a
+price is refused (forgotten, so ``price_preview`` shows no amount rather than a wrong one,
+and logged as ``price_refused`` with what to change). A per-unit price's
+``transform_quantity`` is stored with it and applied by ``price_preview``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,13 @@ from active_series.relay import queries as q
 
 LIVE = ("active", "trialing", "past_due")
 
+#: the key under which :func:`metered_item` passes the subscription's currency on
+SUBSCRIPTION_CURRENCY = "subscription_currency"
+
+
+class PriceRefused(Exception):
+    """A price the database cannot preview as Stripe bills it (the reason says why)."""
+
 
 def plain(obj: Any) -> dict[str, Any]:
     return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
@@ -30,7 +43,8 @@ def metered_item(
     subscriptions: Iterable[Any], meter_id: Callable[[], str | None]
 ) -> dict[str, Any] | None:
     """The item of the first live subscription whose price is metered: the only one, or
-    the one on the relay's meter (``meter_id()`` is asked only when there are several)."""
+    the one on the relay's meter (``meter_id()`` is asked only when there are several),
+    with the subscription's currency under :data:`SUBSCRIPTION_CURRENCY`."""
     for obj in subscriptions:
         sub = plain(obj)
         if sub.get("status") not in LIVE:
@@ -41,14 +55,17 @@ def metered_item(
             for i in items
             if ((i.get("price") or {}).get("recurring") or {}).get("usage_type") == "metered"
         ]
+        found = None
         if len(metered) == 1:
-            return dict(metered[0])
-        if metered:
+            found = metered[0]
+        elif metered:
             wanted = meter_id()
-            for item in metered:
-                if item["price"]["recurring"].get("meter") == wanted:
-                    return dict(item)
-        return None
+            found = next(
+                (i for i in metered if i["price"]["recurring"].get("meter") == wanted), None
+            )
+        if found is None:
+            return None
+        return {**found, SUBSCRIPTION_CURRENCY: sub.get("currency")}
     return None
 
 
@@ -58,6 +75,15 @@ def store(conn: psycopg.Connection[Any], org: int, item: dict[str, Any] | None) 
         conn.execute(q.STORE_PRICE, (org, None, None))
         return None
     price = dict(item["price"])
+    billed_in = str(item.get(SUBSCRIPTION_CURRENCY) or price.get("currency") or "").lower()
+    if billed_in != str(price.get("currency") or "").lower():
+        conn.execute(q.STORE_PRICE, (org, None, None))
+        raise PriceRefused(
+            f"price {price.get('id')} is in {price.get('currency')} but the subscription is"
+            f" billed in {billed_in}, at the price's currency_options amounts, which"
+            f" price_preview does not hold: bill the subscription in {price.get('currency')},"
+            f" or subscribe it to a price whose currency is {billed_in}"
+        )
     # the SDK hands *_decimal fields over as Decimal: JSON strings, as Stripe sends them
     conn.execute(q.STORE_PRICE, (org, Jsonb(price, dumps=_dumps), item.get("id")))
     return str(price.get("id"))
@@ -93,6 +119,9 @@ class PriceKeeper:
     def keep(self, conn: psycopg.Connection[Any], org: int, item: dict[str, Any] | None) -> None:
         try:
             price = store(conn, org, item)
+        except PriceRefused as exc:
+            self.log("warning", "price_refused", org=org, reason=str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - a price never stops the relay: logged, kept
             if isinstance(exc, psycopg.OperationalError):
                 raise

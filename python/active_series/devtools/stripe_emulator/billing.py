@@ -70,15 +70,24 @@ class Billing(Meters):
         tiers_mode = None
         tiers = None
         unit_amount = None
+        transform = self._parse_transform(as_dict(p, "transform_quantity"))
         if scheme == "tiered":
             tiers_mode = as_str(p, "tiers_mode", required=True)
             if tiers_mode not in ("graduated", "volume"):
                 raise invalid("tiers_mode", "tiers_mode must be graduated or volume.")
+            if transform is not None:
+                # Stripe: transform_quantity "Cannot be combined with `tiers`"
+                raise invalid(
+                    "transform_quantity",
+                    "transform_quantity cannot be combined with tiers: it is only "
+                    "available with billing_scheme=per_unit.",
+                )
             tiers = self._parse_tiers(p.get("tiers"))
         else:
             unit_amount = as_int(
                 p, "unit_amount", required=as_str(p, "unit_amount_decimal") is None
             )
+        options = self._parse_currency_options(as_dict(p, "currency_options"), scheme, currency)
         lookup_key = as_str(p, "lookup_key")
         if lookup_key is not None and len(lookup_key) > 200:
             raise invalid("lookup_key", "lookup_key must be at most 200 characters.")
@@ -114,11 +123,14 @@ class Billing(Meters):
                 "recurring": recurring,
                 "tiers_mode": tiers_mode,
                 "tiers": tiers,
+                "transform_quantity": transform,
                 "type": "recurring" if recurring else "one_time",
                 "unit_amount": unit_amount,
                 "unit_amount_decimal": as_str(p, "unit_amount_decimal")
                 or (str(unit_amount) if unit_amount is not None else None),
             }
+            if options:  # left out of answers unless expanded (params.unexpanded)
+                price["currency_options"] = options
             if holder is not None:  # transfer_lookup_key: moved, atomically (one lock)
                 holder["lookup_key"] = None
             self.prices[price["id"]] = price
@@ -163,6 +175,55 @@ class Billing(Meters):
 
         with self.lock:
             return [x for x in reversed(self.prices.values()) if chosen(x)]
+
+    @staticmethod
+    def _parse_transform(raw: Json) -> Json | None:
+        """A price's ``transform_quantity``: ``divide_by`` (a positive whole number) and
+        ``round`` (``up`` or ``down``), both required; None without one."""
+        if not raw:
+            return None
+        divide_by = as_int(raw, "divide_by", required=True, label="transform_quantity[divide_by]")
+        assert divide_by is not None
+        if divide_by < 1:
+            raise invalid(
+                "transform_quantity[divide_by]", "transform_quantity[divide_by] must be positive."
+            )
+        rounding = as_str(raw, "round", required=True, label="transform_quantity[round]")
+        if rounding not in ("up", "down"):
+            raise invalid(
+                "transform_quantity[round]", "transform_quantity[round] must be up or down."
+            )
+        return {"divide_by": divide_by, "round": rounding}
+
+    def _parse_currency_options(self, raw: Json, scheme: str, currency: str) -> Json:
+        """A price's ``currency_options``: per other currency, its ``unit_amount`` (per_unit)
+        or its ``tiers`` (tiered, with the price's tier bounds' rules)."""
+        options: Json = {}
+        for key, option in raw.items():
+            cur = str(key).lower()
+            label = f"currency_options[{key}]"
+            if not isinstance(option, dict) or len(cur) != 3 or cur == currency:
+                raise invalid(label, f"Invalid {label}.")
+            entry: Json = {
+                "custom_unit_amount": None,
+                "tax_behavior": "unspecified",
+                "tiers": None,
+                "unit_amount": None,
+                "unit_amount_decimal": None,
+            }
+            if scheme == "tiered":
+                entry["tiers"] = self._parse_tiers(option.get("tiers"))
+            else:
+                unit = as_int(
+                    option,
+                    "unit_amount",
+                    required=as_str(option, "unit_amount_decimal") is None,
+                    label=f"{label}[unit_amount]",
+                )
+                entry["unit_amount"] = unit
+                entry["unit_amount_decimal"] = as_str(option, "unit_amount_decimal") or str(unit)
+            options[cur] = entry
+        return options
 
     @staticmethod
     def _parse_tiers(raw: Any) -> list[Json]:
@@ -224,6 +285,7 @@ class Billing(Meters):
                 raise invalid("metadata", f"{PERIOD_SECONDS_METADATA_KEY} must be positive.")
         anchor_param = as_int(p, "billing_cycle_anchor")
         backdate = as_int(p, "backdate_start_date")
+        currency = (as_str(p, "currency") or "").lower() or None
         with self.lock:
             self.get_customer(customer)
             prices = []
@@ -239,6 +301,16 @@ class Billing(Meters):
                         f"items[{i}][quantity]", "Quantity cannot be set for a metered price."
                     )
                 prices.append((price, qty))
+            currency = currency or prices[0][0]["currency"]
+            for i, (price, _) in enumerate(prices):
+                if currency != price["currency"] and currency not in (
+                    price.get("currency_options") or {}
+                ):
+                    raise invalid(
+                        f"items[{i}][price]",
+                        f"The price {price['id']} has no amount in {currency}: its currency "
+                        f"or one of its currency_options must be the subscription's currency.",
+                    )
             first = prices[0][0]["recurring"]
             now = self.now_int()
             if backdate is not None and backdate > now:
@@ -273,7 +345,7 @@ class Billing(Meters):
                 "canceled_at": None,
                 "collection_method": "charge_automatically",
                 "created": now,
-                "currency": prices[0][0]["currency"],
+                "currency": currency,
                 "customer": customer,
                 "ended_at": None,
                 "items": {
@@ -432,13 +504,13 @@ class Billing(Meters):
                 quantity = self.aggregate(meter, sub.obj["customer"], start, end)
             else:
                 quantity = item["quantity"] or 1
-            amount = price_amount(price, quantity)
+            amount = price_amount(in_currency(price, sub.obj["currency"]), quantity)
             lines.append(
                 {
                     "id": new_id("il_tmp"),
                     "object": "line_item",
                     "amount": amount,
-                    "currency": price["currency"],
+                    "currency": sub.obj["currency"],
                     "description": f"{quantity} × {price['product']}",
                     "livemode": False,
                     "metadata": {},
@@ -529,28 +601,56 @@ def dec(value: Any) -> Decimal:
         return Decimal(0)
 
 
+def in_currency(price: Json, currency: str) -> Json:
+    """The price with the amounts it has in ``currency``: its own, or those of its
+    ``currency_options`` entry (a subscription is billed in one currency)."""
+    if currency == price["currency"]:
+        return price
+    option = price["currency_options"][currency]
+    return {
+        **price,
+        "currency": currency,
+        "tiers": option["tiers"],
+        "unit_amount": option["unit_amount"],
+        "unit_amount_decimal": option["unit_amount_decimal"],
+    }
+
+
+def billed_quantity(price: Json, quantity: int) -> int:
+    """The quantity a per-unit price charges for: ``quantity`` divided by the price's
+    ``transform_quantity[divide_by]`` and rounded as its ``round`` says, else as is."""
+    transform = price.get("transform_quantity")
+    if not transform:
+        return quantity
+    whole, rest = divmod(quantity, transform["divide_by"])
+    return whole + (1 if rest and transform["round"] == "up" else 0)
+
+
 def price_amount(price: Json, quantity: int) -> int:
     """The amount in the currency's minor unit for ``quantity`` units of ``price``.
 
     Graduated tiers charge each tier's units at that tier's unit amount plus the flat amount of
     every tier that holds at least one unit; volume tiers charge all units at the tier the total
-    falls in plus that tier's flat amount.  A quantity of zero costs nothing.
+    falls in plus that tier's flat amount. Tier ranges start at 0: a quantity of 0 falls in the
+    first tier, whose flat amount is charged in both modes ("Stripe always bills the first flat
+    rate tier when quantity=0", Set up tiered pricing). A per-unit price charges its unit
+    amount for each unit of the quantity after its ``transform_quantity``.
     """
-    if quantity <= 0:
-        return 0
+    quantity = max(quantity, 0)
     if price["billing_scheme"] != "tiered":
-        total = dec(price["unit_amount_decimal"]) * quantity
+        total = dec(price["unit_amount_decimal"]) * billed_quantity(price, quantity)
     elif price["tiers_mode"] == "volume":
         tier = next(t for t in price["tiers"] if t["up_to"] is None or quantity <= t["up_to"])
         total = dec(tier["unit_amount_decimal"]) * quantity + dec(tier["flat_amount_decimal"])
     else:
         total = Decimal(0)
         lower = 0
-        for tier in price["tiers"]:
+        for i, tier in enumerate(price["tiers"]):
             upper = tier["up_to"]
             units = quantity - lower if upper is None else min(quantity, upper) - lower
-            if units <= 0:
+            if units <= 0 and i > 0:
                 break
+            units = max(units, 0)
             total += dec(tier["unit_amount_decimal"]) * units + dec(tier["flat_amount_decimal"])
             if upper is None:
                 break

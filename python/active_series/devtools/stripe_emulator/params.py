@@ -158,7 +158,8 @@ def check_expand_depth(paths: Iterable[str]) -> None:
 def unexpanded(node: Any, expand: set[str], path: str = "") -> Any:
     """A copy of an answer without what Stripe includes only when expanded: a price's
     ``tiers`` (``expand[]=tiers`` on a price, ``items.data.price.tiers`` on a subscription;
-    on a list of subscriptions that would take five levels, which Stripe refuses)."""
+    on a list of subscriptions that would take five levels, which Stripe refuses) and its
+    ``currency_options`` (shown whole once expanded)."""
     if isinstance(node, list):
         return [unexpanded(v, expand, path) for v in node]
     if not isinstance(node, dict):
@@ -166,7 +167,11 @@ def unexpanded(node: Any, expand: set[str], path: str = "") -> Any:
     out = {}
     for key, value in node.items():
         where = f"{path}.{key}" if path else key
-        if key == "tiers" and node.get("object") == "price" and where not in expand:
+        if (
+            key in ("tiers", "currency_options")
+            and node.get("object") == "price"
+            and where not in expand
+        ):
             continue
         out[key] = unexpanded(value, expand, where)
     return out
