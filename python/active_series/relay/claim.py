@@ -243,7 +243,7 @@ class Relay:
         ).fetchall()
         self.claims += 1
         if rows and not self.meter_still_fits(rows[0][0], rows[0][2]):
-            return  # the meter could not be read: not parked, their values are posted again
+            return  # the meter could not be read: not parked (posted again at their next change)
         for org, ident, reason in rows:
             self.ledger.execute(q.STATE_PARK, (reason, org))
             self.metrics.posts.labels("parked").inc()
@@ -599,8 +599,9 @@ class Relay:
         with another formula or other payload keys) rather than the organization's. One that
         no longer fits stops the worker (MeterError, exit 8) without parking anyone: a claim's
         transaction rolls back, and the refused posts, recorded failed, are posted again
-        once the meter is fixed and the worker started again. False: the meter could not be
-        read (the organization is retried rather than parked)."""
+        once the meter is fixed and the worker started again (refusals read after their claim
+        ended: at the organization's next change, or its period's close). False: the meter
+        could not be read (the organization is retried rather than parked)."""
         claim, readable = self.meter_read
         if claim == self.claims:
             return readable
