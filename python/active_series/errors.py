@@ -14,6 +14,7 @@ class ExitCode(IntEnum):
     NOT_FOUND = 5  # unknown organization
     INPUT = 6  # bad dates or other rejected input
     STRIPE_KEY = 7  # STRIPE_API_KEY missing (worker, close-period)
+    METER = 8  # the Stripe meter is missing, inactive or does not fit the worker
     INTERRUPTED = 130  # Ctrl-C
 
 

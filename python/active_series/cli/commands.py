@@ -352,6 +352,8 @@ def _relay_config(args: argparse.Namespace) -> RelayConfig:
         api_key=api_key,
         api_base=args.stripe_api_base,
         meter_event_name=args.meter_event_name,
+        meter_customer_key=args.meter_customer_key,
+        meter_value_key=args.meter_value_key,
         poll_interval=getattr(args, "poll_interval", 5.0),
         watch_interval=getattr(args, "watch_interval", 0.05),
         debounce=getattr(args, "debounce", 0.05),

@@ -245,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--meter-event-name", default="active_series", help="the meter's event name"
     )
     stripe_opts.add_argument(
+        "--meter-customer-key",
+        default="stripe_customer_id",
+        metavar="KEY",
+        help="the payload key of the customer id, as the meter's customer_mapping names it"
+        " (default stripe_customer_id)",
+    )
+    stripe_opts.add_argument(
+        "--meter-value-key",
+        default="value",
+        metavar="KEY",
+        help="the payload key of the value, as the meter's value_settings name it (default value)",
+    )
+    stripe_opts.add_argument(
         "--rate-limit", type=float, default=25.0, help="Stripe requests per second (0: no limit)"
     )
     stripe_opts.add_argument(

@@ -46,6 +46,7 @@ from enum import StrEnum
 from typing import Any
 
 import psycopg
+import stripe
 
 from active_series.install import check_version
 from active_series.ratelimit import backoff
@@ -63,7 +64,7 @@ from active_series.relay.posting import (
 )
 
 __all__ = ["ClaimOutcome", "Relay", "Stopping"]
-from active_series.relay.stripe_api import Outcome
+from active_series.relay.stripe_api import MeterError, Outcome, classify
 
 Conn = psycopg.Connection[Any]
 
@@ -133,6 +134,8 @@ class Relay:
         self.ledger_conn: Conn | None = None
         self.wake_reason = "start"
         self.refusals_due = 0.0  # when the Events API is read for refusals next (monotonic)
+        self.claims = 0  # claims begun (and reads of refusals): the meter is reread once each
+        self.meter_read: tuple[int, bool] = (-1, False)  # (claim, whether it could be read)
 
     # ------------------------------------------------------------------ connections
     def connect(self) -> None:
@@ -238,6 +241,9 @@ class Relay:
             q.LEDGER_REFUSED_LATER,
             ([r.identifier for r in refusals], [f"{r.code}: {r.message}"[:500] for r in refusals]),
         ).fetchall()
+        self.claims += 1
+        if rows and not self.meter_still_fits(rows[0][0], rows[0][2]):
+            return  # the meter could not be read: not parked (posted again at their next change)
         for org, ident, reason in rows:
             self.ledger.execute(q.STATE_PARK, (reason, org))
             self.metrics.posts.labels("parked").inc()
@@ -248,6 +254,7 @@ class Relay:
         """One claim of a batch of organizations; returns what happened to each claimed."""
         conn = self.claim
         posted: list[dict[str, Any]] = []
+        self.claims += 1
         try:
             return self._claim(conn, orgs, only_close, posted)
         finally:
@@ -549,6 +556,8 @@ class Relay:
     def _failed(self, conn: Conn, org: int, outcome: Outcome, reason: str) -> ClaimOutcome:
         """Record a failed call on the organization's state (in the claim transaction)."""
         now = time.time()
+        if outcome == Outcome.PERMANENT and not self.meter_still_fits(org, reason):
+            outcome = Outcome.TRANSIENT  # the meter could not be read: retried, not parked
         if outcome == Outcome.PERMANENT:
             conn.execute(q.STATE_PARK, (reason, org))
             self.metrics.posts.labels("parked").inc()
@@ -572,6 +581,42 @@ class Relay:
             retry_in=retry_at - now,
         )
         return ClaimOutcome.RETRY
+
+    # ------------------------------------------------------------------ the meter
+    def check_meter(self) -> dict[str, Any]:
+        """Read the meter the worker posts to; returns it if it fits (formula ``last``, the
+        configured payload keys). Raises MeterError, or stripe.StripeError when it cannot
+        be read."""
+        meter = self.poster.meter.meter()
+        self.poster.prices.meter_id = str(meter["id"])
+        if self.poster.stream is not None:
+            self.poster.stream.use_meter(str(meter["id"]))
+        return meter
+
+    def meter_still_fits(self, org: int, reason: str) -> bool:
+        """Before parking an organization for a permanent refusal: read the meter again (once
+        per claim), as the refusal may be the meter's doing (deactivated, or replaced by one
+        with another formula or other payload keys) rather than the organization's. One that
+        no longer fits stops the worker (MeterError, exit 8) without parking anyone: a claim's
+        transaction rolls back, and the refused posts, recorded failed, are posted again
+        once the meter is fixed and the worker started again (refusals read after their claim
+        ended: at the organization's next change, or its period's close). False: the meter
+        could not be read (the organization is retried rather than parked)."""
+        claim, readable = self.meter_read
+        if claim == self.claims:
+            return readable
+        try:
+            meter = self.check_meter()
+        except MeterError as exc:
+            self.log("error", "refused_by_meter", org=org, reason=reason, meter=str(exc))
+            raise
+        except stripe.StripeError as exc:
+            self.meter_read = (self.claims, False)
+            self.log("warning", "meter_unreadable", org=org, reason=classify(exc)[1])
+            return False
+        self.meter_read = (self.claims, True)
+        self.log("info", "meter_fits", org=org, meter=meter["id"], refusal=reason)
+        return True
 
     def _identifier(self, customer: str, ts: int, value: int) -> str:
         """A post's identifier, as the schema defines it (``_relay_identifier``)."""

@@ -31,6 +31,9 @@ class RelayConfig:
     api_key: str
     api_base: str = DEFAULT_API_BASE
     meter_event_name: str = "active_series"
+    # the meter's payload keys (customer_mapping / value_settings event_payload_key)
+    meter_customer_key: str = "stripe_customer_id"
+    meter_value_key: str = "value"
     poll_interval: float = 5.0
     watch_interval: float = 0.05
     debounce: float = 0.05

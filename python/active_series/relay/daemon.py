@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import Any
 
 import psycopg
+import stripe
 from prometheus_client import start_http_server
 
 from active_series.install import SchemaVersionError
@@ -28,6 +29,7 @@ from active_series.relay.claim import Relay, Stopping
 from active_series.relay.config import RelayConfig, worker_conninfo
 from active_series.relay.observe import Log, Metrics
 from active_series.relay.signals import StopSignals
+from active_series.relay.stripe_api import MeterError, classify
 from active_series.text import first_line
 
 
@@ -91,6 +93,8 @@ class Worker:
             pid=os.getpid(),
             api_base=self.cfg.api_base,
             meter_event_name=self.cfg.meter_event_name,
+            meter_customer_key=self.cfg.meter_customer_key,
+            meter_value_key=self.cfg.meter_value_key,
             poll_interval=self.cfg.poll_interval,
             watch_interval=self.cfg.watch_interval,
             grace=self.cfg.grace,
@@ -101,6 +105,11 @@ class Worker:
         except SchemaVersionError as exc:
             # at the start or at any wake-up (an upgrade under a running worker): exit 4
             self.log("error", "schema_mismatch", error=str(exc))
+            raise
+        except MeterError as exc:
+            # at the start, or after a refused post: nothing is posted to a meter that does
+            # not fit, and no organization parked for the meter's fault: exit 8
+            self.log("error", "meter_unfit", error=str(exc))
             raise
         finally:
             self.relay.shutdown()
@@ -121,6 +130,8 @@ class Worker:
                 self.log("warning", "database_unavailable", error=first_line(exc), retry_in=delay)
                 if self.stop.wait(delay):
                     return 0
+        if not self._check_meter():
+            return 0
         self._start_watch()
         reason = Wake.START
         db_attempts = 0
@@ -153,6 +164,35 @@ class Worker:
                 self.stop.wait(delay)
                 reason = Wake.RECONNECT
         return 0
+
+    def _check_meter(self) -> bool:
+        """Before the first post: the active meter of ``--meter-event-name`` aggregates with
+        ``last`` and reads the configured payload keys, else MeterError (exit 8). A meter
+        that cannot be read (Stripe unreachable, 5xx, a refused key) is read again with
+        backoff; with ``--once``, that too is MeterError. False: stopped meanwhile."""
+        attempts = 0
+        while True:
+            try:
+                meter = self.relay.check_meter()
+            except stripe.StripeError as exc:
+                reason = classify(exc)[1]
+                if self.cfg.once:
+                    raise MeterError(f"cannot read the Stripe meters: {reason}") from None
+                delay = backoff(attempts, self.cfg.reconnect_delay, 60.0)
+                attempts += 1
+                self.log("warning", "meter_unreadable", reason=reason, retry_in=delay)
+                if self.stop.wait(delay):
+                    return False
+                continue
+            self.log(
+                "info",
+                "meter_checked",
+                meter=meter["id"],
+                formula="last",
+                customer_key=self.cfg.meter_customer_key,
+                value_key=self.cfg.meter_value_key,
+            )
+            return True
 
     # ------------------------------------------------------------------ watching
     def _start_watch(self) -> bool:
@@ -244,10 +284,16 @@ def freeze_heap() -> None:
 
 
 def close_periods(cfg: RelayConfig, organization: int | None = None) -> int:
-    """One drain of period closing (the CLI's ``close-period``); returns claims made."""
+    """One drain of period closing (the CLI's ``close-period``); returns claims made. The
+    meter is checked first, as by the worker (MeterError, exit 8: it does not fit or could
+    not be read)."""
     relay = Relay(cfg, Log(cfg.api_key), Metrics())
     relay.connect()
     try:
+        try:
+            relay.check_meter()
+        except stripe.StripeError as exc:
+            raise MeterError(f"cannot read the Stripe meters: {classify(exc)[1]}") from None
         return relay.drain(only_close=True, organization=organization)
     finally:
         relay.shutdown()

@@ -1,5 +1,6 @@
-"""The relay's calls to Stripe: posting a meter event, reading a subscription's period, and
-what a failed call means (:class:`Outcome`); the Stripe API version the relay speaks."""
+"""The relay's calls to Stripe: posting a meter event, reading a subscription's period,
+checking the meter (:func:`meter_fit`), and what a failed call means (:class:`Outcome`); the
+Stripe API version the relay speaks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import requests
 import stripe
 from requests.adapters import HTTPAdapter
 
+from active_series.errors import CommandError, ExitCode
 from active_series.ratelimit import TokenBucket
 from active_series.relay.config import RelayConfig
 
@@ -73,11 +75,78 @@ def can_end_by(deadline: float, bound: float) -> bool:
 TOO_LATE = "not sent: too late to end by the deadline its ledger row holds"
 
 
+class MeterError(CommandError):
+    """The worker cannot post to the meter of its event name: there is no active one, it
+    aggregates with another formula than ``last``, or it reads other payload keys than the
+    worker sends (or, where no retry is made, it could not be read). One line saying what
+    to fix; exit code 8."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.METER)
+
+
+def meter_fit(
+    meters: Iterable[Any], event_name: str, customer_key: str, value_key: str
+) -> dict[str, Any]:
+    """The active meter of ``event_name`` among ``meters`` (all of the account's, newest
+    first, as Stripe lists them), if it fits the worker: formula ``last`` (any other would
+    bill a sum or a count of the posted values), customers mapped ``by_id`` from payload
+    key ``customer_key``, the value under ``value_key`` (other keys: Stripe refuses every
+    event). Raises MeterError naming what is wrong and how to fix it."""
+    same = [m for m in map(_plain, meters) if m.get("event_name") == event_name]
+    active = [m for m in same if m.get("status") == "active"]
+    if not active:
+        if same:
+            mid = same[0].get("id")
+            raise MeterError(
+                f"the meter {mid} (event {event_name}) is {same[0].get('status')} and takes no "
+                f"events: reactivate it (POST /v1/billing/meters/{mid}/reactivate) or create "
+                "a meter with formula last (active-series stripe setup)"
+            )
+        raise MeterError(
+            f"no active Stripe meter has the event name {event_name}: create one with formula "
+            "last (active-series stripe setup), or name yours with --meter-event-name"
+        )
+    meter = active[0]
+    wrong: list[str] = []
+    fixes: list[str] = []
+    formula = (meter.get("default_aggregation") or {}).get("formula")
+    if formula != "last":
+        wrong.append(f"aggregates with {formula} (the worker needs last)")
+        fixes.append(
+            "deactivate it and create a meter with formula last (active-series stripe setup)"
+        )
+    mapping = meter.get("customer_mapping") or {}
+    if mapping.get("type", "by_id") != "by_id":
+        wrong.append(f"maps customers {mapping.get('type')} (the worker needs by_id)")
+    keys = (
+        ("customer", mapping.get("event_payload_key"), customer_key, "--meter-customer-key"),
+        ("value", (meter.get("value_settings") or {}).get("event_payload_key"), value_key,
+         "--meter-value-key"),
+    )  # fmt: skip
+    for what, key, sent, option in keys:
+        if key != sent:
+            wrong.append(f"reads the {what} from payload key {key} (the worker sends {sent})")
+            fixes.append(f"run the worker with {option} {key}")
+    if wrong:
+        raise MeterError(
+            f"the meter {meter.get('id')} (event {event_name}) {' and '.join(wrong)}"
+            + (f"; fix: {' and '.join(fixes)}" if fixes else "")
+        )
+    return meter
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+
+
 class StripeMeter:
     """The Stripe client of one worker; every call waits for the shared rate limit."""
 
     def __init__(self, cfg: RelayConfig) -> None:
         self.event_name = cfg.meter_event_name
+        self.customer_key = cfg.meter_customer_key
+        self.value_key = cfg.meter_value_key
         self.call_bound = cfg.call_bound
         self.client = stripe.StripeClient(
             cfg.api_key,
@@ -108,7 +177,7 @@ class StripeMeter:
             self.client.v1.billing.meter_events.create(
                 params={
                     "event_name": self.event_name,
-                    "payload": {"stripe_customer_id": customer, "value": str(value)},
+                    "payload": {self.customer_key: customer, self.value_key: str(value)},
                     "identifier": ident,
                     "timestamp": ts,
                 },
@@ -117,6 +186,16 @@ class StripeMeter:
         except stripe.StripeError as exc:
             return classify(exc)
         return Outcome.OK, ""
+
+    def meter(self) -> dict[str, Any]:
+        """The meter the worker posts to, if it fits (:func:`meter_fit`): all the account's
+        meters are listed (100 a page), inactive ones too, to say which one was
+        deactivated. Raises MeterError, or stripe.StripeError when they cannot be read."""
+        self.bucket.acquire()
+        meters = self.client.v1.billing.meters.list(params={"limit": 100})
+        return meter_fit(
+            meters.auto_paging_iter(), self.event_name, self.customer_key, self.value_key
+        )
 
     def subscriptions(self, customer: str) -> list[Any]:
         """The customer's subscriptions with their items and the items' prices (without tiers:

@@ -91,6 +91,8 @@ class MeterEventStream:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.event_name = cfg.meter_event_name
+        self.customer_key = cfg.meter_customer_key
+        self.value_key = cfg.meter_value_key
         self.bucket = bucket
         self.margin = cfg.stream_session_margin
         self.call_bound = cfg.call_bound
@@ -120,7 +122,7 @@ class MeterEventStream:
             "events": [
                 {
                     "event_name": self.event_name,
-                    "payload": {"stripe_customer_id": e.customer, "value": str(e.value)},
+                    "payload": {self.customer_key: e.customer, self.value_key: str(e.value)},
                     "identifier": e.identifier,
                     "timestamp": iso8601(e.timestamp),
                 }
@@ -216,6 +218,11 @@ class MeterEventStream:
             page = self.api.deserialize(
                 self.api.raw_request("get", page.next_page_url), api_mode="V2"
             )
+
+    def use_meter(self, meter_id: str) -> None:
+        """Read the error reports of this meter (the one the worker checked) from now on."""
+        with self._reports_lock:
+            self._meter = meter_id
 
     def _meter_id(self) -> str | None:
         """The id of the active meter of our event name (looked up once, then cached)."""
