@@ -36,9 +36,10 @@ import psycopg
 import stripe
 
 from active_series.errors import CommandError, ExitCode
-from active_series.text import pg_message
+from active_series.relay.stripe_api import meter_mismatches, plain
+from active_series.text import major_units, pg_message
 
-# the payload keys the relay posts (relay/stripe_api.py, relay/stripe_stream.py)
+# the payload keys the relay posts by default (its --meter-customer-key, --meter-value-key)
 CUSTOMER_KEY = "stripe_customer_id"
 VALUE_KEY = "value"
 DEFAULT_EVENT_NAME = "active_series"
@@ -145,14 +146,14 @@ def check_tiers(tiers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def describe_tiers(tiers: Sequence[dict[str, Any]], currency: str) -> str:
-    """``0-10: 29.00 flat + 0.00 each; 11-25: 1.00 each; 26+: 0.50 each`` (major units)."""
+    """``usd 1-10: 29.00 flat + 0.00 each; 11-25: 1.00 each; 26+: 0.50 each`` (major units)."""
     parts, lower = [], 0
     for tier in tiers:
         up_to = tier["up_to"]
         span = f"{lower + 1}+" if up_to in ("inf", None) else f"{lower + 1}-{up_to}"
-        text = f"{(tier.get('unit_amount') or 0) / 100:.2f} each"
+        text = f"{major_units(tier.get('unit_amount') or 0, currency)} each"
         if tier.get("flat_amount"):
-            text = f"{tier['flat_amount'] / 100:.2f} flat + " + text
+            text = f"{major_units(tier['flat_amount'], currency)} flat + " + text
         parts.append(f"{span}: {text}")
         lower = up_to if isinstance(up_to, int) else lower
     return f"{currency} " + "; ".join(parts)
@@ -163,6 +164,8 @@ class Plan:
     """What to set up; the defaults are the worker's and the demo's."""
 
     event_name: str = DEFAULT_EVENT_NAME
+    customer_key: str = CUSTOMER_KEY
+    value_key: str = VALUE_KEY
     tiers: list[dict[str, Any]] = field(default_factory=lambda: list(DEFAULT_TIERS))
     currency: str = "usd"
     interval: str = "month"
@@ -210,11 +213,6 @@ class SetupConflict(CommandError):
 # ---------------------------------------------------------------- Stripe
 
 
-def _flat(obj: Any) -> Any:
-    """A StripeObject as plain dicts and lists (its own to_dict, recursively)."""
-    return obj.to_dict() if hasattr(obj, "to_dict") else obj
-
-
 def _normal_tiers(tiers: Iterable[dict[str, Any]]) -> list[tuple[int | None, int, int]]:
     return [
         (
@@ -236,12 +234,13 @@ class Setup:
 
     # -- the meter ---------------------------------------------------------------------
 
-    def meter(self, event_name: str) -> Any:
+    def meter(self, plan: Plan) -> Any:
+        event_name = plan.event_name
         for meter in self.client.v1.billing.meters.list(
             params={"status": "active"}
         ).auto_paging_iter():
             if meter.event_name == event_name:
-                self._check_meter(meter)
+                self._check_meter(meter, plan)
                 self.say(f"meter {meter.id} (event_name {event_name}, formula last): exists")
                 return meter
         meter = self.client.v1.billing.meters.create(
@@ -249,8 +248,8 @@ class Setup:
                 "display_name": "Active series",
                 "event_name": event_name,
                 "default_aggregation": {"formula": "last"},
-                "customer_mapping": {"type": "by_id", "event_payload_key": CUSTOMER_KEY},
-                "value_settings": {"event_payload_key": VALUE_KEY},
+                "customer_mapping": {"type": "by_id", "event_payload_key": plan.customer_key},
+                "value_settings": {"event_payload_key": plan.value_key},
             }
         )
         self.created += 1
@@ -258,17 +257,11 @@ class Setup:
         return meter
 
     @staticmethod
-    def _check_meter(meter: Any) -> None:
-        wrong = []
-        formula = meter.default_aggregation.formula
-        if formula != "last":
-            wrong.append(f"its formula is {formula}, not last")
-        customer_key = meter.customer_mapping.event_payload_key
-        if customer_key != CUSTOMER_KEY:
-            wrong.append(f"its customer key is {customer_key}, not {CUSTOMER_KEY}")
-        value_key = meter.value_settings.event_payload_key
-        if value_key != VALUE_KEY:
-            wrong.append(f"its value key is {value_key}, not {VALUE_KEY}")
+    def _check_meter(meter: Any, plan: Plan) -> None:
+        wrong = [
+            f"its {what} is {found}, not {needed}"
+            for what, found, needed in meter_mismatches(meter, plan.customer_key, plan.value_key)
+        ]
         if wrong:
             raise SetupConflict(
                 f"the active meter {meter.id} with event_name {meter.event_name} does not fit "
@@ -333,9 +326,9 @@ class Setup:
             wrong.append(f"its currency is {price.currency}, not {plan.currency}")
         if price.billing_scheme != "tiered" or price.tiers_mode != "graduated":
             wrong.append("it is not tiered graduated")
-        elif _normal_tiers(_flat(t) for t in price.tiers or []) != _normal_tiers(plan.tiers):
+        elif _normal_tiers(plain(t) for t in price.tiers or []) != _normal_tiers(plan.tiers):
             wrong.append(
-                f"its tiers are {describe_tiers(_flat(price).get('tiers') or [], price.currency)}"
+                f"its tiers are {describe_tiers(plain(price).get('tiers') or [], price.currency)}"
             )
         if not price.active:
             wrong.append("it is archived")
@@ -463,7 +456,7 @@ def setup(
             raise CommandError(
                 f"organization {', '.join(map(str, unknown))} does not exist", ExitCode.NOT_FOUND
             )
-    meter = steps.meter(plan.event_name)
+    meter = steps.meter(plan)
     price = steps.price(meter, plan)
     result = Result(meter=meter, price=price)
     for org, name, org_plan, linked in rows:

@@ -31,8 +31,8 @@ from active_series.ratelimit import backoff
 from active_series.relay import queries as q
 from active_series.relay.config import SUBSCRIPTION_RECHECK, RelayConfig
 from active_series.relay.observe import Log, Metrics
-from active_series.relay.prices import PriceKeeper, plain
-from active_series.relay.stripe_api import Outcome, StripeMeter, classify, current_period
+from active_series.relay.prices import PriceKeeper
+from active_series.relay.stripe_api import Outcome, StripeMeter, classify, current_period, plain
 
 # v2 meter event streams take at most this many events per request
 STREAM_BATCH = 100

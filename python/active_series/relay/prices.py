@@ -24,6 +24,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from active_series.relay import queries as q
+from active_series.relay.stripe_api import plain
 
 LIVE = ("active", "trialing", "past_due")
 
@@ -33,10 +34,6 @@ SUBSCRIPTION_CURRENCY = "subscription_currency"
 
 class PriceRefused(Exception):
     """A price the database cannot preview as Stripe bills it (the reason says why)."""
-
-
-def plain(obj: Any) -> dict[str, Any]:
-    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
 
 
 def metered_item(

@@ -93,7 +93,7 @@ def meter_fit(
     bill a sum or a count of the posted values), customers mapped ``by_id`` from payload
     key ``customer_key``, the value under ``value_key`` (other keys: Stripe refuses every
     event). Raises MeterError naming what is wrong and how to fix it."""
-    same = [m for m in map(_plain, meters) if m.get("event_name") == event_name]
+    same = [m for m in map(plain, meters) if m.get("event_name") == event_name]
     active = [m for m in same if m.get("status") == "active"]
     if not active:
         if same:
@@ -110,24 +110,18 @@ def meter_fit(
     meter = active[0]
     wrong: list[str] = []
     fixes: list[str] = []
-    formula = (meter.get("default_aggregation") or {}).get("formula")
-    if formula != "last":
-        wrong.append(f"aggregates with {formula} (the worker needs last)")
-        fixes.append(
-            "deactivate it and create a meter with formula last (active-series stripe setup)"
-        )
-    mapping = meter.get("customer_mapping") or {}
-    if mapping.get("type", "by_id") != "by_id":
-        wrong.append(f"maps customers {mapping.get('type')} (the worker needs by_id)")
-    keys = (
-        ("customer", mapping.get("event_payload_key"), customer_key, "--meter-customer-key"),
-        ("value", (meter.get("value_settings") or {}).get("event_payload_key"), value_key,
-         "--meter-value-key"),
-    )  # fmt: skip
-    for what, key, sent, option in keys:
-        if key != sent:
-            wrong.append(f"reads the {what} from payload key {key} (the worker sends {sent})")
-            fixes.append(f"run the worker with {option} {key}")
+    for what, found, needed in meter_mismatches(meter, customer_key, value_key):
+        if what == "formula":
+            wrong.append(f"aggregates with {found} (the worker needs last)")
+            fixes.append(
+                "deactivate it and create a meter with formula last (active-series stripe setup)"
+            )
+        elif what == "customer mapping":
+            wrong.append(f"maps customers {found} (the worker needs by_id)")
+        else:
+            part = what.removesuffix(" key")
+            wrong.append(f"reads the {part} from payload key {found} (the worker sends {needed})")
+            fixes.append(f"run the worker with --meter-{part}-key {found}")
     if wrong:
         raise MeterError(
             f"the meter {meter.get('id')} (event {event_name}) {' and '.join(wrong)}"
@@ -136,7 +130,26 @@ def meter_fit(
     return meter
 
 
-def _plain(obj: Any) -> dict[str, Any]:
+def meter_mismatches(
+    meter: Any, customer_key: str, value_key: str
+) -> list[tuple[str, str | None, str]]:
+    """Each way ``meter`` does not fit a worker posting ``customer_key`` and ``value_key``,
+    as (what, the meter's, what the worker needs): "formula" (``last``), "customer mapping"
+    (``by_id``), "customer key", "value key". The one definition of a meter that fits, for
+    the worker and for ``stripe setup``."""
+    m = plain(meter)
+    mapping = m.get("customer_mapping") or {}
+    found = (
+        ("formula", (m.get("default_aggregation") or {}).get("formula"), "last"),
+        ("customer mapping", mapping.get("type", "by_id"), "by_id"),
+        ("customer key", mapping.get("event_payload_key"), customer_key),
+        ("value key", (m.get("value_settings") or {}).get("event_payload_key"), value_key),
+    )
+    return [(what, have, need) for what, have, need in found if have != need]
+
+
+def plain(obj: Any) -> dict[str, Any]:
+    """A Stripe object (or a mapping) as plain dicts and lists, recursively."""
     return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
 
 
