@@ -397,3 +397,19 @@ def test_an_organization_linked_to_a_customer_stripe_lacks_is_told_how_to_unlink
     assert "linked to cus_123, which is unknown to this Stripe account" in out.stderr
     assert f"set_stripe_customer({acme.id}, NULL)" in out.stderr
     assert emu.counts()["customers"] == 0
+
+
+def test_the_meter_reads_the_payload_keys_the_worker_is_told_to_send(conn, dsn, emu) -> None:
+    keys = ("--meter-customer-key", "customer", "--meter-value-key", "series")
+    first = setup(emu, dsn, *keys)
+    assert first.returncode == 0, first.stderr
+    [meter] = emu.state.meters.values()
+    assert meter["customer_mapping"]["event_payload_key"] == "customer"
+    assert meter["value_settings"]["event_payload_key"] == "series"
+    again = setup(emu, dsn, *keys)
+    assert again.returncode == 0 and "nothing to create" in again.stdout, again.stderr
+    # the worker's defaults do not fit that meter: refused, saying which keys differ
+    default = setup(emu, dsn)
+    assert default.returncode == ExitCode.FAILURE
+    assert "customer key is customer, not stripe_customer_id" in default.stderr
+    assert "value key is series, not value" in default.stderr

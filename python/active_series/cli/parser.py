@@ -234,29 +234,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=batch_size, default=500, help="reports per committed batch")
 
-    stripe_opts = argparse.ArgumentParser(add_help=False)
-    stripe_opts.add_argument(
+    # the Stripe account and the meter: the worker's, close-period's and stripe setup's
+    meter_opts = argparse.ArgumentParser(add_help=False)
+    meter_opts.add_argument(
         "--stripe-api-base",
         default="https://api.stripe.com",
         metavar="URL",
         help="Stripe API base URL (default: Stripe's; e.g. a local emulator)",
     )
-    stripe_opts.add_argument(
+    meter_opts.add_argument(
         "--meter-event-name", default="active_series", help="the meter's event name"
     )
-    stripe_opts.add_argument(
+    meter_opts.add_argument(
         "--meter-customer-key",
         default="stripe_customer_id",
         metavar="KEY",
         help="the payload key of the customer id, as the meter's customer_mapping names it"
         " (default stripe_customer_id)",
     )
-    stripe_opts.add_argument(
+    meter_opts.add_argument(
         "--meter-value-key",
         default="value",
         metavar="KEY",
         help="the payload key of the value, as the meter's value_settings name it (default value)",
     )
+    stripe_opts = argparse.ArgumentParser(add_help=False, parents=[meter_opts])
     stripe_opts.add_argument(
         "--rate-limit", type=float, default=25.0, help="Stripe requests per second (0: no limit)"
     )
@@ -373,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(command_name="relay resume")
     _organization(rp, required=True)
 
-    stripe_setup.add_commands(sub, common, organization_id)
+    stripe_setup.add_commands(sub, common, meter_opts, organization_id)
 
     # commands of the developer tools (active_series.devtools), registered by entry point
     for entry in entry_points(group=COMMANDS_GROUP):

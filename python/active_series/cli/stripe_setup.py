@@ -16,11 +16,13 @@ from active_series.relay.stripe_api import STRIPE_API_VERSION
 
 
 def add_commands(
-    sub: Any, common: argparse.ArgumentParser, organization_id: Callable[[str], int]
+    sub: Any,
+    common: argparse.ArgumentParser,
+    meter_opts: argparse.ArgumentParser,
+    organization_id: Callable[[str], int],
 ) -> None:
     """``stripe setup`` under the ``active-series`` subcommands."""
     from active_series.billing_setup import (
-        DEFAULT_EVENT_NAME,
         DEFAULT_LOOKUP_KEY,
         DEFAULT_PLAN,
         DEFAULT_PRODUCT_NAME,
@@ -30,22 +32,11 @@ def add_commands(
     stripe_sub = p.add_subparsers(dest="stripe_command", required=True, metavar="ACTION")
     sp = stripe_sub.add_parser(
         "setup",
-        parents=[common],
+        parents=[common, meter_opts],  # the worker's meter options, with their defaults
         help="create or find the meter, the tiered price and (optionally) customers and "
         "subscriptions; STRIPE_API_KEY from the environment",
     )
     sp.set_defaults(func=cmd_stripe_setup)
-    sp.add_argument(
-        "--stripe-api-base",
-        default="https://api.stripe.com",
-        metavar="URL",
-        help="Stripe API base URL (default: Stripe's; e.g. a local emulator)",
-    )
-    sp.add_argument(
-        "--meter-event-name",
-        default=DEFAULT_EVENT_NAME,
-        help="the meter's event name, the worker's --meter-event-name (default %(default)s)",
-    )
     tiers = sp.add_mutually_exclusive_group()
     tiers.add_argument(
         "--tiers",
@@ -130,6 +121,8 @@ def cmd_stripe_setup(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), ExitCode.INPUT) from None
     plan = b.Plan(
         event_name=args.meter_event_name,
+        customer_key=args.meter_customer_key,
+        value_key=args.meter_value_key,
         tiers=tiers,
         currency=args.currency.lower(),
         product_name=args.product_name,
