@@ -370,6 +370,8 @@ def _relay_config(args: argparse.Namespace) -> RelayConfig:
         reconnect_delay=getattr(args, "reconnect_delay", 1.0),
         shutdown_timeout=getattr(args, "shutdown_timeout", 30.0),
         sync_subscriptions=not getattr(args, "no_subscription_periods", False),
+        subscription_recheck=getattr(args, "subscription_recheck", 3600.0),
+        post_before_subscription=getattr(args, "post_before_subscription", False),
         once=getattr(args, "once", False),
     )
 

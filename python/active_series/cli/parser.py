@@ -341,6 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not take billing periods from the Stripe subscriptions",
     )
+    p.add_argument(
+        "--subscription-recheck",
+        type=float,
+        default=3600.0,
+        help="seconds between reads of a customer's subscriptions (a cancellation is seen"
+        " within this long; a period's end is seen at once)",
+    )
+    p.add_argument(
+        "--post-before-subscription",
+        action="store_true",
+        help="post the periods that ended before the customer's subscription began"
+        " (by default they are finalized unposted: no invoice bills them)",
+    )
     p.add_argument("--once", action="store_true", help="drain the work due now and exit")
 
     p = _command(

@@ -364,9 +364,15 @@ class Relay:
             claim = claims[org]
             if org in outcomes or not claim.billed:
                 continue
+            ended = self.poster.ended.get(org)
             for p in periods:
                 # final: never posted again; ended: waits for its final post at end + grace
                 if p.phase in ("final", "ended") or (only_close and p.phase != "closing"):
+                    continue
+                if ended is not None and (p.next_ts is None or p.next_ts >= ended):
+                    # the subscription was canceled: Stripe bills nothing after its end, and
+                    # what it held then was its final invoice's; closed as it is
+                    unpostable.add((org, p.start))
                     continue
                 if p.held == p.usage and p.held_status != "pending":
                     continue
@@ -516,6 +522,9 @@ class Relay:
                     self.log("info", "period_closed", org=org, period=p.start, value=held)
                 elif p.phase == "final":
                     billed = held if claim.billed else None
+                    ended = self.poster.ended.get(org)
+                    if ended is not None and p.first_second >= ended:
+                        billed = None  # begun after the subscription ended: billed to no one
                     conn.execute(
                         q.FINALIZE_PERIOD, {"billed": billed, "org": org, "start": p.start}
                     )

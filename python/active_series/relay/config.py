@@ -11,7 +11,7 @@ DEFAULT_API_BASE = "https://api.stripe.com"
 DEFAULT_METER_EVENTS_BASE = "https://meter-events.stripe.com"
 # Stripe accepts timestamps within the past 35 days; keep an hour of margin.
 MAX_EVENT_AGE = 35 * 86400 - 3600
-# How often to re-read a customer's subscription when it has none (or reading failed).
+# How often to re-read a customer's subscription by default (RelayConfig.subscription_recheck).
 SUBSCRIPTION_RECHECK = 3600.0
 # Organizations claimed in one transaction at most (one v2 stream request's events).
 CLAIM_BATCH = 100
@@ -50,6 +50,12 @@ class RelayConfig:
     reconnect_delay: float = 1.0
     shutdown_timeout: float = 30.0
     sync_subscriptions: bool = True
+    # seconds between reads of a live subscription within its period (a cancellation is
+    # seen within this long), and of a customer without one
+    subscription_recheck: float = SUBSCRIPTION_RECHECK
+    # post the periods that ended before the customer's subscription began (no invoice
+    # bills them: by default they are finalized without a post)
+    post_before_subscription: bool = False
     once: bool = False
 
     @property

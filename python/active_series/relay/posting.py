@@ -29,9 +29,9 @@ import stripe
 
 from active_series.ratelimit import backoff
 from active_series.relay import queries as q
-from active_series.relay.config import SUBSCRIPTION_RECHECK, RelayConfig
+from active_series.relay.config import RelayConfig
 from active_series.relay.observe import Log, Metrics
-from active_series.relay.prices import PriceKeeper
+from active_series.relay.prices import LIVE, PriceKeeper
 from active_series.relay.stripe_api import Outcome, StripeMeter, classify, current_period, plain
 
 # v2 meter event streams take at most this many events per request
@@ -81,6 +81,8 @@ class Poster:
         self.pause_until = 0.0
         self.rate_backoff = 0
         self.subscription_until: dict[int, float] = {}
+        # organizations whose customer's subscriptions are all canceled: when the newest ended
+        self.ended: dict[int, int] = {}
         self.prices = PriceKeeper(
             self.meter.client, cfg.meter_event_name, self.meter.bucket.acquire, log
         )
@@ -208,14 +210,21 @@ class Poster:
     # ------------------------------------------------------------------ subscriptions
     def sync_subscriptions(self, ledger: psycopg.Connection[Any], claims: list[Any]) -> None:
         """Align each organization's billing period with its Stripe subscription's current
-        period, read again once the known one has ended, and keep its metered price
-        (prices.py). The period is the metered item's (items may have periods of their own).
-        No subscription: the database's periods stay (calendar months unless an admin set
-        them). The reads run on the pool; the writes on ``ledger``."""
+        period, read again once the known one has ended (and every ``subscription_recheck``
+        seconds within it), and keep its metered price (prices.py). The period is the
+        metered item's (items may have periods of their own). No subscription: the
+        database's periods stay (calendar months unless an admin set them).
+
+        What Stripe bills is kept in step too: the periods that ended before the live
+        subscription began are finalized without a post (no invoice bills them; unless
+        ``post_before_subscription``), and a customer whose subscriptions are all canceled
+        is billed up to the newest one's end only (:attr:`ended`: the claim posts nothing
+        at or after it). The reads run on the pool; the writes on ``ledger``."""
         now = time.time()
         due = [c for c in claims if now >= self.subscription_until.get(c.org, 0.0)]
         if not due:
             return
+        recheck = self.cfg.subscription_recheck
         prices: dict[str, dict[str, Any]] = {}  # price id -> with its tiers, read once a pass
         answers = self.pool.map(lambda claim: self._subscriptions(claim, prices), due)
         for claim, answer in zip(due, answers, strict=True):
@@ -227,9 +236,10 @@ class Poster:
                 continue
             subscriptions, item = answer
             self.prices.keep(ledger, claim.org, item)
+            self._note_ended(claim, subscriptions)
             bounds = current_period(subscriptions, item)
             if bounds is None:
-                self.subscription_until[claim.org] = now + SUBSCRIPTION_RECHECK
+                self.subscription_until[claim.org] = now + recheck
                 continue
             start, end = bounds
             row = ledger.execute(q.CURRENT_BOUNDS, (claim.org,)).fetchone()
@@ -237,7 +247,54 @@ class Poster:
             if differs and start <= now < end:
                 ledger.execute(q.SET_BILLING_PERIOD, (claim.org, start, end))
                 self.log("info", "billing_period_set", org=claim.org, start=start, end=end)
-            self.subscription_until[claim.org] = float(end)
+            if not self.cfg.post_before_subscription:
+                self._skip_before(ledger, claim.org, subscriptions)
+            self.subscription_until[claim.org] = min(float(end), now + recheck)
+
+    def _note_ended(self, claim: Any, subscriptions: list[Any]) -> None:
+        """Keep :attr:`ended`: when the customer has no live subscription but a canceled
+        one, the newest one's end (Stripe bills no usage after it)."""
+        subs = [plain(s) for s in subscriptions]
+        if any(s.get("status") in LIVE for s in subs):
+            ended = None
+        else:
+            ends = [int(s["ended_at"]) for s in subs if s.get("ended_at") is not None]
+            ended = max(ends) if ends else None
+        if ended is None:
+            self.ended.pop(claim.org, None)
+        elif self.ended.get(claim.org) != ended:
+            self.ended[claim.org] = ended
+            self.log(
+                "info", "subscription_ended", org=claim.org, customer=claim.customer, ended=ended
+            )
+
+    def _skip_before(
+        self, ledger: psycopg.Connection[Any], org: int, subscriptions: list[Any]
+    ) -> None:
+        """Finalize, unposted (``billed_value`` NULL), the periods that ended at or before
+        the live subscription's start and after the end of any earlier subscription of the
+        customer: usage no invoice bills (a stub period of activity before the customer
+        subscribed). A period an earlier subscription billed keeps the usual rules."""
+        subs = [plain(s) for s in subscriptions]
+        live = next((s for s in subs if s.get("status") in LIVE), None)
+        if live is None or live.get("start_date") is None:
+            return
+        began = int(live["start_date"])
+        earlier = [
+            int(s["ended_at"]) for s in subs if s.get("ended_at") is not None
+            and int(s["ended_at"]) <= began
+        ]  # fmt: skip
+        after = max(earlier) if earlier else None
+        for start, end, usage in ledger.execute(q.SKIP_BEFORE_SUBSCRIPTION, (org, began, after)):
+            self.log(
+                "info",
+                "period_before_subscription",
+                org=org,
+                period=start,
+                end=end,
+                usage=usage,
+                subscription_start=began,
+            )
 
     def _subscriptions(
         self, claim: Any, prices: dict[str, dict[str, Any]]

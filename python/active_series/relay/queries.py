@@ -220,6 +220,21 @@ SELECT extract(EPOCH FROM period_start)::float8, extract(EPOCH FROM period_end):
 FROM active_series.current_period(%s)
 """
 
+# (organization, subscription start, end of the customer's previous subscription or NULL):
+# the unfinalized periods that ended at or before the subscription began, and began at or
+# after the previous one ended, finalized without a post (no invoice bills them)
+SKIP_BEFORE_SUBSCRIPTION: Final = """
+UPDATE active_series._period AS p
+SET finalized_at = clock_timestamp(), closed_at = coalesce(p.closed_at, clock_timestamp()),
+    billed_value = NULL, drift_since = NULL
+WHERE
+    p.organization_id = %s AND p.finalized_at IS NULL
+    AND p.period_end <= to_timestamp(%s)
+    AND p.period_start >= coalesce(to_timestamp(%s::float8), '-infinity')
+RETURNING p.period_start, p.period_end,
+    active_series.period_usage(p.organization_id, p.period_start)
+"""
+
 SET_BILLING_PERIOD: Final = (
     "SELECT active_series.set_billing_period(%s, to_timestamp(%s), to_timestamp(%s))"
 )

@@ -211,10 +211,13 @@ class StripeMeter:
         )
 
     def subscriptions(self, customer: str) -> list[Any]:
-        """The customer's subscriptions with their items and the items' prices (without tiers:
-        :meth:`price` reads those). Raises stripe.StripeError."""
+        """The customer's subscriptions, canceled ones included (newest first), with their
+        items and the items' prices (without tiers: :meth:`price` reads those). Raises
+        stripe.StripeError."""
         self.bucket.acquire()
-        subs = self.client.v1.subscriptions.list(params={"customer": customer, "limit": 10})
+        subs = self.client.v1.subscriptions.list(
+            params={"customer": customer, "status": "all", "limit": 20}
+        )
         return list(subs.data)
 
     def price(self, price_id: str) -> Any:

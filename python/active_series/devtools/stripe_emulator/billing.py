@@ -341,7 +341,9 @@ class Billing(Meters):
                 "id": sub_id,
                 "object": "subscription",
                 "billing_cycle_anchor": sub.anchor,
+                "cancel_at": None,
                 "cancel_at_period_end": False,
+                "cancellation_details": {"comment": None, "feedback": None, "reason": None},
                 "canceled_at": None,
                 "collection_method": "charge_automatically",
                 "created": now,
@@ -390,10 +392,20 @@ class Billing(Meters):
         if not self.auto_advance_periods or sub.obj["status"] != "active":
             return
         now = self.now()
+        cancel_at = sub.obj.get("cancel_at")
         steps = 0
-        while now >= sub.obj["current_period_end"] and steps < 100_000:
+        while (
+            now >= sub.obj["current_period_end"]
+            and (cancel_at is None or sub.obj["current_period_end"] < cancel_at)
+            and steps < 100_000
+        ):
             self._next_period(sub)
             steps += 1
+        if cancel_at is not None and now >= cancel_at:
+            # a scheduled cancellation took effect: ended at cancel_at, its partial period
+            # invoiced then (the final invoice of a scheduled cancellation)
+            sub.obj.update(status="canceled", ended_at=cancel_at)
+            sub.invoice_now = True
 
     def _next_period(self, sub: Subscription) -> None:
         start, end = sub.obj["current_period_start"], sub.obj["current_period_end"]
@@ -423,11 +435,75 @@ class Billing(Meters):
                 result.append(sub.obj)
             return result
 
-    def cancel_subscription(self, sid: str) -> Json:
+    def cancel_subscription(self, sid: str, p: Json | None = None) -> Json:
+        """``DELETE /v1/subscriptions/{id}``: cancel now. ``invoice_now`` (default false)
+        invoices the un-invoiced metered usage of the partial period at once; ``prorate``
+        (default false) credits the unused time of licensed items (no amounts here)."""
+        p = p or {}
+        invoice_now = as_bool(p, "invoice_now")
+        as_bool(p, "prorate")
+        details = as_dict(p, "cancellation_details")
         with self.lock:
             sub = self.get_subscription(sid)
+            if sub.obj["status"] == "canceled":
+                raise invalid("subscription", f"The subscription {sid} has already been canceled.")
             now = self.now_int()
-            sub.obj.update(status="canceled", canceled_at=now, ended_at=now)
+            sub.obj.update(
+                status="canceled",
+                canceled_at=now,
+                ended_at=now,
+                cancel_at=None,
+                cancel_at_period_end=False,
+                cancellation_details={
+                    "comment": as_str(details, "comment"),
+                    "feedback": as_str(details, "feedback"),
+                    "reason": "cancellation_requested",
+                },
+            )
+            sub.invoice_now = invoice_now
+            return sub.obj
+
+    def update_subscription(self, sid: str, p: Json) -> Json:
+        """``POST /v1/subscriptions/{id}``: ``cancel_at`` (a future Unix time; empty unsets
+        it), ``cancel_at_period_end`` (cancel when the current period ends; sets
+        ``cancel_at`` to that end) and ``metadata``. A canceled subscription cannot be
+        updated."""
+        with self.lock:
+            sub = self.get_subscription(sid)
+            if sub.obj["status"] == "canceled":
+                raise invalid(
+                    "subscription",
+                    "A canceled subscription can only update its cancellation_details and "
+                    "metadata.",
+                )
+            now = self.now_int()
+            at_end = p.get("cancel_at_period_end") not in (None, "")
+            if at_end and p.get("cancel_at") not in (None, ""):
+                raise invalid(
+                    "cancel_at",
+                    "You may only specify one of these parameters: cancel_at, "
+                    "cancel_at_period_end.",
+                )
+            if at_end:
+                if as_bool(p, "cancel_at_period_end"):
+                    end = sub.obj["current_period_end"]
+                    sub.obj.update(cancel_at_period_end=True, cancel_at=end, canceled_at=now)
+                else:
+                    sub.obj.update(cancel_at_period_end=False, cancel_at=None, canceled_at=None)
+            elif p.get("cancel_at") == "":
+                sub.obj.update(cancel_at_period_end=False, cancel_at=None, canceled_at=None)
+            elif p.get("cancel_at") is not None:
+                cancel_at = as_int(p, "cancel_at")
+                assert cancel_at is not None
+                if cancel_at <= now:
+                    raise invalid("cancel_at", "cancel_at must be in the future.")
+                sub.obj.update(
+                    cancel_at=cancel_at,
+                    cancel_at_period_end=cancel_at == sub.obj["current_period_end"],
+                    canceled_at=now,
+                )
+            if p.get("metadata") is not None:
+                sub.obj["metadata"] = {**sub.obj["metadata"], **metadata_of(p)}
             return sub.obj
 
     def advance_subscription(self, sid: str, at: str) -> Json:
@@ -479,14 +555,21 @@ class Billing(Meters):
                 *sub.history,
                 (sub.obj["current_period_start"], sub.obj["current_period_end"]),
             ]
+            ended = sub.obj.get("ended_at")
             rows = []
             for start, end in periods:
+                current = (start, end) == periods[-1]
+                if ended is not None and current:
+                    # canceled mid-period: the partial period up to the cancellation, its
+                    # usage invoiced only with invoice_now (or a scheduled cancellation)
+                    end = max(start, min(end, ended))
                 lines = self._invoice_lines(sub, start, end)
                 rows.append(
                     {
                         "start": start,
                         "end": end,
-                        "current": (start, end) == periods[-1],
+                        "current": current,
+                        "invoiced": ended is None or not current or sub.invoice_now,
                         "quantity": sum(line["quantity"] or 0 for line in lines),
                         "amount": sum(line["amount"] for line in lines),
                     }

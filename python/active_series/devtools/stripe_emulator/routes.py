@@ -72,7 +72,12 @@ STRIPE_ROUTES: list[tuple[str, re.Pattern[str], StripeHandler]] = [
         ("POST", r"/v1/subscriptions", lambda st, h, p, k: st.create_subscription(p)),
         ("GET", r"/v1/subscriptions", _page(lambda st, p: st.list_subscriptions(p))),
         ("GET", r"/v1/subscriptions/([^/]+)", lambda st, h, p, k: st.get_subscription(h[1]).obj),
-        ("DELETE", r"/v1/subscriptions/([^/]+)", lambda st, h, p, k: st.cancel_subscription(h[1])),
+        ("POST", r"/v1/subscriptions/([^/]+)", lambda st, h, p, k: st.update_subscription(h[1], p)),
+        (
+            "DELETE",
+            r"/v1/subscriptions/([^/]+)",
+            lambda st, h, p, k: st.cancel_subscription(h[1], p),
+        ),
         ("POST", r"/v1/invoices/create_preview", lambda st, h, p, k: st.preview_invoice(p)),
         ("GET", r"/v1/invoices/upcoming", lambda st, h, p, k: st.preview_invoice(p)),
     ]

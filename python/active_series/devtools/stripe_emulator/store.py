@@ -31,6 +31,7 @@ class Subscription:
     interval: str
     interval_count: int
     history: list[tuple[int, int]] = field(default_factory=list)
+    invoice_now: bool = False  # canceled with its partial period invoiced
 
     def boundary(self, index: int) -> int:
         if self.period_seconds:
