@@ -120,7 +120,7 @@ def test_a_new_period_cutting_through_activity_splits_it_exactly_from_the_metric
     assert periods(conn, org) == [
         (t(2024, 1, 1), t(2024, 1, 15), 2),
         (t(2024, 1, 15), t(2024, 2, 15), 3),
-        (t(2024, 2, 15), t(2024, 3, 1), 1),
+        (t(2024, 2, 15), t(2024, 3, 15), 1),  # the rest of February, on the new schedule
     ]
     assert series(conn, org, t(2024, 1, 1)) == [
         (0, 0, t(2024, 1, 3, 8), t(2024, 1, 10, 12, 30)),
