@@ -113,6 +113,9 @@ BEGIN
             )::bigint;
         END IF;
         v_k := greatest(v_k - 1, 1);
+        WHILE v_k > 1 AND v_start_utc + v_k * v_interval > v_first_utc LOOP
+            v_k := v_k - 1;  -- (an interval times k is rounded to microseconds)
+        END LOOP;
         WHILE v_start_utc + (v_k + 1) * v_interval <= v_first_utc LOOP
             v_k := v_k + 1;
         END LOOP;

@@ -189,7 +189,10 @@ def test_later_recorded_periods_are_rebucketed_onto_the_schedule_exactly(conn):
         " ORDER BY benchmark_id",
         (org, t(2025, 12, 5)),
     ).fetchall()
-    assert rows == [(parse, t(2025, 12, 20), t(2025, 12, 29)), (other, t(2025, 12, 29), t(2025, 12, 29))]
+    assert rows == [
+        (parse, t(2025, 12, 20), t(2025, 12, 29)),
+        (other, t(2025, 12, 29), t(2025, 12, 29)),
+    ]
     # last_seen is the series' own, untouched
     count = "SELECT active_series.count_active(%s, %s, %s)"
     assert conn.execute(count, (org, t(2026, 3, 7), t(2026, 3, 8))).fetchone() == (1,)
