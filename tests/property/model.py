@@ -307,15 +307,34 @@ class Model:
         return start, end
 
     def set_billing_period(self, org_id: int, start: datetime, end: datetime) -> None:
-        """Configure anchor and interval, then re-bucket: split recorded periods strictly
-        containing ``start``, then ``end``; replace those starting in ``[start, end)`` by it."""
+        """Configure anchor and interval, then re-bucket: split the recorded period strictly
+        containing ``start``; ``[start, end)`` replaces what was recorded there; after ``end``,
+        the recorded periods are the intervals of the new schedule that hold activity (those
+        that hold none are not recorded)."""
         start, end = utc(start), utc(end)
         org = self.organizations[org_id]
         org.config = BillingConfig.from_bounds(start, end)
-        periods = _split(_split(org.periods, start), end)
-        periods = [p for p in periods if not start <= p[0] < end]
+        periods = [p for p in _split(org.periods, start) if p[0] < start]
         periods.append((start, end))
+        periods += self._later_cells(org, end)
         org.periods = sorted(periods)
+
+    def billing_period_cuts(self, org_id: int, start: datetime, end: datetime) -> list[datetime]:
+        """Every time at which ``set_billing_period(org_id, start, end)`` may cut a recorded
+        period: its bounds and those of the intervals of its schedule after ``end`` that hold
+        activity."""
+        start, end = utc(start), utc(end)
+        org = self.organizations[org_id]
+        cells = self._later_cells(org, end, BillingConfig.from_bounds(start, end))
+        return sorted({start, end, *(b for cell in cells for b in cell)})
+
+    @staticmethod
+    def _later_cells(
+        org: Organization, end: datetime, config: BillingConfig | None = None
+    ) -> list[Period]:
+        config = config or org.config
+        assert config is not None
+        return sorted({config.cell(a.created) for a in org.activity if a.created >= end})
 
     def backfill(self) -> None:
         """Backfill rebuilds from metrics merged with recorded history: nothing the model holds

@@ -120,7 +120,7 @@ def test_a_new_period_cutting_through_activity_splits_it_exactly_from_the_metric
     assert periods(conn, org) == [
         (t(2024, 1, 1), t(2024, 1, 15), 2),
         (t(2024, 1, 15), t(2024, 2, 15), 3),
-        (t(2024, 2, 15), t(2024, 3, 1), 1),
+        (t(2024, 2, 15), t(2024, 3, 15), 1),  # the rest of February, on the new schedule
     ]
     assert series(conn, org, t(2024, 1, 1)) == [
         (0, 0, t(2024, 1, 3, 8), t(2024, 1, 10, 12, 30)),
@@ -208,4 +208,33 @@ def test_activity_before_the_anchor_falls_in_its_calendar_month_up_to_the_anchor
         (t(2024, 3, 10), t(2024, 3, 11), 0),
         (t(2024, 3, 12), t(2024, 3, 13), 1),
     ]
+    assert_healthy(conn)
+
+
+def test_later_activity_moves_onto_the_new_schedule_whatever_the_interval(conn, org):
+    # January is recorded as a calendar month; a one-second period set before it re-buckets its
+    # activity into the seconds that hold some, the rest of January is not recorded (the walk
+    # jumps from one second with activity to the next: 2.7 million seconds, three periods)
+    ingest(conn, org, t(2024, 1, 3, 8, 0, 0, 250_000), (0, 0), (1, 0))
+    ingest(conn, org, t(2024, 1, 3, 8, 0, 0, 750_000), (0, 0), (0, 1))
+    ingest(conn, org, t(2024, 1, 3, 8, 0, 1), (1, 1))
+    ingest(conn, org, t(2024, 1, 31, 23, 59, 59, 999_999), (1, 1))
+
+    set_period(conn, org, t(2023, 12, 31, 23, 59, 59), t(2024, 1, 1))
+
+    second = timedelta(seconds=1)
+    assert periods(conn, org) == [
+        (t(2023, 12, 31, 23, 59, 59), t(2024, 1, 1), 0),
+        (t(2024, 1, 3, 8), t(2024, 1, 3, 8) + second, 3),
+        (t(2024, 1, 3, 8, 0, 1), t(2024, 1, 3, 8, 0, 1) + second, 1),
+        (t(2024, 1, 31, 23, 59, 59), t(2024, 2, 1), 1),
+    ]
+    assert series(conn, org, t(2024, 1, 3, 8)) == [
+        (0, 0, t(2024, 1, 3, 8, 0, 0, 250_000), t(2024, 1, 3, 8, 0, 0, 750_000)),
+        (0, 1, t(2024, 1, 3, 8, 0, 0, 750_000), t(2024, 1, 3, 8, 0, 0, 750_000)),
+        (1, 0, t(2024, 1, 3, 8, 0, 0, 250_000), t(2024, 1, 3, 8, 0, 0, 250_000)),
+    ]
+    # ingest between them derives the same seconds
+    ingest(conn, org, t(2024, 1, 20, 12, 0, 0, 500_000), (0, 0))
+    assert periods(conn, org)[3] == (t(2024, 1, 20, 12), t(2024, 1, 20, 12, 0, 1), 1)
     assert_healthy(conn)

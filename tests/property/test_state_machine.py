@@ -616,7 +616,8 @@ class ActiveSeriesMachine(RuleBasedStateMachine):
             return add_months(s, length) if kind == "months" else s + length
 
         end = end_of(start)
-        if not (self.model.split_is_exact(org, start) and self.model.split_is_exact(org, end)):
+        cuts = self.model.billing_period_cuts(org, start, end)
+        if not all(self.model.split_is_exact(org, x) for x in cuts):
             # A cut through activity whose report was deleted cannot be recovered exactly by the
             # database (documented); start after all activity instead.
             note(f"[{iso(start)}, {iso(end)}) would cut unrecoverable activity; moved")

@@ -125,14 +125,19 @@ def test_a_time_before_the_anchor_gets_its_calendar_month_clamped_to_the_anchor(
 def test_a_derived_period_is_clamped_between_recorded_periods():
     model = new_model()
     ingest(model, 1, t(2024, 1, 10), (200, 300))  # records January
-    model.set_billing_period(1, t(2023, 12, 20), t(2023, 12, 27))  # weekly from Dec 20
+    # weekly from Dec 20: January's activity moves onto the schedule, [Jan 10, Jan 17)
+    model.set_billing_period(1, t(2023, 12, 20), t(2023, 12, 27))
     assert [p[:2] for p in model.periods(1)] == [
         (t(2023, 12, 20), t(2023, 12, 27)),
-        (t(2024, 1, 1), t(2024, 2, 1)),
+        (t(2024, 1, 10), t(2024, 1, 17)),
     ]
+    assert model.period_for(1, t(2024, 1, 4)) == (t(2024, 1, 3), t(2024, 1, 10))
+    # then weekly from Mar 3: before it, calendar months clamped between the recorded periods
+    model.set_billing_period(1, t(2024, 3, 3), t(2024, 3, 10))
     assert model.period_for(1, t(2023, 12, 30)) == (t(2023, 12, 27), t(2024, 1, 1))
-    assert model.period_for(1, t(2024, 2, 2)) == (t(2024, 2, 1), t(2024, 2, 7))
-    assert model.period_for(1, t(2024, 2, 7)) == (t(2024, 2, 7), t(2024, 2, 14))
+    assert model.period_for(1, t(2024, 1, 5)) == (t(2024, 1, 1), t(2024, 1, 10))
+    assert model.period_for(1, t(2024, 1, 20)) == (t(2024, 1, 17), t(2024, 2, 1))
+    assert model.period_for(1, t(2024, 3, 12)) == (t(2024, 3, 10), t(2024, 3, 17))
     assert model.period_for(1, t(2023, 12, 19)) == (t(2023, 12, 1), t(2023, 12, 20))
 
 
@@ -147,7 +152,7 @@ def test_setting_a_period_splits_and_merges_recorded_periods_exactly():
     assert [p[:2] for p in model.periods(1)] == [
         (t(2024, 1, 1), t(2024, 1, 15)),
         (t(2024, 1, 15), t(2024, 2, 15)),
-        (t(2024, 2, 15), t(2024, 3, 1)),
+        (t(2024, 2, 15), t(2024, 3, 15)),  # the rest of February, on the new schedule
     ]
     assert model.period_series(1, t(2024, 1, 1)) == [
         m.SeriesRow(10, 100, 200, m.EMPTY_VARIANT, 300, t(2024, 1, 3), t(2024, 1, 10)),
@@ -159,9 +164,31 @@ def test_setting_a_period_splits_and_merges_recorded_periods_exactly():
     ]
     assert model.period_usage(1, t(2024, 2, 15)) == 1
     assert model.period_usage(1, t(2024, 2, 1)) == 0  # no period starts there any more
-    # later periods roll forward by one month from the anchor, clamped by recorded ones
-    assert model.period_for(1, t(2024, 3, 10)) == (t(2024, 3, 1), t(2024, 3, 15))
+    # later periods roll forward by one month from the anchor, the recorded ones too
+    assert model.period_for(1, t(2024, 3, 10)) == (t(2024, 2, 15), t(2024, 3, 15))
     assert model.period_for(1, t(2024, 3, 20)) == (t(2024, 3, 15), t(2024, 4, 15))
+
+
+def test_setting_a_period_moves_later_activity_onto_its_schedule_and_drops_empty_periods():
+    model = new_model()
+    model.set_billing_period(1, t(2024, 4, 1), t(2024, 5, 1))  # recorded, no activity
+    ingest(model, 1, t(2024, 2, 20), (200, 300))
+    ingest(model, 2, t(2024, 3, 9, 12), (200, 300))
+    model.set_billing_period(1, t(2024, 1, 10), t(2024, 1, 17))  # weekly from Jan 10
+    assert model.periods(1) == [
+        (t(2024, 1, 10), t(2024, 1, 17), 0),
+        (t(2024, 2, 14), t(2024, 2, 21), 1),
+        (t(2024, 3, 6), t(2024, 3, 13), 1),
+    ]
+    # the cuts the database makes: the bounds, and those of the weeks with activity
+    assert model.billing_period_cuts(1, t(2024, 1, 3), t(2024, 1, 10)) == [
+        t(2024, 1, 3),
+        t(2024, 1, 10),
+        t(2024, 2, 14),
+        t(2024, 2, 21),
+        t(2024, 3, 6),
+        t(2024, 3, 13),
+    ]
 
 
 def test_setting_a_period_records_it_even_without_activity():
