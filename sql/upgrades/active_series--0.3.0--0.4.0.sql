@@ -2816,8 +2816,6 @@ DECLARE
     v_at timestamptz;
     v_next timestamptz;
     v_first timestamptz;
-    v_first_utc timestamp;
-    v_k bigint;
     v_cell_start timestamptz;
     v_cell_end timestamptz;
 BEGIN
@@ -2885,27 +2883,9 @@ BEGIN
         WHERE t.organization_id = p_organization_id AND t.period_start = v_next;
         v_first := greatest(coalesce(v_first, v_next), v_next);
 
-        -- the rolling period containing v_first: anchor + k * interval, computed from the
-        -- anchor each time exactly as _derive_period does (k >= 1: v_first >= the end)
-        v_first_utc := v_first AT TIME ZONE 'UTC';
-        IF v_months >= 1 AND v_start_utc + make_interval(months => v_months) = v_end_utc THEN
-            v_k := ((extract(YEAR FROM v_first_utc) - extract(YEAR FROM v_start_utc)) * 12
-                + extract(MONTH FROM v_first_utc) - extract(MONTH FROM v_start_utc))::bigint
-                / v_months;
-        ELSE
-            v_k := floor(
-                extract(EPOCH FROM v_first - p_period_start) / extract(EPOCH FROM v_interval)
-            )::bigint;
-        END IF;
-        v_k := greatest(v_k - 1, 1);
-        WHILE v_k > 1 AND v_start_utc + v_k * v_interval > v_first_utc LOOP
-            v_k := v_k - 1;  -- (an interval times k is rounded to microseconds)
-        END LOOP;
-        WHILE v_start_utc + (v_k + 1) * v_interval <= v_first_utc LOOP
-            v_k := v_k + 1;
-        END LOOP;
-        v_cell_start := (v_start_utc + v_k * v_interval) AT TIME ZONE 'UTC';
-        v_cell_end := (v_start_utc + (v_k + 1) * v_interval) AT TIME ZONE 'UTC';
+        -- the rolling period containing v_first (k >= 1: v_first >= the end)
+        SELECT r.period_start, r.period_end INTO v_cell_start, v_cell_end
+        FROM active_series._rolling_period(p_period_start, v_interval, v_first) AS r;
 
         PERFORM active_series._split_period(p_organization_id, v_cell_start);
         PERFORM active_series._split_period(p_organization_id, v_cell_end);
@@ -3254,3 +3234,110 @@ GRANT EXECUTE ON FUNCTION active_series._benchmark_elsewhere(bigint[], bigint[],
 TO active_series_admin;
 -- relay_now posted beside the worker on its own terms; posting is the worker's alone.
 DROP FUNCTION IF EXISTS active_series.relay_now(bigint);
+-- sql/functions/_rolling_period.sql: the one definition of the rolling schedule, which
+-- _derive_period and set_billing_period both call.
+CREATE FUNCTION active_series._rolling_period(
+    p_anchor timestamptz,
+    p_interval interval,
+    p_at timestamptz,
+    OUT period_start timestamptz,
+    OUT period_end timestamptz
+)
+LANGUAGE plpgsql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rolling period [anchor + k * interval, anchor + (k + 1) * interval), k >= 0, that
+-- contains p_at (at or after the anchor). Computed in UTC from the anchor each time, so
+-- month lengths never drift: k is first estimated from whole months (an interval with a
+-- month part) or seconds, then corrected both ways (months differ in length, and an
+-- interval times k is rounded to microseconds). The one definition of the schedule:
+-- _derive_period and set_billing_period call it. Reads nothing; takes no locks.
+DECLARE
+    v_anchor timestamp := p_anchor AT TIME ZONE 'UTC';
+    v_at timestamp := p_at AT TIME ZONE 'UTC';
+    v_months integer := extract(YEAR FROM p_interval)::integer * 12
+        + extract(MONTH FROM p_interval)::integer;
+    v_k bigint;
+BEGIN
+    IF v_months > 0 THEN
+        v_k := ((extract(YEAR FROM v_at) - extract(YEAR FROM v_anchor)) * 12
+            + extract(MONTH FROM v_at) - extract(MONTH FROM v_anchor))::bigint / v_months;
+    ELSE
+        v_k := floor(
+            extract(EPOCH FROM p_at - p_anchor) / extract(EPOCH FROM p_interval)
+        )::bigint;
+    END IF;
+    v_k := greatest(v_k, 0);
+    WHILE v_k > 0 AND v_anchor + v_k * p_interval > v_at LOOP
+        v_k := v_k - 1;
+    END LOOP;
+    WHILE v_anchor + (v_k + 1) * p_interval <= v_at LOOP
+        v_k := v_k + 1;
+    END LOOP;
+    period_start := (v_anchor + v_k * p_interval) AT TIME ZONE 'UTC';
+    period_end := (v_anchor + (v_k + 1) * p_interval) AT TIME ZONE 'UTC';
+END;
+$$;
+COMMENT ON FUNCTION active_series._rolling_period(timestamptz, interval, timestamptz) IS
+'Internal: the period of the rolling schedule anchor + k * interval that contains a time.';
+REVOKE ALL ON FUNCTION active_series._rolling_period(timestamptz, interval, timestamptz)
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION active_series._rolling_period(timestamptz, interval, timestamptz)
+TO active_series_worker, active_series_admin;
+CREATE OR REPLACE FUNCTION active_series._derive_period(
+    p_organization_id bigint,
+    p_at timestamptz,
+    OUT period_start timestamptz,
+    OUT period_end timestamptz
+)
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The billing period that would contain p_at, from the organization's configuration:
+-- the rolling period anchor + k * interval (_rolling_period), or the calendar month in UTC
+-- before the anchor / without one.
+-- Clamped so that it never overlaps a recorded period. Reads only; takes no locks.
+DECLARE
+    v_anchor timestamptz;
+    v_interval interval;
+    v_month timestamp;
+    v_bound timestamptz;
+BEGIN
+    SELECT b.period_anchor, b.period_interval
+    INTO v_anchor, v_interval
+    FROM active_series.billing_account AS b
+    WHERE b.organization_id = p_organization_id;
+
+    IF v_anchor IS NOT NULL AND p_at >= v_anchor THEN
+        SELECT r.period_start, r.period_end INTO period_start, period_end
+        FROM active_series._rolling_period(v_anchor, v_interval, p_at) AS r;
+    ELSE
+        v_month := date_trunc('month', p_at AT TIME ZONE 'UTC');
+        period_start := v_month AT TIME ZONE 'UTC';
+        period_end := (v_month + interval '1 month') AT TIME ZONE 'UTC';
+    END IF;
+
+    SELECT p.period_end INTO v_bound
+    FROM active_series._period AS p
+    WHERE p.organization_id = p_organization_id AND p.period_start <= p_at
+    ORDER BY p.period_start DESC
+    LIMIT 1;
+    IF v_bound IS NOT NULL AND v_bound > period_start THEN
+        period_start := v_bound;
+    END IF;
+
+    SELECT p.period_start INTO v_bound
+    FROM active_series._period AS p
+    WHERE p.organization_id = p_organization_id AND p.period_start > p_at
+    ORDER BY p.period_start
+    LIMIT 1;
+    IF v_bound IS NOT NULL AND v_bound < period_end THEN
+        period_end := v_bound;
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION active_series._derive_period(bigint, timestamptz) IS
+'Internal: the period that would contain a time, from the billing configuration, clamped between recorded periods.';
