@@ -238,10 +238,7 @@ class Streams(Meters):
                 kind["samples"].append(
                     {
                         "error_message": err.message,
-                        "request": {
-                            "id": new_id("req"),
-                            "identifier": request_key or str(uuid.uuid4()),
-                        },
+                        "request": {"identifier": request_key or str(uuid.uuid4())},
                     }
                 )
             if last:
