@@ -3341,3 +3341,26 @@ END;
 $$;
 COMMENT ON FUNCTION active_series._derive_period(bigint, timestamptz) IS
 'Internal: the period that would contain a time, from the billing configuration, clamped between recorded periods.';
+
+-- ================================================================ error reports matched to posts
+-- ---------------------------------------------------------------- sql/tables/post_attempt.sql
+CREATE TABLE active_series._post_attempt (
+    idempotency_key text NOT NULL,
+    identifier text NOT NULL,
+    created timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (idempotency_key, identifier)
+);
+CREATE INDEX post_attempt_created_idx ON active_series._post_attempt (created);
+COMMENT ON TABLE active_series._post_attempt IS
+'The idempotency key of each request the relay made to post meter events, with the ledger identifiers it carried (one for a v1 post, up to 100 for a v2 stream request), written before the request: Stripe validates meter events after answering and its error reports name a refused event by its request''s key. The relay deletes rows after 31 days (the Events API keeps events 30).';
+-- ---------------------------------------------------------------- sql/grants.sql
+GRANT SELECT, INSERT, DELETE ON active_series._post_attempt TO active_series_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON active_series._post_attempt TO active_series_admin;
+-- ---------------------------------------------------------------- sql/config_dump.sql
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('active_series._post_attempt', '');
+    END IF;
+END;
+$$;

@@ -3,9 +3,12 @@
 A claim (:mod:`.claim`) hands over the calls of a batch of organizations; the poster makes
 each organization's calls one after the other, and those of different organizations at
 once on a pool of ``concurrency`` threads (v1: one meter event per request), or packs them
-into requests of up to 100 events sent at once (v2 meter event streams, whose refusals
-come back later: :meth:`Poster.refusals`). Every call first waits for the worker's one
-token bucket. A 429 or a refused key pauses every call of the worker for a while.
+into requests of up to 100 events sent at once (v2 meter event streams). Every request gets
+a fresh idempotency key, and the posts each key carried are handed to ``note_attempts``
+before the request is made: Stripe validates meter events after answering, in both APIs,
+and its error reports name a refused event by that key (:meth:`Poster.refusals`). Every
+call first waits for the worker's one token bucket. A 429 or a refused key pauses every
+call of the worker for a while.
 
 Threads rather than asyncio: the SDK's synchronous client and psycopg's synchronous
 connections are what the rest of the relay uses, the work per call is a few
@@ -20,7 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -32,10 +35,27 @@ from active_series.relay import queries as q
 from active_series.relay.config import RelayConfig
 from active_series.relay.observe import Log, Metrics
 from active_series.relay.prices import LIVE, PriceKeeper
-from active_series.relay.stripe_api import Outcome, StripeMeter, classify, current_period, plain
+from active_series.relay.stripe_api import (
+    Outcome,
+    StripeMeter,
+    attempt_key,
+    classify,
+    current_period,
+    plain,
+)
+from active_series.relay.stripe_stream import (
+    ErrorReports,
+    MeterEvent,
+    MeterEventStream,
+    Refusal,
+    stream_key,
+)
 
 # v2 meter event streams take at most this many events per request
 STREAM_BATCH = 100
+# Stripe's range for an event's timestamp, from the moment it receives the event
+STRIPE_MAX_AGE = 35 * 86400
+STRIPE_MAX_AHEAD = 5 * 60
 
 T = TypeVar("T")
 
@@ -48,7 +68,8 @@ class Stopping(Exception):
 class Call:
     """One meter event to post for an organization (``period_start``: the period it is for,
     None for a resend of a pending post; ``deadline``: the ``time.monotonic()`` by which its
-    call ends, as its ledger row promises)."""
+    call ends, as its ledger row promises; ``key``: the idempotency key of the request that
+    carries it, given by :meth:`Poster.post`)."""
 
     org: int
     customer: str
@@ -58,24 +79,47 @@ class Call:
     deadline: float
     resend: bool = False
     period_start: datetime | None = None
+    key: str = ""
 
 
 Results = dict[str, tuple[Outcome, str]]
 
 
+@dataclass(frozen=True)
+class SentPost:
+    """A post a request carried (``_post_attempt``): the request's idempotency key, the
+    post's organization, identifier, customer and event timestamp, and when the request was
+    made (Unix seconds)."""
+
+    key: str
+    org: int
+    identifier: str
+    customer: str
+    timestamp: int
+    sent_at: float
+
+
 class Poster:
     """The Stripe side of one worker: the clients, the pool, the shared pause."""
 
-    def __init__(self, cfg: RelayConfig, log: Log, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        cfg: RelayConfig,
+        log: Log,
+        metrics: Metrics,
+        note_attempts: Callable[[list[Call]], None] = lambda calls: None,
+    ) -> None:
         self.cfg = cfg
         self.log = log
         self.metrics = metrics
         self.meter = StripeMeter(cfg)
+        self.note_attempts = note_attempts
         self.stream: Any = None
         if cfg.api == "v2-stream":
-            from active_series.relay.stripe_stream import MeterEventStream
-
             self.stream = MeterEventStream(cfg, self.meter.bucket)
+            self.reports: ErrorReports = self.stream.reports
+        else:
+            self.reports = ErrorReports(self.meter.client, self.meter.bucket)
         self.pool = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="relay-post")
         self.lock = threading.Lock()
         self.pause_until = 0.0
@@ -121,18 +165,30 @@ class Poster:
             return {}
         groups = list(by_org(calls, lambda call: call.org).values())
         if self.stream is None:
-            jobs, work = groups, self._post_one_by_one
+            jobs = [[replace(c, key=attempt_key(c.identifier)) for c in g] for g in groups]
+            work = self._post_one_by_one
         else:
-            jobs, work = pack(groups, STREAM_BATCH), self._post_stream
+            jobs = [self._keyed(request) for request in pack(groups, STREAM_BATCH)]
+            work = self._post_stream
+        self.note_attempts([call for job in jobs for call in job])
         # one job (a single organization changed): no hand-over to the pool
         parts = map(work, jobs) if len(jobs) == 1 else self.pool.map(work, jobs)
         return self._count(parts)
 
     def submit(self, request: list[Call]) -> Future[Results]:
         """Send one stream request (at most STREAM_BATCH events, whole organizations) on
-        the pool; :meth:`collect` gathers the answers."""
+        the pool, under a fresh idempotency key (noted first); :meth:`collect` gathers the
+        answers."""
         assert self.stream is not None and 0 < len(request) <= STREAM_BATCH
+        request = self._keyed(request)
+        self.note_attempts(request)
         return self.pool.submit(self._post_stream, request)
+
+    @staticmethod
+    def _keyed(request: list[Call]) -> list[Call]:
+        """The calls of one stream request, under its one fresh idempotency key."""
+        key = stream_key()
+        return [replace(call, key=key) for call in request]
 
     def collect(self, requests: list[Future[Results]]) -> Results:
         """The outcomes of :meth:`submit`'s requests, once all are answered."""
@@ -157,7 +213,12 @@ class Poster:
                 results[call.identifier] = (Outcome.NOT_SENT, "")
                 continue
             outcome, reason = self.meter.post(
-                call.customer, call.value, call.timestamp, call.identifier, call.deadline
+                call.customer,
+                call.value,
+                call.timestamp,
+                call.identifier,
+                call.deadline,
+                key=call.key or None,
             )
             self._outcome(outcome, reason)
             results[call.identifier] = (outcome, reason)
@@ -170,13 +231,12 @@ class Poster:
 
     def _post_stream(self, calls: list[Call]) -> Results:
         """One v2 stream request: its events are accepted (validated later) or not, together."""
-        from active_series.relay.stripe_stream import MeterEvent
-
         if self._paused():
             return {c.identifier: (Outcome.NOT_SENT, "") for c in calls}
         outcome, reason = self.stream.send(
             [MeterEvent(c.customer, c.value, c.timestamp, c.identifier) for c in calls],
             min(c.deadline for c in calls),
+            calls[0].key or None,
         )
         self._outcome(outcome, reason)
         if not outcome.accepted:
@@ -197,15 +257,102 @@ class Poster:
             resend=call.resend,
         )
 
-    def refusals(self) -> list[Any]:
-        """Events Stripe refused after accepting their request (v2 streams only)."""
-        if self.stream is None:
-            return []
+    def refusals(self) -> list[Refusal]:
+        """The samples of the error reports Stripe published since the last read: events it
+        refused after accepting their request (v1 and v2). A report that counts more refused
+        events than it samples is logged (``refusals_unsampled``): the others are named
+        nowhere."""
         try:
-            return list(self.stream.refusals())
+            refusals = self.reports.refusals()
         except stripe.StripeError as exc:
             self.log("warning", "refusals_unreadable", reason=classify(exc)[1])
             return []
+        reports = {r.report: r for r in refusals}
+        for r in reports.values():
+            if r.unsampled:
+                self.log(
+                    "warning",
+                    "refusals_unsampled",
+                    report=r.report,
+                    error_count=r.error_count,
+                    sampled=r.sampled,
+                )
+        return refusals
+
+    def refused_posts(
+        self, refusals: list[Refusal], posts: list[SentPost]
+    ) -> list[tuple[str, str]]:
+        """The posts the samples of error reports refuse, as (identifier, reason) pairs.
+
+        A sample names a request: a v1 post is one event, but a stream request carries up to
+        100, of several organizations. Among those, a sample refuses the posts it can be
+        pinned on: for a timestamp code, those whose timestamp was out of Stripe's range when
+        the request was made; for an unknown customer, those of customers Stripe does not
+        know (each read once); otherwise, or when that leaves none, every post the request
+        carried (the reason says so when they are several organizations'). The reason says
+        too when the report counts refused events it does not sample: those are matched to
+        no post here."""
+        carried: dict[str, list[SentPost]] = defaultdict(list)
+        for post in posts:
+            carried[post.key].append(post)
+        samples: dict[tuple[str, str], Refusal] = {}
+        for r in refusals:
+            if r.key:
+                samples.setdefault((r.key, r.code), r)
+        known: dict[str, bool | None] = {}
+        out: dict[str, str] = {}
+        for (key, code), sample in samples.items():
+            rows = carried.get(key, [])
+            if not rows:
+                continue
+            orgs = {p.org for p in rows}
+            chosen = rows
+            if len(orgs) > 1 or code.startswith("timestamp_"):
+                chosen = self._pinned(code, rows, known) or rows
+            reason = f"{code}: {sample.message}"
+            if len({p.org for p in chosen}) > 1:
+                reason += (
+                    f" (sampled for a stream request carrying the posts of {len(orgs)} "
+                    "organizations: whose event Stripe refused is not known)"
+                )
+            if sample.unsampled:
+                reason += (
+                    f" (error report {sample.report} counts {sample.error_count} refused "
+                    f"events and samples {sample.sampled}: the others are matched to no post)"
+                )
+            for post in chosen:
+                out.setdefault(post.identifier, reason[:500])
+        return list(out.items())
+
+    def _pinned(
+        self, code: str, rows: list[SentPost], known: dict[str, bool | None]
+    ) -> list[SentPost]:
+        """The posts of a request an error ``code`` can be pinned on (none: it cannot)."""
+        if code == "timestamp_too_far_in_past":
+            return [p for p in rows if p.timestamp < p.sent_at - STRIPE_MAX_AGE]
+        if code == "timestamp_in_future":
+            return [p for p in rows if p.timestamp > p.sent_at + STRIPE_MAX_AHEAD]
+        if code == "meter_event_customer_not_found":
+            for customer in {p.customer for p in rows} - set(known):
+                known[customer] = self._customer_exists(customer)
+            if any(known[p.customer] is None for p in rows):
+                return []  # a customer could not be read
+            return [p for p in rows if known[p.customer] is False]
+        return []
+
+    def _customer_exists(self, customer: str) -> bool | None:
+        """Whether Stripe knows the customer (a deleted one it does not); None: unknown (the
+        read failed)."""
+        self.meter.bucket.acquire()
+        try:
+            found = self.meter.client.v1.customers.retrieve(customer)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return False
+            return None
+        except stripe.StripeError:
+            return None
+        return not getattr(found, "deleted", False)
 
     # ------------------------------------------------------------------ subscriptions
     def sync_subscriptions(self, ledger: psycopg.Connection[Any], claims: list[Any]) -> None:

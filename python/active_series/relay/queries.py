@@ -205,7 +205,31 @@ FROM unnest(%s::text[], %s::boolean[], %s::text[], %s::text[])
 WHERE l.identifier = o.identifier
 """
 
-# refusals reported later (v2 streams): the post failed after all
+# (idempotency key, identifier) pairs: the posts each request about to be made carries
+ATTEMPTS_NEW: Final = """
+INSERT INTO active_series._post_attempt (idempotency_key, identifier)
+SELECT * FROM unnest(%s::text[], %s::text[])
+ON CONFLICT DO NOTHING
+"""
+
+# the keys of requests made more than 31 days ago: no error report can name them any more
+ATTEMPTS_PRUNE: Final = """
+DELETE FROM active_series._post_attempt
+WHERE created < clock_timestamp() - interval '31 days'
+"""
+
+# the posts the requests of the given idempotency keys carried: key, organization,
+# identifier, customer, event timestamp, and when the request was made (Unix seconds)
+ATTEMPTS_POSTS: Final = """
+SELECT a.idempotency_key, l.organization_id, l.identifier, l.stripe_customer_id,
+       l.event_timestamp, extract(EPOCH FROM a.created)::float8
+FROM active_series._post_attempt AS a
+JOIN active_series._ledger AS l ON l.identifier = a.identifier
+WHERE a.idempotency_key = ANY(%s)
+ORDER BY a.idempotency_key, l.organization_id, l.event_timestamp
+"""
+
+# refusals reported later (error reports, v1 and v2): the post failed after all
 LEDGER_REFUSED_LATER: Final = """
 UPDATE active_series._ledger AS l
 SET status = 'failed', last_error = o.error, updated = clock_timestamp()
