@@ -37,3 +37,11 @@ BEGIN
     END IF;
 END;
 $$;
+-- the relay's record of the subscriptions' edges (sql/tables/relay_subscription.sql)
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('active_series._relay_subscription', '');
+    END IF;
+END;
+$$;

@@ -51,6 +51,9 @@ GRANT UPDATE (
 ) ON active_series._relay_state TO active_series_worker;
 GRANT UPDATE (closed_at, finalized_at, billed_value, drift_since) ON active_series._period
 TO active_series_worker;
+-- the subscription's edges the claims respect (ended, scheduled cancellation, item start)
+GRANT SELECT, INSERT, UPDATE ON active_series._relay_subscription
+TO active_series_worker;
 -- the metered price, read from the subscription item with the billing period
 GRANT SELECT, INSERT, DELETE ON active_series._price, active_series._price_tier
 TO active_series_worker;

@@ -304,6 +304,8 @@ class Relay:
             billed = [c for c in claims.values() if c.billed and c.org not in outcomes]
             if self.cfg.sync_subscriptions:
                 self.poster.sync_subscriptions(self.ledger, billed)
+            # the subscriptions' recorded edges, whichever worker read them last
+            self.poster.load_edges(self.ledger, billed)
             plan: dict[int, list[Period]] = defaultdict(list)
             rows = conn.execute(q.PLAN, (list(claims), self.cfg.grace, self.cfg.invoice_grace))
             for row in rows.fetchall():
@@ -314,6 +316,7 @@ class Relay:
                     int(first), int(last), int(now),
                 )  # fmt: skip
                 plan[period.org].append(period)
+            self.poster.bill_windows(self.ledger, claims, plan)
             unpostable: set[tuple[int, datetime]] = set()
             posts = self._posts(claims, plan, outcomes, only_close, unpostable)
             calls, results = self._post(posts)

@@ -99,6 +99,21 @@ class SentPost:
     sent_at: float
 
 
+@dataclass(frozen=True)
+class Edges:
+    """When a customer's subscriptions let Stripe bill usage, as the last read of them saw
+    it (Unix seconds; kept in ``_relay_subscription``): ``ended``, no subscription is live
+    and the newest canceled one ended then; ``cancel_at``, the live one's scheduled
+    cancellation; ``since``, the metered item bills usage from then on (it was added to the
+    subscription, or its price changed, after the subscription began); ``price``, the
+    metered item's price."""
+
+    ended: int | None = None
+    cancel_at: int | None = None
+    since: int | None = None
+    price: str | None = None
+
+
 class Poster:
     """The Stripe side of one worker: the clients, the pool, the shared pause."""
 
@@ -125,7 +140,9 @@ class Poster:
         self.pause_until = 0.0
         self.rate_backoff = 0
         self.subscription_until: dict[int, float] = {}
-        # organizations whose customer's subscriptions are all canceled: when the newest ended
+        # the claimed organizations' recorded edges (:meth:`load_edges`), and those whose
+        # customer's subscriptions are all canceled (or whose cancel_at passed): when it ended
+        self.edges: dict[int, Edges] = {}
         self.ended: dict[int, int] = {}
         self.prices = PriceKeeper(
             self.meter.client, cfg.meter_event_name, self.meter.bucket.acquire, log
@@ -362,11 +379,14 @@ class Poster:
         metered item's (items may have periods of their own). No subscription: the
         database's periods stay (calendar months unless an admin set them).
 
-        What Stripe bills is kept in step too: the periods that ended before the live
-        subscription began are finalized without a post (no invoice bills them; unless
-        ``post_before_subscription``), and a customer whose subscriptions are all canceled
-        is billed up to the newest one's end only (:attr:`ended`: the claim posts nothing
-        at or after it). The reads run on the pool; the writes on ``ledger``."""
+        What Stripe bills is kept in step too, in ``_relay_subscription`` (:class:`Edges`,
+        read by every claim: :meth:`load_edges`): the periods that ended before the live
+        subscription (or its metered item) began are finalized without a post (no invoice
+        bills them; unless ``post_before_subscription``); a known ``cancel_at`` is where the
+        posts end (:meth:`bill_windows`); a customer whose subscriptions are all canceled
+        is billed up to the newest one's end only (the claim posts nothing at or after it);
+        an item added, or its price changed, mid-period bills the posts made since. The
+        reads run on the pool; the writes on ``ledger``."""
         now = time.time()
         due = [c for c in claims if now >= self.subscription_until.get(c.org, 0.0)]
         if not due:
@@ -374,6 +394,7 @@ class Poster:
         recheck = self.cfg.subscription_recheck
         prices: dict[str, dict[str, Any]] = {}  # price id -> with its tiers, read once a pass
         answers = self.pool.map(lambda claim: self._subscriptions(claim, prices), due)
+        recorded = self._recorded(ledger, due)
         for claim, answer in zip(due, answers, strict=True):
             if isinstance(answer, stripe.StripeError):
                 outcome, reason = classify(answer)
@@ -383,7 +404,7 @@ class Poster:
                 continue
             subscriptions, item = answer
             self.prices.keep(ledger, claim.org, item)
-            self._note_ended(claim, subscriptions)
+            began = self._note_edges(ledger, claim, subscriptions, item, recorded.get(claim.org))
             bounds = current_period(subscriptions, item)
             if bounds is None:
                 self.subscription_until[claim.org] = now + recheck
@@ -395,38 +416,144 @@ class Poster:
                 ledger.execute(q.SET_BILLING_PERIOD, (claim.org, start, end))
                 self.log("info", "billing_period_set", org=claim.org, start=start, end=end)
             if not self.cfg.post_before_subscription:
-                self._skip_before(ledger, claim.org, subscriptions)
+                self._skip_before(ledger, claim.org, subscriptions, began)
             self.subscription_until[claim.org] = min(float(end), now + recheck)
 
-    def _note_ended(self, claim: Any, subscriptions: list[Any]) -> None:
-        """Keep :attr:`ended`: when the customer has no live subscription but a canceled
-        one, the newest one's end (Stripe bills no usage after it)."""
+    def _recorded(self, ledger: psycopg.Connection[Any], claims: list[Any]) -> dict[int, Edges]:
+        """The edges recorded for the claimed organizations (of the claim's customer)."""
+        rows = ledger.execute(
+            q.SUBSCRIPTION_EDGES, ([c.org for c in claims], [c.customer or "" for c in claims])
+        )
+        return {org: Edges(*rest) for org, *rest in rows}
+
+    def load_edges(self, ledger: psycopg.Connection[Any], claims: Iterable[Any]) -> None:
+        """Read the recorded edges of the claimed organizations into :attr:`edges` and
+        :attr:`ended`: what every claim respects, whether or not this worker has read the
+        subscription since it started. A ``cancel_at`` that has passed is an end (Stripe
+        ended the subscription then; the next read of it says so)."""
+        claims = [c for c in claims if c.customer is not None]
+        for claim in claims:
+            self.edges.pop(claim.org, None)
+            self.ended.pop(claim.org, None)
+        if not claims:
+            return
+        now = int(time.time())
+        for org, edges in self._recorded(ledger, claims).items():
+            self.edges[org] = edges
+            if edges.ended is not None:
+                self.ended[org] = int(edges.ended)
+            elif edges.cancel_at is not None and now >= edges.cancel_at:
+                self.ended[org] = int(edges.cancel_at)
+
+    def _note_edges(
+        self,
+        ledger: psycopg.Connection[Any],
+        claim: Any,
+        subscriptions: list[Any],
+        item: dict[str, Any] | None,
+        recorded: Edges | None,
+    ) -> int | None:
+        """Record the customer's :class:`Edges` after a read of its subscriptions; returns
+        when the metered item began billing if later than its subscription's start (an item
+        added since), for :meth:`_skip_before`."""
         subs = [plain(s) for s in subscriptions]
-        if any(s.get("status") in LIVE for s in subs):
-            ended = None
-        else:
+        live = next((s for s in subs if s.get("status") in LIVE), None)
+        ended = cancel_at = added = None
+        if live is None:
             ends = [int(s["ended_at"]) for s in subs if s.get("ended_at") is not None]
             ended = max(ends) if ends else None
-        if ended is None:
-            self.ended.pop(claim.org, None)
-        elif self.ended.get(claim.org) != ended:
-            self.ended[claim.org] = ended
+        else:
+            cancel_at = None if live.get("cancel_at") is None else int(live["cancel_at"])
+            created = item.get("created") if item is not None else None
+            if created is not None and int(created) > int(live.get("created") or created):
+                added = int(created)
+        price = str(item["price"]["id"]) if item is not None and item.get("price") else None
+        # a price changed on the same item: Stripe bills the usage reported since the change
+        # (not before it) on the new price; the change is seen at this read, no later
+        swapped = None
+        if recorded is not None and recorded.price and price and recorded.price != price:
+            swapped = int(time.time())
+            self.log(
+                "info", "price_changed", org=claim.org, old=recorded.price, new=price,
+                since=swapped,
+            )  # fmt: skip
+        kept = recorded.since if recorded is not None and recorded.price == price else None
+        since = max((t for t in (added, kept, swapped) if t is not None), default=None)
+        edges = Edges(ended, cancel_at, since, price)
+        if edges != recorded:
+            ledger.execute(
+                q.SUBSCRIPTION_EDGES_SET,
+                (claim.org, claim.customer, ended, cancel_at, since, price),
+            )
+        if ended is not None and (recorded is None or recorded.ended != ended):
             self.log(
                 "info", "subscription_ended", org=claim.org, customer=claim.customer, ended=ended
             )
+        if cancel_at is not None and (recorded is None or recorded.cancel_at != cancel_at):
+            self.log(
+                "info",
+                "subscription_cancel_at",
+                org=claim.org,
+                customer=claim.customer,
+                cancel_at=cancel_at,
+            )
+        return added
+
+    def bill_windows(
+        self, ledger: psycopg.Connection[Any], claims: dict[int, Any], plan: dict[int, list[Any]]
+    ) -> None:
+        """Fit the claim's plan (``_relay_plan``'s periods) to what the subscription bills,
+        for the organizations whose recorded edges cut a period: a known future
+        ``cancel_at`` inside it ends it there (Stripe invoices at the cancellation: every
+        change is posted at once, timestamped before it, nothing is kept for posts after
+        it), and an item that began billing inside it (``since``) bills the posts from then
+        on only (what Stripe holds for the period is the newest post since; the next one is
+        timestamped no earlier)."""
+        for org, periods in plan.items():
+            edges = self.edges.get(org)
+            customer = claims[org].customer if org in claims else None
+            if edges is None or customer is None:
+                continue
+            periods[:] = [self._window(ledger, customer, edges, p) for p in periods]
+
+    def _window(self, ledger: psycopg.Connection[Any], customer: str, edges: Edges, p: Any) -> Any:
+        cancel = edges.cancel_at
+        cut = cancel is not None and p.first_second < cancel <= p.last_second + 1
+        cut = cut and p.now < int(cancel or 0)
+        late = edges.since is not None and p.first_second < edges.since <= p.last_second
+        if not cut and not late:
+            return p
+        lo = int(edges.since) if late and edges.since is not None else p.first_second
+        hi = int(cancel) - 1 if cut and cancel is not None else p.last_second
+        row = ledger.execute(q.HELD_WITHIN, (customer, lo, hi)).fetchone()
+        value, status, held_ts = row if row is not None else (0, None, None)
+        after = lo if held_ts is None else int(held_ts) + 1
+        if cut:
+            ts: int | None = max(after, p.now)
+            due: int | None = ts
+        else:
+            ts, due = ledger.execute(
+                q.NEXT_TIMESTAMP, (after - 1, p.first_second, p.last_second, p.now)
+            ).fetchone() or (None, None)
+        return replace(p, held=int(value), held_status=status, next_ts=ts, due=due, last_second=hi)
 
     def _skip_before(
-        self, ledger: psycopg.Connection[Any], org: int, subscriptions: list[Any]
+        self,
+        ledger: psycopg.Connection[Any],
+        org: int,
+        subscriptions: list[Any],
+        item_began: int | None = None,
     ) -> None:
         """Finalize, unposted (``billed_value`` NULL), the periods that ended at or before
-        the live subscription's start and after the end of any earlier subscription of the
-        customer: usage no invoice bills (a stub period of activity before the customer
-        subscribed). A period an earlier subscription billed keeps the usual rules."""
+        the live subscription's start (or its metered item's, when that was added later:
+        ``item_began``) and after the end of any earlier subscription of the customer:
+        usage no invoice bills (a stub period of activity before the customer subscribed).
+        A period an earlier subscription billed keeps the usual rules."""
         subs = [plain(s) for s in subscriptions]
         live = next((s for s in subs if s.get("status") in LIVE), None)
         if live is None or live.get("start_date") is None:
             return
-        began = int(live["start_date"])
+        began = max(int(live["start_date"]), item_began or 0)
         earlier = [
             int(s["ended_at"]) for s in subs if s.get("ended_at") is not None
             and int(s["ended_at"]) <= began

@@ -264,3 +264,39 @@ SET_BILLING_PERIOD: Final = (
 )
 # -- the metered price, read with the subscription (prices.py) ---------------------------
 STORE_PRICE: Final = "SELECT active_series._store_price(%s, %s, %s)"
+
+# -- the subscription's edges (posting.py: Poster.sync_subscriptions, Poster.edges) --------
+# (organization, customer, ended, cancel_at, billed_since, price): as the last read saw them
+SUBSCRIPTION_EDGES_SET: Final = """
+INSERT INTO active_series._relay_subscription AS r (
+    organization_id, stripe_customer_id, ended_at, cancel_at, billed_since, stripe_price_id
+)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (organization_id) DO UPDATE
+SET stripe_customer_id = excluded.stripe_customer_id, ended_at = excluded.ended_at,
+    cancel_at = excluded.cancel_at, billed_since = excluded.billed_since,
+    stripe_price_id = excluded.stripe_price_id, read_at = now()
+"""
+
+# the recorded edges of the claimed organizations: (organization, customer) pairs, the rows
+# of another customer than the one claimed ignored
+SUBSCRIPTION_EDGES: Final = """
+SELECT r.organization_id, r.ended_at, r.cancel_at, r.billed_since, r.stripe_price_id
+FROM active_series._relay_subscription AS r
+JOIN unnest(%s::bigint[], %s::text[]) AS c (organization_id, customer)
+    ON r.organization_id = c.organization_id AND r.stripe_customer_id = c.customer
+"""
+
+# what Stripe holds of a customer's posts within [first, last] seconds (the part of a
+# period a subscription bills): the newest post not refused, its status and timestamp
+HELD_WITHIN: Final = """
+SELECT l.value, l.status, l.event_timestamp
+FROM active_series._ledger AS l
+WHERE l.stripe_customer_id = %s AND l.status <> 'failed'
+    AND l.event_timestamp BETWEEN %s AND %s
+ORDER BY l.event_timestamp DESC
+LIMIT 1
+"""
+
+# the next post's timestamp and due second within a period, after the held one
+NEXT_TIMESTAMP: Final = "SELECT * FROM active_series._relay_timestamp(%s, %s, %s, %s)"

@@ -324,8 +324,16 @@ class Meters(Customers):
                 "type": "cancel",
             }
 
-    def aggregate(self, meter_id: str, customer: str, start: float, end: float) -> int:
-        """The meter's formula over the customer's events with ``start <= timestamp < end``.
+    def aggregate(
+        self,
+        meter_id: str,
+        customer: str,
+        start: float,
+        end: float,
+        received_before: float | None = None,
+    ) -> int:
+        """The meter's formula over the customer's events with ``start <= timestamp < end``
+        (and, with ``received_before``, received before then: an invoice made at that time).
 
         ``last`` is the value of the event with the greatest timestamp; among events with the same
         timestamp the one that arrived last wins.
@@ -340,6 +348,7 @@ class Meters(Customers):
                 and e["customer"] == customer
                 and start <= e["timestamp"] < end
                 and not e["canceled"]
+                and (received_before is None or e["received_at"] < received_before)
             ]
         if formula == "count":
             return len(chosen)
