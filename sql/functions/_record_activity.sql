@@ -27,6 +27,7 @@ DECLARE
     v_groups active_series._shape_group [];
     v_group active_series._shape_group;
     v_shape_id bigint;
+    v_series integer;
     v_organization_id bigint;
     v_project_id bigint;
     v_testbed_id bigint;
@@ -166,7 +167,7 @@ BEGIN
         -- out, without the calls: _lock_testbeds, _find_shape and _widen for one group)
         v_group := v_groups[1];
         PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), hashint8(v_group.testbed_id));
-        SELECT s.id INTO v_shape_id
+        SELECT s.id, s.series INTO v_shape_id, v_series
         FROM active_series._shape AS s
         WHERE s.project_id = v_group.project_id
             AND s.digest = hash_array_extended(
@@ -187,6 +188,40 @@ BEGIN
         IF FOUND THEN
             RETURN;
         END IF;
+        -- (the first report of the testbed in the period with a stored set, as below for
+        -- several sets, written for one)
+        IF v_shape_id IS NOT NULL AND NOT EXISTS (
+            SELECT
+            FROM active_series._testbed_period AS p
+            WHERE p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
+        ) THEN
+            WITH sets AS (
+                INSERT INTO active_series._testbed_period (
+                    testbed_id, period_start, organization_id, project_id, shape_id
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_group.organization_id,
+                    v_group.project_id, v_shape_id
+                )
+            ),
+            seen AS (
+                INSERT INTO active_series._shape_seen (
+                    testbed_id, period_start, shape_id, first_seen, last_seen
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_shape_id, v_group.first_seen,
+                    v_group.last_seen
+                )
+            )
+            INSERT INTO active_series._period_usage AS u (
+                organization_id, period_start, project_id, series_count
+            )
+            VALUES (v_group.organization_id, v_group.period_start, v_group.project_id, v_series)
+            ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+            SET series_count = u.series_count + excluded.series_count;
+            PERFORM active_series._changed(v_group.organization_id, v_group.period_start, 'ingest');
+            RETURN;
+        END IF;
         v_groups := ARRAY[v_group];
     ELSE
         PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
@@ -205,9 +240,67 @@ BEGIN
         END IF;
     END IF;
 
-    -- The first report of testbeds in a period, of stored shapes: one statement
-    -- (_record_first_sightings). Else the general path.
-    IF active_series._record_first_sightings(v_groups) THEN
+    -- The first report of a testbed in a period (a new testbed, or the first report after
+    -- the period changed) of a set already stored: the set is the testbed's set for the
+    -- period, so one statement writes what _record_groups would, in the same key order:
+    -- the testbeds' sets for the period, their _shape_seen rows, the counts grown by the
+    -- sets' sizes (_period_usage, key order); then the outbox. It holds when every group is
+    -- of a stored set, no testbed has history in its period (under the history locks taken
+    -- above: nothing else writes it meanwhile; so _widen did nothing) and no (testbed,
+    -- period) has two groups. Else the general path.
+    IF NOT EXISTS (
+        SELECT
+        FROM unnest(v_groups) AS g
+        WHERE g.shape_id IS NULL
+            OR (
+                SELECT true
+                FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = g.testbed_id AND p.period_start = g.period_start
+            )
+    )
+    AND (
+        SELECT count(DISTINCT (g.testbed_id, g.period_start)) FROM unnest(v_groups) AS g
+    ) = cardinality(v_groups) THEN
+        WITH g AS MATERIALIZED (
+            SELECT
+                g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+                g.last_seen, g.shape_id, s.series
+            FROM unnest(v_groups) AS g
+            CROSS JOIN LATERAL (
+                SELECT h.series FROM active_series._shape AS h WHERE h.id = g.shape_id
+            ) AS s
+        ),
+        sets AS (
+            INSERT INTO active_series._testbed_period (
+                testbed_id, period_start, organization_id, project_id, shape_id
+            )
+            SELECT g.testbed_id, g.period_start, g.organization_id, g.project_id, g.shape_id
+            FROM g
+            ORDER BY g.testbed_id, g.period_start
+        ),
+        seen AS (
+            INSERT INTO active_series._shape_seen (
+                testbed_id, period_start, shape_id, first_seen, last_seen
+            )
+            SELECT g.testbed_id, g.period_start, g.shape_id, g.first_seen, g.last_seen
+            FROM g
+            ORDER BY g.testbed_id, g.period_start, g.shape_id
+        )
+        INSERT INTO active_series._period_usage AS u (
+            organization_id, period_start, project_id, series_count
+        )
+        SELECT g.organization_id, g.period_start, g.project_id, sum(g.series)
+        FROM g
+        GROUP BY g.organization_id, g.period_start, g.project_id
+        ORDER BY g.organization_id, g.period_start, g.project_id
+        ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+        SET series_count = u.series_count + excluded.series_count;
+        PERFORM active_series._changed(c.organization_id, c.period_start, 'ingest')
+        FROM (
+            SELECT DISTINCT g.organization_id, g.period_start
+            FROM unnest(v_groups) AS g
+            ORDER BY g.organization_id, g.period_start
+        ) AS c;
         RETURN;
     END IF;
     PERFORM active_series._record_groups(v_groups);
