@@ -61,7 +61,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    PERFORM pg_advisory_xact_lock(1634956099, hashint8(p_organization_id));
+    PERFORM pg_advisory_xact_lock(_lock_key('period'), hashint8(p_organization_id));
 
     v_months := ((extract(YEAR FROM v_end_utc) - extract(YEAR FROM v_start_utc)) * 12
         + extract(MONTH FROM v_end_utc) - extract(MONTH FROM v_start_utc))::integer;
