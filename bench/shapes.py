@@ -1,11 +1,12 @@
-"""Ingest shape matrix: tracking cost per report shape, scenario and mode, side by side.
+"""Ingest shape matrix: tracking cost per report shape, scenario, mode and server setting.
 
 A report shape is B benchmarks × M measures (B·M metrics per report). Every shape gets its own
 20 organizations, each with one project holding the shape's B benchmarks and M measures; every
 report of a testbed carries the whole shape (one metric per benchmark and measure). Each
 report is one transaction of three statements, the way a client ingests a report:
-``INSERT INTO report …``, ``INSERT INTO report_benchmark … SELECT``, ``INSERT INTO metric …
-SELECT`` (no ``variant_id``: the column's default), driven by real pgbench.
+``INSERT INTO report …`` (which also names the testbed's organization, as a request's context
+would), ``INSERT INTO report_benchmark … SELECT``, ``INSERT INTO metric … SELECT`` (no
+``variant_id``: the column's default), driven by real pgbench.
 
 Scenarios (what the testbed already reported):
 
@@ -17,39 +18,64 @@ Scenarios (what the testbed already reported):
   testbeds whose only history is one report of the same shape in the previous billing period,
   written before the run by a privileged session (``SET active_series.allow_explicit_created
   = on``, ``created`` one hour before the start of the organization's current period, from
-  ``current_period()``), recorded by the baseline's upsert and, for the tracked run, by
-  active_series (the other modes run with tracking off: its history would not be read), then
-  the report, report_benchmark and metric tables are emptied as before any run.
+  ``current_period()``), recorded by the baseline's upsert for the baseline modes and by
+  active_series for the tracked run (the other modes would not read it), then the report,
+  report_benchmark and metric tables are emptied as before any run.
 
-``first`` and ``rollover`` runs ingest a fixed number of reports (each testbed once); ``steady``
-runs last ``--seconds``. Every run starts from emptied report, report_benchmark and metric
-tables and a CHECKPOINT; each pgbench client's first ``--warmup`` transactions (to testbeds of
-the same kind) warm its connection's caches and are not counted: the time per report is the
-wall time of the counted transactions (from pgbench's per-transaction log) over their number.
+Every scenario runs at ``--clients`` (default 2); first and rollover also at
+``--fresh-clients`` (default 8, more clients than a small machine's cores: contention), with
+modes off, on and seed only. ``first`` and ``rollover`` runs ingest a fixed number of reports
+(each testbed once); ``steady`` runs last ``--seconds``. Every run starts from emptied report,
+report_benchmark and metric tables and a CHECKPOINT; each pgbench client's first ``--warmup``
+transactions (to testbeds of the same kind) warm its connection's caches and are not counted:
+the time per report is the wall time of the counted transactions (from pgbench's
+per-transaction log) over their number.
 
-Modes, in rotating order within each repeat, on the same data (see bench/ingest.py):
+Settings (``--settings``): every cell runs in both, side by side: in each repeat both
+settings in turn (their order alternating between repeats), switched by ``ALTER SYSTEM`` and
+``pg_reload_conf()`` (all reload settings) and confirmed by ``SHOW`` on a new connection
+before the runs; each result row records what ``SHOW`` gave.
+
+* ``production``: fsync, synchronous_commit and full_page_writes on (the headline);
+* ``cpu-only``: all three off (the disk taken out).
+
+A server started with ``-F`` (fsync off on its command line, as the test servers are) cannot
+switch: ``--server`` measures on a throwaway local server of its own (database ``bench``,
+removed at the end), as ``make bench`` does. Against ``--dsn`` the settings are reset
+(``ALTER SYSTEM RESET``) at the end.
+
+Modes, in rotating order within each repeat and setting, on the same data:
 
 * ``off``: tracking off (``active_series_metric_inserted`` disabled): the reference;
 * ``on``: active_series tracking;
-* ``seed``: tracking off, the seed's per-series ``last_seen`` upsert (GREATEST) as one
-  set-based statement at the end of the ingest transaction;
+* ``seed``: the seed as it shipped, tracking off: its per-series ``last_seen`` upsert inside
+  the ingest statement (the metric INSERT as a data-modifying CTE feeding ``INSERT INTO
+  series_last_seen … ON CONFLICT DO UPDATE SET last_seen = greatest(…)``), then after the
+  commit, on the same connection, its count of the organization's active series
+  (``SELECT count(*) … WHERE organization_id = :org AND last_seen >= <period start>``, a range
+  scan of the ``(organization_id, last_seen)`` index);
+* ``upsert``: tracking off, that per-series upsert alone as one set-based statement at the
+  end of the ingest transaction (no count);
 * ``row``: tracking off, a plain ``FOR EACH ROW`` trigger on metric doing that upsert.
 
-The baseline table keys on (testbed, benchmark, measure) and has no periods: for ``seed`` and
-``row`` a rollover is a steady report (it is measured in its cell anyway) and a first report
-inserts new rows. Figures per cell: the median time per report of the repeats, and the ratio
-off ÷ mode (the mode's throughput relative to tracking off). Next to it, as a cross-check that
-other load on a shared machine disturbs less: the CPU time per transaction of the server (the
-postmaster, its children and the backends it reaped; local servers only) and of pgbench.
+The baseline table (bench/ingest.py) keys on (testbed, benchmark, measure) and has no
+periods: for the baseline modes a rollover is a steady report and a first report inserts new
+rows. It holds the steady testbeds' series; a first/rollover run's rows are deleted after it,
+so every organization's count scans the same rows whatever ran before. Figures per cell and
+setting: the median time per report of the repeats, and the ratio off ÷ mode (the mode's
+throughput relative to tracking off); the range of the per-repeat ratios is the noise. Next to
+it, as a cross-check that other load on a shared machine disturbs less: the CPU time per
+transaction of the server (the postmaster, its children and the backends it reaped; local
+servers only) and of pgbench.
 
-With ``--profile SHAPE SCENARIO`` it measures one cell instead (1 client unless --clients):
-tracking off, then on with ``track_functions = all``, and prints each active_series
-function's calls, total and self time per report (``pg_stat_user_functions``) and the rows
-written per report into the extension's own tables (``pg_stat_user_tables``).
+With ``--profile SHAPE SCENARIO`` it measures one cell instead (1 client unless --clients, the
+first of --settings): tracking off, then on with ``track_functions = all``, and prints each
+active_series function's calls, total and self time per report (``pg_stat_user_functions``)
+and the rows written per report into the extension's own tables (``pg_stat_user_tables``).
 
-    python bench/shapes.py --dsn "dbname=bench"                 # the matrix, ~4 min
-    python bench/shapes.py --dsn "dbname=bench" --quick         # one short repeat, ~2 min
-    python bench/shapes.py --dsn "dbname=bench" --profile 200x3 first
+    python bench/shapes.py --server                        # the matrix, ~12 min
+    python bench/shapes.py --server --quick                # one short repeat, ~3 min
+    python bench/shapes.py --server --profile 200x3 first
 """
 
 from __future__ import annotations
