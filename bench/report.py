@@ -412,25 +412,26 @@ def shapes_section(d: Json, before: Json | None) -> tuple[list[str], list[tuple[
         targets.append((what, measured, status(not below)))
     for setting in SETTING_TEXT:
         name = SETTING_TEXT[setting].split(":")[0]
-        sel = [c for c in contention if c[1]["setting"] == setting]
+        compared = [c for c in contention if c[1]["setting"] == setting]
         what = (
             f"Must, {name}: first and rollover at {', '.join(map(str, more)) or 'more'} clients "
             f"no worse, relative to tracking off, than at {base} (on/off at more ≥ on/off at "
             f"{base} − the repeats' spread)"
         )
-        if not sel:
+        if not compared:
             targets.append((what, "not measured", status(None)))
             continue
-        worse = [c for c in sel if not c[3]]
+        worse = [c for c in compared if not c[3]]
         targets.append(
             (
                 what,
-                f"{len(sel) - len(worse)} of {len(sel)} cells"
+                f"{len(compared) - len(worse)} of {len(compared)} cells"
                 + (
                     "; worse: "
                     + ", ".join(
                         f"{shape_label(r['shape'])} {r['scenario']} {r['ratio_to_off']['on']:.2f}"
-                        f" at {r['clients']} vs {two['ratio_to_off']['on']:.2f} (±{a:.2f})"
+                        f" at {r['clients']} vs {two['ratio_to_off']['on']:.2f}"
+                        f" (allowed drop {a:.2f})"
                         for two, r, a, _ in worse
                     )
                     if worse

@@ -25,7 +25,8 @@ Scenarios (what the testbed already reported):
 Every scenario runs at ``--clients`` (default 2); first and rollover also at
 ``--fresh-clients`` (default 8, more clients than a small machine's cores: contention), with
 modes off, on and seed only. ``first`` and ``rollover`` runs ingest a fixed number of reports
-(each testbed once); ``steady`` runs last ``--seconds``. Every run starts from emptied report,
+(each testbed once; fewer at the small shapes in production, where each commit waits for its
+flush); ``steady`` runs last ``--seconds``. Every run starts from emptied report,
 report_benchmark and metric tables and a CHECKPOINT; each pgbench client's first ``--warmup``
 transactions (to testbeds of the same kind) warm its connection's caches and are not counted:
 the time per report is the wall time of the counted transactions (from pgbench's
@@ -122,6 +123,9 @@ STEADY_TESTBEDS = 5  # per organization
 # Reports per first/rollover run (a multiple of the organizations), by metrics per report:
 # enough that the tracking-off run of the smallest shapes lasts a fraction of a second.
 FRESH_REPORTS = ((600, 100), (50, 300), (10, 600), (1, 1500))
+# In production every commit waits for its WAL flush: the small shapes' runs last longer with
+# fewer reports (this keeps the whole matrix near 12 minutes).
+FRESH_REPORTS_PRODUCTION = ((600, 100), (50, 200), (10, 400), (1, 500))
 
 # The server settings every cell is measured in, side by side (ALTER SYSTEM + reload; all
 # three are sighup settings). "production" is the headline; "cpu-only" takes the disk out.
@@ -235,6 +239,28 @@ WITH r AS (
 SELECT array_agg(id ORDER BY id) FROM r"""
 
 
+# one hour before the current billing period of testbed s's organization
+PERIOD_BEFORE = (
+    "(SELECT c.period_start - interval '1 hour'"
+    " FROM active_series.current_period(s.organization_id) AS c)"
+)
+
+# The baseline's rows of one report of its shape per queued testbed, at {created} (what the
+# upsert of such a report writes, without the report).
+BASELINE_HISTORY_SQL = """\
+INSERT INTO bench_baseline.series_last_seen AS l
+    (organization_id, testbed_id, benchmark_id, measure_id, last_seen)
+SELECT s.organization_id, s.testbed_id, b.id, m.id, t.at
+FROM bench_shapes.queue AS q
+INNER JOIN bench_shapes.testbed AS s ON s.testbed_id = q.testbed_id
+CROSS JOIN LATERAL (SELECT {created} AS at) AS t
+CROSS JOIN unnest(s.benchmark_ids) AS b (id)
+CROSS JOIN unnest(s.measure_ids) AS m (id)
+ORDER BY 2, 3, 4
+ON CONFLICT (testbed_id, benchmark_id, measure_id)
+DO UPDATE SET last_seen = greatest(l.last_seen, excluded.last_seen)"""
+
+
 @dataclass(frozen=True)
 class Shape:
     benchmarks: int
@@ -255,8 +281,9 @@ class Shape:
     def metrics(self) -> int:
         return self.benchmarks * self.measures
 
-    def fresh_reports(self, scale: float) -> int:
-        base = next(n for at_least, n in FRESH_REPORTS if self.metrics >= at_least)
+    def fresh_reports(self, scale: float, setting: str = "cpu-only") -> int:
+        sizes = FRESH_REPORTS_PRODUCTION if setting == "production" else FRESH_REPORTS
+        base = next(n for at_least, n in sizes if self.metrics >= at_least)
         return max(ORGANIZATIONS, round(base * scale / ORGANIZATIONS) * ORGANIZATIONS)
 
 
@@ -375,15 +402,20 @@ class Bench:
 
         previous_period: ``created`` one hour before the organization's current billing
         period starts (a privileged, explicit ``created``), else the transaction time.
+        Without track, the reports themselves are not needed (a run starts from emptied
+        report tables): the baseline's rows are written directly, or nothing at all.
         """
         conn = self.conn
-        set_mode(conn, "on" if track else "off")
-        created = (
-            "(SELECT c.period_start - interval '1 hour'"
-            " FROM active_series.current_period(s.organization_id) AS c)"
-            if previous_period
-            else "now()"
-        )
+        if not track:
+            if baseline:
+                conn.execute(
+                    BASELINE_HISTORY_SQL.format(
+                        created=PERIOD_BEFORE if previous_period else "now()"
+                    )
+                )
+            return
+        set_mode(conn, "on")
+        created = PERIOD_BEFORE if previous_period else "now()"
         with conn.transaction():
             if previous_period:
                 conn.execute("SET LOCAL active_series.allow_explicit_created = on")
@@ -694,7 +726,6 @@ def matrix(
     for shape in shapes:
         log(f"shape {shape.name}: creating {ORGANIZATIONS} organizations")
         bench.create_shape(shape)
-        reports = shape.fresh_reports(args.scale)
         for cell in cells(args):
             modes = list(cell.modes)
             runs: dict[str, dict[str, list[dict]]] = {s: {m: [] for m in modes} for s in settings}
@@ -713,7 +744,7 @@ def matrix(
                             cell.scenario,
                             mode,
                             cell.clients,
-                            reports=reports,
+                            reports=shape.fresh_reports(args.scale, setting),
                             seconds=args.seconds,
                             warmup=args.warmup,
                         )
@@ -729,6 +760,7 @@ def matrix(
                             )
                         )
             for setting in settings:
+                reports = shape.fresh_reports(args.scale, setting)
                 results.append(
                     summarize(args, shape, cell, reports, setting, shown[setting], runs[setting])
                 )
@@ -833,7 +865,7 @@ def profile(args: argparse.Namespace, bench: Bench, shape: Shape, scenario: str)
     """One cell with track_functions = all: the active_series functions' times per report."""
     conn = bench.conn
     bench.create_shape(shape)
-    reports = shape.fresh_reports(args.scale)
+    reports = shape.fresh_reports(args.scale, args.settings[0])
     clients = args.clients[0]
     kw: dict[str, Any] = {
         "reports": reports,
@@ -952,8 +984,8 @@ def main(argv: list[str] | None = None) -> int:
         "--scale",
         type=float,
         default=1.0,
-        help="multiplies the reports of a first/rollover run (100 at 200x3 and 10x60, "
-        "300 at 50x1, 1,500 at 1x1)",
+        help="multiplies the reports of a first/rollover run (100 at 200x3 and 10x60; "
+        "50x1: 300, production 200; 1x1: 1,500, production 500)",
     )
     parser.add_argument(
         "--warmup", type=int, default=2, help="uncounted first transactions per client"
