@@ -1061,7 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
         "relay-burst, attached, "
         "ingest-sizes (the older by-size table, INSERT and COPY, not in the default run); the "
         "report is rebuilt from the result files present. One cell's profile (tracking on, "
-        "`track_functions = all`, production settings unless `--settings cpu-only`): "
+        "`track_functions = all`; add `--settings production` or `cpu-only` to switch): "
         "`bench/shapes.py --server --profile 200x3 first`.",
         "",
     ]

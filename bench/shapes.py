@@ -69,10 +69,11 @@ it, as a cross-check that other load on a shared machine disturbs less: the CPU 
 transaction of the server (the postmaster, its children and the backends it reaped; local
 servers only) and of pgbench.
 
-With ``--profile SHAPE SCENARIO`` it measures one cell instead (1 client unless --clients, the
-first of --settings): tracking off, then on with ``track_functions = all``, and prints each
-active_series function's calls, total and self time per report (``pg_stat_user_functions``)
-and the rows written per report into the extension's own tables (``pg_stat_user_tables``).
+With ``--profile SHAPE SCENARIO`` it measures one cell instead (1 client unless --clients; in
+the server's settings, or the first of --settings): tracking off, then on with
+``track_functions = all``, and prints each active_series function's calls, total and self
+time per report (``pg_stat_user_functions``) and the rows written per report into the
+extension's own tables (``pg_stat_user_tables``).
 
     python bench/shapes.py --server                        # the matrix, ~12 min
     python bench/shapes.py --server --quick                # one short repeat, ~3 min
@@ -861,11 +862,13 @@ ORDER BY t.relname
 """
 
 
-def profile(args: argparse.Namespace, bench: Bench, shape: Shape, scenario: str) -> int:
+def profile(
+    args: argparse.Namespace, bench: Bench, shape: Shape, scenario: str, setting: str
+) -> int:
     """One cell with track_functions = all: the active_series functions' times per report."""
     conn = bench.conn
     bench.create_shape(shape)
-    reports = shape.fresh_reports(args.scale, args.settings[0])
+    reports = shape.fresh_reports(args.scale, setting)
     clients = args.clients[0]
     kw: dict[str, Any] = {
         "reports": reports,
@@ -961,8 +964,8 @@ def main(argv: list[str] | None = None) -> int:
         "--settings",
         nargs="+",
         choices=list(SETTINGS),
-        default=list(SETTINGS),
-        help="server settings to measure every cell in (default both; --profile: the first)",
+        help="server settings to measure every cell in (default both; --profile: the first "
+        "given, else the server's own)",
     )
     parser.add_argument(
         "--clients",
@@ -1008,7 +1011,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats, args.seconds, args.scale = 1, 1.0, args.scale / 4
     binary = find_pgbench(args.pgbench)
-    settings = args.settings[:1] if args.profile else list(dict.fromkeys(args.settings))
+    if args.profile:
+        settings = (args.settings or [])[:1]
+    else:
+        settings = list(dict.fromkeys(args.settings or SETTINGS))
 
     started = time.time()
     with contextlib.ExitStack() as stack:
@@ -1024,11 +1030,13 @@ def main(argv: list[str] | None = None) -> int:
                 shape = Shape.parse(args.profile[0])
                 if args.profile[1] not in SCENARIOS:
                     raise SystemExit(f"scenario: one of {', '.join(SCENARIOS)}")
-                apply_settings(conn, dsn, settings[0])
-                return profile(args, bench, shape, args.profile[1])
+                if settings:
+                    apply_settings(conn, dsn, settings[0])
+                return profile(args, bench, shape, args.profile[1], settings[0] if settings else "")
             results = matrix(args, bench, args.shapes, settings)
         finally:
-            reset_settings(conn)
+            if settings:
+                reset_settings(conn)
             set_tracking(conn, True)
             conn.execute(DROP_BASELINE_SQL)
             conn.execute(DROP_SCHEMA_SQL)
