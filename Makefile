@@ -273,10 +273,13 @@ test-pg18: deps build
 	@$(PYTEST_PG18_RUN)
 
 # The benchmark suite on a throwaway server: ingest overhead by report shape (the shape
-# matrix of bench/shapes.py: 200x3, 50x1, 10x60, 1x1 benchmarks x measures; first report,
-# steady state, period rollover; tracking on vs off vs the seed's upsert and a row trigger;
-# BENCH_SECONDS per steady run, BENCH_REPEATS repeats, ~4 min; BENCH_INGEST_ARGS=--quick for
-# one short repeat), reads (10^3..10^BENCH_SCALE series), backfill
+# matrix of bench/shapes.py, on a throwaway server of its own whose fsync can switch: 200x3,
+# 50x1, 10x60, 1x1 benchmarks x measures; steady state, first report, period rollover at 2
+# clients, first and rollover at 8 too; tracking on vs off vs the seed as shipped, its upsert
+# alone and a row trigger; every cell in the production setting (fsync, synchronous_commit,
+# full_page_writes on) and CPU-only (off) side by side; BENCH_INGEST_SECONDS per steady run,
+# BENCH_REPEATS repeats, ~12 min; BENCH_INGEST_ARGS=--quick for one short repeat, ~3 min),
+# reads (10^3..10^BENCH_SCALE series), backfill
 # (10^5..10^BENCH_BACKFILL_SCALE metrics), the relay against the Stripe emulator (latency at
 # the rate limit; a burst of 600 organizations by API and concurrency, and rollover), the
 # shape matrix on an application's own schema beside the reference model (attached); then
@@ -284,6 +287,7 @@ test-pg18: deps build
 # (not in the default) is the older ingest by report size, INSERT and COPY (bench/ingest.py).
 BENCH_ONLY ?= ingest reads backfill relay relay-burst attached
 BENCH_SECONDS ?= 3
+BENCH_INGEST_SECONDS ?= 2
 BENCH_REPEATS ?= 3
 BENCH_SCALE ?= 6
 BENCH_BACKFILL_SCALE ?= 6
@@ -295,8 +299,8 @@ newdb bench; mkdir -p bench/results; \
 	for part in $(BENCH_ONLY); do \
 		echo "bench: $$part"; \
 		case "$$part" in \
-		ingest) $(VPY) bench/shapes.py --dsn "dbname=bench" \
-			--seconds $(BENCH_SECONDS) --repeats $(BENCH_REPEATS) $(BENCH_INGEST_ARGS) ;; \
+		ingest) $(VPY) bench/shapes.py --server \
+			--seconds $(BENCH_INGEST_SECONDS) --repeats $(BENCH_REPEATS) $(BENCH_INGEST_ARGS) ;; \
 		ingest-sizes) $(VPY) bench/ingest.py --dsn "dbname=bench" \
 			--seconds $(BENCH_SECONDS) --repeats $(BENCH_REPEATS) $(BENCH_INGEST_SIZES_ARGS) ;; \
 		reads) $(VPY) bench/reads.py --dsn "dbname=bench" --max-exponent $(BENCH_SCALE) ;; \

@@ -53,6 +53,21 @@ def fresh_database(dsn: str, name: str, model: bool = True) -> str:
     return target
 
 
+@contextlib.contextmanager
+def throwaway_server(database: str) -> Iterator[str]:
+    """A new local server, removed on exit, with database ``database`` holding the
+    active_series schema and the reference model; yields the database's DSN. Unlike the test
+    servers (started with -F, fsync pinned off on the command line), ALTER SYSTEM can switch
+    its fsync; its configuration file starts with the test settings."""
+    from active_series.devtools.testpg import TestServer
+
+    server = TestServer(postgres_args="-h 127.0.0.1 -c logging_collector=off")
+    try:
+        yield fresh_database(server.dsn(), database)
+    finally:
+        server.stop()
+
+
 def drop_database(dsn: str, name: str) -> None:
     with connect(with_dbname(dsn, "postgres")) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
