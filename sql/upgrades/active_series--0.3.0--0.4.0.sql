@@ -3361,7 +3361,9 @@ DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
         PERFORM pg_catalog.pg_extension_config_dump('active_series._post_attempt', '');
-
+    END IF;
+END;
+$$;
 -- ================================================================ the subscription's edges, kept by the relay
 -- ---------------------------------------------------------------- sql/tables/relay_subscription.sql
 CREATE TABLE active_series._relay_subscription (
