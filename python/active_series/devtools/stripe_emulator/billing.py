@@ -774,7 +774,9 @@ class Billing(Meters):
 def in_trial(sub: Subscription, start: int, end: int) -> bool:
     """Whether [start, end) is a period of the subscription's trial (it bills nothing)."""
     trial_start, trial_end = sub.obj.get("trial_start"), sub.obj.get("trial_end")
-    return trial_end is not None and trial_start <= start and end <= trial_end
+    if trial_start is None or trial_end is None:
+        return False
+    return int(trial_start) <= start and end <= int(trial_end)
 
 
 def _item(sub_id: str, price: Json, qty: int | None, now: int) -> Json:
