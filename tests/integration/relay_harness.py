@@ -217,3 +217,91 @@ def short_periods(conn: psycopg.Connection[Any], org: int, seconds: int) -> dt.d
         (org, start, start + dt.timedelta(seconds=seconds)),
     )
     return start
+
+
+def anniversary(
+    conn: psycopg.Connection[Any], emu: Emulator, org: int, seconds: int, offset: int
+) -> tuple[str, Any]:
+    """Bill ``org`` to a new customer subscribed with periods of ``seconds`` anchored
+    ``offset`` seconds ago (not at a month start), the database's periods on the
+    subscription's schedule (as an admin sets them; the worker follows it from there).
+    Returns (customer, subscription)."""
+    cus = emu.customer()
+    sub = emu.client.v1.subscriptions.create(
+        params={
+            "customer": cus,
+            "items": [{"price": emu.metered_price(unit_amount=10).id}],
+            "billing_cycle_anchor": int(emu.ctl.now()) - offset,
+            "metadata": {"emulator_period_seconds": str(seconds)},
+        }
+    )
+    bill(conn, org, cus)
+    item = sub["items"]["data"][0]
+    conn.execute(
+        "SELECT active_series.set_billing_period(%s, to_timestamp(%s), to_timestamp(%s))",
+        (org, item["current_period_start"], item["current_period_end"]),
+    )
+    return cus, sub
+
+
+class Cancellation:
+    """A customer whose subscription (anniversary periods of an hour) is canceled at
+    ``cancel_at``, in the middle of a run: its organization reports until ``quiet`` seconds
+    before (time for its last change to be posted through faults and kills), then nothing
+    until a second after the cancellation, then again (none of that may be posted)."""
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], emu: Emulator, org: Any, cancel_in: float, quiet: float
+    ) -> None:
+        self.org = org
+        self.customer, self.sub = anniversary(conn, emu, org.id, 3600, 1000)
+        self.cancel_at = int(emu.ctl.now() + cancel_in)
+        emu.client.v1.subscriptions.update(self.sub.id, params={"cancel_at": self.cancel_at})
+        self.quiet = quiet
+        self.usage_before: int | None = None  # the period's usage in the quiet stretch
+
+    def may_report(self, org: Any) -> bool:
+        """Whether ``org`` may report now."""
+        now = time.time()
+        return org.id != self.org.id or not (
+            self.cancel_at - self.quiet <= now < self.cancel_at + 1
+        )
+
+    def note_usage(self, dsn: str) -> None:
+        """Read the period's usage once in the quiet stretch (retried while the database is
+        away): what the final invoice must bill."""
+        while self.usage_before is None:
+            if time.time() >= self.cancel_at - self.quiet / 2:
+                try:
+                    with psycopg.connect(dsn, autocommit=True, connect_timeout=3) as conn:
+                        row = conn.execute(
+                            "SELECT period_usage FROM active_series.relay_status"
+                            " WHERE organization_id = %s",
+                            (self.org.id,),
+                        ).fetchone()
+                    assert row is not None
+                    self.usage_before = int(row[0])
+                except psycopg.OperationalError:
+                    pass
+            time.sleep(0.2)
+
+    def assert_billed_up_to_its_end(self, conn: psycopg.Connection[Any], emu: Emulator) -> None:
+        """Nothing posted at or after the cancellation; its final invoice bills the period's
+        usage before it, and the database finalized the period with that value."""
+        assert self.usage_before is not None and self.usage_before > 0
+        events = emu.events(self.customer)
+        assert events and all(e["timestamp"] < self.cancel_at for e in events)
+        state = emu.ctl.subscription_state(self.sub.id)
+        assert state["subscription"]["status"] == "canceled"
+        last = state["periods"][-1]
+        assert (last["end"], last["invoiced"]) == (self.cancel_at, True)
+        assert last["quantity"] == self.usage_before
+        row = conn.execute(
+            "SELECT finalized_at IS NOT NULL, billed_value,"
+            " active_series.period_usage(organization_id, period_start)"
+            " FROM active_series._period WHERE organization_id = %s"
+            " AND period_start < to_timestamp(%s) AND period_end >= to_timestamp(%s)",
+            (self.org.id, self.cancel_at, self.cancel_at),
+        ).fetchone()
+        assert row is not None and row[:2] == (True, self.usage_before)
+        assert row[2] > self.usage_before  # it reported after the cancellation too

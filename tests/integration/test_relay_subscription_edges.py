@@ -369,6 +369,11 @@ def test_a_price_changed_mid_period_bills_the_period_count_on_the_new_price(
         ingest(conn, org, org.testbeds[0], all_series(org)[:3])
         wait_until(lambda: in_sync_on(conn, org.id, 3), 30, "the usage posted")
         before = len(emu.events(cus))
+        wait_until(
+            lambda: emu.ctl.now() >= max(e["timestamp"] for e in emu.events(cus)) + 1,
+            10,
+            "a second after the post",
+        )  # a post in the change's second is billed on the new price
         dearer = emu.metered_price(unit_amount=25)
         item = sub["items"]["data"][0]["id"]
         changed = emu.client.v1.subscription_items.update(item, params={"price": dearer.id})
@@ -394,3 +399,137 @@ def test_a_price_changed_mid_period_bills_the_period_count_on_the_new_price(
         "SELECT stripe_price_id FROM active_series._price WHERE organization_id = %s", (org.id,)
     ).fetchone()
     assert stored == (dearer.id,)
+
+
+def test_a_price_change_without_activity_is_posted_at_the_next_recheck(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path
+):
+    emu = relay_emulator
+    org = make_org(conn, "repriced-quietly")
+    cus = emu.customer("repriced-quietly")
+    sub = subscribe(emu, cus)
+    bill(conn, org.id, cus)
+    worker = worker_for(dsn, emu, tmp_path / "worker.log").start()
+    with workers(worker):
+        ingest(conn, org, org.testbeds[0], all_series(org)[:3])
+        wait_until(lambda: in_sync_on(conn, org.id, 3), 30, "the usage posted")
+        before = len(emu.events(cus))
+        wait_until(
+            lambda: emu.ctl.now() >= max(e["timestamp"] for e in emu.events(cus)) + 1,
+            10,
+            "a second after the post",
+        )  # a post in the change's second is billed on the new price
+        dearer = emu.metered_price(unit_amount=25)
+        item = sub["items"]["data"][0]["id"]
+        emu.client.v1.subscription_items.update(item, params={"price": dearer.id})
+        # no activity from here on: the recheck alone reads the subscription again
+        wait_until(lambda: worker.log_events("price_changed"), 30, "the change seen")
+        wait_until(lambda: len(emu.events(cus)) > before, 30, "the count posted again")
+        wait_until(lambda: in_sync_on(conn, org.id, 3), 30, "in sync again")
+        assert worker.alive()
+    current = next(p for p in emu.ctl.subscription_state(sub.id)["periods"] if p["current"])
+    assert current["quantity"] == 3 and current["amount"] == 75
+
+
+def finalized(conn: psycopg.Connection[Any], org: int, since: Any) -> list[tuple[Any, ...]]:
+    """The finalized periods from ``since`` on: (start, billed value)."""
+    return [
+        tuple(r)
+        for r in conn.execute(
+            "SELECT period_start, billed_value FROM active_series._period"
+            " WHERE organization_id = %s AND finalized_at IS NOT NULL AND period_start >= %s"
+            " ORDER BY period_start",
+            (org, since),
+        )
+    ]
+
+
+@pytest.mark.parametrize("how", ["cancel-now", "cancel-at"])
+def test_a_cancellation_without_activity_finalizes_the_period_at_the_end(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path, how: str
+):
+    emu = relay_emulator
+    org = make_org(conn, "canceled-quietly")
+    cus = emu.customer("canceled-quietly")
+    sub = subscribe(emu, cus)
+    bill(conn, org.id, cus)
+    worker = worker_for(dsn, emu, tmp_path / "worker.log").start()
+    with workers(worker):
+        ingest(conn, org, org.testbeds[0], all_series(org)[:3])
+        wait_until(lambda: in_sync_on(conn, org.id, 3), 30, "the usage posted")
+        wait_until(
+            lambda: emu.ctl.now() >= max(e["timestamp"] for e in emu.events(cus)) + 1,
+            10,
+            "a second after the post",
+        )
+        if how == "cancel-now":
+            ended = int(emu.client.v1.subscriptions.cancel(sub.id, params={"invoice_now": True})
+                        .ended_at)  # fmt: skip
+        else:
+            ended = int(emu.ctl.now()) + 2
+            emu.client.v1.subscriptions.update(sub.id, params={"cancel_at": ended})
+        # no activity from here on: the period (an hour long) is finalized at the end, with
+        # what Stripe held then, not at its own end
+        start = status(conn, org.id)["period_start"]
+        wait_until(lambda: finalized(conn, org.id, start), 30, "the period finalized")
+        assert finalized(conn, org.id, start) == [(start, 3)]
+        assert worker.log_events("parked") == []
+        assert worker.alive()
+    assert all(e["timestamp"] < ended for e in emu.events(cus))
+    state = emu.ctl.subscription_state(sub.id)
+    assert state["periods"][-1]["end"] == ended and state["periods"][-1]["quantity"] == 3
+    [line] = [e for e in worker.log_events("period_finalized") if "subscription_ended" in e]
+    assert int(line["subscription_ended"]) == ended and int(line["billed"]) == 3
+
+
+def test_a_trial_is_live_unbilled_and_the_count_after_it_is_the_new_period_s(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path
+):
+    emu = relay_emulator
+    org = make_org(conn, "trialing")
+    cus = emu.customer("trialing")
+    price = emu.metered_price(unit_amount=10)
+    trial_end = int(emu.ctl.now()) + 6
+    sub = emu.client.v1.subscriptions.create(
+        params={
+            "customer": cus,
+            "items": [{"price": price.id}],
+            "trial_end": trial_end,
+            "metadata": {"emulator_period_seconds": "3600"},
+        }
+    )
+    assert sub.status == "trialing" and sub["items"]["data"][0]["current_period_end"] == trial_end
+    bill(conn, org.id, cus)
+    worker = worker_for(dsn, emu, tmp_path / "worker.log").start()
+    with workers(worker):
+        # in the trial: the subscription is live, its period the database's, its usage posted
+        ingest(conn, org, org.testbeds[0], all_series(org)[:3])
+        wait_until(lambda: in_sync_on(conn, org.id, 3), 30, "the trial's usage posted")
+        row = status(conn, org.id)
+        assert int(row["period_end"].timestamp()) == trial_end and not row["parked"]
+        assert worker.log_events("subscription_ended") == []
+        wait_until(lambda: emu.ctl.now() >= trial_end + 1, 15, "the trial's end")
+        # after it: a new billing cycle, whose count is the series active since
+        ingest(conn, org, org.testbeds[1], all_series(org)[2:4])
+        wait_until(lambda: in_sync_on(conn, org.id, 2), 30, "the new period's count posted")
+        assert int(status(conn, org.id)["period_start"].timestamp()) == trial_end
+        wait_until(
+            lambda: worker.log_events("trial_period_unbilled"), 30, "the trial period finalized"
+        )
+        assert worker.alive()
+    trial = conn.execute(
+        "SELECT finalized_at IS NOT NULL, billed_value,"
+        " active_series.period_usage(organization_id, period_start)"
+        " FROM active_series._period WHERE organization_id = %s AND period_end = %s",
+        (org.id, dt.datetime.fromtimestamp(trial_end, dt.UTC)),
+    ).fetchone()
+    assert trial == (True, None, 3)  # not billed: no drift either
+    assert conn.execute(
+        "SELECT count(*) FROM active_series.billing_drift WHERE organization_id = %s", (org.id,)
+    ).fetchone() == (0,)
+    state = emu.ctl.subscription_state(sub.id)
+    assert state["subscription"]["status"] == "active"
+    first, current = state["periods"][0], state["periods"][-1]
+    assert (first["trial"], first["amount"], first["quantity"]) == (True, 0, 0)
+    assert current["start"] == trial_end and current["quantity"] == 2
+    assert current["amount"] == 20 and not current["trial"]

@@ -185,10 +185,18 @@ class Relay:
         check_version(self.ledger)
         leave: set[int] = set()
         rounds: dict[int, int] = defaultdict(int)
+        rechecked: set[int] = set()
         handled = 0
         while not self.stop.is_set():
             graces = (self.cfg.grace, self.cfg.invoice_grace)
             orgs = [r[0] for r in self.ledger.execute(q.WORK, graces).fetchall()]
+            if organization is None and not only_close:
+                # subscriptions unread for --subscription-recheck: claimed once a drain,
+                # after the organizations with work
+                due = self.poster.rechecks(self.ledger, self.cfg.claim_batch)
+                due = [o for o in due if o not in rechecked and o not in orgs]
+                rechecked.update(due)
+                orgs += due
             if organization is not None:
                 orgs = [o for o in orgs if o == organization]
             todo = [o for o in orgs if o not in leave]
@@ -317,6 +325,7 @@ class Relay:
                 )  # fmt: skip
                 plan[period.org].append(period)
             self.poster.bill_windows(self.ledger, claims, plan)
+            self.poster.finalize_at_end(conn, claims, plan, outcomes)
             unpostable: set[tuple[int, datetime]] = set()
             posts = self._posts(claims, plan, outcomes, only_close, unpostable)
             calls, results = self._post(posts)

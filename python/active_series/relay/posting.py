@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -417,7 +417,21 @@ class Poster:
                 self.log("info", "billing_period_set", org=claim.org, start=start, end=end)
             if not self.cfg.post_before_subscription:
                 self._skip_before(ledger, claim.org, subscriptions, began)
+            self._trial_unbilled(ledger, claim.org, subscriptions, now)
             self.subscription_until[claim.org] = min(float(end), now + recheck)
+
+    def rechecks(self, ledger: psycopg.Connection[Any], limit: int) -> list[int]:
+        """Up to ``limit`` billed organizations to claim without a change: no worker has read
+        their customer's subscriptions for ``subscription_recheck`` seconds (``read_at`` in
+        ``_relay_subscription``; or ever), nor this one since its last attempt (a read that
+        failed is retried after :meth:`sync_subscriptions`' pause, not at once). Without
+        them a price changed, or a subscription canceled, while the organization has no
+        activity is seen only at its next change or at its period's end."""
+        if not self.cfg.sync_subscriptions or limit <= 0:
+            return []
+        now = time.time()
+        rows = ledger.execute(q.RECHECK_DUE, (self.cfg.subscription_recheck, limit)).fetchall()
+        return [org for (org,) in rows if now >= self.subscription_until.get(org, 0.0)]
 
     def _recorded(self, ledger: psycopg.Connection[Any], claims: list[Any]) -> dict[int, Edges]:
         """The edges recorded for the claimed organizations (of the claim's customer)."""
@@ -479,12 +493,11 @@ class Poster:
             )  # fmt: skip
         kept = recorded.since if recorded is not None and recorded.price == price else None
         since = max((t for t in (added, kept, swapped) if t is not None), default=None)
-        edges = Edges(ended, cancel_at, since, price)
-        if edges != recorded:
-            ledger.execute(
-                q.SUBSCRIPTION_EDGES_SET,
-                (claim.org, claim.customer, ended, cancel_at, since, price),
-            )
+        # written at every read, changed or not: its read_at says when the subscriptions
+        # were last read (:meth:`rechecks`)
+        ledger.execute(
+            q.SUBSCRIPTION_EDGES_SET, (claim.org, claim.customer, ended, cancel_at, since, price)
+        )
         if ended is not None and (recorded is None or recorded.ended != ended):
             self.log(
                 "info", "subscription_ended", org=claim.org, customer=claim.customer, ended=ended
@@ -515,6 +528,55 @@ class Poster:
             if edges is None or customer is None:
                 continue
             periods[:] = [self._window(ledger, customer, edges, p) for p in periods]
+
+    def finalize_at_end(
+        self,
+        conn: psycopg.Connection[Any],
+        claims: dict[int, Any],
+        plan: dict[int, list[Any]],
+        skip: Container[int],
+    ) -> None:
+        """Finalize at once, and take out of the claim's plan, each period a subscription's
+        end cuts (the customer's subscriptions all ended, or a ``cancel_at`` passed, inside
+        it or at its end): Stripe made the period's final invoice when the subscription
+        ended, and it bills what Stripe held then, the newest post timestamped before the
+        end (since the metered item began billing, if later), whatever the period's usage
+        becomes (billing_drift shows the difference). Waits while that post's outcome is
+        unknown (pending: resent by a claim first). Organizations in ``skip`` are left to
+        the rest of the claim."""
+        for org, periods in plan.items():
+            ended = self.ended.get(org)
+            claim = claims.get(org)
+            if ended is None or claim is None or claim.customer is None or org in skip:
+                continue
+            if not claim.billed:
+                continue
+            edges = self.edges.get(org)
+            since = edges.since if edges is not None else None
+            kept = []
+            for p in periods:
+                if not p.first_second < ended <= p.last_second + 1:
+                    kept.append(p)
+                    continue
+                lo = int(since) if since is not None and p.first_second < since < ended else None
+                row = conn.execute(
+                    q.HELD_WITHIN, (claim.customer, lo or p.first_second, ended - 1)
+                ).fetchone()
+                value, status = (int(row[0]), row[1]) if row is not None else (0, None)
+                if status == "pending":
+                    kept.append(p)
+                    continue
+                conn.execute(q.FINALIZE_PERIOD, {"billed": value, "org": org, "start": p.start})
+                self.log(
+                    "info",
+                    "period_finalized",
+                    org=org,
+                    period=p.start,
+                    billed=value,
+                    usage=p.usage,
+                    subscription_ended=ended,
+                )
+            periods[:] = kept
 
     def _window(self, ledger: psycopg.Connection[Any], customer: str, edges: Edges, p: Any) -> Any:
         cancel = edges.cancel_at
@@ -569,6 +631,30 @@ class Poster:
                 usage=usage,
                 subscription_start=began,
             )
+
+    def _trial_unbilled(
+        self, ledger: psycopg.Connection[Any], org: int, subscriptions: list[Any], now: float
+    ) -> None:
+        """Once the live subscription's trial has ended: finalize, unbilled (``billed_value``
+        NULL), the periods within ``[trial_start, trial_end)``. Stripe does not charge the
+        usage accrued during a trial (a subscription in ``trialing`` is live: its periods
+        are posted as any, and Stripe's meter shows them), and a new billing cycle begins
+        at the trial's end: the periods after it are billed as usual."""
+        subs = [plain(s) for s in subscriptions]
+        live = next((s for s in subs if s.get("status") in LIVE), None)
+        if live is None or live.get("trial_end") is None or int(live["trial_end"]) > now:
+            return
+        trial_start = live.get("trial_start") or live.get("start_date")
+        if trial_start is None:
+            return
+        trial = (int(trial_start), int(live["trial_end"]))
+        for start, end, usage in ledger.execute(
+            q.SKIP_BEFORE_SUBSCRIPTION, (org, trial[1], trial[0])
+        ):
+            self.log(
+                "info", "trial_period_unbilled", org=org, period=start, end=end, usage=usage,
+                trial_end=trial[1],
+            )  # fmt: skip
 
     def _subscriptions(
         self, claim: Any, prices: dict[str, dict[str, Any]]

@@ -287,6 +287,24 @@ JOIN unnest(%s::bigint[], %s::text[]) AS c (organization_id, customer)
     ON r.organization_id = c.organization_id AND r.stripe_customer_id = c.customer
 """
 
+# (recheck seconds, at most this many): the billed organizations whose customer's
+# subscriptions no worker has read for that long (or ever, since the organization was first
+# relayed), not parked or backing off; the longest unread first. Claimed without a change, so
+# that a cancellation or a price change is seen without activity (Poster.rechecks)
+RECHECK_DUE: Final = """
+SELECT s.organization_id
+FROM active_series._relay_state AS s
+INNER JOIN active_series.billing_account AS b ON s.organization_id = b.organization_id
+LEFT JOIN active_series._relay_subscription AS r
+    ON s.organization_id = r.organization_id AND b.stripe_customer_id = r.stripe_customer_id
+WHERE
+    b.stripe_customer_id IS NOT NULL AND coalesce(b.plan, 'free') <> 'free'
+    AND s.parked_at IS NULL AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
+    AND (r.read_at IS NULL OR r.read_at <= now() - make_interval(secs => %s))
+ORDER BY r.read_at NULLS FIRST, s.organization_id
+LIMIT %s
+"""
+
 # what Stripe holds of a customer's posts within [first, last] seconds (the part of a
 # period a subscription bills): the newest post not refused, its status and timestamp
 HELD_WITHIN: Final = """

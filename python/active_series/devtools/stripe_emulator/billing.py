@@ -285,6 +285,13 @@ class Billing(Meters):
                 raise invalid("metadata", f"{PERIOD_SECONDS_METADATA_KEY} must be positive.")
         anchor_param = as_int(p, "billing_cycle_anchor")
         backdate = as_int(p, "backdate_start_date")
+        trial_end = as_int(p, "trial_end")
+        trial_days = as_int(p, "trial_period_days")
+        if trial_end is not None and trial_days is not None:
+            raise invalid(
+                "trial_end",
+                "You may only specify one of these parameters: trial_end, trial_period_days.",
+            )
         currency = (as_str(p, "currency") or "").lower() or None
         with self.lock:
             self.get_customer(customer)
@@ -315,6 +322,17 @@ class Billing(Meters):
             now = self.now_int()
             if backdate is not None and backdate > now:
                 raise invalid("backdate_start_date", "backdate_start_date must be in the past.")
+            if trial_days is not None:
+                if trial_days < 1:
+                    raise invalid("trial_period_days", "trial_period_days must be positive.")
+                trial_end = now + trial_days * 86400
+            if trial_end is not None and trial_end <= now:
+                raise invalid("trial_end", "trial_end must be in the future.")
+            if trial_end is not None and anchor_param is not None:
+                raise invalid(
+                    "billing_cycle_anchor",
+                    "The emulator does not combine a trial with a billing_cycle_anchor.",
+                )
             sub_id = new_id("sub")
             sub = Subscription(
                 obj={},
@@ -324,7 +342,11 @@ class Billing(Meters):
                 interval=first["interval"],
                 interval_count=first["interval_count"],
             )
-            if anchor_param is None:
+            if trial_end is not None:
+                # the trial is the first period; the billing cycle begins at its end
+                sub.anchor, sub.index = trial_end, 0
+                start, end = now, trial_end
+            elif anchor_param is None:
                 start, end = now, sub.boundary(1)
             elif anchor_param > now:
                 # a first period up to the anchor, from the backdated start if there is one
@@ -361,7 +383,9 @@ class Billing(Meters):
                 "livemode": False,
                 "metadata": metadata,
                 "start_date": now if backdate is None else backdate,
-                "status": "active",
+                "status": "active" if trial_end is None else "trialing",
+                "trial_start": None if trial_end is None else now,
+                "trial_end": trial_end,
             }
             self._set_period(sub, start, end)
             self.subscriptions[sub_id] = sub
@@ -376,7 +400,7 @@ class Billing(Meters):
             item["current_period_end"] = end
 
     def _roll(self, sub: Subscription) -> None:
-        if not self.auto_advance_periods or sub.obj["status"] != "active":
+        if not self.auto_advance_periods or sub.obj["status"] not in ("active", "trialing"):
             return
         now = self.now()
         cancel_at = sub.obj.get("cancel_at")
@@ -397,6 +421,8 @@ class Billing(Meters):
     def _next_period(self, sub: Subscription) -> None:
         start, end = sub.obj["current_period_start"], sub.obj["current_period_end"]
         sub.history.append((start, end))
+        if sub.obj["status"] == "trialing" and end >= sub.obj["trial_end"]:
+            sub.obj["status"] = "active"  # the trial ended: a new billing cycle begins
         sub.index += 1
         self._set_period(sub, end, sub.boundary(sub.index))
 
@@ -625,6 +651,7 @@ class Billing(Meters):
                         "start": start,
                         "end": end,
                         "current": current,
+                        "trial": in_trial(sub, start, end),
                         "invoiced": ended is None or not current or sub.invoice_now,
                         "quantity": sum(line["quantity"] or 0 for line in lines),
                         "amount": sum(line["amount"] for line in lines),
@@ -642,16 +669,21 @@ class Billing(Meters):
         period since it began billing (an item added, or its price changed, mid-period: the
         usage before is not billed, as Stripe documents for meter prices)."""
         lines = []
+        trial = in_trial(sub, start, end)
         for item in sub.obj["items"]["data"]:
             price = item["price"]
             meter = price["recurring"]["meter"]
-            if price["recurring"]["usage_type"] == "metered" and meter:
+            if trial:
+                # Stripe: usage accrued during a trial does not count toward what is charged,
+                # and the trial's invoice is for $0
+                quantity = 0 if price["recurring"]["usage_type"] == "metered" else 1
+            elif price["recurring"]["usage_type"] == "metered" and meter:
                 began = sub.billed_from.get(item["id"], start)
                 since = began if start < began < end else start
                 quantity = self.aggregate(meter, sub.obj["customer"], since, end, made)
             else:
                 quantity = item["quantity"] or 1
-            amount = price_amount(in_currency(price, sub.obj["currency"]), quantity)
+            amount = 0 if trial else price_amount(in_currency(price, sub.obj["currency"]), quantity)
             lines.append(
                 {
                     "id": new_id("il_tmp"),
@@ -691,7 +723,7 @@ class Billing(Meters):
                 subs = [
                     s
                     for s in self.subscriptions.values()
-                    if s.obj["customer"] == customer and s.obj["status"] == "active"
+                    if s.obj["customer"] == customer and s.obj["status"] in ("active", "trialing")
                 ]
                 if not subs:
                     raise ApiError(
@@ -737,6 +769,14 @@ class Billing(Meters):
                 "subtotal": total,
                 "total": total,
             }
+
+
+def in_trial(sub: Subscription, start: int, end: int) -> bool:
+    """Whether [start, end) is a period of the subscription's trial (it bills nothing)."""
+    trial_start, trial_end = sub.obj.get("trial_start"), sub.obj.get("trial_end")
+    if trial_start is None or trial_end is None:
+        return False
+    return int(trial_start) <= start and end <= int(trial_end)
 
 
 def _item(sub_id: str, price: Json, qty: int | None, now: int) -> Json:
