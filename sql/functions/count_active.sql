@@ -121,7 +121,9 @@ BEGIN
         parts AS MATERIALIZED (
             SELECT row_number() OVER () AS part, m.shape_ids, count(*) AS series
             FROM (
-                SELECT array_agg(e.shape_id ORDER BY e.shape_id) AS shape_ids
+                -- (the sets in scan order, unsorted: a part listed in two orders is two parts,
+                -- with the same result)
+                SELECT array_agg(e.shape_id) AS shape_ids
                 FROM (
                     SELECT
                         h.id AS shape_id, unnest(h.benchmark_ids) AS benchmark_id,

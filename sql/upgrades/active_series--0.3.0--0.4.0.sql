@@ -3380,7 +3380,9 @@ BEGIN
         parts AS MATERIALIZED (
             SELECT row_number() OVER () AS part, m.shape_ids, count(*) AS series
             FROM (
-                SELECT array_agg(e.shape_id ORDER BY e.shape_id) AS shape_ids
+                -- (the sets in scan order, unsorted: a part listed in two orders is two parts,
+                -- with the same result)
+                SELECT array_agg(e.shape_id) AS shape_ids
                 FROM (
                     SELECT
                         h.id AS shape_id, unnest(h.benchmark_ids) AS benchmark_id,
@@ -3496,7 +3498,9 @@ BEGIN
         FROM (
             SELECT
                 e.benchmark_id, e.variant_id, e.measure_id,
-                array_agg(e.shape_id ORDER BY e.shape_id) AS shape_ids
+                -- (the sets in scan order, unsorted: a part listed in two orders is two parts,
+                -- with the same result)
+                array_agg(e.shape_id) AS shape_ids
             FROM (
                 SELECT
                     h.id AS shape_id, unnest(h.benchmark_ids) AS benchmark_id,
