@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import psycopg
 import pytest
 from oracle import (
     Org,
@@ -189,3 +190,45 @@ def test_period_series_names_the_empty_variant_and_keeps_its_columns(conn, histo
     # variant's id; the other variant's series of its own
     assert first == sorted([(empty, y) for y in m] + [(cold, m[0]), (cold, m[2])])
     assert len(rows) == len({r[2:5] for r in rows}) == len(b) * len(m) + 2
+
+
+def test_period_series_is_inlined_into_the_callers_query(conn, history):
+    # a set-returning function that is not inlined stores all its rows before the first
+    # reaches the caller (a Function Scan); inlined, its query is the caller's
+    plan = "\n".join(
+        r[0]
+        for r in conn.execute(
+            "EXPLAIN (VERBOSE, COSTS OFF) SELECT count(*) FROM active_series.period_series(%s, %s)",
+            (history.id, DEC),
+        ).fetchall()
+    )
+    assert "period_series" not in plan
+    assert "_read_testbed_period" not in plan  # (views are planned as their tables)
+    assert "_testbed_period" in plan
+
+
+@pytest.mark.parametrize("start", [None, DEC])
+def test_period_series_of_an_unknown_organization_raises_with_or_without_a_period(
+    conn, history, start
+):
+    missing = history.id + 1000
+    with pytest.raises(psycopg.errors.NoDataFound, match=f"organization {missing} does not"):
+        conn.execute("SELECT * FROM active_series.period_series(%s, %s)", (missing, start))
+    conn.rollback()
+    with pytest.raises(psycopg.errors.NullValueNotAllowed):
+        conn.execute("SELECT count(*) FROM active_series.period_series(NULL, %s)", (start,))
+    conn.rollback()
+
+
+def test_period_series_without_a_period_reads_the_current_one(conn, history):
+    ingest(conn, history, history.testbeds[3], [(history.benchmarks[7], None, history.measures[0])])
+    current = conn.execute(
+        "SELECT period_start FROM active_series.current_period(%s)", (history.id,)
+    ).fetchone()[0]
+    query = (
+        "SELECT testbed_id, benchmark_id, variant_id, measure_id, first_seen, last_seen"
+        " FROM active_series.period_series(%s{})"
+    )
+    got = sorted(conn.execute(query.format(""), (history.id,)).fetchall())
+    assert got
+    assert got == sorted(conn.execute(query.format(", %s"), (history.id, current)).fetchall())
