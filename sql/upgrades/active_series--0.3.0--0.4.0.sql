@@ -3702,41 +3702,34 @@ parts AS MATERIALIZED (
             AND v.parameters OPERATOR(pg_catalog.=) '{}'::pg_catalog.jsonb
     GROUP BY m.shape_ids
 )
+-- (the arrays unfolded side by side in the select list: one pass, no tuplestore per row)
 SELECT
-    r.project_id, r.testbed_id, r.benchmark_id, r.variant_id, r.measure_id, r.first_seen,
-    r.last_seen
+    w.project_id, w.testbed_id, pg_catalog.unnest(h.benchmark_ids),
+    pg_catalog.unnest(h.variant_ids), pg_catalog.unnest(h.measure_ids), w.first_seen,
+    w.last_seen
+FROM seen AS w
+INNER JOIN shapes AS h ON h.shape_id OPERATOR(pg_catalog.=) w.shape_id
+-- (the EXISTS has no variable: a one-time filter, evaluated before the first row is read; it
+-- raises for a NULL or unknown organization, even where seen is known to be empty)
+WHERE w.disjoint AND EXISTS (SELECT FROM active_series.current_period(p_organization_id))
+UNION ALL
+-- the overlapping testbeds: a part's series are in a testbed's rows whose set is one of
+-- the part's sets, first and last seen at the earliest and latest of them
+SELECT
+    g.project_id, g.testbed_id, pg_catalog.unnest(a.benchmark_ids),
+    pg_catalog.unnest(a.variant_ids), pg_catalog.unnest(a.measure_ids), g.first_seen,
+    g.last_seen
 FROM (
-    -- (the arrays unfolded side by side in the select list: one pass, no tuplestore per row)
     SELECT
-        w.project_id, w.testbed_id, pg_catalog.unnest(h.benchmark_ids),
-        pg_catalog.unnest(h.variant_ids), pg_catalog.unnest(h.measure_ids), w.first_seen,
-        w.last_seen
-    FROM seen AS w
-    INNER JOIN shapes AS h ON h.shape_id OPERATOR(pg_catalog.=) w.shape_id
-    WHERE w.disjoint
-    UNION ALL
-    -- the overlapping testbeds: a part's series are in a testbed's rows whose set is one of
-    -- the part's sets, first and last seen at the earliest and latest of them
-    SELECT
-        g.project_id, g.testbed_id, pg_catalog.unnest(a.benchmark_ids),
-        pg_catalog.unnest(a.variant_ids), pg_catalog.unnest(a.measure_ids), g.first_seen,
-        g.last_seen
-    FROM (
-        SELECT
-            w.project_id, w.testbed_id, a.part, pg_catalog.min(w.first_seen) AS first_seen,
-            pg_catalog.max(w.last_seen) AS last_seen
-        FROM parts AS a
-        CROSS JOIN LATERAL pg_catalog.unnest(a.shape_ids) AS k (shape_id)
-        INNER JOIN seen AS w ON w.shape_id OPERATOR(pg_catalog.=) k.shape_id
-        WHERE NOT w.disjoint
-        GROUP BY w.project_id, w.testbed_id, a.part
-    ) AS g
-    INNER JOIN parts AS a ON a.part OPERATOR(pg_catalog.=) g.part
-) AS r (
-    project_id, testbed_id, benchmark_id, variant_id, measure_id, first_seen, last_seen
-)
--- (no variable in it: a one-time filter, evaluated before the first row is read; it raises
--- for a NULL or unknown organization, even where the history's own filter is known empty)
+        w.project_id, w.testbed_id, a.part, pg_catalog.min(w.first_seen) AS first_seen,
+        pg_catalog.max(w.last_seen) AS last_seen
+    FROM parts AS a
+    CROSS JOIN LATERAL pg_catalog.unnest(a.shape_ids) AS k (shape_id)
+    INNER JOIN seen AS w ON w.shape_id OPERATOR(pg_catalog.=) k.shape_id
+    WHERE NOT w.disjoint
+    GROUP BY w.project_id, w.testbed_id, a.part
+) AS g
+INNER JOIN parts AS a ON a.part OPERATOR(pg_catalog.=) g.part
 WHERE EXISTS (SELECT FROM active_series.current_period(p_organization_id));
 $$;
 COMMENT ON FUNCTION active_series.period_series(bigint, timestamptz) IS
