@@ -1,16 +1,28 @@
 """Reads: period_usage, count_active and period_series against the from-scratch count.
 
-One database holds an organization with 10^3, 10^4, … 10^max series each (all present while
-any is measured, so table sizes are the same for every size).  The metrics are generated
-set-based with the tracking trigger off, then the cache is filled set-based (what backfill
-would write, directly: backfill is measured by backfill.py) and checked against the
-from-scratch count for every organization, and with ``verify()`` where that is quick.
+One database holds, per size of 10^3, 10^4, … 10^max series, two organizations (all present
+while any is measured, so table sizes are the same for every size), one per layout:
 
-Per size, alternating within each repeat:
+* ``disjoint``: 10 testbeds, each reporting its benchmarks in chunks of 100 (each testbed's
+  sets of series in the period are disjoint);
+* ``overlapping``: 100 testbeds (10 at 10^3), each reporting its whole suite once, the first
+  half of it once and each quarter of it once, at random moments: every series is in two or
+  three of its testbed's sets, and a window starting mid-period cuts them.
 
-* ``period_usage(org, period_start)`` and ``count_active(org, period_start, period_end)``:
-  server-side time per call, from a loop of calls in one statement (client round trips
-  excluded; the round trip of a single call is reported as context);
+The metrics are generated set-based with the tracking trigger off, then the cache is filled
+set-based (what backfill would write, directly: backfill is measured by backfill.py) and
+checked against the from-scratch count for every organization, and with ``verify()`` where
+that is quick.  Beside it, the seed's design is rebuilt from the same metrics: a table with one
+row per series and its last_seen, indexed on (organization_id, last_seen).
+
+Per organization, alternating within each repeat:
+
+* ``period_usage(org, period_start)`` and ``count_active(org, from, to)`` over the period
+  ``[period_start, period_end)`` and over its second half ``[mid, period_end)`` (``mid``
+  halfway between the period's start and its last report), each beside the seed's
+  ``count(*)`` over its index range for the same window: server-side time per call, from a loop
+  of calls in one statement (client round trips excluded; the round trip of a single call is
+  reported as context);
 * ``period_series(org, period_start)``: all rows, counted server-side;
 * from scratch: ``count(DISTINCT (testbed, benchmark, measure))`` over the period's metrics.
 
@@ -49,6 +61,39 @@ WHERE p.organization_id = %(org)s AND p.deleted_at IS NULL
     AND r.created >= %(start)s AND r.created < %(end)s
 """
 
+# The seed's design: one row per series with its last_seen, an index range scan per window.
+SEED_TABLE = """
+CREATE TABLE IF NOT EXISTS public.seed_series (
+    organization_id bigint NOT NULL,
+    testbed_id bigint NOT NULL,
+    benchmark_id bigint NOT NULL,
+    variant_id bigint NOT NULL,
+    measure_id bigint NOT NULL,
+    last_seen timestamptz NOT NULL,
+    PRIMARY KEY (testbed_id, benchmark_id, variant_id, measure_id)
+);
+CREATE INDEX IF NOT EXISTS seed_series_organization_id_last_seen_idx
+ON public.seed_series (organization_id, last_seen);
+"""
+
+SEED_FILL = """
+INSERT INTO public.seed_series
+SELECT p.organization_id, r.testbed_id, rb.benchmark_id, coalesce(rb.variant_id, 0),
+    m.measure_id, max(r.created)
+FROM active_series.project AS p
+INNER JOIN active_series.report AS r ON r.project_id = p.id
+INNER JOIN active_series.report_benchmark AS rb ON rb.report_id = r.id
+INNER JOIN active_series.metric AS m ON m.report_benchmark_id = rb.id
+WHERE p.organization_id = %(org)s
+GROUP BY p.organization_id, r.testbed_id, rb.benchmark_id, coalesce(rb.variant_id, 0),
+    m.measure_id
+"""
+
+SEED_COUNT = (
+    "(SELECT count(*) FROM public.seed_series AS s WHERE s.organization_id = %(org)s + 0 * g"
+    " AND s.last_seen >= {lo} AND s.last_seen < %(end)s)"
+)
+
 # every metric of the organization's project recorded as ingest records it
 FILL = [
     """
@@ -61,11 +106,79 @@ FILL = [
 ]
 
 
-def build(conn: psycopg.Connection, series: int) -> dict:
+def overlapping_org(conn: psycopg.Connection, series: int) -> int:
+    """An organization with exactly ``series`` series active in the current calendar month,
+    on 100 testbeds (10 below 10^4 series) of series/testbeds/10 benchmarks x 10 measures,
+    each testbed reporting its whole suite once, the first half of its benchmarks once and each
+    quarter of them once, at random moments of the month so far: overlapping sets."""
+    testbeds = 100 if series >= 10**4 else 10
+    measures = datagen.MEASURES_PER_BENCHMARK
+    if series % (testbeds * measures):
+        raise ValueError(f"series must be a multiple of {testbeds * measures}")
+    benchmarks = series // (testbeds * measures)
+    org, project = datagen.new_project(conn, f"reads-overlapping-{series}")
+    datagen.entities(conn, project, "testbed", testbeds)
+    datagen.entities(conn, project, "benchmark", benchmarks)
+    datagen.entities(conn, project, "measure", measures)
+    with conn.transaction():
+        conn.execute("SET LOCAL active_series.allow_explicit_created = on")
+        # the report's kind is kept in start_time (seconds after epoch): 0 the whole suite,
+        # 1 its first half, 2..5 its quarters
+        conn.execute(
+            """
+            INSERT INTO active_series.report (project_id, testbed_id, start_time, end_time,
+                created)
+            SELECT t.project_id, t.id, 'epoch'::timestamptz + k * interval '1 s',
+                'epoch'::timestamptz + k * interval '1 s', c.created
+            FROM active_series.testbed AS t
+            CROSS JOIN generate_series(0, 5) AS k
+            CROSS JOIN LATERAL (
+                SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                    + (now() - (date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'))
+                    * (0.01 + 0.98 * random() + 0 * k + 0 * t.id) AS created
+            ) AS c
+            WHERE t.project_id = %(project)s
+            """,
+            {"project": project},
+        )
+        conn.execute(
+            """
+            INSERT INTO active_series.report_benchmark (report_id, benchmark_id, iteration)
+            SELECT r.id, b.id, 0
+            FROM active_series.report AS r
+            CROSS JOIN LATERAL (SELECT extract(epoch FROM r.start_time)::int AS kind) AS k
+            INNER JOIN (
+                SELECT id, row_number() OVER (ORDER BY id) - 1 AS rn
+                FROM active_series.benchmark WHERE project_id = %(project)s
+            ) AS b ON k.kind = 0
+                OR (k.kind = 1 AND b.rn < (%(n)s + 1) / 2)
+                OR (k.kind >= 2 AND b.rn * 4 / %(n)s = k.kind - 2)
+            WHERE r.project_id = %(project)s
+            """,
+            {"project": project, "n": benchmarks},
+        )
+        conn.execute(
+            """
+            INSERT INTO active_series.metric (report_benchmark_id, measure_id, value)
+            SELECT rb.id, m.id, 1.0
+            FROM active_series.report AS r
+            INNER JOIN active_series.report_benchmark AS rb ON rb.report_id = r.id
+            CROSS JOIN active_series.measure AS m
+            WHERE r.project_id = %(project)s AND m.project_id = %(project)s
+            """,
+            {"project": project},
+        )
+    return org
+
+
+LAYOUTS = {"disjoint": datagen.series_org, "overlapping": overlapping_org}
+
+
+def build(conn: psycopg.Connection, series: int, layout: str) -> dict:
     t0 = time.perf_counter()
     set_tracking(conn, False)
     try:
-        org = datagen.series_org(conn, series)
+        org = LAYOUTS[layout](conn, series)
     finally:
         set_tracking(conn, True)
     generated = time.perf_counter() - t0
@@ -81,13 +194,21 @@ def build(conn: psycopg.Connection, series: int) -> dict:
         ).fetchone()  # type: ignore[misc]
         for sql in FILL:
             conn.execute(sql, {"org": org, "project": project, "start": start})
+    filled = time.perf_counter() - t1
+    conn.execute(SEED_FILL, {"org": org})
+    first = one(
+        conn, "SELECT min(created) FROM active_series.report WHERE project_id = %s", (project,)
+    )
     return {
         "series": series,
+        "layout": layout,
         "organization": org,
         "period_start": start,
         "period_end": end,
+        # the second half of the period's activity: a window that cuts testbeds' sets
+        "mid": first + (created - first) / 2,
         "generate_seconds": generated,
-        "fill_seconds": time.perf_counter() - t1,
+        "fill_seconds": filled,
     }
 
 
@@ -119,7 +240,12 @@ def timed_query(conn: psycopg.Connection, sql: str, params: dict) -> tuple[float
 
 
 def measure(conn: psycopg.Connection, org: dict, repeats: int, budget: float) -> dict:
-    p = {"org": org["organization"], "start": org["period_start"], "end": org["period_end"]}
+    p = {
+        "org": org["organization"],
+        "start": org["period_start"],
+        "end": org["period_end"],
+        "mid": org["mid"],
+    }
     ops = {
         "period_usage": lambda: per_call(
             conn, "active_series.period_usage(%(org)s + 0 * g, %(start)s)", p, budget
@@ -127,6 +253,11 @@ def measure(conn: psycopg.Connection, org: dict, repeats: int, budget: float) ->
         "count_active": lambda: per_call(
             conn, "active_series.count_active(%(org)s + 0 * g, %(start)s, %(end)s)", p, budget
         ),
+        "seed_count": lambda: per_call(conn, SEED_COUNT.format(lo="%(start)s"), p, budget),
+        "count_active_cut": lambda: per_call(
+            conn, "active_series.count_active(%(org)s + 0 * g, %(mid)s, %(end)s)", p, budget
+        ),
+        "seed_count_cut": lambda: per_call(conn, SEED_COUNT.format(lo="%(mid)s"), p, budget),
         "period_series": lambda: timed_query(
             conn, "SELECT count(*) FROM active_series.period_series(%(org)s, %(start)s)", p
         )[0],
@@ -148,13 +279,31 @@ def measure(conn: psycopg.Connection, org: dict, repeats: int, budget: float) ->
             conn, "SELECT count(*) FROM active_series.period_series(%(org)s, %(start)s)", p
         ),
         "from_scratch": one(conn, SCRATCH, p),
+        "seed_count": one(conn, SEED_COUNT.format(lo="%(start)s").replace("+ 0 * g", ""), p),
+    }
+    cut = {
+        "count_active_cut": one(
+            conn, "SELECT active_series.count_active(%(org)s, %(mid)s, %(end)s)", p
+        ),
+        "seed_count_cut": one(conn, SEED_COUNT.format(lo="%(mid)s").replace("+ 0 * g", ""), p),
     }
     return {
         "seconds": times,
         "median_seconds": med,
-        "values": values,
-        "exact": len({int(v) for v in values.values()}) == 1 and values["from_scratch"] > 0,
-        "speedup_vs_scratch": {n: med["from_scratch"] / med[n] for n in names[:3]},
+        "values": {**values, **cut},
+        "exact": len({int(v) for v in values.values()}) == 1
+        and values["from_scratch"] > 0
+        and len({int(v) for v in cut.values()}) == 1,
+        "speedup_vs_scratch": {
+            n: med["from_scratch"] / med[n]
+            for n in ("period_usage", "count_active", "period_series")
+        },
+        # < 1: faster than the seed's index range scan, than recomputing
+        "ratio_vs_seed": {
+            "count_active": med["count_active"] / med["seed_count"],
+            "count_active_cut": med["count_active_cut"] / med["seed_count_cut"],
+        },
+        "period_series_vs_scratch": med["period_series"] / med["from_scratch"],
         "roundtrip_seconds": {
             "period_usage": roundtrip(
                 conn, "SELECT active_series.period_usage(%(org)s, %(start)s)", p
@@ -179,14 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [10**e for e in range(3, args.max_exponent + 1)]
     with connect(dsn) as conn:
         info = server_info(conn)
+        conn.execute(SEED_TABLE)
         orgs = []
         for series in sizes:
-            org = build(conn, series)
-            log(
-                f"  built {series} series: generate {org['generate_seconds']:.1f} s,"
-                f" fill {org['fill_seconds']:.1f} s"
-            )
-            orgs.append(org)
+            for layout in LAYOUTS:
+                org = build(conn, series, layout)
+                log(
+                    f"  built {series} series ({layout}): generate"
+                    f" {org['generate_seconds']:.1f} s, fill {org['fill_seconds']:.1f} s"
+                )
+                orgs.append(org)
         conn.execute("VACUUM ANALYZE")
         for org in orgs:
             if org["series"] <= 10**4:
@@ -208,8 +359,12 @@ def main(argv: list[str] | None = None) -> int:
             results.append({**org, **r})
             med = r["median_seconds"]
             log(
-                f"  {org['series']:>8} series: period_usage {med['period_usage'] * 1e6:.0f} us,"
-                f" count_active {med['count_active'] * 1e3:.2f} ms,"
+                f"  {org['series']:>8} series ({org['layout']}):"
+                f" period_usage {med['period_usage'] * 1e6:.0f} us,"
+                f" count_active {med['count_active'] * 1e3:.2f} ms"
+                f" (seed {med['seed_count'] * 1e3:.2f} ms),"
+                f" cut {med['count_active_cut'] * 1e3:.2f} ms"
+                f" (seed {med['seed_count_cut'] * 1e3:.2f} ms),"
                 f" period_series {med['period_series'] * 1e3:.1f} ms,"
                 f" from scratch {med['from_scratch'] * 1e3:.1f} ms"
                 f" ({r['speedup_vs_scratch']['period_usage']:.0f}x)"

@@ -35,6 +35,9 @@ active_series._shape,
 active_series._shape_seen,
 active_series._testbed_period,
 active_series._series_history,
+active_series._read_testbed_period,
+active_series._read_shape_seen,
+active_series._read_shape,
 active_series.series_last_seen,
 active_series.usage,
 active_series.relay_status,
@@ -99,7 +102,8 @@ GRANT EXECUTE ON ALL ROUTINES IN SCHEMA active_series TO active_series_admin;
 -- ---------------------------------------------------------------- active_series_reader
 -- Applications and dashboards: read the reference data model, the counts, the usage, the
 -- price preview and the alerts. The read functions are SECURITY DEFINER (each says why):
--- they read billing tables the reader may not read itself. No billing table, no ledger,
+-- they read billing tables the reader may not read itself; period_series (inlined) reads
+-- the history through the _read_* views instead. No billing table, no ledger,
 -- no relay internals, no writes. (Granted after the admin's, as an upgrade adds them.)
 GRANT SELECT ON
 active_series.usage,
@@ -110,6 +114,14 @@ TO active_series_reader;
 -- (neither table holds an organization's data), and `relay failures` reads its view
 GRANT SELECT ON active_series._meta, active_series._attachment TO active_series_reader;
 GRANT SELECT ON active_series.relay_failures TO active_series_reader;
+-- period_series runs with its caller's rights (inlined into the caller's query): it reads
+-- the history through these views, which read the tables with their owner's. The reader
+-- sees every organization's series through period_series anyway; now also through these.
+GRANT SELECT ON
+active_series._read_testbed_period,
+active_series._read_shape_seen,
+active_series._read_shape
+TO active_series_reader;
 GRANT EXECUTE ON FUNCTION
 active_series.period_usage(bigint, timestamptz),
 active_series.periods(bigint),

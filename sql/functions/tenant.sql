@@ -130,9 +130,13 @@ AS $$
 -- period_series of the connection's organization.
 -- SECURITY DEFINER: the read API of active_series_tenant, which may not call
 -- period_series (any organization); it answers for the connection's organization only.
+-- (The organization is read first: period_series is inlined into this query, and the
+-- planner may evaluate a stable argument while it plans.)
+DECLARE
+    v_org bigint := active_series._tenant_organization();
 BEGIN
     RETURN QUERY
-    SELECT * FROM active_series.period_series(active_series._tenant_organization(), p_period_start);
+    SELECT * FROM active_series.period_series(v_org, p_period_start);
 END;
 $$;
 COMMENT ON FUNCTION active_series.tenant_period_series(timestamptz) IS

@@ -4012,3 +4012,541 @@ REVOKE EXECUTE ON FUNCTION active_series._lock_key(text)
 FROM PUBLIC; -- noqa: CP02
 GRANT EXECUTE ON FUNCTION active_series._lock_key(text)
 TO active_series_admin;
+
+-- sql/functions/count_active.sql, sql/functions/period_series.sql: the reads size each
+-- testbed's series from the sizes of its sets where they are known, and cut the distinct
+-- sets of the other testbeds into parts instead of unfolding them per testbed;
+-- period_series looks up the empty variant once per series of the distinct sets.
+CREATE OR REPLACE FUNCTION active_series.count_active(
+    p_organization_id bigint,
+    p_from timestamptz,
+    p_to timestamptz,
+    p_visibility text DEFAULT NULL
+)
+RETURNS bigint
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Series of the organization whose last_seen is in [p_from, p_to), in projects that are
+-- not soft-deleted, optionally of one visibility. A series' last_seen lies in its latest
+-- period, so only the history of periods from the one containing p_from on is read (an
+-- index range scan on (organization_id, period_start) of _testbed_period). Series belong to
+-- one testbed, and those of a testbed seen since p_to are a subset of those seen since
+-- p_from: the count is, per testbed, |seen since p_from| - |seen since p_to|. The series seen
+-- since a bound are the union of the sets of the _shape_seen rows whose last_seen is at or
+-- after it; within one period its size is known without unfolding a set when those rows are
+-- none, hold the period's whole set (_testbed_period.shape_id), are all of the period's rows,
+-- or are rows of a period whose sets are disjoint (their sizes add up to the whole set's): the
+-- sum of their sizes. For the testbeds where neither holds (rows of several periods, or
+-- overlapping sets cut by a bound), the distinct sets they reported since p_from are cut
+-- into parts (the series held by exactly the same of those sets, each set unfolded once
+-- however many testbeds share it): a testbed has seen a part since p_from when it reported
+-- one of the part's sets since then, last at the latest such report. Takes no locks.
+-- SECURITY DEFINER: the read API of active_series_reader, which may not read the history
+-- tables themselves; it returns a count of the organization named only.
+DECLARE
+    v_lower timestamptz;
+BEGIN
+    PERFORM active_series._require_organization(p_organization_id);
+    IF p_from IS NULL OR p_to IS NULL THEN
+        RAISE EXCEPTION 'active_series: count_active needs both p_from and p_to'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF p_from > p_to THEN
+        RAISE EXCEPTION 'active_series: window start % is after its end %', p_from, p_to
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Swap the two times: count_active(organization, from, to).';
+    END IF;
+    IF p_visibility IS NOT NULL AND p_visibility NOT IN ('public', 'private') THEN
+        RAISE EXCEPTION 'active_series: visibility must be ''public'', ''private'' or NULL (got %)',
+            quote_literal(p_visibility)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    SELECT max(p.period_start) INTO v_lower
+    FROM active_series._period AS p
+    WHERE p.organization_id = p_organization_id AND p.period_start <= p_from;
+
+    RETURN (
+        WITH seen AS MATERIALIZED (
+            -- the testbeds' rows in the periods from v_lower on, with the sizes of their sets
+            SELECT
+                t.testbed_id, t.period_start, t.shape_id AS period_shape_id,
+                u.series AS period_series, s.shape_id, s.last_seen, h.series
+            FROM active_series._testbed_period AS t
+            INNER JOIN active_series.project AS p ON p.id = t.project_id
+            INNER JOIN active_series._shape AS u ON u.id = t.shape_id
+            INNER JOIN active_series._shape_seen AS s
+                ON s.testbed_id = t.testbed_id AND s.period_start = t.period_start
+            INNER JOIN active_series._shape AS h ON h.id = s.shape_id
+            WHERE t.organization_id = p_organization_id
+                AND t.period_start >= coalesce(v_lower, '-infinity')
+                AND p.deleted_at IS NULL
+                AND (p_visibility IS NULL OR p.visibility = p_visibility)
+        ),
+        periods AS (
+            SELECT
+                g.testbed_id, g.rows_from > 0 AS active,
+                -- the number of series seen since each bound (NULL: not known without
+                -- unfolding the sets)
+                CASE
+                    WHEN g.rows_from = 0 THEN 0
+                    WHEN g.whole_from OR g.rows_from = g.all_rows THEN g.period_series
+                    WHEN g.sizes = g.period_series THEN g.sizes_from
+                END AS since_from,
+                CASE
+                    WHEN g.rows_to = 0 THEN 0
+                    WHEN g.whole_to OR g.rows_to = g.all_rows THEN g.period_series
+                    WHEN g.sizes = g.period_series THEN g.sizes_to
+                END AS since_to
+            FROM (
+                SELECT
+                    x.testbed_id, min(x.period_series) AS period_series,
+                    count(*) AS all_rows, sum(x.series) AS sizes,
+                    count(*) FILTER (WHERE x.last_seen >= p_from) AS rows_from,
+                    count(*) FILTER (WHERE x.last_seen >= p_to) AS rows_to,
+                    coalesce(sum(x.series) FILTER (WHERE x.last_seen >= p_from), 0)
+                        AS sizes_from,
+                    coalesce(sum(x.series) FILTER (WHERE x.last_seen >= p_to), 0) AS sizes_to,
+                    coalesce(bool_or(x.shape_id = x.period_shape_id AND x.last_seen >= p_from),
+                        FALSE) AS whole_from,
+                    coalesce(bool_or(x.shape_id = x.period_shape_id AND x.last_seen >= p_to),
+                        FALSE) AS whole_to
+                FROM seen AS x
+                GROUP BY x.testbed_id, x.period_start
+            ) AS g
+        ),
+        testbeds AS MATERIALIZED (
+            SELECT
+                q.testbed_id,
+                count(*) FILTER (WHERE q.active) <= 1
+                AND bool_and(q.since_from IS NOT NULL AND q.since_to IS NOT NULL) AS known,
+                sum(q.since_from - q.since_to) AS active_series
+            FROM periods AS q
+            GROUP BY q.testbed_id
+        ),
+        -- the other testbeds' sets seen since p_from (a set in several periods: its latest row)
+        slow AS MATERIALIZED (
+            SELECT x.testbed_id, x.shape_id, max(x.last_seen) AS last_seen
+            FROM testbeds AS b
+            INNER JOIN seen AS x ON x.testbed_id = b.testbed_id
+            WHERE NOT b.known AND x.last_seen >= p_from
+            GROUP BY x.testbed_id, x.shape_id
+        ),
+        -- their distinct sets cut into parts: the series held by exactly the same sets
+        -- (unfolded once per set, however many testbeds report it)
+        parts AS MATERIALIZED (
+            SELECT row_number() OVER () AS part, m.shape_ids, count(*) AS series
+            FROM (
+                -- (the sets in scan order, unsorted: a part listed in two orders is two parts,
+                -- with the same result)
+                SELECT array_agg(e.shape_id) AS shape_ids
+                FROM (
+                    SELECT
+                        h.id AS shape_id, unnest(h.benchmark_ids) AS benchmark_id,
+                        unnest(h.variant_ids) AS variant_id, unnest(h.measure_ids) AS measure_id
+                    FROM active_series._shape AS h
+                    WHERE h.id IN (SELECT z.shape_id FROM slow AS z)
+                ) AS e
+                GROUP BY e.benchmark_id, e.variant_id, e.measure_id
+            ) AS m
+            GROUP BY m.shape_ids
+        )
+        SELECT
+            coalesce((SELECT sum(b.active_series) FROM testbeds AS b WHERE b.known), 0)
+            -- a part's series are seen since p_from on a testbed with one of the part's
+            -- sets seen since p_from, last at the latest of those
+            + coalesce((
+                SELECT sum(y.series)
+                FROM (
+                    SELECT min(a.series) AS series, max(z.last_seen) AS last_seen
+                    FROM parts AS a
+                    CROSS JOIN LATERAL unnest(a.shape_ids) AS k (shape_id)
+                    INNER JOIN slow AS z ON z.shape_id = k.shape_id
+                    GROUP BY z.testbed_id, a.part
+                ) AS y
+                WHERE y.last_seen < p_to
+            ), 0)
+    );
+END;
+$$;
+COMMENT ON FUNCTION active_series.count_active(bigint, timestamptz, timestamptz, text) IS
+'Number of series of an organization whose last_seen is in [p_from, p_to); p_visibility ''public''/''private'' or NULL for all; soft-deleted projects excluded.';
+
+CREATE OR REPLACE FUNCTION active_series.period_series(
+    p_organization_id bigint,
+    p_period_start timestamptz DEFAULT NULL
+)
+RETURNS TABLE (
+    project_id bigint,
+    testbed_id bigint,
+    benchmark_id bigint,
+    variant_id bigint,
+    measure_id bigint,
+    first_seen timestamptz,
+    last_seen timestamptz
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The series a period's bill is made of, with their first and last activity in the
+-- period (NULL period: the current one); soft-deleted projects excluded; in no particular
+-- order. Takes no locks. A testbed whose sets in the period are disjoint (their sizes add up
+-- to the size of its whole set, _testbed_period.shape_id: a single set, or reports of
+-- separate parts) has each series in one _shape_seen row, whose first_seen and last_seen are
+-- the series': its sets are unfolded as they are. The distinct sets of the testbeds with
+-- overlapping sets are cut into parts (the series held by exactly the same of those sets),
+-- each set unfolded once however many testbeds share it: a testbed has the parts of its
+-- sets, first and last seen at the earliest and latest of its rows of the part's sets. The
+-- empty variant's id, for variant 0, is looked up once per distinct series of the sets, not
+-- per row.
+-- SECURITY DEFINER: the read API of active_series_reader, which may not read the history
+-- tables themselves; it returns the series of the organization named only.
+DECLARE
+    v_start timestamptz := p_period_start;
+BEGIN
+    PERFORM active_series._require_organization(p_organization_id);
+    IF v_start IS NULL THEN
+        SELECT a.period_start INTO v_start
+        FROM active_series._period_at(p_organization_id, now()) AS a;
+    END IF;
+    RETURN QUERY
+    WITH seen AS MATERIALIZED (
+        SELECT
+            t.project_id, t.testbed_id, s.shape_id, s.first_seen, s.last_seen,
+            sum(h.series) OVER (PARTITION BY t.testbed_id) = u.series AS disjoint
+        FROM active_series._testbed_period AS t
+        INNER JOIN active_series.project AS p ON p.id = t.project_id
+        INNER JOIN active_series._shape AS u ON u.id = t.shape_id
+        INNER JOIN active_series._shape_seen AS s
+            ON s.testbed_id = t.testbed_id AND s.period_start = t.period_start
+        INNER JOIN active_series._shape AS h ON h.id = s.shape_id
+        WHERE t.organization_id = p_organization_id
+            AND t.period_start = v_start
+            AND p.deleted_at IS NULL
+    ),
+    -- each disjoint set with its variants as returned (variant 0: the benchmark's empty
+    -- variant, if any)
+    shapes AS MATERIALIZED (
+        SELECT
+            e.shape_id, array_agg(e.benchmark_id) AS benchmark_ids,
+            array_agg(coalesce(v.id, nullif(e.variant_id, 0))) AS variant_ids,
+            array_agg(e.measure_id) AS measure_ids
+        FROM (
+            SELECT
+                h.id AS shape_id, unnest(h.benchmark_ids) AS benchmark_id,
+                unnest(h.variant_ids) AS variant_id, unnest(h.measure_ids) AS measure_id
+            FROM active_series._shape AS h
+            WHERE h.id IN (SELECT w.shape_id FROM seen AS w WHERE w.disjoint)
+        ) AS e
+        LEFT JOIN active_series.variant AS v
+            ON e.variant_id = 0 AND v.benchmark_id = e.benchmark_id AND v.parameters = '{}'::jsonb
+        GROUP BY e.shape_id
+    ),
+    -- the distinct sets of the overlapping testbeds cut into parts: the series held by
+    -- exactly the same of those sets (each set unfolded once, however many testbeds share it)
+    parts AS MATERIALIZED (
+        SELECT
+            row_number() OVER () AS part, m.shape_ids,
+            array_agg(m.benchmark_id) AS benchmark_ids,
+            array_agg(coalesce(v.id, nullif(m.variant_id, 0))) AS variant_ids,
+            array_agg(m.measure_id) AS measure_ids
+        FROM (
+            SELECT
+                e.benchmark_id, e.variant_id, e.measure_id,
+                -- (the sets in scan order, unsorted: a part listed in two orders is two parts,
+                -- with the same result)
+                array_agg(e.shape_id) AS shape_ids
+            FROM (
+                SELECT
+                    h.id AS shape_id, unnest(h.benchmark_ids) AS benchmark_id,
+                    unnest(h.variant_ids) AS variant_id, unnest(h.measure_ids) AS measure_id
+                FROM active_series._shape AS h
+                WHERE h.id IN (SELECT w.shape_id FROM seen AS w WHERE NOT w.disjoint)
+            ) AS e
+            GROUP BY e.benchmark_id, e.variant_id, e.measure_id
+        ) AS m
+        LEFT JOIN active_series.variant AS v
+            ON m.variant_id = 0 AND v.benchmark_id = m.benchmark_id AND v.parameters = '{}'::jsonb
+        GROUP BY m.shape_ids
+    )
+    -- (the arrays unfolded side by side in the select list: one pass, no tuplestore per row)
+    SELECT
+        w.project_id, w.testbed_id, unnest(h.benchmark_ids), unnest(h.variant_ids),
+        unnest(h.measure_ids), w.first_seen, w.last_seen
+    FROM seen AS w
+    INNER JOIN shapes AS h ON h.shape_id = w.shape_id
+    WHERE w.disjoint
+    UNION ALL
+    -- the overlapping testbeds: a part's series are in a testbed's rows whose set is one of
+    -- the part's sets, first and last seen at the earliest and latest of them
+    SELECT
+        g.project_id, g.testbed_id, unnest(a.benchmark_ids), unnest(a.variant_ids),
+        unnest(a.measure_ids), g.first_seen, g.last_seen
+    FROM (
+        SELECT
+            w.project_id, w.testbed_id, a.part, min(w.first_seen) AS first_seen,
+            max(w.last_seen) AS last_seen
+        FROM parts AS a
+        CROSS JOIN LATERAL unnest(a.shape_ids) AS k (shape_id)
+        INNER JOIN seen AS w ON w.shape_id = k.shape_id
+        WHERE NOT w.disjoint
+        GROUP BY w.project_id, w.testbed_id, a.part
+    ) AS g
+    INNER JOIN parts AS a ON a.part = g.part;
+END;
+$$;
+COMMENT ON FUNCTION active_series.period_series(bigint, timestamptz) IS
+'The series (testbed, benchmark, variant, measure) counted in a billing period (NULL: current) with their first and last activity in it: what the bill is made of.';
+
+-- sql/functions/period_series.sql: period_series becomes a plain SQL function the planner
+-- inlines into the caller's query (its rows stream out instead of being stored first); it
+-- runs with its caller's rights and reads the history through the _read_* views. Re-created
+-- (a plpgsql function cannot be replaced by a SQL one in place), re-granted as
+-- sql/grants.sql grants it.
+DROP FUNCTION active_series.period_series(bigint, timestamptz);
+-- The history period_series reads, as views: period_series is a plain SQL function that
+-- the planner inlines into the caller's query (a set-returning function that is not
+-- inlined stores every row it returns before the caller sees the first), so it runs with
+-- its caller's rights; a view reads its table with its owner's. Granted to the roles that
+-- may call period_series (sql/grants.sql; docs/roles.md says what that lets them see).
+CREATE VIEW active_series._read_testbed_period AS
+SELECT
+    t.organization_id,
+    t.period_start,
+    t.project_id,
+    t.testbed_id,
+    t.shape_id
+FROM active_series._testbed_period AS t;
+COMMENT ON VIEW active_series._read_testbed_period IS
+'Internal: _testbed_period as period_series reads it (with its owner''s rights).';
+
+CREATE VIEW active_series._read_shape_seen AS
+SELECT
+    s.testbed_id,
+    s.period_start,
+    s.shape_id,
+    s.first_seen,
+    s.last_seen
+FROM active_series._shape_seen AS s;
+COMMENT ON VIEW active_series._read_shape_seen IS
+'Internal: _shape_seen as period_series reads it (with its owner''s rights).';
+
+CREATE VIEW active_series._read_shape AS
+SELECT
+    h.id,
+    h.series,
+    h.benchmark_ids,
+    h.variant_ids,
+    h.measure_ids
+FROM active_series._shape AS h;
+COMMENT ON VIEW active_series._read_shape IS
+'Internal: _shape as period_series reads it (with its owner''s rights).';
+
+CREATE FUNCTION active_series.period_series(
+    p_organization_id bigint,
+    p_period_start timestamptz DEFAULT NULL
+)
+RETURNS TABLE (
+    project_id bigint,
+    testbed_id bigint,
+    benchmark_id bigint,
+    variant_id bigint,
+    measure_id bigint,
+    first_seen timestamptz,
+    last_seen timestamptz
+)
+LANGUAGE sql
+STABLE
+AS $$
+-- The series a period's bill is made of, with their first and last activity in the
+-- period (NULL period: the current one); soft-deleted projects excluded; in no particular
+-- order. Takes no locks. A testbed whose sets in the period are disjoint (their sizes add up
+-- to the size of its whole set, _testbed_period.shape_id: a single set, or reports of
+-- separate parts) has each series in one _shape_seen row, whose first_seen and last_seen are
+-- the series': its sets are unfolded as they are. The distinct sets of the testbeds with
+-- overlapping sets are cut into parts (the series held by exactly the same of those sets),
+-- each set unfolded once however many testbeds share it: a testbed has the parts of its
+-- sets, first and last seen at the earliest and latest of its rows of the part's sets. The
+-- empty variant's id, for variant 0, is looked up once per distinct series of the sets, not
+-- per row.
+-- Plain SQL, no SET clause, not SECURITY DEFINER: the planner inlines it into the caller's
+-- query, so the rows stream out instead of being stored first. It runs with the caller's
+-- rights and search_path: it reads the history through the _read_* views (their owner's
+-- rights), and names every function, operator and type by its schema. current_period
+-- (SECURITY DEFINER, the reader may call it) raises for a NULL or unknown organization, in
+-- a one-time filter that runs before any row; with no period given it names the current
+-- one.
+WITH seen AS MATERIALIZED (
+    SELECT
+        t.project_id, t.testbed_id, s.shape_id, s.first_seen, s.last_seen,
+        pg_catalog.sum(h.series) OVER (PARTITION BY t.testbed_id)
+        OPERATOR(pg_catalog.=) u.series AS disjoint
+    FROM active_series._read_testbed_period AS t
+    INNER JOIN active_series.project AS p ON p.id OPERATOR(pg_catalog.=) t.project_id
+    INNER JOIN active_series._read_shape AS u ON u.id OPERATOR(pg_catalog.=) t.shape_id
+    INNER JOIN active_series._read_shape_seen AS s
+        ON
+            s.testbed_id OPERATOR(pg_catalog.=) t.testbed_id
+            AND s.period_start OPERATOR(pg_catalog.=) t.period_start
+    INNER JOIN active_series._read_shape AS h ON h.id OPERATOR(pg_catalog.=) s.shape_id
+    WHERE
+        t.organization_id OPERATOR(pg_catalog.=) p_organization_id
+        AND t.period_start OPERATOR(pg_catalog.=) coalesce(
+            p_period_start,
+            (SELECT c.period_start FROM active_series.current_period(p_organization_id) AS c)
+        )
+        AND p.deleted_at IS NULL
+),
+-- each disjoint set with its variants as returned (variant 0: the benchmark's empty
+-- variant, if any)
+shapes AS MATERIALIZED (
+    SELECT
+        e.shape_id, pg_catalog.array_agg(e.benchmark_id) AS benchmark_ids,
+        pg_catalog.array_agg(
+            CASE WHEN e.variant_id OPERATOR(pg_catalog.=) 0 THEN v.id ELSE e.variant_id END
+        ) AS variant_ids,
+        pg_catalog.array_agg(e.measure_id) AS measure_ids
+    FROM (
+        SELECT
+            h.id AS shape_id, pg_catalog.unnest(h.benchmark_ids) AS benchmark_id,
+            pg_catalog.unnest(h.variant_ids) AS variant_id,
+            pg_catalog.unnest(h.measure_ids) AS measure_id
+        FROM active_series._read_shape AS h
+        WHERE h.id OPERATOR(pg_catalog.=) ANY (SELECT w.shape_id FROM seen AS w WHERE w.disjoint)
+    ) AS e
+    LEFT JOIN active_series.variant AS v
+        ON
+            e.variant_id OPERATOR(pg_catalog.=) 0
+            AND v.benchmark_id OPERATOR(pg_catalog.=) e.benchmark_id
+            AND v.parameters OPERATOR(pg_catalog.=) '{}'::pg_catalog.jsonb
+    GROUP BY e.shape_id
+),
+-- the distinct sets of the overlapping testbeds cut into parts: the series held by
+-- exactly the same of those sets (each set unfolded once, however many testbeds share it)
+parts AS MATERIALIZED (
+    SELECT
+        pg_catalog.row_number() OVER () AS part, m.shape_ids,
+        pg_catalog.array_agg(m.benchmark_id) AS benchmark_ids,
+        pg_catalog.array_agg(
+            CASE WHEN m.variant_id OPERATOR(pg_catalog.=) 0 THEN v.id ELSE m.variant_id END
+        ) AS variant_ids,
+        pg_catalog.array_agg(m.measure_id) AS measure_ids
+    FROM (
+        SELECT
+            e.benchmark_id, e.variant_id, e.measure_id,
+            -- (the sets in scan order, unsorted: a part listed in two orders is two parts,
+            -- with the same result)
+            pg_catalog.array_agg(e.shape_id) AS shape_ids
+        FROM (
+            SELECT
+                h.id AS shape_id, pg_catalog.unnest(h.benchmark_ids) AS benchmark_id,
+                pg_catalog.unnest(h.variant_ids) AS variant_id,
+                pg_catalog.unnest(h.measure_ids) AS measure_id
+            FROM active_series._read_shape AS h
+            WHERE
+                h.id OPERATOR(pg_catalog.=) ANY (
+                    SELECT w.shape_id FROM seen AS w WHERE NOT w.disjoint
+                )
+        ) AS e
+        GROUP BY e.benchmark_id, e.variant_id, e.measure_id
+    ) AS m
+    LEFT JOIN active_series.variant AS v
+        ON
+            m.variant_id OPERATOR(pg_catalog.=) 0
+            AND v.benchmark_id OPERATOR(pg_catalog.=) m.benchmark_id
+            AND v.parameters OPERATOR(pg_catalog.=) '{}'::pg_catalog.jsonb
+    GROUP BY m.shape_ids
+)
+-- (the arrays unfolded side by side in the select list: one pass, no tuplestore per row)
+SELECT
+    w.project_id, w.testbed_id, pg_catalog.unnest(h.benchmark_ids),
+    pg_catalog.unnest(h.variant_ids), pg_catalog.unnest(h.measure_ids), w.first_seen,
+    w.last_seen
+FROM seen AS w
+INNER JOIN shapes AS h ON h.shape_id OPERATOR(pg_catalog.=) w.shape_id
+-- (the EXISTS has no variable: a one-time filter, evaluated before the first row is read; it
+-- raises for a NULL or unknown organization, even where seen is known to be empty)
+WHERE w.disjoint AND EXISTS (SELECT FROM active_series.current_period(p_organization_id))
+UNION ALL
+-- the overlapping testbeds: a part's series are in a testbed's rows whose set is one of
+-- the part's sets, first and last seen at the earliest and latest of them
+SELECT
+    g.project_id, g.testbed_id, pg_catalog.unnest(a.benchmark_ids),
+    pg_catalog.unnest(a.variant_ids), pg_catalog.unnest(a.measure_ids), g.first_seen,
+    g.last_seen
+FROM (
+    SELECT
+        w.project_id, w.testbed_id, a.part, pg_catalog.min(w.first_seen) AS first_seen,
+        pg_catalog.max(w.last_seen) AS last_seen
+    FROM parts AS a
+    CROSS JOIN LATERAL pg_catalog.unnest(a.shape_ids) AS k (shape_id)
+    INNER JOIN seen AS w ON w.shape_id OPERATOR(pg_catalog.=) k.shape_id
+    WHERE NOT w.disjoint
+    GROUP BY w.project_id, w.testbed_id, a.part
+) AS g
+INNER JOIN parts AS a ON a.part OPERATOR(pg_catalog.=) g.part
+WHERE EXISTS (SELECT FROM active_series.current_period(p_organization_id));
+$$;
+COMMENT ON FUNCTION active_series.period_series(bigint, timestamptz) IS
+'The series (testbed, benchmark, variant, measure) counted in a billing period (NULL: current) with their first and last activity in it: what the bill is made of.';
+REVOKE EXECUTE ON FUNCTION active_series.period_series(bigint, timestamptz)
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION active_series.period_series(bigint, timestamptz)
+TO active_series_worker;
+GRANT EXECUTE ON FUNCTION active_series.period_series(bigint, timestamptz)
+TO active_series_admin;
+GRANT EXECUTE ON FUNCTION active_series.period_series(bigint, timestamptz)
+TO active_series_reader;
+GRANT SELECT ON
+active_series._read_testbed_period,
+active_series._read_shape_seen,
+active_series._read_shape
+TO active_series_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON
+active_series._read_testbed_period,
+active_series._read_shape_seen,
+active_series._read_shape
+TO active_series_admin;
+GRANT SELECT ON
+active_series._read_testbed_period,
+active_series._read_shape_seen,
+active_series._read_shape
+TO active_series_reader;
+-- sql/functions/tenant.sql: tenant_period_series reads the organization before the query
+-- that inlines period_series
+CREATE OR REPLACE FUNCTION active_series.tenant_period_series(
+    p_period_start timestamptz DEFAULT NULL
+)
+RETURNS TABLE (
+    project_id bigint,
+    testbed_id bigint,
+    benchmark_id bigint,
+    variant_id bigint,
+    measure_id bigint,
+    first_seen timestamptz,
+    last_seen timestamptz
+)
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- period_series of the connection's organization.
+-- SECURITY DEFINER: the read API of active_series_tenant, which may not call
+-- period_series (any organization); it answers for the connection's organization only.
+-- (The organization is read first: period_series is inlined into this query, and the
+-- planner may evaluate a stable argument while it plans.)
+DECLARE
+    v_org bigint := active_series._tenant_organization();
+BEGIN
+    RETURN QUERY
+    SELECT * FROM active_series.period_series(v_org, p_period_start);
+END;
+$$;
+COMMENT ON FUNCTION active_series.tenant_period_series(timestamptz) IS
+'Tenant: period_series of the connection''s organization (active_series.organization_id).';

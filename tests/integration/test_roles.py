@@ -85,7 +85,6 @@ DEFINER_FUNCTIONS = {
     "periods(bigint)",
     "current_period(bigint)",
     "count_active(bigint,timestamp with time zone,timestamp with time zone,text)",
-    "period_series(bigint,timestamp with time zone)",
     "price_preview(bigint,timestamp with time zone)",
     "usage_summary(bigint)",
     # the read API of active_series_tenant: the connection's organization only
@@ -739,6 +738,33 @@ def test_a_reader_writes_nothing_reads_no_billing_table_and_calls_nothing_else(
     assert snapshot(conn, watched) == before
 
 
+#: The history period_series reads with its caller's rights (docs/roles.md).
+READER_HISTORY_VIEWS = ("_read_testbed_period", "_read_shape_seen", "_read_shape")
+
+
+def test_a_reader_reads_the_history_through_the_views_of_period_series(conn, as_role, ingested):
+    other = second_organization(conn)
+    r = as_role("reader")
+    for view in READER_HISTORY_VIEWS:
+        query = sql.SQL("SELECT * FROM {} ORDER BY 1, 2, 3").format(
+            sql.Identifier("active_series", view)
+        )
+        assert r.execute(query).fetchall() == conn.execute(query).fetchall(), view
+    assert {
+        row[0]
+        for row in r.execute("SELECT organization_id FROM active_series._read_testbed_period")
+    } == {ingested.id, other.id}
+    for org in (ingested, other):
+        assert (
+            r.execute(
+                "SELECT * FROM active_series.period_series(%s) ORDER BY 1, 2, 3, 4", (org.id,)
+            ).fetchall()
+            == conn.execute(
+                "SELECT * FROM active_series.period_series(%s) ORDER BY 1, 2, 3, 4", (org.id,)
+            ).fetchall()
+        )
+
+
 def second_organization(conn: psycopg.Connection[Any]) -> Org:
     """Another organization, with a series, a Stripe customer, a cap and an alert."""
     other = make_org(conn, "other")
@@ -848,6 +874,9 @@ def test_a_tenant_sees_the_organization_its_connection_names_and_no_other(conn, 
         "SELECT * FROM active_series.metric",
         "SELECT * FROM active_series.organization",
         "SELECT * FROM active_series.billing_account",
+        "SELECT * FROM active_series._read_testbed_period",
+        "SELECT * FROM active_series._read_shape_seen",
+        "SELECT * FROM active_series._read_shape",
     ):
         assert "permission denied" in refused(t, statement), statement
     # an id that is no organization, or not an id
@@ -1057,6 +1086,19 @@ def test_planted_functions_and_operators_are_never_called_by_definer_code_or_tri
         )
         w.execute("SELECT * FROM active_series._relay_work('1 second', '1 hour')").fetchall()
         w.execute("SELECT * FROM active_series.relay_status").fetchall()
+    # period_series is inlined into its caller's query, parsed on the caller's search_path:
+    # its operators, functions and types are the catalog's all the same (a second set of
+    # testbed 0 overlaps its first, so both of its ways of listing series run)
+    ingest(conn, org, org.testbeds[0], [(org.benchmarks[0], org.measures[1])])
+    series = (
+        "SELECT testbed_id, benchmark_id, variant_id, measure_id, first_seen, last_seen"
+        " FROM active_series.period_series(%s) ORDER BY 1, 2, 3, 4"
+    )
+    want = conn.execute(series, (org.id,)).fetchall()
+    assert len(want) == 6
+    for group in ("reader", "worker", "admin"):
+        with psycopg.connect(on_path(login(group), schema), autocommit=True) as r:
+            assert r.execute(series, (org.id,)).fetchall() == want, group
     assert calls(conn, schema) == 0
     assert conn.execute("SELECT * FROM active_series.verify()").fetchall() == []
     # 3 benchmarks x 3 measures, one measure hard-deleted; the deleted testbed had none

@@ -122,13 +122,15 @@ SELECT is_empty(
     'every function and procedure in the schema has a comment'
 );
 -- (A procedure that commits cannot carry a SET clause: procedures are exempt. So are the
--- row readers of sql/functions/_model_rows.sql: the planner inlines a SQL function only
--- without SET options; they run as their caller, name everything schema-qualified, and the
--- next test keeps them from being SECURITY DEFINER.)
+-- row readers of sql/functions/_model_rows.sql and period_series: the planner inlines a SQL
+-- function only without SET options; they run as their caller, name everything
+-- schema-qualified, and the next test keeps them from being SECURITY DEFINER.)
 SELECT is_empty(
     $$ SELECT p.oid::regprocedure::text FROM pg_proc AS p
        WHERE p.pronamespace = 'active_series'::regnamespace AND p.prokind <> 'p'
-         AND p.proname NOT IN ('_organization_rows', '_project_rows', '_variant_rows')
+         AND p.proname NOT IN (
+             '_organization_rows', '_project_rows', '_variant_rows', 'period_series'
+         )
          AND NOT EXISTS (
              SELECT 1 FROM unnest(p.proconfig) AS c(setting)
              WHERE c.setting LIKE 'search\_path=%') $$,
