@@ -37,7 +37,6 @@ from relay_harness import (
     bill,
     billing_periods,
     quiescent,
-    short_periods,
     wait_until,
     workers,
 )
@@ -154,12 +153,14 @@ def correct_a_closed_period(dsn: str, org: Any, invoice_grace: float) -> None:
 
 def billing_mismatches(conn, emu: Emulator, billed: dict[int, str]) -> list[Any]:
     """Where Stripe (the emulator) does not hold what it should: the usage of a period not
-    final, the value billed of a final one (none for one finalized unbilled: before the
-    customer's subscription began); and where billing_drift does not show exactly
-    the difference between a final period's usage and what Stripe billed."""
+    final, the value billed of a final one, no event at all in one finalized unbilled
+    (before the customer's subscription began: nothing is ever posted for it); and where
+    billing_drift does not show exactly the difference between a final period's usage and
+    what Stripe billed (nothing for one unbilled)."""
     out: list[Any] = []
     for org, customer in billed.items():
         want_drift = {}
+        events = emu.events(customer)
         for start, end, usage, billed_value, final in conn.execute(
             "SELECT period_start, period_end, active_series.period_usage(organization_id,"
             " period_start), billed_value, finalized_at IS NOT NULL"
@@ -167,11 +168,14 @@ def billing_mismatches(conn, emu: Emulator, billed: dict[int, str]) -> list[Any]
             (org,),
         ).fetchall():
             got = emu.last_value(customer, start, end)
-            # final unbilled (before the subscription began): no invoice bills what Stripe
-            # holds for it (a late change may have been posted before the worker's next
-            # read of the subscription unbilled it), and no drift shows
             if final and billed_value is None:
-                pass
+                posted = [
+                    e["value"]
+                    for e in events
+                    if start.timestamp() <= e["timestamp"] < end.timestamp()
+                ]
+                if posted:
+                    out.append((org, start, "unbilled", usage, posted))
             elif got != (billed_value if final else usage):
                 out.append((org, start, "final" if final else "open", usage, billed_value, got))
             if final and billed_value is not None and usage != got:
@@ -229,7 +233,9 @@ def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float, ap
         # the run, one customer without a subscription (calendar months), one not billed
         for org, offset in zip(orgs[:2], (3, 5), strict=True):
             billed[org.id], _ = anniversary(setup, emu, org.id, 7, offset)
-        canceled = Cancellation(setup, emu, orgs[2], cancel_in=seconds * 0.6, quiet=12)
+        # quiet long enough for its last change to be posted even if a kill cut its call
+        # off: waited out to the call's deadline (9.5 s here), then resent (maybe failing)
+        canceled = Cancellation(setup, emu, orgs[2], cancel_in=seconds * 0.6, quiet=15)
         billed[orgs[2].id] = canceled.customer
         billed[orgs[3].id] = emu.customer()
         bill(setup, orgs[3].id, billed[orgs[3].id])
@@ -396,11 +402,15 @@ def run_soak(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) -> 
     with psycopg.connect(dsn, autocommit=True) as setup:
         orgs = [make_org(setup, f"s{i}", testbeds=3, benchmarks=5, measures=4) for i in range(5)]
         billed = {}
-        for org in orgs[:4]:
-            billed[org.id] = emu.customer()
-            bill(setup, org.id, billed[org.id])
-        for org in orgs[:2]:
-            short_periods(setup, org.id, 7)  # periods end (and must close) all along
+        # as in the chaos run: two subscriptions of 7 s periods anchored off the second
+        # (periods end, and must close, all along), one canceled in the middle of the run,
+        # one customer without a subscription, one not billed
+        for org, offset in zip(orgs[:2], (3, 5), strict=True):
+            billed[org.id], _ = anniversary(setup, emu, org.id, 7, offset)
+        canceled = Cancellation(setup, emu, orgs[2], cancel_in=seconds * 0.6, quiet=15)
+        billed[orgs[2].id] = canceled.customer
+        billed[orgs[3].id] = emu.customer()
+        bill(setup, orgs[3].id, billed[orgs[3].id])
     grace = 1.0
     emu.ctl.random_failures(0.3, seed=7, kinds=SOAK_KINDS, timeout_seconds=1.5, path_prefix=EVENTS)
     args = (
@@ -414,11 +424,15 @@ def run_soak(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) -> 
     rng = random.Random(11)
     stop = threading.Event()
     count = [0]
-    ingester = threading.Thread(target=ingest_randomly, args=(dsn, orgs, stop, 3, count))
+    ingester = threading.Thread(
+        target=ingest_randomly, args=(dsn, orgs, stop, 3, count, canceled.may_report)
+    )
+    noting = threading.Thread(target=canceled.note_usage, args=(dsn,))
     with workers(worker, victim):
         worker.start()
         victim.start()
         ingester.start()
+        noting.start()
         started = time.monotonic()
         restarts_at = [seconds / 3, 2 * seconds / 3]
         try:
@@ -437,9 +451,12 @@ def run_soak(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float) -> 
         finally:
             stop.set()
             ingester.join()
+            noting.join()
         emu.ctl.random_failures(0)
         report.mismatches = settle(dsn, emu, billed, grace)
         assert worker.alive(), "the worker exited:\n" + worker.log()[-3000:]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            canceled.assert_billed_up_to_its_end(conn, emu)
     report.reports = count[0]
     report.faults = emu.ctl.fault_counts()
     report.requests = emu.ctl.stats()["requests"].get(EVENTS, 0)

@@ -5,6 +5,13 @@ third of the calls) carry on against the new primary. At quiescence Stripe is ex
 (customer, period), every post is one the new primary's ledger knows, timestamps only rise,
 ``verify()`` finds nothing, and nothing the ingest client saw committed is lost.
 
+The customers are subscribed as in the chaos suite: two with 7 s periods anchored off the
+second (the database's periods following them: periods end, and must close, across the
+failover), one with an hour's anniversary period canceled at a ``cancel_at`` just before the
+(middle) failover (its organization quiet before it, reporting again after it: nothing may be
+posted at or after it, on either primary, and the final invoice and the finalized period
+bill the usage before it), one without a subscription (calendar months), one not billed.
+
 ``make soak`` runs a longer round (``ACTIVE_SERIES_CHAOS_SECONDS``): a failover a minute, a new
 standby after each.
 """
@@ -16,6 +23,7 @@ import random
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,19 +33,24 @@ import pytest
 from failover import FailoverPair, failover_pair
 from oracle import Org, ingest, make_org
 from relay_harness import (
+    Cancellation,
     Emulator,
     WorkerProcess,
+    anniversary,
     assert_increasing_timestamps,
     assert_one_call_per_customer,
     bill,
     billing_periods,
-    short_periods,
     wait_until,
     workers,
 )
 from test_relay_chaos import EVENTS, KINDS, settle
 
 GRACE = 1.0
+# the canceled customer's organization is quiet this long before its cancellation: time for
+# its last change to be posted through Stripe faults and worker kills (a call a kill cut
+# off is waited out to its deadline, 9.5 s here, then resent, maybe failing once more)
+QUIET = 14.0
 FAULTS = (*KINDS, "delay", "delay_after")  # the emulator counts timeouts as delays
 INGEST_APP = "failover-ingest"
 WORKER_ARGS = (
@@ -49,10 +62,11 @@ WORKER_ARGS = (
 
 @dataclass
 class IngestClient:
-    """Ingests a report of a few random series every 20-200 ms in one transaction each,
-    through ``dsn``. A transaction that fails because the connection dropped is retried on a
-    new connection until it commits: a failure before COMMIT rolled it back; a failure of
-    COMMIT itself leaves its outcome unknown (``in_doubt``)."""
+    """Ingests a report of a few random series every 20-200 ms in one transaction each (of
+    the organizations that ``may_report`` then), through ``dsn``. A transaction that fails
+    because the connection dropped is retried on a new connection until it commits: a
+    failure before COMMIT rolled it back; a failure of COMMIT itself leaves its outcome
+    unknown (``in_doubt``)."""
 
     dsn: str
     orgs: list[Org]
@@ -65,13 +79,14 @@ class IngestClient:
     in_doubt: dict[int, int] = field(default_factory=dict)  # report id -> its metrics
     in_doubt_commits: int = 0
     errors: list[str] = field(default_factory=list)
+    may_report: Callable[[Org], bool] = lambda org: True
 
     def run(self) -> None:
         rng = random.Random(self.seed)
         conn: psycopg.Connection[Any] | None = None
         try:
             while not self.stop.is_set():
-                org = rng.choice(self.orgs)
+                org = rng.choice([o for o in self.orgs if self.may_report(o)])
                 pairs = sorted(
                     {(rng.choice(org.benchmarks), rng.choice(org.measures)) for _ in range(3)}
                 )
@@ -112,18 +127,27 @@ class IngestClient:
         return conn
 
 
-def setup_orgs(pair: FailoverPair, emu: Emulator, prefix: str) -> tuple[list[Org], dict]:
+def setup_orgs(
+    pair: FailoverPair, emu: Emulator, prefix: str, cancel_in: float
+) -> tuple[list[Org], dict, Cancellation, int]:
+    """Five organizations: two subscribed with 7 s periods anchored off the second (periods
+    end, and must close, across the failover), one whose subscription is canceled
+    ``cancel_in`` seconds from now (it has reported once already: the report's id is
+    returned too), one billed without a subscription, one not billed."""
     with psycopg.connect(pair.primary_dsn, autocommit=True) as setup:
         orgs = [
             make_org(setup, f"{prefix}{i}", testbeds=3, benchmarks=5, measures=4) for i in range(5)
         ]
         billed = {}
-        for org in orgs[:4]:
-            billed[org.id] = emu.customer()
-            bill(setup, org.id, billed[org.id])
-        for org in orgs[:2]:
-            short_periods(setup, org.id, 7)  # periods end (and must close) across the failover
-    return orgs, billed
+        for org, offset in zip(orgs[:2], (3, 5), strict=True):
+            billed[org.id], _ = anniversary(setup, emu, org.id, 7, offset)
+        canceled = Cancellation(setup, emu, orgs[2], cancel_in=cancel_in, quiet=QUIET)
+        billed[orgs[2].id] = canceled.customer
+        org = orgs[2]
+        first = ingest(setup, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
+        billed[orgs[3].id] = emu.customer()
+        bill(setup, orgs[3].id, billed[orgs[3].id])
+    return orgs, billed, canceled, first
 
 
 @dataclass
@@ -131,6 +155,7 @@ class Run:
     kills: int = 0
     failovers: int = 0
     promoted_at: float = 0.0  # Unix time the last new primary accepted writes
+    canceled: Cancellation | None = None
     requests: int = 0  # meter event requests while Stripe faults were on
     faults: int = 0  # of which failed (5xx, 429, dropped, timed out)
 
@@ -152,22 +177,26 @@ def run_failover(
     pair: FailoverPair, emu: Emulator, tmp_path: Path, seconds: float, discards: list[bool]
 ) -> tuple:
     """The chaos for ``seconds`` around a failover for each of ``discards`` (at even
-    intervals; a new standby after each but the last); returns (billed, client, run)."""
-    orgs, billed = setup_orgs(pair, emu, "f")
+    intervals; a new standby after each but the last; the cancellation just before the
+    middle one); returns (billed, client, run)."""
+    due = [seconds * (i + 1) / (len(discards) + 1) for i in range(len(discards))]
+    orgs, billed, canceled, first = setup_orgs(pair, emu, "f", due[(len(due) - 1) // 2])
     emu.ctl.random_failures(0.35, seed=5, kinds=KINDS, timeout_seconds=1.5, path_prefix=EVENTS)
     procs = [
         WorkerProcess(pair.multi_dsn, emu.url, tmp_path / f"worker{i}.log", *WORKER_ARGS)
         for i in range(2)
     ]
-    client = IngestClient(pair.multi_dsn, orgs, seed=4)
+    client = IngestClient(pair.multi_dsn, orgs, seed=4, may_report=canceled.may_report)
+    client.acked[first] = 1  # the setup's, committed before any failover
     ingester = threading.Thread(target=client.run)
+    noting = threading.Thread(target=canceled.note_usage, args=(pair.multi_dsn,))
     rng = random.Random(2027)
-    run = Run()
-    due = [seconds * (i + 1) / (len(discards) + 1) for i in range(len(discards))]
+    run = Run(canceled=canceled)
     with workers(*procs):
         for proc in procs:
             proc.start()
         ingester.start()
+        noting.start()
         try:
             started = time.monotonic()
             while (elapsed := time.monotonic() - started) < seconds:
@@ -186,10 +215,12 @@ def run_failover(
         finally:
             client.stop.set()
             ingester.join()
+            noting.join()
         emu.ctl.random_failures(0)
         run.requests = emu.ctl.stats()["requests"].get(EVENTS, 0)
         run.faults = sum(emu.ctl.fault_counts().get(k, 0) for k in FAULTS)
-        assert settle(pair.primary_dsn, emu, billed, GRACE) == []
+        left = settle(pair.primary_dsn, emu, billed, GRACE)
+        assert left == [], "\n".join(map(str, left))
         for proc in procs:
             assert proc.alive(), "a worker exited:\n" + proc.log()[-3000:]
     return billed, client, run
@@ -252,6 +283,8 @@ def check_failover(
         assert conn.execute("SELECT * FROM active_series.relay_failures").fetchall() == []
         assert_posts_are_the_ledgers(conn, emu)
         kept = assert_nothing_acked_is_lost(conn, client)
+        assert run.canceled is not None
+        run.canceled.assert_billed_up_to_its_end(conn, emu)
         closed = conn.execute(
             "SELECT count(*) FROM active_series._period WHERE closed_at IS NOT NULL"
         ).fetchone()[0]
@@ -283,7 +316,7 @@ def test_stripe_and_ingest_stay_exact_through_a_primary_crash_and_promotion(
     """Resumed, the standby may still receive the commit in doubt (the WAL the primary had
     sent); killed, it cannot: then the new primary must not have it either."""
     with failover_pair() as pair:
-        billed, client, run = run_failover(pair, relay_emulator, tmp_path, 24, [discard])
+        billed, client, run = run_failover(pair, relay_emulator, tmp_path, 30, [discard])
         kept = check_failover(pair, relay_emulator, billed, client, run)
     assert run.kills >= 5
     if discard:

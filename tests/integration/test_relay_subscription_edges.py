@@ -139,6 +139,65 @@ def test_periods_before_the_subscription_are_posted_when_asked(
     assert [e["value"] for e in emu.events(cus) if e["timestamp"] < began] == [3]
 
 
+@pytest.mark.parametrize("reader", ["same-worker", "new-worker-cannot-read"])
+def test_a_late_change_before_the_subscription_began_is_not_posted_between_reads(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path, reader: str
+):
+    """A stub period recorded after the subscription was read (a late change timestamped
+    before it began) is finalized unbilled by the next claim, and nothing is posted for it:
+    whether the claiming worker read the subscription since (the same worker, its next read
+    an hour away) or not (a new worker whose reads fail): the start is recorded."""
+    emu = relay_emulator
+    org = make_org(conn, "stub")
+    cus = emu.customer("stub")
+    sub = subscribe(emu, cus)
+    began = int(sub["start_date"])
+    began_at = dt.datetime.fromtimestamp(began, dt.UTC)
+    bill(conn, org.id, cus)
+    # the database's periods on the subscription's schedule before any activity: no period
+    # before it is recorded when the worker first reads the subscription
+    item = sub["items"]["data"][0]
+    conn.execute(
+        "SELECT active_series.set_billing_period(%s, to_timestamp(%s), to_timestamp(%s))",
+        (org.id, item["current_period_start"], item["current_period_end"]),
+    )
+    hourly = ("--subscription-recheck", "3600")
+    worker = worker_for(dsn, emu, tmp_path / "first.log", *hourly).start()
+    with workers(worker):
+        ingest(conn, org, org.testbeds[0], all_series(org)[:3])
+        wait_until(lambda: in_sync_on(conn, org.id, 3), 30, "the usage posted")
+        if reader == "new-worker-cannot-read":
+            worker.kill()
+            emu.ctl.add_fault("error", 10_000, path_prefix="/v1/subscriptions", method="GET")
+            worker = worker_for(dsn, emu, tmp_path / "second.log", *hourly).start()
+        allow_explicit_created(conn)
+        ingest(
+            conn,
+            org,
+            org.testbeds[1],
+            all_series(org)[3:5],
+            created=began_at - dt.timedelta(seconds=30),
+        )
+        conn.execute("RESET active_series.allow_explicit_created")
+        wait_until(
+            lambda: quiescent(conn) and stub_period(conn, org.id, began_at)[2] is not None,
+            30,
+            "the period before the subscription finalized",
+        )
+        _, end, _, billed, usage = stub_period(conn, org.id, began_at)
+        assert end <= began_at and usage == 2 and billed is None
+        skipped = worker.log_events("period_before_subscription")
+        assert [int(e["usage"]) for e in skipped] == [2]
+        # the current period goes on as before
+        ingest(conn, org, org.testbeds[1], all_series(org)[5:6])
+        wait_until(lambda: in_sync_on(conn, org.id, 4), 30, "the current period in sync")
+        assert worker.alive()
+    emu.ctl.clear_faults()
+    events = emu.events(cus)
+    assert [e["value"] for e in events] == [3, 4]
+    assert all(e["timestamp"] >= began for e in events)
+
+
 def in_sync_on(conn: psycopg.Connection[Any], org: int, value: int) -> bool:
     row = status(conn, org)
     return quiescent(conn) and row["in_sync"] and row["stripe_value"] == value

@@ -324,6 +324,7 @@ class Relay:
                     int(first), int(last), int(now),
                 )  # fmt: skip
                 plan[period.org].append(period)
+            self.poster.finalize_before_start(conn, claims, plan)
             self.poster.bill_windows(self.ledger, claims, plan)
             self.poster.finalize_at_end(conn, claims, plan, outcomes)
             unpostable: set[tuple[int, datetime]] = set()

@@ -18,6 +18,7 @@ claiming thread, so no connection is shared between threads.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import defaultdict
@@ -106,12 +107,17 @@ class Edges:
     and the newest canceled one ended then; ``cancel_at``, the live one's scheduled
     cancellation; ``since``, the metered item bills usage from then on (it was added to the
     subscription, or its price changed, after the subscription began); ``price``, the
-    metered item's price."""
+    metered item's price; ``started``, the live subscription's start (its metered item's,
+    when that was added later) and ``prior_end``, the end of an earlier subscription of the
+    customer before it: the periods that ended at or before ``started`` and began at or
+    after ``prior_end`` are billed by no invoice (:meth:`Poster.finalize_before_start`)."""
 
     ended: int | None = None
     cancel_at: int | None = None
     since: int | None = None
     price: str | None = None
+    started: int | None = None
+    prior_end: int | None = None
 
 
 class Poster:
@@ -493,10 +499,12 @@ class Poster:
             )  # fmt: skip
         kept = recorded.since if recorded is not None and recorded.price == price else None
         since = max((t for t in (added, kept, swapped) if t is not None), default=None)
+        started, prior_end = unbilled_before(subs, added)
         # written at every read, changed or not: its read_at says when the subscriptions
         # were last read (:meth:`rechecks`)
         ledger.execute(
-            q.SUBSCRIPTION_EDGES_SET, (claim.org, claim.customer, ended, cancel_at, since, price)
+            q.SUBSCRIPTION_EDGES_SET,
+            (claim.org, claim.customer, ended, cancel_at, since, price, started, prior_end),
         )
         if ended is not None and (recorded is None or recorded.ended != ended):
             self.log(
@@ -578,6 +586,46 @@ class Poster:
                 )
             periods[:] = kept
 
+    def finalize_before_start(
+        self,
+        conn: psycopg.Connection[Any],
+        claims: dict[int, Any],
+        plan: dict[int, list[Any]],
+    ) -> None:
+        """Finalize unbilled (``billed_value`` NULL), and take out of the claim's plan, each
+        period that ended at or before the live subscription's recorded start (and began at
+        or after the end of an earlier one): a stub of activity before the customer
+        subscribed, which no invoice bills. :meth:`sync_subscriptions` does so for the
+        periods there are at its read; this covers the ones that appear, or change, between
+        reads (a late change), and a worker that has not read the subscription since it
+        started, or cannot: nothing is posted for them. Unless
+        ``post_before_subscription``."""
+        if self.cfg.post_before_subscription:
+            return
+        for org, periods in plan.items():
+            edges = self.edges.get(org)
+            claim = claims.get(org)
+            if edges is None or edges.started is None or claim is None or not claim.billed:
+                continue
+            after = edges.prior_end if edges.prior_end is not None else -math.inf
+            kept = []
+            for p in periods:
+                # (the plan's periods are all unfinalized: "final" is one due to be now)
+                if not after <= p.start.timestamp() < p.end.timestamp() <= edges.started:
+                    kept.append(p)
+                else:
+                    conn.execute(q.FINALIZE_PERIOD, {"billed": None, "org": org, "start": p.start})
+                    self.log(
+                        "info",
+                        "period_before_subscription",
+                        org=org,
+                        period=p.start,
+                        end=p.end,
+                        usage=p.usage,
+                        subscription_start=edges.started,
+                    )
+            periods[:] = kept
+
     def _window(self, ledger: psycopg.Connection[Any], customer: str, edges: Edges, p: Any) -> Any:
         cancel = edges.cancel_at
         cut = cancel is not None and p.first_second < cancel <= p.last_second + 1
@@ -611,16 +659,9 @@ class Poster:
         ``item_began``) and after the end of any earlier subscription of the customer:
         usage no invoice bills (a stub period of activity before the customer subscribed).
         A period an earlier subscription billed keeps the usual rules."""
-        subs = [plain(s) for s in subscriptions]
-        live = next((s for s in subs if s.get("status") in LIVE), None)
-        if live is None or live.get("start_date") is None:
+        began, after = unbilled_before([plain(s) for s in subscriptions], item_began)
+        if began is None:
             return
-        began = max(int(live["start_date"]), item_began or 0)
-        earlier = [
-            int(s["ended_at"]) for s in subs if s.get("ended_at") is not None
-            and int(s["ended_at"]) <= began
-        ]  # fmt: skip
-        after = max(earlier) if earlier else None
         for start, end, usage in ledger.execute(q.SKIP_BEFORE_SUBSCRIPTION, (org, began, after)):
             self.log(
                 "info",
@@ -672,6 +713,25 @@ class Poster:
             return subscriptions, item
         except stripe.StripeError as exc:
             return exc
+
+
+def unbilled_before(
+    subs: list[dict[str, Any]], item_began: int | None
+) -> tuple[int | None, int | None]:
+    """(began, after): the live subscription's start (or its metered item's, when that was
+    added later: ``item_began``), and the end of the newest earlier subscription of the
+    customer that ended by then (None: none). The periods that ended at or before ``began``
+    and began at or after ``after`` are billed by no invoice. (None, None): no subscription
+    is live."""
+    live = next((s for s in subs if s.get("status") in LIVE), None)
+    if live is None or live.get("start_date") is None:
+        return None, None
+    began = max(int(live["start_date"]), item_began or 0)
+    earlier = [
+        int(s["ended_at"]) for s in subs if s.get("ended_at") is not None
+        and int(s["ended_at"]) <= began
+    ]  # fmt: skip
+    return began, max(earlier) if earlier else None
 
 
 def by_org(items: Iterable[T], org: Callable[[T], int]) -> dict[int, list[T]]:

@@ -266,22 +266,27 @@ SET_BILLING_PERIOD: Final = (
 STORE_PRICE: Final = "SELECT active_series._store_price(%s, %s, %s)"
 
 # -- the subscription's edges (posting.py: Poster.sync_subscriptions, Poster.edges) --------
-# (organization, customer, ended, cancel_at, billed_since, price): as the last read saw them
+# (organization, customer, ended, cancel_at, billed_since, price, started, prior end): as the
+# last read saw them
 SUBSCRIPTION_EDGES_SET: Final = """
 INSERT INTO active_series._relay_subscription AS r (
-    organization_id, stripe_customer_id, ended_at, cancel_at, billed_since, stripe_price_id
+    organization_id, stripe_customer_id, ended_at, cancel_at, billed_since, stripe_price_id,
+    started_at, prior_ended_at
 )
-VALUES (%s, %s, %s, %s, %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (organization_id) DO UPDATE
 SET stripe_customer_id = excluded.stripe_customer_id, ended_at = excluded.ended_at,
     cancel_at = excluded.cancel_at, billed_since = excluded.billed_since,
-    stripe_price_id = excluded.stripe_price_id, read_at = now()
+    stripe_price_id = excluded.stripe_price_id, started_at = excluded.started_at,
+    prior_ended_at = excluded.prior_ended_at, read_at = now()
 """
 
 # the recorded edges of the claimed organizations: (organization, customer) pairs, the rows
 # of another customer than the one claimed ignored
 SUBSCRIPTION_EDGES: Final = """
-SELECT r.organization_id, r.ended_at, r.cancel_at, r.billed_since, r.stripe_price_id
+SELECT
+    r.organization_id, r.ended_at, r.cancel_at, r.billed_since, r.stripe_price_id, r.started_at,
+    r.prior_ended_at
 FROM active_series._relay_subscription AS r
 JOIN unnest(%s::bigint[], %s::text[]) AS c (organization_id, customer)
     ON r.organization_id = c.organization_id AND r.stripe_customer_id = c.customer
