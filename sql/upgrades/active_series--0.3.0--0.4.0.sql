@@ -4012,3 +4012,258 @@ REVOKE EXECUTE ON FUNCTION active_series._lock_key(text)
 FROM PUBLIC; -- noqa: CP02
 GRANT EXECUTE ON FUNCTION active_series._lock_key(text)
 TO active_series_admin;
+
+-- the report_benchmark project check: a SQL function the planner inlines into its trigger's
+-- query, each row's report and benchmark looked up by key
+CREATE OR REPLACE FUNCTION active_series._benchmark_elsewhere(
+    p_ids bigint[],
+    p_report_ids bigint[],
+    p_benchmark_ids bigint[]
+)
+RETURNS TABLE (
+    id bigint,
+    benchmark_id bigint,
+    benchmark_project_id bigint,
+    report_id bigint,
+    report_project_id bigint
+)
+LANGUAGE sql
+STABLE
+AS $$
+-- Of the report_benchmarks (id, report, benchmark) a statement inserted, the first whose
+-- benchmark belongs to another project than its report (none: no row). It runs on every
+-- insert of report_benchmarks (the trigger template report_benchmark_inserted): a SQL
+-- function without SET options, so that the planner inlines it into the trigger's query
+-- (no call, no result set of its own); each row's report and benchmark are one key lookup
+-- each (LATERAL ... OFFSET 0), never a scan of the benchmark table joined by hash. Inlined,
+-- it runs under the trigger's pinned search_path; every name here is schema-qualified
+-- anyway, operators included. Takes no locks.
+SELECT n.id, n.benchmark_id, b.project_id, n.report_id, r.project_id
+FROM ROWS FROM (
+    pg_catalog.unnest(p_ids), pg_catalog.unnest(p_report_ids), pg_catalog.unnest(p_benchmark_ids)
+) AS n (id, report_id, benchmark_id)
+CROSS JOIN LATERAL (
+    SELECT r.project_id
+    FROM active_series.report AS r
+    WHERE r.id OPERATOR(pg_catalog.=) n.report_id
+    OFFSET 0
+) AS r
+CROSS JOIN LATERAL (
+    SELECT b.project_id
+    FROM active_series.benchmark AS b
+    WHERE b.id OPERATOR(pg_catalog.=) n.benchmark_id
+    OFFSET 0
+) AS b
+WHERE b.project_id OPERATOR(pg_catalog.<>) r.project_id
+ORDER BY n.id
+LIMIT 1;
+$$;
+COMMENT ON FUNCTION active_series._benchmark_elsewhere(bigint[], bigint[], bigint[]) IS
+'Internal: the first inserted report_benchmark whose benchmark is another project''s than its report''s.';
+-- ... and its trigger function, made by attach, plans it on index paths (as the recorder)
+CREATE OR REPLACE FUNCTION active_series._attach_install(p_att jsonb)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Installs a checked attachment (_attach_check): records it, makes the view
+-- active_series.<role> of each table that is not itself active_series.<role> (with the
+-- reference model's column names, keys as bigint: the recorder reads these), creates the
+-- indexes the recorder's reads need, and the triggers (_attach_triggers, and the refusal
+-- of key updates). In a database where active_series is an extension, the functions and
+-- triggers it creates depend on the extension: DROP EXTENSION removes them and nothing else.
+DECLARE
+    v_role text;
+    v_a jsonb;
+    v_rel regclass;
+    v_cols jsonb;
+    v_ids jsonb;
+    v_select text;
+    v_t record;
+    v_fn text;
+    v_trigger text;
+    v_keys text [];
+    v_index name;
+    v_indexes name [];
+    v_col text;
+    v_int boolean;
+    v_extension boolean := EXISTS (
+        SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series'
+    );
+BEGIN
+    FOR v_role, v_a IN
+        SELECT s.role, p_att -> s.role
+        FROM (SELECT DISTINCT x.role, x.ord FROM _attach_spec() AS x) AS s
+        ORDER BY s.ord
+    LOOP
+        IF v_a IS NULL THEN
+            -- no variant table: every report_benchmark reports its benchmark's empty variant
+            IF to_regclass('active_series.variant') IS NOT NULL THEN
+                -- (attach's own view of an earlier attachment: _attach_check allows no other)
+                EXECUTE 'DROP VIEW active_series.variant';
+            END IF;
+            EXECUTE 'CREATE VIEW active_series.variant AS SELECT NULL::bigint AS id, '
+                'NULL::bigint AS benchmark_id, NULL::jsonb AS parameters WHERE false';
+            EXECUTE 'GRANT SELECT ON active_series.variant TO active_series_reader, '
+                'active_series_worker, active_series_admin';
+            CONTINUE;
+        END IF;
+        v_rel := (v_a ->> 'oid')::oid::regclass;
+        v_cols := v_a -> 'columns';
+        SELECT jsonb_object_agg(c.key, quote_ident(c.value)) INTO v_ids
+        FROM jsonb_each_text(v_cols) AS c;
+        v_ids := v_ids || jsonb_build_object('table', v_rel::text);
+
+        -- the view the recorder reads, unless the table is active_series.<role> itself
+        IF NOT (v_a ->> 'schema' = 'active_series' AND v_a ->> 'table' = v_role) THEN
+            SELECT string_agg(
+                CASE
+                    WHEN v_cols ? s.col AND s.kind = 'visibility' AND (
+                        SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
+                        WHERE a.attrelid = v_rel AND a.attname = v_cols ->> s.col
+                    ) = 'boolean'::regtype
+                        THEN format('CASE WHEN t.%I THEN ''public'' ELSE ''private'' END', v_cols ->> s.col)
+                    WHEN v_cols ? s.col AND s.kind = 'visibility'
+                        THEN format('t.%I::text', v_cols ->> s.col)
+                    WHEN v_cols ? s.col AND s.kind IN ('key', 'ref') THEN format('t.%I::bigint', v_cols ->> s.col)
+                    WHEN v_cols ? s.col THEN format('t.%I', v_cols ->> s.col)
+                    WHEN s.kind = 'visibility' THEN '''public''::text'
+                    WHEN s.kind = 'time' THEN 'NULL::timestamptz'
+                    WHEN s.kind = 'text' THEN 'NULL::text'
+                    ELSE 'NULL::bigint'
+                END || ' AS ' || quote_ident(s.col),
+                ', ' ORDER BY s.col <> 'id', s.col
+            )
+            INTO v_select
+            FROM _attach_spec() AS s
+            WHERE s.role = v_role;
+            IF to_regclass(format('active_series.%I', v_role)) IS NOT NULL THEN
+                EXECUTE format('DROP VIEW active_series.%I', v_role);
+            END IF;
+            EXECUTE format('CREATE VIEW active_series.%I AS SELECT %s FROM %s AS t',
+                v_role, v_select, v_rel);
+            EXECUTE format('COMMENT ON VIEW active_series.%I IS %L', v_role, format(
+                'The %s role of the data model, read from %s (attach).', v_role, v_rel));
+        END IF;
+        EXECUTE format('GRANT SELECT ON active_series.%I TO active_series_reader, '
+            'active_series_admin', v_role);
+        IF v_role IN ('organization', 'project', 'variant') THEN
+            EXECUTE format('GRANT SELECT ON active_series.%I TO active_series_worker', v_role);
+        END IF;
+
+        -- indexes the recorder's reads need: the key, a metric's report_benchmark, a
+        -- report's rows, an organization's projects; an integer column is read as bigint
+        -- (the view casts it), so it is indexed as bigint
+        v_indexes := '{}';
+        FOREACH v_col IN ARRAY ARRAY['id'] || CASE v_role
+            WHEN 'metric' THEN ARRAY['report_benchmark_id']
+            WHEN 'report_benchmark' THEN ARRAY['report_id']
+            WHEN 'project' THEN ARRAY['organization_id']
+            ELSE '{}'::text []
+        END LOOP
+            CONTINUE WHEN NOT v_cols ? v_col;
+            v_int := (
+                SELECT a.atttypid = 'integer'::regtype FROM pg_catalog.pg_attribute AS a
+                WHERE a.attrelid = v_rel AND a.attname = v_cols ->> v_col
+            );
+            CONTINUE WHEN EXISTS (
+                SELECT FROM pg_catalog.pg_index AS i
+                WHERE i.indrelid = v_rel AND i.indpred IS NULL AND CASE
+                    WHEN v_int THEN i.indkey[0] = 0 AND pg_get_indexdef(i.indexrelid, 1, false)
+                        = format('((%I)::bigint)', v_cols ->> v_col)
+                    ELSE i.indkey[0] = (
+                        SELECT a.attnum FROM pg_catalog.pg_attribute AS a
+                        WHERE a.attrelid = v_rel AND a.attname = v_cols ->> v_col
+                    )
+                END
+            );
+            v_index := left(format('%s_%s_active_series_idx', v_a ->> 'table', v_cols ->> v_col), 63);
+            EXECUTE format('CREATE INDEX %I ON %s (%s)', v_index, v_rel, CASE
+                WHEN v_int THEN format('(%I::bigint)', v_cols ->> v_col)
+                ELSE quote_ident(v_cols ->> v_col)
+            END);
+            v_indexes := v_indexes || v_index;
+        END LOOP;
+
+        INSERT INTO active_series._attachment (role, table_schema, table_name, columns, created_indexes)
+        VALUES (v_role, v_a ->> 'schema', v_a ->> 'table', v_cols, v_indexes);
+
+        -- triggers
+        FOR v_t IN
+            SELECT t.* FROM _attach_triggers() AS t
+            WHERE t.role = v_role AND (t.needs IS NULL OR v_cols ? t.needs)
+        LOOP
+            v_fn := format('active_series.%I', '_attached_' || v_t.event);
+            v_trigger := 'active_series_' || v_t.event;
+            -- (the report_benchmark project check runs on every insert of report_benchmarks
+            -- and reads the report and benchmark tables by key: as the recorder, index paths
+            -- whatever the statistics were when the session cached its plan)
+            EXECUTE format(
+                'CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql %s '
+                'SET search_path = active_series, pg_catalog, pg_temp%s AS %L',
+                v_fn, CASE WHEN v_t.definer THEN 'SECURITY DEFINER' ELSE '' END,
+                CASE
+                    WHEN v_t.event = 'report_benchmark_inserted'
+                        THEN ' SET enable_seqscan = off SET enable_bitmapscan = off'
+                    ELSE ''
+                END,
+                CASE WHEN v_t.definer THEN E'\n-- SECURITY DEFINER: the ingesting role may not '
+                    'write the extension''s tables; what it writes comes from the rows the '
+                    'statement touched.' ELSE '' END
+                || _attach_render(v_t.body, v_ids));
+            EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', v_fn);
+            EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn, format(
+                'Trigger %s on %s (attach).', v_trigger, v_rel));
+            EXECUTE format('CREATE TRIGGER %I %s ON %s %s FOR EACH %s EXECUTE FUNCTION %s()',
+                v_trigger, v_t.timing, v_rel,
+                CASE v_t.transition
+                    WHEN 'NEW' THEN 'REFERENCING NEW TABLE AS new_rows'
+                    WHEN 'OLD' THEN 'REFERENCING OLD TABLE AS old_rows'
+                    WHEN 'OLD NEW' THEN 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows'
+                    ELSE ''
+                END,
+                v_t.level, v_fn);
+            IF v_extension THEN
+                EXECUTE format('ALTER FUNCTION %s() DEPENDS ON EXTENSION active_series', v_fn);
+                EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION active_series',
+                    v_trigger, v_rel);
+            END IF;
+        END LOOP;
+
+        -- the columns that decide whose activity a row is cannot be updated
+        SELECT array_agg(v_cols ->> s.col ORDER BY s.col) INTO v_keys
+        FROM _attach_spec() AS s
+        WHERE s.role = v_role AND v_cols ? s.col
+            AND (s.kind = 'ref' OR (s.role, s.col) IN (('report', 'created'), ('variant', 'parameters')));
+        IF v_keys IS NOT NULL THEN
+            EXECUTE format(
+                'CREATE TRIGGER active_series_reject_key_update BEFORE UPDATE OF %s ON %s '
+                'FOR EACH ROW WHEN (%s) '
+                'EXECUTE FUNCTION active_series._reject_key_update(%L, %L)',
+                (SELECT string_agg(quote_ident(k), ', ') FROM unnest(v_keys) AS k),
+                v_rel,
+                (SELECT string_agg(format('old.%1$I IS DISTINCT FROM new.%1$I', k), ' OR ')
+                    FROM unnest(v_keys) AS k),
+                array_to_string(v_keys, ', ', ''),
+                v_cols ->> 'id');
+            IF v_extension THEN
+                EXECUTE format('ALTER TRIGGER active_series_reject_key_update ON %s '
+                    'DEPENDS ON EXTENSION active_series', v_rel);
+            END IF;
+        END IF;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION active_series._attach_install(jsonb) IS
+'Internal: install a checked attachment: views, indexes and triggers (attach).';
+DO $$
+BEGIN
+    IF pg_catalog.to_regprocedure('active_series._attached_report_benchmark_inserted()') IS NOT NULL
+    THEN
+        ALTER FUNCTION active_series._attached_report_benchmark_inserted() SET enable_seqscan = off;
+        ALTER FUNCTION active_series._attached_report_benchmark_inserted()
+        SET enable_bitmapscan = off;
+    END IF;
+END;
+$$;

@@ -124,11 +124,14 @@ SELECT is_empty(
 -- (A procedure that commits cannot carry a SET clause: procedures are exempt. So are the
 -- row readers of sql/functions/_model_rows.sql: the planner inlines a SQL function only
 -- without SET options; they run as their caller, name everything schema-qualified, and the
--- next test keeps them from being SECURITY DEFINER.)
+-- next test keeps them from being SECURITY DEFINER; nor the report_benchmark project check,
+-- _benchmark_elsewhere, inlined into its trigger's query for the same reason.)
 SELECT is_empty(
     $$ SELECT p.oid::regprocedure::text FROM pg_proc AS p
        WHERE p.pronamespace = 'active_series'::regnamespace AND p.prokind <> 'p'
-         AND p.proname NOT IN ('_organization_rows', '_project_rows', '_variant_rows')
+         AND p.proname NOT IN (
+             '_organization_rows', '_project_rows', '_variant_rows', '_benchmark_elsewhere'
+         )
          AND NOT EXISTS (
              SELECT 1 FROM unnest(p.proconfig) AS c(setting)
              WHERE c.setting LIKE 'search\_path=%') $$,
