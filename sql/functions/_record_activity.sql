@@ -34,6 +34,7 @@ DECLARE
     v_created timestamptz;
     v_benchmark_id bigint;
     v_variant_id bigint;
+    v_period_start timestamptz;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
@@ -57,10 +58,24 @@ BEGIN
         IF NOT FOUND THEN
             RETURN;
         END IF;
+        -- its period: _period_for's probe of the recorded one written out (under the
+        -- organization's period lock, as there), the call only to record a new one
+        PERFORM pg_advisory_xact_lock_shared(_lock_key('period'), hashint8(v_organization_id));
+        SELECT l.period_start INTO v_period_start
+        FROM (
+            SELECT p.period_start, p.period_end
+            FROM active_series._period AS p
+            WHERE p.organization_id = v_organization_id AND p.period_start <= v_created
+            ORDER BY p.period_start DESC
+            LIMIT 1
+        ) AS l
+        WHERE l.period_end > v_created;
+        IF v_period_start IS NULL THEN
+            v_period_start := (active_series._period_for(v_organization_id, v_created)).period_start;
+        END IF;
         v_groups := ARRAY[
             row(
-                v_organization_id, v_project_id, v_testbed_id,
-                (active_series._period_for(v_organization_id, v_created)).period_start,
+                v_organization_id, v_project_id, v_testbed_id, v_period_start,
                 v_created, v_created, ARRAY[v_benchmark_id], ARRAY[v_variant_id], p_measure_ids,
                 NULL
             )::active_series._shape_group
@@ -163,10 +178,34 @@ BEGIN
     -- else (a set or a period new to the testbed, older activity) goes on below, which finds
     -- what these updates already did and leaves it.
     IF cardinality(v_groups) = 1 THEN
-        -- (one testbed at one time, nearly every transaction: the same three steps written
-        -- out, without the calls: _lock_testbeds, _find_shape and _widen for one group)
+        -- (one testbed at one time, nearly every transaction: the same steps written
+        -- out, without the calls: _lock_testbeds, then _widen of the row of the stored
+        -- shape (_find_shape) in one statement; the shape looked up alone only when that
+        -- updated nothing)
         v_group := v_groups[1];
         PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), hashint8(v_group.testbed_id));
+        UPDATE active_series._shape_seen AS s
+        SET first_seen = least(s.first_seen, v_group.first_seen),
+            last_seen = greatest(s.last_seen, v_group.last_seen)
+        FROM (
+            SELECT h.id
+            FROM active_series._shape AS h
+            WHERE h.project_id = v_group.project_id
+                AND h.digest = hash_array_extended(
+                    v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+                )
+                AND h.benchmark_ids = v_group.benchmark_ids
+                AND h.variant_ids = v_group.variant_ids
+                AND h.measure_ids = v_group.measure_ids
+            LIMIT 1
+        ) AS h
+        WHERE s.testbed_id = v_group.testbed_id
+            AND s.period_start = v_group.period_start
+            AND s.shape_id = h.id
+            AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
+        IF FOUND THEN
+            RETURN;
+        END IF;
         SELECT s.id, s.series INTO v_shape_id, v_series
         FROM active_series._shape AS s
         WHERE s.project_id = v_group.project_id
@@ -178,16 +217,6 @@ BEGIN
             AND s.measure_ids = v_group.measure_ids
         LIMIT 1;
         v_group.shape_id := v_shape_id;
-        UPDATE active_series._shape_seen AS s
-        SET first_seen = least(s.first_seen, v_group.first_seen),
-            last_seen = greatest(s.last_seen, v_group.last_seen)
-        WHERE s.testbed_id = v_group.testbed_id
-            AND s.period_start = v_group.period_start
-            AND s.shape_id = v_shape_id
-            AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
-        IF FOUND THEN
-            RETURN;
-        END IF;
         -- (the first report of the testbed in the period with a stored set, as below for
         -- several sets, written for one)
         IF v_shape_id IS NOT NULL AND NOT EXISTS (
