@@ -407,16 +407,18 @@ BEGIN
     RETURN NEW;
 END;
 $b$),
-    -- a statement's metrics, noted for the commit-time recording (_record_pending)
+    -- a statement's metrics, noted for the commit-time recording (_flush_pending): the
+    -- transaction's first statement inserts its _pending row (whose deferred trigger
+    -- records them all at commit), the later ones append their pairs to it
     ('metric', 'metric_inserted', NULL, 'AFTER INSERT', 'STATEMENT', 'NEW', true, $b$
 BEGIN
-    INSERT INTO active_series._pending (report_benchmark_ids, measure_ids, head)
-    SELECT
-        array_agg(n.{report_benchmark_id}::bigint),
-        array_agg(n.{measure_id}::bigint),
-        NOT EXISTS (SELECT FROM active_series._pending AS p WHERE p.txid = txid_current())
+    INSERT INTO active_series._pending AS p (report_benchmark_ids, measure_ids)
+    SELECT array_agg(n.{report_benchmark_id}::bigint), array_agg(n.{measure_id}::bigint)
     FROM new_rows AS n
-    HAVING count(*) > 0;
+    HAVING count(*) > 0
+    ON CONFLICT (txid) DO UPDATE
+    SET report_benchmark_ids = p.report_benchmark_ids || excluded.report_benchmark_ids,
+        measure_ids = p.measure_ids || excluded.measure_ids;
     RETURN NULL;
 END;
 $b$),

@@ -4609,3 +4609,287 @@ END;
 $$;
 COMMENT ON FUNCTION active_series._record_activity(bigint[], bigint[]) IS
 'Internal: record metrics, as (report_benchmark, measure) pairs, in the history and the per-period counts (the commit-time ingest trigger and backfill share it).';
+
+-- _pending: one row per transaction, which its later ingest statements append to (an
+-- upsert on txid); the commit deletes it with a plain DELETE ... RETURNING
+DROP TRIGGER pending_flush ON active_series._pending;
+DROP INDEX active_series.pending_txid_idx;
+ALTER TABLE active_series._pending DROP COLUMN head;
+CREATE UNIQUE INDEX pending_txid_key ON active_series._pending (txid);
+COMMENT ON TABLE active_series._pending IS
+'The (report_benchmark, measure) pairs a transaction''s ingest statements inserted metrics for (one row per transaction, each statement''s pairs appended from its transition table), recorded and deleted at its commit by a deferred trigger: never visible to other transactions.';
+CREATE OR REPLACE FUNCTION active_series._flush_pending()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Deferred (fires at commit) for the transaction's _pending row, inserted by its first
+-- ingest statement (the later ones append to it): records the activity of every metric
+-- the transaction inserted, in one batch (_record_activity), and deletes the row. Still
+-- inside the ingest transaction: a failure aborts the commit.
+-- SECURITY DEFINER: it fires at commit as the ingesting role, which may neither write the
+-- cache, history, counts and outbox nor call the internal functions that do; what it
+-- records is derived from committed-to-be metric rows only, never from arguments.
+-- A refusal found deep inside the recording (the series cap, _check_usage; a series with
+-- another project's benchmark or measure, _resolve_shapes) is noted in the transaction
+-- setting active_series._refusal instead of raised there, and raised here, at the top:
+-- the client then sees its message, detail and hint with one line of context, not the
+-- nested statements of the recorder. (No exception block: that would cost a
+-- subtransaction at every commit.)
+DECLARE
+    v_report_benchmark_ids bigint [];
+    v_measure_ids bigint [];
+    v_refusal jsonb;
+BEGIN
+    PERFORM pg_catalog.set_config('active_series._refusal', 'defer', true);
+    -- (the row as the last statement left it: NEW is the first statement's version)
+    DELETE FROM active_series._pending AS p
+    WHERE p.txid = NEW.txid
+    RETURNING p.report_benchmark_ids, p.measure_ids
+    INTO v_report_benchmark_ids, v_measure_ids;
+    PERFORM active_series._record_activity(v_report_benchmark_ids, v_measure_ids);
+    v_refusal := nullif(pg_catalog.current_setting('active_series._refusal'), 'defer')::jsonb;
+    PERFORM pg_catalog.set_config('active_series._refusal', '', true);
+    IF v_refusal IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = v_refusal ->> 'sqlstate',
+            MESSAGE = v_refusal ->> 'message',
+            DETAIL = v_refusal ->> 'detail',
+            HINT = v_refusal ->> 'hint';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._flush_pending() IS
+'Trigger: at commit, record the activity of the metrics a transaction inserted.';
+
+CREATE CONSTRAINT TRIGGER pending_flush
+AFTER INSERT ON active_series._pending
+DEFERRABLE INITIALLY DEFERRED
+FOR EACH ROW
+EXECUTE FUNCTION active_series._flush_pending();
+
+CREATE OR REPLACE FUNCTION active_series._attach_triggers()
+RETURNS TABLE (
+    role text, event text, needs text, timing text, level text, transition text,
+    definer boolean, body text
+)
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The triggers attach installs on the application's tables: each becomes a function
+-- active_series._attached_<role>_<event>() and a trigger active_series_<event> on the
+-- role's table, with the table's own column names filled in ({column}: the role column's
+-- name in that table). needs: a role column the table must have for the trigger to exist.
+-- definer: the function writes the extension's tables, which the ingesting role may not
+-- (SECURITY DEFINER: what it writes comes from the rows the statement touched).
+SELECT t.role, t.event, t.needs, t.timing, t.level, t.transition, t.definer, t.body
+FROM (VALUES
+    -- report.created is the transaction time
+    ('report', 'report_created', NULL, 'BEFORE INSERT', 'ROW', NULL, false, $b$
+-- BEFORE INSERT on the report table: created is the transaction time. An explicit other value is
+-- refused unless the session set active_series.allow_explicit_created = on and the role
+-- inserting the row is a superuser or a member of active_series_admin (migrations,
+-- backfills, demo loaders): clients cannot move activity out of the period it happened in.
+-- SECURITY INVOKER on purpose: current_user is then the role that runs the INSERT (after
+-- SET ROLE, the role set, not the session's login role), which is the one to judge. As
+-- SECURITY DEFINER it would be the extension owner, and session_user would let a
+-- superuser session that SET ROLE to an ingest role pass. It writes no billing table.
+DECLARE
+    v_allowed boolean;
+BEGIN
+    IF NEW.{created} IS NULL THEN
+        NEW.{created} := now();
+    ELSIF NEW.{created} IS DISTINCT FROM now() THEN
+        v_allowed := coalesce(current_setting('active_series.allow_explicit_created', true), 'off')
+            IN ('on', 'true', '1', 'yes')
+            AND (
+                coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles AS r
+                    WHERE r.rolname = current_user), false)
+                OR (
+                    to_regrole('active_series_admin') IS NOT NULL
+                    AND pg_has_role(current_user, 'active_series_admin', 'MEMBER')
+                )
+            );
+        IF NOT v_allowed THEN
+            RAISE EXCEPTION 'active_series: report.created is set by the server to the transaction time (got %)',
+                NEW.{created}
+                USING ERRCODE = 'insufficient_privilege',
+                HINT = 'Leave created out of the INSERT. Loading history needs '
+                    'SET active_series.allow_explicit_created = on as a superuser or '
+                    'a member of active_series_admin.';
+        END IF;
+        IF NOT isfinite(NEW.{created}) THEN
+            RAISE EXCEPTION 'active_series: report.created must be a finite time (got %)',
+                NEW.{created}
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- billing periods around it must stay readable by every client (Python's datetime
+        -- ends at year 9999 and starts at year 1): a typo like year 20240 is an error
+        IF NEW.{created} < '1900-01-01 00:00:00+00' OR NEW.{created} >= '9000-01-01 00:00:00+00' THEN
+            RAISE EXCEPTION 'active_series: report.created must be from 1900-01-01 to before '
+                '9000-01-01 UTC (got %)', NEW.{created}
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$b$),
+    -- a statement's metrics, noted for the commit-time recording (_flush_pending): the
+    -- transaction's first statement inserts its _pending row (whose deferred trigger
+    -- records them all at commit), the later ones append their pairs to it
+    ('metric', 'metric_inserted', NULL, 'AFTER INSERT', 'STATEMENT', 'NEW', true, $b$
+BEGIN
+    INSERT INTO active_series._pending AS p (report_benchmark_ids, measure_ids)
+    SELECT array_agg(n.{report_benchmark_id}::bigint), array_agg(n.{measure_id}::bigint)
+    FROM new_rows AS n
+    HAVING count(*) > 0
+    ON CONFLICT (txid) DO UPDATE
+    SET report_benchmark_ids = p.report_benchmark_ids || excluded.report_benchmark_ids,
+        measure_ids = p.measure_ids || excluded.measure_ids;
+    RETURN NULL;
+END;
+$b$),
+    -- a report_benchmark's benchmark is its report's project's
+    ('report_benchmark', 'report_benchmark_inserted', NULL, 'AFTER INSERT', 'STATEMENT', 'NEW', true, $b$
+-- AFTER INSERT (statement) on the report_benchmark table: a benchmark of another project
+-- than the report's is refused when the row is inserted (SQLSTATE 23503), not later when
+-- a metric of it is committed. One lookup of the statement's rows (_benchmark_elsewhere);
+-- its variant is the benchmark's (a foreign key). SECURITY DEFINER only to read the report
+-- and benchmark tables through the extension's views; it writes nothing.
+DECLARE
+    v_bad record;
+BEGIN
+    SELECT e.* INTO v_bad
+    FROM (
+        SELECT
+            array_agg(n.{id}::bigint) AS ids,
+            array_agg(n.{report_id}::bigint) AS report_ids,
+            array_agg(n.{benchmark_id}::bigint) AS benchmark_ids
+        FROM new_rows AS n
+    ) AS a
+    CROSS JOIN LATERAL active_series._benchmark_elsewhere(a.ids, a.report_ids, a.benchmark_ids) AS e;
+    IF FOUND THEN
+        RAISE EXCEPTION 'active_series: report_benchmark % names benchmark % of project %, but its report % is in project %',
+            v_bad.id, v_bad.benchmark_id, v_bad.benchmark_project_id, v_bad.report_id,
+            v_bad.report_project_id
+            USING ERRCODE = 'foreign_key_violation',
+            DETAIL = 'A report''s benchmarks must be its project''s.',
+            HINT = format('Use the benchmark of the same name in project %s (the report''s), '
+                'creating it there if needed.', v_bad.report_project_id);
+    END IF;
+    RETURN NULL;
+END;
+$b$),
+    -- hard deletes: their series leave the history (_forget_series)
+    ('benchmark', 'benchmark_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT o.{project_id}::bigint), array_agg(o.{id}::bigint), '{}', '{}', '{}'
+    )
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('variant', 'variant_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT b.project_id::bigint),
+        '{}',
+        coalesce(array_agg(o.{id}::bigint) FILTER (WHERE o.{parameters} <> '{}'::jsonb), '{}'),
+        coalesce(
+            array_agg(o.{benchmark_id}::bigint) FILTER (WHERE o.{parameters} = '{}'::jsonb), '{}'
+        ),
+        '{}'
+    )
+    FROM old_rows AS o
+    INNER JOIN active_series.benchmark AS b ON b.id = o.{benchmark_id};
+    RETURN NULL;
+END;
+$b$),
+    ('measure', 'measure_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT o.{project_id}::bigint), '{}', '{}', '{}', array_agg(o.{id}::bigint)
+    )
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    -- organizations, projects and testbeds deleted take the extension's rows of them along
+    ('organization', 'organization_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('organization', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('project', 'project_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('project', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('testbed', 'testbed_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('testbed', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    -- a project soft-deleted or restored changes what its organization is billed
+    ('project', 'project_changed', 'deleted_at', 'AFTER UPDATE', 'STATEMENT', 'OLD NEW', true, $b$
+BEGIN
+    PERFORM active_series._changed(c.organization_id, NULL, 'project')
+    FROM (
+        SELECT DISTINCT n.{organization_id}::bigint AS organization_id
+        FROM new_rows AS n
+        INNER JOIN old_rows AS o ON o.{id} = n.{id}
+        WHERE (o.{deleted_at} IS NULL) <> (n.{deleted_at} IS NULL)
+    ) AS c;
+    RETURN NULL;
+END;
+$b$)
+) AS t (role, event, needs, timing, level, transition, definer, body);
+$$;
+COMMENT ON FUNCTION active_series._attach_triggers() IS
+'Internal: the trigger templates attach fills in for the application''s tables.';
+
+-- the attached tables' triggers made again from the templates above: detach, then attach
+-- the same tables and columns (what attach makes is the application's, not the extension's)
+DO $$
+DECLARE
+    v_tables jsonb;
+    v_columns jsonb;
+    v_fn regprocedure;
+BEGIN
+    SELECT
+        pg_catalog.jsonb_object_agg(
+            a.role, pg_catalog.format('%I.%I', a.table_schema, a.table_name)::regclass::oid
+        ),
+        pg_catalog.jsonb_object_agg(a.role, a.columns)
+    INTO v_tables, v_columns
+    FROM active_series._attachment AS a;
+    IF v_tables IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM active_series.detach();
+    PERFORM active_series._attach_install(active_series._attach_check(v_tables, v_columns));
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        FOR v_fn IN
+            SELECT p.oid::regprocedure FROM pg_catalog.pg_proc AS p
+            INNER JOIN pg_catalog.pg_depend AS d
+                ON d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid
+                AND d.deptype = 'e'
+            WHERE p.pronamespace = 'active_series'::regnamespace
+                AND p.proname LIKE '\_attached\_%'
+        LOOP
+            EXECUTE pg_catalog.format('ALTER EXTENSION active_series DROP FUNCTION %s', v_fn);
+        END LOOP;
+    END IF;
+END;
+$$;
