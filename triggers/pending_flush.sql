@@ -4,9 +4,10 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
--- Deferred (fires at commit) for the transaction's first _pending row: records the
--- activity of every metric the transaction inserted, in one batch (_record_activity), and
--- removes its rows. Still inside the ingest transaction: a failure aborts the commit.
+-- Deferred (fires at commit) for the transaction's _pending row, inserted by its first
+-- ingest statement (the later ones append to it): records the activity of every metric
+-- the transaction inserted, in one batch (_record_activity), and deletes the row. Still
+-- inside the ingest transaction: a failure aborts the commit.
 -- SECURITY DEFINER: it fires at commit as the ingesting role, which may neither write the
 -- cache, history, counts and outbox nor call the internal functions that do; what it
 -- records is derived from committed-to-be metric rows only, never from arguments.
@@ -22,21 +23,12 @@ DECLARE
     v_refusal jsonb;
 BEGIN
     PERFORM pg_catalog.set_config('active_series._refusal', 'defer', true);
-    -- (the head row's pairs are NEW's: only the later statements' rows are unfolded, and a
-    -- transaction of one statement passes its arrays as they are)
-    WITH done AS (
-        DELETE FROM active_series._pending AS p
-        WHERE p.txid = NEW.txid
-        RETURNING p.report_benchmark_ids, p.measure_ids, p.head
-    )
-    SELECT array_agg(x.id), array_agg(x.measure_id)
-    INTO v_report_benchmark_ids, v_measure_ids
-    FROM done AS d
-    CROSS JOIN LATERAL unnest(d.report_benchmark_ids, d.measure_ids) AS x (id, measure_id)
-    WHERE NOT d.head;
-    PERFORM active_series._record_activity(
-        NEW.report_benchmark_ids || v_report_benchmark_ids, NEW.measure_ids || v_measure_ids
-    );
+    -- (the row as the last statement left it: NEW is the first statement's version)
+    DELETE FROM active_series._pending AS p
+    WHERE p.txid = NEW.txid
+    RETURNING p.report_benchmark_ids, p.measure_ids
+    INTO v_report_benchmark_ids, v_measure_ids;
+    PERFORM active_series._record_activity(v_report_benchmark_ids, v_measure_ids);
     v_refusal := nullif(pg_catalog.current_setting('active_series._refusal'), 'defer')::jsonb;
     PERFORM pg_catalog.set_config('active_series._refusal', '', true);
     IF v_refusal IS NOT NULL THEN
@@ -56,5 +48,4 @@ CREATE CONSTRAINT TRIGGER pending_flush
 AFTER INSERT ON active_series._pending
 DEFERRABLE INITIALLY DEFERRED
 FOR EACH ROW
-WHEN (new.head)
 EXECUTE FUNCTION active_series._flush_pending();

@@ -18,9 +18,10 @@ AS $$
 -- Records metrics, given as (report_benchmark, measure) pairs (the ingest trigger passes a
 -- whole transaction's at commit, backfill a batch of reports'), in the history and the
 -- per-period counts: each report_benchmark is looked up once (its report, project and
--- variant), the pairs become one set of series per (testbed, report.created), each in the
--- billing period containing that time, and _record_groups writes them. A variant_id that
--- is NULL, or names the benchmark's empty variant, is variant 0 in the sets.
+-- variant), the pairs become one activity per (testbed, report.created): its series, in
+-- the billing period containing that time (the words: docs/DESIGN-NOTES.md), and
+-- _record_groups writes them. A variant_id that is NULL, or names the benchmark's empty
+-- variant, is variant 0.
 -- Locks: the organizations' period locks (shared, _period_for, in organization order); the
 -- testbeds' history locks (_lock_testbeds); then what _record_groups takes.
 DECLARE
@@ -34,12 +35,13 @@ DECLARE
     v_created timestamptz;
     v_benchmark_id bigint;
     v_variant_id bigint;
+    v_period_start timestamptz;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
     END IF;
     IF cardinality(p_report_benchmark_ids) = 1 THEN
-        -- one metric's series (the smallest report): its one set, looked up directly, in
+        -- one metric's series (the smallest report): its activity, looked up directly, in
         -- plain statements (a function in the join would be a table function: a tuplestore
         -- per call)
         SELECT
@@ -57,13 +59,35 @@ BEGIN
         IF NOT FOUND THEN
             RETURN;
         END IF;
+        -- its period: _period_for's probe of the recorded one written out (under the
+        -- organization's period lock, as there), the call only to record a new one
+        PERFORM pg_advisory_xact_lock_shared(_lock_key('period'), hashint8(v_organization_id));
+        SELECT l.period_start INTO v_period_start
+        FROM (
+            SELECT p.period_start, p.period_end
+            FROM active_series._period AS p
+            WHERE p.organization_id = v_organization_id AND p.period_start <= v_created
+            ORDER BY p.period_start DESC
+            LIMIT 1
+        ) AS l
+        WHERE l.period_end > v_created;
+        IF v_period_start IS NULL THEN
+            v_period_start := (
+                active_series._period_for(v_organization_id, v_created)
+            ).period_start;
+        END IF;
         v_groups := ARRAY[
-            row(
-                v_organization_id, v_project_id, v_testbed_id,
-                (active_series._period_for(v_organization_id, v_created)).period_start,
-                v_created, v_created, ARRAY[v_benchmark_id], ARRAY[v_variant_id], p_measure_ids,
-                NULL
-            )::active_series._shape_group
+            active_series._shape_group(
+                p_organization_id => v_organization_id,
+                p_project_id => v_project_id,
+                p_testbed_id => v_testbed_id,
+                p_period_start => v_period_start,
+                p_first_seen => v_created,
+                p_last_seen => v_created,
+                p_benchmark_ids => ARRAY[v_benchmark_id],
+                p_variant_ids => ARRAY[v_variant_id],
+                p_measure_ids => p_measure_ids
+            )
         ];
     ELSE
         -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
@@ -81,9 +105,9 @@ BEGIN
                 FROM active_series.report_benchmark AS rb
                 WHERE rb.id = ANY(p_report_benchmark_ids)
             ),
-            -- each report's set, sorted (one sort on four keys; the series come distinct and
-            -- in set order, and each set's arrays are aggregated in that order; an order lost
-            -- would only store a set twice)
+            -- each report's series, sorted (one sort on four keys; the series come distinct
+            -- and in shape order, and each report's arrays are aggregated in that order; an
+            -- order lost would only store a shape twice)
             sets AS MATERIALIZED (
                 SELECT
                     s.report_id, array_agg(s.benchmark_id) AS benchmark_ids,
@@ -126,19 +150,33 @@ BEGIN
                 INNER JOIN periods AS t
                     ON t.organization_id = s.organization_id AND t.created = s.created
             )
-            -- a testbed's one report at a time: its set as it is
-            SELECT row(
-                k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
-                k.created, k.benchmark_ids, k.variant_ids, k.measure_ids, NULL
-            )::active_series._shape_group
+            -- a testbed's one report at a time: its series as they are
+            SELECT active_series._shape_group(
+                p_organization_id => k.organization_id,
+                p_project_id => k.project_id,
+                p_testbed_id => k.testbed_id,
+                p_period_start => k.period_start,
+                p_first_seen => k.created,
+                p_last_seen => k.created,
+                p_benchmark_ids => k.benchmark_ids,
+                p_variant_ids => k.variant_ids,
+                p_measure_ids => k.measure_ids
+            )
             FROM keyed AS k
             WHERE k.reports = 1
             UNION ALL
-            -- several reports of one testbed in one transaction (one time): their sets merged
-            SELECT row(
-                m.organization_id, m.project_id, m.testbed_id, m.period_start, m.created,
-                m.created, array_agg(m.b), array_agg(m.v), array_agg(m.m), NULL
-            )::active_series._shape_group
+            -- several reports of one testbed in one transaction (one time): their series merged
+            SELECT active_series._shape_group(
+                p_organization_id => m.organization_id,
+                p_project_id => m.project_id,
+                p_testbed_id => m.testbed_id,
+                p_period_start => m.period_start,
+                p_first_seen => m.created,
+                p_last_seen => m.created,
+                p_benchmark_ids => array_agg(m.b),
+                p_variant_ids => array_agg(m.v),
+                p_measure_ids => array_agg(m.m)
+            )
             FROM (
                 SELECT DISTINCT
                     k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
@@ -158,15 +196,39 @@ BEGIN
         RETURN;
     END IF;
 
-    -- The common case, a testbed reporting the same set of series as before in the period,
-    -- later than before: one HOT update of that set's row per testbed (_widen). Anything
-    -- else (a set or a period new to the testbed, older activity) goes on below, which finds
+    -- The common case, a testbed reporting the same shape as before in the period, later
+    -- than before: one HOT update of that sighting per testbed (_widen). Anything else (a
+    -- shape or a period new to the testbed, older activity) goes on below, which finds
     -- what these updates already did and leaves it.
     IF cardinality(v_groups) = 1 THEN
-        -- (one testbed at one time, nearly every transaction: the same three steps written
-        -- out, without the calls: _lock_testbeds, _find_shape and _widen for one group)
+        -- (one testbed at one time, nearly every transaction: the same steps written
+        -- out, without the calls: _lock_testbeds, then _widen of the row of the stored
+        -- shape (_find_shape) in one statement; the shape looked up alone only when that
+        -- updated nothing)
         v_group := v_groups[1];
         PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), hashint8(v_group.testbed_id));
+        UPDATE active_series._shape_seen AS s
+        SET first_seen = least(s.first_seen, v_group.first_seen),
+            last_seen = greatest(s.last_seen, v_group.last_seen)
+        FROM (
+            SELECT h.id
+            FROM active_series._shape AS h
+            WHERE h.project_id = v_group.project_id
+                AND h.digest = hash_array_extended(
+                    v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+                )
+                AND h.benchmark_ids = v_group.benchmark_ids
+                AND h.variant_ids = v_group.variant_ids
+                AND h.measure_ids = v_group.measure_ids
+            LIMIT 1
+        ) AS h
+        WHERE s.testbed_id = v_group.testbed_id
+            AND s.period_start = v_group.period_start
+            AND s.shape_id = h.id
+            AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
+        IF FOUND THEN
+            RETURN;
+        END IF;
         SELECT s.id, s.series INTO v_shape_id, v_series
         FROM active_series._shape AS s
         WHERE s.project_id = v_group.project_id
@@ -178,18 +240,8 @@ BEGIN
             AND s.measure_ids = v_group.measure_ids
         LIMIT 1;
         v_group.shape_id := v_shape_id;
-        UPDATE active_series._shape_seen AS s
-        SET first_seen = least(s.first_seen, v_group.first_seen),
-            last_seen = greatest(s.last_seen, v_group.last_seen)
-        WHERE s.testbed_id = v_group.testbed_id
-            AND s.period_start = v_group.period_start
-            AND s.shape_id = v_shape_id
-            AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
-        IF FOUND THEN
-            RETURN;
-        END IF;
-        -- (the first report of the testbed in the period with a stored set, as below for
-        -- several sets, written for one)
+        -- (the first report of the testbed in the period, of a stored shape, as below for
+        -- several testbeds, written for one)
         IF v_shape_id IS NOT NULL AND NOT EXISTS (
             SELECT
             FROM active_series._testbed_period AS p
@@ -226,13 +278,20 @@ BEGIN
     ELSE
         PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
         v_groups := ARRAY(
-            SELECT row(
-                g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
-                g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
-                active_series._find_shape(
+            SELECT active_series._shape_group(
+                p_organization_id => g.organization_id,
+                p_project_id => g.project_id,
+                p_testbed_id => g.testbed_id,
+                p_period_start => g.period_start,
+                p_first_seen => g.first_seen,
+                p_last_seen => g.last_seen,
+                p_benchmark_ids => g.benchmark_ids,
+                p_variant_ids => g.variant_ids,
+                p_measure_ids => g.measure_ids,
+                p_shape_id => active_series._find_shape(
                     g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
                 )
-            )::active_series._shape_group
+            )
             FROM unnest(v_groups) AS g
         );
         IF active_series._widen(v_groups) = cardinality(v_groups) THEN
@@ -241,13 +300,13 @@ BEGIN
     END IF;
 
     -- The first report of a testbed in a period (a new testbed, or the first report after
-    -- the period changed) of a set already stored: the set is the testbed's set for the
-    -- period, so one statement writes what _record_groups would, in the same key order:
-    -- the testbeds' sets for the period, their _shape_seen rows, the counts grown by the
-    -- sets' sizes (_period_usage, key order); then the outbox. It holds when every group is
-    -- of a stored set, no testbed has history in its period (under the history locks taken
-    -- above: nothing else writes it meanwhile; so _widen did nothing) and no (testbed,
-    -- period) has two groups. Else the general path.
+    -- the period changed) of a shape already stored: the shape is the testbed's period
+    -- shape, so one statement writes what _record_groups would, in the same key order: the
+    -- period shapes, the sightings, the counts grown by the shapes' sizes (_period_usage,
+    -- key order); then the outbox. It holds when every activity is of a stored shape, no
+    -- testbed has history in its period (under the history locks taken above: nothing else
+    -- writes it meanwhile; so _widen did nothing) and no (testbed, period) has two
+    -- activities. Else the general path.
     IF NOT EXISTS (
         SELECT
         FROM unnest(v_groups) AS g

@@ -11,17 +11,18 @@ SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 AS $$
--- Writes sets of series into the history: each group says that a testbed reported these
--- series within one (recorded) period between first_seen and last_seen. Row writes follow
--- what changed, never the number of series:
--- * a set the testbed already reported in the period widens that _shape_seen row's
---   first_seen/last_seen (one HOT update; nothing when already inside);
+-- Writes activity into the history (the words: docs/DESIGN-NOTES.md): each element of
+-- p_groups says that a testbed reported these series within one (recorded) period between
+-- first_seen and last_seen. Row writes follow what changed, never the number of series:
+-- * activity of a shape the testbed already has a sighting of in the period widens that
+--   sighting (its _shape_seen row's first_seen/last_seen: one HOT update; nothing when
+--   already inside);
 -- * activity the history already holds (a late commit, backfill over recorded data) writes
 --   nothing;
--- * a set new to the testbed in the period adds one _shape_seen row; when it holds series
---   the testbed had not reported in the period, the testbed's set for the period
---   (_testbed_period, the union) is replaced, and _period_usage grows by the difference;
--- * the sets themselves are stored once (_shape) and shared by testbeds and periods.
+-- * a shape new to the testbed in the period adds a sighting; when it holds series the
+--   testbed had not reported in the period, the period shape (_testbed_period, the union of
+--   the sightings) is replaced, and _period_usage grows by the difference;
+-- * the shapes themselves are stored once (_shape) and shared by testbeds and periods.
 -- Then an outbox row for each (organization, period) whose count changed.
 -- Locks, in this order, so that concurrent callers cannot deadlock: the testbeds' history
 -- locks (_lock_testbeds: every write to a testbed's history happens under it); the
@@ -38,10 +39,15 @@ BEGIN
     -- one group per (testbed, period, shape), in key order
     SELECT
         array_agg(
-            row(
-                a.organization_id, a.project_id, a.testbed_id, a.period_start, a.first_seen,
-                a.last_seen, NULL, NULL, NULL, a.shape_id
-            )::active_series._shape_group
+            active_series._shape_group(
+                p_organization_id => a.organization_id,
+                p_project_id => a.project_id,
+                p_testbed_id => a.testbed_id,
+                p_period_start => a.period_start,
+                p_first_seen => a.first_seen,
+                p_last_seen => a.last_seen,
+                p_shape_id => a.shape_id
+            )
             ORDER BY a.testbed_id, a.period_start, a.shape_id
         ),
         count(*)
@@ -60,7 +66,7 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Sets the testbed reported before in the period: widen their times. The others are new.
+    -- Shapes the testbed has a sighting of in the period: widen it. The others are new.
     PERFORM active_series._widen(v_groups);
     SELECT array_agg(g) INTO v_new
     FROM unnest(v_groups) AS g
@@ -76,8 +82,8 @@ BEGIN
         RETURN;
     END IF;
 
-    -- The testbed's set for the period with the new sets added, where that adds series: the
-    -- new set itself when the testbed had none (no unfolding), else the union unfolded
+    -- The period shape with the new sightings' shapes added, where that adds series: the new
+    -- shape itself when the testbed had none (no unfolding), else the union unfolded
     WITH t AS (
         SELECT
             n.testbed_id, n.period_start,
@@ -91,14 +97,19 @@ BEGIN
         GROUP BY n.testbed_id, n.period_start
     )
     SELECT array_agg(
-        row(
-            t.organization_id, t.project_id, t.testbed_id, t.period_start, NULL, NULL,
-            e.benchmark_ids, e.variant_ids, e.measure_ids,
-            CASE
+        active_series._shape_group(
+            p_organization_id => t.organization_id,
+            p_project_id => t.project_id,
+            p_testbed_id => t.testbed_id,
+            p_period_start => t.period_start,
+            p_benchmark_ids => e.benchmark_ids,
+            p_variant_ids => e.variant_ids,
+            p_measure_ids => e.measure_ids,
+            p_shape_id => CASE
                 WHEN t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1
                     THEN t.shape_ids[1]
             END
-        )::active_series._shape_group
+        )
         ORDER BY t.testbed_id, t.period_start
     )
     INTO v_unions
@@ -122,7 +133,7 @@ BEGIN
             SELECT o.series FROM active_series._shape AS o WHERE o.id = t.old_shape_id
         );
     IF v_unions IS NULL THEN
-        -- (every new set was inside the testbed's set: no count changes)
+        -- (every new shape was inside the period shape: no count changes)
         INSERT INTO active_series._shape_seen AS s (
             testbed_id, period_start, shape_id, first_seen, last_seen
         )
@@ -135,7 +146,7 @@ BEGIN
         v_unions := active_series._resolve_shapes(v_unions);
     END IF;
 
-    -- the testbeds' sets for the periods, and the counts by what they gained
+    -- the period shapes, and the counts by what they gained
     WITH old AS (
         SELECT
             u.*,

@@ -8,10 +8,17 @@ AS $$
 -- and last activity become one group (for re-bucketing, re-recording after a hard delete
 -- and upgrades: the paths that start from per-series history).
 SELECT coalesce(array_agg(
-    row(
-        g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
-        g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids, NULL
-    )::active_series._shape_group
+    active_series._shape_group(
+        p_organization_id => g.organization_id,
+        p_project_id => g.project_id,
+        p_testbed_id => g.testbed_id,
+        p_period_start => g.period_start,
+        p_first_seen => g.first_seen,
+        p_last_seen => g.last_seen,
+        p_benchmark_ids => g.benchmark_ids,
+        p_variant_ids => g.variant_ids,
+        p_measure_ids => g.measure_ids
+    )
 ), '{}')
 FROM (
     SELECT

@@ -20,16 +20,23 @@ DECLARE
     v_refusal jsonb;
 BEGIN
     v_groups := ARRAY(
-        SELECT row(
-            g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
-            g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
-            coalesce(
+        SELECT active_series._shape_group(
+            p_organization_id => g.organization_id,
+            p_project_id => g.project_id,
+            p_testbed_id => g.testbed_id,
+            p_period_start => g.period_start,
+            p_first_seen => g.first_seen,
+            p_last_seen => g.last_seen,
+            p_benchmark_ids => g.benchmark_ids,
+            p_variant_ids => g.variant_ids,
+            p_measure_ids => g.measure_ids,
+            p_shape_id => coalesce(
                 g.shape_id,
                 active_series._find_shape(
                     g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
                 )
             )
-        )::active_series._shape_group
+        )
         FROM unnest(p_groups) AS g
     );
     IF NOT EXISTS (SELECT FROM unnest(v_groups) AS g WHERE g.shape_id IS NULL) THEN
@@ -116,11 +123,18 @@ BEGIN
         RETURNING id, project_id, benchmark_ids, variant_ids, measure_ids
     )
     SELECT array_agg(
-        row(
-            g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
-            g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
-            coalesce(g.shape_id, c.id)
-        )::active_series._shape_group
+        active_series._shape_group(
+            p_organization_id => g.organization_id,
+            p_project_id => g.project_id,
+            p_testbed_id => g.testbed_id,
+            p_period_start => g.period_start,
+            p_first_seen => g.first_seen,
+            p_last_seen => g.last_seen,
+            p_benchmark_ids => g.benchmark_ids,
+            p_variant_ids => g.variant_ids,
+            p_measure_ids => g.measure_ids,
+            p_shape_id => coalesce(g.shape_id, c.id)
+        )
     )
     INTO v_groups
     FROM unnest(v_groups) AS g

@@ -305,27 +305,36 @@ RETURNS TABLE (
     report_id bigint,
     report_project_id bigint
 )
-LANGUAGE plpgsql
+LANGUAGE sql
 STABLE
-SET search_path = active_series, pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan
-SET enable_seqscan = off
-SET enable_bitmapscan = off
 AS $$
 -- Of the report_benchmarks (id, report, benchmark) a statement inserted, the first whose
--- benchmark belongs to another project than its report (none: no row). Key lookups only,
--- whatever the statistics say (the planner settings above): it runs on every insert of
--- report_benchmarks (the trigger template report_benchmark_inserted). Takes no locks.
-BEGIN
-    RETURN QUERY
-    SELECT n.id, n.benchmark_id, b.project_id, n.report_id, r.project_id
-    FROM unnest(p_ids, p_report_ids, p_benchmark_ids) AS n (id, report_id, benchmark_id)
-    INNER JOIN active_series.report AS r ON r.id = n.report_id
-    INNER JOIN active_series.benchmark AS b ON b.id = n.benchmark_id
-    WHERE b.project_id <> r.project_id
-    ORDER BY n.id
-    LIMIT 1;
-END;
+-- benchmark belongs to another project than its report (none: no row). It runs on every
+-- insert of report_benchmarks (the trigger template report_benchmark_inserted): a SQL
+-- function without SET options, so that the planner inlines it into the trigger's query
+-- (no call, no result set of its own); each row's report and benchmark are one key lookup
+-- each (LATERAL ... OFFSET 0), never a scan of the benchmark table joined by hash. Inlined,
+-- it runs under the trigger's pinned search_path; every name here is schema-qualified
+-- anyway, operators included. Takes no locks.
+SELECT n.id, n.benchmark_id, b.project_id, n.report_id, r.project_id
+FROM ROWS FROM (
+    pg_catalog.unnest(p_ids), pg_catalog.unnest(p_report_ids), pg_catalog.unnest(p_benchmark_ids)
+) AS n (id, report_id, benchmark_id)
+CROSS JOIN LATERAL (
+    SELECT r.project_id
+    FROM active_series.report AS r
+    WHERE r.id OPERATOR(pg_catalog.=) n.report_id
+    OFFSET 0
+) AS r
+CROSS JOIN LATERAL (
+    SELECT b.project_id
+    FROM active_series.benchmark AS b
+    WHERE b.id OPERATOR(pg_catalog.=) n.benchmark_id
+    OFFSET 0
+) AS b
+WHERE b.project_id OPERATOR(pg_catalog.<>) r.project_id
+ORDER BY n.id
+LIMIT 1;
 $$;
 COMMENT ON FUNCTION active_series._benchmark_elsewhere(bigint[], bigint[], bigint[]) IS
 'Internal: the first inserted report_benchmark whose benchmark is another project''s than its report''s.';
@@ -398,16 +407,18 @@ BEGIN
     RETURN NEW;
 END;
 $b$),
-    -- a statement's metrics, noted for the commit-time recording (_record_pending)
+    -- a statement's metrics, noted for the commit-time recording (_flush_pending): the
+    -- transaction's first statement inserts its _pending row (whose deferred trigger
+    -- records them all at commit), the later ones append their pairs to it
     ('metric', 'metric_inserted', NULL, 'AFTER INSERT', 'STATEMENT', 'NEW', true, $b$
 BEGIN
-    INSERT INTO active_series._pending (report_benchmark_ids, measure_ids, head)
-    SELECT
-        array_agg(n.{report_benchmark_id}::bigint),
-        array_agg(n.{measure_id}::bigint),
-        NOT EXISTS (SELECT FROM active_series._pending AS p WHERE p.txid = txid_current())
+    INSERT INTO active_series._pending AS p (report_benchmark_ids, measure_ids)
+    SELECT array_agg(n.{report_benchmark_id}::bigint), array_agg(n.{measure_id}::bigint)
     FROM new_rows AS n
-    HAVING count(*) > 0;
+    HAVING count(*) > 0
+    ON CONFLICT (txid) DO UPDATE
+    SET report_benchmark_ids = p.report_benchmark_ids || excluded.report_benchmark_ids,
+        measure_ids = p.measure_ids || excluded.measure_ids;
     RETURN NULL;
 END;
 $b$),
@@ -652,10 +663,18 @@ BEGIN
         LOOP
             v_fn := format('active_series.%I', '_attached_' || v_t.event);
             v_trigger := 'active_series_' || v_t.event;
+            -- (the report_benchmark project check runs on every insert of report_benchmarks
+            -- and reads the report and benchmark tables by key: as the recorder, index paths
+            -- whatever the statistics were when the session cached its plan)
             EXECUTE format(
                 'CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql %s '
-                'SET search_path = active_series, pg_catalog, pg_temp AS %L',
+                'SET search_path = active_series, pg_catalog, pg_temp%s AS %L',
                 v_fn, CASE WHEN v_t.definer THEN 'SECURITY DEFINER' ELSE '' END,
+                CASE
+                    WHEN v_t.event = 'report_benchmark_inserted'
+                        THEN ' SET enable_seqscan = off SET enable_bitmapscan = off'
+                    ELSE ''
+                END,
                 CASE WHEN v_t.definer THEN E'\n-- SECURITY DEFINER: the ingesting role may not '
                     'write the extension''s tables; what it writes comes from the rows the '
                     'statement touched.' ELSE '' END

@@ -4552,3 +4552,1679 @@ END;
 $$;
 COMMENT ON FUNCTION active_series.tenant_period_series(timestamptz) IS
 'Tenant: period_series of the connection''s organization (active_series.organization_id).';
+
+-- the report_benchmark project check: a SQL function the planner inlines into its trigger's
+-- query, each row's report and benchmark looked up by key
+CREATE OR REPLACE FUNCTION active_series._benchmark_elsewhere(
+    p_ids bigint[],
+    p_report_ids bigint[],
+    p_benchmark_ids bigint[]
+)
+RETURNS TABLE (
+    id bigint,
+    benchmark_id bigint,
+    benchmark_project_id bigint,
+    report_id bigint,
+    report_project_id bigint
+)
+LANGUAGE sql
+STABLE
+AS $$
+-- Of the report_benchmarks (id, report, benchmark) a statement inserted, the first whose
+-- benchmark belongs to another project than its report (none: no row). It runs on every
+-- insert of report_benchmarks (the trigger template report_benchmark_inserted): a SQL
+-- function without SET options, so that the planner inlines it into the trigger's query
+-- (no call, no result set of its own); each row's report and benchmark are one key lookup
+-- each (LATERAL ... OFFSET 0), never a scan of the benchmark table joined by hash. Inlined,
+-- it runs under the trigger's pinned search_path; every name here is schema-qualified
+-- anyway, operators included. Takes no locks.
+SELECT n.id, n.benchmark_id, b.project_id, n.report_id, r.project_id
+FROM ROWS FROM (
+    pg_catalog.unnest(p_ids), pg_catalog.unnest(p_report_ids), pg_catalog.unnest(p_benchmark_ids)
+) AS n (id, report_id, benchmark_id)
+CROSS JOIN LATERAL (
+    SELECT r.project_id
+    FROM active_series.report AS r
+    WHERE r.id OPERATOR(pg_catalog.=) n.report_id
+    OFFSET 0
+) AS r
+CROSS JOIN LATERAL (
+    SELECT b.project_id
+    FROM active_series.benchmark AS b
+    WHERE b.id OPERATOR(pg_catalog.=) n.benchmark_id
+    OFFSET 0
+) AS b
+WHERE b.project_id OPERATOR(pg_catalog.<>) r.project_id
+ORDER BY n.id
+LIMIT 1;
+$$;
+COMMENT ON FUNCTION active_series._benchmark_elsewhere(bigint[], bigint[], bigint[]) IS
+'Internal: the first inserted report_benchmark whose benchmark is another project''s than its report''s.';
+-- ... and its trigger function, made by attach, plans it on index paths (as the recorder)
+CREATE OR REPLACE FUNCTION active_series._attach_install(p_att jsonb)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Installs a checked attachment (_attach_check): records it, makes the view
+-- active_series.<role> of each table that is not itself active_series.<role> (with the
+-- reference model's column names, keys as bigint: the recorder reads these), creates the
+-- indexes the recorder's reads need, and the triggers (_attach_triggers, and the refusal
+-- of key updates). In a database where active_series is an extension, the functions and
+-- triggers it creates depend on the extension: DROP EXTENSION removes them and nothing else.
+DECLARE
+    v_role text;
+    v_a jsonb;
+    v_rel regclass;
+    v_cols jsonb;
+    v_ids jsonb;
+    v_select text;
+    v_t record;
+    v_fn text;
+    v_trigger text;
+    v_keys text [];
+    v_index name;
+    v_indexes name [];
+    v_col text;
+    v_int boolean;
+    v_extension boolean := EXISTS (
+        SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series'
+    );
+BEGIN
+    FOR v_role, v_a IN
+        SELECT s.role, p_att -> s.role
+        FROM (SELECT DISTINCT x.role, x.ord FROM _attach_spec() AS x) AS s
+        ORDER BY s.ord
+    LOOP
+        IF v_a IS NULL THEN
+            -- no variant table: every report_benchmark reports its benchmark's empty variant
+            IF to_regclass('active_series.variant') IS NOT NULL THEN
+                -- (attach's own view of an earlier attachment: _attach_check allows no other)
+                EXECUTE 'DROP VIEW active_series.variant';
+            END IF;
+            EXECUTE 'CREATE VIEW active_series.variant AS SELECT NULL::bigint AS id, '
+                'NULL::bigint AS benchmark_id, NULL::jsonb AS parameters WHERE false';
+            EXECUTE 'GRANT SELECT ON active_series.variant TO active_series_reader, '
+                'active_series_worker, active_series_admin';
+            CONTINUE;
+        END IF;
+        v_rel := (v_a ->> 'oid')::oid::regclass;
+        v_cols := v_a -> 'columns';
+        SELECT jsonb_object_agg(c.key, quote_ident(c.value)) INTO v_ids
+        FROM jsonb_each_text(v_cols) AS c;
+        v_ids := v_ids || jsonb_build_object('table', v_rel::text);
+
+        -- the view the recorder reads, unless the table is active_series.<role> itself
+        IF NOT (v_a ->> 'schema' = 'active_series' AND v_a ->> 'table' = v_role) THEN
+            SELECT string_agg(
+                CASE
+                    WHEN v_cols ? s.col AND s.kind = 'visibility' AND (
+                        SELECT a.atttypid FROM pg_catalog.pg_attribute AS a
+                        WHERE a.attrelid = v_rel AND a.attname = v_cols ->> s.col
+                    ) = 'boolean'::regtype
+                        THEN format('CASE WHEN t.%I THEN ''public'' ELSE ''private'' END', v_cols ->> s.col)
+                    WHEN v_cols ? s.col AND s.kind = 'visibility'
+                        THEN format('t.%I::text', v_cols ->> s.col)
+                    WHEN v_cols ? s.col AND s.kind IN ('key', 'ref') THEN format('t.%I::bigint', v_cols ->> s.col)
+                    WHEN v_cols ? s.col THEN format('t.%I', v_cols ->> s.col)
+                    WHEN s.kind = 'visibility' THEN '''public''::text'
+                    WHEN s.kind = 'time' THEN 'NULL::timestamptz'
+                    WHEN s.kind = 'text' THEN 'NULL::text'
+                    ELSE 'NULL::bigint'
+                END || ' AS ' || quote_ident(s.col),
+                ', ' ORDER BY s.col <> 'id', s.col
+            )
+            INTO v_select
+            FROM _attach_spec() AS s
+            WHERE s.role = v_role;
+            IF to_regclass(format('active_series.%I', v_role)) IS NOT NULL THEN
+                EXECUTE format('DROP VIEW active_series.%I', v_role);
+            END IF;
+            EXECUTE format('CREATE VIEW active_series.%I AS SELECT %s FROM %s AS t',
+                v_role, v_select, v_rel);
+            EXECUTE format('COMMENT ON VIEW active_series.%I IS %L', v_role, format(
+                'The %s role of the data model, read from %s (attach).', v_role, v_rel));
+        END IF;
+        EXECUTE format('GRANT SELECT ON active_series.%I TO active_series_reader, '
+            'active_series_admin', v_role);
+        IF v_role IN ('organization', 'project', 'variant') THEN
+            EXECUTE format('GRANT SELECT ON active_series.%I TO active_series_worker', v_role);
+        END IF;
+
+        -- indexes the recorder's reads need: the key, a metric's report_benchmark, a
+        -- report's rows, an organization's projects; an integer column is read as bigint
+        -- (the view casts it), so it is indexed as bigint
+        v_indexes := '{}';
+        FOREACH v_col IN ARRAY ARRAY['id'] || CASE v_role
+            WHEN 'metric' THEN ARRAY['report_benchmark_id']
+            WHEN 'report_benchmark' THEN ARRAY['report_id']
+            WHEN 'project' THEN ARRAY['organization_id']
+            ELSE '{}'::text []
+        END LOOP
+            CONTINUE WHEN NOT v_cols ? v_col;
+            v_int := (
+                SELECT a.atttypid = 'integer'::regtype FROM pg_catalog.pg_attribute AS a
+                WHERE a.attrelid = v_rel AND a.attname = v_cols ->> v_col
+            );
+            CONTINUE WHEN EXISTS (
+                SELECT FROM pg_catalog.pg_index AS i
+                WHERE i.indrelid = v_rel AND i.indpred IS NULL AND CASE
+                    WHEN v_int THEN i.indkey[0] = 0 AND pg_get_indexdef(i.indexrelid, 1, false)
+                        = format('((%I)::bigint)', v_cols ->> v_col)
+                    ELSE i.indkey[0] = (
+                        SELECT a.attnum FROM pg_catalog.pg_attribute AS a
+                        WHERE a.attrelid = v_rel AND a.attname = v_cols ->> v_col
+                    )
+                END
+            );
+            v_index := left(format('%s_%s_active_series_idx', v_a ->> 'table', v_cols ->> v_col), 63);
+            EXECUTE format('CREATE INDEX %I ON %s (%s)', v_index, v_rel, CASE
+                WHEN v_int THEN format('(%I::bigint)', v_cols ->> v_col)
+                ELSE quote_ident(v_cols ->> v_col)
+            END);
+            v_indexes := v_indexes || v_index;
+        END LOOP;
+
+        INSERT INTO active_series._attachment (role, table_schema, table_name, columns, created_indexes)
+        VALUES (v_role, v_a ->> 'schema', v_a ->> 'table', v_cols, v_indexes);
+
+        -- triggers
+        FOR v_t IN
+            SELECT t.* FROM _attach_triggers() AS t
+            WHERE t.role = v_role AND (t.needs IS NULL OR v_cols ? t.needs)
+        LOOP
+            v_fn := format('active_series.%I', '_attached_' || v_t.event);
+            v_trigger := 'active_series_' || v_t.event;
+            -- (the report_benchmark project check runs on every insert of report_benchmarks
+            -- and reads the report and benchmark tables by key: as the recorder, index paths
+            -- whatever the statistics were when the session cached its plan)
+            EXECUTE format(
+                'CREATE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql %s '
+                'SET search_path = active_series, pg_catalog, pg_temp%s AS %L',
+                v_fn, CASE WHEN v_t.definer THEN 'SECURITY DEFINER' ELSE '' END,
+                CASE
+                    WHEN v_t.event = 'report_benchmark_inserted'
+                        THEN ' SET enable_seqscan = off SET enable_bitmapscan = off'
+                    ELSE ''
+                END,
+                CASE WHEN v_t.definer THEN E'\n-- SECURITY DEFINER: the ingesting role may not '
+                    'write the extension''s tables; what it writes comes from the rows the '
+                    'statement touched.' ELSE '' END
+                || _attach_render(v_t.body, v_ids));
+            EXECUTE format('REVOKE ALL ON FUNCTION %s() FROM PUBLIC', v_fn);
+            EXECUTE format('COMMENT ON FUNCTION %s() IS %L', v_fn, format(
+                'Trigger %s on %s (attach).', v_trigger, v_rel));
+            EXECUTE format('CREATE TRIGGER %I %s ON %s %s FOR EACH %s EXECUTE FUNCTION %s()',
+                v_trigger, v_t.timing, v_rel,
+                CASE v_t.transition
+                    WHEN 'NEW' THEN 'REFERENCING NEW TABLE AS new_rows'
+                    WHEN 'OLD' THEN 'REFERENCING OLD TABLE AS old_rows'
+                    WHEN 'OLD NEW' THEN 'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows'
+                    ELSE ''
+                END,
+                v_t.level, v_fn);
+            IF v_extension THEN
+                EXECUTE format('ALTER FUNCTION %s() DEPENDS ON EXTENSION active_series', v_fn);
+                EXECUTE format('ALTER TRIGGER %I ON %s DEPENDS ON EXTENSION active_series',
+                    v_trigger, v_rel);
+            END IF;
+        END LOOP;
+
+        -- the columns that decide whose activity a row is cannot be updated
+        SELECT array_agg(v_cols ->> s.col ORDER BY s.col) INTO v_keys
+        FROM _attach_spec() AS s
+        WHERE s.role = v_role AND v_cols ? s.col
+            AND (s.kind = 'ref' OR (s.role, s.col) IN (('report', 'created'), ('variant', 'parameters')));
+        IF v_keys IS NOT NULL THEN
+            EXECUTE format(
+                'CREATE TRIGGER active_series_reject_key_update BEFORE UPDATE OF %s ON %s '
+                'FOR EACH ROW WHEN (%s) '
+                'EXECUTE FUNCTION active_series._reject_key_update(%L, %L)',
+                (SELECT string_agg(quote_ident(k), ', ') FROM unnest(v_keys) AS k),
+                v_rel,
+                (SELECT string_agg(format('old.%1$I IS DISTINCT FROM new.%1$I', k), ' OR ')
+                    FROM unnest(v_keys) AS k),
+                array_to_string(v_keys, ', ', ''),
+                v_cols ->> 'id');
+            IF v_extension THEN
+                EXECUTE format('ALTER TRIGGER active_series_reject_key_update ON %s '
+                    'DEPENDS ON EXTENSION active_series', v_rel);
+            END IF;
+        END IF;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION active_series._attach_install(jsonb) IS
+'Internal: install a checked attachment: views, indexes and triggers (attach).';
+DO $$
+BEGIN
+    IF pg_catalog.to_regprocedure('active_series._attached_report_benchmark_inserted()') IS NOT NULL
+    THEN
+        ALTER FUNCTION active_series._attached_report_benchmark_inserted() SET enable_seqscan = off;
+        ALTER FUNCTION active_series._attached_report_benchmark_inserted()
+        SET enable_bitmapscan = off;
+    END IF;
+END;
+$$;
+
+-- one metric's period probed inline (the call only to record a new period); the common
+-- one-testbed case widens its row in one statement with the shape lookup
+CREATE OR REPLACE FUNCTION active_series._record_activity(
+    p_report_benchmark_ids bigint[],
+    p_measure_ids bigint[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+-- It runs at every ingest commit, against tables that grow by the minute, and its plans
+-- (and those of what it calls) are cached for the session's life: generic plans, so that
+-- nothing is planned per call, on index paths (plain index scans: a bitmap costs more to
+-- set up than the few rows each lookup reads), so that a plan cached while a table was
+-- small does not scan it whole once it is large.
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Records metrics, given as (report_benchmark, measure) pairs (the ingest trigger passes a
+-- whole transaction's at commit, backfill a batch of reports'), in the history and the
+-- per-period counts: each report_benchmark is looked up once (its report, project and
+-- variant), the pairs become one set of series per (testbed, report.created), each in the
+-- billing period containing that time, and _record_groups writes them. A variant_id that
+-- is NULL, or names the benchmark's empty variant, is variant 0 in the sets.
+-- Locks: the organizations' period locks (shared, _period_for, in organization order); the
+-- testbeds' history locks (_lock_testbeds); then what _record_groups takes.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_group active_series._shape_group;
+    v_shape_id bigint;
+    v_series integer;
+    v_organization_id bigint;
+    v_project_id bigint;
+    v_testbed_id bigint;
+    v_created timestamptz;
+    v_benchmark_id bigint;
+    v_variant_id bigint;
+    v_period_start timestamptz;
+BEGIN
+    IF p_report_benchmark_ids IS NULL THEN
+        RETURN;
+    END IF;
+    IF cardinality(p_report_benchmark_ids) = 1 THEN
+        -- one metric's series (the smallest report): its one set, looked up directly, in
+        -- plain statements (a function in the join would be a table function: a tuplestore
+        -- per call)
+        SELECT
+            p.organization_id, r.project_id, r.testbed_id, r.created, rb.benchmark_id,
+            CASE
+                WHEN rb.variant_id IS NULL THEN 0
+                ELSE active_series._variant_key(rb.variant_id)
+            END
+        INTO v_organization_id, v_project_id, v_testbed_id, v_created, v_benchmark_id,
+            v_variant_id
+        FROM active_series.report_benchmark AS rb
+        INNER JOIN active_series.report AS r ON r.id = rb.report_id
+        INNER JOIN active_series.project AS p ON p.id = r.project_id
+        WHERE rb.id = p_report_benchmark_ids[1];
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        -- its period: _period_for's probe of the recorded one written out (under the
+        -- organization's period lock, as there), the call only to record a new one
+        PERFORM pg_advisory_xact_lock_shared(_lock_key('period'), hashint8(v_organization_id));
+        SELECT l.period_start INTO v_period_start
+        FROM (
+            SELECT p.period_start, p.period_end
+            FROM active_series._period AS p
+            WHERE p.organization_id = v_organization_id AND p.period_start <= v_created
+            ORDER BY p.period_start DESC
+            LIMIT 1
+        ) AS l
+        WHERE l.period_end > v_created;
+        IF v_period_start IS NULL THEN
+            v_period_start := (active_series._period_for(v_organization_id, v_created)).period_start;
+        END IF;
+        v_groups := ARRAY[
+            row(
+                v_organization_id, v_project_id, v_testbed_id, v_period_start,
+                v_created, v_created, ARRAY[v_benchmark_id], ARRAY[v_variant_id], p_measure_ids,
+                NULL
+            )::active_series._shape_group
+        ];
+    ELSE
+        -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
+        -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
+        -- was cached)
+        v_groups := ARRAY(
+            WITH rbs AS MATERIALIZED (
+                SELECT
+                    rb.id, rb.report_id, rb.benchmark_id,
+                    -- (without a variant_id, as most reports send, no call)
+                    CASE
+                        WHEN rb.variant_id IS NULL THEN 0
+                        ELSE active_series._variant_key(rb.variant_id)
+                    END AS variant_id
+                FROM active_series.report_benchmark AS rb
+                WHERE rb.id = ANY(p_report_benchmark_ids)
+            ),
+            -- each report's set, sorted (one sort on four keys; the series come distinct and
+            -- in set order, and each set's arrays are aggregated in that order; an order lost
+            -- would only store a set twice)
+            sets AS MATERIALIZED (
+                SELECT
+                    s.report_id, array_agg(s.benchmark_id) AS benchmark_ids,
+                    array_agg(s.variant_id) AS variant_ids, array_agg(s.measure_id) AS measure_ids
+                FROM (
+                    SELECT DISTINCT b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                    FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
+                    INNER JOIN rbs AS b ON b.id = x.id
+                    ORDER BY b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                ) AS s
+                GROUP BY s.report_id
+            ),
+            -- (each report looked up once; OFFSET 0 keeps the LATERAL subquery a per-row
+            -- index lookup, whatever the statistics said when this plan was cached)
+            reports AS MATERIALIZED (
+                SELECT d.benchmark_ids, d.variant_ids, d.measure_ids, k.*
+                FROM sets AS d
+                CROSS JOIN LATERAL (
+                    SELECT r.project_id, r.testbed_id, r.created, p.organization_id
+                    FROM active_series.report AS r
+                    INNER JOIN active_series.project AS p ON p.id = r.project_id
+                    WHERE r.id = d.report_id
+                    OFFSET 0
+                ) AS k
+            ),
+            periods AS MATERIALIZED (
+                SELECT t.organization_id, t.created, f.period_start
+                FROM (
+                    SELECT DISTINCT s.organization_id, s.created
+                    FROM reports AS s
+                    ORDER BY s.organization_id, s.created
+                ) AS t
+                CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
+            ),
+            keyed AS MATERIALIZED (
+                SELECT
+                    s.*, t.period_start,
+                    count(*) OVER (PARTITION BY s.testbed_id, s.created) AS reports
+                FROM reports AS s
+                INNER JOIN periods AS t
+                    ON t.organization_id = s.organization_id AND t.created = s.created
+            )
+            -- a testbed's one report at a time: its set as it is
+            SELECT row(
+                k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                k.created, k.benchmark_ids, k.variant_ids, k.measure_ids, NULL
+            )::active_series._shape_group
+            FROM keyed AS k
+            WHERE k.reports = 1
+            UNION ALL
+            -- several reports of one testbed in one transaction (one time): their sets merged
+            SELECT row(
+                m.organization_id, m.project_id, m.testbed_id, m.period_start, m.created,
+                m.created, array_agg(m.b), array_agg(m.v), array_agg(m.m), NULL
+            )::active_series._shape_group
+            FROM (
+                SELECT DISTINCT
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+                FROM keyed AS k
+                CROSS JOIN LATERAL unnest(k.benchmark_ids, k.variant_ids, k.measure_ids)
+                    AS e (b, v, m)
+                WHERE k.reports > 1
+                ORDER BY
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+            ) AS m
+            GROUP BY m.organization_id, m.project_id, m.testbed_id, m.period_start, m.created
+        );
+    END IF;
+    IF cardinality(v_groups) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- The common case, a testbed reporting the same set of series as before in the period,
+    -- later than before: one HOT update of that set's row per testbed (_widen). Anything
+    -- else (a set or a period new to the testbed, older activity) goes on below, which finds
+    -- what these updates already did and leaves it.
+    IF cardinality(v_groups) = 1 THEN
+        -- (one testbed at one time, nearly every transaction: the same steps written
+        -- out, without the calls: _lock_testbeds, then _widen of the row of the stored
+        -- shape (_find_shape) in one statement; the shape looked up alone only when that
+        -- updated nothing)
+        v_group := v_groups[1];
+        PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), hashint8(v_group.testbed_id));
+        UPDATE active_series._shape_seen AS s
+        SET first_seen = least(s.first_seen, v_group.first_seen),
+            last_seen = greatest(s.last_seen, v_group.last_seen)
+        FROM (
+            SELECT h.id
+            FROM active_series._shape AS h
+            WHERE h.project_id = v_group.project_id
+                AND h.digest = hash_array_extended(
+                    v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+                )
+                AND h.benchmark_ids = v_group.benchmark_ids
+                AND h.variant_ids = v_group.variant_ids
+                AND h.measure_ids = v_group.measure_ids
+            LIMIT 1
+        ) AS h
+        WHERE s.testbed_id = v_group.testbed_id
+            AND s.period_start = v_group.period_start
+            AND s.shape_id = h.id
+            AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        SELECT s.id, s.series INTO v_shape_id, v_series
+        FROM active_series._shape AS s
+        WHERE s.project_id = v_group.project_id
+            AND s.digest = hash_array_extended(
+                v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+            )
+            AND s.benchmark_ids = v_group.benchmark_ids
+            AND s.variant_ids = v_group.variant_ids
+            AND s.measure_ids = v_group.measure_ids
+        LIMIT 1;
+        v_group.shape_id := v_shape_id;
+        -- (the first report of the testbed in the period with a stored set, as below for
+        -- several sets, written for one)
+        IF v_shape_id IS NOT NULL AND NOT EXISTS (
+            SELECT
+            FROM active_series._testbed_period AS p
+            WHERE p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
+        ) THEN
+            WITH sets AS (
+                INSERT INTO active_series._testbed_period (
+                    testbed_id, period_start, organization_id, project_id, shape_id
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_group.organization_id,
+                    v_group.project_id, v_shape_id
+                )
+            ),
+            seen AS (
+                INSERT INTO active_series._shape_seen (
+                    testbed_id, period_start, shape_id, first_seen, last_seen
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_shape_id, v_group.first_seen,
+                    v_group.last_seen
+                )
+            )
+            INSERT INTO active_series._period_usage AS u (
+                organization_id, period_start, project_id, series_count
+            )
+            VALUES (v_group.organization_id, v_group.period_start, v_group.project_id, v_series)
+            ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+            SET series_count = u.series_count + excluded.series_count;
+            PERFORM active_series._changed(v_group.organization_id, v_group.period_start, 'ingest');
+            RETURN;
+        END IF;
+        v_groups := ARRAY[v_group];
+    ELSE
+        PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
+        v_groups := ARRAY(
+            SELECT row(
+                g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+                g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
+                active_series._find_shape(
+                    g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                )
+            )::active_series._shape_group
+            FROM unnest(v_groups) AS g
+        );
+        IF active_series._widen(v_groups) = cardinality(v_groups) THEN
+            RETURN;
+        END IF;
+    END IF;
+
+    -- The first report of a testbed in a period (a new testbed, or the first report after
+    -- the period changed) of a set already stored: the set is the testbed's set for the
+    -- period, so one statement writes what _record_groups would, in the same key order:
+    -- the testbeds' sets for the period, their _shape_seen rows, the counts grown by the
+    -- sets' sizes (_period_usage, key order); then the outbox. It holds when every group is
+    -- of a stored set, no testbed has history in its period (under the history locks taken
+    -- above: nothing else writes it meanwhile; so _widen did nothing) and no (testbed,
+    -- period) has two groups. Else the general path.
+    IF NOT EXISTS (
+        SELECT
+        FROM unnest(v_groups) AS g
+        WHERE g.shape_id IS NULL
+            OR (
+                SELECT true
+                FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = g.testbed_id AND p.period_start = g.period_start
+            )
+    )
+    AND (
+        SELECT count(DISTINCT (g.testbed_id, g.period_start)) FROM unnest(v_groups) AS g
+    ) = cardinality(v_groups) THEN
+        WITH g AS MATERIALIZED (
+            SELECT
+                g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+                g.last_seen, g.shape_id, s.series
+            FROM unnest(v_groups) AS g
+            CROSS JOIN LATERAL (
+                SELECT h.series FROM active_series._shape AS h WHERE h.id = g.shape_id
+            ) AS s
+        ),
+        sets AS (
+            INSERT INTO active_series._testbed_period (
+                testbed_id, period_start, organization_id, project_id, shape_id
+            )
+            SELECT g.testbed_id, g.period_start, g.organization_id, g.project_id, g.shape_id
+            FROM g
+            ORDER BY g.testbed_id, g.period_start
+        ),
+        seen AS (
+            INSERT INTO active_series._shape_seen (
+                testbed_id, period_start, shape_id, first_seen, last_seen
+            )
+            SELECT g.testbed_id, g.period_start, g.shape_id, g.first_seen, g.last_seen
+            FROM g
+            ORDER BY g.testbed_id, g.period_start, g.shape_id
+        )
+        INSERT INTO active_series._period_usage AS u (
+            organization_id, period_start, project_id, series_count
+        )
+        SELECT g.organization_id, g.period_start, g.project_id, sum(g.series)
+        FROM g
+        GROUP BY g.organization_id, g.period_start, g.project_id
+        ORDER BY g.organization_id, g.period_start, g.project_id
+        ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+        SET series_count = u.series_count + excluded.series_count;
+        PERFORM active_series._changed(c.organization_id, c.period_start, 'ingest')
+        FROM (
+            SELECT DISTINCT g.organization_id, g.period_start
+            FROM unnest(v_groups) AS g
+            ORDER BY g.organization_id, g.period_start
+        ) AS c;
+        RETURN;
+    END IF;
+    PERFORM active_series._record_groups(v_groups);
+END;
+$$;
+COMMENT ON FUNCTION active_series._record_activity(bigint[], bigint[]) IS
+'Internal: record metrics, as (report_benchmark, measure) pairs, in the history and the per-period counts (the commit-time ingest trigger and backfill share it).';
+
+-- _pending: one row per transaction, which its later ingest statements append to (an
+-- upsert on txid); the commit deletes it with a plain DELETE ... RETURNING
+DROP TRIGGER pending_flush ON active_series._pending;
+DROP INDEX active_series.pending_txid_idx;
+ALTER TABLE active_series._pending DROP COLUMN head;
+CREATE UNIQUE INDEX pending_txid_key ON active_series._pending (txid);
+COMMENT ON TABLE active_series._pending IS
+'The (report_benchmark, measure) pairs a transaction''s ingest statements inserted metrics for (one row per transaction, each statement''s pairs appended from its transition table), recorded and deleted at its commit by a deferred trigger: never visible to other transactions.';
+CREATE OR REPLACE FUNCTION active_series._flush_pending()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Deferred (fires at commit) for the transaction's _pending row, inserted by its first
+-- ingest statement (the later ones append to it): records the activity of every metric
+-- the transaction inserted, in one batch (_record_activity), and deletes the row. Still
+-- inside the ingest transaction: a failure aborts the commit.
+-- SECURITY DEFINER: it fires at commit as the ingesting role, which may neither write the
+-- cache, history, counts and outbox nor call the internal functions that do; what it
+-- records is derived from committed-to-be metric rows only, never from arguments.
+-- A refusal found deep inside the recording (the series cap, _check_usage; a series with
+-- another project's benchmark or measure, _resolve_shapes) is noted in the transaction
+-- setting active_series._refusal instead of raised there, and raised here, at the top:
+-- the client then sees its message, detail and hint with one line of context, not the
+-- nested statements of the recorder. (No exception block: that would cost a
+-- subtransaction at every commit.)
+DECLARE
+    v_report_benchmark_ids bigint [];
+    v_measure_ids bigint [];
+    v_refusal jsonb;
+BEGIN
+    PERFORM pg_catalog.set_config('active_series._refusal', 'defer', true);
+    -- (the row as the last statement left it: NEW is the first statement's version)
+    DELETE FROM active_series._pending AS p
+    WHERE p.txid = NEW.txid
+    RETURNING p.report_benchmark_ids, p.measure_ids
+    INTO v_report_benchmark_ids, v_measure_ids;
+    PERFORM active_series._record_activity(v_report_benchmark_ids, v_measure_ids);
+    v_refusal := nullif(pg_catalog.current_setting('active_series._refusal'), 'defer')::jsonb;
+    PERFORM pg_catalog.set_config('active_series._refusal', '', true);
+    IF v_refusal IS NOT NULL THEN
+        RAISE EXCEPTION USING
+            ERRCODE = v_refusal ->> 'sqlstate',
+            MESSAGE = v_refusal ->> 'message',
+            DETAIL = v_refusal ->> 'detail',
+            HINT = v_refusal ->> 'hint';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._flush_pending() IS
+'Trigger: at commit, record the activity of the metrics a transaction inserted.';
+
+CREATE CONSTRAINT TRIGGER pending_flush
+AFTER INSERT ON active_series._pending
+DEFERRABLE INITIALLY DEFERRED
+FOR EACH ROW
+EXECUTE FUNCTION active_series._flush_pending();
+
+CREATE OR REPLACE FUNCTION active_series._attach_triggers()
+RETURNS TABLE (
+    role text, event text, needs text, timing text, level text, transition text,
+    definer boolean, body text
+)
+LANGUAGE sql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The triggers attach installs on the application's tables: each becomes a function
+-- active_series._attached_<role>_<event>() and a trigger active_series_<event> on the
+-- role's table, with the table's own column names filled in ({column}: the role column's
+-- name in that table). needs: a role column the table must have for the trigger to exist.
+-- definer: the function writes the extension's tables, which the ingesting role may not
+-- (SECURITY DEFINER: what it writes comes from the rows the statement touched).
+SELECT t.role, t.event, t.needs, t.timing, t.level, t.transition, t.definer, t.body
+FROM (VALUES
+    -- report.created is the transaction time
+    ('report', 'report_created', NULL, 'BEFORE INSERT', 'ROW', NULL, false, $b$
+-- BEFORE INSERT on the report table: created is the transaction time. An explicit other value is
+-- refused unless the session set active_series.allow_explicit_created = on and the role
+-- inserting the row is a superuser or a member of active_series_admin (migrations,
+-- backfills, demo loaders): clients cannot move activity out of the period it happened in.
+-- SECURITY INVOKER on purpose: current_user is then the role that runs the INSERT (after
+-- SET ROLE, the role set, not the session's login role), which is the one to judge. As
+-- SECURITY DEFINER it would be the extension owner, and session_user would let a
+-- superuser session that SET ROLE to an ingest role pass. It writes no billing table.
+DECLARE
+    v_allowed boolean;
+BEGIN
+    IF NEW.{created} IS NULL THEN
+        NEW.{created} := now();
+    ELSIF NEW.{created} IS DISTINCT FROM now() THEN
+        v_allowed := coalesce(current_setting('active_series.allow_explicit_created', true), 'off')
+            IN ('on', 'true', '1', 'yes')
+            AND (
+                coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles AS r
+                    WHERE r.rolname = current_user), false)
+                OR (
+                    to_regrole('active_series_admin') IS NOT NULL
+                    AND pg_has_role(current_user, 'active_series_admin', 'MEMBER')
+                )
+            );
+        IF NOT v_allowed THEN
+            RAISE EXCEPTION 'active_series: report.created is set by the server to the transaction time (got %)',
+                NEW.{created}
+                USING ERRCODE = 'insufficient_privilege',
+                HINT = 'Leave created out of the INSERT. Loading history needs '
+                    'SET active_series.allow_explicit_created = on as a superuser or '
+                    'a member of active_series_admin.';
+        END IF;
+        IF NOT isfinite(NEW.{created}) THEN
+            RAISE EXCEPTION 'active_series: report.created must be a finite time (got %)',
+                NEW.{created}
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- billing periods around it must stay readable by every client (Python's datetime
+        -- ends at year 9999 and starts at year 1): a typo like year 20240 is an error
+        IF NEW.{created} < '1900-01-01 00:00:00+00' OR NEW.{created} >= '9000-01-01 00:00:00+00' THEN
+            RAISE EXCEPTION 'active_series: report.created must be from 1900-01-01 to before '
+                '9000-01-01 UTC (got %)', NEW.{created}
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$b$),
+    -- a statement's metrics, noted for the commit-time recording (_flush_pending): the
+    -- transaction's first statement inserts its _pending row (whose deferred trigger
+    -- records them all at commit), the later ones append their pairs to it
+    ('metric', 'metric_inserted', NULL, 'AFTER INSERT', 'STATEMENT', 'NEW', true, $b$
+BEGIN
+    INSERT INTO active_series._pending AS p (report_benchmark_ids, measure_ids)
+    SELECT array_agg(n.{report_benchmark_id}::bigint), array_agg(n.{measure_id}::bigint)
+    FROM new_rows AS n
+    HAVING count(*) > 0
+    ON CONFLICT (txid) DO UPDATE
+    SET report_benchmark_ids = p.report_benchmark_ids || excluded.report_benchmark_ids,
+        measure_ids = p.measure_ids || excluded.measure_ids;
+    RETURN NULL;
+END;
+$b$),
+    -- a report_benchmark's benchmark is its report's project's
+    ('report_benchmark', 'report_benchmark_inserted', NULL, 'AFTER INSERT', 'STATEMENT', 'NEW', true, $b$
+-- AFTER INSERT (statement) on the report_benchmark table: a benchmark of another project
+-- than the report's is refused when the row is inserted (SQLSTATE 23503), not later when
+-- a metric of it is committed. One lookup of the statement's rows (_benchmark_elsewhere);
+-- its variant is the benchmark's (a foreign key). SECURITY DEFINER only to read the report
+-- and benchmark tables through the extension's views; it writes nothing.
+DECLARE
+    v_bad record;
+BEGIN
+    SELECT e.* INTO v_bad
+    FROM (
+        SELECT
+            array_agg(n.{id}::bigint) AS ids,
+            array_agg(n.{report_id}::bigint) AS report_ids,
+            array_agg(n.{benchmark_id}::bigint) AS benchmark_ids
+        FROM new_rows AS n
+    ) AS a
+    CROSS JOIN LATERAL active_series._benchmark_elsewhere(a.ids, a.report_ids, a.benchmark_ids) AS e;
+    IF FOUND THEN
+        RAISE EXCEPTION 'active_series: report_benchmark % names benchmark % of project %, but its report % is in project %',
+            v_bad.id, v_bad.benchmark_id, v_bad.benchmark_project_id, v_bad.report_id,
+            v_bad.report_project_id
+            USING ERRCODE = 'foreign_key_violation',
+            DETAIL = 'A report''s benchmarks must be its project''s.',
+            HINT = format('Use the benchmark of the same name in project %s (the report''s), '
+                'creating it there if needed.', v_bad.report_project_id);
+    END IF;
+    RETURN NULL;
+END;
+$b$),
+    -- hard deletes: their series leave the history (_forget_series)
+    ('benchmark', 'benchmark_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT o.{project_id}::bigint), array_agg(o.{id}::bigint), '{}', '{}', '{}'
+    )
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('variant', 'variant_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT b.project_id::bigint),
+        '{}',
+        coalesce(array_agg(o.{id}::bigint) FILTER (WHERE o.{parameters} <> '{}'::jsonb), '{}'),
+        coalesce(
+            array_agg(o.{benchmark_id}::bigint) FILTER (WHERE o.{parameters} = '{}'::jsonb), '{}'
+        ),
+        '{}'
+    )
+    FROM old_rows AS o
+    INNER JOIN active_series.benchmark AS b ON b.id = o.{benchmark_id};
+    RETURN NULL;
+END;
+$b$),
+    ('measure', 'measure_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._forget_series(
+        array_agg(DISTINCT o.{project_id}::bigint), '{}', '{}', '{}', array_agg(o.{id}::bigint)
+    )
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    -- organizations, projects and testbeds deleted take the extension's rows of them along
+    ('organization', 'organization_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('organization', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('project', 'project_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('project', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    ('testbed', 'testbed_deleted', NULL, 'AFTER DELETE', 'STATEMENT', 'OLD', true, $b$
+BEGIN
+    PERFORM active_series._owners_deleted('testbed', array_agg(o.{id}::bigint))
+    FROM old_rows AS o;
+    RETURN NULL;
+END;
+$b$),
+    -- a project soft-deleted or restored changes what its organization is billed
+    ('project', 'project_changed', 'deleted_at', 'AFTER UPDATE', 'STATEMENT', 'OLD NEW', true, $b$
+BEGIN
+    PERFORM active_series._changed(c.organization_id, NULL, 'project')
+    FROM (
+        SELECT DISTINCT n.{organization_id}::bigint AS organization_id
+        FROM new_rows AS n
+        INNER JOIN old_rows AS o ON o.{id} = n.{id}
+        WHERE (o.{deleted_at} IS NULL) <> (n.{deleted_at} IS NULL)
+    ) AS c;
+    RETURN NULL;
+END;
+$b$)
+) AS t (role, event, needs, timing, level, transition, definer, body);
+$$;
+COMMENT ON FUNCTION active_series._attach_triggers() IS
+'Internal: the trigger templates attach fills in for the application''s tables.';
+
+-- the attached tables' triggers made again from the templates above: detach, then attach
+-- the same tables and columns (what attach makes is the application's, not the extension's)
+DO $$
+DECLARE
+    v_tables jsonb;
+    v_columns jsonb;
+    v_fn regprocedure;
+BEGIN
+    SELECT
+        pg_catalog.jsonb_object_agg(
+            a.role, pg_catalog.format('%I.%I', a.table_schema, a.table_name)::regclass::oid
+        ),
+        pg_catalog.jsonb_object_agg(a.role, a.columns)
+    INTO v_tables, v_columns
+    FROM active_series._attachment AS a;
+    IF v_tables IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM active_series.detach();
+    PERFORM active_series._attach_install(active_series._attach_check(v_tables, v_columns));
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        FOR v_fn IN
+            SELECT p.oid::regprocedure FROM pg_catalog.pg_proc AS p
+            INNER JOIN pg_catalog.pg_depend AS d
+                ON d.classid = 'pg_catalog.pg_proc'::regclass AND d.objid = p.oid
+                AND d.deptype = 'e'
+            WHERE p.pronamespace = 'active_series'::regnamespace
+                AND p.proname LIKE '\_attached\_%'
+        LOOP
+            EXECUTE pg_catalog.format('ALTER EXTENSION active_series DROP FUNCTION %s', v_fn);
+        END LOOP;
+    END IF;
+END;
+$$;
+
+-- the recorder's composite built by field name, through one constructor (inlined)
+CREATE FUNCTION active_series._shape_group(
+    p_organization_id bigint,
+    p_project_id bigint,
+    p_testbed_id bigint,
+    p_period_start timestamptz,
+    p_first_seen timestamptz DEFAULT NULL,
+    p_last_seen timestamptz DEFAULT NULL,
+    p_benchmark_ids bigint[] DEFAULT NULL,
+    p_variant_ids bigint[] DEFAULT NULL,
+    p_measure_ids bigint[] DEFAULT NULL,
+    p_shape_id bigint DEFAULT NULL
+)
+RETURNS active_series._shape_group
+LANGUAGE sql
+IMMUTABLE
+AS $$
+SELECT ROW(
+    p_organization_id, p_project_id, p_testbed_id, p_period_start, p_first_seen, p_last_seen,
+    p_benchmark_ids, p_variant_ids, p_measure_ids, p_shape_id
+)::active_series._shape_group;
+$$;
+COMMENT ON FUNCTION active_series._shape_group(
+    bigint, bigint, bigint, timestamptz, timestamptz, timestamptz, bigint[], bigint[], bigint[],
+    bigint
+) IS
+'Internal: a recorder''s activity (_shape_group), built by field name.';
+REVOKE EXECUTE ON FUNCTION active_series._shape_group(
+    bigint, bigint, bigint, timestamptz, timestamptz, timestamptz, bigint[], bigint[], bigint[],
+    bigint
+)
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION active_series._shape_group(
+    bigint, bigint, bigint, timestamptz, timestamptz, timestamptz, bigint[], bigint[], bigint[],
+    bigint
+)
+TO active_series_admin;
+CREATE OR REPLACE FUNCTION active_series._resolve_shapes(p_groups active_series._shape_group[])
+RETURNS active_series._shape_group[]
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Fills in each group's shape_id: the stored shape with the same project and series, else
+-- a new one. A new shape is checked first: its benchmarks and measures must be its
+-- project's (a series never joins another project's catalog), and the empty variant of
+-- each benchmark it reports without a variant is created. Shapes are never updated and
+-- have no unique key (two transactions may store the same set; either serves), so
+-- creating one waits for nobody.
+-- Locks: the empty variants it creates (benchmark order), nothing else.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_foreign record;
+    v_refusal jsonb;
+BEGIN
+    v_groups := ARRAY(
+        SELECT active_series._shape_group(
+            p_organization_id => g.organization_id,
+            p_project_id => g.project_id,
+            p_testbed_id => g.testbed_id,
+            p_period_start => g.period_start,
+            p_first_seen => g.first_seen,
+            p_last_seen => g.last_seen,
+            p_benchmark_ids => g.benchmark_ids,
+            p_variant_ids => g.variant_ids,
+            p_measure_ids => g.measure_ids,
+            p_shape_id => coalesce(
+                g.shape_id,
+                active_series._find_shape(
+                    g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                )
+            )
+        )
+        FROM unnest(p_groups) AS g
+    );
+    IF NOT EXISTS (SELECT FROM unnest(v_groups) AS g WHERE g.shape_id IS NULL) THEN
+        RETURN v_groups;
+    END IF;
+
+    SELECT x.kind, x.id, x.project_id, x.report_project_id INTO v_foreign
+    FROM (
+        SELECT DISTINCT 'benchmark' AS kind, e.id, b.project_id, g.project_id AS report_project_id
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.benchmark_ids) AS e (id)
+        INNER JOIN active_series.benchmark AS b ON b.id = e.id
+        WHERE g.shape_id IS NULL
+        UNION ALL
+        SELECT DISTINCT 'measure', e.id, m.project_id, g.project_id
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.measure_ids) AS e (id)
+        INNER JOIN active_series.measure AS m ON m.id = e.id
+        WHERE g.shape_id IS NULL
+    ) AS x
+    WHERE x.project_id <> x.report_project_id
+    ORDER BY x.kind, x.id
+    LIMIT 1;
+    IF FOUND THEN
+        v_refusal := jsonb_build_object(
+            'sqlstate', '23503',
+            'message', format(
+                'active_series: %s %s belongs to project %s, not to project %s of the report',
+                v_foreign.kind, v_foreign.id, v_foreign.project_id, v_foreign.report_project_id
+            ),
+            'detail', format(
+                'A series is a testbed, benchmark, variant and measure of one project; %s %s '
+                'is in project %s.', v_foreign.kind, v_foreign.id, v_foreign.project_id
+            ),
+            'hint', format(
+                'Nothing of this transaction was written. Use the %s of the same name in '
+                'project %s (the report''s), creating it there if needed.',
+                v_foreign.kind, v_foreign.report_project_id
+            )
+        );
+        -- within the commit-time recording (a trigger), _flush_pending raises it at the top:
+        -- the groups with a new shape are left out, so that the recording ends cleanly
+        IF pg_trigger_depth() > 0
+            AND (
+                current_setting('active_series._refusal', true) = 'defer'
+                OR current_setting('active_series._refusal', true) LIKE '{%'
+            ) THEN
+            IF current_setting('active_series._refusal', true) = 'defer' THEN
+                PERFORM set_config('active_series._refusal', v_refusal::text, true);
+            END IF;
+            RETURN ARRAY(SELECT g FROM unnest(v_groups) AS g WHERE g.shape_id IS NOT NULL);
+        END IF;
+        RAISE EXCEPTION USING
+            ERRCODE = v_refusal ->> 'sqlstate',
+            MESSAGE = v_refusal ->> 'message',
+            DETAIL = v_refusal ->> 'detail',
+            HINT = v_refusal ->> 'hint';
+    END IF;
+
+    -- (without a variant table, every report_benchmark reports the empty variant)
+    IF EXISTS (SELECT FROM active_series._attachment AS a WHERE a.role = 'variant') THEN
+        INSERT INTO active_series.variant (benchmark_id, parameters)
+        SELECT DISTINCT e.benchmark_id, '{}'::jsonb
+        FROM unnest(v_groups) AS g
+        CROSS JOIN LATERAL unnest(g.benchmark_ids, g.variant_ids) AS e (benchmark_id, variant_id)
+        WHERE g.shape_id IS NULL AND e.variant_id = 0
+        ORDER BY e.benchmark_id
+        ON CONFLICT (benchmark_id, parameters) DO NOTHING;
+    END IF;
+
+    WITH missing AS (
+        SELECT DISTINCT g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+        FROM unnest(v_groups) AS g
+        WHERE g.shape_id IS NULL
+    ),
+    created AS (
+        INSERT INTO active_series._shape (
+            project_id, benchmark_ids, variant_ids, measure_ids, series
+        )
+        SELECT
+            m.project_id, m.benchmark_ids, m.variant_ids, m.measure_ids,
+            cardinality(m.measure_ids)
+        FROM missing AS m
+        RETURNING id, project_id, benchmark_ids, variant_ids, measure_ids
+    )
+    SELECT array_agg(
+        active_series._shape_group(
+            p_organization_id => g.organization_id,
+            p_project_id => g.project_id,
+            p_testbed_id => g.testbed_id,
+            p_period_start => g.period_start,
+            p_first_seen => g.first_seen,
+            p_last_seen => g.last_seen,
+            p_benchmark_ids => g.benchmark_ids,
+            p_variant_ids => g.variant_ids,
+            p_measure_ids => g.measure_ids,
+            p_shape_id => coalesce(g.shape_id, c.id)
+        )
+    )
+    INTO v_groups
+    FROM unnest(v_groups) AS g
+    LEFT JOIN created AS c
+        ON g.shape_id IS NULL
+        AND c.project_id = g.project_id
+        AND c.benchmark_ids = g.benchmark_ids
+        AND c.variant_ids = g.variant_ids
+        AND c.measure_ids = g.measure_ids;
+    RETURN v_groups;
+END;
+$$;
+COMMENT ON FUNCTION active_series._resolve_shapes(active_series._shape_group[]) IS
+'Internal: the stored shape of each group''s set of series, created (after the project check) when new.';
+CREATE OR REPLACE FUNCTION active_series._regroup(p_spans active_series._series_span[])
+RETURNS active_series._shape_group[]
+LANGUAGE sql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Per-series history as sets: the series of one testbed and period that share their first
+-- and last activity become one group (for re-bucketing, re-recording after a hard delete
+-- and upgrades: the paths that start from per-series history).
+SELECT coalesce(array_agg(
+    active_series._shape_group(
+        p_organization_id => g.organization_id,
+        p_project_id => g.project_id,
+        p_testbed_id => g.testbed_id,
+        p_period_start => g.period_start,
+        p_first_seen => g.first_seen,
+        p_last_seen => g.last_seen,
+        p_benchmark_ids => g.benchmark_ids,
+        p_variant_ids => g.variant_ids,
+        p_measure_ids => g.measure_ids
+    )
+), '{}')
+FROM (
+    SELECT
+        s.organization_id, s.project_id, s.testbed_id, s.period_start, s.first_seen,
+        s.last_seen,
+        array_agg(s.benchmark_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id)
+            AS benchmark_ids,
+        array_agg(s.variant_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id)
+            AS variant_ids,
+        array_agg(s.measure_id ORDER BY s.benchmark_id, s.variant_id, s.measure_id)
+            AS measure_ids
+    FROM unnest(p_spans) AS s
+    GROUP BY s.organization_id, s.project_id, s.testbed_id, s.period_start, s.first_seen,
+        s.last_seen
+) AS g;
+$$;
+COMMENT ON FUNCTION active_series._regroup(active_series._series_span[]) IS
+'Internal: group per-series history into sets of series sharing testbed, period and first and last activity.';
+CREATE OR REPLACE FUNCTION active_series._record_groups(
+    p_groups active_series._shape_group[],
+    p_reason text DEFAULT 'ingest'
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+-- (as _record_activity: generic plans on index paths, whatever the statistics were)
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Writes activity into the history (the words: docs/DESIGN-NOTES.md): each element of
+-- p_groups says that a testbed reported these series within one (recorded) period between
+-- first_seen and last_seen. Row writes follow what changed, never the number of series:
+-- * activity of a shape the testbed already has a sighting of in the period widens that
+--   sighting (its _shape_seen row's first_seen/last_seen: one HOT update; nothing when
+--   already inside);
+-- * activity the history already holds (a late commit, backfill over recorded data) writes
+--   nothing;
+-- * a shape new to the testbed in the period adds a sighting; when it holds series the
+--   testbed had not reported in the period, the period shape (_testbed_period, the union of
+--   the sightings) is replaced, and _period_usage grows by the difference;
+-- * the shapes themselves are stored once (_shape) and shared by testbeds and periods.
+-- Then an outbox row for each (organization, period) whose count changed.
+-- Locks, in this order, so that concurrent callers cannot deadlock: the testbeds' history
+-- locks (_lock_testbeds: every write to a testbed's history happens under it); the
+-- empty variants and shapes it creates (_resolve_shapes; nobody waits for a shape); last,
+-- the _period_usage rows in key order. The caller holds the organizations' period locks.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_todo integer;
+    v_new active_series._shape_group [];
+    v_unions active_series._shape_group [];
+BEGIN
+    PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(p_groups) AS g));
+
+    -- one group per (testbed, period, shape), in key order
+    SELECT
+        array_agg(
+            active_series._shape_group(
+                p_organization_id => a.organization_id,
+                p_project_id => a.project_id,
+                p_testbed_id => a.testbed_id,
+                p_period_start => a.period_start,
+                p_first_seen => a.first_seen,
+                p_last_seen => a.last_seen,
+                p_shape_id => a.shape_id
+            )
+            ORDER BY a.testbed_id, a.period_start, a.shape_id
+        ),
+        count(*)
+    INTO v_groups, v_todo
+    FROM (
+        SELECT
+            g.testbed_id, g.period_start, g.shape_id,
+            min(g.organization_id) AS organization_id, min(g.project_id) AS project_id,
+            min(g.first_seen) AS first_seen, max(g.last_seen) AS last_seen
+        FROM unnest(active_series._resolve_shapes(ARRAY(
+            SELECT g FROM unnest(p_groups) AS g WHERE NOT active_series._covered(g)
+        ))) AS g
+        GROUP BY g.testbed_id, g.period_start, g.shape_id
+    ) AS a;
+    IF v_todo = 0 THEN
+        RETURN;
+    END IF;
+
+    -- Shapes the testbed has a sighting of in the period: widen it. The others are new.
+    PERFORM active_series._widen(v_groups);
+    SELECT array_agg(g) INTO v_new
+    FROM unnest(v_groups) AS g
+    WHERE NOT coalesce((
+        SELECT true
+        FROM active_series._shape_seen AS s
+        WHERE s.testbed_id = g.testbed_id
+            AND s.period_start = g.period_start
+            AND s.shape_id = g.shape_id
+        LIMIT 1
+    ), false);
+    IF v_new IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- The period shape with the new sightings' shapes added, where that adds series: the new
+    -- shape itself when the testbed had none (no unfolding), else the union unfolded
+    WITH t AS (
+        SELECT
+            n.testbed_id, n.period_start,
+            min(n.organization_id) AS organization_id, min(n.project_id) AS project_id,
+            array_agg(DISTINCT n.shape_id) AS shape_ids,
+            (
+                SELECT p.shape_id FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = n.testbed_id AND p.period_start = n.period_start
+            ) AS old_shape_id
+        FROM unnest(v_new) AS n
+        GROUP BY n.testbed_id, n.period_start
+    )
+    SELECT array_agg(
+        active_series._shape_group(
+            p_organization_id => t.organization_id,
+            p_project_id => t.project_id,
+            p_testbed_id => t.testbed_id,
+            p_period_start => t.period_start,
+            p_benchmark_ids => e.benchmark_ids,
+            p_variant_ids => e.variant_ids,
+            p_measure_ids => e.measure_ids,
+            p_shape_id => CASE
+                WHEN t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1
+                    THEN t.shape_ids[1]
+            END
+        )
+        ORDER BY t.testbed_id, t.period_start
+    )
+    INTO v_unions
+    FROM t
+    LEFT JOIN LATERAL (
+        SELECT
+            array_agg(x.b ORDER BY x.b, x.v, x.m) AS benchmark_ids,
+            array_agg(x.v ORDER BY x.b, x.v, x.m) AS variant_ids,
+            array_agg(x.m ORDER BY x.b, x.v, x.m) AS measure_ids
+        FROM (
+            SELECT e.b, e.v, e.m
+            FROM active_series._shape AS s
+            CROSS JOIN LATERAL unnest(s.benchmark_ids, s.variant_ids, s.measure_ids)
+                AS e (b, v, m)
+            WHERE s.id = ANY(t.shape_ids || t.old_shape_id)
+            GROUP BY e.b, e.v, e.m
+        ) AS x
+    ) AS e ON NOT (t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1)
+    WHERE t.old_shape_id IS NULL
+        OR cardinality(e.measure_ids) > (
+            SELECT o.series FROM active_series._shape AS o WHERE o.id = t.old_shape_id
+        );
+    IF v_unions IS NULL THEN
+        -- (every new shape was inside the period shape: no count changes)
+        INSERT INTO active_series._shape_seen AS s (
+            testbed_id, period_start, shape_id, first_seen, last_seen
+        )
+        SELECT n.testbed_id, n.period_start, n.shape_id, n.first_seen, n.last_seen
+        FROM unnest(v_new) AS n
+        ORDER BY n.testbed_id, n.period_start, n.shape_id;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT FROM unnest(v_unions) AS u WHERE u.shape_id IS NULL) THEN
+        v_unions := active_series._resolve_shapes(v_unions);
+    END IF;
+
+    -- the period shapes, and the counts by what they gained
+    WITH old AS (
+        SELECT
+            u.*,
+            (SELECT s.series FROM active_series._shape AS s WHERE s.id = u.shape_id) AS series,
+            coalesce((
+                SELECT s.series FROM active_series._shape AS s
+                WHERE s.id = (
+                    SELECT p.shape_id FROM active_series._testbed_period AS p
+                    WHERE p.testbed_id = u.testbed_id AND p.period_start = u.period_start
+                )
+            ), 0) AS old_series
+        FROM unnest(v_unions) AS u
+    ),
+    written AS (
+        INSERT INTO active_series._testbed_period AS p (
+            testbed_id, period_start, organization_id, project_id, shape_id
+        )
+        SELECT o.testbed_id, o.period_start, o.organization_id, o.project_id, o.shape_id
+        FROM old AS o
+        ORDER BY o.testbed_id, o.period_start
+        ON CONFLICT (testbed_id, period_start) DO UPDATE SET shape_id = excluded.shape_id
+    )
+    INSERT INTO active_series._period_usage AS u (
+        organization_id, period_start, project_id, series_count
+    )
+    SELECT o.organization_id, o.period_start, o.project_id, sum(o.series - o.old_series)
+    FROM old AS o
+    GROUP BY o.organization_id, o.period_start, o.project_id
+    ORDER BY o.organization_id, o.period_start, o.project_id
+    ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+    SET series_count = u.series_count + excluded.series_count;
+
+    INSERT INTO active_series._shape_seen AS s (
+        testbed_id, period_start, shape_id, first_seen, last_seen
+    )
+    SELECT n.testbed_id, n.period_start, n.shape_id, n.first_seen, n.last_seen
+    FROM unnest(v_new) AS n
+    ORDER BY n.testbed_id, n.period_start, n.shape_id;
+
+    PERFORM active_series._changed(c.organization_id, c.period_start, p_reason)
+    FROM (
+        SELECT DISTINCT u.organization_id, u.period_start
+        FROM unnest(v_unions) AS u
+        ORDER BY u.organization_id, u.period_start
+    ) AS c;
+END;
+$$;
+COMMENT ON FUNCTION active_series._record_groups(active_series._shape_group[], text) IS
+'Internal: write sets of series reported by testbeds within periods into the history and the per-period counts (writes follow what changed, not the number of series).';
+CREATE OR REPLACE FUNCTION active_series._record_activity(
+    p_report_benchmark_ids bigint[],
+    p_measure_ids bigint[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+-- It runs at every ingest commit, against tables that grow by the minute, and its plans
+-- (and those of what it calls) are cached for the session's life: generic plans, so that
+-- nothing is planned per call, on index paths (plain index scans: a bitmap costs more to
+-- set up than the few rows each lookup reads), so that a plan cached while a table was
+-- small does not scan it whole once it is large.
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Records metrics, given as (report_benchmark, measure) pairs (the ingest trigger passes a
+-- whole transaction's at commit, backfill a batch of reports'), in the history and the
+-- per-period counts: each report_benchmark is looked up once (its report, project and
+-- variant), the pairs become one activity per (testbed, report.created): its series, in
+-- the billing period containing that time (the words: docs/DESIGN-NOTES.md), and
+-- _record_groups writes them. A variant_id that is NULL, or names the benchmark's empty
+-- variant, is variant 0.
+-- Locks: the organizations' period locks (shared, _period_for, in organization order); the
+-- testbeds' history locks (_lock_testbeds); then what _record_groups takes.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_group active_series._shape_group;
+    v_shape_id bigint;
+    v_series integer;
+    v_organization_id bigint;
+    v_project_id bigint;
+    v_testbed_id bigint;
+    v_created timestamptz;
+    v_benchmark_id bigint;
+    v_variant_id bigint;
+    v_period_start timestamptz;
+BEGIN
+    IF p_report_benchmark_ids IS NULL THEN
+        RETURN;
+    END IF;
+    IF cardinality(p_report_benchmark_ids) = 1 THEN
+        -- one metric's series (the smallest report): its activity, looked up directly, in
+        -- plain statements (a function in the join would be a table function: a tuplestore
+        -- per call)
+        SELECT
+            p.organization_id, r.project_id, r.testbed_id, r.created, rb.benchmark_id,
+            CASE
+                WHEN rb.variant_id IS NULL THEN 0
+                ELSE active_series._variant_key(rb.variant_id)
+            END
+        INTO v_organization_id, v_project_id, v_testbed_id, v_created, v_benchmark_id,
+            v_variant_id
+        FROM active_series.report_benchmark AS rb
+        INNER JOIN active_series.report AS r ON r.id = rb.report_id
+        INNER JOIN active_series.project AS p ON p.id = r.project_id
+        WHERE rb.id = p_report_benchmark_ids[1];
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        -- its period: _period_for's probe of the recorded one written out (under the
+        -- organization's period lock, as there), the call only to record a new one
+        PERFORM pg_advisory_xact_lock_shared(_lock_key('period'), hashint8(v_organization_id));
+        SELECT l.period_start INTO v_period_start
+        FROM (
+            SELECT p.period_start, p.period_end
+            FROM active_series._period AS p
+            WHERE p.organization_id = v_organization_id AND p.period_start <= v_created
+            ORDER BY p.period_start DESC
+            LIMIT 1
+        ) AS l
+        WHERE l.period_end > v_created;
+        IF v_period_start IS NULL THEN
+            v_period_start := (
+                active_series._period_for(v_organization_id, v_created)
+            ).period_start;
+        END IF;
+        v_groups := ARRAY[
+            active_series._shape_group(
+                p_organization_id => v_organization_id,
+                p_project_id => v_project_id,
+                p_testbed_id => v_testbed_id,
+                p_period_start => v_period_start,
+                p_first_seen => v_created,
+                p_last_seen => v_created,
+                p_benchmark_ids => ARRAY[v_benchmark_id],
+                p_variant_ids => ARRAY[v_variant_id],
+                p_measure_ids => p_measure_ids
+            )
+        ];
+    ELSE
+        -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
+        -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
+        -- was cached)
+        v_groups := ARRAY(
+            WITH rbs AS MATERIALIZED (
+                SELECT
+                    rb.id, rb.report_id, rb.benchmark_id,
+                    -- (without a variant_id, as most reports send, no call)
+                    CASE
+                        WHEN rb.variant_id IS NULL THEN 0
+                        ELSE active_series._variant_key(rb.variant_id)
+                    END AS variant_id
+                FROM active_series.report_benchmark AS rb
+                WHERE rb.id = ANY(p_report_benchmark_ids)
+            ),
+            -- each report's series, sorted (one sort on four keys; the series come distinct
+            -- and in shape order, and each report's arrays are aggregated in that order; an
+            -- order lost would only store a shape twice)
+            sets AS MATERIALIZED (
+                SELECT
+                    s.report_id, array_agg(s.benchmark_id) AS benchmark_ids,
+                    array_agg(s.variant_id) AS variant_ids, array_agg(s.measure_id) AS measure_ids
+                FROM (
+                    SELECT DISTINCT b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                    FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
+                    INNER JOIN rbs AS b ON b.id = x.id
+                    ORDER BY b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                ) AS s
+                GROUP BY s.report_id
+            ),
+            -- (each report looked up once; OFFSET 0 keeps the LATERAL subquery a per-row
+            -- index lookup, whatever the statistics said when this plan was cached)
+            reports AS MATERIALIZED (
+                SELECT d.benchmark_ids, d.variant_ids, d.measure_ids, k.*
+                FROM sets AS d
+                CROSS JOIN LATERAL (
+                    SELECT r.project_id, r.testbed_id, r.created, p.organization_id
+                    FROM active_series.report AS r
+                    INNER JOIN active_series.project AS p ON p.id = r.project_id
+                    WHERE r.id = d.report_id
+                    OFFSET 0
+                ) AS k
+            ),
+            periods AS MATERIALIZED (
+                SELECT t.organization_id, t.created, f.period_start
+                FROM (
+                    SELECT DISTINCT s.organization_id, s.created
+                    FROM reports AS s
+                    ORDER BY s.organization_id, s.created
+                ) AS t
+                CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
+            ),
+            keyed AS MATERIALIZED (
+                SELECT
+                    s.*, t.period_start,
+                    count(*) OVER (PARTITION BY s.testbed_id, s.created) AS reports
+                FROM reports AS s
+                INNER JOIN periods AS t
+                    ON t.organization_id = s.organization_id AND t.created = s.created
+            )
+            -- a testbed's one report at a time: its series as they are
+            SELECT active_series._shape_group(
+                p_organization_id => k.organization_id,
+                p_project_id => k.project_id,
+                p_testbed_id => k.testbed_id,
+                p_period_start => k.period_start,
+                p_first_seen => k.created,
+                p_last_seen => k.created,
+                p_benchmark_ids => k.benchmark_ids,
+                p_variant_ids => k.variant_ids,
+                p_measure_ids => k.measure_ids
+            )
+            FROM keyed AS k
+            WHERE k.reports = 1
+            UNION ALL
+            -- several reports of one testbed in one transaction (one time): their series merged
+            SELECT active_series._shape_group(
+                p_organization_id => m.organization_id,
+                p_project_id => m.project_id,
+                p_testbed_id => m.testbed_id,
+                p_period_start => m.period_start,
+                p_first_seen => m.created,
+                p_last_seen => m.created,
+                p_benchmark_ids => array_agg(m.b),
+                p_variant_ids => array_agg(m.v),
+                p_measure_ids => array_agg(m.m)
+            )
+            FROM (
+                SELECT DISTINCT
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+                FROM keyed AS k
+                CROSS JOIN LATERAL unnest(k.benchmark_ids, k.variant_ids, k.measure_ids)
+                    AS e (b, v, m)
+                WHERE k.reports > 1
+                ORDER BY
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+            ) AS m
+            GROUP BY m.organization_id, m.project_id, m.testbed_id, m.period_start, m.created
+        );
+    END IF;
+    IF cardinality(v_groups) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- The common case, a testbed reporting the same shape as before in the period, later
+    -- than before: one HOT update of that sighting per testbed (_widen). Anything else (a
+    -- shape or a period new to the testbed, older activity) goes on below, which finds
+    -- what these updates already did and leaves it.
+    IF cardinality(v_groups) = 1 THEN
+        -- (one testbed at one time, nearly every transaction: the same steps written
+        -- out, without the calls: _lock_testbeds, then _widen of the row of the stored
+        -- shape (_find_shape) in one statement; the shape looked up alone only when that
+        -- updated nothing)
+        v_group := v_groups[1];
+        PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), hashint8(v_group.testbed_id));
+        UPDATE active_series._shape_seen AS s
+        SET first_seen = least(s.first_seen, v_group.first_seen),
+            last_seen = greatest(s.last_seen, v_group.last_seen)
+        FROM (
+            SELECT h.id
+            FROM active_series._shape AS h
+            WHERE h.project_id = v_group.project_id
+                AND h.digest = hash_array_extended(
+                    v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+                )
+                AND h.benchmark_ids = v_group.benchmark_ids
+                AND h.variant_ids = v_group.variant_ids
+                AND h.measure_ids = v_group.measure_ids
+            LIMIT 1
+        ) AS h
+        WHERE s.testbed_id = v_group.testbed_id
+            AND s.period_start = v_group.period_start
+            AND s.shape_id = h.id
+            AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        SELECT s.id, s.series INTO v_shape_id, v_series
+        FROM active_series._shape AS s
+        WHERE s.project_id = v_group.project_id
+            AND s.digest = hash_array_extended(
+                v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+            )
+            AND s.benchmark_ids = v_group.benchmark_ids
+            AND s.variant_ids = v_group.variant_ids
+            AND s.measure_ids = v_group.measure_ids
+        LIMIT 1;
+        v_group.shape_id := v_shape_id;
+        -- (the first report of the testbed in the period, of a stored shape, as below for
+        -- several testbeds, written for one)
+        IF v_shape_id IS NOT NULL AND NOT EXISTS (
+            SELECT
+            FROM active_series._testbed_period AS p
+            WHERE p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
+        ) THEN
+            WITH sets AS (
+                INSERT INTO active_series._testbed_period (
+                    testbed_id, period_start, organization_id, project_id, shape_id
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_group.organization_id,
+                    v_group.project_id, v_shape_id
+                )
+            ),
+            seen AS (
+                INSERT INTO active_series._shape_seen (
+                    testbed_id, period_start, shape_id, first_seen, last_seen
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_shape_id, v_group.first_seen,
+                    v_group.last_seen
+                )
+            )
+            INSERT INTO active_series._period_usage AS u (
+                organization_id, period_start, project_id, series_count
+            )
+            VALUES (v_group.organization_id, v_group.period_start, v_group.project_id, v_series)
+            ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+            SET series_count = u.series_count + excluded.series_count;
+            PERFORM active_series._changed(v_group.organization_id, v_group.period_start, 'ingest');
+            RETURN;
+        END IF;
+        v_groups := ARRAY[v_group];
+    ELSE
+        PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
+        v_groups := ARRAY(
+            SELECT active_series._shape_group(
+                p_organization_id => g.organization_id,
+                p_project_id => g.project_id,
+                p_testbed_id => g.testbed_id,
+                p_period_start => g.period_start,
+                p_first_seen => g.first_seen,
+                p_last_seen => g.last_seen,
+                p_benchmark_ids => g.benchmark_ids,
+                p_variant_ids => g.variant_ids,
+                p_measure_ids => g.measure_ids,
+                p_shape_id => active_series._find_shape(
+                    g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                )
+            )
+            FROM unnest(v_groups) AS g
+        );
+        IF active_series._widen(v_groups) = cardinality(v_groups) THEN
+            RETURN;
+        END IF;
+    END IF;
+
+    -- The first report of a testbed in a period (a new testbed, or the first report after
+    -- the period changed) of a shape already stored: the shape is the testbed's period
+    -- shape, so one statement writes what _record_groups would, in the same key order: the
+    -- period shapes, the sightings, the counts grown by the shapes' sizes (_period_usage,
+    -- key order); then the outbox. It holds when every activity is of a stored shape, no
+    -- testbed has history in its period (under the history locks taken above: nothing else
+    -- writes it meanwhile; so _widen did nothing) and no (testbed, period) has two
+    -- activities. Else the general path.
+    IF NOT EXISTS (
+        SELECT
+        FROM unnest(v_groups) AS g
+        WHERE g.shape_id IS NULL
+            OR (
+                SELECT true
+                FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = g.testbed_id AND p.period_start = g.period_start
+            )
+    )
+    AND (
+        SELECT count(DISTINCT (g.testbed_id, g.period_start)) FROM unnest(v_groups) AS g
+    ) = cardinality(v_groups) THEN
+        WITH g AS MATERIALIZED (
+            SELECT
+                g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+                g.last_seen, g.shape_id, s.series
+            FROM unnest(v_groups) AS g
+            CROSS JOIN LATERAL (
+                SELECT h.series FROM active_series._shape AS h WHERE h.id = g.shape_id
+            ) AS s
+        ),
+        sets AS (
+            INSERT INTO active_series._testbed_period (
+                testbed_id, period_start, organization_id, project_id, shape_id
+            )
+            SELECT g.testbed_id, g.period_start, g.organization_id, g.project_id, g.shape_id
+            FROM g
+            ORDER BY g.testbed_id, g.period_start
+        ),
+        seen AS (
+            INSERT INTO active_series._shape_seen (
+                testbed_id, period_start, shape_id, first_seen, last_seen
+            )
+            SELECT g.testbed_id, g.period_start, g.shape_id, g.first_seen, g.last_seen
+            FROM g
+            ORDER BY g.testbed_id, g.period_start, g.shape_id
+        )
+        INSERT INTO active_series._period_usage AS u (
+            organization_id, period_start, project_id, series_count
+        )
+        SELECT g.organization_id, g.period_start, g.project_id, sum(g.series)
+        FROM g
+        GROUP BY g.organization_id, g.period_start, g.project_id
+        ORDER BY g.organization_id, g.period_start, g.project_id
+        ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+        SET series_count = u.series_count + excluded.series_count;
+        PERFORM active_series._changed(c.organization_id, c.period_start, 'ingest')
+        FROM (
+            SELECT DISTINCT g.organization_id, g.period_start
+            FROM unnest(v_groups) AS g
+            ORDER BY g.organization_id, g.period_start
+        ) AS c;
+        RETURN;
+    END IF;
+    PERFORM active_series._record_groups(v_groups);
+END;
+$$;
+COMMENT ON FUNCTION active_series._record_activity(bigint[], bigint[]) IS
+'Internal: record metrics, as (report_benchmark, measure) pairs, in the history and the per-period counts (the commit-time ingest trigger and backfill share it).';

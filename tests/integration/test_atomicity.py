@@ -147,6 +147,34 @@ def test_statements_after_an_early_recording_are_recorded_at_commit(conn, connec
     assert_matches_oracle(conn, org.id)
 
 
+def test_a_transactions_ingest_statements_share_one_pending_row(conn, connect):
+    # The first statement inserts the transaction's _pending row, the later ones append
+    # their pairs to it; a statement rolled back to a savepoint takes its pairs along.
+    org = make_org(conn)
+    b0, b1 = org.benchmarks[:2]
+    m0, m1, m2 = org.measures[:3]
+    ingester = connect(autocommit=False)
+    report = make_report(ingester, org.project_id, org.testbeds[0])
+    rb0 = make_report_benchmark(ingester, report, b0)
+    rb1 = make_report_benchmark(ingester, report, b1)
+    insert_metrics(ingester, [(rb0, m0, 1.0)])
+    insert_metrics(ingester, [(rb1, m1, 1.0), (rb0, m0, 2.0)])
+    ingester.execute("SAVEPOINT s")
+    insert_metrics(ingester, [(rb1, m2, 1.0)])
+    ingester.execute("ROLLBACK TO SAVEPOINT s")
+
+    rows = ingester.execute(
+        "SELECT report_benchmark_ids, measure_ids FROM active_series._pending"
+        " WHERE txid = txid_current()"
+    ).fetchall()
+    assert rows == [([rb0, rb1, rb0], [m0, m1, m0])]
+    ingester.commit()
+
+    assert conn.execute("SELECT active_series.period_usage(%s)", (org.id,)).fetchone() == (2,)
+    assert conn.execute("SELECT count(*) FROM active_series._pending").fetchone() == (0,)
+    assert_matches_oracle(conn, org.id)
+
+
 def test_one_outbox_row_per_committed_count_change_and_none_for_a_rollback(conn, connect):
     """The relay's change record (ingest sends no NOTIFY: the worker watches the outbox)."""
     acme = make_org(conn, "acme")

@@ -175,6 +175,27 @@ def test_plans_cached_while_the_tables_were_empty_stay_on_index_paths(conn, conn
     assert_matches_oracle(conn, org.id)
 
 
+def test_the_report_benchmark_project_check_is_part_of_its_triggers_plan(conn, connect):
+    # The check runs on every insert of report_benchmarks, tracking on or off: the planner
+    # inlines it into the trigger's query (no function call, no result set of its own), and
+    # a benchmark of another project is still refused.
+    org = make_org(conn, testbeds=1, benchmarks=3, measures=2)
+    other = make_org(conn, "other", testbeds=1, benchmarks=1, measures=1)
+    ingester = connect(autocommit=True)
+    ingester.execute("SET track_functions = 'all'")
+    with ingester.transaction():
+        ingest(ingester, org, org.testbeds[0], [(b, org.measures[0]) for b in org.benchmarks])
+        calls = one(
+            ingester,
+            "SELECT count(*) FROM pg_stat_xact_user_functions"
+            " WHERE schemaname = 'active_series' AND funcname = '_benchmark_elsewhere'",
+        )
+    assert calls == 0
+    with pytest.raises(psycopg.errors.ForeignKeyViolation, match="names benchmark"):
+        ingest(ingester, org, org.testbeds[0], [(other.benchmarks[0], org.measures[0])])
+    assert_matches_oracle(conn, org.id)
+
+
 def ingest_by_unnest(conn: psycopg.Connection, org: Org, series) -> None:
     """One report of 600 metrics in one transaction; the metric insert reads only arrays."""
     with conn.transaction():

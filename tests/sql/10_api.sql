@@ -4,7 +4,7 @@ BEGIN;
 CREATE EXTENSION IF NOT EXISTS pgtap;
 -- ingest activity is recorded at commit; this file rolls back, so record it per statement
 SET CONSTRAINTS active_series.pending_flush IMMEDIATE;
-SELECT plan(45);
+SELECT plan(46);
 
 -- ---------------------------------------------------------------- signatures
 SELECT has_function(
@@ -124,12 +124,16 @@ SELECT is_empty(
 -- (A procedure that commits cannot carry a SET clause: procedures are exempt. So are the
 -- row readers of sql/functions/_model_rows.sql and period_series: the planner inlines a SQL
 -- function only without SET options; they run as their caller, name everything
--- schema-qualified, and the next test keeps them from being SECURITY DEFINER.)
+-- schema-qualified, and the next test keeps them from being SECURITY DEFINER; nor the
+-- report_benchmark project check, _benchmark_elsewhere, inlined into its trigger's query for
+-- the same reason; nor the constructor _shape_group, inlined into the expressions that build
+-- the composite.)
 SELECT is_empty(
     $$ SELECT p.oid::regprocedure::text FROM pg_proc AS p
        WHERE p.pronamespace = 'active_series'::regnamespace AND p.prokind <> 'p'
          AND p.proname NOT IN (
-             '_organization_rows', '_project_rows', '_variant_rows', 'period_series'
+             '_organization_rows', '_project_rows', '_variant_rows', 'period_series',
+             '_benchmark_elsewhere', '_shape_group'
          )
          AND NOT EXISTS (
              SELECT 1 FROM unnest(p.proconfig) AS c(setting)
@@ -331,5 +335,12 @@ SELECT results_eq(
     '_relay_timestamp: now while the period runs, half-speed time in its tail, the tail''s second half after its end (all of a tail under a minute)'
 );
 
+SELECT is_empty(
+    $$ SELECT p.oid::regprocedure::text FROM pg_proc AS p
+       WHERE p.pronamespace = 'active_series'::regnamespace
+         AND p.proname <> '_shape_group'
+         AND p.prosrc ~* '::\s*active_series\._shape_group\M' $$,
+    'the recorder''s composite is built by field name, through its constructor only'
+);
 SELECT * FROM finish();
 ROLLBACK;
