@@ -29,6 +29,11 @@ def plpython(conn: psycopg.Connection[Any], dsn: str) -> None:
     ).fetchone()[0]
     if not available:
         pytest.skip("plpython3u is not installed on this server (postgresql-plpython3-15)")
+    assert "stripe_reconcile installed" in install_with_plpython(dsn)
+
+
+def install_with_plpython(dsn: str) -> str:
+    """``active-series install --with-plpython``; its output."""
     proc = subprocess.run(
         [sys.executable, "-m", "active_series.cli", "install", "--dsn", dsn, "--with-plpython"],
         capture_output=True,
@@ -36,7 +41,7 @@ def plpython(conn: psycopg.Connection[Any], dsn: str) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "stripe_reconcile installed" in proc.stdout
+    return proc.stdout
 
 
 def configure(conn: psycopg.Connection[Any], api_base: str, key: str | None = API_KEY) -> None:
@@ -114,13 +119,7 @@ def test_installing_the_plpython_function_drops_relay_now(conn, dsn) -> None:
         "CREATE OR REPLACE FUNCTION active_series.relay_now(p_organization_id bigint)"
         " RETURNS text LANGUAGE sql AS $$ SELECT 'posted'::text $$"
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "active_series.cli", "install", "--dsn", dsn, "--with-plpython"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
+    install_with_plpython(dsn)
     assert conn.execute("SELECT to_regprocedure('active_series.relay_now(bigint)')").fetchone() == (
         None,
     )
