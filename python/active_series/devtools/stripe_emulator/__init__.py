@@ -17,8 +17,8 @@ active_series.devtools.stripe_emulator``) or in-process with :func:`run_in_threa
 Its parts: :mod:`.server` (HTTP, keys, limits, faults, idempotency) around the route tables
 of :mod:`.routes`, which call the resources: :mod:`.customers`, :mod:`.meters` (meters,
 meter events, summaries), :mod:`.streams` (v2 sessions, the stream, error reports, the call
-record) and :mod:`.billing` (products, prices, subscriptions, invoices), each built on
-:mod:`.store`; :mod:`.control` is the tests' client of the control API.
+record), :mod:`.prices` (products, prices) and :mod:`.billing` (subscriptions, invoices),
+each built on :mod:`.store`; :mod:`.control` is the tests' client of the control API.
 """
 
 from .command import main
