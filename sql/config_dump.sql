@@ -29,7 +29,8 @@ BEGIN
             'active_series._alert_threshold',
             'active_series._alert',
             'active_series._alert_id_seq',
-            'active_series._period_watch'
+            'active_series._period_watch',
+            'active_series._relay_confirmation'
         ]::regclass [] LOOP
             PERFORM pg_catalog.pg_extension_config_dump(v_rel, '');
         END LOOP;

@@ -44,6 +44,7 @@ active_series.billing_drift
 TO active_series_worker;
 GRANT SELECT, DELETE ON active_series._outbox TO active_series_worker;
 GRANT SELECT, INSERT, UPDATE ON active_series._ledger TO active_series_worker;
+GRANT SELECT, INSERT, UPDATE ON active_series._relay_confirmation TO active_series_worker;
 GRANT SELECT, INSERT ON active_series._relay_state TO active_series_worker;
 GRANT UPDATE (
     parked_at, parked_reason, next_attempt_at, attempts, last_event_timestamp, updated_at

@@ -278,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
         "differences in billing_drift (default 3600: Stripe's default invoice grace)",
     )
     stripe_opts.add_argument(
+        "--confirm-after",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="read what Stripe holds (the meter's event summary) this long after a post, "
+        "before relay_status says in_sync; a difference read then is posted again "
+        "(default 5; Stripe's summaries lag behind its events)",
+    )
+    stripe_opts.add_argument(
         "--concurrency",
         type=int,
         default=8,

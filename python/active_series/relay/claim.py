@@ -51,7 +51,12 @@ import stripe
 from active_series.install import check_version
 from active_series.ratelimit import backoff
 from active_series.relay import queries as q
-from active_series.relay.config import MAX_EVENT_AGE, RelayConfig, worker_conninfo
+from active_series.relay.config import (
+    CONFIRM_AFTER_MAX,
+    MAX_EVENT_AGE,
+    RelayConfig,
+    worker_conninfo,
+)
 from active_series.relay.observe import Log, Metrics
 from active_series.relay.posting import (
     STREAM_BATCH,
@@ -113,6 +118,16 @@ class Period:
 
 # a period to post now: the claim, the period and its event timestamp
 Post = tuple[Claim, Period, int]
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the meter's event summary says of one period, for this claim: ``repost`` when
+    Stripe holds another value than the ledger's last post (read once the post had
+    settled: lost, not lagging), ``billed`` the value read for a period to finalize."""
+
+    repost: bool = False
+    billed: int | None = None
 
 
 class Relay:
@@ -289,7 +304,8 @@ class Relay:
                 )  # fmt: skip
                 plan[period.org].append(period)
             unpostable: set[tuple[int, datetime]] = set()
-            posts = self._posts(claims, plan, outcomes, only_close, unpostable)
+            held = self._confirm(conn, claims, plan, outcomes)
+            posts = self._posts(claims, plan, outcomes, only_close, unpostable, held)
             calls, results = self._post(posts)
             self._record(conn, results)
             for org, org_calls in by_org(calls, lambda call: call.org).items():
@@ -300,7 +316,7 @@ class Relay:
                 ]
                 if failed:
                     outcomes[org] = self._failed(conn, org, *failed[0])
-            self._finish(conn, claims, plan, calls, outcomes, only_close, unpostable, posted)
+            self._finish(conn, claims, plan, calls, outcomes, only_close, unpostable, posted, held)
             return outcomes
 
     def _resend_pending(
@@ -347,6 +363,180 @@ class Relay:
                     timestamp=call.timestamp,
                 )
 
+    def _confirm(
+        self,
+        conn: Conn,
+        claims: dict[int, Claim],
+        plan: dict[int, list[Period]],
+        outcomes: dict[int, ClaimOutcome],
+    ) -> dict[tuple[int, datetime], Held]:
+        """Step 3b: what Stripe holds, read from the meter's event summary (never inferred
+        from the ledger), for the periods whose read is due: once the ledger says the
+        period's last post is sent and equal to its usage, ``confirm_after`` seconds after
+        that post (a summary is eventually consistent), again shortly before the invoice
+        grace ends (``prefinal_lead``), and when a period is finalized without a read of its
+        last post since then. One call per such period, on the posting pool, each paced by
+        the worker's rate limit.
+
+        The window read: Stripe wants minute-aligned bounds, and a period's bounds need not
+        be (an anniversary subscription starts at any second). It runs from the minute of
+        the period's first second to the minute after the period's last post. With ``last``
+        aggregation the summary is the value of the window's latest event: an earlier
+        period's events in its first minute are older than this period's posts, so they
+        never decide it, and it ends before any later period's event unless that period
+        posted within the same minute as this period's last post (periods under two hours,
+        whose posts after the end may reach their last minute). The value compared is the
+        ledger's last event in the same window, which is this period's last post but in that
+        case, so like is always compared with like.
+
+        Agreeing: recorded (what Stripe held, when, for which post). Differing once the post
+        has settled: recorded, and the period is posted again (``Held.repost``: a new event
+        after the last one, so a new identifier) and read again once that post settles;
+        differing sooner: lag, read again later. A failed read (5xx, timeout) retries the
+        organization later and confirms nothing. Returns what the reads say per period."""
+        held: dict[tuple[int, datetime], Held] = {}
+        every = [p for periods in plan.values() for p in periods]
+        if every:
+            conn.execute(
+                q.CONFIRM_DROP_STALE,
+                (list(claims), [p.org for p in every], [p.start for p in every]),
+            )
+        look = [
+            p
+            for p in every
+            if p.org not in outcomes and claims[p.org].billed and claims[p.org].customer
+        ]
+        if not look:
+            return held
+        rows = conn.execute(
+            q.CONFIRM_STATE,
+            (
+                [p.org for p in look],
+                [p.start for p in look],
+                [p.end for p in look],
+                [claims[p.org].customer for p in look],
+            ),
+        ).fetchall()
+        lead = self.cfg.prefinal_lead()
+        reads: list[tuple[Period, tuple[Any, ...]]] = []
+        not_due: list[Period] = []
+        for p, row in zip(look, rows, strict=True):
+            _, _, h_ts, h_value, h_status, _, _, _, _, has_row, due, c_ts, c_stripe = row[:13]
+            c_ledger, c_read = row[13], row[14]
+            if h_ts is None:  # nothing posted: Stripe holds nothing of ours
+                if due:
+                    not_due.append(p)
+                continue
+            current = c_ts is not None and c_ts == h_ts  # the last read was of the last post
+            prefinal = p.end.timestamp() + self.cfg.invoice_grace - lead
+            if p.phase == "final":
+                if current and c_read is not None and c_read >= prefinal:
+                    held[(p.org, p.start)] = Held(billed=int(c_stripe))
+                    if due:
+                        not_due.append(p)
+                else:
+                    reads.append((p, row))
+            elif current and c_stripe != c_ledger:
+                held[(p.org, p.start)] = Held(repost=True)  # read differing, not posted yet
+                if due:
+                    not_due.append(p)
+            elif due:
+                if int(h_value) == p.usage and h_status == "sent":
+                    reads.append((p, row))
+                else:
+                    not_due.append(p)  # a post is due first; it schedules its own read
+        if not_due:
+            conn.execute(q.CONFIRM_NOT_DUE, ([p.org for p in not_due], [p.start for p in not_due]))
+        if not reads:
+            return held
+        meter_id = self.poster.prices.meter_id or str(self.check_meter()["id"])
+
+        def read(item: tuple[Period, tuple[Any, ...]]) -> int | stripe.StripeError:
+            p, row = item
+            customer = claims[p.org].customer or ""
+            try:
+                return self.poster.meter.summary(meter_id, customer, int(row[6]), int(row[7]))
+            except stripe.StripeError as exc:
+                return exc
+
+        for (p, row), got in zip(reads, self.poster.pool.map(read, reads), strict=True):
+            self._read(conn, claims[p.org], p, row, got, lead, held, outcomes)
+        return held
+
+    def _read(
+        self,
+        conn: Conn,
+        claim: Claim,
+        p: Period,
+        row: tuple[Any, ...],
+        got: int | stripe.StripeError,
+        lead: float,
+        held: dict[tuple[int, datetime], Held],
+        outcomes: dict[int, ClaimOutcome],
+    ) -> None:
+        """Record one summary read of :meth:`_confirm` and what it leads to."""
+        h_ts, h_sent, w_start, w_end, expected = row[2], row[5], row[6], row[7], row[8]
+        has_row, reposts, now = row[9], int(row[15]), float(row[16])
+        if not has_row:
+            conn.execute(q.CONFIRM_NEW, (p.org, p.start, p.end, claim.customer))
+        if isinstance(got, stripe.StripeError):
+            outcome, reason = classify(got)
+            if outcome == Outcome.PERMANENT:
+                outcome = Outcome.TRANSIENT  # a read refused is retried, never parks
+            self.poster._outcome(outcome, reason)
+            conn.execute(
+                q.CONFIRM_FAILED,
+                {
+                    "org": p.org,
+                    "start": p.start,
+                    "end": p.end,
+                    "customer": claim.customer,
+                    "due": now,
+                    "error": reason,
+                },
+            )
+            self.log("warning", "summary_unreadable", org=p.org, period=p.start, reason=reason)
+            if p.org not in outcomes:
+                outcomes[p.org] = self._failed(conn, p.org, outcome, reason)
+            return
+        expected = int(expected or 0)
+        final = p.phase == "final"
+        prefinal = p.end.timestamp() + self.cfg.invoice_grace - lead
+        fields = {
+            "org": p.org,
+            "period": p.start,
+            "stripe": got,
+            "ledger": expected,
+            "window": f"{w_start}-{w_end}",
+        }
+        if got == expected:
+            after = None if final or now >= prefinal else prefinal
+            conn.execute(
+                q.CONFIRM_READ, (got, expected, h_ts, w_start, w_end, 0, after, p.org, p.start)
+            )
+            self.log("info", "stripe_confirmed", **fields)
+        elif final or now - float(h_sent) >= self.cfg.confirm_after:
+            # settled, and Stripe holds another value: lost (or refused after it was
+            # accepted); posted again unless the invoice is final (billing_drift shows it)
+            conn.execute(
+                q.CONFIRM_READ,
+                (got, expected, h_ts, w_start, w_end, reposts + (not final), None, p.org, p.start),
+            )
+            action = "finalize" if final else "repost"
+            self.log("warning", "stripe_differs", action=action, reposts=reposts, **fields)
+            if not final:
+                held[(p.org, p.start)] = Held(repost=True)
+        else:
+            # read before the post settled (its lag allowance): not a difference yet
+            again = float(h_sent) + self.cfg.confirm_after
+            conn.execute(
+                q.CONFIRM_READ,
+                (got, expected, None, w_start, w_end, reposts, again, p.org, p.start),
+            )
+            self.log("info", "stripe_lagging", **fields)
+        if final:
+            held[(p.org, p.start)] = Held(billed=got)
+
     def _posts(
         self,
         claims: dict[int, Claim],
@@ -354,10 +544,12 @@ class Relay:
         outcomes: dict[int, ClaimOutcome],
         only_close: bool,
         unpostable: set[tuple[int, datetime]],
+        held: dict[tuple[int, datetime], Held],
     ) -> list[Post]:
-        """Step 4: the periods to post now. Records values that no timestamp is left for
-        as failed ledger rows (in ``unpostable``) and defers organizations whose next
-        timestamp is still ahead."""
+        """Step 4: the periods to post now (those Stripe's summary showed to differ from
+        the ledger's last post included: posted again). Records values that no timestamp
+        is left for as failed ledger rows (in ``unpostable``) and defers organizations
+        whose next timestamp is still ahead."""
         posts: list[Post] = []
         defer: dict[int, int] = {}
         for org, periods in plan.items():
@@ -374,7 +566,9 @@ class Relay:
                     # what it held then was its final invoice's; closed as it is
                     unpostable.add((org, p.start))
                     continue
-                if p.held == p.usage and p.held_status != "pending":
+                check = held.get((org, p.start))
+                lost = check is not None and check.repost
+                if p.held == p.usage and p.held_status != "pending" and not lost:
                     continue
                 if p.next_ts is None or p.due is None:
                     continue  # no second of the tail to post in: waits for the final post
@@ -471,10 +665,12 @@ class Relay:
     def _record(self, conn: Conn, results: Results) -> None:
         """The ledger outcome of every call of a round, in one statement: sent, failed
         (refused for good) or still pending (no answer, or not made; resent by a later
-        claim). No call of the round is in flight any more."""
+        claim). No call of the round is in flight any more. The periods of the posts sent
+        get their summary read once the posts have settled (``--confirm-after``)."""
         if not results:
             return
         rows = list(results.items())
+        sent = [i for i, (o, _) in rows if o.accepted]
         self.ledger.execute(
             q.LEDGER_OUTCOMES,
             (
@@ -487,6 +683,15 @@ class Relay:
                 [r or None for _, (_, r) in rows],
             ),
         )
+        if sent:
+            self.ledger.execute(
+                q.CONFIRM_SCHEDULE,
+                {
+                    "idents": sent,
+                    "after": self.cfg.confirm_after,
+                    "longest": CONFIRM_AFTER_MAX,
+                },
+            )
 
     def _finish(
         self,
@@ -498,6 +703,7 @@ class Relay:
         only_close: bool,
         unpostable: set[tuple[int, datetime]],
         log_posted: list[dict[str, Any]],
+        checks: dict[tuple[int, datetime], Held],
     ) -> None:
         """Steps 5 and 6 for the organizations that got this far. A period whose final
         value cannot be posted is closed all the same (relay_failures shows why). Each
@@ -521,6 +727,9 @@ class Relay:
                     self.metrics.periods_closed.inc()
                     self.log("info", "period_closed", org=org, period=p.start, value=held)
                 elif p.phase == "final":
+                    check = checks.get((org, p.start))
+                    if check is not None and check.billed is not None:
+                        held = check.billed  # what Stripe held, read from its summary
                     billed = held if claim.billed else None
                     ended = self.poster.ended.get(org)
                     if ended is not None and p.first_second >= ended:

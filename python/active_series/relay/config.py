@@ -21,6 +21,8 @@ CLAIM_BATCH = 100
 # call starts only if it can end by its deadline; this is how long after the row is written
 # it may still start (waiting for the rate limit or a posting thread).
 CALL_START_WINDOW = 5.0
+# The longest wait before reading a period's event summary again after posts made again.
+CONFIRM_AFTER_MAX = 600.0
 # The SDK sleeps this long at most before its n-th retry: min(0.5 * 2 ** (n - 1), 5) seconds.
 SDK_RETRY_DELAY = (0.5, 5.0)
 
@@ -56,6 +58,10 @@ class RelayConfig:
     # post the periods that ended before the customer's subscription began (no invoice
     # bills them: by default they are finalized without a post)
     post_before_subscription: bool = False
+    # seconds after a post is sent before the meter's event summary is read to confirm it
+    # (Stripe's summaries are eventually consistent: a difference read sooner may be lag);
+    # doubled after each post made again for the same period, up to CONFIRM_AFTER_MAX
+    confirm_after: float = 5.0
     once: bool = False
 
     @property
@@ -71,6 +77,19 @@ class RelayConfig:
         if self.rate_limit > 0:
             batch = min(batch, max(1, int(self.rate_limit / 2)))
         return batch
+
+    def confirm_delay(self, reposts: int) -> float:
+        """Seconds from a post's sending to the read that confirms it, after ``reposts``
+        posts made again for its period since Stripe last agreed: ``confirm_after``,
+        doubled for each (lag longer than ``confirm_after`` costs a few posts, not one per
+        ``confirm_after``)."""
+        longest = max(CONFIRM_AFTER_MAX, self.confirm_after)
+        return float(min(self.confirm_after * 2 ** min(reposts, 16), longest))
+
+    def prefinal_lead(self) -> float:
+        """How long before the invoice grace ends a period's summary is read again: time for
+        a post made again to be sent and confirmed before Stripe finalizes the invoice."""
+        return min(self.invoice_grace - self.grace, max(3 * self.confirm_after, 60.0))
 
     @property
     def call_bound(self) -> float:

@@ -240,3 +240,125 @@ SET_BILLING_PERIOD: Final = (
 )
 # -- the metered price, read with the subscription (prices.py) ---------------------------
 STORE_PRICE: Final = "SELECT active_series._store_price(%s, %s, %s)"
+
+# -- what Stripe holds, read from the meter's event summaries (_relay_confirmation) ------
+# per period given (organization, start, end, customer): its last post per the ledger
+# (timestamp, value, status, when its status was last written), the summary window that
+# holds exactly its events (minute-aligned: from the minute of the period's first second
+# to the minute after its last post) with the value the ledger expects Stripe to hold over
+# it, and the period's last read (whether one is due, for which post, what it held, when)
+CONFIRM_STATE: Final = """
+SELECT
+    x.organization_id, x.period_start,
+    h.event_timestamp, h.value, h.status, extract(EPOCH FROM h.updated)::float8,
+    w.window_start, w.window_end, e.value,
+    c.organization_id IS NOT NULL, coalesce(c.due_at <= clock_timestamp(), FALSE),
+    c.event_timestamp, c.stripe_value, c.ledger_value, extract(EPOCH FROM c.read_at)::float8,
+    coalesce(c.reposts, 0),
+    extract(EPOCH FROM clock_timestamp())::float8
+FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::text[])
+    AS x (organization_id, period_start, period_end, customer)
+LEFT JOIN active_series._relay_confirmation AS c
+    ON x.organization_id = c.organization_id AND x.period_start = c.period_start
+LEFT JOIN LATERAL (
+    SELECT l.event_timestamp, l.value, l.status, l.updated
+    FROM active_series._ledger AS l
+    WHERE
+        l.stripe_customer_id = x.customer
+        AND l.status <> 'failed'
+        AND l.event_timestamp
+        BETWEEN ceil(extract(EPOCH FROM x.period_start))::bigint
+        AND ceil(extract(EPOCH FROM x.period_end))::bigint - 1
+    ORDER BY l.event_timestamp DESC
+    LIMIT 1
+) AS h ON TRUE
+LEFT JOIN LATERAL (
+    SELECT
+        ceil(extract(EPOCH FROM x.period_start))::bigint
+        - ceil(extract(EPOCH FROM x.period_start))::bigint %% 60 AS window_start,
+        h.event_timestamp - h.event_timestamp %% 60 + 60 AS window_end
+) AS w ON TRUE
+LEFT JOIN LATERAL (
+    SELECT l.value
+    FROM active_series._ledger AS l
+    WHERE
+        l.stripe_customer_id = x.customer
+        AND l.status <> 'failed'
+        AND l.event_timestamp >= w.window_start AND l.event_timestamp < w.window_end
+    ORDER BY l.event_timestamp DESC
+    LIMIT 1
+) AS e ON TRUE
+"""
+
+# posts Stripe accepted (identifiers): their periods' summaries are read once they have
+# settled, %(after)s seconds from now doubled for each post made again since Stripe last
+# agreed (RelayConfig.confirm_delay, written out)
+CONFIRM_SCHEDULE: Final = """
+INSERT INTO active_series._relay_confirmation AS c (
+    organization_id, period_start, period_end, stripe_customer_id, due_at
+)
+SELECT DISTINCT ON (l.organization_id, l.period_start)
+    l.organization_id, l.period_start, l.period_end, l.stripe_customer_id,
+    clock_timestamp() + make_interval(secs => %(after)s)
+FROM active_series._ledger AS l
+WHERE l.identifier = ANY(%(idents)s) AND l.status = 'sent'
+ORDER BY l.organization_id, l.period_start, l.event_timestamp DESC
+ON CONFLICT (organization_id, period_start) DO UPDATE
+SET due_at = clock_timestamp() + make_interval(
+    secs => least(%(after)s * power(2, least(c.reposts, 16)), greatest(%(longest)s, %(after)s))
+)
+"""
+
+# a read of a period's summary: (stripe value, ledger value, the post it confirms or NULL,
+# window start, window end, reposts since Stripe last agreed, next due as Unix seconds or
+# NULL, organization, period start)
+CONFIRM_READ: Final = """
+UPDATE active_series._relay_confirmation
+SET stripe_value = %s, ledger_value = %s, event_timestamp = %s, window_start = %s,
+    window_end = %s, read_at = clock_timestamp(), last_error = NULL,
+    reposts = %s,
+    due_at = to_timestamp(%s::float8)
+WHERE organization_id = %s AND period_start = %s
+"""
+
+# a read that failed (error, next due as Unix seconds, organization, period start); a
+# period without a row yet (its posts predate the reads, or were made without the worker)
+# gets one
+CONFIRM_FAILED: Final = """
+INSERT INTO active_series._relay_confirmation AS c (
+    organization_id, period_start, period_end, stripe_customer_id, due_at, last_error
+)
+VALUES (%(org)s, %(start)s, %(end)s, %(customer)s, to_timestamp(%(due)s::float8), %(error)s)
+ON CONFLICT (organization_id, period_start) DO UPDATE
+SET last_error = excluded.last_error, due_at = excluded.due_at
+"""
+
+# a period with no row yet, read for the first time (its posts predate the reads)
+CONFIRM_NEW: Final = """
+INSERT INTO active_series._relay_confirmation (
+    organization_id, period_start, period_end, stripe_customer_id
+)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (organization_id, period_start) DO NOTHING
+"""
+
+# nothing to read for these (organization, period start) pairs any more
+CONFIRM_NOT_DUE: Final = """
+UPDATE active_series._relay_confirmation AS c
+SET due_at = NULL
+FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
+WHERE c.organization_id = x.organization_id AND c.period_start = x.period_start
+"""
+
+# due reads of the claimed organizations' periods that the plan no longer has (finalized,
+# or re-bucketed by set_billing_period): dropped
+CONFIRM_DROP_STALE: Final = """
+UPDATE active_series._relay_confirmation AS c
+SET due_at = NULL
+WHERE
+    c.organization_id = ANY(%s) AND c.due_at IS NOT NULL
+    AND NOT EXISTS (
+        SELECT FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
+        WHERE x.organization_id = c.organization_id AND x.period_start = c.period_start
+    )
+"""

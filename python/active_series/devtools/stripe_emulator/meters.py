@@ -293,8 +293,16 @@ class Meters(Customers):
                 "type": "cancel",
             }
 
-    def aggregate(self, meter_id: str, customer: str, start: float, end: float) -> int:
-        """The meter's formula over the customer's events with ``start <= timestamp < end``.
+    def aggregate(
+        self,
+        meter_id: str,
+        customer: str,
+        start: float,
+        end: float,
+        received_before: float | None = None,
+    ) -> int:
+        """The meter's formula over the customer's events with ``start <= timestamp < end``
+        (and, given ``received_before``, received before then: what a lagging summary sees).
 
         ``last`` is the value of the event with the greatest timestamp; among events with the same
         timestamp the one that arrived last wins.
@@ -309,6 +317,7 @@ class Meters(Customers):
                 and e["customer"] == customer
                 and start <= e["timestamp"] < end
                 and not e["canceled"]
+                and (received_before is None or e["received_at"] < received_before)
             ]
         if formula == "count":
             return len(chosen)
@@ -319,6 +328,11 @@ class Meters(Customers):
         return max(chosen, key=lambda e: (e["timestamp"], e["seq"]))["value"]
 
     def event_summaries(self, mid: str, p: Json) -> list[Json]:
+        """What the meter bills the customer for each window: the same aggregation as the
+        invoices (accepted events only, canceled ones left out; ``last``: the window's latest
+        event). Summaries are eventually consistent: with ``summary_lag`` set (seconds, the
+        control API's ``/_emulator/event_summaries``), events received less than that long
+        ago do not count yet."""
         customer = as_str(p, "customer", required=True)
         start = as_int(p, "start_time", required=True)
         end = as_int(p, "end_time", required=True)
@@ -343,10 +357,15 @@ class Meters(Customers):
                 buckets.append((max(edge, start), min(edge + size, end)))
                 edge += size
         with self.lock:
+            lag = float(getattr(self, "summary_lag", 0.0))
+            seen = self.now() - lag if lag > 0 else None
             has_events = {
                 e["timestamp"]
                 for e in self.events
-                if e["meter"] == mid and e["customer"] == customer and not e["canceled"]
+                if e["meter"] == mid
+                and e["customer"] == customer
+                and not e["canceled"]
+                and (seen is None or e["received_at"] < seen)
             }
         summaries = []
         for b_start, b_end in buckets:
@@ -357,7 +376,7 @@ class Meters(Customers):
                 {
                     "id": "mtrusum_" + digest[:24],
                     "object": "billing.meter_event_summary",
-                    "aggregated_value": self.aggregate(mid, customer, b_start, b_end),
+                    "aggregated_value": self.aggregate(mid, customer, b_start, b_end, seen),
                     "start_time": b_start,
                     "end_time": b_end,
                     "livemode": False,
