@@ -3400,7 +3400,10 @@ SELECT
     -- in sync: the ledger's last post is sent and equals the usage, and the meter's event
     -- summary, read after that post, held the same (nothing posted: nothing to confirm)
     coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent'
-    AND (h.value IS NULL OR c.event_timestamp = h.event_timestamp AND c.stripe_value = c.ledger_value)
+    AND (
+        h.value IS NULL
+        OR coalesce(c.event_timestamp = h.event_timestamp AND c.stripe_value = c.ledger_value, FALSE)
+    )
     AS in_sync,
     coalesce(x.depth, 0) AS outbox_depth,
     now() - x.oldest AS oldest_unposted_change_age,
@@ -3491,7 +3494,10 @@ SELECT
     h.value AS stripe_value,
     h.status AS stripe_value_status,
     coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent'
-    AND (h.value IS NULL OR c.event_timestamp = h.event_timestamp AND c.stripe_value = c.ledger_value)
+    AND (
+        h.value IS NULL
+        OR coalesce(c.event_timestamp = h.event_timestamp AND c.stripe_value = c.ledger_value, FALSE)
+    )
     AS in_sync,
     coalesce(
         h.value = u.period_usage AND h.status = 'sent'

@@ -9,7 +9,10 @@ SELECT
     h.value AS stripe_value,
     h.status AS stripe_value_status,
     coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent'
-    AND (h.value IS NULL OR c.event_timestamp = h.event_timestamp AND c.stripe_value = c.ledger_value)
+    AND (
+        h.value IS NULL
+        OR coalesce(c.event_timestamp = h.event_timestamp AND c.stripe_value = c.ledger_value, FALSE)
+    )
     AS in_sync,
     coalesce(
         h.value = u.period_usage AND h.status = 'sent'

@@ -11,7 +11,10 @@ SELECT
     -- in sync: the ledger's last post is sent and equals the usage, and the meter's event
     -- summary, read after that post, held the same (nothing posted: nothing to confirm)
     coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent'
-    AND (h.value IS NULL OR c.event_timestamp = h.event_timestamp AND c.stripe_value = c.ledger_value)
+    AND (
+        h.value IS NULL
+        OR coalesce(c.event_timestamp = h.event_timestamp AND c.stripe_value = c.ledger_value, FALSE)
+    )
     AS in_sync,
     coalesce(x.depth, 0) AS outbox_depth,
     now() - x.oldest AS oldest_unposted_change_age,

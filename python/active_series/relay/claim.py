@@ -397,7 +397,7 @@ class Relay:
         held: dict[tuple[int, datetime], Held] = {}
         every = [p for periods in plan.values() for p in periods]
         if every:
-            conn.execute(
+            self.ledger.execute(
                 q.CONFIRM_DROP_STALE,
                 (list(claims), [p.org for p in every], [p.start for p in every]),
             )
@@ -446,7 +446,9 @@ class Relay:
                 else:
                     not_due.append(p)  # a post is due first; it schedules its own read
         if not_due:
-            conn.execute(q.CONFIRM_NOT_DUE, ([p.org for p in not_due], [p.start for p in not_due]))
+            self.ledger.execute(
+                q.CONFIRM_NOT_DUE, ([p.org for p in not_due], [p.start for p in not_due])
+            )
         if not reads:
             return held
         meter_id = self.poster.prices.meter_id or str(self.check_meter()["id"])
@@ -478,13 +480,13 @@ class Relay:
         h_ts, h_sent, w_start, w_end, expected = row[2], row[5], row[6], row[7], row[8]
         has_row, reposts, now = row[9], int(row[15]), float(row[16])
         if not has_row:
-            conn.execute(q.CONFIRM_NEW, (p.org, p.start, p.end, claim.customer))
+            self.ledger.execute(q.CONFIRM_NEW, (p.org, p.start, p.end, claim.customer))
         if isinstance(got, stripe.StripeError):
             outcome, reason = classify(got)
             if outcome == Outcome.PERMANENT:
                 outcome = Outcome.TRANSIENT  # a read refused is retried, never parks
             self.poster._outcome(outcome, reason)
-            conn.execute(
+            self.ledger.execute(
                 q.CONFIRM_FAILED,
                 {
                     "org": p.org,
@@ -511,14 +513,14 @@ class Relay:
         }
         if got == expected:
             after = None if final or now >= prefinal else prefinal
-            conn.execute(
+            self.ledger.execute(
                 q.CONFIRM_READ, (got, expected, h_ts, w_start, w_end, 0, after, p.org, p.start)
             )
             self.log("info", "stripe_confirmed", **fields)
         elif final or now - float(h_sent) >= self.cfg.confirm_after:
             # settled, and Stripe holds another value: lost (or refused after it was
             # accepted); posted again unless the invoice is final (billing_drift shows it)
-            conn.execute(
+            self.ledger.execute(
                 q.CONFIRM_READ,
                 (got, expected, h_ts, w_start, w_end, reposts + (not final), None, p.org, p.start),
             )
@@ -529,7 +531,7 @@ class Relay:
         else:
             # read before the post settled (its lag allowance): not a difference yet
             again = float(h_sent) + self.cfg.confirm_after
-            conn.execute(
+            self.ledger.execute(
                 q.CONFIRM_READ,
                 (got, expected, None, w_start, w_end, reposts, again, p.org, p.start),
             )
