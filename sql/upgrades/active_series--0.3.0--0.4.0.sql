@@ -3290,14 +3290,18 @@ COMMENT ON COLUMN active_series._relay_confirmation.stripe_value IS
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
-        PERFORM pg_catalog.pg_extension_config_dump('active_series._relay_confirmation', '');
+        PERFORM pg_catalog.pg_extension_config_dump(
+            'active_series._relay_confirmation', ''
+        );
     END IF;
 END;
 $$;
 GRANT SELECT, INSERT, UPDATE ON active_series._relay_confirmation TO active_series_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON active_series._relay_confirmation TO active_series_admin;
 -- ---------------------------------------------------------------- sql/functions/_relay_work.sql
-CREATE OR REPLACE FUNCTION active_series._relay_work(p_grace interval, p_invoice_grace interval)
+CREATE OR REPLACE FUNCTION active_series._relay_work(
+    p_grace interval, p_invoice_grace interval
+)
 RETURNS TABLE (organization_id bigint)
 LANGUAGE plpgsql
 VOLATILE
@@ -3350,7 +3354,9 @@ $$;
 COMMENT ON FUNCTION active_series._relay_work(interval, interval) IS
 'Internal (relay): organizations with work due now (outbox rows, pending posts, periods to close after the grace or to finalize after the invoice grace, Stripe summaries to read), not parked or backing off.';
 -- ---------------------------------------------------------------- sql/functions/_relay_next_wakeup.sql
-CREATE OR REPLACE FUNCTION active_series._relay_next_wakeup(p_grace interval, p_invoice_grace interval)
+CREATE OR REPLACE FUNCTION active_series._relay_next_wakeup(
+    p_grace interval, p_invoice_grace interval
+)
 RETURNS timestamptz
 LANGUAGE sql
 STABLE
@@ -3402,9 +3408,11 @@ SELECT
     coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent'
     AND (
         h.value IS NULL
-        OR coalesce(c.event_timestamp = h.event_timestamp AND c.stripe_value = c.ledger_value, FALSE)
+        OR coalesce(
+            rc.event_timestamp = h.event_timestamp AND rc.stripe_value = rc.ledger_value, FALSE
+        )
     )
-    AS in_sync,
+        AS in_sync,
     coalesce(x.depth, 0) AS outbox_depth,
     now() - x.oldest AS oldest_unposted_change_age,
     s.parked_at IS NOT NULL AS parked,
@@ -3415,11 +3423,11 @@ SELECT
     -- the ledger agrees, Stripe's event summary has not confirmed it (yet)
     coalesce(
         h.value = u.period_usage AND h.status = 'sent'
-        AND c.event_timestamp IS DISTINCT FROM h.event_timestamp,
+        AND rc.event_timestamp IS DISTINCT FROM h.event_timestamp,
         FALSE
     ) AS confirming,
-    c.stripe_value AS stripe_summary,
-    c.read_at AS stripe_summary_at
+    rc.stripe_value AS stripe_summary,
+    rc.read_at AS stripe_summary_at
 FROM active_series.billing_account AS b
 -- current_period and period_usage written out as one probe each: the view is polled over
 -- every billed organization, and their calls cost ~20 µs each per row. The recorded period
@@ -3477,8 +3485,8 @@ LEFT JOIN LATERAL (
     WHERE o.organization_id = b.organization_id
 ) AS x ON TRUE
 LEFT JOIN active_series._relay_state AS s ON b.organization_id = s.organization_id
-LEFT JOIN active_series._relay_confirmation AS c
-    ON b.organization_id = c.organization_id AND cp.period_start = c.period_start
+LEFT JOIN active_series._relay_confirmation AS rc
+    ON b.organization_id = rc.organization_id AND cp.period_start = rc.period_start
 WHERE b.plan <> 'free' AND b.stripe_customer_id IS NOT NULL;
 COMMENT ON VIEW active_series.relay_status IS
 'Per billed organization: current period, its exact usage, the value Stripe holds per the ledger, whether they agree and Stripe''s event summary confirmed it (in_sync; confirming: not yet read), outbox depth, age of the oldest unposted change, whether the relay is parked, and what the meter''s event summary held when last read.';
@@ -3496,16 +3504,18 @@ SELECT
     coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent'
     AND (
         h.value IS NULL
-        OR coalesce(c.event_timestamp = h.event_timestamp AND c.stripe_value = c.ledger_value, FALSE)
+        OR coalesce(
+            rc.event_timestamp = h.event_timestamp AND rc.stripe_value = rc.ledger_value, FALSE
+        )
     )
-    AS in_sync,
+        AS in_sync,
     coalesce(
         h.value = u.period_usage AND h.status = 'sent'
-        AND c.event_timestamp IS DISTINCT FROM h.event_timestamp,
+        AND rc.event_timestamp IS DISTINCT FROM h.event_timestamp,
         FALSE
     ) AS confirming,
-    c.stripe_value AS stripe_summary,
-    c.read_at AS stripe_summary_at
+    rc.stripe_value AS stripe_summary,
+    rc.read_at AS stripe_summary_at
 FROM active_series.billing_account AS b
 INNER JOIN active_series._period AS p ON b.organization_id = p.organization_id
 CROSS JOIN
@@ -3517,8 +3527,8 @@ CROSS JOIN
 LEFT JOIN LATERAL active_series._relay_held(
     b.stripe_customer_id, p.period_start, p.period_end
 ) AS h ON TRUE
-LEFT JOIN active_series._relay_confirmation AS c
-    ON p.organization_id = c.organization_id AND p.period_start = c.period_start
+LEFT JOIN active_series._relay_confirmation AS rc
+    ON p.organization_id = rc.organization_id AND p.period_start = rc.period_start
 WHERE b.stripe_customer_id IS NOT NULL;
 COMMENT ON VIEW active_series.relay_periods IS
 'Per organization with a Stripe customer and recorded billing period: the exact usage, the value Stripe holds for that period per the ledger, whether they agree and Stripe''s event summary confirmed it (in_sync; confirming: not yet read), what the summary held when last read, and when the period was closed.';

@@ -13,9 +13,11 @@ SELECT
     coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent'
     AND (
         h.value IS NULL
-        OR coalesce(c.event_timestamp = h.event_timestamp AND c.stripe_value = c.ledger_value, FALSE)
+        OR coalesce(
+            rc.event_timestamp = h.event_timestamp AND rc.stripe_value = rc.ledger_value, FALSE
+        )
     )
-    AS in_sync,
+        AS in_sync,
     coalesce(x.depth, 0) AS outbox_depth,
     now() - x.oldest AS oldest_unposted_change_age,
     s.parked_at IS NOT NULL AS parked,
@@ -26,11 +28,11 @@ SELECT
     -- the ledger agrees, Stripe's event summary has not confirmed it (yet)
     coalesce(
         h.value = u.period_usage AND h.status = 'sent'
-        AND c.event_timestamp IS DISTINCT FROM h.event_timestamp,
+        AND rc.event_timestamp IS DISTINCT FROM h.event_timestamp,
         FALSE
     ) AS confirming,
-    c.stripe_value AS stripe_summary,
-    c.read_at AS stripe_summary_at
+    rc.stripe_value AS stripe_summary,
+    rc.read_at AS stripe_summary_at
 FROM active_series.billing_account AS b
 -- current_period and period_usage written out as one probe each: the view is polled over
 -- every billed organization, and their calls cost ~20 µs each per row. The recorded period
@@ -88,8 +90,8 @@ LEFT JOIN LATERAL (
     WHERE o.organization_id = b.organization_id
 ) AS x ON TRUE
 LEFT JOIN active_series._relay_state AS s ON b.organization_id = s.organization_id
-LEFT JOIN active_series._relay_confirmation AS c
-    ON b.organization_id = c.organization_id AND cp.period_start = c.period_start
+LEFT JOIN active_series._relay_confirmation AS rc
+    ON b.organization_id = rc.organization_id AND cp.period_start = rc.period_start
 WHERE b.plan <> 'free' AND b.stripe_customer_id IS NOT NULL;
 COMMENT ON VIEW active_series.relay_status IS
 'Per billed organization: current period, its exact usage, the value Stripe holds per the ledger, whether they agree and Stripe''s event summary confirmed it (in_sync; confirming: not yet read), outbox depth, age of the oldest unposted change, whether the relay is parked, and what the meter''s event summary held when last read.';
