@@ -30,10 +30,19 @@ BEGIN
             'active_series._alert',
             'active_series._alert_id_seq',
             'active_series._period_watch',
-            'active_series._relay_confirmation'
+            'active_series._relay_confirmation',
+            'active_series._post_attempt'
         ]::regclass [] LOOP
             PERFORM pg_catalog.pg_extension_config_dump(v_rel, '');
         END LOOP;
+    END IF;
+END;
+$$;
+-- the relay's record of the subscriptions' edges (sql/tables/relay_subscription.sql)
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('active_series._relay_subscription', '');
     END IF;
 END;
 $$;

@@ -45,11 +45,15 @@ TO active_series_worker;
 GRANT SELECT, DELETE ON active_series._outbox TO active_series_worker;
 GRANT SELECT, INSERT, UPDATE ON active_series._ledger TO active_series_worker;
 GRANT SELECT, INSERT, UPDATE ON active_series._relay_confirmation TO active_series_worker;
+GRANT SELECT, INSERT, DELETE ON active_series._post_attempt TO active_series_worker;
 GRANT SELECT, INSERT ON active_series._relay_state TO active_series_worker;
 GRANT UPDATE (
     parked_at, parked_reason, next_attempt_at, attempts, last_event_timestamp, updated_at
 ) ON active_series._relay_state TO active_series_worker;
 GRANT UPDATE (closed_at, finalized_at, billed_value, drift_since) ON active_series._period
+TO active_series_worker;
+-- the subscription's edges the claims respect (ended, scheduled cancellation, item start)
+GRANT SELECT, INSERT, UPDATE ON active_series._relay_subscription
 TO active_series_worker;
 -- the metered price, read from the subscription item with the billing period
 GRANT SELECT, INSERT, DELETE ON active_series._price, active_series._price_tier
@@ -70,6 +74,7 @@ active_series._project_rows(),
 active_series._variant_rows(),
 active_series._period_at(bigint, timestamptz),
 active_series._recorded_period(bigint, timestamptz),
+active_series._rolling_period(timestamptz, interval, timestamptz),
 active_series._derive_period(bigint, timestamptz),
 active_series.period_usage(bigint, timestamptz),
 active_series.period_series(bigint, timestamptz),

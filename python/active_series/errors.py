@@ -24,3 +24,27 @@ class CommandError(Exception):
     def __init__(self, message: str, code: ExitCode) -> None:
         super().__init__(message)
         self.code = code
+
+
+# SQLSTATEs of a login the server refuses (rather than one it cannot take now): bad
+# credentials, no such role or database, no LOGIN, no CONNECT.
+_REFUSED_LOGIN_STATES = {"28000", "28P01", "3D000", "42501"}
+# libpq usually reports a failed connection without a SQLSTATE: the server's messages for
+# the same refusals (a server starting up, shutting down or full is not refusing the role)
+_REFUSED_LOGIN_TEXT = (
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "is not permitted to log in",
+    "permission denied for database",
+)
+
+
+def login_refused(exc: BaseException) -> bool:
+    """Whether a failed connection is the server refusing the login, which retrying cannot
+    fix, rather than the server being unreachable or busy for now."""
+    state = getattr(exc, "sqlstate", None)
+    if state in _REFUSED_LOGIN_STATES:
+        return True
+    text = str(exc)
+    return "FATAL" in text and any(m in text for m in _REFUSED_LOGIN_TEXT)

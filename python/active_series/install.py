@@ -223,8 +223,8 @@ def plpython_script() -> str:
 
 
 def install_plpython(conninfo: str, mode: str) -> str:
-    """The optional PL/Python functions (stripe_reconcile, relay_now). ``mode``: "auto"
-    installs them when plpython3u is available and this role may create it (or it exists),
+    """The optional PL/Python function stripe_reconcile. ``mode``: "auto"
+    installs it when plpython3u is available and this role may create it (or it exists),
     "yes" insists, "no" skips. Returns what was done, for the user; InstallError when it
     cannot be done and ``mode`` is "yes" (or the role lacks a privilege)."""
     if mode == "no":
@@ -253,4 +253,4 @@ def install_plpython(conninfo: str, mode: str) -> str:
             raise InstallError(
                 f"cannot install the PL/Python functions: {pg_message(exc)}"
             ) from None
-    return "PL/Python functions stripe_reconcile and relay_now installed"
+    return "PL/Python function stripe_reconcile installed"

@@ -9,16 +9,13 @@ STABLE
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- The billing period that would contain p_at, from the organization's configuration:
--- anchor + k * interval (k >= 0, computed in UTC from the anchor each time, so month
--- lengths never drift), or the calendar month in UTC before the anchor / without one.
+-- the rolling period anchor + k * interval (_rolling_period), or the calendar month in UTC
+-- before the anchor / without one.
 -- Clamped so that it never overlaps a recorded period. Reads only; takes no locks.
 DECLARE
     v_anchor timestamptz;
     v_interval interval;
-    v_anchor_utc timestamp;
-    v_at_utc timestamp;
-    v_months integer;
-    v_k bigint;
+    v_month timestamp;
     v_bound timestamptz;
 BEGIN
     SELECT b.period_anchor, b.period_interval
@@ -26,30 +23,13 @@ BEGIN
     FROM active_series.billing_account AS b
     WHERE b.organization_id = p_organization_id;
 
-    v_at_utc := p_at AT TIME ZONE 'UTC';
     IF v_anchor IS NOT NULL AND p_at >= v_anchor THEN
-        v_anchor_utc := v_anchor AT TIME ZONE 'UTC';
-        v_months := extract(YEAR FROM v_interval)::integer * 12
-            + extract(MONTH FROM v_interval)::integer;
-        IF v_months > 0 THEN
-            v_k := ((extract(YEAR FROM v_at_utc) - extract(YEAR FROM v_anchor_utc)) * 12
-                + extract(MONTH FROM v_at_utc) - extract(MONTH FROM v_anchor_utc))::bigint
-                / v_months;
-            v_k := greatest(v_k - 1, 0);
-        ELSE
-            v_k := greatest(
-                floor(extract(EPOCH FROM p_at - v_anchor) / extract(EPOCH FROM v_interval)) - 1,
-                0
-            )::bigint;
-        END IF;
-        WHILE v_anchor_utc + (v_k + 1) * v_interval <= v_at_utc LOOP
-            v_k := v_k + 1;
-        END LOOP;
-        period_start := (v_anchor_utc + v_k * v_interval) AT TIME ZONE 'UTC';
-        period_end := (v_anchor_utc + (v_k + 1) * v_interval) AT TIME ZONE 'UTC';
+        SELECT r.period_start, r.period_end INTO period_start, period_end
+        FROM active_series._rolling_period(v_anchor, v_interval, p_at) AS r;
     ELSE
-        period_start := date_trunc('month', v_at_utc) AT TIME ZONE 'UTC';
-        period_end := (date_trunc('month', v_at_utc) + interval '1 month') AT TIME ZONE 'UTC';
+        v_month := date_trunc('month', p_at AT TIME ZONE 'UTC');
+        period_start := v_month AT TIME ZONE 'UTC';
+        period_end := (v_month + interval '1 month') AT TIME ZONE 'UTC';
     END IF;
 
     SELECT p.period_end INTO v_bound

@@ -8,7 +8,7 @@ AS $$
 -- ends); taken in lock-key order, so that two writers of several testbeds cannot deadlock.
 -- (PL/pgSQL for its cached plan: it runs at every ingest commit.)
 BEGIN
-    PERFORM pg_advisory_xact_lock(1634956101, k.key)
+    PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), k.key)
     FROM (
         SELECT DISTINCT hashint8(t.id) AS key FROM unnest(p_testbed_ids) AS t (id) ORDER BY 1
     ) AS k;

@@ -14,7 +14,7 @@ AS $$
 -- used); recording a new period also takes the organization's period-creation lock, so
 -- that two transactions never derive overlapping periods from different snapshots.
 BEGIN
-    PERFORM pg_advisory_xact_lock_shared(1634956099, hashint8(p_organization_id));
+    PERFORM pg_advisory_xact_lock_shared(_lock_key('period'), hashint8(p_organization_id));
     -- the recorded one (as _recorded_period, written out: this runs at every ingest commit)
     SELECT l.period_start, l.period_end
     INTO period_start, period_end
@@ -29,7 +29,7 @@ BEGIN
     IF period_start IS NOT NULL THEN
         RETURN;
     END IF;
-    PERFORM pg_advisory_xact_lock(1634956100, hashint8(p_organization_id));
+    PERFORM pg_advisory_xact_lock(_lock_key('period_creation'), hashint8(p_organization_id));
     -- a fresh snapshot: a period recorded meanwhile by a committed transaction counts
     SELECT a.period_start, a.period_end
     INTO period_start, period_end

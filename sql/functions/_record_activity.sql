@@ -166,7 +166,7 @@ BEGIN
         -- (one testbed at one time, nearly every transaction: the same three steps written
         -- out, without the calls: _lock_testbeds, _find_shape and _widen for one group)
         v_group := v_groups[1];
-        PERFORM pg_advisory_xact_lock(1634956101, hashint8(v_group.testbed_id));
+        PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), hashint8(v_group.testbed_id));
         SELECT s.id, s.series INTO v_shape_id, v_series
         FROM active_series._shape AS s
         WHERE s.project_id = v_group.project_id

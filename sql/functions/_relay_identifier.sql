@@ -10,7 +10,7 @@ AS $$
 -- The identifier of a meter event post (Stripe's duplicate check; each attempt's
 -- idempotency key is this plus a fresh suffix). Deterministic: a customer
 -- never gets two events with one timestamp, so (customer, timestamp, value) names a post,
--- also across ledger rebuilds. The worker and relay_now both call this. Takes no locks.
+-- also across ledger rebuilds. The worker calls this. Takes no locks.
 SELECT 'as-' || p_stripe_customer_id || '-' || p_event_timestamp || '-' || p_value;
 $$;
 COMMENT ON FUNCTION active_series._relay_identifier(text, bigint, bigint) IS

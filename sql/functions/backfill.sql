@@ -26,7 +26,7 @@ BEGIN
         RAISE EXCEPTION 'active_series: backfill batch size must be a positive number of reports'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NOT pg_catalog.pg_try_advisory_lock(1634956099, 0) THEN
+    IF NOT pg_catalog.pg_try_advisory_lock(active_series._lock_key('backfill'), 0) THEN
         RAISE EXCEPTION 'active_series: another backfill is running'
             USING ERRCODE = 'lock_not_available';
     END IF;
@@ -70,7 +70,7 @@ BEGIN
         PERFORM active_series._recount_period(v_org, v_period);
     END LOOP;
     COMMIT;
-    PERFORM pg_catalog.pg_advisory_unlock(1634956099, 0);
+    PERFORM pg_catalog.pg_advisory_unlock(active_series._lock_key('backfill'), 0);
     RAISE NOTICE 'active_series backfill: done, % reports', v_done;
 END;
 $$;

@@ -31,8 +31,6 @@ DECLARE
     v_at timestamptz;
     v_next timestamptz;
     v_first timestamptz;
-    v_first_utc timestamp;
-    v_k bigint;
     v_cell_start timestamptz;
     v_cell_end timestamptz;
 BEGIN
@@ -63,7 +61,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    PERFORM pg_advisory_xact_lock(1634956099, hashint8(p_organization_id));
+    PERFORM pg_advisory_xact_lock(_lock_key('period'), hashint8(p_organization_id));
 
     v_months := ((extract(YEAR FROM v_end_utc) - extract(YEAR FROM v_start_utc)) * 12
         + extract(MONTH FROM v_end_utc) - extract(MONTH FROM v_start_utc))::integer;
@@ -100,27 +98,9 @@ BEGIN
         WHERE t.organization_id = p_organization_id AND t.period_start = v_next;
         v_first := greatest(coalesce(v_first, v_next), v_next);
 
-        -- the rolling period containing v_first: anchor + k * interval, computed from the
-        -- anchor each time exactly as _derive_period does (k >= 1: v_first >= the end)
-        v_first_utc := v_first AT TIME ZONE 'UTC';
-        IF v_months >= 1 AND v_start_utc + make_interval(months => v_months) = v_end_utc THEN
-            v_k := ((extract(YEAR FROM v_first_utc) - extract(YEAR FROM v_start_utc)) * 12
-                + extract(MONTH FROM v_first_utc) - extract(MONTH FROM v_start_utc))::bigint
-                / v_months;
-        ELSE
-            v_k := floor(
-                extract(EPOCH FROM v_first - p_period_start) / extract(EPOCH FROM v_interval)
-            )::bigint;
-        END IF;
-        v_k := greatest(v_k - 1, 1);
-        WHILE v_k > 1 AND v_start_utc + v_k * v_interval > v_first_utc LOOP
-            v_k := v_k - 1;  -- (an interval times k is rounded to microseconds)
-        END LOOP;
-        WHILE v_start_utc + (v_k + 1) * v_interval <= v_first_utc LOOP
-            v_k := v_k + 1;
-        END LOOP;
-        v_cell_start := (v_start_utc + v_k * v_interval) AT TIME ZONE 'UTC';
-        v_cell_end := (v_start_utc + (v_k + 1) * v_interval) AT TIME ZONE 'UTC';
+        -- the rolling period containing v_first (k >= 1: v_first >= the end)
+        SELECT r.period_start, r.period_end INTO v_cell_start, v_cell_end
+        FROM active_series._rolling_period(p_period_start, v_interval, v_first) AS r;
 
         PERFORM active_series._split_period(p_organization_id, v_cell_start);
         PERFORM active_series._split_period(p_organization_id, v_cell_end);

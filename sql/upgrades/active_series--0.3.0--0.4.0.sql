@@ -2542,7 +2542,7 @@ AS $$
 -- The identifier of a meter event post (Stripe's duplicate check; each attempt's
 -- idempotency key is this plus a fresh suffix). Deterministic: a customer
 -- never gets two events with one timestamp, so (customer, timestamp, value) names a post,
--- also across ledger rebuilds. The worker and relay_now both call this. Takes no locks.
+-- also across ledger rebuilds. The worker calls this. Takes no locks.
 SELECT 'as-' || p_stripe_customer_id || '-' || p_event_timestamp || '-' || p_value;
 $$;
 COMMENT ON FUNCTION active_series._relay_identifier(text, bigint, bigint) IS
@@ -2816,8 +2816,6 @@ DECLARE
     v_at timestamptz;
     v_next timestamptz;
     v_first timestamptz;
-    v_first_utc timestamp;
-    v_k bigint;
     v_cell_start timestamptz;
     v_cell_end timestamptz;
 BEGIN
@@ -2885,27 +2883,9 @@ BEGIN
         WHERE t.organization_id = p_organization_id AND t.period_start = v_next;
         v_first := greatest(coalesce(v_first, v_next), v_next);
 
-        -- the rolling period containing v_first: anchor + k * interval, computed from the
-        -- anchor each time exactly as _derive_period does (k >= 1: v_first >= the end)
-        v_first_utc := v_first AT TIME ZONE 'UTC';
-        IF v_months >= 1 AND v_start_utc + make_interval(months => v_months) = v_end_utc THEN
-            v_k := ((extract(YEAR FROM v_first_utc) - extract(YEAR FROM v_start_utc)) * 12
-                + extract(MONTH FROM v_first_utc) - extract(MONTH FROM v_start_utc))::bigint
-                / v_months;
-        ELSE
-            v_k := floor(
-                extract(EPOCH FROM v_first - p_period_start) / extract(EPOCH FROM v_interval)
-            )::bigint;
-        END IF;
-        v_k := greatest(v_k - 1, 1);
-        WHILE v_k > 1 AND v_start_utc + v_k * v_interval > v_first_utc LOOP
-            v_k := v_k - 1;  -- (an interval times k is rounded to microseconds)
-        END LOOP;
-        WHILE v_start_utc + (v_k + 1) * v_interval <= v_first_utc LOOP
-            v_k := v_k + 1;
-        END LOOP;
-        v_cell_start := (v_start_utc + v_k * v_interval) AT TIME ZONE 'UTC';
-        v_cell_end := (v_start_utc + (v_k + 1) * v_interval) AT TIME ZONE 'UTC';
+        -- the rolling period containing v_first (k >= 1: v_first >= the end)
+        SELECT r.period_start, r.period_end INTO v_cell_start, v_cell_end
+        FROM active_series._rolling_period(p_period_start, v_interval, v_first) AS r;
 
         PERFORM active_series._split_period(p_organization_id, v_cell_start);
         PERFORM active_series._split_period(p_organization_id, v_cell_end);
@@ -3251,6 +3231,786 @@ TO active_series_tenant;
 REVOKE EXECUTE ON FUNCTION active_series._benchmark_elsewhere(bigint[], bigint[], bigint[])
 FROM PUBLIC; -- noqa: CP02
 GRANT EXECUTE ON FUNCTION active_series._benchmark_elsewhere(bigint[], bigint[], bigint[])
+TO active_series_admin;
+-- relay_now posted beside the worker on its own terms; posting is the worker's alone.
+DROP FUNCTION IF EXISTS active_series.relay_now(bigint);
+-- sql/functions/_rolling_period.sql: the one definition of the rolling schedule, which
+-- _derive_period and set_billing_period both call.
+CREATE FUNCTION active_series._rolling_period(
+    p_anchor timestamptz,
+    p_interval interval,
+    p_at timestamptz,
+    OUT period_start timestamptz,
+    OUT period_end timestamptz
+)
+LANGUAGE plpgsql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rolling period [anchor + k * interval, anchor + (k + 1) * interval), k >= 0, that
+-- contains p_at (at or after the anchor). Computed in UTC from the anchor each time, so
+-- month lengths never drift: k is first estimated from whole months (an interval with a
+-- month part) or seconds, then corrected both ways (months differ in length, and an
+-- interval times k is rounded to microseconds). The one definition of the schedule:
+-- _derive_period and set_billing_period call it. Reads nothing; takes no locks.
+DECLARE
+    v_anchor timestamp := p_anchor AT TIME ZONE 'UTC';
+    v_at timestamp := p_at AT TIME ZONE 'UTC';
+    v_months integer := extract(YEAR FROM p_interval)::integer * 12
+        + extract(MONTH FROM p_interval)::integer;
+    v_k bigint;
+BEGIN
+    IF v_months > 0 THEN
+        v_k := ((extract(YEAR FROM v_at) - extract(YEAR FROM v_anchor)) * 12
+            + extract(MONTH FROM v_at) - extract(MONTH FROM v_anchor))::bigint / v_months;
+    ELSE
+        v_k := floor(
+            extract(EPOCH FROM p_at - p_anchor) / extract(EPOCH FROM p_interval)
+        )::bigint;
+    END IF;
+    v_k := greatest(v_k, 0);
+    WHILE v_k > 0 AND v_anchor + v_k * p_interval > v_at LOOP
+        v_k := v_k - 1;
+    END LOOP;
+    WHILE v_anchor + (v_k + 1) * p_interval <= v_at LOOP
+        v_k := v_k + 1;
+    END LOOP;
+    period_start := (v_anchor + v_k * p_interval) AT TIME ZONE 'UTC';
+    period_end := (v_anchor + (v_k + 1) * p_interval) AT TIME ZONE 'UTC';
+END;
+$$;
+COMMENT ON FUNCTION active_series._rolling_period(timestamptz, interval, timestamptz) IS
+'Internal: the period of the rolling schedule anchor + k * interval that contains a time.';
+REVOKE ALL ON FUNCTION active_series._rolling_period(timestamptz, interval, timestamptz)
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION active_series._rolling_period(timestamptz, interval, timestamptz)
+TO active_series_worker, active_series_admin;
+CREATE OR REPLACE FUNCTION active_series._derive_period(
+    p_organization_id bigint,
+    p_at timestamptz,
+    OUT period_start timestamptz,
+    OUT period_end timestamptz
+)
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The billing period that would contain p_at, from the organization's configuration:
+-- the rolling period anchor + k * interval (_rolling_period), or the calendar month in UTC
+-- before the anchor / without one.
+-- Clamped so that it never overlaps a recorded period. Reads only; takes no locks.
+DECLARE
+    v_anchor timestamptz;
+    v_interval interval;
+    v_month timestamp;
+    v_bound timestamptz;
+BEGIN
+    SELECT b.period_anchor, b.period_interval
+    INTO v_anchor, v_interval
+    FROM active_series.billing_account AS b
+    WHERE b.organization_id = p_organization_id;
+
+    IF v_anchor IS NOT NULL AND p_at >= v_anchor THEN
+        SELECT r.period_start, r.period_end INTO period_start, period_end
+        FROM active_series._rolling_period(v_anchor, v_interval, p_at) AS r;
+    ELSE
+        v_month := date_trunc('month', p_at AT TIME ZONE 'UTC');
+        period_start := v_month AT TIME ZONE 'UTC';
+        period_end := (v_month + interval '1 month') AT TIME ZONE 'UTC';
+    END IF;
+
+    SELECT p.period_end INTO v_bound
+    FROM active_series._period AS p
+    WHERE p.organization_id = p_organization_id AND p.period_start <= p_at
+    ORDER BY p.period_start DESC
+    LIMIT 1;
+    IF v_bound IS NOT NULL AND v_bound > period_start THEN
+        period_start := v_bound;
+    END IF;
+
+    SELECT p.period_start INTO v_bound
+    FROM active_series._period AS p
+    WHERE p.organization_id = p_organization_id AND p.period_start > p_at
+    ORDER BY p.period_start
+    LIMIT 1;
+    IF v_bound IS NOT NULL AND v_bound < period_end THEN
+        period_end := v_bound;
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION active_series._derive_period(bigint, timestamptz) IS
+'Internal: the period that would contain a time, from the billing configuration, clamped between recorded periods.';
+
+-- ================================================================ error reports matched to posts
+-- ---------------------------------------------------------------- sql/tables/post_attempt.sql
+CREATE TABLE active_series._post_attempt (
+    idempotency_key text NOT NULL,
+    identifier text NOT NULL,
+    created timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (idempotency_key, identifier)
+);
+CREATE INDEX post_attempt_created_idx ON active_series._post_attempt (created);
+COMMENT ON TABLE active_series._post_attempt IS
+'The idempotency key of each request the relay made to post meter events, with the ledger identifiers it carried (one for a v1 post, up to 100 for a v2 stream request), written before the request: Stripe validates meter events after answering and its error reports name a refused event by its request''s key. The relay deletes rows after 31 days (the Events API keeps events 30).';
+-- ---------------------------------------------------------------- sql/grants.sql
+GRANT SELECT, INSERT, DELETE ON active_series._post_attempt TO active_series_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON active_series._post_attempt TO active_series_admin;
+-- ---------------------------------------------------------------- sql/config_dump.sql
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('active_series._post_attempt', '');
+    END IF;
+END;
+$$;
+-- ================================================================ the subscription's edges, kept by the relay
+-- ---------------------------------------------------------------- sql/tables/relay_subscription.sql
+CREATE TABLE active_series._relay_subscription (
+    organization_id bigint PRIMARY KEY,
+    stripe_customer_id text NOT NULL,
+    ended_at bigint,
+    cancel_at bigint,
+    billed_since bigint,
+    stripe_price_id text,
+    read_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE active_series._relay_subscription IS
+'Relay bookkeeping per organization: when its Stripe customer''s subscriptions let Stripe bill usage, as the worker last read them (Unix seconds). ended_at: no subscription is live, the newest canceled one ended then (nothing is posted at or after it); cancel_at: the live subscription''s scheduled cancellation (the final value is posted before it); billed_since: the metered item bills usage from then on (added to the subscription, or its price changed, after the period began); stripe_price_id: the metered item''s price at that read. Kept in the database so that every worker, a restarted one too, respects them before its own first read of the subscription. A row of another customer than the organization''s billing account is ignored.';
+GRANT SELECT, INSERT, UPDATE ON active_series._relay_subscription
+TO active_series_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON active_series._relay_subscription
+TO active_series_admin;
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('active_series._relay_subscription', '');
+    END IF;
+END;
+$$;
+-- ---------------------------------------------------------------- sql/functions/_lock_key.sql
+CREATE FUNCTION active_series._lock_key(p_name text)
+RETURNS integer
+LANGUAGE plpgsql
+IMMUTABLE
+PARALLEL SAFE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The classes of the extension's advisory locks, registered here and nowhere else: the
+-- first key of pg_advisory_*lock(class, key). Immutable, and always called with a constant
+-- name: the planner folds the call into the cached plan, so the locks cost nothing more.
+--   period           per organization (hashint8 of its id): shared while a transaction uses
+--                    its period boundaries (_period_for), exclusive while set_billing_period
+--                    moves them
+--   period_creation  per organization: recording a new period (_period_for)
+--   testbed_history  per testbed (hashint8 of its id): every write to its history
+--                    (_lock_testbeds)
+--   backfill         key 0, session level: one backfill at a time
+-- (The installer's lock, one bigint key, is in another key space: active_series.install.)
+DECLARE
+    v_class integer;
+BEGIN
+    v_class := CASE p_name
+        WHEN 'period' THEN 1634956099
+        WHEN 'period_creation' THEN 1634956100
+        WHEN 'testbed_history' THEN 1634956101
+        WHEN 'backfill' THEN 1634956102
+    END;
+    IF v_class IS NULL THEN
+        -- (a lock taken with a NULL class would silently be no lock)
+        RAISE EXCEPTION 'active_series: no advisory lock named %', p_name
+            USING ERRCODE = 'internal_error';
+    END IF;
+    RETURN v_class;
+END;
+$$;
+COMMENT ON FUNCTION active_series._lock_key(text) IS
+'Internal: the advisory-lock class of a named lock (period, period_creation, testbed_history, backfill).';
+-- ---------------------------------------------------------------- sql/functions/_period_for.sql
+CREATE OR REPLACE FUNCTION active_series._period_for(
+    p_organization_id bigint,
+    p_at timestamptz,
+    OUT period_start timestamptz,
+    OUT period_end timestamptz
+)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The period containing p_at, recorded in _period if it was not yet.
+-- Locks: the organization's period lock in shared mode until the transaction ends
+-- (set_billing_period takes it exclusively, so boundaries stay fixed while they are
+-- used); recording a new period also takes the organization's period-creation lock, so
+-- that two transactions never derive overlapping periods from different snapshots.
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(_lock_key('period'), hashint8(p_organization_id));
+    -- the recorded one (as _recorded_period, written out: this runs at every ingest commit)
+    SELECT l.period_start, l.period_end
+    INTO period_start, period_end
+    FROM (
+        SELECT p.period_start, p.period_end
+        FROM active_series._period AS p
+        WHERE p.organization_id = p_organization_id AND p.period_start <= p_at
+        ORDER BY p.period_start DESC
+        LIMIT 1
+    ) AS l
+    WHERE l.period_end > p_at;
+    IF period_start IS NOT NULL THEN
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(_lock_key('period_creation'), hashint8(p_organization_id));
+    -- a fresh snapshot: a period recorded meanwhile by a committed transaction counts
+    SELECT a.period_start, a.period_end
+    INTO period_start, period_end
+    FROM active_series._period_at(p_organization_id, p_at) AS a;
+    INSERT INTO active_series._period (organization_id, period_start, period_end)
+    VALUES (p_organization_id, period_start, period_end)
+    ON CONFLICT ON CONSTRAINT _period_pkey DO NOTHING;
+END;
+$$;
+COMMENT ON FUNCTION active_series._period_for(bigint, timestamptz) IS
+'Internal: the billing period containing a time, recorded on first use; holds the organization''s period lock (shared) until commit.';
+-- ---------------------------------------------------------------- sql/functions/_lock_testbeds.sql
+CREATE OR REPLACE FUNCTION active_series._lock_testbeds(p_testbed_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Every write to a testbed's history happens under its advisory lock (until the transaction
+-- ends); taken in lock-key order, so that two writers of several testbeds cannot deadlock.
+-- (PL/pgSQL for its cached plan: it runs at every ingest commit.)
+BEGIN
+    PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), k.key)
+    FROM (
+        SELECT DISTINCT hashint8(t.id) AS key FROM unnest(p_testbed_ids) AS t (id) ORDER BY 1
+    ) AS k;
+END;
+$$;
+COMMENT ON FUNCTION active_series._lock_testbeds(bigint[]) IS
+'Internal: take the history locks of some testbeds, in lock-key order, until the transaction ends.';
+-- ---------------------------------------------------------------- sql/functions/_record_activity.sql
+CREATE OR REPLACE FUNCTION active_series._record_activity(
+    p_report_benchmark_ids bigint[],
+    p_measure_ids bigint[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+-- It runs at every ingest commit, against tables that grow by the minute, and its plans
+-- (and those of what it calls) are cached for the session's life: generic plans, so that
+-- nothing is planned per call, on index paths (plain index scans: a bitmap costs more to
+-- set up than the few rows each lookup reads), so that a plan cached while a table was
+-- small does not scan it whole once it is large.
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Records metrics, given as (report_benchmark, measure) pairs (the ingest trigger passes a
+-- whole transaction's at commit, backfill a batch of reports'), in the history and the
+-- per-period counts: each report_benchmark is looked up once (its report, project and
+-- variant), the pairs become one set of series per (testbed, report.created), each in the
+-- billing period containing that time, and _record_groups writes them. A variant_id that
+-- is NULL, or names the benchmark's empty variant, is variant 0 in the sets.
+-- Locks: the organizations' period locks (shared, _period_for, in organization order); the
+-- testbeds' history locks (_lock_testbeds); then what _record_groups takes.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_group active_series._shape_group;
+    v_shape_id bigint;
+    v_series integer;
+    v_organization_id bigint;
+    v_project_id bigint;
+    v_testbed_id bigint;
+    v_created timestamptz;
+    v_benchmark_id bigint;
+    v_variant_id bigint;
+BEGIN
+    IF p_report_benchmark_ids IS NULL THEN
+        RETURN;
+    END IF;
+    IF cardinality(p_report_benchmark_ids) = 1 THEN
+        -- one metric's series (the smallest report): its one set, looked up directly, in
+        -- plain statements (a function in the join would be a table function: a tuplestore
+        -- per call)
+        SELECT
+            p.organization_id, r.project_id, r.testbed_id, r.created, rb.benchmark_id,
+            CASE
+                WHEN rb.variant_id IS NULL THEN 0
+                ELSE active_series._variant_key(rb.variant_id)
+            END
+        INTO v_organization_id, v_project_id, v_testbed_id, v_created, v_benchmark_id,
+            v_variant_id
+        FROM active_series.report_benchmark AS rb
+        INNER JOIN active_series.report AS r ON r.id = rb.report_id
+        INNER JOIN active_series.project AS p ON p.id = r.project_id
+        WHERE rb.id = p_report_benchmark_ids[1];
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        v_groups := ARRAY[
+            row(
+                v_organization_id, v_project_id, v_testbed_id,
+                (active_series._period_for(v_organization_id, v_created)).period_start,
+                v_created, v_created, ARRAY[v_benchmark_id], ARRAY[v_variant_id], p_measure_ids,
+                NULL
+            )::active_series._shape_group
+        ];
+    ELSE
+        -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
+        -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
+        -- was cached)
+        v_groups := ARRAY(
+            WITH rbs AS MATERIALIZED (
+                SELECT
+                    rb.id, rb.report_id, rb.benchmark_id,
+                    -- (without a variant_id, as most reports send, no call)
+                    CASE
+                        WHEN rb.variant_id IS NULL THEN 0
+                        ELSE active_series._variant_key(rb.variant_id)
+                    END AS variant_id
+                FROM active_series.report_benchmark AS rb
+                WHERE rb.id = ANY(p_report_benchmark_ids)
+            ),
+            -- each report's set, sorted (one sort on four keys; the series come distinct and
+            -- in set order, and each set's arrays are aggregated in that order; an order lost
+            -- would only store a set twice)
+            sets AS MATERIALIZED (
+                SELECT
+                    s.report_id, array_agg(s.benchmark_id) AS benchmark_ids,
+                    array_agg(s.variant_id) AS variant_ids, array_agg(s.measure_id) AS measure_ids
+                FROM (
+                    SELECT DISTINCT b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                    FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
+                    INNER JOIN rbs AS b ON b.id = x.id
+                    ORDER BY b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                ) AS s
+                GROUP BY s.report_id
+            ),
+            -- (each report looked up once; OFFSET 0 keeps the LATERAL subquery a per-row
+            -- index lookup, whatever the statistics said when this plan was cached)
+            reports AS MATERIALIZED (
+                SELECT d.benchmark_ids, d.variant_ids, d.measure_ids, k.*
+                FROM sets AS d
+                CROSS JOIN LATERAL (
+                    SELECT r.project_id, r.testbed_id, r.created, p.organization_id
+                    FROM active_series.report AS r
+                    INNER JOIN active_series.project AS p ON p.id = r.project_id
+                    WHERE r.id = d.report_id
+                    OFFSET 0
+                ) AS k
+            ),
+            periods AS MATERIALIZED (
+                SELECT t.organization_id, t.created, f.period_start
+                FROM (
+                    SELECT DISTINCT s.organization_id, s.created
+                    FROM reports AS s
+                    ORDER BY s.organization_id, s.created
+                ) AS t
+                CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
+            ),
+            keyed AS MATERIALIZED (
+                SELECT
+                    s.*, t.period_start,
+                    count(*) OVER (PARTITION BY s.testbed_id, s.created) AS reports
+                FROM reports AS s
+                INNER JOIN periods AS t
+                    ON t.organization_id = s.organization_id AND t.created = s.created
+            )
+            -- a testbed's one report at a time: its set as it is
+            SELECT row(
+                k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                k.created, k.benchmark_ids, k.variant_ids, k.measure_ids, NULL
+            )::active_series._shape_group
+            FROM keyed AS k
+            WHERE k.reports = 1
+            UNION ALL
+            -- several reports of one testbed in one transaction (one time): their sets merged
+            SELECT row(
+                m.organization_id, m.project_id, m.testbed_id, m.period_start, m.created,
+                m.created, array_agg(m.b), array_agg(m.v), array_agg(m.m), NULL
+            )::active_series._shape_group
+            FROM (
+                SELECT DISTINCT
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+                FROM keyed AS k
+                CROSS JOIN LATERAL unnest(k.benchmark_ids, k.variant_ids, k.measure_ids)
+                    AS e (b, v, m)
+                WHERE k.reports > 1
+                ORDER BY
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+            ) AS m
+            GROUP BY m.organization_id, m.project_id, m.testbed_id, m.period_start, m.created
+        );
+    END IF;
+    IF cardinality(v_groups) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- The common case, a testbed reporting the same set of series as before in the period,
+    -- later than before: one HOT update of that set's row per testbed (_widen). Anything
+    -- else (a set or a period new to the testbed, older activity) goes on below, which finds
+    -- what these updates already did and leaves it.
+    IF cardinality(v_groups) = 1 THEN
+        -- (one testbed at one time, nearly every transaction: the same three steps written
+        -- out, without the calls: _lock_testbeds, _find_shape and _widen for one group)
+        v_group := v_groups[1];
+        PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), hashint8(v_group.testbed_id));
+        SELECT s.id, s.series INTO v_shape_id, v_series
+        FROM active_series._shape AS s
+        WHERE s.project_id = v_group.project_id
+            AND s.digest = hash_array_extended(
+                v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+            )
+            AND s.benchmark_ids = v_group.benchmark_ids
+            AND s.variant_ids = v_group.variant_ids
+            AND s.measure_ids = v_group.measure_ids
+        LIMIT 1;
+        v_group.shape_id := v_shape_id;
+        UPDATE active_series._shape_seen AS s
+        SET first_seen = least(s.first_seen, v_group.first_seen),
+            last_seen = greatest(s.last_seen, v_group.last_seen)
+        WHERE s.testbed_id = v_group.testbed_id
+            AND s.period_start = v_group.period_start
+            AND s.shape_id = v_shape_id
+            AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- (the first report of the testbed in the period with a stored set, as below for
+        -- several sets, written for one)
+        IF v_shape_id IS NOT NULL AND NOT EXISTS (
+            SELECT
+            FROM active_series._testbed_period AS p
+            WHERE p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
+        ) THEN
+            WITH sets AS (
+                INSERT INTO active_series._testbed_period (
+                    testbed_id, period_start, organization_id, project_id, shape_id
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_group.organization_id,
+                    v_group.project_id, v_shape_id
+                )
+            ),
+            seen AS (
+                INSERT INTO active_series._shape_seen (
+                    testbed_id, period_start, shape_id, first_seen, last_seen
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_shape_id, v_group.first_seen,
+                    v_group.last_seen
+                )
+            )
+            INSERT INTO active_series._period_usage AS u (
+                organization_id, period_start, project_id, series_count
+            )
+            VALUES (v_group.organization_id, v_group.period_start, v_group.project_id, v_series)
+            ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+            SET series_count = u.series_count + excluded.series_count;
+            PERFORM active_series._changed(v_group.organization_id, v_group.period_start, 'ingest');
+            RETURN;
+        END IF;
+        v_groups := ARRAY[v_group];
+    ELSE
+        PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
+        v_groups := ARRAY(
+            SELECT row(
+                g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+                g.last_seen, g.benchmark_ids, g.variant_ids, g.measure_ids,
+                active_series._find_shape(
+                    g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                )
+            )::active_series._shape_group
+            FROM unnest(v_groups) AS g
+        );
+        IF active_series._widen(v_groups) = cardinality(v_groups) THEN
+            RETURN;
+        END IF;
+    END IF;
+
+    -- The first report of a testbed in a period (a new testbed, or the first report after
+    -- the period changed) of a set already stored: the set is the testbed's set for the
+    -- period, so one statement writes what _record_groups would, in the same key order:
+    -- the testbeds' sets for the period, their _shape_seen rows, the counts grown by the
+    -- sets' sizes (_period_usage, key order); then the outbox. It holds when every group is
+    -- of a stored set, no testbed has history in its period (under the history locks taken
+    -- above: nothing else writes it meanwhile; so _widen did nothing) and no (testbed,
+    -- period) has two groups. Else the general path.
+    IF NOT EXISTS (
+        SELECT
+        FROM unnest(v_groups) AS g
+        WHERE g.shape_id IS NULL
+            OR (
+                SELECT true
+                FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = g.testbed_id AND p.period_start = g.period_start
+            )
+    )
+    AND (
+        SELECT count(DISTINCT (g.testbed_id, g.period_start)) FROM unnest(v_groups) AS g
+    ) = cardinality(v_groups) THEN
+        WITH g AS MATERIALIZED (
+            SELECT
+                g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+                g.last_seen, g.shape_id, s.series
+            FROM unnest(v_groups) AS g
+            CROSS JOIN LATERAL (
+                SELECT h.series FROM active_series._shape AS h WHERE h.id = g.shape_id
+            ) AS s
+        ),
+        sets AS (
+            INSERT INTO active_series._testbed_period (
+                testbed_id, period_start, organization_id, project_id, shape_id
+            )
+            SELECT g.testbed_id, g.period_start, g.organization_id, g.project_id, g.shape_id
+            FROM g
+            ORDER BY g.testbed_id, g.period_start
+        ),
+        seen AS (
+            INSERT INTO active_series._shape_seen (
+                testbed_id, period_start, shape_id, first_seen, last_seen
+            )
+            SELECT g.testbed_id, g.period_start, g.shape_id, g.first_seen, g.last_seen
+            FROM g
+            ORDER BY g.testbed_id, g.period_start, g.shape_id
+        )
+        INSERT INTO active_series._period_usage AS u (
+            organization_id, period_start, project_id, series_count
+        )
+        SELECT g.organization_id, g.period_start, g.project_id, sum(g.series)
+        FROM g
+        GROUP BY g.organization_id, g.period_start, g.project_id
+        ORDER BY g.organization_id, g.period_start, g.project_id
+        ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+        SET series_count = u.series_count + excluded.series_count;
+        PERFORM active_series._changed(c.organization_id, c.period_start, 'ingest')
+        FROM (
+            SELECT DISTINCT g.organization_id, g.period_start
+            FROM unnest(v_groups) AS g
+            ORDER BY g.organization_id, g.period_start
+        ) AS c;
+        RETURN;
+    END IF;
+    PERFORM active_series._record_groups(v_groups);
+END;
+$$;
+COMMENT ON FUNCTION active_series._record_activity(bigint[], bigint[]) IS
+'Internal: record metrics, as (report_benchmark, measure) pairs, in the history and the per-period counts (the commit-time ingest trigger and backfill share it).';
+-- ---------------------------------------------------------------- sql/functions/set_billing_period.sql
+CREATE OR REPLACE FUNCTION active_series.set_billing_period(
+    p_organization_id bigint,
+    p_period_start timestamptz,
+    p_period_end timestamptz
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Makes [p_period_start, p_period_end) a billing period of the organization and the
+-- anchor of the ones after it: they roll forward by the same interval (whole months when
+-- the end is the start plus whole months in UTC, else the exact duration). Recorded
+-- periods cut by either bound are split exactly; those inside are merged into it. Recorded
+-- periods after the end are re-bucketed onto the new schedule the same way: each rolling
+-- period [anchor + k * interval, anchor + (k + 1) * interval), k >= 1, that holds recorded
+-- activity becomes one recorded period with exactly that history; the ones after the end
+-- that hold none are dropped (derived again, on the schedule, when first used). The work
+-- is one probe when nothing is recorded after the end, else one split and merge per
+-- rolling period with activity (empty stretches are skipped, whatever the interval).
+-- Locks: the organization's period lock, exclusively (waits for ingest in flight).
+-- SECURITY DEFINER (EXECUTE: active_series_admin and active_series_worker only): the worker
+-- follows the Stripe subscription's periods with it, and re-bucketing rewrites history,
+-- counts and last_seen, which the worker must not be able to write directly.
+DECLARE
+    v_start_utc timestamp := p_period_start AT TIME ZONE 'UTC';
+    v_end_utc timestamp := p_period_end AT TIME ZONE 'UTC';
+    v_months integer;
+    v_interval interval;
+    v_at timestamptz;
+    v_next timestamptz;
+    v_first timestamptz;
+    v_cell_start timestamptz;
+    v_cell_end timestamptz;
+BEGIN
+    PERFORM active_series._require_organization(p_organization_id);
+    IF p_period_start IS NULL OR p_period_end IS NULL THEN
+        RAISE EXCEPTION 'active_series: a billing period needs a start and an end'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT (isfinite(p_period_start) AND isfinite(p_period_end)) THEN
+        RAISE EXCEPTION 'active_series: billing period bounds must be finite'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_period_end <= p_period_start THEN
+        RAISE EXCEPTION 'active_series: billing period end % is not after its start %',
+            p_period_end, p_period_start
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- the same range as report.created (every client can read the periods), and no longer
+    -- than Stripe's longest billing interval: anything else is a typo
+    IF p_period_start < '1900-01-01 00:00:00+00' OR p_period_end > '9000-01-01 00:00:00+00' THEN
+        RAISE EXCEPTION 'active_series: a billing period must lie between 1900-01-01 and '
+            '9000-01-01 UTC (got % to %)', p_period_start, p_period_end
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_period_end > p_period_start + interval '3 years' THEN
+        RAISE EXCEPTION 'active_series: a billing period must not be longer than 3 years '
+            '(got % to %)', p_period_start, p_period_end
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    PERFORM pg_advisory_xact_lock(_lock_key('period'), hashint8(p_organization_id));
+
+    v_months := ((extract(YEAR FROM v_end_utc) - extract(YEAR FROM v_start_utc)) * 12
+        + extract(MONTH FROM v_end_utc) - extract(MONTH FROM v_start_utc))::integer;
+    IF v_months >= 1 AND v_start_utc + make_interval(months => v_months) = v_end_utc THEN
+        v_interval := make_interval(months => v_months);
+    ELSE
+        v_interval := make_interval(secs => extract(EPOCH FROM p_period_end - p_period_start));
+    END IF;
+
+    PERFORM active_series._split_period(p_organization_id, p_period_start);
+    PERFORM active_series._split_period(p_organization_id, p_period_end);
+    PERFORM active_series._merge_periods(p_organization_id, p_period_start, p_period_end);
+
+    -- the recorded periods after the end, onto the rolling schedule; no recorded period
+    -- crosses v_at at the top of the loop (split there before)
+    v_at := p_period_end;
+    LOOP
+        -- the first recorded period from v_at on that holds activity, and its first activity
+        SELECT t.period_start INTO v_next
+        FROM active_series._testbed_period AS t
+        WHERE t.organization_id = p_organization_id AND t.period_start >= v_at
+        ORDER BY t.period_start
+        LIMIT 1;
+        IF v_next IS NULL THEN
+            -- nothing recorded from v_at on holds activity
+            DELETE FROM active_series._period AS p
+            WHERE p.organization_id = p_organization_id AND p.period_start >= v_at;
+            EXIT;
+        END IF;
+        SELECT min(s.first_seen) INTO v_first
+        FROM active_series._testbed_period AS t
+        INNER JOIN active_series._shape_seen AS s
+            ON s.testbed_id = t.testbed_id AND s.period_start = t.period_start
+        WHERE t.organization_id = p_organization_id AND t.period_start = v_next;
+        v_first := greatest(coalesce(v_first, v_next), v_next);
+
+        -- the rolling period containing v_first (k >= 1: v_first >= the end)
+        SELECT r.period_start, r.period_end INTO v_cell_start, v_cell_end
+        FROM active_series._rolling_period(p_period_start, v_interval, v_first) AS r;
+
+        PERFORM active_series._split_period(p_organization_id, v_cell_start);
+        PERFORM active_series._split_period(p_organization_id, v_cell_end);
+        -- what lies before the cell holds no activity (v_first is the first from v_at on)
+        DELETE FROM active_series._period AS p
+        WHERE p.organization_id = p_organization_id
+            AND p.period_start >= v_at
+            AND p.period_start < v_cell_start;
+        PERFORM active_series._merge_periods(p_organization_id, v_cell_start, v_cell_end);
+        v_at := v_cell_end;
+    END LOOP;
+
+    INSERT INTO active_series.billing_account AS b (
+        organization_id, period_anchor, period_interval
+    )
+    VALUES (p_organization_id, p_period_start, v_interval)
+    ON CONFLICT (organization_id) DO UPDATE
+    SET period_anchor = excluded.period_anchor,
+        period_interval = excluded.period_interval,
+        updated_at = now();
+    PERFORM active_series._changed(p_organization_id, p_period_start, 'billing_period');
+END;
+$$;
+COMMENT ON FUNCTION active_series.set_billing_period(bigint, timestamptz, timestamptz) IS
+'Set an organization''s billing period [start, end); later periods roll forward by the same interval. History is re-bucketed exactly.';
+-- ---------------------------------------------------------------- sql/functions/backfill.sql
+CREATE OR REPLACE PROCEDURE active_series.backfill(p_batch_size integer DEFAULT 500)
+LANGUAGE plpgsql
+AS $$
+-- (Re)builds series_last_seen, period history and counts from the metrics already in
+-- the database, p_batch_size reports at a time (after a ramp of 1, 2, 4, ... reports),
+-- committing after each batch so that ingest is never blocked for long; progress is
+-- reported as NOTICEs. Additive and
+-- idempotent: activity already recorded (also of deleted reports) is kept, and a second
+-- run writes nothing. Runs the same code as the ingest trigger (_record_activity).
+-- Call it outside a transaction block: CALL active_series.backfill();
+-- Locks: a session advisory lock so that only one backfill runs at a time.
+-- (A procedure that commits cannot carry SET search_path; every name is qualified.)
+DECLARE
+    v_lo bigint;
+    v_max bigint;
+    v_done bigint := 0;
+    v_total bigint;
+    v_rb bigint [];
+    v_measures bigint [];
+    v_org bigint;
+    v_period timestamptz;
+    v_batches bigint := 0;
+    v_size bigint;
+BEGIN
+    IF p_batch_size IS NULL OR p_batch_size < 1 THEN
+        RAISE EXCEPTION 'active_series: backfill batch size must be a positive number of reports'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT pg_catalog.pg_try_advisory_lock(active_series._lock_key('backfill'), 0) THEN
+        RAISE EXCEPTION 'active_series: another backfill is running'
+            USING ERRCODE = 'lock_not_available';
+    END IF;
+    SELECT pg_catalog.min(r.id), pg_catalog.max(r.id), pg_catalog.count(*)
+    INTO v_lo, v_max, v_total
+    FROM active_series.report AS r;
+    WHILE v_lo <= v_max LOOP
+        -- Statements are planned once and cached; planned against empty cache tables
+        -- (after an ANALYZE of them, e.g. a database-wide one) they scan whole tables, and
+        -- one batch of many new series would grow those tables under the scans: quadratic.
+        -- Batches of 1, 2, 4, ... reports, each followed by ANALYZE (which also replans),
+        -- bound that growth until the statistics describe tables of real size.
+        v_size := LEAST(p_batch_size::bigint, 1::bigint << LEAST(v_batches, 62)::integer);
+        SELECT pg_catalog.array_agg(m.report_benchmark_id), pg_catalog.array_agg(m.measure_id)
+        INTO v_rb, v_measures
+        FROM active_series.report_benchmark AS rb
+        INNER JOIN active_series.metric AS m ON m.report_benchmark_id = rb.id
+        WHERE rb.report_id >= v_lo AND rb.report_id < v_lo + v_size;
+        IF v_rb IS NOT NULL THEN
+            PERFORM active_series._record_activity(v_rb, v_measures);
+        END IF;
+        SELECT v_done + pg_catalog.count(*) INTO v_done
+        FROM active_series.report AS r
+        WHERE r.id >= v_lo AND r.id < v_lo + v_size;
+        v_lo := v_lo + v_size;
+        v_batches := v_batches + 1;
+        COMMIT;
+        -- the history grows fastest at the start: fresh statistics (which also replan the
+        -- cached statements) after each batch of the ramp, then after batches 16, 32, 64, ...
+        IF v_size < p_batch_size OR v_batches & (v_batches - 1) = 0 THEN
+            ANALYZE active_series._shape, active_series._shape_seen,
+            active_series._testbed_period, active_series._period_usage, active_series._period;
+            COMMIT;
+        END IF;
+        RAISE NOTICE 'active_series backfill: % of % reports', v_done, v_total;
+    END LOOP;
+    -- counts follow the history rows (repairs a drifted count)
+    FOR v_org, v_period IN
+        SELECT DISTINCT d.organization_id, d.period_start FROM active_series._count_drift AS d
+    LOOP
+        PERFORM active_series._recount_period(v_org, v_period);
+    END LOOP;
+    COMMIT;
+    PERFORM pg_catalog.pg_advisory_unlock(active_series._lock_key('backfill'), 0);
+    RAISE NOTICE 'active_series backfill: done, % reports', v_done;
+END;
+$$;
+COMMENT ON PROCEDURE active_series.backfill (integer) IS
+'Rebuild last_seen, period history and counts from existing metrics, in committed batches of reports (CALL it outside a transaction). Idempotent, additive, reports progress as NOTICEs.';
+REVOKE EXECUTE ON FUNCTION active_series._lock_key(text)
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION active_series._lock_key(text)
 TO active_series_admin;
 
 -- ================================================================ what Stripe holds, read from its summaries

@@ -291,3 +291,30 @@ def test_backfill_after_a_report_delete_keeps_the_deleted_reports_activity(conn)
         == series_jan
     )
     assert verify(conn, org.id) == []
+
+
+def test_backfill_has_its_own_lock_class(conn, connect):
+    """A transaction holding an organization's period lock (shared, as every ingest commit
+    does) does not stop a backfill, whatever the organization's lock key (0 here: the key
+    backfill takes in its own class); a second backfill is refused."""
+    classes = conn.execute(
+        "SELECT active_series._lock_key(n) FROM unnest("
+        "ARRAY['period', 'period_creation', 'testbed_history', 'backfill']) AS n"
+    ).fetchall()
+    assert len({c for (c,) in classes}) == 4
+    with pytest.raises(psycopg.errors.InternalError, match="no advisory lock named"):
+        conn.execute("SELECT active_series._lock_key('nothing')")
+
+    other = connect(autocommit=False)
+    other.execute("SELECT pg_advisory_xact_lock_shared(active_series._lock_key('period'), 0)")
+    try:
+        backfill(conn)
+    finally:
+        other.rollback()
+
+    other.execute("SELECT pg_advisory_lock(active_series._lock_key('backfill'), 0)")
+    try:
+        with pytest.raises(psycopg.errors.LockNotAvailable, match="another backfill"):
+            backfill(conn)
+    finally:
+        other.execute("SELECT pg_advisory_unlock(active_series._lock_key('backfill'), 0)")

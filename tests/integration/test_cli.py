@@ -23,6 +23,7 @@ from active_series.devtools.cluster import free_port
 from active_series.errors import ExitCode
 from active_series.install import install
 from oracle import Org, ingest, make_org, make_variant
+from psycopg.conninfo import make_conninfo
 from relay_harness import API_KEY, Emulator, bill, wait_until
 
 COMMANDS = [
@@ -290,6 +291,34 @@ def test_the_worker_needs_a_stripe_key(dsn) -> None:
         proc = run(*command, "--dsn", dsn)
         assert proc.returncode == ExitCode.STRIPE_KEY, proc.stderr
         assert "STRIPE_API_KEY" in one_line_error(proc)
+
+
+@pytest.mark.parametrize("refusal", ["no such role", "no such database", "role without LOGIN"])
+def test_a_worker_whose_login_is_refused_exits_3_at_once(conn, dsn, refusal) -> None:
+    """A refused login is not an outage: retrying cannot fix it, so the worker says so and
+    exits (it used to retry for ever). The database being down is still retried."""
+    if refusal == "no such role":
+        target = make_conninfo(dsn, user="no_such_role")
+    elif refusal == "no such database":
+        target = make_conninfo(dsn, dbname="no_such_database")
+    else:
+        conn.execute("DROP ROLE IF EXISTS as_nologin")
+        conn.execute("CREATE ROLE as_nologin NOLOGIN IN ROLE active_series_worker")
+        target = make_conninfo(dsn, user="as_nologin")
+    key = {"STRIPE_API_KEY": API_KEY}
+    proc = run("worker", "--dsn", target, "--reconnect-delay", "0.1", env=key, timeout=30)
+    assert proc.returncode == ExitCode.DATABASE, proc.stderr
+    assert "event=database_refused" in proc.stderr
+    assert "event=database_unavailable" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("active-series: cannot connect")
+
+
+def test_a_worker_keeps_retrying_a_database_that_is_down(dsn) -> None:
+    target = make_conninfo(dsn, host="127.0.0.1", port=str(free_port()))  # nothing listens
+    with pytest.raises(subprocess.TimeoutExpired) as waited:
+        run("worker", "--dsn", target, "--reconnect-delay", "0.1",
+            env={"STRIPE_API_KEY": API_KEY}, timeout=3)  # fmt: skip
+    assert "event=database_unavailable" in str(waited.value.stderr or b"")
 
 
 def test_worker_once_then_relay_status_failures_resume_and_close_period(

@@ -1,19 +1,19 @@
-"""The optional PL/Python functions against the Stripe emulator: stripe_reconcile compares
-period_usage with the meter's event summary, relay_now posts through the relay's ledger; the
-key and base URL come from server-side settings."""
+"""The optional PL/Python function against the Stripe emulator: stripe_reconcile compares
+period_usage with the meter's event summary, and only reads (the worker is the only poster);
+the key and base URL come from server-side settings."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-import time
 from typing import Any
 
 import psycopg
 import pytest
 from oracle import ingest, make_org
 from psycopg import sql
-from relay_harness import API_KEY, Emulator, bill
+from relay_harness import API_KEY, Emulator, bill, wait_until
 
 pytestmark = pytest.mark.usefixtures("plpython")
 
@@ -36,7 +36,7 @@ def plpython(conn: psycopg.Connection[Any], dsn: str) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "stripe_reconcile and relay_now installed" in proc.stdout
+    assert "stripe_reconcile installed" in proc.stdout
 
 
 def configure(conn: psycopg.Connection[Any], api_base: str, key: str | None = API_KEY) -> None:
@@ -63,11 +63,22 @@ def reconcile(conn: psycopg.Connection[Any], org: int) -> dict[str, Any]:
     return dict(zip(names, row, strict=True))
 
 
-def relay_now(conn: psycopg.Connection[Any], org: int) -> str:
-    return str(conn.execute("SELECT active_series.relay_now(%s)", (org,)).fetchone()[0])
+def worker_once(dsn: str, api_base: str) -> None:
+    """The worker posts what is due now and exits: the one way to post."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "active_series.cli", "worker", "--dsn", dsn]
+        + ["--stripe-api-base", api_base, "--once", "--debounce", "0"],
+        env={**os.environ, "STRIPE_API_KEY": API_KEY},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
 
 
-def test_relay_now_posts_and_reconcile_sees_it(conn, connect, relay_emulator: Emulator) -> None:
+def test_reconcile_compares_what_stripe_holds_with_period_usage(
+    conn, connect, dsn, relay_emulator: Emulator
+) -> None:
     emu = relay_emulator
     configure(conn, emu.url)
     org = make_org(conn)
@@ -80,54 +91,39 @@ def test_relay_now_posts_and_reconcile_sees_it(conn, connect, relay_emulator: Em
     assert (before["period_usage"], before["stripe_value"], before["in_sync"]) == (3, 0, False)
     assert (before["stripe_customer_id"], before["meter_id"]) == (customer, emu.meter)
 
-    assert relay_now(admin, org.id).startswith("posted 3 ")
+    worker_once(dsn, emu.url)
     start, end = admin.execute(
         "SELECT period_start, period_end FROM active_series.current_period(%s)", (org.id,)
     ).fetchone()
-    assert emu.last_value(customer, start, end) == 3
+    wait_until(lambda: emu.last_value(customer, start, end) == 3, 10, "Stripe to hold 3")
     after = reconcile(admin, org.id)
-    assert (after["stripe_value"], after["in_sync"]) == (3, True)
-    ledger = admin.execute(
-        "SELECT value, status FROM active_series._ledger WHERE organization_id = %s", (org.id,)
-    ).fetchall()
-    assert ledger == [(3, "sent")]
-    assert relay_now(admin, org.id) == "in sync: Stripe holds 3"
+    assert (after["period_usage"], after["stripe_value"], after["in_sync"]) == (3, 3, True)
 
     ingest(conn, org, org.testbeds[1], all_series(org)[3:5])
-    time.sleep(1.1)  # one post per customer per second
-    assert relay_now(admin, org.id).startswith("posted 5 ")
-    assert reconcile(admin, org.id)["stripe_value"] == 5
-    events = emu.events(customer)
-    assert [e["value"] for e in events] == [3, 5]
-    assert events[0]["timestamp"] < events[1]["timestamp"]
+    changed = reconcile(admin, org.id)
+    assert (changed["period_usage"], changed["stripe_value"], changed["in_sync"]) == (5, 3, False)
+    # reconciling only reads: Stripe got no event from it
+    assert [e["value"] for e in emu.events(customer)] == [3]
     # the key went in the Authorization header only, never into the database
     assert API_KEY not in str(admin.execute("SELECT * FROM active_series._ledger").fetchall())
 
 
-def test_relay_now_leaves_a_busy_or_unbilled_organization_alone(
-    conn, connect, relay_emulator: Emulator
-) -> None:
-    emu = relay_emulator
-    configure(conn, emu.url)
-    free = make_org(conn, "free")
-    assert relay_now(connect(), free.id).startswith("not billed")
-    org = make_org(conn, "busy")
-    bill(conn, org.id, emu.customer("busy"))
-    ingest(conn, org, org.testbeds[0], all_series(org)[:2])
-    worker_like = connect(autocommit=False)
-    worker_like.execute(
-        "INSERT INTO active_series._relay_state (organization_id) VALUES (%s)"
-        " ON CONFLICT DO NOTHING",
-        (org.id,),
+def test_installing_the_plpython_function_drops_relay_now(conn, dsn) -> None:
+    """0.3.0 shipped relay_now, a second poster beside the worker: installing now drops it."""
+    conn.execute(
+        "CREATE OR REPLACE FUNCTION active_series.relay_now(p_organization_id bigint)"
+        " RETURNS text LANGUAGE sql AS $$ SELECT 'posted'::text $$"
     )
-    worker_like.commit()
-    worker_like.execute(
-        "SELECT FROM active_series._relay_state WHERE organization_id = %s FOR UPDATE", (org.id,)
+    proc = subprocess.run(
+        [sys.executable, "-m", "active_series.cli", "install", "--dsn", dsn, "--with-plpython"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    assert relay_now(connect(), org.id).startswith("busy")
-    worker_like.rollback()
-    assert emu.events() == []
-    assert relay_now(connect(), org.id).startswith("posted 2 ")
+    assert proc.returncode == 0, proc.stderr
+    assert conn.execute("SELECT to_regprocedure('active_series.relay_now(bigint)')").fetchone() == (
+        None,
+    )
 
 
 def test_errors_are_clear(conn, connect, relay_emulator: Emulator) -> None:
@@ -139,7 +135,7 @@ def test_errors_are_clear(conn, connect, relay_emulator: Emulator) -> None:
     with pytest.raises(psycopg.Error, match="stripe_api_key is not set"):
         reconcile(admin, org.id)
     with pytest.raises(psycopg.errors.NoDataFound, match="organization 4242 does not exist"):
-        relay_now(admin, 4242)
+        reconcile(admin, 4242)
     unbilled = make_org(conn, "unbilled")
     admin.execute("SET active_series.stripe_api_key = 'sk_test_x'")
     with pytest.raises(psycopg.Error, match="has no Stripe customer"):

@@ -1,4 +1,4 @@
-"""The one definition of a meter event's identifier, which the worker and relay_now call."""
+"""The one definition of a meter event's identifier, which the worker calls."""
 
 from __future__ import annotations
 

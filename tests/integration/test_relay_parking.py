@@ -43,7 +43,13 @@ def test_an_unknown_customer_parks_only_its_organization_until_resumed(
         ingest(conn, bad, bad.testbeds[1], [(bad.benchmarks[1], bad.measures[1])])
         wait_until(lambda: not mismatches(conn, emu, {good.id: good_cus}), 30, "good's 2nd post")
         assert emu.events("cus_doesnotexist") == []
-        assert len(worker.log_events("parked")) == 1
+        # Stripe accepted the post and refused it later, in an error report naming the
+        # request's idempotency key: parked once, from the report
+        assert len(worker.log_events("refused_later")) == 1
+        assert worker.log_events("parked") == []
+        assert cli.main(["relay", "status", "--dsn", dsn, "--json"]) == 0
+        status = {r["organization_id"]: r for r in json.loads(capsys.readouterr().out)}
+        assert status[bad.id]["parked"] and not status[bad.id]["in_sync"]
 
         assert cli.main(["relay", "failures", "--dsn", dsn, "--json"]) == 0
         listed = json.loads(capsys.readouterr().out)

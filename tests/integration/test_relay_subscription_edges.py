@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from oracle import allow_explicit_created, ingest, make_org
 from relay_harness import Emulator, WorkerProcess, bill, quiescent, wait_until, workers
 
@@ -258,3 +259,138 @@ def test_the_emulator_cancels_as_stripe_does(relay_emulator: Emulator):
             assert getattr(exc, "http_status", None) == 400
         else:
             raise AssertionError("a canceled subscription changed")
+
+
+def short_subscription(emu: Emulator, cus: str, seconds: int) -> tuple[Any, int]:
+    """A subscription whose current period ends ``seconds`` from now (its tail under a
+    minute: the changes in it wait for the posts after the end, unless the period ends in
+    a cancellation)."""
+    sub = subscribe(emu, cus)
+    end = int(emu.ctl.now()) + seconds
+    emu.ctl.set_subscription_period(sub.id, int(sub["start_date"]), end)
+    return sub, end
+
+
+@pytest.mark.parametrize("at_period_end", [True, False], ids=["at-period-end", "cancel-at"])
+def test_a_change_in_the_tail_before_a_scheduled_cancellation_is_posted_before_it(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path, at_period_end: bool
+):
+    emu = relay_emulator
+    org = make_org(conn, "tail-cancel")
+    cus = emu.customer("tail-cancel")
+    sub, end = short_subscription(emu, cus, 24)
+    if at_period_end:
+        updated = emu.client.v1.subscriptions.update(sub.id, params={"cancel_at_period_end": True})
+    else:
+        updated = emu.client.v1.subscriptions.update(sub.id, params={"cancel_at": end - 3})
+    cancel_at = int(updated.cancel_at)
+    bill(conn, org.id, cus)
+    worker = worker_for(dsn, emu, tmp_path / "worker.log").start()
+    with workers(worker):
+        ingest(conn, org, org.testbeds[0], all_series(org)[:3])
+        wait_until(lambda: in_sync_on(conn, org.id, 3), 30, "the usage posted")
+        assert int(status(conn, org.id)["period_end"].timestamp()) == end
+        # inside the period's tail (its last 12 seconds), before the cancellation
+        wait_until(lambda: emu.ctl.now() >= end - 10, 30, "the period's tail")
+        ingest(conn, org, org.testbeds[1], all_series(org)[3:5])
+        wait_until(lambda: emu.ctl.now() >= cancel_at + 1.5, 30, "the cancellation")
+        wait_until(lambda: quiescent(conn), 30, "the outbox drained")
+        assert worker.alive()
+    events = emu.events(cus)
+    assert all(e["timestamp"] < cancel_at for e in events)
+    state = emu.ctl.subscription_state(sub.id)
+    assert state["subscription"]["status"] == "canceled"
+    last = state["periods"][-1]
+    # the final invoice, made at the cancellation, billed the count of the tail's change
+    assert last["end"] == cancel_at and last["invoiced"] and last["quantity"] == 5
+    held = conn.execute(
+        "SELECT stripe_value, period_usage FROM active_series.relay_periods"
+        " WHERE organization_id = %s AND period_end = to_timestamp(%s)",
+        (org.id, end),
+    ).fetchone()
+    assert held == (5, 5)
+
+
+def test_a_restarted_worker_posts_nothing_after_the_end_before_it_reads_the_subscription(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path
+):
+    emu = relay_emulator
+    org = make_org(conn, "restarted")
+    cus = emu.customer("restarted")
+    sub = subscribe(emu, cus)
+    bill(conn, org.id, cus)
+    first = worker_for(dsn, emu, tmp_path / "first.log").start()
+    with workers(first):
+        ingest(conn, org, org.testbeds[0], all_series(org)[:3])
+        wait_until(lambda: in_sync_on(conn, org.id, 3), 30, "the usage posted")
+        wait_until(
+            lambda: emu.ctl.now() >= max(e["timestamp"] for e in emu.events(cus)) + 1,
+            10,
+            "a second after the post",
+        )
+        canceled = emu.client.v1.subscriptions.cancel(sub.id, params={"invoice_now": True})
+        time.sleep(1.0)  # longer than --subscription-recheck: the next claim reads it again
+        ingest(conn, org, org.testbeds[1], all_series(org)[3:4])
+        wait_until(
+            lambda: quiescent(conn) and first.log_events("subscription_ended"),
+            30,
+            "the cancellation seen",
+        )
+    posted = len(emu.events(cus))
+    # the next worker cannot read the subscriptions (yet): what it knows of the end is what
+    # the database recorded
+    emu.ctl.add_fault("error", 10_000, path_prefix="/v1/subscriptions", method="GET")
+    ingest(conn, org, org.testbeds[1], all_series(org)[4:6])
+    second = worker_for(dsn, emu, tmp_path / "second.log").start()
+    with workers(second):
+        wait_until(
+            lambda: quiescent(conn) and second.log_events("subscription_unreadable"),
+            30,
+            "the outbox drained",
+        )
+        assert second.alive()
+    emu.ctl.clear_faults()
+    events = emu.events(cus)
+    assert len(events) == posted and all(e["timestamp"] < canceled.ended_at for e in events)
+    row = status(conn, org.id)
+    assert row["stripe_value"] == 3 and row["period_usage"] == 6 and not row["parked"]
+
+
+def test_a_price_changed_mid_period_bills_the_period_count_on_the_new_price(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path
+):
+    emu = relay_emulator
+    org = make_org(conn, "repriced")
+    cus = emu.customer("repriced")
+    sub = subscribe(emu, cus)
+    bill(conn, org.id, cus)
+    worker = worker_for(dsn, emu, tmp_path / "worker.log").start()
+    with workers(worker):
+        ingest(conn, org, org.testbeds[0], all_series(org)[:3])
+        wait_until(lambda: in_sync_on(conn, org.id, 3), 30, "the usage posted")
+        before = len(emu.events(cus))
+        dearer = emu.metered_price(unit_amount=25)
+        item = sub["items"]["data"][0]["id"]
+        changed = emu.client.v1.subscription_items.update(item, params={"price": dearer.id})
+        assert changed.price.id == dearer.id
+        swapped = int(emu.ctl.now())
+        time.sleep(1.0)  # longer than --subscription-recheck: the next claim reads it again
+        # a change after the price change: the next claim reads the subscription again
+        ingest(conn, org, org.testbeds[1], all_series(org)[3:4])
+        wait_until(lambda: worker.log_events("price_changed"), 30, "the change seen")
+        wait_until(
+            lambda: len(emu.events(cus)) > before and in_sync_on(conn, org.id, 4),
+            30,
+            "the count posted again",
+        )
+        assert worker.alive()
+    # the usage reported before the change is not billed on the new price; the count
+    # posted after it (the whole period's, with last) is billed once, on the new price
+    assert [e["value"] for e in emu.events(cus) if e["timestamp"] >= swapped][-1] == 4
+    state = emu.ctl.subscription_state(sub.id)
+    current = next(p for p in state["periods"] if p["current"])
+    assert current["quantity"] == 4 and current["amount"] == 100
+    stored = conn.execute(
+        "SELECT stripe_price_id FROM active_series._price WHERE organization_id = %s", (org.id,)
+    ).fetchone()
+    assert stored == (dearer.id,)

@@ -113,8 +113,9 @@ def test_exec_start_is_the_installed_console_script_with_options_the_worker_acce
 
 
 def test_restart_and_stop_settings_agree_with_the_worker():
-    # the exits that need a person: schema of another version, no Stripe key
+    # the exits that need a person: a refused login, schema of another version, no Stripe key
     assert {int(c) for c in setting("RestartPreventExitStatus").split()} == {
+        ExitCode.DATABASE,
         ExitCode.SCHEMA,
         ExitCode.STRIPE_KEY,
     }

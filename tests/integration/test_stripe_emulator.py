@@ -22,6 +22,7 @@ from active_series.devtools.stripe_emulator import (  # noqa: E402
     StripeEmulatorServer,
     run_in_thread,
 )
+from active_series.devtools.stripe_emulator.streams import parse_iso  # noqa: E402
 
 EVENTS = "/v1/billing/meter_events"
 DAY = 86400
@@ -81,20 +82,54 @@ def new_customer(client: Any, email: str = "org@example.com") -> Any:
 
 
 def send(
-    client: Any, customer: str, value: Any, event_name: str = "api_calls", **extra: Any
+    client: Any,
+    customer: str,
+    value: Any,
+    event_name: str = "api_calls",
+    key: str | None = None,
+    **extra: Any,
 ) -> Any:
     params = {
         "event_name": event_name,
         "payload": {"stripe_customer_id": customer, "value": str(value)},
         **extra,
     }
-    return client.v1.billing.meter_events.create(params=params)
+    options = {"idempotency_key": key} if key else None
+    return client.v1.billing.meter_events.create(params=params, options=options)
 
 
 def expect_error(exc_type: type, call: Any) -> Any:
     with pytest.raises(exc_type) as info:
         call()
     return info.value
+
+
+def reports(client: Any) -> list[Any]:
+    """Every error report the Events API shows, newest first (through the SDK)."""
+    return list(client.v2.core.events.list(params={"limit": 100}).data)
+
+
+def report_of(client: Any, key: str) -> tuple[str, str, Any]:
+    """(event type, error code, sample) of the error report sample naming the request
+    idempotency key ``key``."""
+    for event in reports(client):
+        for kind in event.data.reason.error_types:
+            for sample in kind.sample_errors:
+                if sample.request.identifier == key:
+                    return event.type, kind.code, sample
+    raise AssertionError(f"no error report names the request {key}")
+
+
+def expect_reported(client: Any, ctl: EmulatorControl, call: Any) -> tuple[str, str, Any]:
+    """Make ``call(key)`` (a meter event sent with the idempotency key ``key``): Stripe
+    accepts it (200), the meter does not record it, and an error report names the request.
+    Returns (event type, code, sample)."""
+    key = f"test-{time.monotonic_ns()}"
+    before = ctl.meter_events()
+    answer = call(key)
+    assert answer.object == "billing.meter_event"
+    assert ctl.meter_events() == before
+    return report_of(client, key)
 
 
 TIERS = [
@@ -171,14 +206,19 @@ def test_retrieving_an_unknown_meter_is_resource_missing(client: Any) -> None:
     assert err.code == "resource_missing"
 
 
-def test_deactivated_meter_rejects_events_as_archived_until_reactivated(client: Any) -> None:
+def test_deactivated_meter_rejects_events_as_archived_until_reactivated(
+    client: Any, ctl: EmulatorControl
+) -> None:
     meter = new_meter(client)
     cus = new_customer(client)
     off = client.v1.billing.meters.deactivate(meter.id)
     assert off.status == "inactive"
     assert off.status_transitions.deactivated_at is not None
-    err = expect_error(stripe.InvalidRequestError, lambda: send(client, cus.id, 1))
-    assert (err.http_status, err.code) == (400, "archived_meter")
+    _, code, sample = expect_reported(client, ctl, lambda key: send(client, cus.id, 1, key=key))
+    assert code == "archived_meter"
+    assert meter.id in sample.error_message
+    [report] = reports(client)
+    assert report.related_object.id == meter.id
     on = client.v1.billing.meters.reactivate(meter.id)
     assert on.status == "active"
     assert send(client, cus.id, 1).payload["value"] == "1"
@@ -189,38 +229,42 @@ def test_deactivated_meter_rejects_events_as_archived_until_reactivated(client: 
 # ---------------------------------------------------------------------------------------------
 
 
-def test_meter_event_for_unknown_event_name_is_no_meter(client: Any) -> None:
+def test_meter_event_for_unknown_event_name_is_no_meter(client: Any, ctl: EmulatorControl) -> None:
     cus = new_customer(client)
-    err = expect_error(
-        stripe.InvalidRequestError, lambda: send(client, cus.id, 1, event_name="ghost")
+    kind, code, _ = expect_reported(
+        client, ctl, lambda key: send(client, cus.id, 1, event_name="ghost", key=key)
     )
-    assert (err.http_status, err.code, err.param) == (400, "no_meter", "event_name")
+    assert (kind, code) == ("v1.billing.meter.no_meter_found", "no_meter")
 
 
-def test_meter_event_without_customer_key_or_value_key_is_rejected(client: Any) -> None:
+def test_meter_event_without_customer_key_or_value_key_is_rejected(
+    client: Any, ctl: EmulatorControl
+) -> None:
     new_meter(client)
     cus = new_customer(client)
     events = client.v1.billing.meter_events
-    err = expect_error(
-        stripe.InvalidRequestError,
-        lambda: events.create(params={"event_name": "api_calls", "payload": {"value": "3"}}),
-    )
-    assert err.code == "meter_event_no_customer_defined"
-    err = expect_error(
-        stripe.InvalidRequestError,
-        lambda: events.create(
-            params={"event_name": "api_calls", "payload": {"stripe_customer_id": cus.id}}
-        ),
-    )
-    assert (err.code, err.param) == ("meter_event_invalid_value", "payload[value]")
+
+    def create(payload: dict[str, str]) -> Any:
+        return lambda key: events.create(
+            params={"event_name": "api_calls", "payload": payload},
+            options={"idempotency_key": key},
+        )
+
+    _, code, _ = expect_reported(client, ctl, create({"value": "3"}))
+    assert code == "meter_event_no_customer_defined"
+    _, code, sample = expect_reported(client, ctl, create({"stripe_customer_id": cus.id}))
+    assert code == "meter_event_invalid_value"
+    assert "'value'" in sample.error_message
 
 
 @pytest.mark.parametrize("value", ["1.5", "-3", "abc", " 4", "1e3"])
-def test_meter_event_value_must_be_a_non_negative_whole_number(client: Any, value: str) -> None:
+def test_meter_event_value_must_be_a_non_negative_whole_number(
+    client: Any, ctl: EmulatorControl, value: str
+) -> None:
     new_meter(client)
     cus = new_customer(client)
-    err = expect_error(stripe.InvalidRequestError, lambda: send(client, cus.id, value))
-    assert err.code == "meter_event_invalid_value"
+    _, code, _ = expect_reported(client, ctl, lambda key: send(client, cus.id, value, key=key))
+    assert code == "meter_event_invalid_value"
 
 
 def test_meter_event_timestamp_window_is_35_days_back_and_5_minutes_ahead(
@@ -229,14 +273,14 @@ def test_meter_event_timestamp_window_is_35_days_back_and_5_minutes_ahead(
     new_meter(client)
     cus = new_customer(client)
     now = int(ctl.now())
-    err = expect_error(
-        stripe.InvalidRequestError, lambda: send(client, cus.id, 1, timestamp=now - 35 * DAY - 5)
+    _, code, _ = expect_reported(
+        client, ctl, lambda key: send(client, cus.id, 1, timestamp=now - 35 * DAY - 5, key=key)
     )
-    assert err.code == "timestamp_too_far_in_past"
-    err = expect_error(
-        stripe.InvalidRequestError, lambda: send(client, cus.id, 1, timestamp=now + 310)
+    assert code == "timestamp_too_far_in_past"
+    _, code, _ = expect_reported(
+        client, ctl, lambda key: send(client, cus.id, 1, timestamp=now + 310, key=key)
     )
-    assert err.code == "timestamp_in_future"
+    assert code == "timestamp_in_future"
     assert send(client, cus.id, 1, timestamp=now - 35 * DAY + 60).timestamp == now - 35 * DAY + 60
     assert send(client, cus.id, 2, timestamp=now + 290).timestamp == now + 290
 
@@ -248,18 +292,100 @@ def test_clock_offset_moves_the_timestamp_window(client: Any, ctl: EmulatorContr
     ctl.set_clock_offset(-40 * DAY)
     accepted = send(client, cus.id, 5, timestamp=real_now - 40 * DAY)
     assert accepted.timestamp == real_now - 40 * DAY
-    err = expect_error(
-        stripe.InvalidRequestError, lambda: send(client, cus.id, 6, timestamp=real_now)
+    _, code, _ = expect_reported(
+        client, ctl, lambda key: send(client, cus.id, 6, timestamp=real_now, key=key)
     )
-    assert err.code == "timestamp_in_future"
+    assert code == "timestamp_in_future"
     ctl.set_clock_offset(0)
     assert abs(ctl.now() - time.time()) < 5
 
 
-def test_meter_event_for_unknown_customer_is_customer_not_found(client: Any) -> None:
+def test_meter_event_for_unknown_customer_is_accepted_then_reported(
+    client: Any, ctl: EmulatorControl
+) -> None:
+    meter = new_meter(client)
+    answer = send(client, "cus_missing", 1, key="k-missing", identifier="ev-missing")
+    assert (answer.identifier, answer.payload["value"]) == ("ev-missing", "1")
+    assert ctl.meter_events() == []
+    kind, code, sample = report_of(client, "k-missing")
+    assert (kind, code) == (
+        "v1.billing.meter.error_report_triggered",
+        "meter_event_customer_not_found",
+    )
+    assert "cus_missing" in sample.error_message
+    [report] = reports(client)
+    assert report.related_object.id == meter.id
+    assert report.data.reason.error_count == 1
+    # the refused event's identifier stays free: the fixed event is recorded
+    cus = new_customer(client)
+    assert send(client, cus.id, 1, identifier="ev-missing").identifier == "ev-missing"
+    assert [e["identifier"] for e in ctl.meter_events()] == ["ev-missing"]
+    # a retry of the refused request (same key) is its first answer replayed: reported once
+    again = send(client, "cus_missing", 1, key="k-missing", identifier="ev-missing")
+    assert again.identifier == "ev-missing"
+    assert len(reports(client)) == 1
+
+
+def test_error_reports_aggregate_a_window_per_meter_with_bounded_samples(
+    client: Any, ctl: EmulatorControl
+) -> None:
+    meter = new_meter(client)
+    cus = new_customer(client)
+    ctl.configure_stream(error_report_window=60, error_report_delay=30, error_report_samples=2)
+    now = int(ctl.now())
+    for i in range(3):
+        send(client, f"cus_gone{i}", 1, key=f"w-{i}")
+    send(client, cus.id, 1, key="w-old", timestamp=now - 40 * DAY)
+    send(client, cus.id, 4, key="w-ok")
+    assert [e["value"] for e in ctl.meter_events()] == [4]
+    assert reports(client) == []  # the window is open
+    ctl.advance_clock(60)
+    assert reports(client) == []  # closed, not visible yet
+    ctl.advance_clock(31)
+    [report] = reports(client)
+    assert report.type == "v1.billing.meter.error_report_triggered"
+    assert report.related_object.id == meter.id
+    reason = report.data.reason
+    assert reason.error_count == 4
+    kinds = {k.code: k for k in reason.error_types}
+    assert {c: k.error_count for c, k in kinds.items()} == {
+        "meter_event_customer_not_found": 3,
+        "timestamp_too_far_in_past": 1,
+    }
+    sampled = kinds["meter_event_customer_not_found"].sample_errors
+    assert [x.request.identifier for x in sampled] == ["w-0", "w-1"]  # two of three
+    assert [x.request.identifier for x in kinds["timestamp_too_far_in_past"].sample_errors] == [
+        "w-old"
+    ]
+    start, end = report.data.validation_start, report.data.validation_end
+    assert (parse_iso(end) - parse_iso(start)) == pytest.approx(60, abs=1)
+    # the next refusal opens a new window
+    send(client, "cus_gone9", 1, key="w-9")
+    ctl.advance_clock(91)
+    assert [r.data.reason.error_count for r in reports(client)] == [1, 4]
+
+
+def test_a_stream_requests_refusals_are_sampled_under_its_idempotency_key(
+    client: Any, ctl: EmulatorControl, emulator: tuple[StripeEmulatorServer, str]
+) -> None:
     new_meter(client)
-    err = expect_error(stripe.InvalidRequestError, lambda: send(client, "cus_missing", 1))
-    assert (err.http_status, err.code) == (400, "meter_event_customer_not_found")
+    cus = new_customer(client)
+    token = client.v2.billing.meter_event_session.create().authentication_token
+    streamer = stripe.StripeClient(
+        token, base_addresses={"api": emulator[1], "meter_events": emulator[1]}
+    )
+    events: Any = [
+        {"event_name": "api_calls", "payload": {"stripe_customer_id": c, "value": "1"}}
+        for c in (cus.id, "cus_nobody", "cus_none")
+    ]
+    streamer.v2.billing.meter_event_stream.create(
+        params={"events": events}, options={"idempotency_key": "batch-1"}
+    )
+    assert [e["customer"] for e in ctl.meter_events()] == [cus.id]
+    [report] = reports(client)
+    [kind] = report.data.reason.error_types
+    assert (kind.code, kind.error_count) == ("meter_event_customer_not_found", 2)
+    assert [x.request.identifier for x in kind.sample_errors] == ["batch-1", "batch-1"]
 
 
 def test_meter_event_identifier_longer_than_100_characters_is_rejected(client: Any) -> None:
@@ -311,8 +437,8 @@ def test_meter_with_custom_payload_keys_reads_those_keys(client: Any, ctl: Emula
     client.v1.billing.meter_events.create(
         params={"event_name": "custom", "payload": {"cust": cus.id, "n": "42"}}
     )
-    err = expect_error(stripe.InvalidRequestError, lambda: send(client, cus.id, 1, "custom"))
-    assert err.code == "meter_event_no_customer_defined"
+    _, code, _ = expect_reported(client, ctl, lambda key: send(client, cus.id, 1, "custom", key))
+    assert code == "meter_event_no_customer_defined"
     assert [(e["customer"], e["value"]) for e in ctl.meter_events()] == [(cus.id, 42)]
 
 

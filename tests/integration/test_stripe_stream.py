@@ -14,7 +14,7 @@ import stripe
 from active_series.ratelimit import TokenBucket
 from active_series.relay.config import RelayConfig
 from active_series.relay.stripe_api import Outcome, StripeMeter
-from active_series.relay.stripe_stream import MAX_BATCH, MeterEvent, MeterEventStream, Refusal
+from active_series.relay.stripe_stream import MAX_BATCH, MeterEvent, MeterEventStream
 from oracle import ingest, make_org
 from relay_harness import (
     API_KEY,
@@ -256,7 +256,7 @@ def test_threads_share_one_session_and_renew_it_once(relay_emulator: Emulator) -
 # ---- asynchronous refusals -----------------------------------------------------------------------
 
 
-def test_refused_events_are_reported_with_their_identifiers_and_not_recorded(
+def test_refused_events_are_reported_under_their_requests_key_and_not_recorded(
     relay_emulator: Emulator,
 ) -> None:
     emu = relay_emulator
@@ -271,30 +271,49 @@ def test_refused_events_are_reported_with_their_identifiers_and_not_recorded(
         MeterEvent(cus, -1, t - 8, "bad-value"),
         MeterEvent(cus, 2, t - 7, "ok-2"),
     ]
-    assert s.send(batch) == (Outcome.OK, "")  # validation comes later
+    assert s.send(batch, key="batch-1") == (Outcome.OK, "")  # validation comes later
     assert [e["identifier"] for e in emu.events()] == ["ok-1", "ok-2"]
     refused = s.refusals()
-    assert sorted((r.identifier, r.code) for r in refused) == [
-        ("bad-customer", "meter_event_customer_not_found"),
-        ("bad-future", "timestamp_in_future"),
-        ("bad-old", "timestamp_too_far_in_past"),
-        ("bad-value", "meter_event_invalid_value"),
+    # one report (one meter, one request): each sample names the request, not the event
+    assert sorted((r.key, r.code) for r in refused) == [
+        ("batch-1", "meter_event_customer_not_found"),
+        ("batch-1", "meter_event_invalid_value"),
+        ("batch-1", "timestamp_in_future"),
+        ("batch-1", "timestamp_too_far_in_past"),
     ]
+    assert {(r.error_count, r.sampled, r.unsampled) for r in refused} == {(4, 4, 0)}
     assert all(r.message for r in refused)
     assert s.refusals() == []  # reported once per process
-    more = [MeterEvent("cus_other", 1, t - 5, "bad-2")]
-    assert s.send(more) == (Outcome.OK, "")
-    assert s.refusals() == [
-        Refusal("bad-2", "meter_event_customer_not_found", "No such customer: 'cus_other'")
-    ]
+    assert s.send([MeterEvent("cus_other", 1, t - 5, "bad-2")], key="batch-2") == (Outcome.OK, "")
+    [again] = s.refusals()
+    assert (again.key, again.code) == ("batch-2", "meter_event_customer_not_found")
+    assert again.message == "No such customer: 'cus_other'"
     # a new process reads every report the Events API holds
-    assert sorted(r.identifier for r in stream(emu).refusals()) == [
-        "bad-2",
-        "bad-customer",
-        "bad-future",
-        "bad-old",
-        "bad-value",
-    ]
+    assert sorted({r.key for r in stream(emu).refusals()}) == ["batch-1", "batch-2"]
+
+
+def test_a_request_without_a_key_gets_a_fresh_one_per_request(relay_emulator: Emulator) -> None:
+    emu = relay_emulator
+    s = stream(emu)
+    t = now(emu)
+    for i in range(2):
+        assert s.send([MeterEvent("cus_unknown", 1, t - 1, f"n-{i}")]) == (Outcome.OK, "")
+    keys = [r.key for r in s.refusals()]
+    assert len(set(keys)) == 2
+    assert all(k.startswith("stream:") for k in keys)
+
+
+def test_a_report_with_fewer_samples_than_errors_says_so(relay_emulator: Emulator) -> None:
+    emu = relay_emulator
+    emu.ctl.configure_stream(error_report_samples=2)
+    s = stream(emu)
+    t = now(emu)
+    batch = [MeterEvent(f"cus_gone{i}", 1, t - 1, f"u-{i}") for i in range(5)]
+    assert s.send(batch, key="few") == (Outcome.OK, "")
+    refused = s.refusals()
+    assert [(r.key, r.error_count, r.sampled, r.unsampled) for r in refused] == [
+        ("few", 5, 2, 3)
+    ] * 2
 
 
 def test_late_error_reports_are_read_when_they_appear(relay_emulator: Emulator) -> None:
@@ -302,18 +321,35 @@ def test_late_error_reports_are_read_when_they_appear(relay_emulator: Emulator) 
     emu.ctl.configure_stream(error_report_delay=30)
     s = stream(emu)
     t = now(emu)
-    assert s.send([MeterEvent("cus_unknown", 1, t - 1, "late-1")]) == (Outcome.OK, "")
+    assert s.send([MeterEvent("cus_unknown", 1, t - 1, "late-1")], key="late") == (Outcome.OK, "")
     assert s.refusals() == []
     emu.ctl.advance_clock(31)
-    assert [r.identifier for r in s.refusals()] == ["late-1"]
+    assert [r.key for r in s.refusals()] == ["late"]
     assert emu.events() == []
+
+
+def test_v1_refusals_are_read_from_the_same_reports(relay_emulator: Emulator) -> None:
+    emu = relay_emulator
+    s = stream(emu)
+    t = now(emu)
+    meter = StripeMeter(config(emu))
+    assert meter.post("cus_unknown", 1, t - 1, "v1-1", key="v1-key") == (Outcome.OK, "")
+    assert meter.post(emu.customer(), 1, t - 36 * DAY, "v1-2", key="v1-old") == (Outcome.OK, "")
+    assert emu.events() == []
+    assert sorted((r.key, r.code) for r in s.refusals()) == [
+        ("v1-key", "meter_event_customer_not_found"),
+        ("v1-old", "timestamp_too_far_in_past"),
+    ]
 
 
 def test_error_reports_through_the_sdk_events_api(relay_emulator: Emulator) -> None:
     emu = relay_emulator
     s = stream(emu)
     t = now(emu)
-    assert s.send([MeterEvent("cus_nobody", 1, t - 1, "sdk-1")]) == (Outcome.OK, "")
+    assert s.send([MeterEvent("cus_nobody", 1, t - 1, "sdk-1")], key="sdk-key") == (
+        Outcome.OK,
+        "",
+    )
     listed = emu.client.v2.core.events.list(params={"object_id": emu.meter})
     assert len(listed.data) == 1
     event: Any = emu.client.v2.core.events.retrieve(listed.data[0].id)
@@ -321,7 +357,7 @@ def test_error_reports_through_the_sdk_events_api(relay_emulator: Emulator) -> N
     assert event.related_object.id == emu.meter
     kind = event.data.reason.error_types[0]
     assert (kind.code, kind.error_count) == ("meter_event_customer_not_found", 1)
-    assert kind.sample_errors[0].request.identifier == "sdk-1"
+    assert kind.sample_errors[0].request.identifier == "sdk-key"
     # events of an unknown event name: no meter, a no_meter_found event
     token = emu.client.v2.billing.meter_event_session.create().authentication_token
     client = stripe.StripeClient(token, base_addresses={"api": emu.url, "meter_events": emu.url})
@@ -340,8 +376,9 @@ def test_refusals_read_every_page(relay_emulator: Emulator) -> None:
     s = stream(emu)
     t = now(emu)
     for i in range(105):  # one report per request: more than a page of 100
-        assert s.send([MeterEvent("cus_unknown", 1, t - 1, f"p-{i}")]) == (Outcome.OK, "")
-    assert sorted(r.identifier for r in s.refusals()) == sorted(f"p-{i}" for i in range(105))
+        batch = [MeterEvent("cus_unknown", 1, t - 1, f"p-{i}")]
+        assert s.send(batch, key=f"k-{i}") == (Outcome.OK, "")
+    assert sorted(r.key for r in s.refusals()) == sorted(f"k-{i}" for i in range(105))
 
 
 # ---- faults and limits ---------------------------------------------------------------------------

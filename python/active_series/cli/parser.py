@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const="yes",
         default="auto",
-        help="also install the PL/Python functions (stripe_reconcile, relay_now), or fail "
-        "(default: install them when plpython3u is available and we may create it)",
+        help="also install the PL/Python function stripe_reconcile, or fail "
+        "(default: install it when plpython3u is available and we may create it)",
     )
     p.add_argument(
         "--without-plpython",

@@ -63,6 +63,7 @@ from active_series.relay.posting import (
     Call,
     Poster,
     Results,
+    SentPost,
     Stopping,
     by_org,
     pack,
@@ -144,7 +145,7 @@ class Relay:
         self.log = log
         self.metrics = metrics
         self.stop = stop or threading.Event()
-        self.poster = Poster(cfg, log, metrics)
+        self.poster = Poster(cfg, log, metrics, self.note_attempts)
         self.claim_conn: Conn | None = None
         self.ledger_conn: Conn | None = None
         self.wake_reason = "start"
@@ -241,28 +242,53 @@ class Relay:
         row = self.ledger.execute(q.NEXT_WAKEUP, graces).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
+    def note_attempts(self, calls: list[Call]) -> None:
+        """The posts each request about to be made carries, by its idempotency key
+        (``_post_attempt``, committed before the request): Stripe's error reports name a
+        refused event by its request's key."""
+        keys = [c.key for c in calls if c.key]
+        if keys:
+            self.ledger.execute(q.ATTEMPTS_NEW, (keys, [c.identifier for c in calls if c.key]))
+
     def record_refusals(self) -> None:
-        """Posts Stripe refused after accepting them (v2 streams validate later): marked
-        failed, their organizations parked with the reason (relay_failures shows both).
-        Read at most once per poll interval: drains can follow each other closely."""
+        """Posts Stripe refused after accepting them (it validates meter events later, in
+        both APIs): the samples of its error reports name requests by idempotency key, and
+        the posts those carried (:meth:`Poster.refused_posts`) are marked failed, their
+        organizations parked with the reason (relay_failures shows both; relay_status is not
+        in sync). Read at most once per poll interval: drains can follow each other
+        closely."""
         now = time.monotonic()
         if now < self.refusals_due:
             return
         self.refusals_due = now + self.cfg.poll_interval
+        self.ledger.execute(q.ATTEMPTS_PRUNE)
         refusals = self.poster.refusals()
         if not refusals:
             return
+        keys = sorted({r.key for r in refusals if r.key})
+        posts = [
+            SentPost(key, org, ident, cus, int(ts), float(at))
+            for key, org, ident, cus, ts, at in self.ledger.execute(q.ATTEMPTS_POSTS, (keys,))
+        ]
+        for key in sorted(set(keys) - {p.key for p in posts}):
+            code = next(r.code for r in refusals if r.key == key)
+            self.log("info", "refusal_unmatched", key=key, code=code)
+        refused = self.poster.refused_posts(refusals, posts)
+        if not refused:
+            return
         rows = self.ledger.execute(
-            q.LEDGER_REFUSED_LATER,
-            ([r.identifier for r in refusals], [f"{r.code}: {r.message}"[:500] for r in refusals]),
+            q.LEDGER_REFUSED_LATER, ([i for i, _ in refused], [r for _, r in refused])
         ).fetchall()
         self.claims += 1
         if rows and not self.meter_still_fits(rows[0][0], rows[0][2]):
             return  # the meter could not be read: not parked (posted again at their next change)
+        parked: set[int] = set()
         for org, ident, reason in rows:
-            self.ledger.execute(q.STATE_PARK, (reason, org))
-            self.metrics.posts.labels("parked").inc()
             self.log("error", "refused_later", org=org, identifier=ident, reason=reason)
+            if org not in parked:
+                parked.add(org)
+                self.ledger.execute(q.STATE_PARK, (reason, org))
+                self.metrics.posts.labels("parked").inc()
 
     # ------------------------------------------------------------------ one batch
     def process(self, orgs: list[int], *, only_close: bool = False) -> dict[int, ClaimOutcome]:
@@ -293,6 +319,8 @@ class Relay:
             billed = [c for c in claims.values() if c.billed and c.org not in outcomes]
             if self.cfg.sync_subscriptions:
                 self.poster.sync_subscriptions(self.ledger, billed)
+            # the subscriptions' recorded edges, whichever worker read them last
+            self.poster.load_edges(self.ledger, billed)
             plan: dict[int, list[Period]] = defaultdict(list)
             rows = conn.execute(q.PLAN, (list(claims), self.cfg.grace, self.cfg.invoice_grace))
             for row in rows.fetchall():
@@ -303,6 +331,7 @@ class Relay:
                     int(first), int(last), int(now),
                 )  # fmt: skip
                 plan[period.org].append(period)
+            self.poster.bill_windows(self.ledger, claims, plan)
             unpostable: set[tuple[int, datetime]] = set()
             held = self._confirm(conn, claims, plan, outcomes)
             posts = self._posts(claims, plan, outcomes, only_close, unpostable, held)
@@ -809,8 +838,6 @@ class Relay:
         be read."""
         meter = self.poster.meter.meter()
         self.poster.prices.meter_id = str(meter["id"])
-        if self.poster.stream is not None:
-            self.poster.stream.use_meter(str(meter["id"]))
         return meter
 
     def meter_still_fits(self, org: int, reason: str) -> bool:

@@ -23,6 +23,7 @@ import psycopg
 import stripe
 from prometheus_client import start_http_server
 
+from active_series.errors import login_refused
 from active_series.install import SchemaVersionError
 from active_series.ratelimit import backoff
 from active_series.relay.claim import Relay, Stopping
@@ -125,6 +126,9 @@ class Worker:
                 self.relay.connect()
                 break
             except psycopg.OperationalError as exc:
+                if login_refused(exc):
+                    self.log("error", "database_refused", error=first_line(exc))
+                    raise
                 delay = backoff(attempts, self.cfg.reconnect_delay, 30.0)
                 attempts += 1
                 self.log("warning", "database_unavailable", error=first_line(exc), retry_in=delay)
@@ -158,6 +162,10 @@ class Worker:
                 break
             except psycopg.Error as exc:
                 self.relay.close()
+                if isinstance(exc, psycopg.OperationalError) and login_refused(exc):
+                    # the role was changed under the running worker: a person must act
+                    self.log("error", "database_refused", error=first_line(exc))
+                    raise
                 delay = backoff(db_attempts, self.cfg.reconnect_delay, 30.0)
                 db_attempts += 1
                 self.log("warning", "database_unavailable", error=first_line(exc), retry_in=delay)

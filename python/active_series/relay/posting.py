@@ -3,9 +3,12 @@
 A claim (:mod:`.claim`) hands over the calls of a batch of organizations; the poster makes
 each organization's calls one after the other, and those of different organizations at
 once on a pool of ``concurrency`` threads (v1: one meter event per request), or packs them
-into requests of up to 100 events sent at once (v2 meter event streams, whose refusals
-come back later: :meth:`Poster.refusals`). Every call first waits for the worker's one
-token bucket. A 429 or a refused key pauses every call of the worker for a while.
+into requests of up to 100 events sent at once (v2 meter event streams). Every request gets
+a fresh idempotency key, and the posts each key carried are handed to ``note_attempts``
+before the request is made: Stripe validates meter events after answering, in both APIs,
+and its error reports name a refused event by that key (:meth:`Poster.refusals`). Every
+call first waits for the worker's one token bucket. A 429 or a refused key pauses every
+call of the worker for a while.
 
 Threads rather than asyncio: the SDK's synchronous client and psycopg's synchronous
 connections are what the rest of the relay uses, the work per call is a few
@@ -20,7 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -32,10 +35,27 @@ from active_series.relay import queries as q
 from active_series.relay.config import RelayConfig
 from active_series.relay.observe import Log, Metrics
 from active_series.relay.prices import LIVE, PriceKeeper
-from active_series.relay.stripe_api import Outcome, StripeMeter, classify, current_period, plain
+from active_series.relay.stripe_api import (
+    Outcome,
+    StripeMeter,
+    attempt_key,
+    classify,
+    current_period,
+    plain,
+)
+from active_series.relay.stripe_stream import (
+    ErrorReports,
+    MeterEvent,
+    MeterEventStream,
+    Refusal,
+    stream_key,
+)
 
 # v2 meter event streams take at most this many events per request
 STREAM_BATCH = 100
+# Stripe's range for an event's timestamp, from the moment it receives the event
+STRIPE_MAX_AGE = 35 * 86400
+STRIPE_MAX_AHEAD = 5 * 60
 
 T = TypeVar("T")
 
@@ -48,7 +68,8 @@ class Stopping(Exception):
 class Call:
     """One meter event to post for an organization (``period_start``: the period it is for,
     None for a resend of a pending post; ``deadline``: the ``time.monotonic()`` by which its
-    call ends, as its ledger row promises)."""
+    call ends, as its ledger row promises; ``key``: the idempotency key of the request that
+    carries it, given by :meth:`Poster.post`)."""
 
     org: int
     customer: str
@@ -58,30 +79,70 @@ class Call:
     deadline: float
     resend: bool = False
     period_start: datetime | None = None
+    key: str = ""
 
 
 Results = dict[str, tuple[Outcome, str]]
 
 
+@dataclass(frozen=True)
+class SentPost:
+    """A post a request carried (``_post_attempt``): the request's idempotency key, the
+    post's organization, identifier, customer and event timestamp, and when the request was
+    made (Unix seconds)."""
+
+    key: str
+    org: int
+    identifier: str
+    customer: str
+    timestamp: int
+    sent_at: float
+
+
+@dataclass(frozen=True)
+class Edges:
+    """When a customer's subscriptions let Stripe bill usage, as the last read of them saw
+    it (Unix seconds; kept in ``_relay_subscription``): ``ended``, no subscription is live
+    and the newest canceled one ended then; ``cancel_at``, the live one's scheduled
+    cancellation; ``since``, the metered item bills usage from then on (it was added to the
+    subscription, or its price changed, after the subscription began); ``price``, the
+    metered item's price."""
+
+    ended: int | None = None
+    cancel_at: int | None = None
+    since: int | None = None
+    price: str | None = None
+
+
 class Poster:
     """The Stripe side of one worker: the clients, the pool, the shared pause."""
 
-    def __init__(self, cfg: RelayConfig, log: Log, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        cfg: RelayConfig,
+        log: Log,
+        metrics: Metrics,
+        note_attempts: Callable[[list[Call]], None] = lambda calls: None,
+    ) -> None:
         self.cfg = cfg
         self.log = log
         self.metrics = metrics
         self.meter = StripeMeter(cfg)
+        self.note_attempts = note_attempts
         self.stream: Any = None
         if cfg.api == "v2-stream":
-            from active_series.relay.stripe_stream import MeterEventStream
-
             self.stream = MeterEventStream(cfg, self.meter.bucket)
+            self.reports: ErrorReports = self.stream.reports
+        else:
+            self.reports = ErrorReports(self.meter.client, self.meter.bucket)
         self.pool = ThreadPoolExecutor(cfg.concurrency, thread_name_prefix="relay-post")
         self.lock = threading.Lock()
         self.pause_until = 0.0
         self.rate_backoff = 0
         self.subscription_until: dict[int, float] = {}
-        # organizations whose customer's subscriptions are all canceled: when the newest ended
+        # the claimed organizations' recorded edges (:meth:`load_edges`), and those whose
+        # customer's subscriptions are all canceled (or whose cancel_at passed): when it ended
+        self.edges: dict[int, Edges] = {}
         self.ended: dict[int, int] = {}
         self.prices = PriceKeeper(
             self.meter.client, cfg.meter_event_name, self.meter.bucket.acquire, log
@@ -121,18 +182,30 @@ class Poster:
             return {}
         groups = list(by_org(calls, lambda call: call.org).values())
         if self.stream is None:
-            jobs, work = groups, self._post_one_by_one
+            jobs = [[replace(c, key=attempt_key(c.identifier)) for c in g] for g in groups]
+            work = self._post_one_by_one
         else:
-            jobs, work = pack(groups, STREAM_BATCH), self._post_stream
+            jobs = [self._keyed(request) for request in pack(groups, STREAM_BATCH)]
+            work = self._post_stream
+        self.note_attempts([call for job in jobs for call in job])
         # one job (a single organization changed): no hand-over to the pool
         parts = map(work, jobs) if len(jobs) == 1 else self.pool.map(work, jobs)
         return self._count(parts)
 
     def submit(self, request: list[Call]) -> Future[Results]:
         """Send one stream request (at most STREAM_BATCH events, whole organizations) on
-        the pool; :meth:`collect` gathers the answers."""
+        the pool, under a fresh idempotency key (noted first); :meth:`collect` gathers the
+        answers."""
         assert self.stream is not None and 0 < len(request) <= STREAM_BATCH
+        request = self._keyed(request)
+        self.note_attempts(request)
         return self.pool.submit(self._post_stream, request)
+
+    @staticmethod
+    def _keyed(request: list[Call]) -> list[Call]:
+        """The calls of one stream request, under its one fresh idempotency key."""
+        key = stream_key()
+        return [replace(call, key=key) for call in request]
 
     def collect(self, requests: list[Future[Results]]) -> Results:
         """The outcomes of :meth:`submit`'s requests, once all are answered."""
@@ -157,7 +230,12 @@ class Poster:
                 results[call.identifier] = (Outcome.NOT_SENT, "")
                 continue
             outcome, reason = self.meter.post(
-                call.customer, call.value, call.timestamp, call.identifier, call.deadline
+                call.customer,
+                call.value,
+                call.timestamp,
+                call.identifier,
+                call.deadline,
+                key=call.key or None,
             )
             self._outcome(outcome, reason)
             results[call.identifier] = (outcome, reason)
@@ -170,13 +248,12 @@ class Poster:
 
     def _post_stream(self, calls: list[Call]) -> Results:
         """One v2 stream request: its events are accepted (validated later) or not, together."""
-        from active_series.relay.stripe_stream import MeterEvent
-
         if self._paused():
             return {c.identifier: (Outcome.NOT_SENT, "") for c in calls}
         outcome, reason = self.stream.send(
             [MeterEvent(c.customer, c.value, c.timestamp, c.identifier) for c in calls],
             min(c.deadline for c in calls),
+            calls[0].key or None,
         )
         self._outcome(outcome, reason)
         if not outcome.accepted:
@@ -197,15 +274,102 @@ class Poster:
             resend=call.resend,
         )
 
-    def refusals(self) -> list[Any]:
-        """Events Stripe refused after accepting their request (v2 streams only)."""
-        if self.stream is None:
-            return []
+    def refusals(self) -> list[Refusal]:
+        """The samples of the error reports Stripe published since the last read: events it
+        refused after accepting their request (v1 and v2). A report that counts more refused
+        events than it samples is logged (``refusals_unsampled``): the others are named
+        nowhere."""
         try:
-            return list(self.stream.refusals())
+            refusals = self.reports.refusals()
         except stripe.StripeError as exc:
             self.log("warning", "refusals_unreadable", reason=classify(exc)[1])
             return []
+        reports = {r.report: r for r in refusals}
+        for r in reports.values():
+            if r.unsampled:
+                self.log(
+                    "warning",
+                    "refusals_unsampled",
+                    report=r.report,
+                    error_count=r.error_count,
+                    sampled=r.sampled,
+                )
+        return refusals
+
+    def refused_posts(
+        self, refusals: list[Refusal], posts: list[SentPost]
+    ) -> list[tuple[str, str]]:
+        """The posts the samples of error reports refuse, as (identifier, reason) pairs.
+
+        A sample names a request: a v1 post is one event, but a stream request carries up to
+        100, of several organizations. Among those, a sample refuses the posts it can be
+        pinned on: for a timestamp code, those whose timestamp was out of Stripe's range when
+        the request was made; for an unknown customer, those of customers Stripe does not
+        know (each read once); otherwise, or when that leaves none, every post the request
+        carried (the reason says so when they are several organizations'). The reason says
+        too when the report counts refused events it does not sample: those are matched to
+        no post here."""
+        carried: dict[str, list[SentPost]] = defaultdict(list)
+        for post in posts:
+            carried[post.key].append(post)
+        samples: dict[tuple[str, str], Refusal] = {}
+        for r in refusals:
+            if r.key:
+                samples.setdefault((r.key, r.code), r)
+        known: dict[str, bool | None] = {}
+        out: dict[str, str] = {}
+        for (key, code), sample in samples.items():
+            rows = carried.get(key, [])
+            if not rows:
+                continue
+            orgs = {p.org for p in rows}
+            chosen = rows
+            if len(orgs) > 1 or code.startswith("timestamp_"):
+                chosen = self._pinned(code, rows, known) or rows
+            reason = f"{code}: {sample.message}"
+            if len({p.org for p in chosen}) > 1:
+                reason += (
+                    f" (sampled for a stream request carrying the posts of {len(orgs)} "
+                    "organizations: whose event Stripe refused is not known)"
+                )
+            if sample.unsampled:
+                reason += (
+                    f" (error report {sample.report} counts {sample.error_count} refused "
+                    f"events and samples {sample.sampled}: the others are matched to no post)"
+                )
+            for post in chosen:
+                out.setdefault(post.identifier, reason[:500])
+        return list(out.items())
+
+    def _pinned(
+        self, code: str, rows: list[SentPost], known: dict[str, bool | None]
+    ) -> list[SentPost]:
+        """The posts of a request an error ``code`` can be pinned on (none: it cannot)."""
+        if code == "timestamp_too_far_in_past":
+            return [p for p in rows if p.timestamp < p.sent_at - STRIPE_MAX_AGE]
+        if code == "timestamp_in_future":
+            return [p for p in rows if p.timestamp > p.sent_at + STRIPE_MAX_AHEAD]
+        if code == "meter_event_customer_not_found":
+            for customer in {p.customer for p in rows} - set(known):
+                known[customer] = self._customer_exists(customer)
+            if any(known[p.customer] is None for p in rows):
+                return []  # a customer could not be read
+            return [p for p in rows if known[p.customer] is False]
+        return []
+
+    def _customer_exists(self, customer: str) -> bool | None:
+        """Whether Stripe knows the customer (a deleted one it does not); None: unknown (the
+        read failed)."""
+        self.meter.bucket.acquire()
+        try:
+            found = self.meter.client.v1.customers.retrieve(customer)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return False
+            return None
+        except stripe.StripeError:
+            return None
+        return not getattr(found, "deleted", False)
 
     # ------------------------------------------------------------------ subscriptions
     def sync_subscriptions(self, ledger: psycopg.Connection[Any], claims: list[Any]) -> None:
@@ -215,11 +379,14 @@ class Poster:
         metered item's (items may have periods of their own). No subscription: the
         database's periods stay (calendar months unless an admin set them).
 
-        What Stripe bills is kept in step too: the periods that ended before the live
-        subscription began are finalized without a post (no invoice bills them; unless
-        ``post_before_subscription``), and a customer whose subscriptions are all canceled
-        is billed up to the newest one's end only (:attr:`ended`: the claim posts nothing
-        at or after it). The reads run on the pool; the writes on ``ledger``."""
+        What Stripe bills is kept in step too, in ``_relay_subscription`` (:class:`Edges`,
+        read by every claim: :meth:`load_edges`): the periods that ended before the live
+        subscription (or its metered item) began are finalized without a post (no invoice
+        bills them; unless ``post_before_subscription``); a known ``cancel_at`` is where the
+        posts end (:meth:`bill_windows`); a customer whose subscriptions are all canceled
+        is billed up to the newest one's end only (the claim posts nothing at or after it);
+        an item added, or its price changed, mid-period bills the posts made since. The
+        reads run on the pool; the writes on ``ledger``."""
         now = time.time()
         due = [c for c in claims if now >= self.subscription_until.get(c.org, 0.0)]
         if not due:
@@ -227,6 +394,7 @@ class Poster:
         recheck = self.cfg.subscription_recheck
         prices: dict[str, dict[str, Any]] = {}  # price id -> with its tiers, read once a pass
         answers = self.pool.map(lambda claim: self._subscriptions(claim, prices), due)
+        recorded = self._recorded(ledger, due)
         for claim, answer in zip(due, answers, strict=True):
             if isinstance(answer, stripe.StripeError):
                 outcome, reason = classify(answer)
@@ -236,7 +404,7 @@ class Poster:
                 continue
             subscriptions, item = answer
             self.prices.keep(ledger, claim.org, item)
-            self._note_ended(claim, subscriptions)
+            began = self._note_edges(ledger, claim, subscriptions, item, recorded.get(claim.org))
             bounds = current_period(subscriptions, item)
             if bounds is None:
                 self.subscription_until[claim.org] = now + recheck
@@ -248,38 +416,144 @@ class Poster:
                 ledger.execute(q.SET_BILLING_PERIOD, (claim.org, start, end))
                 self.log("info", "billing_period_set", org=claim.org, start=start, end=end)
             if not self.cfg.post_before_subscription:
-                self._skip_before(ledger, claim.org, subscriptions)
+                self._skip_before(ledger, claim.org, subscriptions, began)
             self.subscription_until[claim.org] = min(float(end), now + recheck)
 
-    def _note_ended(self, claim: Any, subscriptions: list[Any]) -> None:
-        """Keep :attr:`ended`: when the customer has no live subscription but a canceled
-        one, the newest one's end (Stripe bills no usage after it)."""
+    def _recorded(self, ledger: psycopg.Connection[Any], claims: list[Any]) -> dict[int, Edges]:
+        """The edges recorded for the claimed organizations (of the claim's customer)."""
+        rows = ledger.execute(
+            q.SUBSCRIPTION_EDGES, ([c.org for c in claims], [c.customer or "" for c in claims])
+        )
+        return {org: Edges(*rest) for org, *rest in rows}
+
+    def load_edges(self, ledger: psycopg.Connection[Any], claims: Iterable[Any]) -> None:
+        """Read the recorded edges of the claimed organizations into :attr:`edges` and
+        :attr:`ended`: what every claim respects, whether or not this worker has read the
+        subscription since it started. A ``cancel_at`` that has passed is an end (Stripe
+        ended the subscription then; the next read of it says so)."""
+        claims = [c for c in claims if c.customer is not None]
+        for claim in claims:
+            self.edges.pop(claim.org, None)
+            self.ended.pop(claim.org, None)
+        if not claims:
+            return
+        now = int(time.time())
+        for org, edges in self._recorded(ledger, claims).items():
+            self.edges[org] = edges
+            if edges.ended is not None:
+                self.ended[org] = int(edges.ended)
+            elif edges.cancel_at is not None and now >= edges.cancel_at:
+                self.ended[org] = int(edges.cancel_at)
+
+    def _note_edges(
+        self,
+        ledger: psycopg.Connection[Any],
+        claim: Any,
+        subscriptions: list[Any],
+        item: dict[str, Any] | None,
+        recorded: Edges | None,
+    ) -> int | None:
+        """Record the customer's :class:`Edges` after a read of its subscriptions; returns
+        when the metered item began billing if later than its subscription's start (an item
+        added since), for :meth:`_skip_before`."""
         subs = [plain(s) for s in subscriptions]
-        if any(s.get("status") in LIVE for s in subs):
-            ended = None
-        else:
+        live = next((s for s in subs if s.get("status") in LIVE), None)
+        ended = cancel_at = added = None
+        if live is None:
             ends = [int(s["ended_at"]) for s in subs if s.get("ended_at") is not None]
             ended = max(ends) if ends else None
-        if ended is None:
-            self.ended.pop(claim.org, None)
-        elif self.ended.get(claim.org) != ended:
-            self.ended[claim.org] = ended
+        else:
+            cancel_at = None if live.get("cancel_at") is None else int(live["cancel_at"])
+            created = item.get("created") if item is not None else None
+            if created is not None and int(created) > int(live.get("created") or created):
+                added = int(created)
+        price = str(item["price"]["id"]) if item is not None and item.get("price") else None
+        # a price changed on the same item: Stripe bills the usage reported since the change
+        # (not before it) on the new price; the change is seen at this read, no later
+        swapped = None
+        if recorded is not None and recorded.price and price and recorded.price != price:
+            swapped = int(time.time())
+            self.log(
+                "info", "price_changed", org=claim.org, old=recorded.price, new=price,
+                since=swapped,
+            )  # fmt: skip
+        kept = recorded.since if recorded is not None and recorded.price == price else None
+        since = max((t for t in (added, kept, swapped) if t is not None), default=None)
+        edges = Edges(ended, cancel_at, since, price)
+        if edges != recorded:
+            ledger.execute(
+                q.SUBSCRIPTION_EDGES_SET,
+                (claim.org, claim.customer, ended, cancel_at, since, price),
+            )
+        if ended is not None and (recorded is None or recorded.ended != ended):
             self.log(
                 "info", "subscription_ended", org=claim.org, customer=claim.customer, ended=ended
             )
+        if cancel_at is not None and (recorded is None or recorded.cancel_at != cancel_at):
+            self.log(
+                "info",
+                "subscription_cancel_at",
+                org=claim.org,
+                customer=claim.customer,
+                cancel_at=cancel_at,
+            )
+        return added
+
+    def bill_windows(
+        self, ledger: psycopg.Connection[Any], claims: dict[int, Any], plan: dict[int, list[Any]]
+    ) -> None:
+        """Fit the claim's plan (``_relay_plan``'s periods) to what the subscription bills,
+        for the organizations whose recorded edges cut a period: a known future
+        ``cancel_at`` inside it ends it there (Stripe invoices at the cancellation: every
+        change is posted at once, timestamped before it, nothing is kept for posts after
+        it), and an item that began billing inside it (``since``) bills the posts from then
+        on only (what Stripe holds for the period is the newest post since; the next one is
+        timestamped no earlier)."""
+        for org, periods in plan.items():
+            edges = self.edges.get(org)
+            customer = claims[org].customer if org in claims else None
+            if edges is None or customer is None:
+                continue
+            periods[:] = [self._window(ledger, customer, edges, p) for p in periods]
+
+    def _window(self, ledger: psycopg.Connection[Any], customer: str, edges: Edges, p: Any) -> Any:
+        cancel = edges.cancel_at
+        cut = cancel is not None and p.first_second < cancel <= p.last_second + 1
+        cut = cut and p.now < int(cancel or 0)
+        late = edges.since is not None and p.first_second < edges.since <= p.last_second
+        if not cut and not late:
+            return p
+        lo = int(edges.since) if late and edges.since is not None else p.first_second
+        hi = int(cancel) - 1 if cut and cancel is not None else p.last_second
+        row = ledger.execute(q.HELD_WITHIN, (customer, lo, hi)).fetchone()
+        value, status, held_ts = row if row is not None else (0, None, None)
+        after = lo if held_ts is None else int(held_ts) + 1
+        if cut:
+            ts: int | None = max(after, p.now)
+            due: int | None = ts
+        else:
+            ts, due = ledger.execute(
+                q.NEXT_TIMESTAMP, (after - 1, p.first_second, p.last_second, p.now)
+            ).fetchone() or (None, None)
+        return replace(p, held=int(value), held_status=status, next_ts=ts, due=due, last_second=hi)
 
     def _skip_before(
-        self, ledger: psycopg.Connection[Any], org: int, subscriptions: list[Any]
+        self,
+        ledger: psycopg.Connection[Any],
+        org: int,
+        subscriptions: list[Any],
+        item_began: int | None = None,
     ) -> None:
         """Finalize, unposted (``billed_value`` NULL), the periods that ended at or before
-        the live subscription's start and after the end of any earlier subscription of the
-        customer: usage no invoice bills (a stub period of activity before the customer
-        subscribed). A period an earlier subscription billed keeps the usual rules."""
+        the live subscription's start (or its metered item's, when that was added later:
+        ``item_began``) and after the end of any earlier subscription of the customer:
+        usage no invoice bills (a stub period of activity before the customer subscribed).
+        A period an earlier subscription billed keeps the usual rules."""
         subs = [plain(s) for s in subscriptions]
         live = next((s for s in subs if s.get("status") in LIVE), None)
         if live is None or live.get("start_date") is None:
             return
-        began = int(live["start_date"])
+        began = max(int(live["start_date"]), item_began or 0)
         earlier = [
             int(s["ended_at"]) for s in subs if s.get("ended_at") is not None
             and int(s["ended_at"]) <= began

@@ -205,7 +205,31 @@ FROM unnest(%s::text[], %s::boolean[], %s::text[], %s::text[])
 WHERE l.identifier = o.identifier
 """
 
-# refusals reported later (v2 streams): the post failed after all
+# (idempotency key, identifier) pairs: the posts each request about to be made carries
+ATTEMPTS_NEW: Final = """
+INSERT INTO active_series._post_attempt (idempotency_key, identifier)
+SELECT * FROM unnest(%s::text[], %s::text[])
+ON CONFLICT DO NOTHING
+"""
+
+# the keys of requests made more than 31 days ago: no error report can name them any more
+ATTEMPTS_PRUNE: Final = """
+DELETE FROM active_series._post_attempt
+WHERE created < clock_timestamp() - interval '31 days'
+"""
+
+# the posts the requests of the given idempotency keys carried: key, organization,
+# identifier, customer, event timestamp, and when the request was made (Unix seconds)
+ATTEMPTS_POSTS: Final = """
+SELECT a.idempotency_key, l.organization_id, l.identifier, l.stripe_customer_id,
+       l.event_timestamp, extract(EPOCH FROM a.created)::float8
+FROM active_series._post_attempt AS a
+JOIN active_series._ledger AS l ON l.identifier = a.identifier
+WHERE a.idempotency_key = ANY(%s)
+ORDER BY a.idempotency_key, l.organization_id, l.event_timestamp
+"""
+
+# refusals reported later (error reports, v1 and v2): the post failed after all
 LEDGER_REFUSED_LATER: Final = """
 UPDATE active_series._ledger AS l
 SET status = 'failed', last_error = o.error, updated = clock_timestamp()
@@ -362,3 +386,39 @@ WHERE
         WHERE x.organization_id = c.organization_id AND x.period_start = c.period_start
     )
 """
+
+# -- the subscription's edges (posting.py: Poster.sync_subscriptions, Poster.edges) --------
+# (organization, customer, ended, cancel_at, billed_since, price): as the last read saw them
+SUBSCRIPTION_EDGES_SET: Final = """
+INSERT INTO active_series._relay_subscription AS r (
+    organization_id, stripe_customer_id, ended_at, cancel_at, billed_since, stripe_price_id
+)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (organization_id) DO UPDATE
+SET stripe_customer_id = excluded.stripe_customer_id, ended_at = excluded.ended_at,
+    cancel_at = excluded.cancel_at, billed_since = excluded.billed_since,
+    stripe_price_id = excluded.stripe_price_id, read_at = now()
+"""
+
+# the recorded edges of the claimed organizations: (organization, customer) pairs, the rows
+# of another customer than the one claimed ignored
+SUBSCRIPTION_EDGES: Final = """
+SELECT r.organization_id, r.ended_at, r.cancel_at, r.billed_since, r.stripe_price_id
+FROM active_series._relay_subscription AS r
+JOIN unnest(%s::bigint[], %s::text[]) AS c (organization_id, customer)
+    ON r.organization_id = c.organization_id AND r.stripe_customer_id = c.customer
+"""
+
+# what Stripe holds of a customer's posts within [first, last] seconds (the part of a
+# period a subscription bills): the newest post not refused, its status and timestamp
+HELD_WITHIN: Final = """
+SELECT l.value, l.status, l.event_timestamp
+FROM active_series._ledger AS l
+WHERE l.stripe_customer_id = %s AND l.status <> 'failed'
+    AND l.event_timestamp BETWEEN %s AND %s
+ORDER BY l.event_timestamp DESC
+LIMIT 1
+"""
+
+# the next post's timestamp and due second within a period, after the held one
+NEXT_TIMESTAMP: Final = "SELECT * FROM active_series._relay_timestamp(%s, %s, %s, %s)"

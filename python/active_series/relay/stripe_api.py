@@ -174,14 +174,22 @@ class StripeMeter:
         self.bucket = TokenBucket(cfg.rate_limit)
 
     def post(
-        self, customer: str, value: int, ts: int, ident: str, deadline: float = math.inf
+        self,
+        customer: str,
+        value: int,
+        ts: int,
+        ident: str,
+        deadline: float = math.inf,
+        *,
+        key: str | None = None,
     ) -> tuple[Outcome, str]:
         """Post one meter event with the identifier ``ident``. Not made (NOT_SENT) unless it
         ends by ``deadline``, whatever the SDK's retries do.
 
-        Each call gets a fresh idempotency key (:func:`attempt_key`), which the SDK's own
-        retries of the call reuse: Stripe stores the first answer to a key, a 500 included,
-        and replays it, so a resend under the same key could never succeed. What keeps a
+        Each call gets a fresh idempotency key (``key``, by default :func:`attempt_key`),
+        which the SDK's own retries of the call reuse and Stripe's error reports name a
+        refused event by: Stripe stores the first answer to a key, a 500 included, and
+        replays it, so a resend under the same key could never succeed. What keeps a
         resend from counting twice is the identifier: Stripe records one event per
         identifier and answers a second one with a 400 that counts as sent (DUPLICATE)."""
         self.bucket.acquire()
@@ -195,7 +203,7 @@ class StripeMeter:
                     "identifier": ident,
                     "timestamp": ts,
                 },
-                options={"idempotency_key": attempt_key(ident)},
+                options={"idempotency_key": key or attempt_key(ident)},
             )
         except stripe.StripeError as exc:
             return classify(exc)

@@ -1,22 +1,29 @@
-"""The relay's client of Stripe's v2 meter event stream.
+"""The relay's client of Stripe's v2 meter event stream, and the reader of Stripe's error
+reports (both APIs).
 
 :class:`MeterEventStream` sends batches of up to 100 meter events with the token of a
 short-lived meter event session (created lazily, renewed before it expires and once more when
-Stripe says it has), and reads back the events Stripe refused: the stream validates
-asynchronously, so an accepted request only means "received"; a refused event (unknown
-customer, timestamp out of range, no meter…) is reported later by a
+Stripe says it has).
+
+Stripe validates meter events asynchronously, on v1 (``POST /v1/billing/meter_events``) as on
+the stream: an accepted request only means "received". A refused event (unknown customer,
+timestamp out of range, inactive meter, no meter…) is counted in an error report, a
 ``v1.billing.meter.error_report_triggered`` (or ``v1.billing.meter.no_meter_found``) event of
-the Events API, which :meth:`~MeterEventStream.refusals` reads.
+the Events API, one per meter and validation window, which :class:`ErrorReports` reads. A
+report holds counts per error code and *samples*, not every refused event; a sample names the
+request that carried the event by its idempotency key (a v1 post: one event; a stream request:
+up to 100), so the relay remembers which posts each of its keys carried.
 
 Identifiers are the relay's deterministic ones: Stripe keeps one event per identifier (within at
 least 24 hours), so resending a batch, whole or in part, is harmless. Idempotency keys are not:
-each request (each resend too) gets a fresh one from the SDK, which its own retries of that
-request reuse, so a resend is never answered with what an earlier attempt got.
+each request (each resend too) gets a fresh one (:func:`stream_key`), which the SDK's own
+retries of that request reuse, so a resend is never answered with what an earlier attempt got.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,11 +62,22 @@ class MeterEvent:
 
 @dataclass(frozen=True)
 class Refusal:
-    """An event Stripe did not record: its identifier, the error code and message."""
+    """A sample of an error report: an event Stripe did not record, named by the idempotency
+    key of the request that carried it (``key``), with the error code and message. ``report``
+    is the report's event id; ``error_count`` how many events it counts refused, of which
+    ``sampled`` are sampled (the others are named nowhere)."""
 
-    identifier: str
+    key: str
     code: str
     message: str
+    report: str = ""
+    error_count: int = 1
+    sampled: int = 1
+
+    @property
+    def unsampled(self) -> int:
+        """How many refused events of the report no sample names."""
+        return max(0, self.error_count - self.sampled)
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,11 @@ def iso8601(ts: int) -> str:
 
 def _seconds(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def stream_key() -> str:
+    """A fresh idempotency key for one stream request."""
+    return f"stream:{secrets.token_hex(16)}"
 
 
 class MeterEventStream:
@@ -104,17 +127,19 @@ class MeterEventStream:
         self.api = self._client(cfg.api_key)
         self._lock = threading.Lock()
         self._session: _Session | None = None
-        self._meter: str | None = None
-        self._reports_lock = threading.Lock()
-        self._seen: dict[str, float] = {}  # error-report event id -> its creation time
+        self.reports = ErrorReports(self.api, bucket)
 
     # ---- sending -------------------------------------------------------------------------------
 
-    def send(self, events: Sequence[MeterEvent], deadline: float = math.inf) -> tuple[Outcome, str]:
-        """Send one request of at most 100 events: (outcome, one-line reason).
+    def send(
+        self, events: Sequence[MeterEvent], deadline: float = math.inf, key: str | None = None
+    ) -> tuple[Outcome, str]:
+        """Send one request of at most 100 events under the idempotency key ``key`` (a fresh
+        one if None): (outcome, one-line reason).
 
         OK means Stripe received the batch, not that it recorded every event: see
-        :meth:`refusals`. On an expired session the batch is sent again once, with a new one.
+        :meth:`refusals`. On an expired session the batch is sent again once, with a new one
+        (same key: the refused request stored no answer).
         A request is not made (NOT_SENT) unless it ends by ``deadline`` (monotonic seconds).
         """
         assert 0 < len(events) <= MAX_BATCH, f"a batch holds 1 to {MAX_BATCH} events"
@@ -129,20 +154,23 @@ class MeterEventStream:
                 for e in events
             ]
         }
+        options: Any = {"idempotency_key": key or stream_key()}
         try:
             session = self._current(stale=None)
             try:
-                return self._request(session, params, deadline)
+                return self._request(session, params, options, deadline)
             except stripe.TemporarySessionExpiredError:
-                return self._request(self._current(stale=session), params, deadline)
+                return self._request(self._current(stale=session), params, options, deadline)
         except stripe.StripeError as exc:
             return classify(exc)
 
-    def _request(self, session: _Session, params: Any, deadline: float) -> tuple[Outcome, str]:
+    def _request(
+        self, session: _Session, params: Any, options: Any, deadline: float
+    ) -> tuple[Outcome, str]:
         self.bucket.acquire()
         if not can_end_by(deadline, self.call_bound):
             return Outcome.NOT_SENT, TOO_LATE
-        session.client.v2.billing.meter_event_stream.create(params=params)
+        session.client.v2.billing.meter_event_stream.create(params=params, options=options)
         return Outcome.OK, ""
 
     def _current(self, stale: _Session | None) -> _Session:
@@ -174,16 +202,31 @@ class MeterEventStream:
     # ---- refusals ------------------------------------------------------------------------------
 
     def refusals(self) -> list[Refusal]:
-        """The events Stripe reported refusing since the previous call in this process (on the
-        first call, every report the Events API still holds, up to 30 days).
+        """:meth:`ErrorReports.refusals`."""
+        return self.reports.refusals()
+
+
+class ErrorReports:
+    """Reads Stripe's error reports through the Events API, of every meter (the one the
+    worker posts to may have been replaced by another of the same event name) and of events
+    of no meter: thread-safe; every HTTP request takes a token of ``bucket``. Samples of
+    other clients' requests match none of the relay's idempotency keys."""
+
+    def __init__(self, api: stripe.StripeClient, bucket: TokenBucket) -> None:
+        self.api = api
+        self.bucket = bucket
+        self._reports_lock = threading.Lock()
+        self._seen: dict[str, float] = {}  # error-report event id -> its creation time
+
+    def refusals(self) -> list[Refusal]:
+        """The samples of the error reports that appeared since the previous call in this
+        process (on the first call, of every report the Events API still holds, up to 30
+        days).
 
         Raises stripe.StripeError (nothing is marked as read then).
         """
         with self._reports_lock:
-            meter = self._meter_id()
-            queries: list[dict[str, Any]] = [{"types": [NO_METER]}]
-            if meter is not None:
-                queries.insert(0, {"types": [ERROR_REPORT], "object_id": meter})
+            queries: list[dict[str, Any]] = [{"types": [ERROR_REPORT]}, {"types": [NO_METER]}]
             since = max(self._seen.values(), default=None)
             new: dict[str, float] = {}
             out: list[Refusal] = []
@@ -219,31 +262,24 @@ class MeterEventStream:
                 self.api.raw_request("get", page.next_page_url), api_mode="V2"
             )
 
-    def use_meter(self, meter_id: str) -> None:
-        """Read the error reports of this meter (the one the worker checked) from now on."""
-        with self._reports_lock:
-            self._meter = meter_id
-
-    def _meter_id(self) -> str | None:
-        """The id of the active meter of our event name (looked up once, then cached)."""
-        if self._meter is None:
-            self.bucket.acquire()
-            meters = self.api.v1.billing.meters.list(params={"status": "active", "limit": 100})
-            for meter in meters.auto_paging_iter():
-                if meter.event_name == self.event_name:
-                    self._meter = str(meter.id)
-                    break
-        return self._meter
-
 
 def _refusals_of(event: dict[str, Any]) -> list[Refusal]:
+    """The samples of one error report, each with the report's counts."""
     reason = (event.get("data") or {}).get("reason") or {}
+    kinds = reason.get("error_types") or []
+    samples = [(kind, sample) for kind in kinds for sample in kind.get("sample_errors") or []]
+    count = int(reason.get("error_count") or 0)
+    if not samples and count:  # counted, none named: still said (it matches no post)
+        codes = ", ".join(str(kind.get("code") or "") for kind in kinds)
+        return [Refusal("", codes, "no sample", str(event.get("id") or ""), count, 0)]
     return [
         Refusal(
-            identifier=str(sample["request"]["identifier"]),
+            key=str((sample.get("request") or {}).get("identifier") or ""),
             code=str(kind.get("code") or ""),
             message=str(sample.get("error_message") or ""),
+            report=str(event.get("id") or ""),
+            error_count=max(count, len(samples)),
+            sampled=len(samples),
         )
-        for kind in reason.get("error_types") or []
-        for sample in kind.get("sample_errors") or []
+        for kind, sample in samples
     ]

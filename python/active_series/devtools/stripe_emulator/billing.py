@@ -7,7 +7,7 @@ from typing import Any
 
 from .common import PERIOD_SECONDS_METADATA_KEY, ApiError, Json, new_id
 from .meters import Meters
-from .params import as_bool, as_dict, as_int, as_str, invalid, metadata_of, missing
+from .params import as_bool, as_dict, as_int, as_str, invalid, metadata_of, missing, no_such
 from .store import Subscription
 
 
@@ -352,20 +352,7 @@ class Billing(Meters):
                 "ended_at": None,
                 "items": {
                     "object": "list",
-                    "data": [
-                        {
-                            "id": new_id("si"),
-                            "object": "subscription_item",
-                            "created": now,
-                            "metadata": {},
-                            "price": price,
-                            "quantity": qty
-                            if price["recurring"]["usage_type"] != "metered"
-                            else None,
-                            "subscription": sub_id,
-                        }
-                        for price, qty in prices
-                    ],
+                    "data": [_item(sub_id, price, qty, now) for price, qty in prices],
                     "has_more": False,
                     "total_count": len(prices),
                     "url": f"/v1/subscription_items?subscription={sub_id}",
@@ -506,6 +493,72 @@ class Billing(Meters):
                 sub.obj["metadata"] = {**sub.obj["metadata"], **metadata_of(p)}
             return sub.obj
 
+    # ---- subscription items ----------------------------------------------------------------
+
+    def _item_price(self, sub: Subscription, p: Json, label: str = "price") -> Json:
+        pid = as_str(p, "price", required=True, label=label)
+        assert pid is not None
+        price = self.get_price(pid)
+        if price["recurring"] is None:
+            raise invalid(label, "The price must be recurring.")
+        currency = sub.obj["currency"]
+        if currency != price["currency"] and currency not in (price.get("currency_options") or {}):
+            raise invalid(label, f"The price {price['id']} has no amount in {currency}.")
+        return price
+
+    def _live(self, sid: str) -> Subscription:
+        sub = self.get_subscription(sid)
+        if sub.obj["status"] == "canceled":
+            raise invalid("subscription", f"The subscription {sid} has been canceled.")
+        return sub
+
+    def create_subscription_item(self, p: Json) -> Json:
+        """``POST /v1/subscription_items``: add an item (``subscription``, ``price``,
+        ``quantity`` for a licensed price) to a live subscription, in its current period. A
+        metered item bills the usage reported from now on (as Stripe documents for a meter
+        price added mid-period)."""
+        sid = as_str(p, "subscription", required=True)
+        assert sid is not None
+        with self.lock:
+            sub = self._live(sid)
+            price = self._item_price(sub, p)
+            qty = as_int(p, "quantity")
+            if price["recurring"]["usage_type"] == "metered" and qty is not None:
+                raise invalid("quantity", "Quantity cannot be set for a metered price.")
+            now = self.now_int()
+            item = _item(sid, price, qty, now)
+            item["current_period_start"] = sub.obj["current_period_start"]
+            item["current_period_end"] = sub.obj["current_period_end"]
+            items = sub.obj["items"]
+            items["data"].append(item)
+            items["total_count"] = len(items["data"])
+            sub.billed_from[item["id"]] = now
+            return item
+
+    def update_subscription_item(self, iid: str, p: Json) -> Json:
+        """``POST /v1/subscription_items/{id}``: ``price`` (another price: a metered item
+        then bills only the usage reported from now on, as Stripe documents for switching
+        meter prices mid-period: the usage before is not billed), ``metadata``."""
+        with self.lock:
+            found = [
+                (sub, item)
+                for sub in self.subscriptions.values()
+                for item in sub.obj["items"]["data"]
+                if item["id"] == iid
+            ]
+            if not found:
+                raise no_such("subscription_item", iid)
+            sub, item = found[0]
+            self._live(sub.obj["id"])
+            if p.get("price") not in (None, ""):
+                price = self._item_price(sub, p)
+                if price["id"] != item["price"]["id"]:
+                    item["price"] = price
+                    sub.billed_from[iid] = self.now_int()
+            if p.get("metadata") is not None:
+                item["metadata"] = {**item["metadata"], **metadata_of(p)}
+            return item
+
     def advance_subscription(self, sid: str, at: str) -> Json:
         """Start the next period: at the current period's end (``at="end"``) or now."""
         with self.lock:
@@ -563,7 +616,10 @@ class Billing(Meters):
                     # canceled mid-period: the partial period up to the cancellation, its
                     # usage invoiced only with invoice_now (or a scheduled cancellation)
                     end = max(start, min(end, ended))
-                lines = self._invoice_lines(sub, start, end)
+                # the final invoice of a canceled subscription is made when it ended: what
+                # was reported later is not on it
+                made = ended if ended is not None and current else None
+                lines = self._invoice_lines(sub, start, end, made)
                 rows.append(
                     {
                         "start": start,
@@ -578,13 +634,21 @@ class Billing(Meters):
 
     # ---- invoices ------------------------------------------------------------------------------
 
-    def _invoice_lines(self, sub: Subscription, start: int, end: int) -> list[Json]:
+    def _invoice_lines(
+        self, sub: Subscription, start: int, end: int, made: float | None = None
+    ) -> list[Json]:
+        """The lines of the invoice of ``[start, end)`` (made at ``made``: the events
+        received later are not on it). A metered item bills the usage reported within the
+        period since it began billing (an item added, or its price changed, mid-period: the
+        usage before is not billed, as Stripe documents for meter prices)."""
         lines = []
         for item in sub.obj["items"]["data"]:
             price = item["price"]
             meter = price["recurring"]["meter"]
             if price["recurring"]["usage_type"] == "metered" and meter:
-                quantity = self.aggregate(meter, sub.obj["customer"], start, end)
+                began = sub.billed_from.get(item["id"], start)
+                since = began if start < began < end else start
+                quantity = self.aggregate(meter, sub.obj["customer"], since, end, made)
             else:
                 quantity = item["quantity"] or 1
             amount = price_amount(in_currency(price, sub.obj["currency"]), quantity)
@@ -673,6 +737,19 @@ class Billing(Meters):
                 "subtotal": total,
                 "total": total,
             }
+
+
+def _item(sub_id: str, price: Json, qty: int | None, now: int) -> Json:
+    """A new subscription item of ``price`` (no quantity for a metered one)."""
+    return {
+        "id": new_id("si"),
+        "object": "subscription_item",
+        "created": now,
+        "metadata": {},
+        "price": price,
+        "quantity": qty if price["recurring"]["usage_type"] != "metered" else None,
+        "subscription": sub_id,
+    }
 
 
 def dec(value: Any) -> Decimal:

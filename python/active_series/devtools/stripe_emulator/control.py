@@ -151,11 +151,24 @@ class EmulatorControl:
         return list(self._call("GET", "/_emulator/calls", customer=customer)["data"])
 
     def configure_stream(
-        self, *, session_ttl: float | None = None, error_report_delay: float | None = None
+        self,
+        *,
+        session_ttl: float | None = None,
+        error_report_delay: float | None = None,
+        error_report_window: float | None = None,
+        error_report_samples: int | None = None,
     ) -> Json:
-        """Meter event streams: sessions' lifetime and the delay of error reports, in seconds of
-        the emulator's clock (None keeps the setting); answers the settings and session counts."""
-        body = {"session_ttl": session_ttl, "error_report_delay": error_report_delay}
+        """Meter event streams and error reports (v1 and v2): sessions' lifetime, how long a
+        meter's report window stays open (0: one report per request) and how late its report
+        becomes visible, in seconds of the emulator's clock, and how many sample errors a
+        report lists per error type (None keeps the setting); answers the settings and
+        session counts."""
+        body = {
+            "session_ttl": session_ttl,
+            "error_report_delay": error_report_delay,
+            "error_report_window": error_report_window,
+            "error_report_samples": error_report_samples,
+        }
         return self._call("POST", "/_emulator/meter_event_stream", body)
 
     def set_summary_lag(self, seconds: float) -> float:

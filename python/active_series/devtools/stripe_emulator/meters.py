@@ -117,6 +117,11 @@ class Meters(Customers):
         return inactive
 
     def create_meter_event(self, p: Json, idempotency_key: str | None) -> Json:
+        """Record a meter event, or accept it and report it later: as Stripe, only the
+        request's shape (and a duplicate identifier) is refused at once; what the meter
+        refuses (no meter, an inactive one, an unknown customer, a bad value, a timestamp out
+        of range) is answered 200 like an accepted event, kept out of the meter, and reported
+        by an error report (streams.py) naming the request's idempotency key."""
         event_name = as_str(p, "event_name", required=True)
         assert event_name is not None
         if len(event_name) > 100:
@@ -143,27 +148,53 @@ class Meters(Customers):
                     param="identifier",
                     should_retry=False,
                 )
-            meter, customer, value, timestamp = self.check_meter_event(
-                event_name, payload, timestamp, now
-            )
+            answer: Json = {
+                "object": "billing.meter_event",
+                "created": int(now),
+                "event_name": event_name,
+                "livemode": False,
+            }
+            try:
+                meter, customer, value, timestamp = self.check_meter_event(
+                    event_name, payload, timestamp, now
+                )
+            except ApiError as err:
+                self.refuse_later(event_name, err, idempotency_key, now)
+                return {
+                    **answer,
+                    "identifier": identifier or str(uuid.uuid4()),
+                    "payload": {str(k): str(v) for k, v in payload.items()},
+                    "timestamp": int(now) if timestamp is None else timestamp,
+                }
             record = self.record_meter_event(
                 meter, event_name, identifier, customer, value, timestamp, payload, idempotency_key
             )
             return {
-                "object": "billing.meter_event",
-                "created": int(now),
-                "event_name": event_name,
+                **answer,
                 "identifier": record["identifier"],
-                "livemode": False,
                 "payload": record["payload"],
                 "timestamp": timestamp,
             }
 
+    def refuse_later(
+        self,
+        event_name: str,
+        err: ApiError,
+        request_key: str | None,
+        now: float,
+        *,
+        last: bool = True,
+    ) -> None:
+        """Note an event the meter refused after its request was answered, for the error
+        report of its meter (streams.py); ``last``: the request's last refusal."""
+        raise NotImplementedError
+
     def check_meter_event(
         self, event_name: str, payload: Json, timestamp: int | None, now: float
     ) -> tuple[Json, str, int, int]:
-        """(meter, customer, value, timestamp) of a meter event, or the ApiError Stripe gives
-        for it (a code of the ``v1.billing.meter.error_report_triggered`` event's list)."""
+        """(meter, customer, value, timestamp) of a meter event, or an ApiError with the code
+        Stripe reports for it later (one of the ``v1.billing.meter.error_report_triggered``
+        event's codes; the status is never sent)."""
         with self.lock:
             meter = self._meter_for_event(event_name)
             if meter is None:
@@ -302,7 +333,8 @@ class Meters(Customers):
         received_before: float | None = None,
     ) -> int:
         """The meter's formula over the customer's events with ``start <= timestamp < end``
-        (and, given ``received_before``, received before then: what a lagging summary sees).
+        (and, with ``received_before``, received before then: an invoice made at that time, or
+        what a lagging summary sees).
 
         ``last`` is the value of the event with the greatest timestamp; among events with the same
         timestamp the one that arrived last wins.

@@ -78,6 +78,12 @@ STRIPE_ROUTES: list[tuple[str, re.Pattern[str], StripeHandler]] = [
             r"/v1/subscriptions/([^/]+)",
             lambda st, h, p, k: st.cancel_subscription(h[1], p),
         ),
+        ("POST", r"/v1/subscription_items", lambda st, h, p, k: st.create_subscription_item(p)),
+        (
+            "POST",
+            r"/v1/subscription_items/([^/]+)",
+            lambda st, h, p, k: st.update_subscription_item(h[1], p),
+        ),
         ("POST", r"/v1/invoices/create_preview", lambda st, h, p, k: st.preview_invoice(p)),
         ("GET", r"/v1/invoices/upcoming", lambda st, h, p, k: st.preview_invoice(p)),
     ]

@@ -32,6 +32,9 @@ class Subscription:
     interval_count: int
     history: list[tuple[int, int]] = field(default_factory=list)
     invoice_now: bool = False  # canceled with its partial period invoiced
+    # subscription item -> when it began billing usage (added, or its price changed, after the
+    # subscription began): the usage reported before is not billed on it
+    billed_from: dict[str, int] = field(default_factory=dict)
 
     def boundary(self, index: int) -> int:
         if self.period_seconds:

@@ -1,12 +1,14 @@
 """Meter event streams, v2: sessions (/v2/billing/meter_event_session), batches of events
-validated asynchronously (/v2/billing/meter_event_stream), the thin events reporting the refused
-ones (/v2/core/events), and the record of every meter-event call (v1 and v2)."""
+validated asynchronously (/v2/billing/meter_event_stream); the error reports of the events a
+meter refused after their request was answered (v1 and v2), as thin events (/v2/core/events);
+and the record of every meter-event call (v1 and v2)."""
 
 from __future__ import annotations
 
 import secrets
 import time
 import urllib.parse
+import uuid
 from datetime import UTC, datetime
 
 from .common import MAX_IDENTIFIER_LENGTH, ApiError, Json, new_id
@@ -18,6 +20,8 @@ DEFAULT_SESSION_TTL = 15 * 60.0
 MAX_STREAM_EVENTS = 100
 ERROR_REPORT = "v1.billing.meter.error_report_triggered"
 NO_METER = "v1.billing.meter.no_meter_found"
+#: sample errors an error report lists per error type (Stripe does not publish its number)
+DEFAULT_REPORT_SAMPLES = 5
 _TOKEN_PREFIX = "ek_test_"
 
 
@@ -50,6 +54,10 @@ class Streams(Meters):
             super().reset()
             self.session_ttl = DEFAULT_SESSION_TTL
             self.error_report_delay = 0.0
+            self.error_report_window = 0.0
+            self.error_report_samples = DEFAULT_REPORT_SAMPLES
+            # per meter (None: events of no meter), the report window still open
+            self.report_windows: dict[str | None, Json] = {}
             self.sessions: dict[str, Json] = {}
             self.thin_events: list[Json] = []
             self.calls: list[Json] = []
@@ -92,10 +100,19 @@ class Streams(Meters):
                 self.session_ttl = float(body["session_ttl"])
             if body.get("error_report_delay") is not None:
                 self.error_report_delay = float(body["error_report_delay"])
+            if body.get("error_report_window") is not None:
+                self.error_report_window = float(body["error_report_window"])
+            if body.get("error_report_samples") is not None:
+                samples = int(body["error_report_samples"])
+                if samples < 1:
+                    raise ValueError("error_report_samples must be at least 1")
+                self.error_report_samples = samples
             now = self.now()
             return {
                 "session_ttl": self.session_ttl,
                 "error_report_delay": self.error_report_delay,
+                "error_report_window": self.error_report_window,
+                "error_report_samples": self.error_report_samples,
                 "sessions": len(self.sessions),
                 "live_sessions": sum(1 for s in self.sessions.values() if s["expires"] > now),
             }
@@ -157,7 +174,8 @@ class Streams(Meters):
         return out
 
     def stream_meter_events(self, p: Json, idempotency_key: str | None) -> Json:
-        """Accept a batch: record the valid events now, report the others in a thin event.
+        """Accept a batch: record the valid events now, note the others for their meter's
+        error report (:meth:`refuse_later`), under the request's idempotency key.
 
         A duplicate identifier (within the emulator's life) is ignored, not reported: the
         error codes Stripe reports asynchronously have none for it.
@@ -165,7 +183,7 @@ class Streams(Meters):
         events = self.stream_events_of(p)
         with self.lock:
             now = self.now()
-            refused: dict[str | None, list[tuple[str, str, str]]] = {}
+            request_key = idempotency_key or str(uuid.uuid4())
             for ev in events:
                 identifier = ev["identifier"] or new_id("mtrev")
                 if identifier in self.identifiers:
@@ -175,11 +193,7 @@ class Streams(Meters):
                         ev["event_name"], ev["payload"], ev["timestamp"], now
                     )
                 except ApiError as err:
-                    meter_obj = self._meter_for_event(ev["event_name"])
-                    key = meter_obj["id"] if meter_obj is not None else None
-                    refused.setdefault(key, []).append(
-                        (err.code or "invalid", err.message, identifier)
-                    )
+                    self.refuse_later(ev["event_name"], err, request_key, now, last=False)
                     continue
                 self.record_meter_event(
                     meter,
@@ -191,51 +205,89 @@ class Streams(Meters):
                     ev["payload"],
                     idempotency_key,
                 )
-            for meter_id, errors in refused.items():
-                self._report(meter_id, errors, now, idempotency_key)
+            self.close_report_windows(now, request_end=True)
         return {}
 
-    def _report(
+    # ---- error reports -------------------------------------------------------------------------
+
+    def refuse_later(
         self,
-        meter_id: str | None,
-        errors: list[tuple[str, str, str]],
+        event_name: str,
+        err: ApiError,
+        request_key: str | None,
         now: float,
-        idempotency_key: str | None,
+        *,
+        last: bool = True,
     ) -> None:
-        """One thin event per meter and request, listing every refused event (Stripe lists
-        samples over a window; listing them all lets a client account for each)."""
-        by_code: dict[str, list[tuple[str, str]]] = {}
-        for code, message, identifier in errors:
-            by_code.setdefault(code, []).append((message, identifier))
+        """Count a refused event in its meter's open report window (opened now if none is),
+        keeping up to ``error_report_samples`` samples per error type, each naming the
+        request's idempotency key (a generated one for a request without a key). With a
+        window of 0 the report holds the request's refusals: it closes with the request's
+        ``last`` refusal."""
+        with self.lock:
+            meter = self._meter_for_event(event_name)
+            meter_id = meter["id"] if meter is not None else None
+            window = self.report_windows.get(meter_id)
+            if window is None:
+                window = {"start": now, "count": 0, "types": {}}
+                self.report_windows[meter_id] = window
+            window["count"] += 1
+            kind = window["types"].setdefault(err.code or "invalid", {"count": 0, "samples": []})
+            kind["count"] += 1
+            if len(kind["samples"]) < self.error_report_samples:
+                kind["samples"].append(
+                    {
+                        "error_message": err.message,
+                        "request": {"identifier": request_key or str(uuid.uuid4())},
+                    }
+                )
+            if last:
+                self.close_report_windows(now, request_end=True)
+
+    def close_report_windows(self, now: float, *, request_end: bool = False) -> None:
+        """Turn every report window that is over into its thin event: one ending
+        ``error_report_window`` seconds after it opened, or, with a window of 0, at the end of
+        the request that opened it. The event is created at the window's end and visible
+        ``error_report_delay`` seconds later."""
+        with self.lock:
+            for meter_id, window in list(self.report_windows.items()):
+                if self.error_report_window > 0:
+                    end = window["start"] + self.error_report_window
+                    if end > now:
+                        continue
+                elif request_end:
+                    end = now
+                else:
+                    continue
+                del self.report_windows[meter_id]
+                self._report(meter_id, window, end)
+
+    def _report(self, meter_id: str | None, window: Json, end: float) -> None:
+        """The thin event of one closed report window."""
+        count = window["count"]
         event: Json = {
             "id": new_id("evt"),
             "object": "v2.core.event",
             "type": ERROR_REPORT if meter_id else NO_METER,
-            "created": iso(now),
+            "created": iso(end),
             "livemode": False,
             "context": None,
-            "reason": {
-                "type": "request",
-                "request": {"id": new_id("req"), "idempotency_key": idempotency_key or ""},
-            },
+            "reason": None,
             "data": {
-                "developer_message_summary": f"{len(errors)} meter events were not recorded.",
+                "developer_message_summary": f"{count} meter events were not recorded.",
                 "reason": {
-                    "error_count": len(errors),
+                    "error_count": count,
                     "error_types": [
                         {
                             "code": code,
-                            "error_count": len(items),
-                            "sample_errors": [
-                                {"error_message": message, "request": {"identifier": ident}}
-                                for message, ident in items
-                            ],
+                            "error_count": kind["count"],
+                            "sample_errors": kind["samples"],
                         }
-                        for code, items in by_code.items()
+                        for code, kind in window["types"].items()
                     ],
                 },
-                "validation_start": iso(now),
-                "validation_end": iso(now),
+                "validation_start": iso(window["start"]),
+                "validation_end": iso(end),
             },
         }
         if meter_id:
@@ -244,13 +296,14 @@ class Streams(Meters):
                 "type": "billing.meter",
                 "url": f"/v1/billing/meters/{meter_id}",
             }
-        self.thin_events.append({"visible_at": now + self.error_report_delay, "event": event})
+        self.thin_events.append({"visible_at": end + self.error_report_delay, "event": event})
 
     # ---- thin events: /v2/core/events ----------------------------------------------------------
 
     def _visible_events(self) -> list[Json]:
         with self.lock:
             now = self.now()
+            self.close_report_windows(now)
             return [e["event"] for e in reversed(self.thin_events) if e["visible_at"] <= now]
 
     def list_thin_events(self, p: Json, path: str) -> Json:
