@@ -195,3 +195,59 @@ def test_a_difference_at_the_end_of_the_invoice_grace_shows_in_billing_drift(
     assert drift == (0, 1, 1)
     assert [e["action"] for e in worker.log_events("stripe_differs")] == ["finalize"]
     assert len(emu.events(cus)) == 1  # never posted after its invoice grace
+
+
+def test_worker_once_exits_after_a_bounded_wait_when_the_summary_cannot_be_read(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path
+) -> None:
+    emu = relay_emulator
+    org = make_org(conn)
+    cus = emu.customer()
+    bill(conn, org.id, cus)
+    ingest(conn, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
+    # every read fails: --once waits for them (retried with backoff), not for ever
+    emu.ctl.fail_next(1000, status=500, path_prefix=f"{SUMMARIES}{emu.meter}/event_summaries")
+    options = ("--confirm-after", "0.5", "--max-network-retries", "0", "--retry-min", "0.5")
+    worker = WorkerProcess(dsn, emu.url, tmp_path / "w.log", "--once", *options)
+    with workers(worker.start()):
+        assert worker.proc is not None
+        assert worker.proc.wait(120) == 0, worker.log()
+    assert [e["value"] for e in emu.events(cus)] == [1]
+    # it read again as the running worker would, and confirmed nothing
+    assert len(worker.log_events("summary_unreadable")) >= 2
+    [pending] = worker.log_events("confirmations_pending")
+    assert pending["periods"] == "1"
+    row = status(conn, org.id)
+    assert (row["stripe_value"], row["in_sync"], row["confirming"]) == (1, False, True)
+
+
+def test_close_period_waits_for_the_summary_of_the_final_value_it_posted(
+    conn, dsn, relay_emulator: Emulator, monkeypatch
+) -> None:
+    from active_series import cli
+
+    emu = relay_emulator
+    org = make_org(conn)
+    cus = emu.customer()
+    bill(conn, org.id, cus)
+    short_periods(conn, org.id, 20)
+    start, end = current(conn, org.id)
+    # reported with no worker running: the period's value is posted by close-period
+    ingest(conn, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
+    wait_until(
+        lambda: conn.execute(
+            "SELECT clock_timestamp() > %s", (end + dt.timedelta(seconds=1),)
+        ).fetchone()[0],
+        60,
+        "the end of the period and its grace",
+    )
+    monkeypatch.setenv("STRIPE_API_KEY", API_KEY)
+    options = ["--grace", "1", "--invoice-grace", "600", "--confirm-after", "0.5"]
+    assert cli.main(["close-period", "--dsn", dsn, "--stripe-api-base", emu.url, *options]) == 0
+    assert emu.last_value(cus, start, end) == 1
+    row = conn.execute(
+        "SELECT closed_at IS NOT NULL, in_sync, confirming, stripe_summary"
+        " FROM active_series.relay_periods WHERE organization_id = %s AND period_start = %s",
+        (org.id, start),
+    ).fetchone()
+    assert row == (True, True, False, 1)

@@ -284,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="read what Stripe holds (the meter's event summary) this long after a post, "
         "before relay_status says in_sync; a difference read then is posted again "
-        "(default 5; Stripe's summaries lag behind its events)",
+        "(default 5; Stripe's summaries lag behind its events). --once and close-period "
+        "wait for the reads of their own posts: up to this, plus the reads' pace under "
+        "--rate-limit, plus 5 s",
     )
     stripe_opts.add_argument(
         "--concurrency",
@@ -363,7 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="post the periods that ended before the customer's subscription began"
         " (by default they are finalized unposted: no invoice bills them)",
     )
-    p.add_argument("--once", action="store_true", help="drain the work due now and exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="drain the work due now, wait for Stripe's event summaries to confirm what it"
+        " posted (see --confirm-after), and exit",
+    )
 
     p = _command(
         sub,

@@ -152,6 +152,9 @@ class Relay:
         self.refusals_due = 0.0  # when the Events API is read for refusals next (monotonic)
         self.claims = 0  # claims begun (and reads of refusals): the meter is reread once each
         self.meter_read: tuple[int, bool] = (-1, False)  # (claim, whether it could be read)
+        # with --once and close-period: the periods whose posts scheduled a summary read
+        # (await_confirmations waits for those reads); None: not collected (a running worker)
+        self.awaiting: set[tuple[int, datetime]] | None = None
 
     # ------------------------------------------------------------------ connections
     def connect(self) -> None:
@@ -227,6 +230,40 @@ class Relay:
         # after the claims: a burst's posts do not wait for this read of the Events API
         self.record_refusals()
         self.update_gauges()
+        return handled
+
+    def await_confirmations(
+        self, *, only_close: bool = False, organization: int | None = None
+    ) -> int:
+        """After the drain of ``--once`` or close-period: wait for the summary reads that
+        its own posts scheduled (:attr:`awaiting`), draining again as each falls due, as the
+        running worker would (a read that differs posts again and schedules another), so the
+        command ends with those periods in sync when Stripe confirms them. Waits at most
+        :meth:`RelayConfig.confirm_wait` from now; the periods still confirming then (a read
+        not yet due, one that kept failing, a post made again) are logged
+        ``confirmations_pending`` and left to the next run. Parked organizations are not
+        waited for. Returns the claims made."""
+        if not self.awaiting:
+            return 0
+        pairs = sorted(self.awaiting)
+        args = ([org for org, _ in pairs], [start for _, start in pairs])
+        deadline = time.monotonic() + self.cfg.confirm_wait(len(pairs))
+        handled, drained = 0, False
+        while not self.stop.is_set():
+            row = self.ledger.execute(q.CONFIRM_WAITING, args).fetchone()
+            waiting = int(row[0]) if row else 0
+            if not waiting:
+                break
+            wait = max(float(row[1] or 0.0) if row else 0.0, 0.0)
+            if drained:
+                wait = max(wait, 0.1)  # (a due read another worker holds: not a busy loop)
+            if time.monotonic() + wait > deadline:
+                self.log("info", "confirmations_pending", periods=waiting, next_in=round(wait, 3))
+                break
+            if self.stop.wait(wait):
+                break
+            handled += self.drain(only_close=only_close, organization=organization)
+            drained = True
         return handled
 
     def update_gauges(self) -> None:
@@ -450,6 +487,7 @@ class Relay:
         reads: list[tuple[Period, tuple[Any, ...]]] = []
         not_due: list[Period] = []
         for p, row in zip(look, rows, strict=True):
+            assert (row[0], row[1]) == (p.org, p.start), "CONFIRM_STATE keeps the order given"
             _, _, h_ts, h_value, h_status, _, _, _, _, has_row, due, c_ts, c_stripe = row[:13]
             c_ledger, c_read = row[13], row[14]
             if h_ts is None:  # nothing posted: Stripe holds nothing of ours
@@ -715,14 +753,16 @@ class Relay:
             ),
         )
         if sent:
-            self.ledger.execute(
+            scheduled = self.ledger.execute(
                 q.CONFIRM_SCHEDULE,
                 {
                     "idents": sent,
                     "after": self.cfg.confirm_after,
                     "longest": CONFIRM_AFTER_MAX,
                 },
-            )
+            ).fetchall()
+            if self.awaiting is not None:
+                self.awaiting.update((int(org), start) for org, start in scheduled)
 
     def _finish(
         self,

@@ -23,6 +23,9 @@ CLAIM_BATCH = 100
 CALL_START_WINDOW = 5.0
 # The longest wait before reading a period's event summary again after posts made again.
 CONFIRM_AFTER_MAX = 600.0
+# How long `--once` and close-period wait for the summary reads their posts scheduled, beyond
+# --confirm-after and the reads' share of the rate limit (a read's call, a drain's claims).
+CONFIRM_WAIT_MARGIN = 5.0
 # The SDK sleeps this long at most before its n-th retry: min(0.5 * 2 ** (n - 1), 5) seconds.
 SDK_RETRY_DELAY = (0.5, 5.0)
 
@@ -85,6 +88,13 @@ class RelayConfig:
         ``confirm_after``)."""
         longest = max(CONFIRM_AFTER_MAX, self.confirm_after)
         return float(min(self.confirm_after * 2 ** min(reposts, 16), longest))
+
+    def confirm_wait(self, periods: int) -> float:
+        """How long ``--once`` and close-period wait, after their drain, for the summary reads
+        of the ``periods`` they posted: ``confirm_after``, then the reads paced by the rate
+        limit, and a margin for the calls and claims (CONFIRM_WAIT_MARGIN)."""
+        pace = periods / self.rate_limit if self.rate_limit > 0 else 0.0
+        return self.confirm_after + pace + CONFIRM_WAIT_MARGIN
 
     def prefinal_lead(self) -> float:
         """How long before the invoice grace ends a period's summary is read again: time for

@@ -270,7 +270,8 @@ STORE_PRICE: Final = "SELECT active_series._store_price(%s, %s, %s)"
 # (timestamp, value, status, when its status was last written), the summary window that
 # holds exactly its events (minute-aligned: from the minute of the period's first second
 # to the minute after its last post) with the value the ledger expects Stripe to hold over
-# it, and the period's last read (whether one is due, for which post, what it held, when)
+# it, and the period's last read (whether one is due, for which post, what it held, when);
+# in the order given
 CONFIRM_STATE: Final = """
 SELECT
     x.organization_id, x.period_start,
@@ -281,7 +282,7 @@ SELECT
     coalesce(c.reposts, 0),
     extract(EPOCH FROM clock_timestamp())::float8
 FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::text[])
-    AS x (organization_id, period_start, period_end, customer)
+    WITH ORDINALITY AS x (organization_id, period_start, period_end, customer, n)
 LEFT JOIN active_series._relay_confirmation AS c
     ON x.organization_id = c.organization_id AND x.period_start = c.period_start
 LEFT JOIN LATERAL (
@@ -312,6 +313,7 @@ LEFT JOIN LATERAL (
     ORDER BY l.event_timestamp DESC
     LIMIT 1
 ) AS e ON TRUE
+ORDER BY x.n
 """
 
 # posts Stripe accepted (identifiers): their periods' summaries are read once they have
@@ -331,6 +333,23 @@ ON CONFLICT (organization_id, period_start) DO UPDATE
 SET due_at = clock_timestamp() + make_interval(
     secs => least(%(after)s * power(2, least(c.reposts, 16)), greatest(%(longest)s, %(after)s))
 )
+RETURNING c.organization_id, c.period_start
+"""
+
+# of the given (organization, period start) pairs, those whose last post the summary has not
+# confirmed yet and whose read is due, not parked: how many, and the seconds to the nearest
+# moment one may be read (its due time, or its organization's backoff if later)
+CONFIRM_WAITING: Final = """
+SELECT
+    count(*),
+    extract(EPOCH FROM min(greatest(c.due_at, s.next_attempt_at)) - clock_timestamp())::float8
+FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
+INNER JOIN active_series.relay_periods AS r
+    ON x.organization_id = r.organization_id AND x.period_start = r.period_start
+INNER JOIN active_series._relay_confirmation AS c
+    ON x.organization_id = c.organization_id AND x.period_start = c.period_start
+LEFT JOIN active_series._relay_state AS s ON x.organization_id = s.organization_id
+WHERE r.confirming AND c.due_at IS NOT NULL AND s.parked_at IS NULL
 """
 
 # a read of a period's summary: (stripe value, ledger value, the post it confirms or NULL,
