@@ -119,6 +119,8 @@ class Period:
 
 # a period to post now: the claim, the period and its event timestamp
 Post = tuple[Claim, Period, int]
+# a summary read due: the period and its row of CONFIRM_STATE
+Read = tuple[Period, tuple[Any, ...]]
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ class Relay:
         # with --once and close-period: the periods whose posts scheduled a summary read
         # (await_confirmations waits for those reads); None: not collected (a running worker)
         self.awaiting: set[tuple[int, datetime]] | None = None
+        # failed summary reads in a row per period, for their backoff (not the organization's)
+        self.read_failures: dict[tuple[int, datetime], int] = {}
 
     # ------------------------------------------------------------------ connections
     def connect(self) -> None:
@@ -370,7 +374,7 @@ class Relay:
                 plan[period.org].append(period)
             self.poster.bill_windows(self.ledger, claims, plan)
             unpostable: set[tuple[int, datetime]] = set()
-            held = self._confirm(conn, claims, plan, outcomes)
+            held, reads = self._confirm(conn, claims, plan, outcomes)
             posts = self._posts(claims, plan, outcomes, only_close, unpostable, held)
             calls, results = self._post(posts)
             self._record(conn, results)
@@ -382,6 +386,8 @@ class Relay:
                 ]
                 if failed:
                     outcomes[org] = self._failed(conn, org, *failed[0])
+            # the summaries read after the posts: no post waits for a read
+            self._read_summaries(conn, claims, reads, held, outcomes, calls)
             self._finish(conn, claims, plan, calls, outcomes, only_close, unpostable, posted, held)
             return outcomes
 
@@ -435,7 +441,7 @@ class Relay:
         claims: dict[int, Claim],
         plan: dict[int, list[Period]],
         outcomes: dict[int, ClaimOutcome],
-    ) -> dict[tuple[int, datetime], Held]:
+    ) -> tuple[dict[tuple[int, datetime], Held], list[Read]]:
         """Step 3b: what Stripe holds, read from the meter's event summary (never inferred
         from the ledger), for the periods whose read is due: once the ledger says the
         period's last post is sent and equal to its usage, ``confirm_after`` seconds after
@@ -451,15 +457,24 @@ class Relay:
         period's events in its first minute are older than this period's posts, so they
         never decide it, and it ends before any later period's event unless that period
         posted within the same minute as this period's last post (periods under two hours,
-        whose posts after the end may reach their last minute). The value compared is the
-        ledger's last event in the same window, which is this period's last post but in that
-        case, so like is always compared with like.
+        whose posts after the end may reach their last minute). Such a period is not read
+        (the summary cannot tell its value; relay_periods keeps it ``confirming``) and is
+        finalized with the ledger's value. The value compared is the ledger's last event in
+        the same window: this period's last post.
 
         Agreeing: recorded (what Stripe held, when, for which post). Differing once the post
-        has settled: recorded, and the period is posted again (``Held.repost``: a new event
-        after the last one, so a new identifier) and read again once that post settles;
-        differing sooner: lag, read again later. A failed read (5xx, timeout) retries the
-        organization later and confirms nothing. Returns what the reads say per period."""
+        has settled: recorded, due again at once, and the next claim posts the period again
+        (``Held.repost``: a new event after the last one, so a new identifier), to be read
+        again once that post settles; differing sooner: lag, read again later. A failed read
+        (5xx, timeout) confirms nothing and is read again with backoff, the organization's
+        posts going on meanwhile; only a period to finalize holds its organization back (it
+        is finalized with what Stripe held, never with what the ledger says).
+
+        Returns what the recorded reads say per period, and the reads due now: those are
+        made after the claim's posts (:meth:`_read_summaries`), so a claim's posts never
+        wait for its reads; a read that differs is acted on by the next claim (its period is
+        due again at once), and the reads of periods to finalize decide ``billed_value``
+        in this claim."""
         held: dict[tuple[int, datetime], Held] = {}
         every = [p for periods in plan.values() for p in periods]
         if every:
@@ -473,7 +488,7 @@ class Relay:
             if p.org not in outcomes and claims[p.org].billed and claims[p.org].customer
         ]
         if not look:
-            return held
+            return held, []
         rows = conn.execute(
             q.CONFIRM_STATE,
             (
@@ -484,7 +499,7 @@ class Relay:
             ),
         ).fetchall()
         lead = self.cfg.prefinal_lead()
-        reads: list[tuple[Period, tuple[Any, ...]]] = []
+        reads: list[Read] = []
         not_due: list[Period] = []
         for p, row in zip(look, rows, strict=True):
             assert (row[0], row[1]) == (p.org, p.start), "CONFIRM_STATE keeps the order given"
@@ -493,6 +508,14 @@ class Relay:
             if h_ts is None:  # nothing posted: Stripe holds nothing of ours
                 if due:
                     not_due.append(p)
+                continue
+            if row[17]:
+                # a later period posted after this one's last post within its last minute
+                # (periods under two hours): a minute-aligned summary cannot tell this
+                # period's value, so it is not read; finalized with the ledger's value
+                if due:
+                    not_due.append(p)
+                    self.log("debug", "summary_shared", org=p.org, period=p.start)
                 continue
             current = c_ts is not None and c_ts == h_ts  # the last read was of the last post
             prefinal = p.end.timestamp() + self.cfg.invoice_grace - lead
@@ -516,11 +539,37 @@ class Relay:
             self.ledger.execute(
                 q.CONFIRM_NOT_DUE, ([p.org for p in not_due], [p.start for p in not_due])
             )
-        if not reads:
-            return held
-        meter_id = self.poster.prices.meter_id or str(self.check_meter()["id"])
+        return held, reads
 
-        def read(item: tuple[Period, tuple[Any, ...]]) -> int | stripe.StripeError:
+    def _read_summaries(
+        self,
+        conn: Conn,
+        claims: dict[int, Claim],
+        reads: list[Read],
+        held: dict[tuple[int, datetime], Held],
+        outcomes: dict[int, ClaimOutcome],
+        calls: list[Call],
+    ) -> None:
+        """The summary reads :meth:`_confirm` found due, once the claim's posts are made:
+        one call per period on the posting pool, each paced by the rate limit. An
+        organization whose post failed in this claim is not read (its reads stay due), nor a
+        window a post of this claim entered after the period's last post (a later period's,
+        in the same minute: the next claim sees the window shared)."""
+        posted: dict[int, list[int]] = defaultdict(list)
+        for call in calls:
+            posted[call.org].append(call.timestamp)
+        reads = [
+            (p, row)
+            for p, row in reads
+            if p.org not in outcomes
+            and not any(int(row[2]) < ts < int(row[7]) for ts in posted.get(p.org, ()))
+        ]
+        if not reads:
+            return
+        meter_id = self.poster.prices.meter_id or str(self.check_meter()["id"])
+        lead = self.cfg.prefinal_lead()
+
+        def read(item: Read) -> int | stripe.StripeError:
             p, row = item
             customer = claims[p.org].customer or ""
             try:
@@ -530,7 +579,6 @@ class Relay:
 
         for (p, row), got in zip(reads, self.poster.pool.map(read, reads), strict=True):
             self._read(conn, claims[p.org], p, row, got, lead, held, outcomes)
-        return held
 
     def _read(
         self,
@@ -552,7 +600,11 @@ class Relay:
             outcome, reason = classify(got)
             if outcome == Outcome.PERMANENT:
                 outcome = Outcome.TRANSIENT  # a read refused is retried, never parks
-            self.poster._outcome(outcome, reason)
+            self.poster._outcome(outcome, reason)  # a 429 or refused key pauses every call
+            # read again with backoff; the organization's posts go on meanwhile
+            failures = self.read_failures.get((p.org, p.start), 0)
+            self.read_failures[(p.org, p.start)] = failures + 1
+            again = now + backoff(failures, self.cfg.retry_min, self.cfg.retry_max)
             self.ledger.execute(
                 q.CONFIRM_FAILED,
                 {
@@ -560,14 +612,23 @@ class Relay:
                     "start": p.start,
                     "end": p.end,
                     "customer": claim.customer,
-                    "due": now,
+                    "due": again,
                     "error": reason,
                 },
             )
-            self.log("warning", "summary_unreadable", org=p.org, period=p.start, reason=reason)
-            if p.org not in outcomes:
+            self.log(
+                "warning",
+                "summary_unreadable",
+                org=p.org,
+                period=p.start,
+                reason=reason,
+                retry_in=round(again - now, 3),
+            )
+            if p.phase == "final" and p.org not in outcomes:
+                # finalized only with what Stripe held: the organization waits for the read
                 outcomes[p.org] = self._failed(conn, p.org, outcome, reason)
             return
+        self.read_failures.pop((p.org, p.start), None)
         expected = int(expected or 0)
         final = p.phase == "final"
         prefinal = p.end.timestamp() + self.cfg.invoice_grace - lead
@@ -587,14 +648,16 @@ class Relay:
         elif final or now - float(h_sent) >= self.cfg.confirm_after:
             # settled, and Stripe holds another value: lost (or refused after it was
             # accepted); posted again unless the invoice is final (billing_drift shows it)
+            # (due again at once: the next claim posts it again, this one has posted)
             self.ledger.execute(
                 q.CONFIRM_READ,
-                (got, expected, h_ts, w_start, w_end, reposts + (not final), None, p.org, p.start),
-            )
+                (
+                    got, expected, h_ts, w_start, w_end, reposts + (not final),
+                    None if final else now, p.org, p.start,
+                ),
+            )  # fmt: skip
             action = "finalize" if final else "repost"
             self.log("warning", "stripe_differs", action=action, reposts=reposts, **fields)
-            if not final:
-                held[(p.org, p.start)] = Held(repost=True)
         else:
             # read before the post settled (its lag allowance): not a difference yet
             again = float(h_sent) + self.cfg.confirm_after

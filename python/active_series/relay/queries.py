@@ -270,8 +270,9 @@ STORE_PRICE: Final = "SELECT active_series._store_price(%s, %s, %s)"
 # (timestamp, value, status, when its status was last written), the summary window that
 # holds exactly its events (minute-aligned: from the minute of the period's first second
 # to the minute after its last post) with the value the ledger expects Stripe to hold over
-# it, and the period's last read (whether one is due, for which post, what it held, when);
-# in the order given
+# it, the period's last read (whether one is due, for which post, what it held, when), and
+# whether a later period's post shares the window (after the last post, in its minute: the
+# summary cannot tell the period's value then); in the order given
 CONFIRM_STATE: Final = """
 SELECT
     x.organization_id, x.period_start,
@@ -280,7 +281,14 @@ SELECT
     c.organization_id IS NOT NULL, coalesce(c.due_at <= clock_timestamp(), FALSE),
     c.event_timestamp, c.stripe_value, c.ledger_value, extract(EPOCH FROM c.read_at)::float8,
     coalesce(c.reposts, 0),
-    extract(EPOCH FROM clock_timestamp())::float8
+    extract(EPOCH FROM clock_timestamp())::float8,
+    EXISTS (
+        SELECT FROM active_series._ledger AS l
+        WHERE
+            l.stripe_customer_id = x.customer
+            AND l.status <> 'failed'
+            AND l.event_timestamp > h.event_timestamp AND l.event_timestamp < w.window_end
+    )
 FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::text[])
     WITH ORDINALITY AS x (organization_id, period_start, period_end, customer, n)
 LEFT JOIN active_series._relay_confirmation AS c
