@@ -251,3 +251,41 @@ def test_close_period_waits_for_the_summary_of_the_final_value_it_posted(
         (org.id, start),
     ).fetchone()
     assert row == (True, True, False, 1)
+
+
+def test_a_post_does_not_wait_for_a_summary_read_in_flight(
+    conn, dsn, relay_emulator: Emulator, tmp_path: Path
+) -> None:
+    emu = relay_emulator
+    org = make_org(conn)
+    cus = emu.customer()
+    bill(conn, org.id, cus)
+    # the first summary read hangs until the worker's call gives up
+    emu.ctl.delay_next(1, 20, path_prefix=f"{SUMMARIES}{emu.meter}/event_summaries")
+    worker = WorkerProcess(
+        dsn,
+        emu.url,
+        tmp_path / "w.log",
+        "--poll-interval",
+        "0.5",
+        "--confirm-after",
+        "0.5",
+        "--stripe-timeout",
+        "8",
+        "--max-network-retries",
+        "0",
+    )
+    with workers(worker.start()):
+        ingest(conn, org, org.testbeds[0], [(org.benchmarks[0], org.measures[0])])
+        wait_until(lambda: emu.events(cus), 30, "the first post")
+        wait_until(lambda: emu.ctl.fault_counts().get("delay"), 30, "the read in flight")
+        # a change while the read of the first post hangs: posted at once
+        ingest(conn, org, org.testbeds[0], [(org.benchmarks[1], org.measures[0])])
+        wait_until(lambda: len(emu.events(cus)) == 2, 30, "the second post")
+        # the read had not ended when the post was made (it ended after, and failed)
+        assert not worker.log_events("summary_unreadable")
+        assert not worker.log_events("stripe_confirmed")
+        # it is read again once it has failed, and the second post is confirmed
+        wait_until(lambda: status(conn, org.id)["in_sync"], 60, "in sync, confirmed")
+        assert status(conn, org.id)["stripe_summary"] == 2
+        assert [e["value"] for e in emu.events(cus)] == [1, 2]

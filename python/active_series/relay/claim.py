@@ -39,6 +39,7 @@ import math
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,6 +55,7 @@ from active_series.relay import queries as q
 from active_series.relay.config import (
     CONFIRM_AFTER_MAX,
     MAX_EVENT_AGE,
+    READS_QUEUED,
     RelayConfig,
     worker_conninfo,
 )
@@ -133,6 +135,18 @@ class Held:
     billed: int | None = None
 
 
+@dataclass
+class Reading:
+    """A summary read made off the claims (:meth:`Relay._read_later`): what to record its
+    result with, and the lease it holds on its period's read."""
+
+    claim: Claim
+    period: Period
+    row: tuple[Any, ...]
+    lease: datetime
+    future: futures.Future[int | stripe.StripeError | None]
+
+
 class Relay:
     """Relays organizations; owns the claim and ledger connections and the posting pool."""
 
@@ -159,6 +173,15 @@ class Relay:
         self.awaiting: set[tuple[int, datetime]] | None = None
         # failed summary reads in a row per period, for their backoff (not the organization's)
         self.read_failures: dict[tuple[int, datetime], int] = {}
+        # the summary reads made off the claims, by period, until a drain records them; their
+        # threads wait for spare tokens of the rate limit, and stop waiting at shutdown
+        self.readers = futures.ThreadPoolExecutor(
+            max_workers=max(1, cfg.concurrency), thread_name_prefix="summary-read"
+        )
+        self.readers_stop = threading.Event()
+        self.reading: dict[tuple[int, datetime], Reading] = {}
+        # called (on a reader's thread) when a read ends: the daemon wakes up to record it
+        self.on_read: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ connections
     def connect(self) -> None:
@@ -186,6 +209,8 @@ class Relay:
 
     def shutdown(self) -> None:
         self.close()
+        self.readers_stop.set()
+        self.readers.shutdown(wait=False, cancel_futures=True)
         self.poster.shutdown()
 
     @property
@@ -209,6 +234,9 @@ class Relay:
         rounds: dict[int, int] = defaultdict(int)
         handled = 0
         while not self.stop.is_set():
+            self.collect_reads()  # a read that differs makes its organization's work due
+            if not only_close:
+                self.hand_out_reads()  # (before WORK: a read that needs no claim gets none)
             graces = (self.cfg.grace, self.cfg.invoice_grace)
             orgs = [r[0] for r in self.ledger.execute(q.WORK, graces).fetchall()]
             if organization is not None:
@@ -254,6 +282,7 @@ class Relay:
         deadline = time.monotonic() + self.cfg.confirm_wait(len(pairs))
         handled, drained = 0, False
         while not self.stop.is_set():
+            self.collect_reads(block=True)
             row = self.ledger.execute(q.CONFIRM_WAITING, args).fetchone()
             waiting = int(row[0]) if row else 0
             if not waiting:
@@ -447,8 +476,9 @@ class Relay:
         period's last post is sent and equal to its usage, ``confirm_after`` seconds after
         that post (a summary is eventually consistent), again shortly before the invoice
         grace ends (``prefinal_lead``), and when a period is finalized without a read of its
-        last post since then. One call per such period, on the posting pool, each paced by
-        the worker's rate limit.
+        last post since then. One call per such period. Most reads need no claim: the
+        drains hand them out first (:meth:`hand_out_reads`); a claim looks only at its
+        periods with a read due (one statement when none is) and at those to finalize.
 
         The window read: Stripe wants minute-aligned bounds, and a period's bounds need not
         be (an anniversary subscription starts at any second). It runs from the minute of
@@ -474,18 +504,26 @@ class Relay:
         made after the claim's posts (:meth:`_read_summaries`), so a claim's posts never
         wait for its reads; a read that differs is acted on by the next claim (its period is
         due again at once), and the reads of periods to finalize decide ``billed_value``
-        in this claim."""
+        in this claim (the others are made off the claim: :meth:`_read_later`)."""
         held: dict[tuple[int, datetime], Held] = {}
         every = [p for periods in plan.values() for p in periods]
-        if every:
-            self.ledger.execute(
-                q.CONFIRM_DROP_STALE,
-                (list(claims), [p.org for p in every], [p.start for p in every]),
+        if not every:
+            return held, []
+        # one statement per claim: which periods have a read due (what a claim with nothing
+        # to confirm costs); only those, and periods to finalize, are looked at further
+        due = {
+            (int(org), start)
+            for org, start in self.ledger.execute(
+                q.CONFIRM_DUE, ([p.org for p in every], [p.start for p in every], list(claims))
             )
+        }
         look = [
             p
             for p in every
-            if p.org not in outcomes and claims[p.org].billed and claims[p.org].customer
+            if p.org not in outcomes
+            and claims[p.org].billed
+            and claims[p.org].customer
+            and (p.phase == "final" or (p.org, p.start) in due)
         ]
         if not look:
             return held, []
@@ -551,7 +589,9 @@ class Relay:
         calls: list[Call],
     ) -> None:
         """The summary reads :meth:`_confirm` found due, once the claim's posts are made:
-        one call per period on the posting pool, each paced by the rate limit. An
+        those of periods to finalize in the claim, one call per period on the posting pool,
+        each paced by the rate limit; the others handed to the readers (:meth:`_read_later`,
+        spare tokens only: no post waits for them). An
         organization whose post failed in this claim is not read (its reads stay due), nor a
         window a post of this claim entered after the period's last post (a later period's,
         in the same minute: the next claim sees the window shared)."""
@@ -567,9 +607,13 @@ class Relay:
         if not reads:
             return
         meter_id = self.poster.prices.meter_id or str(self.check_meter()["id"])
+        self._read_later(meter_id, claims, [r for r in reads if r[0].phase != "final"])
+        final = [r for r in reads if r[0].phase == "final"]
+        if not final:
+            return
         lead = self.cfg.prefinal_lead()
 
-        def read(item: Read) -> int | stripe.StripeError:
+        def read(item: Read) -> int | stripe.StripeError | None:
             p, row = item
             customer = claims[p.org].customer or ""
             try:
@@ -577,8 +621,101 @@ class Relay:
             except stripe.StripeError as exc:
                 return exc
 
-        for (p, row), got in zip(reads, self.poster.pool.map(read, reads), strict=True):
+        for (p, row), got in zip(final, self.poster.pool.map(read, final), strict=True):
+            assert got is not None
             self._read(conn, claims[p.org], p, row, got, lead, held, outcomes)
+
+    def _read_later(self, meter_id: str, claims: dict[int, Claim], reads: list[Read]) -> None:
+        """The reads of periods not to finalize, made off the claim: each leased (not due
+        for :meth:`RelayConfig.read_lease`, for this worker or another) and handed to the
+        summary readers, which take only spare tokens of the rate limit (the posts come
+        first) and whose results the drains record (:meth:`collect_reads`)."""
+        if not reads:
+            return
+        leases = {
+            (int(org), start): lease
+            for org, start, lease in self.ledger.execute(
+                q.CONFIRM_LEASE,
+                (self.cfg.read_lease, [p.org for p, _ in reads], [p.start for p, _ in reads]),
+            )
+        }
+        for p, row in reads:
+            lease = leases.get((p.org, p.start))
+            if lease is not None:
+                self._submit_read(meter_id, claims[p.org], p, row, lease)
+
+    def hand_out_reads(self) -> None:
+        """The summary reads due that need no claim (CONFIRM_PICK: the period's last post
+        sent, not to finalize, not read differing), leased and handed to the readers without
+        claiming their organizations: no lock, no subscription read, no post waits for
+        them. The others (a post pending or to make again first, a period to finalize) are
+        left to the claims. At most READS_QUEUED reads are handed out at a time."""
+        room = READS_QUEUED - len(self.reading)
+        if room <= 0:
+            return
+        rows = self.ledger.execute(
+            q.CONFIRM_PICK,
+            {
+                "invoice_grace": self.cfg.invoice_grace,
+                "limit": room,
+                "lease": self.cfg.read_lease,
+            },
+        ).fetchall()
+        if not rows:
+            return
+        meter_id = self.poster.prices.meter_id or str(self.check_meter()["id"])
+        for org, start, end, customer, lease, *state in rows:
+            claim = Claim(int(org), customer, True, None, None)
+            period = Period(int(org), start, end, "open", 0, 0, None, None, None, 0, 0, 0)
+            self._submit_read(meter_id, claim, period, (org, start, *state), lease)
+
+    def _submit_read(
+        self, meter_id: str, claim: Claim, p: Period, row: tuple[Any, ...], lease: datetime
+    ) -> None:
+        """Hand one leased read to the readers (spare tokens of the rate limit only)."""
+        customer = claim.customer or ""
+        window = (int(row[6]), int(row[7]))
+
+        def read() -> int | stripe.StripeError | None:
+            try:
+                return self.poster.meter.summary(
+                    meter_id, customer, *window, spare=self.readers_stop
+                )
+            except stripe.StripeError as exc:
+                return exc
+
+        future = self.readers.submit(read)
+        # (a read still in flight for the period from an earlier lease is left to end: its
+        # result is not recorded)
+        self.reading[(p.org, p.start)] = Reading(claim, p, row, lease, future)
+        future.add_done_callback(self._read_ended)
+
+    def _read_ended(self, _future: futures.Future[Any]) -> None:
+        if self.on_read is not None:
+            self.on_read()
+
+    def reads_ready(self) -> bool:
+        """Whether a summary read made off the claims has ended, its result not recorded."""
+        return any(r.future.done() for r in self.reading.values())
+
+    def collect_reads(self, *, block: bool = False) -> int:
+        """Record the summary reads made off the claims that have ended (with ``block``, all
+        of them, once they end): what each says, as :meth:`_read` does in a claim, unless
+        a post made since rescheduled its period (its lease is gone: the read was of an
+        earlier post). Returns how many were recorded or dropped."""
+        if not self.reading:
+            return 0
+        if block:
+            futures.wait([r.future for r in self.reading.values()])
+        done = [(key, r) for key, r in self.reading.items() if r.future.done()]
+        lead = self.cfg.prefinal_lead()
+        for key, r in done:
+            del self.reading[key]
+            got = r.future.result()
+            if got is None:
+                continue  # stopped before reading: its lease ends, and it falls due again
+            self._read(self.ledger, r.claim, r.period, r.row, got, lead, {}, {}, lease=r.lease)
+        return len(done)
 
     def _read(
         self,
@@ -590,8 +727,11 @@ class Relay:
         lead: float,
         held: dict[tuple[int, datetime], Held],
         outcomes: dict[int, ClaimOutcome],
+        *,
+        lease: datetime | None = None,
     ) -> None:
-        """Record one summary read of :meth:`_confirm` and what it leads to."""
+        """Record one summary read of :meth:`_confirm` and what it leads to; a read made off
+        the claim (``lease``) only while its lease holds."""
         h_ts, h_sent, w_start, w_end, expected = row[2], row[5], row[6], row[7], row[8]
         has_row, reposts, now = row[9], int(row[15]), float(row[16])
         if not has_row:
@@ -614,6 +754,7 @@ class Relay:
                     "customer": claim.customer,
                     "due": again,
                     "error": reason,
+                    "lease": lease,
                 },
             )
             self.log(
@@ -641,31 +782,30 @@ class Relay:
         }
         if got == expected:
             after = None if final or now >= prefinal else prefinal
-            self.ledger.execute(
-                q.CONFIRM_READ, (got, expected, h_ts, w_start, w_end, 0, after, p.org, p.start)
-            )
-            self.log("info", "stripe_confirmed", **fields)
+            record = (got, expected, h_ts, w_start, w_end, 0, after)
+            event, extra = "stripe_confirmed", {}
         elif final or now - float(h_sent) >= self.cfg.confirm_after:
             # settled, and Stripe holds another value: lost (or refused after it was
             # accepted); posted again unless the invoice is final (billing_drift shows it)
             # (due again at once: the next claim posts it again, this one has posted)
-            self.ledger.execute(
-                q.CONFIRM_READ,
-                (
-                    got, expected, h_ts, w_start, w_end, reposts + (not final),
-                    None if final else now, p.org, p.start,
-                ),
+            record = (
+                got, expected, h_ts, w_start, w_end, reposts + (not final),
+                None if final else now,
             )  # fmt: skip
             action = "finalize" if final else "repost"
-            self.log("warning", "stripe_differs", action=action, reposts=reposts, **fields)
+            event, extra = "stripe_differs", {"action": action, "reposts": reposts}
         else:
             # read before the post settled (its lag allowance): not a difference yet
             again = float(h_sent) + self.cfg.confirm_after
-            self.ledger.execute(
-                q.CONFIRM_READ,
-                (got, expected, None, w_start, w_end, reposts, again, p.org, p.start),
-            )
-            self.log("info", "stripe_lagging", **fields)
+            record = (got, expected, None, w_start, w_end, reposts, again)
+            event, extra = "stripe_lagging", {}
+        cur = self.ledger.execute(q.CONFIRM_READ, (*record, p.org, p.start, lease))
+        if lease is not None and cur.rowcount == 0:
+            # a post made since the read was handed out rescheduled it: of an earlier post
+            self.log("debug", "summary_superseded", **fields)
+            return
+        level = "warning" if event == "stripe_differs" else "info"
+        self.log(level, event, **extra, **fields)
         if final:
             held[(p.org, p.start)] = Held(billed=got)
 

@@ -26,6 +26,11 @@ CONFIRM_AFTER_MAX = 600.0
 # How long `--once` and close-period wait for the summary reads their posts scheduled, beyond
 # --confirm-after and the reads' share of the rate limit (a read's call, a drain's claims).
 CONFIRM_WAIT_MARGIN = 5.0
+# How long a summary read may wait for spare tokens of the rate limit, beyond its call's
+# bound, before its period falls due again (RelayConfig.read_lease).
+READ_LEASE_MARGIN = 60.0
+# Summary reads a worker has handed to its readers at most (their results not recorded yet).
+READS_QUEUED = 100
 # The SDK sleeps this long at most before its n-th retry: min(0.5 * 2 ** (n - 1), 5) seconds.
 SDK_RETRY_DELAY = (0.5, 5.0)
 
@@ -95,6 +100,14 @@ class RelayConfig:
         limit, and a margin for the calls and claims (CONFIRM_WAIT_MARGIN)."""
         pace = periods / self.rate_limit if self.rate_limit > 0 else 0.0
         return self.confirm_after + pace + CONFIRM_WAIT_MARGIN
+
+    @property
+    def read_lease(self) -> float:
+        """How long a summary read handed to the worker's readers keeps its period from
+        falling due again: the reads wait for spare tokens of the rate limit, then make one
+        call (at most :attr:`call_bound`). A worker killed meanwhile leaves the read due
+        again after that."""
+        return self.call_bound + READ_LEASE_MARGIN
 
     def prefinal_lead(self) -> float:
         """How long before the invoice grace ends a period's summary is read again: time for

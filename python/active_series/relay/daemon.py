@@ -79,6 +79,7 @@ class Worker:
         self.signals = StopSignals(cfg.shutdown_timeout)
         self.stop = self.signals.stop
         self.relay = Relay(cfg, self.log, self.metrics, self.stop)
+        self.relay.on_read = self.signals.wake  # a summary read ended: drain to record it
         self.watch: Watch | None = None
         self.watch_attempts = 0
         self.watch_retry_at = 0.0
@@ -258,6 +259,8 @@ class Worker:
                 ready, _, _ = select.select([self.signals.wake_fd], [], [], timeout)
                 if ready:
                     self.signals.clear_wake()
+                    if self.relay.reads_ready():
+                        return Wake.SCHEDULED  # a summary read ended: record it
                     continue
             if self._changed():
                 self._settle()

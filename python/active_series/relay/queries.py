@@ -362,19 +362,149 @@ WHERE r.confirming AND c.due_at IS NOT NULL AND s.parked_at IS NULL
 
 # a read of a period's summary: (stripe value, ledger value, the post it confirms or NULL,
 # window start, window end, reposts since Stripe last agreed, next due as Unix seconds or
-# NULL, organization, period start)
+# NULL, organization, period start, the read's lease or NULL); a read made off the claim
+# (CONFIRM_LEASE) is recorded only while its lease holds: a post made since rescheduled the
+# read, and the result, of an earlier post, is dropped
 CONFIRM_READ: Final = """
 UPDATE active_series._relay_confirmation
 SET stripe_value = %s, ledger_value = %s, event_timestamp = %s, window_start = %s,
     window_end = %s, read_at = clock_timestamp(), last_error = NULL,
     reposts = %s,
     due_at = to_timestamp(%s::float8)
-WHERE organization_id = %s AND period_start = %s
+WHERE
+    organization_id = %s AND period_start = %s
+    AND due_at IS NOT DISTINCT FROM coalesce(%s::timestamptz, due_at)
 """
 
-# a read that failed (error, next due as Unix seconds, organization, period start); a
-# period without a row yet (its posts predate the reads, or were made without the worker)
-# gets one
+# the claimed organizations' due reads, among the periods of the plan given (organization,
+# period start); the due reads of their periods that the plan no longer has (finalized, or
+# re-bucketed by set_billing_period) are dropped
+CONFIRM_DUE: Final = """
+WITH x AS (
+    SELECT * FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
+),
+dropped AS (
+    UPDATE active_series._relay_confirmation AS c
+    SET due_at = NULL
+    WHERE
+        c.organization_id = ANY(%s::bigint[]) AND c.due_at IS NOT NULL
+        AND NOT EXISTS (
+            SELECT FROM x
+            WHERE x.organization_id = c.organization_id AND x.period_start = c.period_start
+        )
+)
+SELECT c.organization_id, c.period_start
+FROM active_series._relay_confirmation AS c
+INNER JOIN x ON c.organization_id = x.organization_id AND c.period_start = x.period_start
+WHERE c.due_at <= clock_timestamp()
+"""
+
+# the summary reads due that need no claim, handed out off the claims (at most %(limit)s,
+# soonest due first): a period whose last post is sent, not to finalize (its end plus
+# %(invoice_grace)s not passed: a claim reads it and finalizes it with what Stripe held), not
+# shared with a later period's posts, and not read differing from that post (a claim posts
+# it again), of an organization neither parked nor backing off. Each is leased for
+# %(lease)s seconds (CONFIRM_LEASE) in the same statement (a worker leases only what no
+# other leased meanwhile) and returned as (organization, period start, period end,
+# customer, the lease) and the columns of CONFIRM_STATE from its third on
+CONFIRM_PICK: Final = """
+WITH due AS (
+    SELECT c.organization_id, c.period_start, c.period_end, c.stripe_customer_id AS customer
+    FROM active_series._relay_confirmation AS c
+    LEFT JOIN active_series._relay_state AS s ON c.organization_id = s.organization_id
+    WHERE
+        c.due_at <= clock_timestamp()
+        AND c.period_end + make_interval(secs => %(invoice_grace)s) > clock_timestamp()
+        AND s.parked_at IS NULL
+        AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= clock_timestamp())
+    ORDER BY c.due_at
+    LIMIT %(limit)s
+),
+st AS (
+    SELECT
+        x.organization_id, x.period_start, x.period_end, x.customer,
+        h.event_timestamp, h.value, h.status, extract(EPOCH FROM h.updated)::float8 AS sent,
+        w.window_start, w.window_end, e.value AS expected,
+        EXISTS (
+            SELECT FROM active_series._ledger AS l
+            WHERE
+                l.stripe_customer_id = x.customer
+                AND l.status <> 'failed'
+                AND l.event_timestamp > h.event_timestamp AND l.event_timestamp < w.window_end
+        ) AS shared
+    FROM due AS x
+    LEFT JOIN LATERAL (
+        SELECT l.event_timestamp, l.value, l.status, l.updated
+        FROM active_series._ledger AS l
+        WHERE
+            l.stripe_customer_id = x.customer
+            AND l.status <> 'failed'
+            AND l.event_timestamp
+            BETWEEN ceil(extract(EPOCH FROM x.period_start))::bigint
+            AND ceil(extract(EPOCH FROM x.period_end))::bigint - 1
+        ORDER BY l.event_timestamp DESC
+        LIMIT 1
+    ) AS h ON TRUE
+    LEFT JOIN LATERAL (
+        SELECT
+            ceil(extract(EPOCH FROM x.period_start))::bigint
+            - ceil(extract(EPOCH FROM x.period_start))::bigint %% 60 AS window_start,
+            h.event_timestamp - h.event_timestamp %% 60 + 60 AS window_end
+    ) AS w ON TRUE
+    LEFT JOIN LATERAL (
+        SELECT l.value
+        FROM active_series._ledger AS l
+        WHERE
+            l.stripe_customer_id = x.customer
+            AND l.status <> 'failed'
+            AND l.event_timestamp >= w.window_start AND l.event_timestamp < w.window_end
+        ORDER BY l.event_timestamp DESC
+        LIMIT 1
+    ) AS e ON TRUE
+),
+leased AS (
+    UPDATE active_series._relay_confirmation AS c
+    SET due_at = clock_timestamp() + make_interval(secs => %(lease)s)
+    FROM st
+    WHERE
+        c.organization_id = st.organization_id AND c.period_start = st.period_start
+        AND c.due_at <= clock_timestamp()
+        AND st.status = 'sent' AND NOT st.shared
+        AND (c.event_timestamp IS DISTINCT FROM st.event_timestamp
+            OR c.stripe_value IS NOT DISTINCT FROM c.ledger_value)
+    RETURNING
+        c.organization_id, c.period_start, c.due_at,
+        c.event_timestamp, c.stripe_value, c.ledger_value,
+        extract(EPOCH FROM c.read_at)::float8 AS read_at, c.reposts
+)
+SELECT
+    st.organization_id, st.period_start, st.period_end, st.customer, leased.due_at,
+    st.event_timestamp, st.value, st.status, st.sent,
+    st.window_start, st.window_end, st.expected,
+    TRUE, TRUE,
+    leased.event_timestamp, leased.stripe_value, leased.ledger_value, leased.read_at,
+    leased.reposts,
+    extract(EPOCH FROM clock_timestamp())::float8,
+    st.shared
+FROM st
+INNER JOIN leased
+    ON st.organization_id = leased.organization_id AND st.period_start = leased.period_start
+"""
+
+# reads handed to the worker's summary readers (organization, period start, seconds): not
+# due for that long (nor for another worker) unless a post reschedules them; the due time
+# returned is the read's lease (CONFIRM_READ, CONFIRM_FAILED)
+CONFIRM_LEASE: Final = """
+UPDATE active_series._relay_confirmation AS c
+SET due_at = clock_timestamp() + make_interval(secs => %s)
+FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
+WHERE c.organization_id = x.organization_id AND c.period_start = x.period_start
+RETURNING c.organization_id, c.period_start, c.due_at
+"""
+
+# a read that failed (error, next due as Unix seconds, organization, period start, the
+# read's lease or NULL: as CONFIRM_READ); a period without a row yet (its posts predate the
+# reads, or were made without the worker) gets one
 CONFIRM_FAILED: Final = """
 INSERT INTO active_series._relay_confirmation AS c (
     organization_id, period_start, period_end, stripe_customer_id, due_at, last_error
@@ -382,6 +512,7 @@ INSERT INTO active_series._relay_confirmation AS c (
 VALUES (%(org)s, %(start)s, %(end)s, %(customer)s, to_timestamp(%(due)s::float8), %(error)s)
 ON CONFLICT (organization_id, period_start) DO UPDATE
 SET last_error = excluded.last_error, due_at = excluded.due_at
+WHERE c.due_at IS NOT DISTINCT FROM coalesce(%(lease)s::timestamptz, c.due_at)
 """
 
 # a period with no row yet, read for the first time (its posts predate the reads)
@@ -399,19 +530,6 @@ UPDATE active_series._relay_confirmation AS c
 SET due_at = NULL
 FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
 WHERE c.organization_id = x.organization_id AND c.period_start = x.period_start
-"""
-
-# due reads of the claimed organizations' periods that the plan no longer has (finalized,
-# or re-bucketed by set_billing_period): dropped
-CONFIRM_DROP_STALE: Final = """
-UPDATE active_series._relay_confirmation AS c
-SET due_at = NULL
-WHERE
-    c.organization_id = ANY(%s) AND c.due_at IS NOT NULL
-    AND NOT EXISTS (
-        SELECT FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
-        WHERE x.organization_id = c.organization_id AND x.period_start = c.period_start
-    )
 """
 
 # -- the subscription's edges (posting.py: Poster.sync_subscriptions, Poster.edges) --------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 from enum import StrEnum
@@ -219,12 +220,25 @@ class StripeMeter:
             meters.auto_paging_iter(), self.event_name, self.customer_key, self.value_key
         )
 
-    def summary(self, meter_id: str, customer: str, start: int, end: int) -> int:
+    def summary(
+        self,
+        meter_id: str,
+        customer: str,
+        start: int,
+        end: int,
+        spare: threading.Event | None = None,
+    ) -> int | None:
         """What the meter aggregates for ``customer`` over ``[start, end)`` (Unix seconds,
         minute-aligned, as Stripe requires): its event summary's ``aggregated_value`` (0 when
         Stripe lists none), with formula ``last`` the value Stripe bills for those seconds.
-        Eventually consistent: a recent event may not count yet. Raises stripe.StripeError."""
-        self.bucket.acquire()
+        Eventually consistent: a recent event may not count yet. With ``spare`` (a stop
+        event), the call takes only a spare token of the rate limit (the posts' come first)
+        and None is returned, nothing read, if ``spare`` is set meanwhile. Raises
+        stripe.StripeError."""
+        if spare is None:
+            self.bucket.acquire()
+        elif not self.bucket.acquire_spare(spare):
+            return None
         page = self.client.v1.billing.meters.event_summaries.list(
             meter_id, params={"customer": customer, "start_time": start, "end_time": end}
         )
