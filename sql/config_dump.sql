@@ -30,6 +30,7 @@ BEGIN
             'active_series._alert',
             'active_series._alert_id_seq',
             'active_series._period_watch',
+            'active_series._relay_confirmation',
             'active_series._post_attempt'
         ]::regclass [] LOOP
             PERFORM pg_catalog.pg_extension_config_dump(v_rel, '');

@@ -47,6 +47,7 @@ active_series.billing_drift
 TO active_series_worker;
 GRANT SELECT, DELETE ON active_series._outbox TO active_series_worker;
 GRANT SELECT, INSERT, UPDATE ON active_series._ledger TO active_series_worker;
+GRANT SELECT, INSERT, UPDATE ON active_series._relay_confirmation TO active_series_worker;
 GRANT SELECT, INSERT, DELETE ON active_series._post_attempt TO active_series_worker;
 GRANT SELECT, INSERT ON active_series._relay_state TO active_series_worker;
 GRANT UPDATE (

@@ -1,6 +1,7 @@
 """Pacing: a token bucket and exponential backoff with jitter.
 
-The relay paces its Stripe calls with :class:`TokenBucket` (``acquire`` blocks); the Stripe
+The relay paces its Stripe calls with :class:`TokenBucket` (``acquire`` blocks; calls that may
+wait, such as the reads of event summaries, take only spare tokens: ``acquire_spare``); the Stripe
 emulator refuses requests over its limit with the same bucket (``try_take`` does not block).
 """
 
@@ -43,6 +44,30 @@ class TokenBucket:
             return
         while (wait := self._refill_and_take()) > 0:
             time.sleep(wait)
+
+    def _take_spare(self) -> float:
+        """Take a token only when the bucket is full (returns 0.0), else the seconds until
+        it is full again."""
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= self.burst:
+                self.tokens -= 1.0
+                return 0.0
+            return (self.burst - self.tokens) / self.rate
+
+    def acquire_spare(self, stop: threading.Event) -> bool:
+        """Wait for a spare token and take it: one the bucket would otherwise overflow with
+        (taken only from a full bucket). Lower priority than :meth:`acquire`: a caller of
+        ``acquire`` finds at most one token fewer than without the spare takers, and they
+        wait while it keeps the bucket below full. False: ``stop`` was set meanwhile."""
+        if self.rate <= 0:
+            return not stop.is_set()
+        while (wait := self._take_spare()) > 0:
+            if stop.wait(wait):
+                return False
+        return True
 
 
 def backoff(attempts: int, low: float, high: float) -> float:

@@ -6,7 +6,8 @@ SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- The organizations the relay has work for now: outbox rows, a pending ledger row
 -- (a post whose outcome is unknown), an unclosed period whose end plus p_grace has
--- passed, or an unfinalized one whose end plus p_invoice_grace has; not parked, and
+-- passed, an unfinalized one whose end plus p_invoice_grace has, or a period whose
+-- Stripe event summary is due to be read (_relay_confirmation); not parked, and
 -- not backing off. Drops outbox rows of organizations that no longer exist and creates
 -- missing _relay_state rows (ON CONFLICT DO NOTHING: never waits for a worker holding
 -- one). Locks nothing beyond the rows it writes.
@@ -30,6 +31,9 @@ BEGIN
                 p.closed_at IS NULL AND p.period_end + p_grace <= now()
                 OR p.period_end + p_invoice_grace <= now()
             )
+        UNION
+        SELECT c.organization_id FROM active_series._relay_confirmation AS c
+        WHERE c.due_at <= now()
     );
 
     INSERT INTO active_series._relay_state (organization_id)
@@ -45,4 +49,4 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION active_series._relay_work(interval, interval) IS
-'Internal (relay): organizations with work due now (outbox rows, pending posts, periods to close after the grace or to finalize after the invoice grace), not parked or backing off.';
+'Internal (relay): organizations with work due now (outbox rows, pending posts, periods to close after the grace or to finalize after the invoice grace, Stripe summaries to read), not parked or backing off.';

@@ -6228,3 +6228,283 @@ END;
 $$;
 COMMENT ON FUNCTION active_series._record_activity(bigint[], bigint[]) IS
 'Internal: record metrics, as (report_benchmark, measure) pairs, in the history and the per-period counts (the commit-time ingest trigger and backfill share it).';
+
+-- ================================================================ what Stripe holds, read from its summaries
+-- ---------------------------------------------------------------- sql/tables/relay_confirmation.sql
+CREATE TABLE active_series._relay_confirmation (
+    organization_id bigint NOT NULL,
+    period_start timestamptz NOT NULL,
+    period_end timestamptz NOT NULL,
+    stripe_customer_id text NOT NULL,
+    -- when the meter's event summary is to be read next (NULL: nothing to read)
+    due_at timestamptz,
+    -- the last read: the period's last post when read (its timestamp, per the ledger), the
+    -- value the ledger expects in the window read, what the summary held, the window
+    -- (minute-aligned Unix seconds) and when
+    event_timestamp bigint,
+    ledger_value bigint,
+    stripe_value bigint,
+    window_start bigint,
+    window_end bigint,
+    read_at timestamptz,
+    -- posts made again since the last read that agreed, and why the last read failed
+    reposts integer NOT NULL DEFAULT 0,
+    last_error text,
+    PRIMARY KEY (organization_id, period_start),
+    CHECK ((read_at IS NULL) = (stripe_value IS NULL))
+);
+CREATE INDEX relay_confirmation_due_idx ON active_series._relay_confirmation (due_at)
+WHERE due_at IS NOT NULL;
+COMMENT ON TABLE active_series._relay_confirmation IS
+'What Stripe held for a billing period, read from the meter''s event summary (not inferred from the ledger): the relay reads it once its posts have settled (--confirm-after) and again before the invoice grace ends; relay_status and relay_periods say in_sync only when the read agrees with the ledger''s last post.';
+COMMENT ON COLUMN active_series._relay_confirmation.event_timestamp IS
+'The timestamp of the period''s last post (per the ledger) when the summary was read: the read confirms that post only (a later post needs a read of its own).';
+COMMENT ON COLUMN active_series._relay_confirmation.ledger_value IS
+'What the summary should hold per the ledger: the value of the ledger''s last event in the window read.';
+COMMENT ON COLUMN active_series._relay_confirmation.stripe_value IS
+'The aggregated_value of the meter''s event summary for the customer over [window_start, window_end) at read_at: with last aggregation, the value Stripe bills.';
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        PERFORM pg_catalog.pg_extension_config_dump(
+            'active_series._relay_confirmation', ''
+        );
+    END IF;
+END;
+$$;
+GRANT SELECT, INSERT, UPDATE ON active_series._relay_confirmation TO active_series_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON active_series._relay_confirmation TO active_series_admin;
+-- ---------------------------------------------------------------- sql/functions/_relay_work.sql
+CREATE OR REPLACE FUNCTION active_series._relay_work(
+    p_grace interval, p_invoice_grace interval
+)
+RETURNS TABLE (organization_id bigint)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The organizations the relay has work for now: outbox rows, a pending ledger row
+-- (a post whose outcome is unknown), an unclosed period whose end plus p_grace has
+-- passed, an unfinalized one whose end plus p_invoice_grace has, or a period whose
+-- Stripe event summary is due to be read (_relay_confirmation); not parked, and
+-- not backing off. Drops outbox rows of organizations that no longer exist and creates
+-- missing _relay_state rows (ON CONFLICT DO NOTHING: never waits for a worker holding
+-- one). Locks nothing beyond the rows it writes.
+DECLARE
+    v_candidates bigint[];
+BEGIN
+    DELETE FROM active_series._outbox AS x
+    WHERE NOT EXISTS (
+        SELECT FROM active_series.organization AS o WHERE o.id = x.organization_id
+    );
+
+    v_candidates := ARRAY(
+        SELECT x.organization_id FROM active_series._outbox AS x
+        UNION
+        SELECT l.organization_id FROM active_series._ledger AS l WHERE l.status = 'pending'
+        UNION
+        SELECT p.organization_id FROM active_series._period AS p
+        WHERE
+            p.finalized_at IS NULL
+            AND (
+                p.closed_at IS NULL AND p.period_end + p_grace <= now()
+                OR p.period_end + p_invoice_grace <= now()
+            )
+        UNION
+        SELECT c.organization_id FROM active_series._relay_confirmation AS c
+        WHERE c.due_at <= now()
+    );
+
+    INSERT INTO active_series._relay_state (organization_id)
+    SELECT c.id FROM unnest(v_candidates) AS c (id)
+    ON CONFLICT ON CONSTRAINT _relay_state_pkey DO NOTHING;
+
+    RETURN QUERY
+    SELECT c.organization_id
+    FROM unnest(v_candidates) AS c (organization_id)
+    INNER JOIN active_series._relay_state AS s ON c.organization_id = s.organization_id
+    WHERE s.parked_at IS NULL AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
+    ORDER BY s.next_attempt_at NULLS FIRST, c.organization_id;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_work(interval, interval) IS
+'Internal (relay): organizations with work due now (outbox rows, pending posts, periods to close after the grace or to finalize after the invoice grace, Stripe summaries to read), not parked or backing off.';
+-- ---------------------------------------------------------------- sql/functions/_relay_next_wakeup.sql
+CREATE OR REPLACE FUNCTION active_series._relay_next_wakeup(
+    p_grace interval, p_invoice_grace interval
+)
+RETURNS timestamptz
+LANGUAGE sql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- When the relay next has work that no notification will announce: the earliest retry
+-- of an organization backing off, the earliest end plus grace of an unclosed period, the
+-- earliest end plus invoice grace of an unfinalized one, or the earliest read of a Stripe
+-- event summary (_relay_confirmation). Only future times: what is
+-- due now is found by _relay_work. NULL: nothing scheduled. Takes no locks.
+SELECT least(
+    (
+        SELECT min(s.next_attempt_at)
+        FROM active_series._relay_state AS s
+        WHERE s.parked_at IS NULL AND s.next_attempt_at > now()
+    ),
+    (
+        SELECT min(p.period_end) + p_grace
+        FROM active_series._period AS p
+        WHERE p.closed_at IS NULL AND p.period_end + p_grace > now()
+    ),
+    (
+        SELECT min(p.period_end) + p_invoice_grace
+        FROM active_series._period AS p
+        WHERE p.finalized_at IS NULL AND p.period_end + p_invoice_grace > now()
+    ),
+    (
+        SELECT min(c.due_at)
+        FROM active_series._relay_confirmation AS c
+        WHERE c.due_at > now()
+    )
+);
+$$;
+COMMENT ON FUNCTION active_series._relay_next_wakeup(interval, interval) IS
+'Internal (relay): the next time the relay has scheduled work (a retry, a period to close or to finalize, a Stripe summary to read), NULL if none.';
+-- ---------------------------------------------------------------- sql/views/relay_status.sql
+CREATE OR REPLACE VIEW active_series.relay_status AS
+SELECT
+    b.organization_id,
+    b.stripe_customer_id,
+    b.plan,
+    cp.period_start,
+    cp.period_end,
+    u.period_usage,
+    h.value AS stripe_value,
+    h.status AS stripe_value_status,
+    -- in sync: the ledger's last post is sent and equals the usage, and the meter's event
+    -- summary, read after that post, held the same (nothing posted: nothing to confirm)
+    coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent'
+    AND (
+        h.value IS NULL
+        OR coalesce(
+            rc.event_timestamp = h.event_timestamp AND rc.stripe_value = rc.ledger_value, FALSE
+        )
+    )
+        AS in_sync,
+    coalesce(x.depth, 0) AS outbox_depth,
+    now() - x.oldest AS oldest_unposted_change_age,
+    s.parked_at IS NOT NULL AS parked,
+    s.parked_reason,
+    s.next_attempt_at,
+    s.attempts,
+    s.last_event_timestamp,
+    -- the ledger agrees, Stripe's event summary has not confirmed it (yet)
+    coalesce(
+        h.value = u.period_usage AND h.status = 'sent'
+        AND rc.event_timestamp IS DISTINCT FROM h.event_timestamp,
+        FALSE
+    ) AS confirming,
+    rc.stripe_value AS stripe_summary,
+    rc.read_at AS stripe_summary_at
+FROM active_series.billing_account AS b
+-- current_period and period_usage written out as one probe each: the view is polled over
+-- every billed organization, and their calls cost ~20 µs each per row. The recorded period
+-- containing now(), else current_period (an organization with no activity yet in it).
+CROSS JOIN
+    LATERAL (
+        (
+            SELECT
+                r.period_start,
+                r.period_end
+            FROM active_series._period AS r
+            WHERE
+                r.organization_id = b.organization_id
+                AND r.period_start <= now()
+                AND r.period_end > now()
+            ORDER BY r.period_start DESC
+            LIMIT 1
+        )
+        UNION ALL
+        SELECT
+            c.period_start,
+            c.period_end
+        FROM active_series.current_period(b.organization_id) AS c
+        LIMIT 1
+    ) AS cp
+CROSS JOIN
+    LATERAL (
+        SELECT coalesce(sum(bu.series_count), 0)::bigint AS period_usage
+        FROM active_series._billed_usage AS bu
+        WHERE bu.organization_id = b.organization_id AND bu.period_start = cp.period_start
+    ) AS u
+-- _relay_held's rule, written out: the view is read by roles that may not call the relay's
+-- internal functions (a view reads its tables with its owner's rights, but calls
+-- functions with its reader's)
+LEFT JOIN LATERAL (
+    SELECT
+        l.value,
+        l.status,
+        l.event_timestamp
+    FROM active_series._ledger AS l
+    WHERE
+        l.stripe_customer_id = b.stripe_customer_id
+        AND l.status <> 'failed'
+        AND l.event_timestamp
+        BETWEEN ceil(extract(EPOCH FROM cp.period_start))::bigint
+        AND ceil(extract(EPOCH FROM cp.period_end))::bigint - 1
+    ORDER BY l.event_timestamp DESC
+    LIMIT 1
+) AS h ON TRUE
+LEFT JOIN LATERAL (
+    SELECT
+        count(*) AS depth,
+        min(o.created) AS oldest
+    FROM active_series._outbox AS o
+    WHERE o.organization_id = b.organization_id
+) AS x ON TRUE
+LEFT JOIN active_series._relay_state AS s ON b.organization_id = s.organization_id
+LEFT JOIN active_series._relay_confirmation AS rc
+    ON b.organization_id = rc.organization_id AND cp.period_start = rc.period_start
+WHERE b.plan <> 'free' AND b.stripe_customer_id IS NOT NULL;
+COMMENT ON VIEW active_series.relay_status IS
+'Per billed organization: current period, its exact usage, the value Stripe holds per the ledger, whether they agree and Stripe''s event summary confirmed it (in_sync; confirming: not yet read), outbox depth, age of the oldest unposted change, whether the relay is parked, and what the meter''s event summary held when last read.';
+-- ---------------------------------------------------------------- sql/views/relay_periods.sql
+CREATE OR REPLACE VIEW active_series.relay_periods AS
+SELECT
+    b.organization_id,
+    b.stripe_customer_id,
+    p.period_start,
+    p.period_end,
+    p.closed_at,
+    u.period_usage,
+    h.value AS stripe_value,
+    h.status AS stripe_value_status,
+    coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent'
+    AND (
+        h.value IS NULL
+        OR coalesce(
+            rc.event_timestamp = h.event_timestamp AND rc.stripe_value = rc.ledger_value, FALSE
+        )
+    )
+        AS in_sync,
+    coalesce(
+        h.value = u.period_usage AND h.status = 'sent'
+        AND rc.event_timestamp IS DISTINCT FROM h.event_timestamp,
+        FALSE
+    ) AS confirming,
+    rc.stripe_value AS stripe_summary,
+    rc.read_at AS stripe_summary_at
+FROM active_series.billing_account AS b
+INNER JOIN active_series._period AS p ON b.organization_id = p.organization_id
+CROSS JOIN
+    LATERAL (
+        SELECT coalesce(sum(bu.series_count), 0)::bigint AS period_usage
+        FROM active_series._billed_usage AS bu
+        WHERE bu.organization_id = b.organization_id AND bu.period_start = p.period_start
+    ) AS u
+LEFT JOIN LATERAL active_series._relay_held(
+    b.stripe_customer_id, p.period_start, p.period_end
+) AS h ON TRUE
+LEFT JOIN active_series._relay_confirmation AS rc
+    ON p.organization_id = rc.organization_id AND p.period_start = rc.period_start
+WHERE b.stripe_customer_id IS NOT NULL;
+COMMENT ON VIEW active_series.relay_periods IS
+'Per organization with a Stripe customer and recorded billing period: the exact usage, the value Stripe holds for that period per the ledger, whether they agree and Stripe''s event summary confirmed it (in_sync; confirming: not yet read), what the summary held when last read, and when the period was closed.';

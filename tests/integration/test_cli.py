@@ -344,7 +344,8 @@ def test_worker_once_then_relay_status_failures_resume_and_close_period(
     assert status.returncode == 0, status.stderr
     [row] = json.loads(status.stdout)
     assert (row["organization_id"], row["period_usage"], row["stripe_value"]) == (org.id, 5, 5)
-    assert row["in_sync"] is True
+    # --once waited for Stripe's event summary to confirm its post before it exited
+    assert (row["in_sync"], row["confirming"], row["stripe_summary"]) == (True, False, 5)
     assert run("relay", "status", "--dsn", dsn).stdout.startswith("organization_id")
 
     failures = run("relay", "failures", "--dsn", dsn, "--json")

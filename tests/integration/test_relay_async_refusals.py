@@ -91,6 +91,8 @@ def test_a_v1_post_to_an_unknown_customer_is_accepted_then_reported_and_fails(
         report_one(conn, [ghost, good])
         wait_until(lambda: set(failures(conn, ghost.id)) == {"parked", "failed_post"}, 30, "park")
         wait_until(lambda: not mismatches(conn, emu, {good.id: good_cus}), 30, "good's post")
+        # the good one is in sync once Stripe's event summary confirms its post
+        wait_until(lambda: status(dsn, capsys)[good.id]["in_sync"], 30, "good confirmed")
     # Stripe answered 200: the refusal came with the error report, not the call
     assert [c["status"] for c in emu.ctl.calls("cus_nobody")] == [200]
     assert emu.events("cus_nobody") == []
@@ -150,6 +152,12 @@ def test_a_stream_request_refused_in_part_fails_only_the_refused_organizations_p
         report_one(conn, [*orgs, ghost])
         wait_until(lambda: set(failures(conn, ghost.id)) == {"parked", "failed_post"}, 30, "park")
         wait_until(lambda: not mismatches(conn, emu, billed), 30, "the others in sync")
+        # and confirmed by Stripe's event summaries
+        wait_until(
+            lambda: all(status(dsn, capsys)[org.id]["in_sync"] for org in orgs),
+            30,
+            "the others confirmed",
+        )
     # one request carried the four posts, under one key: the key the report samples
     [(ident, state, error)] = ledger(conn, ghost.id)
     [key] = keys_of(conn, ident)

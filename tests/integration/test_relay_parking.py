@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from active_series import cli
 from oracle import ingest, make_org
@@ -62,7 +63,14 @@ def test_an_unknown_customer_parks_only_its_organization_until_resumed(
         assert "resumed" in capsys.readouterr().out
         wait_until(lambda: not mismatches(conn, emu, {bad.id: bad_cus}), 30, "bad's post")
         assert failures(conn, bad.id) == []
-        assert cli.main(["relay", "status", "--dsn", dsn, "--json"]) == 0
-        status = {r["organization_id"]: r for r in json.loads(capsys.readouterr().out)}
-        assert status[bad.id]["period_usage"] == 2 and status[bad.id]["in_sync"]
-        assert not status[bad.id]["parked"]
+
+        def bad_status() -> dict[str, Any]:
+            assert cli.main(["relay", "status", "--dsn", dsn, "--json"]) == 0
+            rows = {r["organization_id"]: r for r in json.loads(capsys.readouterr().out)}
+            return dict(rows[bad.id])
+
+        # in sync once Stripe's event summary confirms the post
+        wait_until(lambda: bad_status()["in_sync"], 30, "bad in sync, confirmed")
+        status = bad_status()
+        assert status["period_usage"] == 2 and status["stripe_summary"] == 2
+        assert not status["parked"]

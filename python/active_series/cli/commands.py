@@ -337,6 +337,7 @@ def _relay_config(args: argparse.Namespace) -> RelayConfig:
         "rate_limit",
         "grace",
         "invoice_grace",
+        "confirm_after",
         "stripe_timeout",
     ):
         if getattr(args, name, 0) < 0:
@@ -360,6 +361,7 @@ def _relay_config(args: argparse.Namespace) -> RelayConfig:
         rate_limit=args.rate_limit,
         grace=args.grace,
         invoice_grace=args.invoice_grace,
+        confirm_after=args.confirm_after,
         concurrency=args.concurrency,
         api=args.api,
         metrics_port=getattr(args, "metrics_port", 0),

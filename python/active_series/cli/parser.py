@@ -278,6 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
         "differences in billing_drift (default 3600: Stripe's default invoice grace)",
     )
     stripe_opts.add_argument(
+        "--confirm-after",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="read what Stripe holds (the meter's event summary) this long after a post, "
+        "before relay_status says in_sync; a difference read then is posted again "
+        "(default 5; Stripe's summaries lag behind its events). --once and close-period "
+        "wait for the reads of their own posts: up to this, plus the reads' pace under "
+        "--rate-limit, plus 5 s",
+    )
+    stripe_opts.add_argument(
         "--concurrency",
         type=int,
         default=8,
@@ -354,7 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="post the periods that ended before the customer's subscription began"
         " (by default they are finalized unposted: no invoice bills them)",
     )
-    p.add_argument("--once", action="store_true", help="drain the work due now and exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="drain the work due now, wait for Stripe's event summaries to confirm what it"
+        " posted (see --confirm-after), and exit",
+    )
 
     p = _command(
         sub,

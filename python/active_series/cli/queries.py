@@ -65,7 +65,8 @@ BACKFILL: Final = "CALL active_series.backfill(%s)"
 RELAY_STATUS: Final = """
 SELECT organization_id, stripe_customer_id, plan, period_start, period_end, period_usage,
        stripe_value, stripe_value_status, in_sync, outbox_depth,
-       oldest_unposted_change_age, parked, parked_reason, next_attempt_at
+       oldest_unposted_change_age, parked, parked_reason, next_attempt_at, confirming,
+       stripe_summary, stripe_summary_at
 FROM active_series.relay_status
 """
 

@@ -39,10 +39,9 @@ import math
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -51,7 +50,22 @@ import stripe
 from active_series.install import check_version
 from active_series.ratelimit import backoff
 from active_series.relay import queries as q
-from active_series.relay.config import MAX_EVENT_AGE, RelayConfig, worker_conninfo
+from active_series.relay.config import (
+    CONFIRM_AFTER_MAX,
+    MAX_EVENT_AGE,
+    RelayConfig,
+    worker_conninfo,
+)
+from active_series.relay.confirm import (
+    Claim,
+    ClaimOutcome,
+    Conn,
+    Held,
+    Period,
+    Post,
+    Reading,
+    SummaryReads,
+)
 from active_series.relay.observe import Log, Metrics
 from active_series.relay.posting import (
     STREAM_BATCH,
@@ -63,60 +77,12 @@ from active_series.relay.posting import (
     by_org,
     pack,
 )
-
-__all__ = ["ClaimOutcome", "Relay", "Stopping"]
 from active_series.relay.stripe_api import MeterError, Outcome, classify
 
-Conn = psycopg.Connection[Any]
+__all__ = ["ClaimOutcome", "Relay", "Stopping"]
 
 
-class ClaimOutcome(StrEnum):
-    """What one claim of one organization came to."""
-
-    LOCKED = "locked"  # another worker holds it
-    DONE = "done"  # every period in sync, closed or finalized as due
-    POSTED = "posted"
-    DEFERRED = "deferred"  # a post must wait for its timestamp
-    PARKED = "parked"
-    RATE_LIMITED = "rate_limited"
-    PAUSED = "paused"  # Stripe refused our credentials
-    RETRY = "retry"
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One claimed organization as its claim read it."""
-
-    org: int
-    customer: str | None
-    billed: bool
-    max_outbox: int | None  # the newest outbox row this claim accounts for
-    oldest_change: float | None  # when the oldest of those was written (Unix seconds)
-
-
-@dataclass(frozen=True)
-class Period:
-    """One row of ``_relay_plan``."""
-
-    org: int
-    start: datetime
-    end: datetime
-    phase: str  # open, ended, closing, closed, final
-    usage: int
-    held: int  # what Stripe holds per the ledger (0: nothing)
-    held_status: str | None
-    next_ts: int | None  # None: in a tail too short to post in, waiting for its final post
-    due: int | None  # the second from which next_ts may be posted
-    first_second: int
-    last_second: int
-    now: int
-
-
-# a period to post now: the claim, the period and its event timestamp
-Post = tuple[Claim, Period, int]
-
-
-class Relay:
+class Relay(SummaryReads):
     """Relays organizations; owns the claim and ledger connections and the posting pool."""
 
     def __init__(
@@ -137,6 +103,20 @@ class Relay:
         self.refusals_due = 0.0  # when the Events API is read for refusals next (monotonic)
         self.claims = 0  # claims begun (and reads of refusals): the meter is reread once each
         self.meter_read: tuple[int, bool] = (-1, False)  # (claim, whether it could be read)
+        # with --once and close-period: the periods whose posts scheduled a summary read
+        # (await_confirmations waits for those reads); None: not collected (a running worker)
+        self.awaiting: set[tuple[int, datetime]] | None = None
+        # failed summary reads in a row per period, for their backoff (not the organization's)
+        self.read_failures: dict[tuple[int, datetime], int] = {}
+        # the summary reads made off the claims, by period, until a drain records them; their
+        # threads wait for spare tokens of the rate limit, and stop waiting at shutdown
+        self.readers = futures.ThreadPoolExecutor(
+            max_workers=max(1, cfg.concurrency), thread_name_prefix="summary-read"
+        )
+        self.readers_stop = threading.Event()
+        self.reading: dict[tuple[int, datetime], Reading] = {}
+        # called (on a reader's thread) when a read ends: the daemon wakes up to record it
+        self.on_read: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ connections
     def connect(self) -> None:
@@ -164,6 +144,8 @@ class Relay:
 
     def shutdown(self) -> None:
         self.close()
+        self.readers_stop.set()
+        self.readers.shutdown(wait=False, cancel_futures=True)
         self.poster.shutdown()
 
     @property
@@ -188,6 +170,9 @@ class Relay:
         rechecked: set[int] = set()
         handled = 0
         while not self.stop.is_set():
+            self.collect_reads()  # a read that differs makes its organization's work due
+            if not only_close:
+                self.hand_out_reads()  # (before WORK: a read that needs no claim gets none)
             graces = (self.cfg.grace, self.cfg.invoice_grace)
             orgs = [r[0] for r in self.ledger.execute(q.WORK, graces).fetchall()]
             if organization is None and not only_close:
@@ -328,7 +313,8 @@ class Relay:
             self.poster.bill_windows(self.ledger, claims, plan)
             self.poster.finalize_at_end(conn, claims, plan, outcomes)
             unpostable: set[tuple[int, datetime]] = set()
-            posts = self._posts(claims, plan, outcomes, only_close, unpostable)
+            held, reads = self._confirm(conn, claims, plan, outcomes)
+            posts = self._posts(claims, plan, outcomes, only_close, unpostable, held)
             calls, results = self._post(posts)
             self._record(conn, results)
             for org, org_calls in by_org(calls, lambda call: call.org).items():
@@ -339,7 +325,9 @@ class Relay:
                 ]
                 if failed:
                     outcomes[org] = self._failed(conn, org, *failed[0])
-            self._finish(conn, claims, plan, calls, outcomes, only_close, unpostable, posted)
+            # the summaries read after the posts: no post waits for a read
+            self._read_summaries(conn, claims, reads, held, outcomes, calls)
+            self._finish(conn, claims, plan, calls, outcomes, only_close, unpostable, posted, held)
             return outcomes
 
     def _resend_pending(
@@ -393,10 +381,12 @@ class Relay:
         outcomes: dict[int, ClaimOutcome],
         only_close: bool,
         unpostable: set[tuple[int, datetime]],
+        held: dict[tuple[int, datetime], Held],
     ) -> list[Post]:
-        """Step 4: the periods to post now. Records values that no timestamp is left for
-        as failed ledger rows (in ``unpostable``) and defers organizations whose next
-        timestamp is still ahead."""
+        """Step 4: the periods to post now (those Stripe's summary showed to differ from
+        the ledger's last post included: posted again). Records values that no timestamp
+        is left for as failed ledger rows (in ``unpostable``) and defers organizations
+        whose next timestamp is still ahead."""
         posts: list[Post] = []
         defer: dict[int, int] = {}
         for org, periods in plan.items():
@@ -413,7 +403,9 @@ class Relay:
                     # what it held then was its final invoice's; closed as it is
                     unpostable.add((org, p.start))
                     continue
-                if p.held == p.usage and p.held_status != "pending":
+                check = held.get((org, p.start))
+                lost = check is not None and check.repost
+                if p.held == p.usage and p.held_status != "pending" and not lost:
                     continue
                 if p.next_ts is None or p.due is None:
                     continue  # no second of the tail to post in: waits for the final post
@@ -510,10 +502,12 @@ class Relay:
     def _record(self, conn: Conn, results: Results) -> None:
         """The ledger outcome of every call of a round, in one statement: sent, failed
         (refused for good) or still pending (no answer, or not made; resent by a later
-        claim). No call of the round is in flight any more."""
+        claim). No call of the round is in flight any more. The periods of the posts sent
+        get their summary read once the posts have settled (``--confirm-after``)."""
         if not results:
             return
         rows = list(results.items())
+        sent = [i for i, (o, _) in rows if o.accepted]
         self.ledger.execute(
             q.LEDGER_OUTCOMES,
             (
@@ -526,6 +520,17 @@ class Relay:
                 [r or None for _, (_, r) in rows],
             ),
         )
+        if sent:
+            scheduled = self.ledger.execute(
+                q.CONFIRM_SCHEDULE,
+                {
+                    "idents": sent,
+                    "after": self.cfg.confirm_after,
+                    "longest": CONFIRM_AFTER_MAX,
+                },
+            ).fetchall()
+            if self.awaiting is not None:
+                self.awaiting.update((int(org), start) for org, start in scheduled)
 
     def _finish(
         self,
@@ -537,6 +542,7 @@ class Relay:
         only_close: bool,
         unpostable: set[tuple[int, datetime]],
         log_posted: list[dict[str, Any]],
+        checks: dict[tuple[int, datetime], Held],
     ) -> None:
         """Steps 5 and 6 for the organizations that got this far. A period whose final
         value cannot be posted is closed all the same (relay_failures shows why). Each
@@ -560,6 +566,9 @@ class Relay:
                     self.metrics.periods_closed.inc()
                     self.log("info", "period_closed", org=org, period=p.start, value=held)
                 elif p.phase == "final":
+                    check = checks.get((org, p.start))
+                    if check is not None and check.billed is not None:
+                        held = check.billed  # what Stripe held, read from its summary
                     billed = held if claim.billed else None
                     ended = self.poster.ended.get(org)
                     if ended is not None and p.first_second >= ended:

@@ -21,6 +21,16 @@ CLAIM_BATCH = 100
 # call starts only if it can end by its deadline; this is how long after the row is written
 # it may still start (waiting for the rate limit or a posting thread).
 CALL_START_WINDOW = 5.0
+# The longest wait before reading a period's event summary again after posts made again.
+CONFIRM_AFTER_MAX = 600.0
+# How long `--once` and close-period wait for the summary reads their posts scheduled, beyond
+# --confirm-after and the reads' share of the rate limit (a read's call, a drain's claims).
+CONFIRM_WAIT_MARGIN = 5.0
+# How long a summary read may wait for spare tokens of the rate limit, beyond its call's
+# bound, before its period falls due again (RelayConfig.read_lease).
+READ_LEASE_MARGIN = 60.0
+# Summary reads a worker has handed to its readers at most (their results not recorded yet).
+READS_QUEUED = 100
 # The SDK sleeps this long at most before its n-th retry: min(0.5 * 2 ** (n - 1), 5) seconds.
 SDK_RETRY_DELAY = (0.5, 5.0)
 
@@ -56,6 +66,10 @@ class RelayConfig:
     # post the periods that ended before the customer's subscription began (no invoice
     # bills them: by default they are finalized without a post)
     post_before_subscription: bool = False
+    # seconds after a post is sent before the meter's event summary is read to confirm it
+    # (Stripe's summaries are eventually consistent: a difference read sooner may be lag);
+    # doubled after each post made again for the same period, up to CONFIRM_AFTER_MAX
+    confirm_after: float = 5.0
     once: bool = False
 
     @property
@@ -71,6 +85,34 @@ class RelayConfig:
         if self.rate_limit > 0:
             batch = min(batch, max(1, int(self.rate_limit / 2)))
         return batch
+
+    def confirm_delay(self, reposts: int) -> float:
+        """Seconds from a post's sending to the read that confirms it, after ``reposts``
+        posts made again for its period since Stripe last agreed: ``confirm_after``,
+        doubled for each (lag longer than ``confirm_after`` costs a few posts, not one per
+        ``confirm_after``)."""
+        longest = max(CONFIRM_AFTER_MAX, self.confirm_after)
+        return float(min(self.confirm_after * 2 ** min(reposts, 16), longest))
+
+    def confirm_wait(self, periods: int) -> float:
+        """How long ``--once`` and close-period wait, after their drain, for the summary reads
+        of the ``periods`` they posted: ``confirm_after``, then the reads paced by the rate
+        limit, and a margin for the calls and claims (CONFIRM_WAIT_MARGIN)."""
+        pace = periods / self.rate_limit if self.rate_limit > 0 else 0.0
+        return self.confirm_after + pace + CONFIRM_WAIT_MARGIN
+
+    @property
+    def read_lease(self) -> float:
+        """How long a summary read handed to the worker's readers keeps its period from
+        falling due again: the reads wait for spare tokens of the rate limit, then make one
+        call (at most :attr:`call_bound`). A worker killed meanwhile leaves the read due
+        again after that."""
+        return self.call_bound + READ_LEASE_MARGIN
+
+    def prefinal_lead(self) -> float:
+        """How long before the invoice grace ends a period's summary is read again: time for
+        a post made again to be sent and confirmed before Stripe finalizes the invoice."""
+        return min(self.invoice_grace - self.grace, max(3 * self.confirm_after, 60.0))
 
     @property
     def call_bound(self) -> float:

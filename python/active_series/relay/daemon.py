@@ -79,6 +79,7 @@ class Worker:
         self.signals = StopSignals(cfg.shutdown_timeout)
         self.stop = self.signals.stop
         self.relay = Relay(cfg, self.log, self.metrics, self.stop)
+        self.relay.on_read = self.signals.wake  # a summary read ended: drain to record it
         self.watch: Watch | None = None
         self.watch_attempts = 0
         self.watch_retry_at = 0.0
@@ -150,12 +151,16 @@ class Worker:
                 self.relay.wake_reason = reason
                 self.metrics.wakeups.labels(reason).inc()
                 self.drained_at = time.monotonic()
+                if self.cfg.once and self.relay.awaiting is None:
+                    self.relay.awaiting = set()
                 handled = self.relay.drain()
                 self.log("debug", "drained", wake=reason, claims=handled)
                 if not frozen:
                     freeze_heap()
                     frozen = True
                 if self.cfg.once:
+                    # until Stripe's summaries confirm what this run posted (bounded)
+                    self.relay.await_confirmations()
                     break
                 reason = self._wait()
             except Stopping:
@@ -254,6 +259,8 @@ class Worker:
                 ready, _, _ = select.select([self.signals.wake_fd], [], [], timeout)
                 if ready:
                     self.signals.clear_wake()
+                    if self.relay.reads_ready():
+                        return Wake.SCHEDULED  # a summary read ended: record it
                     continue
             if self._changed():
                 self._settle()
@@ -292,9 +299,10 @@ def freeze_heap() -> None:
 
 
 def close_periods(cfg: RelayConfig, organization: int | None = None) -> int:
-    """One drain of period closing (the CLI's ``close-period``); returns claims made. The
-    meter is checked first, as by the worker (MeterError, exit 8: it does not fit or could
-    not be read)."""
+    """One drain of period closing (the CLI's ``close-period``), then the wait for the
+    summary reads of the final values it posted (:meth:`Relay.await_confirmations`); returns
+    the organizations the drain handled. The meter is checked first, as by the worker
+    (MeterError, exit 8: it does not fit or could not be read)."""
     relay = Relay(cfg, Log(cfg.api_key), Metrics())
     relay.connect()
     try:
@@ -302,6 +310,10 @@ def close_periods(cfg: RelayConfig, organization: int | None = None) -> int:
             relay.check_meter()
         except stripe.StripeError as exc:
             raise MeterError(f"cannot read the Stripe meters: {classify(exc)[1]}") from None
-        return relay.drain(only_close=True, organization=organization)
+        relay.awaiting = set()
+        handled = relay.drain(only_close=True, organization=organization)
+        # until Stripe's summaries confirm the final values it posted (bounded)
+        relay.await_confirmations(only_close=True, organization=organization)
+        return handled
     finally:
         relay.shutdown()

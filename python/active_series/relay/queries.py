@@ -265,6 +265,273 @@ SET_BILLING_PERIOD: Final = (
 # -- the metered price, read with the subscription (prices.py) ---------------------------
 STORE_PRICE: Final = "SELECT active_series._store_price(%s, %s, %s)"
 
+# -- what Stripe holds, read from the meter's event summaries (_relay_confirmation) ------
+# per period given (organization, start, end, customer): its last post per the ledger
+# (timestamp, value, status, when its status was last written), the summary window that
+# holds exactly its events (minute-aligned: from the minute of the period's first second
+# to the minute after its last post) with the value the ledger expects Stripe to hold over
+# it, the period's last read (whether one is due, for which post, what it held, when), and
+# whether a later period's post shares the window (after the last post, in its minute: the
+# summary cannot tell the period's value then); in the order given
+CONFIRM_STATE: Final = """
+SELECT
+    x.organization_id, x.period_start,
+    h.event_timestamp, h.value, h.status, extract(EPOCH FROM h.updated)::float8,
+    w.window_start, w.window_end, e.value,
+    c.organization_id IS NOT NULL, coalesce(c.due_at <= clock_timestamp(), FALSE),
+    c.event_timestamp, c.stripe_value, c.ledger_value, extract(EPOCH FROM c.read_at)::float8,
+    coalesce(c.reposts, 0),
+    extract(EPOCH FROM clock_timestamp())::float8,
+    EXISTS (
+        SELECT FROM active_series._ledger AS l
+        WHERE
+            l.stripe_customer_id = x.customer
+            AND l.status <> 'failed'
+            AND l.event_timestamp > h.event_timestamp AND l.event_timestamp < w.window_end
+    )
+FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::text[])
+    WITH ORDINALITY AS x (organization_id, period_start, period_end, customer, n)
+LEFT JOIN active_series._relay_confirmation AS c
+    ON x.organization_id = c.organization_id AND x.period_start = c.period_start
+LEFT JOIN LATERAL (
+    SELECT l.event_timestamp, l.value, l.status, l.updated
+    FROM active_series._ledger AS l
+    WHERE
+        l.stripe_customer_id = x.customer
+        AND l.status <> 'failed'
+        AND l.event_timestamp
+        BETWEEN ceil(extract(EPOCH FROM x.period_start))::bigint
+        AND ceil(extract(EPOCH FROM x.period_end))::bigint - 1
+    ORDER BY l.event_timestamp DESC
+    LIMIT 1
+) AS h ON TRUE
+LEFT JOIN LATERAL (
+    SELECT
+        ceil(extract(EPOCH FROM x.period_start))::bigint
+        - ceil(extract(EPOCH FROM x.period_start))::bigint %% 60 AS window_start,
+        h.event_timestamp - h.event_timestamp %% 60 + 60 AS window_end
+) AS w ON TRUE
+LEFT JOIN LATERAL (
+    SELECT l.value
+    FROM active_series._ledger AS l
+    WHERE
+        l.stripe_customer_id = x.customer
+        AND l.status <> 'failed'
+        AND l.event_timestamp >= w.window_start AND l.event_timestamp < w.window_end
+    ORDER BY l.event_timestamp DESC
+    LIMIT 1
+) AS e ON TRUE
+ORDER BY x.n
+"""
+
+# posts Stripe accepted (identifiers): their periods' summaries are read once they have
+# settled, %(after)s seconds from now doubled for each post made again since Stripe last
+# agreed (RelayConfig.confirm_delay, written out)
+CONFIRM_SCHEDULE: Final = """
+INSERT INTO active_series._relay_confirmation AS c (
+    organization_id, period_start, period_end, stripe_customer_id, due_at
+)
+SELECT DISTINCT ON (l.organization_id, l.period_start)
+    l.organization_id, l.period_start, l.period_end, l.stripe_customer_id,
+    clock_timestamp() + make_interval(secs => %(after)s)
+FROM active_series._ledger AS l
+WHERE l.identifier = ANY(%(idents)s) AND l.status = 'sent'
+ORDER BY l.organization_id, l.period_start, l.event_timestamp DESC
+ON CONFLICT (organization_id, period_start) DO UPDATE
+SET due_at = clock_timestamp() + make_interval(
+    secs => least(%(after)s * power(2, least(c.reposts, 16)), greatest(%(longest)s, %(after)s))
+)
+RETURNING c.organization_id, c.period_start
+"""
+
+# of the given (organization, period start) pairs, those whose last post the summary has not
+# confirmed yet and whose read is due, not parked: how many, and the seconds to the nearest
+# moment one may be read (its due time, or its organization's backoff if later)
+CONFIRM_WAITING: Final = """
+SELECT
+    count(*),
+    extract(EPOCH FROM min(greatest(c.due_at, s.next_attempt_at)) - clock_timestamp())::float8
+FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
+INNER JOIN active_series.relay_periods AS r
+    ON x.organization_id = r.organization_id AND x.period_start = r.period_start
+INNER JOIN active_series._relay_confirmation AS c
+    ON x.organization_id = c.organization_id AND x.period_start = c.period_start
+LEFT JOIN active_series._relay_state AS s ON x.organization_id = s.organization_id
+WHERE r.confirming AND c.due_at IS NOT NULL AND s.parked_at IS NULL
+"""
+
+# a read of a period's summary: (stripe value, ledger value, the post it confirms or NULL,
+# window start, window end, reposts since Stripe last agreed, next due as Unix seconds or
+# NULL, organization, period start, the read's lease or NULL); a read made off the claim
+# (CONFIRM_LEASE) is recorded only while its lease holds: a post made since rescheduled the
+# read, and the result, of an earlier post, is dropped
+CONFIRM_READ: Final = """
+UPDATE active_series._relay_confirmation
+SET stripe_value = %s, ledger_value = %s, event_timestamp = %s, window_start = %s,
+    window_end = %s, read_at = clock_timestamp(), last_error = NULL,
+    reposts = %s,
+    due_at = to_timestamp(%s::float8)
+WHERE
+    organization_id = %s AND period_start = %s
+    AND due_at IS NOT DISTINCT FROM coalesce(%s::timestamptz, due_at)
+"""
+
+# the claimed organizations' due reads, among the periods of the plan given (organization,
+# period start); the due reads of their periods that the plan no longer has (finalized, or
+# re-bucketed by set_billing_period) are dropped
+CONFIRM_DUE: Final = """
+WITH x AS (
+    SELECT * FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
+),
+dropped AS (
+    UPDATE active_series._relay_confirmation AS c
+    SET due_at = NULL
+    WHERE
+        c.organization_id = ANY(%s::bigint[]) AND c.due_at IS NOT NULL
+        AND NOT EXISTS (
+            SELECT FROM x
+            WHERE x.organization_id = c.organization_id AND x.period_start = c.period_start
+        )
+)
+SELECT c.organization_id, c.period_start
+FROM active_series._relay_confirmation AS c
+INNER JOIN x ON c.organization_id = x.organization_id AND c.period_start = x.period_start
+WHERE c.due_at <= clock_timestamp()
+"""
+
+# the summary reads due that need no claim, handed out off the claims (at most %(limit)s,
+# soonest due first): a period whose last post is sent, not to finalize (its end plus
+# %(invoice_grace)s not passed: a claim reads it and finalizes it with what Stripe held), not
+# shared with a later period's posts, and not read differing from that post (a claim posts
+# it again), of an organization neither parked nor backing off. Each is leased for
+# %(lease)s seconds (CONFIRM_LEASE) in the same statement (a worker leases only what no
+# other leased meanwhile) and returned as (organization, period start, period end,
+# customer, the lease) and the columns of CONFIRM_STATE from its third on
+CONFIRM_PICK: Final = """
+WITH due AS (
+    SELECT c.organization_id, c.period_start, c.period_end, c.stripe_customer_id AS customer
+    FROM active_series._relay_confirmation AS c
+    LEFT JOIN active_series._relay_state AS s ON c.organization_id = s.organization_id
+    WHERE
+        c.due_at <= clock_timestamp()
+        AND c.period_end + make_interval(secs => %(invoice_grace)s) > clock_timestamp()
+        AND s.parked_at IS NULL
+        AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= clock_timestamp())
+    ORDER BY c.due_at
+    LIMIT %(limit)s
+),
+st AS (
+    SELECT
+        x.organization_id, x.period_start, x.period_end, x.customer,
+        h.event_timestamp, h.value, h.status, extract(EPOCH FROM h.updated)::float8 AS sent,
+        w.window_start, w.window_end, e.value AS expected,
+        EXISTS (
+            SELECT FROM active_series._ledger AS l
+            WHERE
+                l.stripe_customer_id = x.customer
+                AND l.status <> 'failed'
+                AND l.event_timestamp > h.event_timestamp AND l.event_timestamp < w.window_end
+        ) AS shared
+    FROM due AS x
+    LEFT JOIN LATERAL (
+        SELECT l.event_timestamp, l.value, l.status, l.updated
+        FROM active_series._ledger AS l
+        WHERE
+            l.stripe_customer_id = x.customer
+            AND l.status <> 'failed'
+            AND l.event_timestamp
+            BETWEEN ceil(extract(EPOCH FROM x.period_start))::bigint
+            AND ceil(extract(EPOCH FROM x.period_end))::bigint - 1
+        ORDER BY l.event_timestamp DESC
+        LIMIT 1
+    ) AS h ON TRUE
+    LEFT JOIN LATERAL (
+        SELECT
+            ceil(extract(EPOCH FROM x.period_start))::bigint
+            - ceil(extract(EPOCH FROM x.period_start))::bigint %% 60 AS window_start,
+            h.event_timestamp - h.event_timestamp %% 60 + 60 AS window_end
+    ) AS w ON TRUE
+    LEFT JOIN LATERAL (
+        SELECT l.value
+        FROM active_series._ledger AS l
+        WHERE
+            l.stripe_customer_id = x.customer
+            AND l.status <> 'failed'
+            AND l.event_timestamp >= w.window_start AND l.event_timestamp < w.window_end
+        ORDER BY l.event_timestamp DESC
+        LIMIT 1
+    ) AS e ON TRUE
+),
+leased AS (
+    UPDATE active_series._relay_confirmation AS c
+    SET due_at = clock_timestamp() + make_interval(secs => %(lease)s)
+    FROM st
+    WHERE
+        c.organization_id = st.organization_id AND c.period_start = st.period_start
+        AND c.due_at <= clock_timestamp()
+        AND st.status = 'sent' AND NOT st.shared
+        AND (c.event_timestamp IS DISTINCT FROM st.event_timestamp
+            OR c.stripe_value IS NOT DISTINCT FROM c.ledger_value)
+    RETURNING
+        c.organization_id, c.period_start, c.due_at,
+        c.event_timestamp, c.stripe_value, c.ledger_value,
+        extract(EPOCH FROM c.read_at)::float8 AS read_at, c.reposts
+)
+SELECT
+    st.organization_id, st.period_start, st.period_end, st.customer, leased.due_at,
+    st.event_timestamp, st.value, st.status, st.sent,
+    st.window_start, st.window_end, st.expected,
+    TRUE, TRUE,
+    leased.event_timestamp, leased.stripe_value, leased.ledger_value, leased.read_at,
+    leased.reposts,
+    extract(EPOCH FROM clock_timestamp())::float8,
+    st.shared
+FROM st
+INNER JOIN leased
+    ON st.organization_id = leased.organization_id AND st.period_start = leased.period_start
+"""
+
+# reads handed to the worker's summary readers (organization, period start, seconds): not
+# due for that long (nor for another worker) unless a post reschedules them; the due time
+# returned is the read's lease (CONFIRM_READ, CONFIRM_FAILED)
+CONFIRM_LEASE: Final = """
+UPDATE active_series._relay_confirmation AS c
+SET due_at = clock_timestamp() + make_interval(secs => %s)
+FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
+WHERE c.organization_id = x.organization_id AND c.period_start = x.period_start
+RETURNING c.organization_id, c.period_start, c.due_at
+"""
+
+# a read that failed (error, next due as Unix seconds, organization, period start, the
+# read's lease or NULL: as CONFIRM_READ); a period without a row yet (its posts predate the
+# reads, or were made without the worker) gets one
+CONFIRM_FAILED: Final = """
+INSERT INTO active_series._relay_confirmation AS c (
+    organization_id, period_start, period_end, stripe_customer_id, due_at, last_error
+)
+VALUES (%(org)s, %(start)s, %(end)s, %(customer)s, to_timestamp(%(due)s::float8), %(error)s)
+ON CONFLICT (organization_id, period_start) DO UPDATE
+SET last_error = excluded.last_error, due_at = excluded.due_at
+WHERE c.due_at IS NOT DISTINCT FROM coalesce(%(lease)s::timestamptz, c.due_at)
+"""
+
+# a period with no row yet, read for the first time (its posts predate the reads)
+CONFIRM_NEW: Final = """
+INSERT INTO active_series._relay_confirmation (
+    organization_id, period_start, period_end, stripe_customer_id
+)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (organization_id, period_start) DO NOTHING
+"""
+
+# nothing to read for these (organization, period start) pairs any more
+CONFIRM_NOT_DUE: Final = """
+UPDATE active_series._relay_confirmation AS c
+SET due_at = NULL
+FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
+WHERE c.organization_id = x.organization_id AND c.period_start = x.period_start
+"""
+
 # -- the subscription's edges (posting.py: Poster.sync_subscriptions, Poster.edges) --------
 # (organization, customer, ended, cancel_at, billed_since, price, started, prior end): as the
 # last read saw them

@@ -27,6 +27,11 @@ class StopSignals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
 
+    def wake(self) -> None:
+        """Make :attr:`wake_fd` readable (from any thread): a ``select`` on it returns."""
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, b"w")
+
     def clear_wake(self) -> None:
         with contextlib.suppress(OSError):
             os.read(self.wake_fd, 64)

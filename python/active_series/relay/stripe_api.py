@@ -1,11 +1,13 @@
-"""The relay's calls to Stripe: posting a meter event, reading a subscription's period,
-checking the meter (:func:`meter_fit`), and what a failed call means (:class:`Outcome`); the
-Stripe API version the relay speaks."""
+"""The relay's calls to Stripe: posting a meter event, reading what the meter holds for a
+customer (its event summary), reading a subscription's period, checking the meter
+(:func:`meter_fit`), and what a failed call means (:class:`Outcome`); the Stripe API version
+the relay speaks."""
 
 from __future__ import annotations
 
 import math
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 from enum import StrEnum
@@ -217,6 +219,31 @@ class StripeMeter:
         return meter_fit(
             meters.auto_paging_iter(), self.event_name, self.customer_key, self.value_key
         )
+
+    def summary(
+        self,
+        meter_id: str,
+        customer: str,
+        start: int,
+        end: int,
+        spare: threading.Event | None = None,
+    ) -> int | None:
+        """What the meter aggregates for ``customer`` over ``[start, end)`` (Unix seconds,
+        minute-aligned, as Stripe requires): its event summary's ``aggregated_value`` (0 when
+        Stripe lists none), with formula ``last`` the value Stripe bills for those seconds.
+        Eventually consistent: a recent event may not count yet. With ``spare`` (a stop
+        event), the call takes only a spare token of the rate limit (the posts' come first)
+        and None is returned, nothing read, if ``spare`` is set meanwhile. Raises
+        stripe.StripeError."""
+        if spare is None:
+            self.bucket.acquire()
+        elif not self.bucket.acquire_spare(spare):
+            return None
+        page = self.client.v1.billing.meters.event_summaries.list(
+            meter_id, params={"customer": customer, "start_time": start, "end_time": end}
+        )
+        values = [plain(s).get("aggregated_value") or 0 for s in page.data]
+        return round(float(values[0])) if values else 0
 
     def subscriptions(self, customer: str) -> list[Any]:
         """The customer's subscriptions, canceled ones included (newest first), with their

@@ -171,6 +171,11 @@ class EmulatorControl:
         }
         return self._call("POST", "/_emulator/meter_event_stream", body)
 
+    def set_summary_lag(self, seconds: float) -> float:
+        """Make event summaries lag: an event counts in them only ``seconds`` (emulator clock)
+        after it was received (0: at once, the default)."""
+        return float(self._call("POST", "/_emulator/event_summaries", {"lag": seconds})["lag"])
+
     def stats(self) -> Json:
         return self._call("GET", "/_emulator/stats")
 

@@ -333,7 +333,8 @@ class Meters(Customers):
         received_before: float | None = None,
     ) -> int:
         """The meter's formula over the customer's events with ``start <= timestamp < end``
-        (and, with ``received_before``, received before then: an invoice made at that time).
+        (and, with ``received_before``, received before then: an invoice made at that time, or
+        what a lagging summary sees).
 
         ``last`` is the value of the event with the greatest timestamp; among events with the same
         timestamp the one that arrived last wins.
@@ -359,6 +360,11 @@ class Meters(Customers):
         return max(chosen, key=lambda e: (e["timestamp"], e["seq"]))["value"]
 
     def event_summaries(self, mid: str, p: Json) -> list[Json]:
+        """What the meter bills the customer for each window: the same aggregation as the
+        invoices (accepted events only, canceled ones left out; ``last``: the window's latest
+        event). Summaries are eventually consistent: with ``summary_lag`` set (seconds, the
+        control API's ``/_emulator/event_summaries``), events received less than that long
+        ago do not count yet."""
         customer = as_str(p, "customer", required=True)
         start = as_int(p, "start_time", required=True)
         end = as_int(p, "end_time", required=True)
@@ -383,10 +389,15 @@ class Meters(Customers):
                 buckets.append((max(edge, start), min(edge + size, end)))
                 edge += size
         with self.lock:
+            lag = float(getattr(self, "summary_lag", 0.0))
+            seen = self.now() - lag if lag > 0 else None
             has_events = {
                 e["timestamp"]
                 for e in self.events
-                if e["meter"] == mid and e["customer"] == customer and not e["canceled"]
+                if e["meter"] == mid
+                and e["customer"] == customer
+                and not e["canceled"]
+                and (seen is None or e["received_at"] < seen)
             }
         summaries = []
         for b_start, b_end in buckets:
@@ -397,7 +408,7 @@ class Meters(Customers):
                 {
                     "id": "mtrusum_" + digest[:24],
                     "object": "billing.meter_event_summary",
-                    "aggregated_value": self.aggregate(mid, customer, b_start, b_end),
+                    "aggregated_value": self.aggregate(mid, customer, b_start, b_end, seen),
                     "start_time": b_start,
                     "end_time": b_end,
                     "livemode": False,

@@ -148,6 +148,14 @@ def _stats(state: EmulatorState) -> Json:
         }
 
 
+def _summaries(state: EmulatorState, body: Json) -> Json:
+    """Event summaries' lag: events count in them only this many seconds after receipt."""
+    with state.lock:
+        if body.get("lag") is not None:
+            state.summary_lag = max(0.0, float(body["lag"]))
+        return {"lag": state.summary_lag}
+
+
 def _aggregate(state: EmulatorState, q: dict[str, str]) -> Json:
     start, end = float(q["start"]), float(q["end"])
     return {"value": state.aggregate(q["meter"], q["customer"], start, end)}
@@ -173,6 +181,7 @@ CONTROL_ROUTES: list[tuple[str, re.Pattern[str], ControlHandler]] = [
         ("*", r"/meter_event_stream", lambda st, h, q, b, m: st.configure_streams(b)),
         ("*", r"/stats", lambda st, h, q, b, m: _stats(st)),
         ("*", r"/aggregate", lambda st, h, q, b, m: _aggregate(st, q)),
+        ("POST", r"/event_summaries", lambda st, h, q, b, m: _summaries(st, b)),
         ("*", r"/subscriptions/([^/]+)", lambda st, h, q, b, m: st.subscription_state(h[1])),
         (
             "POST",

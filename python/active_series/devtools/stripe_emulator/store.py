@@ -97,6 +97,7 @@ class Store:
             self.concurrency_violations = 0
             self.request_counts: dict[str, int] = {}
             self.stripe_versions: dict[str, int] = {}  # Stripe-Version header -> requests
+            self.summary_lag = 0.0  # seconds before an event counts in event summaries
 
     def now(self) -> float:
         return time.time() + self.clock_offset
