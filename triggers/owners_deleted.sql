@@ -8,7 +8,7 @@ AS $$
 -- triggers active_series_<role>_deleted): the extension's rows of them go too. A testbed's
 -- histories (whose deletion lowers the counts, _testbed_period_deleted); a project's sets
 -- and counts; an organization's periods (their counts with them), billing account, prices,
--- alerts, ledger and relay state. (A project's or organization's testbeds go by their own
+-- alerts, ledger and relay state (the subscription edges and summary reads included). (A project's or organization's testbeds go by their own
 -- trigger: the application deletes them with it, its foreign keys see to that.)
 -- Locks: the rows it deletes.
 BEGIN
@@ -30,6 +30,8 @@ BEGIN
             DELETE FROM active_series._period_watch AS w WHERE w.organization_id = ANY(p_ids);
             DELETE FROM active_series._ledger AS l WHERE l.organization_id = ANY(p_ids);
             DELETE FROM active_series._relay_state AS r WHERE r.organization_id = ANY(p_ids);
+            DELETE FROM active_series._relay_subscription AS r WHERE r.organization_id = ANY(p_ids);
+            DELETE FROM active_series._relay_confirmation AS r WHERE r.organization_id = ANY(p_ids);
     END CASE;
 END;
 $$;

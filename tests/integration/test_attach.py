@@ -102,11 +102,38 @@ def test_the_applications_own_statements_count_exactly(app_conn: Conn) -> None:
     assert_exact(conn, a, b)
     conn.execute("DELETE FROM app.testbeds WHERE tb_id = %s", (a.testbeds[1],))
     assert_exact(conn, a, b)
-    conn.execute("DELETE FROM app.orgs WHERE org_id = %s", (b.id,))
-    assert (
-        app.one(conn, "SELECT count(*) FROM active_series._period WHERE organization_id = %s", b.id)
-        == 0
+    # the relay's rows of an organization go with it, as every other row of the extension's
+    conn.execute(
+        "INSERT INTO active_series._relay_subscription (organization_id, stripe_customer_id)"
+        " VALUES (%s, 'cus_b')",
+        (b.id,),
     )
+    conn.execute(
+        "INSERT INTO active_series._relay_confirmation"
+        " (organization_id, period_start, period_end, stripe_customer_id)"
+        " SELECT organization_id, period_start, period_end, 'cus_b' FROM active_series._period"
+        " WHERE organization_id = %s",
+        (b.id,),
+    )
+    conn.execute("DELETE FROM app.orgs WHERE org_id = %s", (b.id,))
+    keyed = conn.execute(
+        "SELECT c.relname FROM pg_catalog.pg_attribute AS a"
+        " JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid"
+        " WHERE c.relnamespace = 'active_series'::regnamespace AND c.relkind = 'r'"
+        " AND a.attname = 'organization_id' AND NOT a.attisdropped ORDER BY 1"
+    ).fetchall()
+    assert len(keyed) > 10
+    left = {
+        table: conn.execute(
+            sql.SQL("SELECT count(*) FROM active_series.{} WHERE organization_id = %s").format(
+                sql.Identifier(table)
+            ),
+            (b.id,),
+        ).fetchall()[0][0]
+        for (table,) in keyed
+    }
+    # (the outbox's rows of the deletion itself: the relay drops them, _relay_work)
+    assert {table: n for table, n in left.items() if n and table != "_outbox"} == {}
     assert_exact(conn, a)
 
 
