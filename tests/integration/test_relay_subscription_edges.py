@@ -34,6 +34,8 @@ def worker_for(dsn: str, emu: Emulator, log: Path, *extra: str) -> WorkerProcess
         "2",
         "--subscription-recheck",
         "0.5",
+        "--confirm-after",
+        "0.5",
         *extra,
     )
 
