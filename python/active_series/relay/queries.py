@@ -67,42 +67,16 @@ USING unnest(%s::bigint[], %s::bigint[]) AS d (organization_id, max_id)
 WHERE o.organization_id = d.organization_id AND o.id <= d.max_id
 """
 
-# a change to a finalized period: since when its usage differs from what was billed
-NOTE_DRIFT: Final = """
-UPDATE active_series._period AS p
-SET drift_since = CASE
-    WHEN active_series.period_usage(p.organization_id, p.period_start) <> p.billed_value
-        THEN coalesce(p.drift_since, x.first_change)
-END
-FROM (
-    SELECT o.organization_id, o.period_start, min(o.created) AS first_change
-    FROM active_series._outbox AS o
-    WHERE o.organization_id = ANY(%s)
-    GROUP BY o.organization_id, o.period_start
-) AS x
-WHERE
-    p.organization_id = x.organization_id AND p.period_start = x.period_start
-    AND p.finalized_at IS NOT NULL AND p.billed_value IS NOT NULL
-"""
+# the rules of a period's state (_relay_period), each a function of the schema: a change to
+# a finalized period (since when its usage differs from what was billed), closing, and
+# finalizing (Stripe bills what it held; billed NULL: the organization was not billed)
+NOTE_DRIFT: Final = "SELECT active_series._relay_note_drift(%s::bigint[])"
 
-CLOSE_PERIOD: Final = """
-UPDATE active_series._period SET closed_at = clock_timestamp()
-WHERE organization_id = %s AND period_start = %s AND closed_at IS NULL
-"""
+CLOSE_PERIOD: Final = "SELECT active_series._relay_close_period(%s, %s)"
 
-# the invoice is final: Stripe bills what it held (billed NULL: the organization was not
-# billed); a difference from then on shows in billing_drift
-FINALIZE_PERIOD: Final = """
-UPDATE active_series._period AS p
-SET finalized_at = clock_timestamp(),
-    closed_at = coalesce(p.closed_at, clock_timestamp()),
-    billed_value = %(billed)s,
-    drift_since = CASE
-        WHEN %(billed)s <> active_series.period_usage(p.organization_id, p.period_start)
-            THEN clock_timestamp()
-    END
-WHERE p.organization_id = %(org)s AND p.period_start = %(start)s AND p.finalized_at IS NULL
-"""
+FINALIZE_PERIOD: Final = (
+    "SELECT active_series._relay_finalize_period(%(org)s, %(start)s, %(billed)s::bigint)"
+)
 
 STATE_DONE: Final = """
 UPDATE active_series._relay_state AS s
@@ -248,15 +222,8 @@ FROM active_series.current_period(%s)
 # the unfinalized periods that ended at or before the subscription began, and began at or
 # after the previous one ended, finalized without a post (no invoice bills them)
 SKIP_BEFORE_SUBSCRIPTION: Final = """
-UPDATE active_series._period AS p
-SET finalized_at = clock_timestamp(), closed_at = coalesce(p.closed_at, clock_timestamp()),
-    billed_value = NULL, drift_since = NULL
-WHERE
-    p.organization_id = %s AND p.finalized_at IS NULL
-    AND p.period_end <= to_timestamp(%s)
-    AND p.period_start >= coalesce(to_timestamp(%s::float8), '-infinity')
-RETURNING p.period_start, p.period_end,
-    active_series.period_usage(p.organization_id, p.period_start)
+SELECT period_start, period_end, usage
+FROM active_series._relay_finalize_unbilled(%s, to_timestamp(%s), to_timestamp(%s::float8))
 """
 
 SET_BILLING_PERIOD: Final = (
