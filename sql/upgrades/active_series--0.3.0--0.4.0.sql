@@ -6540,7 +6540,13 @@ COMMENT ON COLUMN active_series._relay_period.drift_since IS
 INSERT INTO active_series._relay_period (
     organization_id, period_start, closed_at, finalized_at, billed_value, drift_since
 )
-SELECT p.organization_id, p.period_start, p.closed_at, p.finalized_at, p.billed_value, p.drift_since
+SELECT
+    p.organization_id,
+    p.period_start,
+    p.closed_at,
+    p.finalized_at,
+    p.billed_value,
+    p.drift_since
 FROM active_series._period AS p
 WHERE
     p.closed_at IS NOT NULL OR p.finalized_at IS NOT NULL
@@ -6622,7 +6628,9 @@ WHERE b.stripe_customer_id IS NOT NULL;
 COMMENT ON VIEW active_series.relay_periods IS
 'Per organization with a Stripe customer and recorded billing period: the exact usage, the value Stripe holds for that period per the ledger, whether they agree and Stripe''s event summary confirmed it (in_sync; confirming: not yet read), what the summary held when last read, and when the period was closed.';
 -- ---------------------------------------------------------------- sql/functions/_relay_work.sql
-CREATE OR REPLACE FUNCTION active_series._relay_work(p_grace interval, p_invoice_grace interval)
+CREATE OR REPLACE FUNCTION active_series._relay_work(
+    p_grace interval, p_invoice_grace interval
+)
 RETURNS TABLE (organization_id bigint)
 LANGUAGE plpgsql
 VOLATILE
@@ -6799,7 +6807,9 @@ $$;
 COMMENT ON FUNCTION active_series._relay_plan(bigint[], interval, interval) IS
 'Internal (relay): per organization, every unfinalized period begun so far with its phase, exact usage, the value Stripe holds and the next post''s timestamp.';
 -- ---------------------------------------------------------------- sql/functions/_relay_next_wakeup.sql
-CREATE OR REPLACE FUNCTION active_series._relay_next_wakeup(p_grace interval, p_invoice_grace interval)
+CREATE OR REPLACE FUNCTION active_series._relay_next_wakeup(
+    p_grace interval, p_invoice_grace interval
+)
 RETURNS timestamptz
 LANGUAGE sql
 STABLE

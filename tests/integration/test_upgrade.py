@@ -342,7 +342,8 @@ def test_the_relays_period_state_moves_out_of_the_period_rows_with_its_values(
         assert (
             one(
                 conn,
-                "SELECT count(*) FROM pg_attribute WHERE attrelid = 'active_series._period'::regclass"
+                "SELECT count(*) FROM pg_attribute"
+                " WHERE attrelid = 'active_series._period'::regclass"
                 " AND attname IN ('closed_at', 'finalized_at', 'billed_value', 'drift_since')"
                 " AND NOT attisdropped",
             )
