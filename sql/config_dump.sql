@@ -46,3 +46,11 @@ BEGIN
     END IF;
 END;
 $$;
+-- the relay's period state (sql/tables/relay_period.sql)
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('active_series._relay_period', '');
+    END IF;
+END;
+$$;

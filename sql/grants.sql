@@ -53,8 +53,9 @@ GRANT SELECT, INSERT ON active_series._relay_state TO active_series_worker;
 GRANT UPDATE (
     parked_at, parked_reason, next_attempt_at, attempts, last_event_timestamp, updated_at
 ) ON active_series._relay_state TO active_series_worker;
-GRANT UPDATE (closed_at, finalized_at, billed_value, drift_since) ON active_series._period
-TO active_series_worker;
+-- the relay's period state: read here, written only through the rule functions below
+-- (SECURITY DEFINER): the worker writes no column of _period
+GRANT SELECT ON active_series._relay_period TO active_series_worker;
 -- the subscription's edges the claims respect (ended, scheduled cancellation, item start)
 GRANT SELECT, INSERT, UPDATE ON active_series._relay_subscription
 TO active_series_worker;
@@ -71,6 +72,10 @@ active_series._relay_window(timestamptz, timestamptz),
 active_series._relay_held(text, timestamptz, timestamptz),
 active_series._relay_identifier(text, bigint, bigint),
 active_series._relay_instance(),
+active_series._relay_close_period(bigint, timestamptz),
+active_series._relay_finalize_period(bigint, timestamptz, bigint),
+active_series._relay_finalize_unbilled(bigint, timestamptz, timestamptz),
+active_series._relay_note_drift(bigint[]),
 active_series._require_organization(bigint),
 active_series._organization_rows(),
 active_series._project_rows(),

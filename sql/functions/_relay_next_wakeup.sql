@@ -18,12 +18,16 @@ SELECT least(
     (
         SELECT min(p.period_end) + p_grace
         FROM active_series._period AS p
-        WHERE p.closed_at IS NULL AND p.period_end + p_grace > now()
+        LEFT JOIN active_series._relay_period AS r
+            ON p.organization_id = r.organization_id AND p.period_start = r.period_start
+        WHERE r.closed_at IS NULL AND p.period_end + p_grace > now()
     ),
     (
         SELECT min(p.period_end) + p_invoice_grace
         FROM active_series._period AS p
-        WHERE p.finalized_at IS NULL AND p.period_end + p_invoice_grace > now()
+        LEFT JOIN active_series._relay_period AS r
+            ON p.organization_id = r.organization_id AND p.period_start = r.period_start
+        WHERE r.finalized_at IS NULL AND p.period_end + p_invoice_grace > now()
     ),
     (
         SELECT min(c.due_at)

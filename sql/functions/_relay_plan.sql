@@ -34,11 +34,13 @@ AS $$
 BEGIN
     RETURN QUERY
     WITH periods AS (
-        SELECT p.organization_id, p.period_start, p.period_end, p.closed_at
+        SELECT p.organization_id, p.period_start, p.period_end, r.closed_at
         FROM active_series._period AS p
+        LEFT JOIN active_series._relay_period AS r
+            ON p.organization_id = r.organization_id AND p.period_start = r.period_start
         WHERE
             p.organization_id = ANY(p_organization_ids)
-            AND p.finalized_at IS NULL
+            AND r.finalized_at IS NULL
             AND p.period_start <= clock_timestamp()
         UNION
         SELECT o.id, c.period_start, c.period_end, NULL::timestamptz

@@ -25,10 +25,12 @@ BEGIN
         SELECT l.organization_id FROM active_series._ledger AS l WHERE l.status = 'pending'
         UNION
         SELECT p.organization_id FROM active_series._period AS p
+        LEFT JOIN active_series._relay_period AS r
+            ON p.organization_id = r.organization_id AND p.period_start = r.period_start
         WHERE
-            p.finalized_at IS NULL
+            r.finalized_at IS NULL
             AND (
-                p.closed_at IS NULL AND p.period_end + p_grace <= now()
+                r.closed_at IS NULL AND p.period_end + p_grace <= now()
                 OR p.period_end + p_invoice_grace <= now()
             )
         UNION

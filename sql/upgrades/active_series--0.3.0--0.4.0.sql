@@ -6548,3 +6548,547 @@ END;
 $$;
 COMMENT ON FUNCTION active_series._owners_deleted(text, bigint[]) IS
 'Internal: the extension''s rows of deleted organizations, projects or testbeds go with them.';
+
+-- ================================================================ the relay's period state, in a table of its own
+-- ---------------------------------------------------------------- sql/tables/relay_period.sql
+CREATE TABLE active_series._relay_period (
+    organization_id bigint NOT NULL,
+    period_start timestamptz NOT NULL,
+    closed_at timestamptz,
+    finalized_at timestamptz,
+    billed_value bigint,
+    drift_since timestamptz,
+    PRIMARY KEY (organization_id, period_start),
+    -- the relay's row goes with its period: removed when set_billing_period merges the
+    -- period into another or drops it, kept (same start) when it is split or its end moves
+    FOREIGN KEY (organization_id, period_start)
+    REFERENCES active_series._period (organization_id, period_start)
+    ON DELETE CASCADE ON UPDATE CASCADE,
+    CHECK (finalized_at IS NOT NULL OR (billed_value IS NULL AND drift_since IS NULL))
+);
+COMMENT ON TABLE active_series._relay_period IS
+'Relay bookkeeping per recorded billing period (_period): when it was closed and finalized, what Stripe billed for it and since when its usage differs. Written only by the relay''s rule functions (_relay_close_period, _relay_finalize_period, _relay_finalize_unbilled, _relay_note_drift); a period without a row is neither closed nor finalized.';
+COMMENT ON COLUMN active_series._relay_period.closed_at IS
+'When the relay posted the period''s final value (its end plus the worker''s --grace); changes are still posted after it, until finalized_at.';
+COMMENT ON COLUMN active_series._relay_period.finalized_at IS
+'When the relay stopped posting the period (its end plus the worker''s --invoice-grace: Stripe has finalized the invoice); later differences show in billing_drift.';
+COMMENT ON COLUMN active_series._relay_period.billed_value IS
+'The value Stripe held for the period when it was finalized (NULL: the organization was not billed then).';
+COMMENT ON COLUMN active_series._relay_period.drift_since IS
+'Since when period_usage differs from billed_value (set by the relay at finalization or when it sees a later change).';
+-- what the relay recorded in the columns of _period moves to its own rows
+INSERT INTO active_series._relay_period (
+    organization_id, period_start, closed_at, finalized_at, billed_value, drift_since
+)
+SELECT
+    p.organization_id,
+    p.period_start,
+    p.closed_at,
+    p.finalized_at,
+    p.billed_value,
+    p.drift_since
+FROM active_series._period AS p
+WHERE
+    p.closed_at IS NOT NULL OR p.finalized_at IS NOT NULL
+    OR p.billed_value IS NOT NULL OR p.drift_since IS NOT NULL;
+-- ---------------------------------------------------------------- sql/views/billing_drift.sql
+CREATE OR REPLACE VIEW active_series.billing_drift AS
+WITH finalized AS (
+    SELECT
+        p.organization_id,
+        p.period_start,
+        p.period_end,
+        r.billed_value,
+        coalesce(r.drift_since, r.finalized_at) AS since,
+        (
+            SELECT coalesce(sum(u.series_count), 0)::bigint
+            FROM active_series._billed_usage AS u
+            WHERE u.organization_id = p.organization_id AND u.period_start = p.period_start
+        ) AS period_usage
+    FROM active_series._relay_period AS r
+    INNER JOIN active_series._period AS p
+        ON r.organization_id = p.organization_id AND r.period_start = p.period_start
+    WHERE r.finalized_at IS NOT NULL AND r.billed_value IS NOT NULL
+)
+
+SELECT
+    f.organization_id,
+    f.period_start,
+    f.period_end,
+    f.billed_value AS billed,
+    f.period_usage,
+    f.period_usage - f.billed_value AS difference,
+    f.since
+FROM finalized AS f
+WHERE f.period_usage <> f.billed_value;
+COMMENT ON VIEW active_series.billing_drift IS
+'Finalized billing periods (their invoice grace is over: Stripe bills what it held then) whose exact usage now differs from what was billed: the difference to credit or charge by hand, and since when it exists.';
+-- ---------------------------------------------------------------- sql/views/relay_periods.sql
+CREATE OR REPLACE VIEW active_series.relay_periods AS
+SELECT
+    b.organization_id,
+    b.stripe_customer_id,
+    p.period_start,
+    p.period_end,
+    rp.closed_at,
+    u.period_usage,
+    h.value AS stripe_value,
+    h.status AS stripe_value_status,
+    coalesce(h.value, 0) = u.period_usage AND coalesce(h.status, 'sent') = 'sent'
+    AND (
+        h.value IS NULL
+        OR coalesce(
+            rc.event_timestamp = h.event_timestamp AND rc.stripe_value = rc.ledger_value, FALSE
+        )
+    )
+        AS in_sync,
+    coalesce(
+        h.value = u.period_usage AND h.status = 'sent'
+        AND rc.event_timestamp IS DISTINCT FROM h.event_timestamp,
+        FALSE
+    ) AS confirming,
+    rc.stripe_value AS stripe_summary,
+    rc.read_at AS stripe_summary_at
+FROM active_series.billing_account AS b
+INNER JOIN active_series._period AS p ON b.organization_id = p.organization_id
+CROSS JOIN
+    LATERAL (
+        SELECT coalesce(sum(bu.series_count), 0)::bigint AS period_usage
+        FROM active_series._billed_usage AS bu
+        WHERE bu.organization_id = b.organization_id AND bu.period_start = p.period_start
+    ) AS u
+LEFT JOIN LATERAL active_series._relay_held(
+    b.stripe_customer_id, p.period_start, p.period_end
+) AS h ON TRUE
+LEFT JOIN active_series._relay_confirmation AS rc
+    ON p.organization_id = rc.organization_id AND p.period_start = rc.period_start
+LEFT JOIN active_series._relay_period AS rp
+    ON p.organization_id = rp.organization_id AND p.period_start = rp.period_start
+WHERE b.stripe_customer_id IS NOT NULL;
+COMMENT ON VIEW active_series.relay_periods IS
+'Per organization with a Stripe customer and recorded billing period: the exact usage, the value Stripe holds for that period per the ledger, whether they agree and Stripe''s event summary confirmed it (in_sync; confirming: not yet read), what the summary held when last read, and when the period was closed.';
+-- ---------------------------------------------------------------- sql/functions/_relay_work.sql
+CREATE OR REPLACE FUNCTION active_series._relay_work(
+    p_grace interval, p_invoice_grace interval
+)
+RETURNS TABLE (organization_id bigint)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The organizations the relay has work for now: outbox rows, a pending ledger row
+-- (a post whose outcome is unknown), an unclosed period whose end plus p_grace has
+-- passed, an unfinalized one whose end plus p_invoice_grace has, or a period whose
+-- Stripe event summary is due to be read (_relay_confirmation); not parked, and
+-- not backing off. Drops outbox rows of organizations that no longer exist and creates
+-- missing _relay_state rows (ON CONFLICT DO NOTHING: never waits for a worker holding
+-- one). Locks nothing beyond the rows it writes.
+DECLARE
+    v_candidates bigint[];
+BEGIN
+    DELETE FROM active_series._outbox AS x
+    WHERE NOT EXISTS (
+        SELECT FROM active_series.organization AS o WHERE o.id = x.organization_id
+    );
+
+    v_candidates := ARRAY(
+        SELECT x.organization_id FROM active_series._outbox AS x
+        UNION
+        SELECT l.organization_id FROM active_series._ledger AS l WHERE l.status = 'pending'
+        UNION
+        SELECT p.organization_id FROM active_series._period AS p
+        LEFT JOIN active_series._relay_period AS r
+            ON p.organization_id = r.organization_id AND p.period_start = r.period_start
+        WHERE
+            r.finalized_at IS NULL
+            AND (
+                r.closed_at IS NULL AND p.period_end + p_grace <= now()
+                OR p.period_end + p_invoice_grace <= now()
+            )
+        UNION
+        SELECT c.organization_id FROM active_series._relay_confirmation AS c
+        WHERE c.due_at <= now()
+    );
+
+    INSERT INTO active_series._relay_state (organization_id)
+    SELECT c.id FROM unnest(v_candidates) AS c (id)
+    ON CONFLICT ON CONSTRAINT _relay_state_pkey DO NOTHING;
+
+    RETURN QUERY
+    SELECT c.organization_id
+    FROM unnest(v_candidates) AS c (organization_id)
+    INNER JOIN active_series._relay_state AS s ON c.organization_id = s.organization_id
+    WHERE s.parked_at IS NULL AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= now())
+    ORDER BY s.next_attempt_at NULLS FIRST, c.organization_id;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_work(interval, interval) IS
+'Internal (relay): organizations with work due now (outbox rows, pending posts, periods to close after the grace or to finalize after the invoice grace, Stripe summaries to read), not parked or backing off.';
+-- ---------------------------------------------------------------- sql/functions/_relay_plan.sql
+CREATE OR REPLACE FUNCTION active_series._relay_plan(
+    p_organization_ids bigint[],
+    p_grace interval,
+    p_invoice_grace interval
+)
+RETURNS TABLE (
+    organization_id bigint,
+    period_start timestamptz,
+    period_end timestamptz,
+    phase text,
+    usage bigint,
+    held_value bigint,
+    held_status text,
+    next_timestamp bigint,
+    due_second bigint,
+    first_second bigint,
+    last_second bigint
+)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- What the relay has to look at for each organization (claimed by the caller): every
+-- unfinalized period that has begun, and the current one, oldest first, with its exact
+-- usage, the value Stripe holds for it per the ledger, and the timestamp its next post
+-- would carry with the second it is due (_relay_timestamp). phase: open (running), ended
+-- (within the grace), closing (grace over, not yet closed), closed (final value posted,
+-- corrections still billed), final (the invoice grace is over: to be finalized, never
+-- posted again).
+-- The rules of period_usage, _relay_window and _relay_held are written out here: one
+-- statement for a whole batch rather than three function calls per period (their pinned
+-- search_path keeps them from being inlined); PL/pgSQL for its cached plan (a worker
+-- calls it at every claim). Writes nothing, takes no locks (VOLATILE: it reads the clock).
+BEGIN
+    RETURN QUERY
+    WITH periods AS (
+        SELECT p.organization_id, p.period_start, p.period_end, r.closed_at
+        FROM active_series._period AS p
+        LEFT JOIN active_series._relay_period AS r
+            ON p.organization_id = r.organization_id AND p.period_start = r.period_start
+        WHERE
+            p.organization_id = ANY(p_organization_ids)
+            AND r.finalized_at IS NULL
+            AND p.period_start <= clock_timestamp()
+        UNION
+        SELECT o.id, c.period_start, c.period_end, NULL::timestamptz
+        FROM (
+            -- (only where no recorded period contains now is _period_at called, ~20 µs
+            -- each; OFFSET 0 keeps this filter ahead of the calls)
+            SELECT u.id
+            FROM unnest(p_organization_ids) AS u (id)
+            WHERE NOT EXISTS (
+                SELECT FROM active_series._period AS q
+                WHERE
+                    q.organization_id = u.id
+                    AND q.period_start <= clock_timestamp()
+                    AND q.period_end > clock_timestamp()
+            )
+            OFFSET 0
+        ) AS o
+        CROSS JOIN LATERAL active_series._period_at(o.id, clock_timestamp()) AS c
+        WHERE NOT EXISTS (
+            SELECT FROM active_series._period AS q
+            WHERE q.organization_id = o.id AND q.period_start = c.period_start
+        )
+    ),
+
+    windows AS (
+        SELECT
+            p.*,
+            ceil(extract(EPOCH FROM p.period_start))::bigint AS first_second,
+            ceil(extract(EPOCH FROM p.period_end))::bigint - 1 AS last_second
+        FROM periods AS p
+    )
+
+    SELECT
+        w.organization_id,
+        w.period_start,
+        w.period_end,
+        CASE
+            WHEN clock_timestamp() < w.period_end THEN 'open'
+            WHEN w.period_end + p_invoice_grace <= clock_timestamp() THEN 'final'
+            WHEN w.closed_at IS NOT NULL THEN 'closed'
+            WHEN w.period_end + p_grace <= clock_timestamp() THEN 'closing'
+            ELSE 'ended'
+        END,
+        (
+            SELECT coalesce(sum(u.series_count), 0)::bigint
+            FROM active_series._billed_usage AS u
+            WHERE u.organization_id = w.organization_id AND u.period_start = w.period_start
+        ),
+        h.value,
+        h.status,
+        t.event_timestamp,
+        t.due_second,
+        w.first_second,
+        w.last_second
+    FROM windows AS w
+    LEFT JOIN active_series.billing_account AS b ON w.organization_id = b.organization_id
+    LEFT JOIN LATERAL (
+        SELECT
+            l.value,
+            l.status,
+            l.event_timestamp
+        FROM active_series._ledger AS l
+        WHERE
+            l.stripe_customer_id = b.stripe_customer_id
+            AND l.status <> 'failed'
+            AND l.event_timestamp BETWEEN w.first_second AND w.last_second
+        ORDER BY l.event_timestamp DESC
+        LIMIT 1
+    ) AS h ON TRUE
+    CROSS JOIN LATERAL active_series._relay_timestamp(
+        h.event_timestamp, w.first_second, w.last_second,
+        floor(extract(EPOCH FROM clock_timestamp()))::bigint
+    ) AS t
+    ORDER BY w.organization_id, w.period_start;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_plan(bigint[], interval, interval) IS
+'Internal (relay): per organization, every unfinalized period begun so far with its phase, exact usage, the value Stripe holds and the next post''s timestamp.';
+-- ---------------------------------------------------------------- sql/functions/_relay_next_wakeup.sql
+CREATE OR REPLACE FUNCTION active_series._relay_next_wakeup(
+    p_grace interval, p_invoice_grace interval
+)
+RETURNS timestamptz
+LANGUAGE sql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- When the relay next has work that no notification will announce: the earliest retry
+-- of an organization backing off, the earliest end plus grace of an unclosed period, the
+-- earliest end plus invoice grace of an unfinalized one, or the earliest read of a Stripe
+-- event summary (_relay_confirmation). Only future times: what is
+-- due now is found by _relay_work. NULL: nothing scheduled. Takes no locks.
+SELECT least(
+    (
+        SELECT min(s.next_attempt_at)
+        FROM active_series._relay_state AS s
+        WHERE s.parked_at IS NULL AND s.next_attempt_at > now()
+    ),
+    (
+        SELECT min(p.period_end) + p_grace
+        FROM active_series._period AS p
+        LEFT JOIN active_series._relay_period AS r
+            ON p.organization_id = r.organization_id AND p.period_start = r.period_start
+        WHERE r.closed_at IS NULL AND p.period_end + p_grace > now()
+    ),
+    (
+        SELECT min(p.period_end) + p_invoice_grace
+        FROM active_series._period AS p
+        LEFT JOIN active_series._relay_period AS r
+            ON p.organization_id = r.organization_id AND p.period_start = r.period_start
+        WHERE r.finalized_at IS NULL AND p.period_end + p_invoice_grace > now()
+    ),
+    (
+        SELECT min(c.due_at)
+        FROM active_series._relay_confirmation AS c
+        WHERE c.due_at > now()
+    )
+);
+$$;
+COMMENT ON FUNCTION active_series._relay_next_wakeup(interval, interval) IS
+'Internal (relay): the next time the relay has scheduled work (a retry, a period to close or to finalize, a Stripe summary to read), NULL if none.';
+-- ---------------------------------------------------------------- sql/tables/period.sql
+-- (the CHECK on finalized_at, billed_value and drift_since goes with them; _relay_period has it)
+ALTER TABLE active_series._period
+DROP COLUMN closed_at,
+DROP COLUMN finalized_at,
+DROP COLUMN billed_value,
+DROP COLUMN drift_since;
+COMMENT ON TABLE active_series._period IS
+'Every billing period an organization has had (with activity, or set by set_billing_period); periods of one organization never overlap. What the relay did with a period is the relay''s (_relay_period).';
+-- ---------------------------------------------------------------- sql/functions/_relay_close_period.sql
+CREATE FUNCTION active_series._relay_close_period(
+    p_organization_id bigint,
+    p_period_start timestamptz
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: a period is closed once its final value is posted (or cannot be) after its end
+-- plus the worker's --grace; it is closed once, and a closed period's changes are still
+-- posted until it is finalized. A period no longer recorded (set_billing_period merged or
+-- dropped it meanwhile) is left alone.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the relay's period state through these rules only, never the table itself.
+BEGIN
+    INSERT INTO active_series._relay_period AS r (organization_id, period_start, closed_at)
+    SELECT p.organization_id, p.period_start, clock_timestamp()
+    FROM active_series._period AS p
+    WHERE p.organization_id = p_organization_id AND p.period_start = p_period_start
+    ON CONFLICT ON CONSTRAINT _relay_period_pkey DO UPDATE
+    SET closed_at = excluded.closed_at
+    WHERE r.closed_at IS NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_close_period(bigint, timestamptz) IS
+'Internal (relay): close a recorded period (its final value is posted); once.';
+-- ---------------------------------------------------------------- sql/functions/_relay_finalize_period.sql
+CREATE FUNCTION active_series._relay_finalize_period(
+    p_organization_id bigint,
+    p_period_start timestamptz,
+    p_billed bigint
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: once the invoice is final (the period's end plus the worker's --invoice-grace,
+-- or the subscription ended within it) the period is finalized, closed too if it was not,
+-- and nothing is posted for it again. p_billed is what Stripe held for it (NULL: the
+-- organization was not billed); a difference from the period's usage is drift from now on
+-- (billing_drift). Once; a period no longer recorded is left alone.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the relay's period state through these rules only, never the table itself.
+BEGIN
+    INSERT INTO active_series._relay_period AS r (
+        organization_id, period_start, closed_at, finalized_at, billed_value, drift_since
+    )
+    SELECT
+        p.organization_id,
+        p.period_start,
+        clock_timestamp(),
+        clock_timestamp(),
+        p_billed,
+        CASE
+            WHEN p_billed <> active_series.period_usage(p.organization_id, p.period_start)
+                THEN clock_timestamp()
+        END
+    FROM active_series._period AS p
+    WHERE p.organization_id = p_organization_id AND p.period_start = p_period_start
+    ON CONFLICT ON CONSTRAINT _relay_period_pkey DO UPDATE
+    SET
+        closed_at = coalesce(r.closed_at, excluded.closed_at),
+        finalized_at = excluded.finalized_at,
+        billed_value = excluded.billed_value,
+        drift_since = excluded.drift_since
+    WHERE r.finalized_at IS NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_finalize_period(bigint, timestamptz, bigint) IS
+'Internal (relay): finalize a recorded period with what Stripe billed for it (NULL: not billed); once, never posted again.';
+-- ---------------------------------------------------------------- sql/functions/_relay_finalize_unbilled.sql
+CREATE FUNCTION active_series._relay_finalize_unbilled(
+    p_organization_id bigint,
+    p_before timestamptz,
+    p_after timestamptz
+)
+RETURNS TABLE (period_start timestamptz, period_end timestamptz, usage bigint)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: no invoice bills a period that ended at or before p_before (a subscription's
+-- start, or the end of its trial) and began at or after p_after (the end of an earlier
+-- subscription, or the trial's start; NULL: no bound): each unfinalized one is finalized
+-- unbilled (billed_value NULL, no drift) without a post. Returns those periods with their
+-- usage.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the relay's period state through these rules only, never the table itself.
+BEGIN
+    RETURN QUERY
+    WITH due AS (
+        SELECT p.organization_id, p.period_start, p.period_end
+        FROM active_series._period AS p
+        LEFT JOIN active_series._relay_period AS q
+            ON p.organization_id = q.organization_id AND p.period_start = q.period_start
+        WHERE
+            p.organization_id = p_organization_id
+            AND q.finalized_at IS NULL
+            AND p.period_end <= p_before
+            AND p.period_start >= coalesce(p_after, '-infinity')
+    ),
+
+    done AS (
+        INSERT INTO active_series._relay_period AS r (
+            organization_id, period_start, closed_at, finalized_at
+        )
+        SELECT d.organization_id, d.period_start, clock_timestamp(), clock_timestamp()
+        FROM due AS d
+        ON CONFLICT ON CONSTRAINT _relay_period_pkey DO UPDATE
+        SET
+            closed_at = coalesce(r.closed_at, excluded.closed_at),
+            finalized_at = excluded.finalized_at,
+            billed_value = NULL,
+            drift_since = NULL
+        WHERE r.finalized_at IS NULL
+        RETURNING r.organization_id, r.period_start
+    )
+
+    SELECT
+        d.period_start,
+        d.period_end,
+        active_series.period_usage(d.organization_id, d.period_start)
+    FROM done AS f
+    INNER JOIN due AS d
+        ON f.organization_id = d.organization_id AND f.period_start = d.period_start
+    ORDER BY d.period_start;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_finalize_unbilled(bigint, timestamptz, timestamptz) IS
+'Internal (relay): finalize unbilled, without a post, the periods no invoice bills (ended by a subscription''s start or its trial''s end, begun after the previous bound); returns them with their usage.';
+-- ---------------------------------------------------------------- sql/functions/_relay_note_drift.sql
+CREATE FUNCTION active_series._relay_note_drift(p_organization_ids bigint[])
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: a change (an outbox row) to a billed, finalized period is not posted; the
+-- period drifts from the first change after which its usage differs from what was billed
+-- (drift_since, kept while it differs), and stops drifting when its usage is back to it.
+-- Called by the claim before it deletes the outbox rows it relayed, for its organizations.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the relay's period state through these rules only, never the table itself.
+BEGIN
+    UPDATE active_series._relay_period AS r
+    SET drift_since = CASE
+        WHEN active_series.period_usage(r.organization_id, r.period_start) <> r.billed_value
+            THEN coalesce(r.drift_since, x.first_change)
+    END
+    FROM (
+        SELECT o.organization_id, o.period_start, min(o.created) AS first_change
+        FROM active_series._outbox AS o
+        WHERE o.organization_id = ANY(p_organization_ids)
+        GROUP BY o.organization_id, o.period_start
+    ) AS x
+    WHERE
+        r.organization_id = x.organization_id AND r.period_start = x.period_start
+        AND r.finalized_at IS NOT NULL AND r.billed_value IS NOT NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_note_drift(bigint[]) IS
+'Internal (relay): note since when each finalized, billed period of the organizations given differs from what was billed, after changes in the outbox.';
+-- ---------------------------------------------------------------- sql/grants.sql
+-- (the worker's UPDATE of _period's columns went with them)
+GRANT SELECT ON active_series._relay_period TO active_series_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON active_series._relay_period TO active_series_admin;
+REVOKE EXECUTE ON FUNCTION
+active_series._relay_close_period(bigint, timestamptz),
+active_series._relay_finalize_period(bigint, timestamptz, bigint),
+active_series._relay_finalize_unbilled(bigint, timestamptz, timestamptz),
+active_series._relay_note_drift(bigint[])
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION
+active_series._relay_close_period(bigint, timestamptz),
+active_series._relay_finalize_period(bigint, timestamptz, bigint),
+active_series._relay_finalize_unbilled(bigint, timestamptz, timestamptz),
+active_series._relay_note_drift(bigint[])
+TO active_series_worker, active_series_admin;
+-- ---------------------------------------------------------------- sql/config_dump.sql
+-- the relay's period state (sql/tables/relay_period.sql)
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_extension AS e WHERE e.extname = 'active_series') THEN
+        PERFORM pg_catalog.pg_extension_config_dump('active_series._relay_period', '');
+    END IF;
+END;
+$$;

@@ -4,15 +4,17 @@ WITH finalized AS (
         p.organization_id,
         p.period_start,
         p.period_end,
-        p.billed_value,
-        coalesce(p.drift_since, p.finalized_at) AS since,
+        r.billed_value,
+        coalesce(r.drift_since, r.finalized_at) AS since,
         (
             SELECT coalesce(sum(u.series_count), 0)::bigint
             FROM active_series._billed_usage AS u
             WHERE u.organization_id = p.organization_id AND u.period_start = p.period_start
         ) AS period_usage
-    FROM active_series._period AS p
-    WHERE p.finalized_at IS NOT NULL AND p.billed_value IS NOT NULL
+    FROM active_series._relay_period AS r
+    INNER JOIN active_series._period AS p
+        ON r.organization_id = p.organization_id AND r.period_start = p.period_start
+    WHERE r.finalized_at IS NOT NULL AND r.billed_value IS NOT NULL
 )
 
 SELECT

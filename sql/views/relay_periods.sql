@@ -4,7 +4,7 @@ SELECT
     b.stripe_customer_id,
     p.period_start,
     p.period_end,
-    p.closed_at,
+    rp.closed_at,
     u.period_usage,
     h.value AS stripe_value,
     h.status AS stripe_value_status,
@@ -36,6 +36,8 @@ LEFT JOIN LATERAL active_series._relay_held(
 ) AS h ON TRUE
 LEFT JOIN active_series._relay_confirmation AS rc
     ON p.organization_id = rc.organization_id AND p.period_start = rc.period_start
+LEFT JOIN active_series._relay_period AS rp
+    ON p.organization_id = rp.organization_id AND p.period_start = rp.period_start
 WHERE b.stripe_customer_id IS NOT NULL;
 COMMENT ON VIEW active_series.relay_periods IS
 'Per organization with a Stripe customer and recorded billing period: the exact usage, the value Stripe holds for that period per the ledger, whether they agree and Stripe''s event summary confirmed it (in_sync; confirming: not yet read), what the summary held when last read, and when the period was closed.';

@@ -299,8 +299,10 @@ class Cancellation:
         row = conn.execute(
             "SELECT finalized_at IS NOT NULL, billed_value,"
             " active_series.period_usage(organization_id, period_start)"
-            " FROM active_series._period WHERE organization_id = %s"
-            " AND period_start < to_timestamp(%s) AND period_end >= to_timestamp(%s)",
+            " FROM active_series._period"
+            " NATURAL LEFT JOIN active_series._relay_period"
+            " WHERE organization_id = %s AND period_start < to_timestamp(%s)"
+            " AND period_end >= to_timestamp(%s)",
             (self.org.id, self.cancel_at, self.cancel_at),
         ).fetchone()
         assert row is not None and row[:2] == (True, self.usage_before)

@@ -146,6 +146,11 @@ def test_a_restored_dump_is_identical_and_goes_on_exactly(
         for k, month in enumerate((8, 9, 10)):
             m.ingest(conn, free, k, oracle.utc(2026, month, 3))
         conn.execute("RESET active_series.allow_explicit_created")
+        # a finalized period with the value billed (the worker finalizes the others, unbilled)
+        conn.execute(
+            "SELECT active_series._relay_finalize_period(%s, %s, 1)",
+            (free.id, oracle.utc(2026, 8)),
+        )
         for k in range(3):
             m.ingest(conn, billed, k)
         worker = WorkerProcess(source, emu.url, tmp_path / "source.log", "--poll-interval", "0.2")
@@ -155,6 +160,9 @@ def test_a_restored_dump_is_identical_and_goes_on_exactly(
         assert conn.execute("SELECT count(*) FROM active_series._outbox").fetchone() != (0,)
         assert conn.execute("SELECT count(*) FROM active_series._ledger").fetchone() != (0,)
         assert conn.execute("SELECT count(*) FROM active_series._alert").fetchone() != (0,)
+        assert conn.execute(
+            "SELECT count(billed_value), count(finalized_at) FROM active_series._relay_period"
+        ).fetchone() == (1, 3)
 
     dump = tmp_path / ("db.dump" if fmt == "custom" else "db.sql")
     subprocess.run(

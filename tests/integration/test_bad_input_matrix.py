@@ -661,6 +661,7 @@ def test_s13_a_backdated_period_stripe_no_longer_accepts_is_reported_not_retried
                 and one(
                     conn,
                     "SELECT count(*) FROM active_series._period"
+                    " NATURAL LEFT JOIN active_series._relay_period"
                     " WHERE closed_at IS NULL AND period_end < now()",
                 )
                 == 0

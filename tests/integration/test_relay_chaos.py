@@ -133,6 +133,7 @@ def correct_a_closed_period(dsn: str, org: Any, invoice_grace: float) -> None:
         while True:
             row = conn.execute(
                 "SELECT period_start FROM active_series._period"
+                " NATURAL LEFT JOIN active_series._relay_period"
                 " WHERE organization_id = %s AND closed_at IS NOT NULL AND finalized_at IS NULL"
                 " AND period_end + make_interval(secs => %s) > clock_timestamp()"
                 " ORDER BY period_start DESC LIMIT 1",
@@ -164,7 +165,9 @@ def billing_mismatches(conn, emu: Emulator, billed: dict[int, str]) -> list[Any]
         for start, end, usage, billed_value, final in conn.execute(
             "SELECT period_start, period_end, active_series.period_usage(organization_id,"
             " period_start), billed_value, finalized_at IS NOT NULL"
-            " FROM active_series._period WHERE organization_id = %s",
+            " FROM active_series._period"
+            " NATURAL LEFT JOIN active_series._relay_period"
+            " WHERE organization_id = %s",
             (org,),
         ).fetchall():
             got = emu.last_value(customer, start, end)
@@ -194,7 +197,9 @@ def billing_mismatches(conn, emu: Emulator, billed: dict[int, str]) -> list[Any]
 
 def unclosed_ended(conn, grace: float) -> int:
     return conn.execute(
-        "SELECT count(*) FROM active_series._period WHERE closed_at IS NULL"
+        "SELECT count(*) FROM active_series._period"
+        " NATURAL LEFT JOIN active_series._relay_period"
+        " WHERE closed_at IS NULL"
         " AND period_end + make_interval(secs => %s) < clock_timestamp()",
         (grace,),
     ).fetchone()[0]
@@ -313,12 +318,12 @@ def run_chaos(dsn, pg_cluster, emu: Emulator, tmp_path: Path, seconds: float, ap
             closed, final, drift = conn.execute(
                 "SELECT count(closed_at), count(finalized_at),"
                 " (SELECT count(*) FROM active_series.billing_drift)"
-                " FROM active_series._period"
+                " FROM active_series._relay_period"
             ).fetchone()
             # posts for periods already closed: corrections inside the invoice grace
             corrected = conn.execute(
                 "SELECT count(*) FROM active_series._ledger AS l"
-                " INNER JOIN active_series._period AS p USING (organization_id, period_start)"
+                " INNER JOIN active_series._relay_period AS p USING (organization_id, period_start)"
                 " WHERE l.status = 'sent' AND l.created > p.closed_at"
             ).fetchone()[0]
             assert_increasing_timestamps(emu, billing_periods(conn, billed))

@@ -65,7 +65,7 @@ def test_every_customer_period_ends_equal_to_period_usage(
     assert customers <= set(billed.values())
     # past periods of b are closed, and their final values arrived
     closed = conn.execute(
-        "SELECT count(*) FROM active_series._period WHERE organization_id = %s"
+        "SELECT count(*) FROM active_series._relay_period WHERE organization_id = %s"
         " AND closed_at IS NOT NULL",
         (b.id,),
     ).fetchone()[0]

@@ -286,7 +286,7 @@ def check_failover(
         assert run.canceled is not None
         run.canceled.assert_billed_up_to_its_end(conn, emu)
         closed = conn.execute(
-            "SELECT count(*) FROM active_series._period WHERE closed_at IS NOT NULL"
+            "SELECT count(*) FROM active_series._relay_period WHERE closed_at IS NOT NULL"
         ).fetchone()[0]
         assert_increasing_timestamps(emu, billing_periods(conn, billed))
     assert_one_call_per_customer(emu)

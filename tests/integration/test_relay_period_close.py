@@ -74,7 +74,7 @@ def test_the_final_value_arrives_after_the_period_when_its_last_post_failed(
         wait_until(lambda: emu.last_value(cus, start, end) == 2, 30, "the final value")
         closed = wait_until(
             lambda: conn.execute(
-                "SELECT closed_at FROM active_series._period"
+                "SELECT closed_at FROM active_series._relay_period"
                 " WHERE organization_id = %s AND period_start = %s",
                 (org.id, start),
             ).fetchone()[0],

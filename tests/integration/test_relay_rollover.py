@@ -48,7 +48,9 @@ def usage(conn: psycopg.Connection[Any], org: int, start: dt.datetime) -> int:
 
 def period_row(conn: psycopg.Connection[Any], org: int, start: dt.datetime) -> tuple[Any, ...]:
     row = conn.execute(
-        "SELECT closed_at, finalized_at, billed_value FROM active_series._period"
+        "SELECT closed_at, finalized_at, billed_value"
+        " FROM active_series._period"
+        " NATURAL LEFT JOIN active_series._relay_period"
         " WHERE organization_id = %s AND period_start = %s",
         (org, start),
     ).fetchone()

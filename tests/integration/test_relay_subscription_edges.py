@@ -64,7 +64,9 @@ def stub_period(conn: psycopg.Connection[Any], org: int, before: dt.datetime) ->
     row = conn.execute(
         "SELECT period_start, period_end, finalized_at, billed_value,"
         " active_series.period_usage(organization_id, period_start)"
-        " FROM active_series._period WHERE organization_id = %s AND period_end <= %s"
+        " FROM active_series._period"
+        " NATURAL LEFT JOIN active_series._relay_period"
+        " WHERE organization_id = %s AND period_end <= %s"
         " ORDER BY period_start DESC LIMIT 1",
         (org, before),
     ).fetchone()
@@ -472,7 +474,7 @@ def finalized(conn: psycopg.Connection[Any], org: int, since: Any) -> list[tuple
     return [
         tuple(r)
         for r in conn.execute(
-            "SELECT period_start, billed_value FROM active_series._period"
+            "SELECT period_start, billed_value FROM active_series._relay_period"
             " WHERE organization_id = %s AND finalized_at IS NOT NULL AND period_start >= %s"
             " ORDER BY period_start",
             (org, since),
@@ -556,7 +558,9 @@ def test_a_trial_is_live_unbilled_and_the_count_after_it_is_the_new_period_s(
     trial = conn.execute(
         "SELECT finalized_at IS NOT NULL, billed_value,"
         " active_series.period_usage(organization_id, period_start)"
-        " FROM active_series._period WHERE organization_id = %s AND period_end = %s",
+        " FROM active_series._period"
+        " NATURAL LEFT JOIN active_series._relay_period"
+        " WHERE organization_id = %s AND period_end = %s",
         (org.id, dt.datetime.fromtimestamp(trial_end, dt.UTC)),
     ).fetchone()
     assert trial == (True, None, 3)  # not billed: no drift either

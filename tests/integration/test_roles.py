@@ -80,6 +80,11 @@ DEFINER_FUNCTIONS = {
     "_flush_pending()",
     "_testbed_period_deleted()",
     "set_billing_period(bigint,timestamp with time zone,timestamp with time zone)",
+    # the relay's rules for a period's state: the worker writes _relay_period only through them
+    "_relay_close_period(bigint,timestamp with time zone)",
+    "_relay_finalize_period(bigint,timestamp with time zone,bigint)",
+    "_relay_finalize_unbilled(bigint,timestamp with time zone,timestamp with time zone)",
+    "_relay_note_drift(bigint[])",
     # the read API of active_series_reader
     "period_usage(bigint,timestamp with time zone)",
     "periods(bigint)",
@@ -515,7 +520,7 @@ def test_a_worker_cannot_ingest_write_history_or_call_admin_functions(conn, as_r
 # --- the worker, end to end -----------------------------------------------------------------
 
 CLOSED = (
-    "SELECT count(*) FROM active_series._period WHERE organization_id = %s"
+    "SELECT count(*) FROM active_series._relay_period WHERE organization_id = %s"
     " AND closed_at IS NOT NULL"
 )
 PARKED = (

@@ -290,6 +290,67 @@ def test_concurrent_upgrades_run_once(old: str, new_empty_db: Callable[[], str])
     assert differences(dsn_snapshot(upgraded), dsn_snapshot(reference)) == []
 
 
+def test_the_relays_period_state_moves_out_of_the_period_rows_with_its_values(
+    mode: str, new_empty_db: Callable[[], str]
+) -> None:
+    """0.3.0 kept what the relay did with a period in columns of _period; 0.4.0 keeps it in
+    _relay_period: the upgrade carries closed, finalized (billed or not) and drifting
+    periods over exactly, and the views read them as before."""
+    upgraded = new_empty_db()
+    install_old(upgraded, "0.3.0", mode)
+    at = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    with psycopg.connect(upgraded, autocommit=True) as conn:
+        org = make_org(conn, "billed")
+        bill(conn, org.id, "cus_upgraded")
+        allow_explicit_created(conn)
+        for k, month in enumerate((1, 2, 3, 4)):
+            when = dt.datetime(2026, month, 3, tzinfo=dt.UTC)
+            ingest(conn, org, org.testbeds[0], series(org, 0, k + 1), when)
+        months = [dt.datetime(2026, m, 1, tzinfo=dt.UTC) for m in (1, 2, 3, 4)]
+        values = [
+            # (closed, finalized, billed, drift since)
+            (at, at, 1, None),  # finalized as billed
+            (at, at + dt.timedelta(hours=1), 5, at + dt.timedelta(hours=2)),  # drifting
+            (at, at, None, None),  # finalized unbilled
+        ]
+        for start, (closed, final, billed, drift) in zip(months, values, strict=False):
+            conn.execute(
+                "UPDATE active_series._period SET closed_at = %s, finalized_at = %s,"
+                " billed_value = %s, drift_since = %s"
+                " WHERE organization_id = %s AND period_start = %s",
+                (closed, final, billed, drift, org.id, start),
+            )
+        conn.execute(
+            "UPDATE active_series._period SET closed_at = %s"
+            " WHERE organization_id = %s AND period_start = %s",
+            (at, org.id, months[3]),
+        )
+        drift_before = conn.execute("SELECT * FROM active_series.billing_drift").fetchall()
+        assert len(drift_before) == 1
+
+    assert install(upgraded) == __version__
+    with psycopg.connect(upgraded, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT period_start, closed_at, finalized_at, billed_value, drift_since"
+            " FROM active_series._relay_period WHERE organization_id = %s ORDER BY 1",
+            (org.id,),
+        ).fetchall()
+        assert rows == [
+            (start, *v) for start, v in zip(months, [*values, (at, None, None, None)], strict=True)
+        ]
+        assert conn.execute("SELECT * FROM active_series.billing_drift").fetchall() == drift_before
+        assert (
+            one(
+                conn,
+                "SELECT count(*) FROM pg_attribute"
+                " WHERE attrelid = 'active_series._period'::regclass"
+                " AND attname IN ('closed_at', 'finalized_at', 'billed_value', 'drift_since')"
+                " AND NOT attisdropped",
+            )
+            == 0
+        )
+
+
 def test_install_never_downgrades(dsn: str) -> None:
     for old in RELEASES:
         with pytest.raises(

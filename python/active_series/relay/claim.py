@@ -46,6 +46,7 @@ from typing import Any
 
 import psycopg
 import stripe
+from psycopg.rows import class_row
 
 from active_series.install import check_version
 from active_series.ratelimit import backoff
@@ -77,6 +78,7 @@ from active_series.relay.posting import (
     by_org,
     pack,
 )
+from active_series.relay.rows import Gauges, PendingPost, Refused
 from active_series.relay.stripe_api import MeterError, Outcome, classify
 
 __all__ = ["ClaimOutcome", "Relay", "Stopping"]
@@ -208,12 +210,12 @@ class Relay(SummaryReads):
         return handled
 
     def update_gauges(self) -> None:
-        row = self.ledger.execute(q.GAUGES).fetchone()
+        row = self.ledger.cursor(row_factory=class_row(Gauges)).execute(q.GAUGES).fetchone()
         if row:
-            self.metrics.outbox_depth.set(row[0])
-            self.metrics.oldest_change_age.set(row[1] or 0.0)
-            self.metrics.parked.set(row[2])
-            self.metrics.drift.set(row[3])
+            self.metrics.outbox_depth.set(row.outbox_depth)
+            self.metrics.oldest_change_age.set(row.oldest_change_age or 0.0)
+            self.metrics.parked.set(row.parked)
+            self.metrics.drift.set(row.drift)
 
     def next_wakeup(self) -> float | None:
         graces = (self.cfg.grace, self.cfg.invoice_grace)
@@ -244,24 +246,27 @@ class Relay(SummaryReads):
         if not refusals:
             return
         keys = sorted({r.key for r in refusals if r.key})
-        posts = [
-            SentPost(key, org, ident, cus, int(ts), float(at))
-            for key, org, ident, cus, ts, at in self.ledger.execute(q.ATTEMPTS_POSTS, (keys,))
-        ]
+        posts = (
+            self.ledger.cursor(row_factory=class_row(SentPost))
+            .execute(q.ATTEMPTS_POSTS, (keys,))
+            .fetchall()
+        )
         for key in sorted(set(keys) - {p.key for p in posts}):
             code = next(r.code for r in refusals if r.key == key)
             self.log("info", "refusal_unmatched", key=key, code=code)
         refused = self.poster.refused_posts(refusals, posts)
         if not refused:
             return
-        rows = self.ledger.execute(
-            q.LEDGER_REFUSED_LATER, ([i for i, _ in refused], [r for _, r in refused])
-        ).fetchall()
+        rows = (
+            self.ledger.cursor(row_factory=class_row(Refused))
+            .execute(q.LEDGER_REFUSED_LATER, ([i for i, _ in refused], [r for _, r in refused]))
+            .fetchall()
+        )
         self.claims += 1
-        if rows and not self.meter_still_fits(rows[0][0], rows[0][2]):
+        if rows and not self.meter_still_fits(rows[0].org, rows[0].reason):
             return  # the meter could not be read: not parked (posted again at their next change)
         parked: set[int] = set()
-        for org, ident, reason in rows:
+        for org, ident, reason in ((r.org, r.identifier, r.reason) for r in rows):
             self.log("error", "refused_later", org=org, identifier=ident, reason=reason)
             if org not in parked:
                 parked.add(org)
@@ -287,8 +292,8 @@ class Relay(SummaryReads):
     ) -> dict[int, ClaimOutcome]:
         with conn.transaction():
             claims = {
-                org: Claim(org, cus, billed, max_id, oldest)
-                for org, cus, billed, max_id, oldest in conn.execute(q.CLAIM, (orgs,))
+                c.org: c
+                for c in conn.cursor(row_factory=class_row(Claim)).execute(q.CLAIM, (orgs,))
             }
             if not claims:
                 return {}
@@ -300,14 +305,10 @@ class Relay(SummaryReads):
             # the subscriptions' recorded edges, whichever worker read them last
             self.poster.load_edges(self.ledger, billed)
             plan: dict[int, list[Period]] = defaultdict(list)
-            rows = conn.execute(q.PLAN, (list(claims), self.cfg.grace, self.cfg.invoice_grace))
-            for row in rows.fetchall():
-                org, start, end, phase, usage, held, status, ts, due, first, last, now = row
-                period = Period(
-                    org, start, end, phase, int(usage), int(held or 0), status,
-                    None if ts is None else int(ts), None if due is None else int(due),
-                    int(first), int(last), int(now),
-                )  # fmt: skip
+            rows = conn.cursor(row_factory=class_row(Period)).execute(
+                q.PLAN, (list(claims), self.cfg.grace, self.cfg.invoice_grace)
+            )
+            for period in rows.fetchall():
                 plan[period.org].append(period)
             self.poster.finalize_before_start(conn, claims, plan)
             self.poster.bill_windows(self.ledger, claims, plan)
@@ -335,27 +336,34 @@ class Relay(SummaryReads):
     ) -> None:
         """Step 2: resend the posts whose outcome is unknown, whatever the organization's
         plan is now; an organization whose resend fails goes no further in this claim."""
-        rows = conn.execute(q.PENDING_POSTS, (list(claims),)).fetchall()
+        rows = (
+            conn.cursor(row_factory=class_row(PendingPost))
+            .execute(q.PENDING_POSTS, (list(claims),))
+            .fetchall()
+        )
         if not rows:
             return
         # a call of a worker whose claim a promotion or a restart took (it may be alive) may
         # still be in flight: its organization waits for that call's deadline
         busy: dict[int, float] = {}
-        for org, *_, until in rows:
+        for row in rows:
+            until = row.in_flight_until
             if until is not None:
-                busy[org] = max(until, busy.get(org, until))
+                busy[row.org] = max(until, busy.get(row.org, until))
         if busy:
             conn.execute(q.STATE_DEFER_UNTIL, (list(busy), [math.ceil(t) for t in busy.values()]))
             for org, until in busy.items():
                 outcomes[org] = ClaimOutcome.DEFERRED
                 self.log("info", "call_in_flight_elsewhere", org=org, until=until)
-        resend = [row[:5] for row in rows if row[0] not in busy]
+        resend = [row for row in rows if row.org not in busy]
         if not resend:
             return
-        deadlines = self._leases([org for org, *_ in resend], [ident for *_, ident in resend])
+        deadlines = self._leases([r.org for r in resend], [r.identifier for r in resend])
         calls = [
-            Call(org, cus, value, ts, ident, deadlines[org], resend=True)
-            for org, cus, value, ts, ident in resend
+            Call(
+                r.org, r.customer, r.value, r.timestamp, r.identifier, deadlines[r.org], resend=True
+            )
+            for r in resend
         ]
         results = self.poster.post(calls)
         self._record(conn, results)

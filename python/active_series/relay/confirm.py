@@ -24,12 +24,14 @@ from typing import Any
 
 import psycopg
 import stripe
+from psycopg.rows import class_row, dict_row
 
 from active_series.ratelimit import backoff
 from active_series.relay import queries as q
 from active_series.relay.config import READS_QUEUED, RelayConfig
 from active_series.relay.observe import Log
 from active_series.relay.posting import Call, Poster
+from active_series.relay.rows import Waiting
 from active_series.relay.stripe_api import Outcome, classify
 
 Conn = psycopg.Connection[Any]
@@ -77,10 +79,39 @@ class Period:
     now: int
 
 
+@dataclass(frozen=True)
+class SummaryState:
+    """One row of ``CONFIRM_STATE`` (and of ``CONFIRM_PICK``): a period's last post per the
+    ledger (``held_*``; ``held_sent``: when its status was last written, Unix seconds), the
+    summary window that holds exactly its events with the value the ledger expects over it,
+    the period's last read (``has_row``: it has a row in ``_relay_confirmation``; ``due``;
+    ``read_*``: the post it confirmed, what the summary and the ledger held, when), and
+    whether a later period's post shares the window (``shared``)."""
+
+    org: int
+    start: datetime
+    held_ts: int | None
+    held_value: int | None
+    held_status: str | None
+    held_sent: float | None
+    window_start: int | None
+    window_end: int | None
+    expected: int | None
+    has_row: bool
+    due: bool
+    read_ts: int | None
+    read_stripe: int | None
+    read_ledger: int | None
+    read_at: float | None
+    reposts: int
+    now: float
+    shared: bool
+
+
 # a period to post now: the claim, the period and its event timestamp
 Post = tuple[Claim, Period, int]
-# a summary read due: the period and its row of CONFIRM_STATE
-Read = tuple[Period, tuple[Any, ...]]
+# a summary read due: the period and its confirmation state
+Read = tuple[Period, SummaryState]
 
 
 @dataclass(frozen=True)
@@ -100,7 +131,7 @@ class Reading:
 
     claim: Claim
     period: Period
-    row: tuple[Any, ...]
+    row: SummaryState
     lease: datetime
     future: futures.Future[int | stripe.StripeError | None]
 
@@ -152,11 +183,15 @@ class SummaryReads:
         handled, drained = 0, False
         while not self.stop.is_set():
             self.collect_reads(block=True)
-            row = self.ledger.execute(q.CONFIRM_WAITING, args).fetchone()
-            waiting = int(row[0]) if row else 0
-            if not waiting:
+            counted = (
+                self.ledger.cursor(row_factory=class_row(Waiting))
+                .execute(q.CONFIRM_WAITING, args)
+                .fetchone()
+            )
+            waiting = int(counted.waiting) if counted else 0
+            if not waiting or counted is None:
                 break
-            wait = max(float(row[1] or 0.0) if row else 0.0, 0.0)
+            wait = max(float(counted.next_in or 0.0), 0.0)
             if drained:
                 wait = max(wait, 0.1)  # (a due read another worker holds: not a busy loop)
             if time.monotonic() + wait > deadline:
@@ -231,49 +266,52 @@ class SummaryReads:
         ]
         if not look:
             return held, []
-        rows = conn.execute(
-            q.CONFIRM_STATE,
-            (
-                [p.org for p in look],
-                [p.start for p in look],
-                [p.end for p in look],
-                [claims[p.org].customer for p in look],
-            ),
-        ).fetchall()
+        rows = (
+            conn.cursor(row_factory=class_row(SummaryState))
+            .execute(
+                q.CONFIRM_STATE,
+                (
+                    [p.org for p in look],
+                    [p.start for p in look],
+                    [p.end for p in look],
+                    [claims[p.org].customer for p in look],
+                ),
+            )
+            .fetchall()
+        )
         lead = self.cfg.prefinal_lead()
         reads: list[Read] = []
         not_due: list[Period] = []
         for p, row in zip(look, rows, strict=True):
-            assert (row[0], row[1]) == (p.org, p.start), "CONFIRM_STATE keeps the order given"
-            _, _, h_ts, h_value, h_status, _, _, _, _, has_row, due, c_ts, c_stripe = row[:13]
-            c_ledger, c_read = row[13], row[14]
-            if h_ts is None:  # nothing posted: Stripe holds nothing of ours
-                if due:
+            assert (row.org, row.start) == (p.org, p.start), "CONFIRM_STATE keeps the order given"
+            if row.held_ts is None:  # nothing posted: Stripe holds nothing of ours
+                if row.due:
                     not_due.append(p)
                 continue
-            if row[17]:
+            if row.shared:
                 # a later period posted after this one's last post within its last minute
                 # (periods under two hours): a minute-aligned summary cannot tell this
                 # period's value, so it is not read; finalized with the ledger's value
-                if due:
+                if row.due:
                     not_due.append(p)
                     self.log("debug", "summary_shared", org=p.org, period=p.start)
                 continue
-            current = c_ts is not None and c_ts == h_ts  # the last read was of the last post
+            # the last read was of the last post
+            current = row.read_ts is not None and row.read_ts == row.held_ts
             prefinal = p.end.timestamp() + self.cfg.invoice_grace - lead
             if p.phase == "final":
-                if current and c_read is not None and c_read >= prefinal:
-                    held[(p.org, p.start)] = Held(billed=int(c_stripe))
-                    if due:
+                if current and row.read_at is not None and row.read_at >= prefinal:
+                    held[(p.org, p.start)] = Held(billed=int(row.read_stripe or 0))
+                    if row.due:
                         not_due.append(p)
                 else:
                     reads.append((p, row))
-            elif current and c_stripe != c_ledger:
+            elif current and row.read_stripe != row.read_ledger:
                 held[(p.org, p.start)] = Held(repost=True)  # read differing, not posted yet
-                if due:
+                if row.due:
                     not_due.append(p)
-            elif due:
-                if int(h_value) == p.usage and h_status == "sent":
+            elif row.due:
+                if int(row.held_value or 0) == p.usage and row.held_status == "sent":
                     reads.append((p, row))
                 else:
                     not_due.append(p)  # a post is due first; it schedules its own read
@@ -306,7 +344,10 @@ class SummaryReads:
             (p, row)
             for p, row in reads
             if p.org not in outcomes
-            and not any(int(row[2]) < ts < int(row[7]) for ts in posted.get(p.org, ()))
+            and not any(
+                int(row.held_ts or 0) < ts < int(row.window_end or 0)
+                for ts in posted.get(p.org, ())
+            )
         ]
         if not reads:
             return
@@ -321,7 +362,9 @@ class SummaryReads:
             p, row = item
             customer = claims[p.org].customer or ""
             try:
-                return self.poster.meter.summary(meter_id, customer, int(row[6]), int(row[7]))
+                return self.poster.meter.summary(
+                    meter_id, customer, int(row.window_start or 0), int(row.window_end or 0)
+                )
             except stripe.StripeError as exc:
                 return exc
 
@@ -357,28 +400,34 @@ class SummaryReads:
         room = READS_QUEUED - len(self.reading)
         if room <= 0:
             return
-        rows = self.ledger.execute(
-            q.CONFIRM_PICK,
-            {
-                "invoice_grace": self.cfg.invoice_grace,
-                "limit": room,
-                "lease": self.cfg.read_lease,
-            },
-        ).fetchall()
+        rows = (
+            self.ledger.cursor(row_factory=dict_row)
+            .execute(
+                q.CONFIRM_PICK,
+                {
+                    "invoice_grace": self.cfg.invoice_grace,
+                    "limit": room,
+                    "lease": self.cfg.read_lease,
+                },
+            )
+            .fetchall()
+        )
         if not rows:
             return
         meter_id = self.poster.prices.meter_id or str(self.check_meter()["id"])
-        for org, start, end, customer, lease, *state in rows:
-            claim = Claim(int(org), customer, True, None, None)
-            period = Period(int(org), start, end, "open", 0, 0, None, None, None, 0, 0, 0)
-            self._submit_read(meter_id, claim, period, (org, start, *state), lease)
+        for row in rows:
+            end, customer, lease = row.pop("period_end"), row.pop("customer"), row.pop("lease")
+            state = SummaryState(**row)
+            claim = Claim(state.org, customer, True, None, None)
+            period = Period(state.org, state.start, end, "open", 0, 0, None, None, None, 0, 0, 0)
+            self._submit_read(meter_id, claim, period, state, lease)
 
     def _submit_read(
-        self, meter_id: str, claim: Claim, p: Period, row: tuple[Any, ...], lease: datetime
+        self, meter_id: str, claim: Claim, p: Period, row: SummaryState, lease: datetime
     ) -> None:
         """Hand one leased read to the readers (spare tokens of the rate limit only)."""
         customer = claim.customer or ""
-        window = (int(row[6]), int(row[7]))
+        window = (int(row.window_start or 0), int(row.window_end or 0))
 
         def read() -> int | stripe.StripeError | None:
             try:
@@ -426,7 +475,7 @@ class SummaryReads:
         conn: Conn,
         claim: Claim,
         p: Period,
-        row: tuple[Any, ...],
+        row: SummaryState,
         got: int | stripe.StripeError,
         lead: float,
         held: dict[tuple[int, datetime], Held],
@@ -436,9 +485,9 @@ class SummaryReads:
     ) -> None:
         """Record one summary read of :meth:`_confirm` and what it leads to; a read made off
         the claim (``lease``) only while its lease holds."""
-        h_ts, h_sent, w_start, w_end, expected = row[2], row[5], row[6], row[7], row[8]
-        has_row, reposts, now = row[9], int(row[15]), float(row[16])
-        if not has_row:
+        h_ts, h_sent, w_start, w_end = row.held_ts, row.held_sent, row.window_start, row.window_end
+        reposts, now = int(row.reposts), float(row.now)
+        if not row.has_row:
             self.ledger.execute(q.CONFIRM_NEW, (p.org, p.start, p.end, claim.customer))
         if isinstance(got, stripe.StripeError):
             outcome, reason = classify(got)
@@ -474,7 +523,7 @@ class SummaryReads:
                 outcomes[p.org] = self._failed(conn, p.org, outcome, reason)
             return
         self.read_failures.pop((p.org, p.start), None)
-        expected = int(expected or 0)
+        expected = int(row.expected or 0)
         final = p.phase == "final"
         prefinal = p.end.timestamp() + self.cfg.invoice_grace - lead
         fields = {
@@ -488,7 +537,7 @@ class SummaryReads:
             after = None if final or now >= prefinal else prefinal
             record = (got, expected, h_ts, w_start, w_end, 0, after)
             event, extra = "stripe_confirmed", {}
-        elif final or now - float(h_sent) >= self.cfg.confirm_after:
+        elif final or now - float(h_sent or 0.0) >= self.cfg.confirm_after:
             # settled, and Stripe holds another value: lost (or refused after it was
             # accepted); posted again unless the invoice is final (billing_drift shows it)
             # (due again at once: the next claim posts it again, this one has posted)
@@ -500,7 +549,7 @@ class SummaryReads:
             event, extra = "stripe_differs", {"action": action, "reposts": reposts}
         else:
             # read before the post settled (its lag allowance): not a difference yet
-            again = float(h_sent) + self.cfg.confirm_after
+            again = float(h_sent or 0.0) + self.cfg.confirm_after
             record = (got, expected, None, w_start, w_end, reposts, again)
             event, extra = "stripe_lagging", {}
         cur = self.ledger.execute(q.CONFIRM_READ, (*record, p.org, p.start, lease))

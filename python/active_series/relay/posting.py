@@ -30,12 +30,14 @@ from typing import Any, TypeVar
 
 import psycopg
 import stripe
+from psycopg.rows import class_row, dict_row
 
 from active_series.ratelimit import backoff
 from active_series.relay import queries as q
 from active_series.relay.config import RelayConfig
 from active_series.relay.observe import Log, Metrics
 from active_series.relay.prices import LIVE, PriceKeeper
+from active_series.relay.rows import Bounds, HeldPost, NextTimestamp, Unbilled
 from active_series.relay.stripe_api import (
     Outcome,
     StripeMeter,
@@ -416,8 +418,12 @@ class Poster:
                 self.subscription_until[claim.org] = now + recheck
                 continue
             start, end = bounds
-            row = ledger.execute(q.CURRENT_BOUNDS, (claim.org,)).fetchone()
-            differs = row is None or (int(row[0]), int(row[1])) != (start, end)
+            row = (
+                ledger.cursor(row_factory=class_row(Bounds))
+                .execute(q.CURRENT_BOUNDS, (claim.org,))
+                .fetchone()
+            )
+            differs = row is None or (int(row.start), int(row.end)) != (start, end)
             if differs and start <= now < end:
                 ledger.execute(q.SET_BILLING_PERIOD, (claim.org, start, end))
                 self.log("info", "billing_period_set", org=claim.org, start=start, end=end)
@@ -441,10 +447,10 @@ class Poster:
 
     def _recorded(self, ledger: psycopg.Connection[Any], claims: list[Any]) -> dict[int, Edges]:
         """The edges recorded for the claimed organizations (of the claim's customer)."""
-        rows = ledger.execute(
+        rows = ledger.cursor(row_factory=dict_row).execute(
             q.SUBSCRIPTION_EDGES, ([c.org for c in claims], [c.customer or "" for c in claims])
         )
-        return {org: Edges(*rest) for org, *rest in rows}
+        return {int(row.pop("org")): Edges(**row) for row in rows}
 
     def load_edges(self, ledger: psycopg.Connection[Any], claims: Iterable[Any]) -> None:
         """Read the recorded edges of the claimed organizations into :attr:`edges` and
@@ -567,10 +573,12 @@ class Poster:
                     kept.append(p)
                     continue
                 lo = int(since) if since is not None and p.first_second < since < ended else None
-                row = conn.execute(
-                    q.HELD_WITHIN, (claim.customer, lo or p.first_second, ended - 1)
-                ).fetchone()
-                value, status = (int(row[0]), row[1]) if row is not None else (0, None)
+                row = (
+                    conn.cursor(row_factory=class_row(HeldPost))
+                    .execute(q.HELD_WITHIN, (claim.customer, lo or p.first_second, ended - 1))
+                    .fetchone()
+                )
+                value, status = (int(row.value), row.status) if row is not None else (0, None)
                 if status == "pending":
                     kept.append(p)
                     continue
@@ -635,16 +643,23 @@ class Poster:
             return p
         lo = int(edges.since) if late and edges.since is not None else p.first_second
         hi = int(cancel) - 1 if cut and cancel is not None else p.last_second
-        row = ledger.execute(q.HELD_WITHIN, (customer, lo, hi)).fetchone()
-        value, status, held_ts = row if row is not None else (0, None, None)
+        row = (
+            ledger.cursor(row_factory=class_row(HeldPost))
+            .execute(q.HELD_WITHIN, (customer, lo, hi))
+            .fetchone()
+        )
+        value, status, held_ts = (row.value, row.status, row.timestamp) if row else (0, None, None)
         after = lo if held_ts is None else int(held_ts) + 1
         if cut:
             ts: int | None = max(after, p.now)
             due: int | None = ts
         else:
-            ts, due = ledger.execute(
-                q.NEXT_TIMESTAMP, (after - 1, p.first_second, p.last_second, p.now)
-            ).fetchone() or (None, None)
+            nxt = (
+                ledger.cursor(row_factory=class_row(NextTimestamp))
+                .execute(q.NEXT_TIMESTAMP, (after - 1, p.first_second, p.last_second, p.now))
+                .fetchone()
+            )
+            ts, due = (nxt.event_timestamp, nxt.due_second) if nxt else (None, None)
         return replace(p, held=int(value), held_status=status, next_ts=ts, due=due, last_second=hi)
 
     def _skip_before(
@@ -662,14 +677,17 @@ class Poster:
         began, after = unbilled_before([plain(s) for s in subscriptions], item_began)
         if began is None:
             return
-        for start, end, usage in ledger.execute(q.SKIP_BEFORE_SUBSCRIPTION, (org, began, after)):
+        skipped = ledger.cursor(row_factory=class_row(Unbilled)).execute(
+            q.SKIP_BEFORE_SUBSCRIPTION, (org, began, after)
+        )
+        for row in skipped:
             self.log(
                 "info",
                 "period_before_subscription",
                 org=org,
-                period=start,
-                end=end,
-                usage=usage,
+                period=row.period_start,
+                end=row.period_end,
+                usage=row.usage,
                 subscription_start=began,
             )
 
@@ -689,12 +707,13 @@ class Poster:
         if trial_start is None:
             return
         trial = (int(trial_start), int(live["trial_end"]))
-        for start, end, usage in ledger.execute(
+        skipped = ledger.cursor(row_factory=class_row(Unbilled)).execute(
             q.SKIP_BEFORE_SUBSCRIPTION, (org, trial[1], trial[0])
-        ):
+        )
+        for row in skipped:
             self.log(
-                "info", "trial_period_unbilled", org=org, period=start, end=end, usage=usage,
-                trial_end=trial[1],
+                "info", "trial_period_unbilled", org=org, period=row.period_start,
+                end=row.period_end, usage=row.usage, trial_end=trial[1],
             )  # fmt: skip
 
     def _subscriptions(

@@ -23,40 +23,44 @@ SELECT extract(EPOCH FROM active_series._relay_next_wakeup(
 
 GAUGES: Final = """
 SELECT
-    (SELECT count(*) FROM active_series._outbox),
+    (SELECT count(*) FROM active_series._outbox) AS outbox_depth,
     (SELECT extract(EPOCH FROM clock_timestamp() - min(o.created))::float8
-        FROM active_series._outbox AS o),
-    (SELECT count(*) FROM active_series._relay_state WHERE parked_at IS NOT NULL),
-    (SELECT count(*) FROM active_series.billing_drift)
+        FROM active_series._outbox AS o) AS oldest_change_age,
+    (SELECT count(*) FROM active_series._relay_state WHERE parked_at IS NOT NULL) AS parked,
+    (SELECT count(*) FROM active_series.billing_drift) AS drift
 """
 
 # -- claim transaction (one per batch of organizations, on the claim connection) ---------
+# Rows of several columns are read by name: each statement's columns are named as the
+# fields of the record it is read into (confirm.Claim, confirm.Period, ...).
 CLAIM: Final = """
-SELECT organization_id, stripe_customer_id, billed, max_outbox_id,
-       extract(EPOCH FROM oldest_change)::float8
+SELECT organization_id AS org, stripe_customer_id AS customer, billed,
+       max_outbox_id AS max_outbox, extract(EPOCH FROM oldest_change)::float8 AS oldest_change
 FROM active_series._relay_claim(%s)
 """
 
-# the pending posts of the claimed organizations, and (last column) until when a call of one
+# the pending posts of the claimed organizations, and (in_flight_until) until when a call of one
 # may still be in flight: one whose worker held its claim on another server instance (it lost
 # the claim to a promotion or a restart, and may be alive and calling); on this instance the
 # claim's row lock is gone only with the worker's session
 PENDING_POSTS: Final = """
-SELECT organization_id, stripe_customer_id, value, event_timestamp, identifier,
+SELECT organization_id AS org, stripe_customer_id AS customer, value,
+       event_timestamp AS timestamp, identifier,
        CASE
            WHEN in_flight_until > clock_timestamp()
                AND in_flight_on IS DISTINCT FROM active_series._relay_instance()
                THEN extract(EPOCH FROM in_flight_until)::float8
-       END
+       END AS in_flight_until
 FROM active_series._ledger
 WHERE organization_id = ANY(%s) AND status = 'pending'
 ORDER BY organization_id, event_timestamp, id
 """
 
 PLAN: Final = """
-SELECT organization_id, period_start, period_end, phase, usage, held_value, held_status,
-       next_timestamp, due_second, first_second, last_second,
-       floor(extract(EPOCH FROM clock_timestamp()))::bigint
+SELECT organization_id AS org, period_start AS start, period_end AS "end", phase, usage,
+       coalesce(held_value, 0) AS held, held_status, next_timestamp AS next_ts,
+       due_second AS due, first_second, last_second,
+       floor(extract(EPOCH FROM clock_timestamp()))::bigint AS now
 FROM active_series._relay_plan(%s, make_interval(secs => %s), make_interval(secs => %s))
 """
 
@@ -67,42 +71,16 @@ USING unnest(%s::bigint[], %s::bigint[]) AS d (organization_id, max_id)
 WHERE o.organization_id = d.organization_id AND o.id <= d.max_id
 """
 
-# a change to a finalized period: since when its usage differs from what was billed
-NOTE_DRIFT: Final = """
-UPDATE active_series._period AS p
-SET drift_since = CASE
-    WHEN active_series.period_usage(p.organization_id, p.period_start) <> p.billed_value
-        THEN coalesce(p.drift_since, x.first_change)
-END
-FROM (
-    SELECT o.organization_id, o.period_start, min(o.created) AS first_change
-    FROM active_series._outbox AS o
-    WHERE o.organization_id = ANY(%s)
-    GROUP BY o.organization_id, o.period_start
-) AS x
-WHERE
-    p.organization_id = x.organization_id AND p.period_start = x.period_start
-    AND p.finalized_at IS NOT NULL AND p.billed_value IS NOT NULL
-"""
+# the rules of a period's state (_relay_period), each a function of the schema: a change to
+# a finalized period (since when its usage differs from what was billed), closing, and
+# finalizing (Stripe bills what it held; billed NULL: the organization was not billed)
+NOTE_DRIFT: Final = "SELECT active_series._relay_note_drift(%s::bigint[])"
 
-CLOSE_PERIOD: Final = """
-UPDATE active_series._period SET closed_at = clock_timestamp()
-WHERE organization_id = %s AND period_start = %s AND closed_at IS NULL
-"""
+CLOSE_PERIOD: Final = "SELECT active_series._relay_close_period(%s, %s)"
 
-# the invoice is final: Stripe bills what it held (billed NULL: the organization was not
-# billed); a difference from then on shows in billing_drift
-FINALIZE_PERIOD: Final = """
-UPDATE active_series._period AS p
-SET finalized_at = clock_timestamp(),
-    closed_at = coalesce(p.closed_at, clock_timestamp()),
-    billed_value = %(billed)s,
-    drift_since = CASE
-        WHEN %(billed)s <> active_series.period_usage(p.organization_id, p.period_start)
-            THEN clock_timestamp()
-    END
-WHERE p.organization_id = %(org)s AND p.period_start = %(start)s AND p.finalized_at IS NULL
-"""
+FINALIZE_PERIOD: Final = (
+    "SELECT active_series._relay_finalize_period(%(org)s, %(start)s, %(billed)s::bigint)"
+)
 
 STATE_DONE: Final = """
 UPDATE active_series._relay_state AS s
@@ -221,8 +199,9 @@ WHERE created < clock_timestamp() - interval '31 days'
 # the posts the requests of the given idempotency keys carried: key, organization,
 # identifier, customer, event timestamp, and when the request was made (Unix seconds)
 ATTEMPTS_POSTS: Final = """
-SELECT a.idempotency_key, l.organization_id, l.identifier, l.stripe_customer_id,
-       l.event_timestamp, extract(EPOCH FROM a.created)::float8
+SELECT a.idempotency_key AS key, l.organization_id AS org, l.identifier,
+       l.stripe_customer_id AS customer, l.event_timestamp AS timestamp,
+       extract(EPOCH FROM a.created)::float8 AS sent_at
 FROM active_series._post_attempt AS a
 JOIN active_series._ledger AS l ON l.identifier = a.identifier
 WHERE a.idempotency_key = ANY(%s)
@@ -235,12 +214,13 @@ UPDATE active_series._ledger AS l
 SET status = 'failed', last_error = o.error, updated = clock_timestamp()
 FROM unnest(%s::text[], %s::text[]) AS o (identifier, error)
 WHERE l.identifier = o.identifier AND l.status <> 'failed'
-RETURNING l.organization_id, l.identifier, o.error
+RETURNING l.organization_id AS org, l.identifier, o.error AS reason
 """
 
 # -- billing periods from the Stripe subscription ----------------------------------------
 CURRENT_BOUNDS: Final = """
-SELECT extract(EPOCH FROM period_start)::float8, extract(EPOCH FROM period_end)::float8
+SELECT extract(EPOCH FROM period_start)::float8 AS start,
+       extract(EPOCH FROM period_end)::float8 AS "end"
 FROM active_series.current_period(%s)
 """
 
@@ -248,15 +228,8 @@ FROM active_series.current_period(%s)
 # the unfinalized periods that ended at or before the subscription began, and began at or
 # after the previous one ended, finalized without a post (no invoice bills them)
 SKIP_BEFORE_SUBSCRIPTION: Final = """
-UPDATE active_series._period AS p
-SET finalized_at = clock_timestamp(), closed_at = coalesce(p.closed_at, clock_timestamp()),
-    billed_value = NULL, drift_since = NULL
-WHERE
-    p.organization_id = %s AND p.finalized_at IS NULL
-    AND p.period_end <= to_timestamp(%s)
-    AND p.period_start >= coalesce(to_timestamp(%s::float8), '-infinity')
-RETURNING p.period_start, p.period_end,
-    active_series.period_usage(p.organization_id, p.period_start)
+SELECT period_start, period_end, usage
+FROM active_series._relay_finalize_unbilled(%s, to_timestamp(%s), to_timestamp(%s::float8))
 """
 
 SET_BILLING_PERIOD: Final = (
@@ -275,20 +248,23 @@ STORE_PRICE: Final = "SELECT active_series._store_price(%s, %s, %s)"
 # summary cannot tell the period's value then); in the order given
 CONFIRM_STATE: Final = """
 SELECT
-    x.organization_id, x.period_start,
-    h.event_timestamp, h.value, h.status, extract(EPOCH FROM h.updated)::float8,
-    w.window_start, w.window_end, e.value,
-    c.organization_id IS NOT NULL, coalesce(c.due_at <= clock_timestamp(), FALSE),
-    c.event_timestamp, c.stripe_value, c.ledger_value, extract(EPOCH FROM c.read_at)::float8,
-    coalesce(c.reposts, 0),
-    extract(EPOCH FROM clock_timestamp())::float8,
+    x.organization_id AS org, x.period_start AS start,
+    h.event_timestamp AS held_ts, h.value AS held_value, h.status AS held_status,
+    extract(EPOCH FROM h.updated)::float8 AS held_sent,
+    w.window_start, w.window_end, e.value AS expected,
+    c.organization_id IS NOT NULL AS has_row,
+    coalesce(c.due_at <= clock_timestamp(), FALSE) AS due,
+    c.event_timestamp AS read_ts, c.stripe_value AS read_stripe, c.ledger_value AS read_ledger,
+    extract(EPOCH FROM c.read_at)::float8 AS read_at,
+    coalesce(c.reposts, 0) AS reposts,
+    extract(EPOCH FROM clock_timestamp())::float8 AS now,
     EXISTS (
         SELECT FROM active_series._ledger AS l
         WHERE
             l.stripe_customer_id = x.customer
             AND l.status <> 'failed'
             AND l.event_timestamp > h.event_timestamp AND l.event_timestamp < w.window_end
-    )
+    ) AS shared
 FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::text[])
     WITH ORDINALITY AS x (organization_id, period_start, period_end, customer, n)
 LEFT JOIN active_series._relay_confirmation AS c
@@ -349,8 +325,10 @@ RETURNING c.organization_id, c.period_start
 # moment one may be read (its due time, or its organization's backoff if later)
 CONFIRM_WAITING: Final = """
 SELECT
-    count(*),
-    extract(EPOCH FROM min(greatest(c.due_at, s.next_attempt_at)) - clock_timestamp())::float8
+    count(*) AS waiting,
+    extract(
+        EPOCH FROM min(greatest(c.due_at, s.next_attempt_at)) - clock_timestamp()
+    )::float8 AS next_in
 FROM unnest(%s::bigint[], %s::timestamptz[]) AS x (organization_id, period_start)
 INNER JOIN active_series.relay_periods AS r
     ON x.organization_id = r.organization_id AND x.period_start = r.period_start
@@ -406,7 +384,7 @@ WHERE c.due_at <= clock_timestamp()
 # it again), of an organization neither parked nor backing off. Each is leased for
 # %(lease)s seconds (CONFIRM_LEASE) in the same statement (a worker leases only what no
 # other leased meanwhile) and returned as (organization, period start, period end,
-# customer, the lease) and the columns of CONFIRM_STATE from its third on
+# customer, the lease) and the columns of CONFIRM_STATE
 CONFIRM_PICK: Final = """
 WITH due AS (
     SELECT c.organization_id, c.period_start, c.period_end, c.stripe_customer_id AS customer
@@ -478,13 +456,15 @@ leased AS (
         extract(EPOCH FROM c.read_at)::float8 AS read_at, c.reposts
 )
 SELECT
-    st.organization_id, st.period_start, st.period_end, st.customer, leased.due_at,
-    st.event_timestamp, st.value, st.status, st.sent,
+    st.organization_id AS org, st.period_start AS start, st.period_end, st.customer,
+    leased.due_at AS lease,
+    st.event_timestamp AS held_ts, st.value AS held_value, st.status AS held_status,
+    st.sent AS held_sent,
     st.window_start, st.window_end, st.expected,
-    TRUE, TRUE,
-    leased.event_timestamp, leased.stripe_value, leased.ledger_value, leased.read_at,
-    leased.reposts,
-    extract(EPOCH FROM clock_timestamp())::float8,
+    TRUE AS has_row, TRUE AS due,
+    leased.event_timestamp AS read_ts, leased.stripe_value AS read_stripe,
+    leased.ledger_value AS read_ledger, leased.read_at, leased.reposts,
+    extract(EPOCH FROM clock_timestamp())::float8 AS now,
     st.shared
 FROM st
 INNER JOIN leased
@@ -552,8 +532,8 @@ SET stripe_customer_id = excluded.stripe_customer_id, ended_at = excluded.ended_
 # of another customer than the one claimed ignored
 SUBSCRIPTION_EDGES: Final = """
 SELECT
-    r.organization_id, r.ended_at, r.cancel_at, r.billed_since, r.stripe_price_id, r.started_at,
-    r.prior_ended_at
+    r.organization_id AS org, r.ended_at AS ended, r.cancel_at, r.billed_since AS since,
+    r.stripe_price_id AS price, r.started_at AS started, r.prior_ended_at AS prior_end
 FROM active_series._relay_subscription AS r
 JOIN unnest(%s::bigint[], %s::text[]) AS c (organization_id, customer)
     ON r.organization_id = c.organization_id AND r.stripe_customer_id = c.customer
@@ -580,7 +560,7 @@ LIMIT %s
 # what Stripe holds of a customer's posts within [first, last] seconds (the part of a
 # period a subscription bills): the newest post not refused, its status and timestamp
 HELD_WITHIN: Final = """
-SELECT l.value, l.status, l.event_timestamp
+SELECT l.value, l.status, l.event_timestamp AS timestamp
 FROM active_series._ledger AS l
 WHERE l.stripe_customer_id = %s AND l.status <> 'failed'
     AND l.event_timestamp BETWEEN %s AND %s
