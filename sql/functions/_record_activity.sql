@@ -282,6 +282,34 @@ BEGIN
             -- (the outbox row of _changed, in the same statement)
             INSERT INTO active_series._outbox (organization_id, period_start, reason)
             VALUES (v_group.organization_id, v_group.period_start, 'ingest');
+            -- the count rose: _check_rises written out for one group (no call, a cached
+            -- plan; a re-recording never comes this way)
+            IF pg_trigger_depth() > 0 THEN
+                PERFORM
+                FROM active_series.project AS p
+                WHERE p.id = v_group.project_id AND p.deleted_at IS NULL
+                    AND (
+                        EXISTS (
+                            SELECT FROM active_series.billing_account AS b
+                            WHERE b.organization_id = v_group.organization_id
+                                AND b.series_cap IS NOT NULL
+                        )
+                        OR EXISTS (
+                            SELECT FROM active_series._alert_threshold AS a
+                            WHERE a.organization_id = v_group.organization_id AND a.enabled
+                        )
+                        OR EXISTS (
+                            SELECT FROM active_series._price_tier AS t
+                            WHERE t.organization_id = v_group.organization_id
+                                AND t.up_to IS NOT NULL
+                        )
+                    );
+                IF FOUND THEN
+                    PERFORM active_series._check_usage(
+                        v_group.organization_id, v_group.period_start
+                    );
+                END IF;
+            END IF;
             RETURN;
         END IF;
         v_groups := ARRAY[v_group];
@@ -372,6 +400,8 @@ BEGIN
         SELECT DISTINCT g.organization_id, g.period_start, 'ingest'
         FROM g
         ORDER BY g.organization_id, g.period_start;
+        -- (each of those counts rose: the cap and the alerts)
+        PERFORM active_series._check_rises(v_groups);
         RETURN;
     END IF;
     PERFORM active_series._record_groups(v_groups);
