@@ -77,7 +77,7 @@ BEGIN
     DELETE FROM active_series._testbed_period AS t
     WHERE t.shape_id = ANY(v_shapes);
     -- (the counts fell with the deletes above and rise back below, to no more than they
-    -- were: no cap to enforce, no alert to write, _period_usage_grew is told so)
+    -- were: no cap to enforce, no alert to write, _check_rises is told so)
     INSERT INTO active_series._rerecording DEFAULT VALUES;
     PERFORM active_series._record_groups(active_series._regroup(v_spans), 'delete');
     DELETE FROM active_series._rerecording AS r WHERE r.txid = txid_current();

@@ -5,11 +5,15 @@ SECURITY DEFINER
 SET search_path = active_series, pg_catalog, pg_temp
 AS $$
 -- Statement-level AFTER DELETE on _testbed_period (a testbed or project hard-deleted
--- cascades its history away; re-bucketing and re-recording delete and rewrite it): lower
--- the counts by the sets deleted and tell the relay.
+-- cascades its history away; re-bucketing and re-recording delete and rewrite it): delete
+-- the sightings of the histories deleted (no foreign key cascades them: see _shape_seen),
+-- lower the counts by the sets deleted and tell the relay.
 -- SECURITY DEFINER: the hard delete that cascades here may be an ingest client's
 -- (active_series_ingest), which may not write _period_usage or _outbox.
 BEGIN
+    DELETE FROM active_series._shape_seen AS s
+    USING old_testbed_period AS o
+    WHERE s.testbed_id = o.testbed_id AND s.period_start = o.period_start;
     UPDATE active_series._period_usage AS u
     SET series_count = u.series_count - d.n
     FROM (

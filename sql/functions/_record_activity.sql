@@ -29,6 +29,7 @@ DECLARE
     v_group active_series._shape_group;
     v_shape_id bigint;
     v_series integer;
+    v_known boolean;
     v_organization_id bigint;
     v_project_id bigint;
     v_testbed_id bigint;
@@ -203,8 +204,8 @@ BEGIN
     IF cardinality(v_groups) = 1 THEN
         -- (one testbed at one time, nearly every transaction: the same steps written
         -- out, without the calls: _lock_testbeds, then _widen of the row of the stored
-        -- shape (_find_shape) in one statement; the shape looked up alone only when that
-        -- updated nothing)
+        -- shape (_find_shape) in one statement; only when that updated nothing, the shape
+        -- and whether the testbed has history in the period, in one statement)
         v_group := v_groups[1];
         PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), hashint8(v_group.testbed_id));
         UPDATE active_series._shape_seen AS s
@@ -229,7 +230,16 @@ BEGIN
         IF FOUND THEN
             RETURN;
         END IF;
-        SELECT s.id, s.series INTO v_shape_id, v_series
+        -- the stored shape, and whether the testbed has history in the period (one
+        -- statement: a first report asks both)
+        SELECT
+            s.id, s.series,
+            EXISTS (
+                SELECT
+                FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
+            )
+        INTO v_shape_id, v_series, v_known
         FROM active_series._shape AS s
         WHERE s.project_id = v_group.project_id
             AND s.digest = hash_array_extended(
@@ -242,11 +252,7 @@ BEGIN
         v_group.shape_id := v_shape_id;
         -- (the first report of the testbed in the period, of a stored shape, as below for
         -- several testbeds, written for one)
-        IF v_shape_id IS NOT NULL AND NOT EXISTS (
-            SELECT
-            FROM active_series._testbed_period AS p
-            WHERE p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
-        ) THEN
+        IF v_shape_id IS NOT NULL AND NOT v_known THEN
             WITH sets AS (
                 INSERT INTO active_series._testbed_period (
                     testbed_id, period_start, organization_id, project_id, shape_id
@@ -264,14 +270,46 @@ BEGIN
                     v_group.testbed_id, v_group.period_start, v_shape_id, v_group.first_seen,
                     v_group.last_seen
                 )
+            ),
+            counted AS (
+                INSERT INTO active_series._period_usage AS u (
+                    organization_id, period_start, project_id, series_count
+                )
+                VALUES (v_group.organization_id, v_group.period_start, v_group.project_id, v_series)
+                ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+                SET series_count = u.series_count + excluded.series_count
             )
-            INSERT INTO active_series._period_usage AS u (
-                organization_id, period_start, project_id, series_count
-            )
-            VALUES (v_group.organization_id, v_group.period_start, v_group.project_id, v_series)
-            ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
-            SET series_count = u.series_count + excluded.series_count;
-            PERFORM active_series._changed(v_group.organization_id, v_group.period_start, 'ingest');
+            -- (the outbox row of _changed, in the same statement)
+            INSERT INTO active_series._outbox (organization_id, period_start, reason)
+            VALUES (v_group.organization_id, v_group.period_start, 'ingest');
+            -- the count rose: _check_rises written out for one group (no call, a cached
+            -- plan; a re-recording never comes this way)
+            IF pg_trigger_depth() > 0 THEN
+                PERFORM
+                FROM active_series.project AS p
+                WHERE p.id = v_group.project_id AND p.deleted_at IS NULL
+                    AND (
+                        EXISTS (
+                            SELECT FROM active_series.billing_account AS b
+                            WHERE b.organization_id = v_group.organization_id
+                                AND b.series_cap IS NOT NULL
+                        )
+                        OR EXISTS (
+                            SELECT FROM active_series._alert_threshold AS a
+                            WHERE a.organization_id = v_group.organization_id AND a.enabled
+                        )
+                        OR EXISTS (
+                            SELECT FROM active_series._price_tier AS t
+                            WHERE t.organization_id = v_group.organization_id
+                                AND t.up_to IS NOT NULL
+                        )
+                    );
+                IF FOUND THEN
+                    PERFORM active_series._check_usage(
+                        v_group.organization_id, v_group.period_start
+                    );
+                END IF;
+            END IF;
             RETURN;
         END IF;
         v_groups := ARRAY[v_group];
@@ -303,7 +341,7 @@ BEGIN
     -- the period changed) of a shape already stored: the shape is the testbed's period
     -- shape, so one statement writes what _record_groups would, in the same key order: the
     -- period shapes, the sightings, the counts grown by the shapes' sizes (_period_usage,
-    -- key order); then the outbox. It holds when every activity is of a stored shape, no
+    -- key order) and the outbox rows. It holds when every activity is of a stored shape, no
     -- testbed has history in its period (under the history locks taken above: nothing else
     -- writes it meanwhile; so _widen did nothing) and no (testbed, period) has two
     -- activities. Else the general path.
@@ -344,22 +382,26 @@ BEGIN
             SELECT g.testbed_id, g.period_start, g.shape_id, g.first_seen, g.last_seen
             FROM g
             ORDER BY g.testbed_id, g.period_start, g.shape_id
+        ),
+        counted AS (
+            INSERT INTO active_series._period_usage AS u (
+                organization_id, period_start, project_id, series_count
+            )
+            SELECT g.organization_id, g.period_start, g.project_id, sum(g.series)
+            FROM g
+            GROUP BY g.organization_id, g.period_start, g.project_id
+            ORDER BY g.organization_id, g.period_start, g.project_id
+            ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+            SET series_count = u.series_count + excluded.series_count
         )
-        INSERT INTO active_series._period_usage AS u (
-            organization_id, period_start, project_id, series_count
-        )
-        SELECT g.organization_id, g.period_start, g.project_id, sum(g.series)
+        -- (the outbox rows of _changed, one per (organization, period), in the same
+        -- statement)
+        INSERT INTO active_series._outbox (organization_id, period_start, reason)
+        SELECT DISTINCT g.organization_id, g.period_start, 'ingest'
         FROM g
-        GROUP BY g.organization_id, g.period_start, g.project_id
-        ORDER BY g.organization_id, g.period_start, g.project_id
-        ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
-        SET series_count = u.series_count + excluded.series_count;
-        PERFORM active_series._changed(c.organization_id, c.period_start, 'ingest')
-        FROM (
-            SELECT DISTINCT g.organization_id, g.period_start
-            FROM unnest(v_groups) AS g
-            ORDER BY g.organization_id, g.period_start
-        ) AS c;
+        ORDER BY g.organization_id, g.period_start;
+        -- (each of those counts rose: the cap and the alerts)
+        PERFORM active_series._check_rises(v_groups);
         RETURN;
     END IF;
     PERFORM active_series._record_groups(v_groups);

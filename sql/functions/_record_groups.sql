@@ -27,7 +27,8 @@ AS $$
 -- Locks, in this order, so that concurrent callers cannot deadlock: the testbeds' history
 -- locks (_lock_testbeds: every write to a testbed's history happens under it); the
 -- empty variants and shapes it creates (_resolve_shapes; nobody waits for a shape); last,
--- the _period_usage rows in key order. The caller holds the organizations' period locks.
+-- the _period_usage rows in key order, and then the _period_watch rows (_check_rises) in
+-- key order. The caller holds the organizations' period locks.
 DECLARE
     v_groups active_series._shape_group [];
     v_todo integer;
@@ -178,6 +179,8 @@ BEGIN
     ORDER BY o.organization_id, o.period_start, o.project_id
     ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
     SET series_count = u.series_count + excluded.series_count;
+    -- (each of those counts rose: the cap and the alerts)
+    PERFORM active_series._check_rises(v_unions);
 
     INSERT INTO active_series._shape_seen AS s (
         testbed_id, period_start, shape_id, first_seen, last_seen

@@ -11,6 +11,7 @@ AS $$
 --   history    a series' activity in a period is missing from, or outside, its history
 --   period     activity falls in no recorded period
 --   set        a testbed's set of series for a period is not the union of what it reported
+--   sighting   a _shape_seen row without its testbed history (_testbed_period row)
 -- Activity of deleted reports is legitimately in history without metrics: not a problem.
 -- Reads everything of the organization; takes no locks.
 BEGIN
@@ -114,6 +115,20 @@ BEGIN
     ) AS n ON true
     WHERE (p_organization_id IS NULL OR t.organization_id = p_organization_id)
         AND (n.series IS DISTINCT FROM u.series::bigint OR NOT n.all_in_set);
+
+    -- (the organization of a sighting without its history: its shape's project's)
+    RETURN QUERY
+    SELECT p.organization_id, 'sighting'::text,
+        format('testbed %s period %s shape %s: a sighting without its testbed history',
+            s.testbed_id, s.period_start, s.shape_id)
+    FROM active_series._shape_seen AS s
+    LEFT JOIN active_series._shape AS h ON h.id = s.shape_id
+    LEFT JOIN active_series.project AS p ON p.id = h.project_id
+    WHERE (p_organization_id IS NULL OR p.organization_id = p_organization_id)
+        AND NOT EXISTS (
+            SELECT FROM active_series._testbed_period AS t
+            WHERE t.testbed_id = s.testbed_id AND t.period_start = s.period_start
+        );
 END;
 $$;
 COMMENT ON FUNCTION active_series.verify(bigint) IS

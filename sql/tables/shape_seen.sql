@@ -8,9 +8,11 @@ CREATE TABLE active_series._shape_seen (
     -- series together, within the period
     first_seen timestamptz NOT NULL,
     last_seen timestamptz NOT NULL,
+    -- (no foreign key to _testbed_period (testbed_id, period_start) either, whose row every
+    -- row here has: the recorder writes both under the testbed's history lock, and the
+    -- deletes of _testbed_period rows delete these with them (_testbed_period_deleted), as a
+    -- cascade would, without a key check at every first report; verify() checks it)
     PRIMARY KEY (testbed_id, period_start, shape_id),
-    FOREIGN KEY (testbed_id, period_start)
-    REFERENCES active_series._testbed_period (testbed_id, period_start) ON DELETE CASCADE,
     CHECK (first_seen <= last_seen)
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE active_series._shape_seen IS

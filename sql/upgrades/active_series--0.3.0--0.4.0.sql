@@ -7092,3 +7092,1337 @@ BEGIN
     END IF;
 END;
 $$;
+
+-- the single-report first sighting: the shape and the period probe in one statement; the
+-- outbox rows written in the same statement as the counts
+CREATE OR REPLACE FUNCTION active_series._record_activity(
+    p_report_benchmark_ids bigint[],
+    p_measure_ids bigint[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+-- It runs at every ingest commit, against tables that grow by the minute, and its plans
+-- (and those of what it calls) are cached for the session's life: generic plans, so that
+-- nothing is planned per call, on index paths (plain index scans: a bitmap costs more to
+-- set up than the few rows each lookup reads), so that a plan cached while a table was
+-- small does not scan it whole once it is large.
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Records metrics, given as (report_benchmark, measure) pairs (the ingest trigger passes a
+-- whole transaction's at commit, backfill a batch of reports'), in the history and the
+-- per-period counts: each report_benchmark is looked up once (its report, project and
+-- variant), the pairs become one activity per (testbed, report.created): its series, in
+-- the billing period containing that time (the words: docs/DESIGN-NOTES.md), and
+-- _record_groups writes them. A variant_id that is NULL, or names the benchmark's empty
+-- variant, is variant 0.
+-- Locks: the organizations' period locks (shared, _period_for, in organization order); the
+-- testbeds' history locks (_lock_testbeds); then what _record_groups takes.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_group active_series._shape_group;
+    v_shape_id bigint;
+    v_series integer;
+    v_known boolean;
+    v_organization_id bigint;
+    v_project_id bigint;
+    v_testbed_id bigint;
+    v_created timestamptz;
+    v_benchmark_id bigint;
+    v_variant_id bigint;
+    v_period_start timestamptz;
+BEGIN
+    IF p_report_benchmark_ids IS NULL THEN
+        RETURN;
+    END IF;
+    IF cardinality(p_report_benchmark_ids) = 1 THEN
+        -- one metric's series (the smallest report): its activity, looked up directly, in
+        -- plain statements (a function in the join would be a table function: a tuplestore
+        -- per call)
+        SELECT
+            p.organization_id, r.project_id, r.testbed_id, r.created, rb.benchmark_id,
+            CASE
+                WHEN rb.variant_id IS NULL THEN 0
+                ELSE active_series._variant_key(rb.variant_id)
+            END
+        INTO v_organization_id, v_project_id, v_testbed_id, v_created, v_benchmark_id,
+            v_variant_id
+        FROM active_series.report_benchmark AS rb
+        INNER JOIN active_series.report AS r ON r.id = rb.report_id
+        INNER JOIN active_series.project AS p ON p.id = r.project_id
+        WHERE rb.id = p_report_benchmark_ids[1];
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        -- its period: _period_for's probe of the recorded one written out (under the
+        -- organization's period lock, as there), the call only to record a new one
+        PERFORM pg_advisory_xact_lock_shared(_lock_key('period'), hashint8(v_organization_id));
+        SELECT l.period_start INTO v_period_start
+        FROM (
+            SELECT p.period_start, p.period_end
+            FROM active_series._period AS p
+            WHERE p.organization_id = v_organization_id AND p.period_start <= v_created
+            ORDER BY p.period_start DESC
+            LIMIT 1
+        ) AS l
+        WHERE l.period_end > v_created;
+        IF v_period_start IS NULL THEN
+            v_period_start := (
+                active_series._period_for(v_organization_id, v_created)
+            ).period_start;
+        END IF;
+        v_groups := ARRAY[
+            active_series._shape_group(
+                p_organization_id => v_organization_id,
+                p_project_id => v_project_id,
+                p_testbed_id => v_testbed_id,
+                p_period_start => v_period_start,
+                p_first_seen => v_created,
+                p_last_seen => v_created,
+                p_benchmark_ids => ARRAY[v_benchmark_id],
+                p_variant_ids => ARRAY[v_variant_id],
+                p_measure_ids => p_measure_ids
+            )
+        ];
+    ELSE
+        -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
+        -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
+        -- was cached)
+        v_groups := ARRAY(
+            WITH rbs AS MATERIALIZED (
+                SELECT
+                    rb.id, rb.report_id, rb.benchmark_id,
+                    -- (without a variant_id, as most reports send, no call)
+                    CASE
+                        WHEN rb.variant_id IS NULL THEN 0
+                        ELSE active_series._variant_key(rb.variant_id)
+                    END AS variant_id
+                FROM active_series.report_benchmark AS rb
+                WHERE rb.id = ANY(p_report_benchmark_ids)
+            ),
+            -- each report's series, sorted (one sort on four keys; the series come distinct
+            -- and in shape order, and each report's arrays are aggregated in that order; an
+            -- order lost would only store a shape twice)
+            sets AS MATERIALIZED (
+                SELECT
+                    s.report_id, array_agg(s.benchmark_id) AS benchmark_ids,
+                    array_agg(s.variant_id) AS variant_ids, array_agg(s.measure_id) AS measure_ids
+                FROM (
+                    SELECT DISTINCT b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                    FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
+                    INNER JOIN rbs AS b ON b.id = x.id
+                    ORDER BY b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                ) AS s
+                GROUP BY s.report_id
+            ),
+            -- (each report looked up once; OFFSET 0 keeps the LATERAL subquery a per-row
+            -- index lookup, whatever the statistics said when this plan was cached)
+            reports AS MATERIALIZED (
+                SELECT d.benchmark_ids, d.variant_ids, d.measure_ids, k.*
+                FROM sets AS d
+                CROSS JOIN LATERAL (
+                    SELECT r.project_id, r.testbed_id, r.created, p.organization_id
+                    FROM active_series.report AS r
+                    INNER JOIN active_series.project AS p ON p.id = r.project_id
+                    WHERE r.id = d.report_id
+                    OFFSET 0
+                ) AS k
+            ),
+            periods AS MATERIALIZED (
+                SELECT t.organization_id, t.created, f.period_start
+                FROM (
+                    SELECT DISTINCT s.organization_id, s.created
+                    FROM reports AS s
+                    ORDER BY s.organization_id, s.created
+                ) AS t
+                CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
+            ),
+            keyed AS MATERIALIZED (
+                SELECT
+                    s.*, t.period_start,
+                    count(*) OVER (PARTITION BY s.testbed_id, s.created) AS reports
+                FROM reports AS s
+                INNER JOIN periods AS t
+                    ON t.organization_id = s.organization_id AND t.created = s.created
+            )
+            -- a testbed's one report at a time: its series as they are
+            SELECT active_series._shape_group(
+                p_organization_id => k.organization_id,
+                p_project_id => k.project_id,
+                p_testbed_id => k.testbed_id,
+                p_period_start => k.period_start,
+                p_first_seen => k.created,
+                p_last_seen => k.created,
+                p_benchmark_ids => k.benchmark_ids,
+                p_variant_ids => k.variant_ids,
+                p_measure_ids => k.measure_ids
+            )
+            FROM keyed AS k
+            WHERE k.reports = 1
+            UNION ALL
+            -- several reports of one testbed in one transaction (one time): their series merged
+            SELECT active_series._shape_group(
+                p_organization_id => m.organization_id,
+                p_project_id => m.project_id,
+                p_testbed_id => m.testbed_id,
+                p_period_start => m.period_start,
+                p_first_seen => m.created,
+                p_last_seen => m.created,
+                p_benchmark_ids => array_agg(m.b),
+                p_variant_ids => array_agg(m.v),
+                p_measure_ids => array_agg(m.m)
+            )
+            FROM (
+                SELECT DISTINCT
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+                FROM keyed AS k
+                CROSS JOIN LATERAL unnest(k.benchmark_ids, k.variant_ids, k.measure_ids)
+                    AS e (b, v, m)
+                WHERE k.reports > 1
+                ORDER BY
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+            ) AS m
+            GROUP BY m.organization_id, m.project_id, m.testbed_id, m.period_start, m.created
+        );
+    END IF;
+    IF cardinality(v_groups) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- The common case, a testbed reporting the same shape as before in the period, later
+    -- than before: one HOT update of that sighting per testbed (_widen). Anything else (a
+    -- shape or a period new to the testbed, older activity) goes on below, which finds
+    -- what these updates already did and leaves it.
+    IF cardinality(v_groups) = 1 THEN
+        -- (one testbed at one time, nearly every transaction: the same steps written
+        -- out, without the calls: _lock_testbeds, then _widen of the row of the stored
+        -- shape (_find_shape) in one statement; only when that updated nothing, the shape
+        -- and whether the testbed has history in the period, in one statement)
+        v_group := v_groups[1];
+        PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), hashint8(v_group.testbed_id));
+        UPDATE active_series._shape_seen AS s
+        SET first_seen = least(s.first_seen, v_group.first_seen),
+            last_seen = greatest(s.last_seen, v_group.last_seen)
+        FROM (
+            SELECT h.id
+            FROM active_series._shape AS h
+            WHERE h.project_id = v_group.project_id
+                AND h.digest = hash_array_extended(
+                    v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+                )
+                AND h.benchmark_ids = v_group.benchmark_ids
+                AND h.variant_ids = v_group.variant_ids
+                AND h.measure_ids = v_group.measure_ids
+            LIMIT 1
+        ) AS h
+        WHERE s.testbed_id = v_group.testbed_id
+            AND s.period_start = v_group.period_start
+            AND s.shape_id = h.id
+            AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- the stored shape, and whether the testbed has history in the period (one
+        -- statement: a first report asks both)
+        SELECT
+            s.id, s.series,
+            EXISTS (
+                SELECT
+                FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
+            )
+        INTO v_shape_id, v_series, v_known
+        FROM active_series._shape AS s
+        WHERE s.project_id = v_group.project_id
+            AND s.digest = hash_array_extended(
+                v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+            )
+            AND s.benchmark_ids = v_group.benchmark_ids
+            AND s.variant_ids = v_group.variant_ids
+            AND s.measure_ids = v_group.measure_ids
+        LIMIT 1;
+        v_group.shape_id := v_shape_id;
+        -- (the first report of the testbed in the period, of a stored shape, as below for
+        -- several testbeds, written for one)
+        IF v_shape_id IS NOT NULL AND NOT v_known THEN
+            WITH sets AS (
+                INSERT INTO active_series._testbed_period (
+                    testbed_id, period_start, organization_id, project_id, shape_id
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_group.organization_id,
+                    v_group.project_id, v_shape_id
+                )
+            ),
+            seen AS (
+                INSERT INTO active_series._shape_seen (
+                    testbed_id, period_start, shape_id, first_seen, last_seen
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_shape_id, v_group.first_seen,
+                    v_group.last_seen
+                )
+            ),
+            counted AS (
+                INSERT INTO active_series._period_usage AS u (
+                    organization_id, period_start, project_id, series_count
+                )
+                VALUES (v_group.organization_id, v_group.period_start, v_group.project_id, v_series)
+                ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+                SET series_count = u.series_count + excluded.series_count
+            )
+            -- (the outbox row of _changed, in the same statement)
+            INSERT INTO active_series._outbox (organization_id, period_start, reason)
+            VALUES (v_group.organization_id, v_group.period_start, 'ingest');
+            RETURN;
+        END IF;
+        v_groups := ARRAY[v_group];
+    ELSE
+        PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
+        v_groups := ARRAY(
+            SELECT active_series._shape_group(
+                p_organization_id => g.organization_id,
+                p_project_id => g.project_id,
+                p_testbed_id => g.testbed_id,
+                p_period_start => g.period_start,
+                p_first_seen => g.first_seen,
+                p_last_seen => g.last_seen,
+                p_benchmark_ids => g.benchmark_ids,
+                p_variant_ids => g.variant_ids,
+                p_measure_ids => g.measure_ids,
+                p_shape_id => active_series._find_shape(
+                    g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                )
+            )
+            FROM unnest(v_groups) AS g
+        );
+        IF active_series._widen(v_groups) = cardinality(v_groups) THEN
+            RETURN;
+        END IF;
+    END IF;
+
+    -- The first report of a testbed in a period (a new testbed, or the first report after
+    -- the period changed) of a shape already stored: the shape is the testbed's period
+    -- shape, so one statement writes what _record_groups would, in the same key order: the
+    -- period shapes, the sightings, the counts grown by the shapes' sizes (_period_usage,
+    -- key order) and the outbox rows. It holds when every activity is of a stored shape, no
+    -- testbed has history in its period (under the history locks taken above: nothing else
+    -- writes it meanwhile; so _widen did nothing) and no (testbed, period) has two
+    -- activities. Else the general path.
+    IF NOT EXISTS (
+        SELECT
+        FROM unnest(v_groups) AS g
+        WHERE g.shape_id IS NULL
+            OR (
+                SELECT true
+                FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = g.testbed_id AND p.period_start = g.period_start
+            )
+    )
+    AND (
+        SELECT count(DISTINCT (g.testbed_id, g.period_start)) FROM unnest(v_groups) AS g
+    ) = cardinality(v_groups) THEN
+        WITH g AS MATERIALIZED (
+            SELECT
+                g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+                g.last_seen, g.shape_id, s.series
+            FROM unnest(v_groups) AS g
+            CROSS JOIN LATERAL (
+                SELECT h.series FROM active_series._shape AS h WHERE h.id = g.shape_id
+            ) AS s
+        ),
+        sets AS (
+            INSERT INTO active_series._testbed_period (
+                testbed_id, period_start, organization_id, project_id, shape_id
+            )
+            SELECT g.testbed_id, g.period_start, g.organization_id, g.project_id, g.shape_id
+            FROM g
+            ORDER BY g.testbed_id, g.period_start
+        ),
+        seen AS (
+            INSERT INTO active_series._shape_seen (
+                testbed_id, period_start, shape_id, first_seen, last_seen
+            )
+            SELECT g.testbed_id, g.period_start, g.shape_id, g.first_seen, g.last_seen
+            FROM g
+            ORDER BY g.testbed_id, g.period_start, g.shape_id
+        ),
+        counted AS (
+            INSERT INTO active_series._period_usage AS u (
+                organization_id, period_start, project_id, series_count
+            )
+            SELECT g.organization_id, g.period_start, g.project_id, sum(g.series)
+            FROM g
+            GROUP BY g.organization_id, g.period_start, g.project_id
+            ORDER BY g.organization_id, g.period_start, g.project_id
+            ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+            SET series_count = u.series_count + excluded.series_count
+        )
+        -- (the outbox rows of _changed, one per (organization, period), in the same
+        -- statement)
+        INSERT INTO active_series._outbox (organization_id, period_start, reason)
+        SELECT DISTINCT g.organization_id, g.period_start, 'ingest'
+        FROM g
+        ORDER BY g.organization_id, g.period_start;
+        RETURN;
+    END IF;
+    PERFORM active_series._record_groups(v_groups);
+END;
+$$;
+COMMENT ON FUNCTION active_series._record_activity(bigint[], bigint[]) IS
+'Internal: record metrics, as (report_benchmark, measure) pairs, in the history and the per-period counts (the commit-time ingest trigger and backfill share it).';
+
+-- ================================================================ the cap and alert check in the recorder
+-- (the row triggers on _period_usage go: the recorder checks the counts it raised)
+DROP TRIGGER period_usage_inserted ON active_series._period_usage;
+DROP TRIGGER period_usage_grew ON active_series._period_usage;
+DROP FUNCTION active_series._period_usage_grew();
+
+CREATE FUNCTION active_series._check_rises(p_groups active_series._shape_group[])
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The recorder grew the counts of p_groups' (organization, period, project)s: check the cap
+-- and the alerts (_check_usage) of each (organization, period), in key order (so the watch
+-- rows lock in key order), when the rise comes from the ingest path, i.e. from within the
+-- commit-time trigger (trigger depth above 0): re-bucketing by set_billing_period and CALL
+-- backfill record from a top-level statement and are administrative (they never refuse and
+-- never alert). A rise in a soft-deleted project changes no billed count. Most
+-- organizations have neither a cap nor a threshold nor a bounded price tier: the same query
+-- answers that, without calling _check_usage (whose threshold list is a SQL function,
+-- planned at each call); a tier bound that set_alert disabled still calls it, it decides
+-- exactly. The rises of a re-recording after a hard delete (_rerecording) only undo its
+-- falls. (_record_activity writes the same test out for one group.)
+BEGIN
+    IF pg_trigger_depth() < 1 THEN
+        RETURN;
+    END IF;
+    PERFORM active_series._check_usage(c.organization_id, c.period_start)
+    FROM (
+        SELECT DISTINCT g.organization_id, g.period_start
+        FROM unnest(p_groups) AS g
+        WHERE EXISTS (
+            SELECT FROM active_series.project AS p
+            WHERE p.id = g.project_id AND p.deleted_at IS NULL
+        )
+        AND (
+            EXISTS (
+                SELECT FROM active_series.billing_account AS b
+                WHERE b.organization_id = g.organization_id AND b.series_cap IS NOT NULL
+            )
+            OR EXISTS (
+                SELECT FROM active_series._alert_threshold AS a
+                WHERE a.organization_id = g.organization_id AND a.enabled
+            )
+            OR EXISTS (
+                SELECT FROM active_series._price_tier AS t
+                WHERE t.organization_id = g.organization_id AND t.up_to IS NOT NULL
+            )
+        )
+        ORDER BY g.organization_id, g.period_start
+    ) AS c
+    WHERE NOT EXISTS (
+        SELECT FROM active_series._rerecording AS r WHERE r.txid = txid_current()
+    );
+END;
+$$;
+COMMENT ON FUNCTION active_series._check_rises(active_series._shape_group[]) IS
+'Internal: an ingest commit raised these periods'' counts; enforce the series cap and write alerts.';
+REVOKE EXECUTE ON FUNCTION active_series._check_rises(active_series._shape_group[])
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION active_series._check_rises(active_series._shape_group[])
+TO active_series_admin;
+
+CREATE OR REPLACE FUNCTION active_series._record_groups(
+    p_groups active_series._shape_group[],
+    p_reason text DEFAULT 'ingest'
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+-- (as _record_activity: generic plans on index paths, whatever the statistics were)
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Writes activity into the history (the words: docs/DESIGN-NOTES.md): each element of
+-- p_groups says that a testbed reported these series within one (recorded) period between
+-- first_seen and last_seen. Row writes follow what changed, never the number of series:
+-- * activity of a shape the testbed already has a sighting of in the period widens that
+--   sighting (its _shape_seen row's first_seen/last_seen: one HOT update; nothing when
+--   already inside);
+-- * activity the history already holds (a late commit, backfill over recorded data) writes
+--   nothing;
+-- * a shape new to the testbed in the period adds a sighting; when it holds series the
+--   testbed had not reported in the period, the period shape (_testbed_period, the union of
+--   the sightings) is replaced, and _period_usage grows by the difference;
+-- * the shapes themselves are stored once (_shape) and shared by testbeds and periods.
+-- Then an outbox row for each (organization, period) whose count changed.
+-- Locks, in this order, so that concurrent callers cannot deadlock: the testbeds' history
+-- locks (_lock_testbeds: every write to a testbed's history happens under it); the
+-- empty variants and shapes it creates (_resolve_shapes; nobody waits for a shape); last,
+-- the _period_usage rows in key order, and then the _period_watch rows (_check_rises) in
+-- key order. The caller holds the organizations' period locks.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_todo integer;
+    v_new active_series._shape_group [];
+    v_unions active_series._shape_group [];
+BEGIN
+    PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(p_groups) AS g));
+
+    -- one group per (testbed, period, shape), in key order
+    SELECT
+        array_agg(
+            active_series._shape_group(
+                p_organization_id => a.organization_id,
+                p_project_id => a.project_id,
+                p_testbed_id => a.testbed_id,
+                p_period_start => a.period_start,
+                p_first_seen => a.first_seen,
+                p_last_seen => a.last_seen,
+                p_shape_id => a.shape_id
+            )
+            ORDER BY a.testbed_id, a.period_start, a.shape_id
+        ),
+        count(*)
+    INTO v_groups, v_todo
+    FROM (
+        SELECT
+            g.testbed_id, g.period_start, g.shape_id,
+            min(g.organization_id) AS organization_id, min(g.project_id) AS project_id,
+            min(g.first_seen) AS first_seen, max(g.last_seen) AS last_seen
+        FROM unnest(active_series._resolve_shapes(ARRAY(
+            SELECT g FROM unnest(p_groups) AS g WHERE NOT active_series._covered(g)
+        ))) AS g
+        GROUP BY g.testbed_id, g.period_start, g.shape_id
+    ) AS a;
+    IF v_todo = 0 THEN
+        RETURN;
+    END IF;
+
+    -- Shapes the testbed has a sighting of in the period: widen it. The others are new.
+    PERFORM active_series._widen(v_groups);
+    SELECT array_agg(g) INTO v_new
+    FROM unnest(v_groups) AS g
+    WHERE NOT coalesce((
+        SELECT true
+        FROM active_series._shape_seen AS s
+        WHERE s.testbed_id = g.testbed_id
+            AND s.period_start = g.period_start
+            AND s.shape_id = g.shape_id
+        LIMIT 1
+    ), false);
+    IF v_new IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- The period shape with the new sightings' shapes added, where that adds series: the new
+    -- shape itself when the testbed had none (no unfolding), else the union unfolded
+    WITH t AS (
+        SELECT
+            n.testbed_id, n.period_start,
+            min(n.organization_id) AS organization_id, min(n.project_id) AS project_id,
+            array_agg(DISTINCT n.shape_id) AS shape_ids,
+            (
+                SELECT p.shape_id FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = n.testbed_id AND p.period_start = n.period_start
+            ) AS old_shape_id
+        FROM unnest(v_new) AS n
+        GROUP BY n.testbed_id, n.period_start
+    )
+    SELECT array_agg(
+        active_series._shape_group(
+            p_organization_id => t.organization_id,
+            p_project_id => t.project_id,
+            p_testbed_id => t.testbed_id,
+            p_period_start => t.period_start,
+            p_benchmark_ids => e.benchmark_ids,
+            p_variant_ids => e.variant_ids,
+            p_measure_ids => e.measure_ids,
+            p_shape_id => CASE
+                WHEN t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1
+                    THEN t.shape_ids[1]
+            END
+        )
+        ORDER BY t.testbed_id, t.period_start
+    )
+    INTO v_unions
+    FROM t
+    LEFT JOIN LATERAL (
+        SELECT
+            array_agg(x.b ORDER BY x.b, x.v, x.m) AS benchmark_ids,
+            array_agg(x.v ORDER BY x.b, x.v, x.m) AS variant_ids,
+            array_agg(x.m ORDER BY x.b, x.v, x.m) AS measure_ids
+        FROM (
+            SELECT e.b, e.v, e.m
+            FROM active_series._shape AS s
+            CROSS JOIN LATERAL unnest(s.benchmark_ids, s.variant_ids, s.measure_ids)
+                AS e (b, v, m)
+            WHERE s.id = ANY(t.shape_ids || t.old_shape_id)
+            GROUP BY e.b, e.v, e.m
+        ) AS x
+    ) AS e ON NOT (t.old_shape_id IS NULL AND cardinality(t.shape_ids) = 1)
+    WHERE t.old_shape_id IS NULL
+        OR cardinality(e.measure_ids) > (
+            SELECT o.series FROM active_series._shape AS o WHERE o.id = t.old_shape_id
+        );
+    IF v_unions IS NULL THEN
+        -- (every new shape was inside the period shape: no count changes)
+        INSERT INTO active_series._shape_seen AS s (
+            testbed_id, period_start, shape_id, first_seen, last_seen
+        )
+        SELECT n.testbed_id, n.period_start, n.shape_id, n.first_seen, n.last_seen
+        FROM unnest(v_new) AS n
+        ORDER BY n.testbed_id, n.period_start, n.shape_id;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT FROM unnest(v_unions) AS u WHERE u.shape_id IS NULL) THEN
+        v_unions := active_series._resolve_shapes(v_unions);
+    END IF;
+
+    -- the period shapes, and the counts by what they gained
+    WITH old AS (
+        SELECT
+            u.*,
+            (SELECT s.series FROM active_series._shape AS s WHERE s.id = u.shape_id) AS series,
+            coalesce((
+                SELECT s.series FROM active_series._shape AS s
+                WHERE s.id = (
+                    SELECT p.shape_id FROM active_series._testbed_period AS p
+                    WHERE p.testbed_id = u.testbed_id AND p.period_start = u.period_start
+                )
+            ), 0) AS old_series
+        FROM unnest(v_unions) AS u
+    ),
+    written AS (
+        INSERT INTO active_series._testbed_period AS p (
+            testbed_id, period_start, organization_id, project_id, shape_id
+        )
+        SELECT o.testbed_id, o.period_start, o.organization_id, o.project_id, o.shape_id
+        FROM old AS o
+        ORDER BY o.testbed_id, o.period_start
+        ON CONFLICT (testbed_id, period_start) DO UPDATE SET shape_id = excluded.shape_id
+    )
+    INSERT INTO active_series._period_usage AS u (
+        organization_id, period_start, project_id, series_count
+    )
+    SELECT o.organization_id, o.period_start, o.project_id, sum(o.series - o.old_series)
+    FROM old AS o
+    GROUP BY o.organization_id, o.period_start, o.project_id
+    ORDER BY o.organization_id, o.period_start, o.project_id
+    ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+    SET series_count = u.series_count + excluded.series_count;
+    -- (each of those counts rose: the cap and the alerts)
+    PERFORM active_series._check_rises(v_unions);
+
+    INSERT INTO active_series._shape_seen AS s (
+        testbed_id, period_start, shape_id, first_seen, last_seen
+    )
+    SELECT n.testbed_id, n.period_start, n.shape_id, n.first_seen, n.last_seen
+    FROM unnest(v_new) AS n
+    ORDER BY n.testbed_id, n.period_start, n.shape_id;
+
+    PERFORM active_series._changed(c.organization_id, c.period_start, p_reason)
+    FROM (
+        SELECT DISTINCT u.organization_id, u.period_start
+        FROM unnest(v_unions) AS u
+        ORDER BY u.organization_id, u.period_start
+    ) AS c;
+END;
+$$;
+COMMENT ON FUNCTION active_series._record_groups(active_series._shape_group[], text) IS
+'Internal: write sets of series reported by testbeds within periods into the history and the per-period counts (writes follow what changed, not the number of series).';
+
+CREATE OR REPLACE FUNCTION active_series._record_activity(
+    p_report_benchmark_ids bigint[],
+    p_measure_ids bigint[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+-- It runs at every ingest commit, against tables that grow by the minute, and its plans
+-- (and those of what it calls) are cached for the session's life: generic plans, so that
+-- nothing is planned per call, on index paths (plain index scans: a bitmap costs more to
+-- set up than the few rows each lookup reads), so that a plan cached while a table was
+-- small does not scan it whole once it is large.
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+AS $$
+-- Records metrics, given as (report_benchmark, measure) pairs (the ingest trigger passes a
+-- whole transaction's at commit, backfill a batch of reports'), in the history and the
+-- per-period counts: each report_benchmark is looked up once (its report, project and
+-- variant), the pairs become one activity per (testbed, report.created): its series, in
+-- the billing period containing that time (the words: docs/DESIGN-NOTES.md), and
+-- _record_groups writes them. A variant_id that is NULL, or names the benchmark's empty
+-- variant, is variant 0.
+-- Locks: the organizations' period locks (shared, _period_for, in organization order); the
+-- testbeds' history locks (_lock_testbeds); then what _record_groups takes.
+DECLARE
+    v_groups active_series._shape_group [];
+    v_group active_series._shape_group;
+    v_shape_id bigint;
+    v_series integer;
+    v_known boolean;
+    v_organization_id bigint;
+    v_project_id bigint;
+    v_testbed_id bigint;
+    v_created timestamptz;
+    v_benchmark_id bigint;
+    v_variant_id bigint;
+    v_period_start timestamptz;
+BEGIN
+    IF p_report_benchmark_ids IS NULL THEN
+        RETURN;
+    END IF;
+    IF cardinality(p_report_benchmark_ids) = 1 THEN
+        -- one metric's series (the smallest report): its activity, looked up directly, in
+        -- plain statements (a function in the join would be a table function: a tuplestore
+        -- per call)
+        SELECT
+            p.organization_id, r.project_id, r.testbed_id, r.created, rb.benchmark_id,
+            CASE
+                WHEN rb.variant_id IS NULL THEN 0
+                ELSE active_series._variant_key(rb.variant_id)
+            END
+        INTO v_organization_id, v_project_id, v_testbed_id, v_created, v_benchmark_id,
+            v_variant_id
+        FROM active_series.report_benchmark AS rb
+        INNER JOIN active_series.report AS r ON r.id = rb.report_id
+        INNER JOIN active_series.project AS p ON p.id = r.project_id
+        WHERE rb.id = p_report_benchmark_ids[1];
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        -- its period: _period_for's probe of the recorded one written out (under the
+        -- organization's period lock, as there), the call only to record a new one
+        PERFORM pg_advisory_xact_lock_shared(_lock_key('period'), hashint8(v_organization_id));
+        SELECT l.period_start INTO v_period_start
+        FROM (
+            SELECT p.period_start, p.period_end
+            FROM active_series._period AS p
+            WHERE p.organization_id = v_organization_id AND p.period_start <= v_created
+            ORDER BY p.period_start DESC
+            LIMIT 1
+        ) AS l
+        WHERE l.period_end > v_created;
+        IF v_period_start IS NULL THEN
+            v_period_start := (
+                active_series._period_for(v_organization_id, v_created)
+            ).period_start;
+        END IF;
+        v_groups := ARRAY[
+            active_series._shape_group(
+                p_organization_id => v_organization_id,
+                p_project_id => v_project_id,
+                p_testbed_id => v_testbed_id,
+                p_period_start => v_period_start,
+                p_first_seen => v_created,
+                p_last_seen => v_created,
+                p_benchmark_ids => ARRAY[v_benchmark_id],
+                p_variant_ids => ARRAY[v_variant_id],
+                p_measure_ids => p_measure_ids
+            )
+        ];
+    ELSE
+        -- (each report_benchmark, then each report, looked up once; OFFSET 0 keeps each
+        -- LATERAL subquery a per-row index lookup, whatever the statistics said when this plan
+        -- was cached)
+        v_groups := ARRAY(
+            WITH rbs AS MATERIALIZED (
+                SELECT
+                    rb.id, rb.report_id, rb.benchmark_id,
+                    -- (without a variant_id, as most reports send, no call)
+                    CASE
+                        WHEN rb.variant_id IS NULL THEN 0
+                        ELSE active_series._variant_key(rb.variant_id)
+                    END AS variant_id
+                FROM active_series.report_benchmark AS rb
+                WHERE rb.id = ANY(p_report_benchmark_ids)
+            ),
+            -- each report's series, sorted (one sort on four keys; the series come distinct
+            -- and in shape order, and each report's arrays are aggregated in that order; an
+            -- order lost would only store a shape twice)
+            sets AS MATERIALIZED (
+                SELECT
+                    s.report_id, array_agg(s.benchmark_id) AS benchmark_ids,
+                    array_agg(s.variant_id) AS variant_ids, array_agg(s.measure_id) AS measure_ids
+                FROM (
+                    SELECT DISTINCT b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                    FROM unnest(p_report_benchmark_ids, p_measure_ids) AS x (id, measure_id)
+                    INNER JOIN rbs AS b ON b.id = x.id
+                    ORDER BY b.report_id, b.benchmark_id, b.variant_id, x.measure_id
+                ) AS s
+                GROUP BY s.report_id
+            ),
+            -- (each report looked up once; OFFSET 0 keeps the LATERAL subquery a per-row
+            -- index lookup, whatever the statistics said when this plan was cached)
+            reports AS MATERIALIZED (
+                SELECT d.benchmark_ids, d.variant_ids, d.measure_ids, k.*
+                FROM sets AS d
+                CROSS JOIN LATERAL (
+                    SELECT r.project_id, r.testbed_id, r.created, p.organization_id
+                    FROM active_series.report AS r
+                    INNER JOIN active_series.project AS p ON p.id = r.project_id
+                    WHERE r.id = d.report_id
+                    OFFSET 0
+                ) AS k
+            ),
+            periods AS MATERIALIZED (
+                SELECT t.organization_id, t.created, f.period_start
+                FROM (
+                    SELECT DISTINCT s.organization_id, s.created
+                    FROM reports AS s
+                    ORDER BY s.organization_id, s.created
+                ) AS t
+                CROSS JOIN LATERAL active_series._period_for(t.organization_id, t.created) AS f
+            ),
+            keyed AS MATERIALIZED (
+                SELECT
+                    s.*, t.period_start,
+                    count(*) OVER (PARTITION BY s.testbed_id, s.created) AS reports
+                FROM reports AS s
+                INNER JOIN periods AS t
+                    ON t.organization_id = s.organization_id AND t.created = s.created
+            )
+            -- a testbed's one report at a time: its series as they are
+            SELECT active_series._shape_group(
+                p_organization_id => k.organization_id,
+                p_project_id => k.project_id,
+                p_testbed_id => k.testbed_id,
+                p_period_start => k.period_start,
+                p_first_seen => k.created,
+                p_last_seen => k.created,
+                p_benchmark_ids => k.benchmark_ids,
+                p_variant_ids => k.variant_ids,
+                p_measure_ids => k.measure_ids
+            )
+            FROM keyed AS k
+            WHERE k.reports = 1
+            UNION ALL
+            -- several reports of one testbed in one transaction (one time): their series merged
+            SELECT active_series._shape_group(
+                p_organization_id => m.organization_id,
+                p_project_id => m.project_id,
+                p_testbed_id => m.testbed_id,
+                p_period_start => m.period_start,
+                p_first_seen => m.created,
+                p_last_seen => m.created,
+                p_benchmark_ids => array_agg(m.b),
+                p_variant_ids => array_agg(m.v),
+                p_measure_ids => array_agg(m.m)
+            )
+            FROM (
+                SELECT DISTINCT
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+                FROM keyed AS k
+                CROSS JOIN LATERAL unnest(k.benchmark_ids, k.variant_ids, k.measure_ids)
+                    AS e (b, v, m)
+                WHERE k.reports > 1
+                ORDER BY
+                    k.organization_id, k.project_id, k.testbed_id, k.period_start, k.created,
+                    e.b, e.v, e.m
+            ) AS m
+            GROUP BY m.organization_id, m.project_id, m.testbed_id, m.period_start, m.created
+        );
+    END IF;
+    IF cardinality(v_groups) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- The common case, a testbed reporting the same shape as before in the period, later
+    -- than before: one HOT update of that sighting per testbed (_widen). Anything else (a
+    -- shape or a period new to the testbed, older activity) goes on below, which finds
+    -- what these updates already did and leaves it.
+    IF cardinality(v_groups) = 1 THEN
+        -- (one testbed at one time, nearly every transaction: the same steps written
+        -- out, without the calls: _lock_testbeds, then _widen of the row of the stored
+        -- shape (_find_shape) in one statement; only when that updated nothing, the shape
+        -- and whether the testbed has history in the period, in one statement)
+        v_group := v_groups[1];
+        PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), hashint8(v_group.testbed_id));
+        UPDATE active_series._shape_seen AS s
+        SET first_seen = least(s.first_seen, v_group.first_seen),
+            last_seen = greatest(s.last_seen, v_group.last_seen)
+        FROM (
+            SELECT h.id
+            FROM active_series._shape AS h
+            WHERE h.project_id = v_group.project_id
+                AND h.digest = hash_array_extended(
+                    v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+                )
+                AND h.benchmark_ids = v_group.benchmark_ids
+                AND h.variant_ids = v_group.variant_ids
+                AND h.measure_ids = v_group.measure_ids
+            LIMIT 1
+        ) AS h
+        WHERE s.testbed_id = v_group.testbed_id
+            AND s.period_start = v_group.period_start
+            AND s.shape_id = h.id
+            AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- the stored shape, and whether the testbed has history in the period (one
+        -- statement: a first report asks both)
+        SELECT
+            s.id, s.series,
+            EXISTS (
+                SELECT
+                FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
+            )
+        INTO v_shape_id, v_series, v_known
+        FROM active_series._shape AS s
+        WHERE s.project_id = v_group.project_id
+            AND s.digest = hash_array_extended(
+                v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
+            )
+            AND s.benchmark_ids = v_group.benchmark_ids
+            AND s.variant_ids = v_group.variant_ids
+            AND s.measure_ids = v_group.measure_ids
+        LIMIT 1;
+        v_group.shape_id := v_shape_id;
+        -- (the first report of the testbed in the period, of a stored shape, as below for
+        -- several testbeds, written for one)
+        IF v_shape_id IS NOT NULL AND NOT v_known THEN
+            WITH sets AS (
+                INSERT INTO active_series._testbed_period (
+                    testbed_id, period_start, organization_id, project_id, shape_id
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_group.organization_id,
+                    v_group.project_id, v_shape_id
+                )
+            ),
+            seen AS (
+                INSERT INTO active_series._shape_seen (
+                    testbed_id, period_start, shape_id, first_seen, last_seen
+                )
+                VALUES (
+                    v_group.testbed_id, v_group.period_start, v_shape_id, v_group.first_seen,
+                    v_group.last_seen
+                )
+            ),
+            counted AS (
+                INSERT INTO active_series._period_usage AS u (
+                    organization_id, period_start, project_id, series_count
+                )
+                VALUES (v_group.organization_id, v_group.period_start, v_group.project_id, v_series)
+                ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+                SET series_count = u.series_count + excluded.series_count
+            )
+            -- (the outbox row of _changed, in the same statement)
+            INSERT INTO active_series._outbox (organization_id, period_start, reason)
+            VALUES (v_group.organization_id, v_group.period_start, 'ingest');
+            -- the count rose: _check_rises written out for one group (no call, a cached
+            -- plan; a re-recording never comes this way)
+            IF pg_trigger_depth() > 0 THEN
+                PERFORM
+                FROM active_series.project AS p
+                WHERE p.id = v_group.project_id AND p.deleted_at IS NULL
+                    AND (
+                        EXISTS (
+                            SELECT FROM active_series.billing_account AS b
+                            WHERE b.organization_id = v_group.organization_id
+                                AND b.series_cap IS NOT NULL
+                        )
+                        OR EXISTS (
+                            SELECT FROM active_series._alert_threshold AS a
+                            WHERE a.organization_id = v_group.organization_id AND a.enabled
+                        )
+                        OR EXISTS (
+                            SELECT FROM active_series._price_tier AS t
+                            WHERE t.organization_id = v_group.organization_id
+                                AND t.up_to IS NOT NULL
+                        )
+                    );
+                IF FOUND THEN
+                    PERFORM active_series._check_usage(
+                        v_group.organization_id, v_group.period_start
+                    );
+                END IF;
+            END IF;
+            RETURN;
+        END IF;
+        v_groups := ARRAY[v_group];
+    ELSE
+        PERFORM active_series._lock_testbeds(ARRAY(SELECT g.testbed_id FROM unnest(v_groups) AS g));
+        v_groups := ARRAY(
+            SELECT active_series._shape_group(
+                p_organization_id => g.organization_id,
+                p_project_id => g.project_id,
+                p_testbed_id => g.testbed_id,
+                p_period_start => g.period_start,
+                p_first_seen => g.first_seen,
+                p_last_seen => g.last_seen,
+                p_benchmark_ids => g.benchmark_ids,
+                p_variant_ids => g.variant_ids,
+                p_measure_ids => g.measure_ids,
+                p_shape_id => active_series._find_shape(
+                    g.project_id, g.benchmark_ids, g.variant_ids, g.measure_ids
+                )
+            )
+            FROM unnest(v_groups) AS g
+        );
+        IF active_series._widen(v_groups) = cardinality(v_groups) THEN
+            RETURN;
+        END IF;
+    END IF;
+
+    -- The first report of a testbed in a period (a new testbed, or the first report after
+    -- the period changed) of a shape already stored: the shape is the testbed's period
+    -- shape, so one statement writes what _record_groups would, in the same key order: the
+    -- period shapes, the sightings, the counts grown by the shapes' sizes (_period_usage,
+    -- key order) and the outbox rows. It holds when every activity is of a stored shape, no
+    -- testbed has history in its period (under the history locks taken above: nothing else
+    -- writes it meanwhile; so _widen did nothing) and no (testbed, period) has two
+    -- activities. Else the general path.
+    IF NOT EXISTS (
+        SELECT
+        FROM unnest(v_groups) AS g
+        WHERE g.shape_id IS NULL
+            OR (
+                SELECT true
+                FROM active_series._testbed_period AS p
+                WHERE p.testbed_id = g.testbed_id AND p.period_start = g.period_start
+            )
+    )
+    AND (
+        SELECT count(DISTINCT (g.testbed_id, g.period_start)) FROM unnest(v_groups) AS g
+    ) = cardinality(v_groups) THEN
+        WITH g AS MATERIALIZED (
+            SELECT
+                g.organization_id, g.project_id, g.testbed_id, g.period_start, g.first_seen,
+                g.last_seen, g.shape_id, s.series
+            FROM unnest(v_groups) AS g
+            CROSS JOIN LATERAL (
+                SELECT h.series FROM active_series._shape AS h WHERE h.id = g.shape_id
+            ) AS s
+        ),
+        sets AS (
+            INSERT INTO active_series._testbed_period (
+                testbed_id, period_start, organization_id, project_id, shape_id
+            )
+            SELECT g.testbed_id, g.period_start, g.organization_id, g.project_id, g.shape_id
+            FROM g
+            ORDER BY g.testbed_id, g.period_start
+        ),
+        seen AS (
+            INSERT INTO active_series._shape_seen (
+                testbed_id, period_start, shape_id, first_seen, last_seen
+            )
+            SELECT g.testbed_id, g.period_start, g.shape_id, g.first_seen, g.last_seen
+            FROM g
+            ORDER BY g.testbed_id, g.period_start, g.shape_id
+        ),
+        counted AS (
+            INSERT INTO active_series._period_usage AS u (
+                organization_id, period_start, project_id, series_count
+            )
+            SELECT g.organization_id, g.period_start, g.project_id, sum(g.series)
+            FROM g
+            GROUP BY g.organization_id, g.period_start, g.project_id
+            ORDER BY g.organization_id, g.period_start, g.project_id
+            ON CONFLICT (organization_id, period_start, project_id) DO UPDATE
+            SET series_count = u.series_count + excluded.series_count
+        )
+        -- (the outbox rows of _changed, one per (organization, period), in the same
+        -- statement)
+        INSERT INTO active_series._outbox (organization_id, period_start, reason)
+        SELECT DISTINCT g.organization_id, g.period_start, 'ingest'
+        FROM g
+        ORDER BY g.organization_id, g.period_start;
+        -- (each of those counts rose: the cap and the alerts)
+        PERFORM active_series._check_rises(v_groups);
+        RETURN;
+    END IF;
+    PERFORM active_series._record_groups(v_groups);
+END;
+$$;
+COMMENT ON FUNCTION active_series._record_activity(bigint[], bigint[]) IS
+'Internal: record metrics, as (report_benchmark, measure) pairs, in the history and the per-period counts (the commit-time ingest trigger and backfill share it).';
+
+CREATE OR REPLACE FUNCTION active_series._forget_series(
+    p_project_ids bigint[],
+    p_benchmark_ids bigint[],
+    p_variant_ids bigint[],
+    p_empty_of bigint[],
+    p_measure_ids bigint[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Hard-deleted benchmarks, variants (the empty variants of p_empty_of's benchmarks among
+-- them) and measures of some projects: their series leave the history. Every testbed history
+-- (testbed, period) whose set holds one of them is unfolded, deleted (which lowers the counts,
+-- _testbed_period_deleted) and recorded again without them. Histories of a testbed or
+-- project deleted in the same statement are left to their own cascade. A deleted empty
+-- variant takes its benchmark's report_benchmarks without variant_id with it, as a variant's
+-- own report_benchmarks cascade.
+-- Locks: the history locks of the testbeds it rewrites (_lock_testbeds), then what
+-- _record_groups takes.
+DECLARE
+    v_shapes bigint [];
+    v_spans active_series._series_span [];
+BEGIN
+    IF p_project_ids IS NULL THEN
+        RETURN;
+    END IF;
+    -- a benchmark's empty variant is also its report_benchmarks without variant_id
+    DELETE FROM active_series.report_benchmark AS rb
+    WHERE rb.benchmark_id = ANY(p_empty_of) AND rb.variant_id IS NULL;
+
+    SELECT array_agg(s.id) INTO v_shapes
+    FROM active_series._shape AS s
+    WHERE s.project_id = ANY(p_project_ids)
+        AND (
+            s.benchmark_ids && p_benchmark_ids
+            OR s.measure_ids && p_measure_ids
+            OR s.variant_ids && p_variant_ids
+            -- (a pair (benchmark, 0) of the set, not just a 0 and a benchmark anywhere in
+            -- it: a set without the deleted series may be recorded again as it is, and must
+            -- not be deleted below)
+            OR (
+                s.variant_ids && '{0}'::bigint [] AND s.benchmark_ids && p_empty_of
+                AND EXISTS (
+                    SELECT
+                    FROM unnest(s.benchmark_ids, s.variant_ids) AS e (b, v)
+                    WHERE e.v = 0 AND e.b = ANY(p_empty_of)
+                )
+            )
+        );
+    IF v_shapes IS NULL THEN
+        RETURN;
+    END IF;
+
+    PERFORM active_series._lock_testbeds(ARRAY(
+        SELECT t.testbed_id FROM active_series._testbed_period AS t WHERE t.shape_id = ANY(v_shapes)
+    ));
+    SELECT coalesce(array_agg(
+        row(
+            h.organization_id, h.project_id, h.testbed_id, h.period_start, h.benchmark_id,
+            h.variant_id, h.measure_id, h.first_seen, h.last_seen
+        )::active_series._series_span
+    ), '{}')
+    INTO v_spans
+    FROM active_series._testbed_period AS t
+    INNER JOIN active_series._series_history AS h
+        ON h.testbed_id = t.testbed_id AND h.period_start = t.period_start
+    WHERE t.shape_id = ANY(v_shapes)
+        AND NOT h.benchmark_id = ANY(p_benchmark_ids)
+        AND NOT h.measure_id = ANY(p_measure_ids)
+        AND NOT h.variant_id = ANY(p_variant_ids)
+        AND NOT (h.variant_id = 0 AND h.benchmark_id = ANY(p_empty_of))
+        AND EXISTS (SELECT FROM active_series.testbed AS b WHERE b.id = t.testbed_id)
+        AND EXISTS (SELECT FROM active_series.project AS p WHERE p.id = t.project_id);
+
+    DELETE FROM active_series._testbed_period AS t
+    WHERE t.shape_id = ANY(v_shapes);
+    -- (the counts fell with the deletes above and rise back below, to no more than they
+    -- were: no cap to enforce, no alert to write, _check_rises is told so)
+    INSERT INTO active_series._rerecording DEFAULT VALUES;
+    PERFORM active_series._record_groups(active_series._regroup(v_spans), 'delete');
+    DELETE FROM active_series._rerecording AS r WHERE r.txid = txid_current();
+    -- the sets that held them are no longer referred to (a _shape_seen set is always inside
+    -- its testbed history's set, and every history whose set held one was rewritten)
+    DELETE FROM active_series._shape AS s
+    WHERE s.id = ANY(v_shapes)
+        AND NOT EXISTS (SELECT FROM active_series._testbed_period AS x WHERE x.shape_id = s.id);
+END;
+$$;
+COMMENT ON FUNCTION active_series._forget_series(bigint[], bigint[], bigint[], bigint[], bigint[]) IS
+'Internal: remove the series of hard-deleted benchmarks, variants and measures from the history (and the counts).';
+
+COMMENT ON TABLE active_series._rerecording IS
+'The transactions re-recording history after a hard delete (_forget_series), for as long as they do: the counts they raise on the way back never exceed what they were, so the cap and alert check (_check_rises) leaves them alone. Only the extension''s own functions write it.';
+
+-- ================================================================ sightings go with their testbed history, without a foreign key
+ALTER TABLE active_series._shape_seen
+DROP CONSTRAINT _shape_seen_testbed_id_period_start_fkey;
+
+CREATE OR REPLACE FUNCTION active_series._testbed_period_deleted()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Statement-level AFTER DELETE on _testbed_period (a testbed or project hard-deleted
+-- cascades its history away; re-bucketing and re-recording delete and rewrite it): delete
+-- the sightings of the histories deleted (no foreign key cascades them: see _shape_seen),
+-- lower the counts by the sets deleted and tell the relay.
+-- SECURITY DEFINER: the hard delete that cascades here may be an ingest client's
+-- (active_series_ingest), which may not write _period_usage or _outbox.
+BEGIN
+    DELETE FROM active_series._shape_seen AS s
+    USING old_testbed_period AS o
+    WHERE s.testbed_id = o.testbed_id AND s.period_start = o.period_start;
+    UPDATE active_series._period_usage AS u
+    SET series_count = u.series_count - d.n
+    FROM (
+        SELECT o.organization_id, o.period_start, o.project_id, sum(s.series) AS n
+        FROM old_testbed_period AS o
+        INNER JOIN active_series._shape AS s ON s.id = o.shape_id
+        GROUP BY o.organization_id, o.period_start, o.project_id
+    ) AS d
+    WHERE u.organization_id = d.organization_id
+        AND u.period_start = d.period_start
+        AND u.project_id = d.project_id;
+    PERFORM active_series._changed(c.organization_id, c.period_start, 'delete')
+    FROM (
+        SELECT DISTINCT o.organization_id, o.period_start FROM old_testbed_period AS o
+    ) AS c;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION active_series._testbed_period_deleted() IS
+'Trigger: keep per-period counts right when a testbed''s history of a period is deleted.';
+
+CREATE OR REPLACE FUNCTION active_series.verify(p_organization_id bigint DEFAULT NULL)
+RETURNS TABLE (organization_id bigint, problem text, detail text)
+LANGUAGE plpgsql
+STABLE
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- Compares the cache and history with a from-scratch recomputation over the metrics (of
+-- one organization, or all): no rows means healthy. Problems:
+--   count      a per-project period count differs from the series in its history
+--   last_seen  a series' last_seen is missing or older than its newest metric
+--   history    a series' activity in a period is missing from, or outside, its history
+--   period     activity falls in no recorded period
+--   set        a testbed's set of series for a period is not the union of what it reported
+--   sighting   a _shape_seen row without its testbed history (_testbed_period row)
+-- Activity of deleted reports is legitimately in history without metrics: not a problem.
+-- Reads everything of the organization; takes no locks.
+BEGIN
+    IF p_organization_id IS NOT NULL THEN
+        PERFORM active_series._require_organization(p_organization_id);
+    END IF;
+
+    RETURN QUERY
+    SELECT d.organization_id, 'count'::text,
+        format('period %s project %s: count %s, history rows %s',
+            d.period_start, d.project_id, d.actual, d.expected)
+    FROM active_series._count_drift AS d
+    WHERE p_organization_id IS NULL OR d.organization_id = p_organization_id;
+
+    RETURN QUERY
+    WITH activity AS (
+        SELECT p.organization_id, r.project_id, r.testbed_id, rb.benchmark_id,
+            active_series._variant_key(rb.variant_id) AS variant_id, m.measure_id, r.created
+        FROM active_series.metric AS m
+        INNER JOIN active_series.report_benchmark AS rb ON rb.id = m.report_benchmark_id
+        INNER JOIN active_series.report AS r ON r.id = rb.report_id
+        INNER JOIN active_series.project AS p ON p.id = r.project_id
+        WHERE p_organization_id IS NULL OR p.organization_id = p_organization_id
+    ),
+    history AS (
+        SELECT h.*
+        FROM active_series._series_history AS h
+        WHERE p_organization_id IS NULL OR h.organization_id = p_organization_id
+    ),
+    per_series AS (
+        SELECT a.organization_id, a.testbed_id, a.benchmark_id, a.variant_id, a.measure_id,
+            max(a.created) AS last_seen
+        FROM activity AS a
+        GROUP BY a.organization_id, a.testbed_id, a.benchmark_id, a.variant_id, a.measure_id
+    ),
+    per_period AS (
+        SELECT a.organization_id, a.testbed_id, a.benchmark_id, a.variant_id, a.measure_id,
+            q.period_start, min(a.created) AS first_seen, max(a.created) AS last_seen
+        FROM activity AS a
+        LEFT JOIN active_series._period AS q
+            ON q.organization_id = a.organization_id
+            AND q.period_start <= a.created
+            AND q.period_end > a.created
+        GROUP BY a.organization_id, a.testbed_id, a.benchmark_id, a.variant_id, a.measure_id,
+            q.period_start
+    )
+    SELECT x.organization_id, 'last_seen'::text,
+        format('series (%s, %s, %s, %s): last_seen %s, newest metric %s',
+            x.testbed_id, x.benchmark_id, x.variant_id, x.measure_id,
+            coalesce(s.last_seen::text, 'missing'), x.last_seen)
+    FROM per_series AS x
+    LEFT JOIN (
+        SELECT h.testbed_id, h.benchmark_id, h.variant_id, h.measure_id,
+            max(h.last_seen) AS last_seen
+        FROM history AS h
+        GROUP BY h.testbed_id, h.benchmark_id, h.variant_id, h.measure_id
+    ) AS s
+        ON s.testbed_id = x.testbed_id
+        AND s.benchmark_id = x.benchmark_id
+        AND s.variant_id = x.variant_id
+        AND s.measure_id = x.measure_id
+    WHERE s.last_seen IS NULL OR s.last_seen < x.last_seen
+    UNION ALL
+    SELECT y.organization_id,
+        CASE WHEN y.period_start IS NULL THEN 'period' ELSE 'history' END,
+        format('series (%s, %s, %s, %s) period %s: active %s .. %s, history %s .. %s',
+            y.testbed_id, y.benchmark_id, y.variant_id, y.measure_id,
+            coalesce(y.period_start::text, 'none'), y.first_seen, y.last_seen,
+            coalesce(h.first_seen::text, 'missing'), coalesce(h.last_seen::text, 'missing'))
+    FROM per_period AS y
+    LEFT JOIN history AS h
+        ON h.period_start = y.period_start
+        AND h.testbed_id = y.testbed_id
+        AND h.benchmark_id = y.benchmark_id
+        AND h.variant_id = y.variant_id
+        AND h.measure_id = y.measure_id
+    WHERE h.first_seen IS NULL
+        OR h.first_seen > y.first_seen
+        OR h.last_seen < y.last_seen;
+
+    RETURN QUERY
+    SELECT t.organization_id, 'set'::text,
+        format('testbed %s period %s: set of %s series, %s reported',
+            t.testbed_id, t.period_start, u.series, coalesce(n.series, 0))
+    FROM active_series._testbed_period AS t
+    INNER JOIN active_series._shape AS u ON u.id = t.shape_id
+    LEFT JOIN LATERAL (
+        SELECT count(*) AS series, bool_and(x.in_set) AS all_in_set
+        FROM (
+            SELECT DISTINCT e.b, e.v, e.m,
+                (e.b, e.v, e.m) IN (
+                    SELECT f.b, f.v, f.m
+                    FROM unnest(u.benchmark_ids, u.variant_ids, u.measure_ids) AS f (b, v, m)
+                ) AS in_set
+            FROM active_series._shape_seen AS s
+            INNER JOIN active_series._shape AS h ON h.id = s.shape_id
+            CROSS JOIN LATERAL unnest(h.benchmark_ids, h.variant_ids, h.measure_ids)
+                AS e (b, v, m)
+            WHERE s.testbed_id = t.testbed_id AND s.period_start = t.period_start
+        ) AS x
+    ) AS n ON true
+    WHERE (p_organization_id IS NULL OR t.organization_id = p_organization_id)
+        AND (n.series IS DISTINCT FROM u.series::bigint OR NOT n.all_in_set);
+
+    -- (the organization of a sighting without its history: its shape's project's)
+    RETURN QUERY
+    SELECT p.organization_id, 'sighting'::text,
+        format('testbed %s period %s shape %s: a sighting without its testbed history',
+            s.testbed_id, s.period_start, s.shape_id)
+    FROM active_series._shape_seen AS s
+    LEFT JOIN active_series._shape AS h ON h.id = s.shape_id
+    LEFT JOIN active_series.project AS p ON p.id = h.project_id
+    WHERE (p_organization_id IS NULL OR p.organization_id = p_organization_id)
+        AND NOT EXISTS (
+            SELECT FROM active_series._testbed_period AS t
+            WHERE t.testbed_id = s.testbed_id AND t.period_start = s.period_start
+        );
+END;
+$$;
+COMMENT ON FUNCTION active_series.verify(bigint) IS
+'Rows where cached counts, last_seen or period history disagree with a from-scratch recomputation over the metrics (one organization or all); no rows means healthy.';

@@ -247,6 +247,41 @@ def test_verify_reports_a_corrupted_row_of_the_corrupted_organization_only(conn,
     assert verify(conn, orgs[1].id) == []
 
 
+def test_verify_reports_a_sighting_without_its_testbed_history(conn):
+    # (no foreign key holds a sighting to its history: the deletes of histories delete their
+    # sightings, and verify() finds one left behind)
+    orgs = fill(conn)
+    corrupt(
+        conn,
+        "INSERT INTO active_series._shape_seen"
+        " (testbed_id, period_start, shape_id, first_seen, last_seen)"
+        " SELECT s.testbed_id, s.period_start - interval '100 years', s.shape_id,"
+        " s.first_seen - interval '100 years', s.last_seen - interval '100 years'"
+        " FROM (" + ORG_SHAPE_SEEN.replace("s.ctid", "s.*") + " LIMIT 1) AS s",
+        orgs[0].id,
+    )
+
+    problems = verify(conn)
+    assert [p[:2] for p in problems] == [(orgs[0].id, "sighting")]
+    assert verify(conn, orgs[1].id) == []
+
+
+def test_deleting_a_testbed_history_deletes_its_sightings(conn):
+    orgs = fill(conn)
+    before = conn.execute("SELECT count(*) FROM active_series._shape_seen").fetchone()[0]
+    gone = conn.execute(
+        "WITH d AS (DELETE FROM active_series._testbed_period WHERE organization_id = %s"
+        " RETURNING testbed_id, period_start)"
+        " SELECT count(*) FROM active_series._shape_seen AS s"
+        " JOIN d ON d.testbed_id = s.testbed_id AND d.period_start = s.period_start",
+        (orgs[0].id,),
+    ).fetchone()[0]
+    assert gone > 0
+    after = conn.execute("SELECT count(*) FROM active_series._shape_seen").fetchone()[0]
+    assert after == before - gone
+    assert [p[1] for p in verify(conn, orgs[0].id) if p[1] == "sighting"] == []
+
+
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
 def test_backfill_repairs_a_corrupted_row(conn, corruption):
     orgs = fill(conn)

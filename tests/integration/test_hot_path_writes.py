@@ -138,6 +138,27 @@ def test_a_new_testbed_reporting_a_known_set_stores_no_new_set(conn):
     assert_matches_oracle(conn, org.id)
 
 
+def test_new_testbeds_reporting_a_known_set_in_one_transaction_write_one_outbox_row(conn):
+    # (several testbeds' first reports of a stored set in one commit: one statement writes
+    # their histories, the counts and the outbox row of each organization and period)
+    org, series = suite(conn)
+    ingest(conn, org, org.testbeds[0], series)
+    before = versions(conn)
+
+    with conn.transaction():
+        ingest(conn, org, org.testbeds[1], series)
+        ingest(conn, org, org.testbeds[2], series)
+
+    assert written(before, versions(conn)) == {
+        "_testbed_period": 2,
+        "_shape_seen": 2,
+        "_period_usage": 1,
+        "_outbox": 1,
+    }
+    assert one(conn, "SELECT active_series.period_usage(%s)", (org.id,)) == 3 * len(series)
+    assert_matches_oracle(conn, org.id)
+
+
 def test_a_shrunk_report_writes_its_own_set_and_leaves_the_count(conn):
     org, series = suite(conn)
     ingest(conn, org, org.testbeds[0], series)
