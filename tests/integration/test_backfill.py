@@ -29,7 +29,8 @@ DISABLE = "ALTER TABLE active_series.metric DISABLE TRIGGER active_series_metric
 ENABLE = "ALTER TABLE active_series.metric ENABLE TRIGGER active_series_metric_inserted"
 TRUNCATE = (
     "TRUNCATE active_series._shape_seen, active_series._testbed_period, active_series._shape,"
-    " active_series._period_usage, active_series._period, active_series._outbox"
+    " active_series._period_usage, active_series._period, active_series._relay_period,"
+    " active_series._outbox"
 )
 MONTHS = [utc(2024, 1, 5), utc(2024, 1, 28, 23, 59), utc(2024, 2, 1), utc(2024, 3, 15, 12)]
 
