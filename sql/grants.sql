@@ -46,7 +46,8 @@ active_series.relay_periods,
 active_series.billing_drift
 TO active_series_worker;
 GRANT SELECT, DELETE ON active_series._outbox TO active_series_worker;
-GRANT SELECT, INSERT, UPDATE ON active_series._ledger TO active_series_worker;
+-- the ledger: read here, written only through the relay's ledger rules (SECURITY DEFINER)
+GRANT SELECT ON active_series._ledger TO active_series_worker;
 GRANT SELECT, INSERT, UPDATE ON active_series._relay_confirmation TO active_series_worker;
 GRANT SELECT, INSERT, DELETE ON active_series._post_attempt TO active_series_worker;
 GRANT SELECT, INSERT ON active_series._relay_state TO active_series_worker;
@@ -76,6 +77,13 @@ active_series._relay_close_period(bigint, timestamptz),
 active_series._relay_finalize_period(bigint, timestamptz, bigint),
 active_series._relay_finalize_unbilled(bigint, timestamptz, timestamptz),
 active_series._relay_note_drift(bigint[]),
+active_series._relay_ledger_pending(
+    bigint[], text[], timestamptz[], timestamptz[], bigint[], bigint[], float8[]
+),
+active_series._relay_ledger_in_flight(text[], float8[]),
+active_series._relay_ledger_outcomes(text[], boolean[], text[], text[]),
+active_series._relay_ledger_failed(bigint, text, timestamptz, timestamptz, bigint, bigint, text),
+active_series._relay_ledger_refused(text[], text[]),
 active_series._require_organization(bigint),
 active_series._organization_rows(),
 active_series._project_rows(),

@@ -85,6 +85,14 @@ DEFINER_FUNCTIONS = {
     "_relay_finalize_period(bigint,timestamp with time zone,bigint)",
     "_relay_finalize_unbilled(bigint,timestamp with time zone,timestamp with time zone)",
     "_relay_note_drift(bigint[])",
+    # the relay's ledger rules: the worker writes _ledger only through them
+    "_relay_ledger_pending(bigint[],text[],timestamp with time zone[],timestamp with time zone[],"
+    "bigint[],bigint[],double precision[])",
+    "_relay_ledger_in_flight(text[],double precision[])",
+    "_relay_ledger_outcomes(text[],boolean[],text[],text[])",
+    "_relay_ledger_failed(bigint,text,timestamp with time zone,timestamp with time zone,bigint,"
+    "bigint,text)",
+    "_relay_ledger_refused(text[],text[])",
     # the read API of active_series_reader
     "period_usage(bigint,timestamp with time zone)",
     "periods(bigint)",

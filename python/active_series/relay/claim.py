@@ -436,10 +436,8 @@ class Relay(SummaryReads):
             "cannot post this value: no timestamp inside the period is left after the last "
             f"event ({ts - 1}) within Stripe's 35 days"
         )
-        ident = self._identifier(claim.customer, ts, p.usage)
         self.ledger.execute(
-            q.LEDGER_FAILED_NEW,
-            (claim.org, claim.customer, p.start, p.end, p.usage, ts, ident, reason),
+            q.LEDGER_FAILED_NEW, (claim.org, claim.customer, p.start, p.end, p.usage, ts, reason)
         )
         self.log("error", "unpostable", org=claim.org, period=p.start, value=p.usage)
 
@@ -680,9 +678,3 @@ class Relay(SummaryReads):
         self.meter_read = (self.claims, True)
         self.log("info", "meter_fits", org=org, meter=meter["id"], refusal=reason)
         return True
-
-    def _identifier(self, customer: str, ts: int, value: int) -> str:
-        """A post's identifier, as the schema defines it (``_relay_identifier``)."""
-        row = self.ledger.execute(q.IDENTIFIER, (customer, ts, value)).fetchone()
-        assert row is not None
-        return str(row[0])
