@@ -141,3 +141,66 @@ def test_the_worker_writes_the_ledger_only_through_the_rules(conn: Conn, worker:
         )
     late = one(conn, "SELECT active_series._relay_identifier('cus_l', %s, 3)", (TS + 1,))
     assert ledger(conn, late) == ("failed", 0, "too late", False, False)
+
+
+STATE = (
+    "SELECT parked_at IS NOT NULL, parked_reason, next_attempt_at, attempts,"
+    " last_event_timestamp FROM active_series._relay_state WHERE organization_id = %s"
+)
+
+
+def relay_state(conn: Conn, org: int) -> tuple[Any, ...]:
+    row = conn.execute(STATE, (org,)).fetchone()
+    assert row is not None, org
+    return tuple(row)
+
+
+def test_the_worker_writes_the_relay_state_only_through_the_rules(conn: Conn, worker: Conn) -> None:
+    a, b, c = (make_org(conn, f"state_rules_{n}").id for n in "abc")
+    for org in (a, b):
+        conn.execute("INSERT INTO active_series._relay_state (organization_id) VALUES (%s)", (org,))
+    for column in ("parked_at", "parked_reason", "next_attempt_at", "attempts"):
+        refused(
+            worker,
+            f"UPDATE active_series._relay_state SET {column} = NULL WHERE organization_id = %s",
+            (a,),
+        )
+    refused(
+        worker,
+        "INSERT INTO active_series._relay_state (organization_id, parked_at, parked_reason)"
+        " VALUES (%s, now(), 'forged')",
+        (c,),
+    )
+    refused(worker, "DELETE FROM active_series._relay_state")
+    # (what _relay_work adds, and what _relay_claim's lock takes, it may still do)
+    worker.execute("INSERT INTO active_series._relay_state (organization_id) VALUES (%s)", (c,))
+    with worker.transaction():
+        assert worker.execute("SELECT * FROM active_series._relay_claim(%s)", ([a],)).fetchall()
+
+    # defer: no claim before the moment given
+    until = utc(2099, 1).timestamp()
+    worker.execute(
+        "SELECT active_series._relay_defer(%s::bigint[], %s::float8[])", ([a, b], [until, until])
+    )
+    assert relay_state(conn, a)[2] == relay_state(conn, b)[2] == utc(2099, 1)
+    assert (
+        worker.execute("SELECT * FROM active_series._relay_claim(%s)", ([a, b],)).fetchall() == []
+    )
+
+    # failed attempts counted, one by one; an organization without a row: NULL
+    counts = [one(worker, "SELECT active_series._relay_count_attempt(%s)", (a,)) for _ in range(2)]
+    assert counts == [1, 2]
+    assert one(worker, "SELECT active_series._relay_count_attempt(-2)") is None
+
+    # done: attempts and backoff cleared, the newest event timestamp kept
+    worker.execute(
+        "SELECT active_series._relay_done(%s::bigint[], %s::bigint[])", ([a, b], [TS, TS])
+    )
+    worker.execute("SELECT active_series._relay_done(%s::bigint[], %s::bigint[])", ([a], [TS - 5]))
+    assert relay_state(conn, a) == (False, None, None, 0, TS)
+
+    # park: parked with the reason, no backoff; no claim takes it
+    worker.execute("SELECT active_series._relay_defer(%s::bigint[], %s::float8[])", ([b], [until]))
+    worker.execute("SELECT active_series._relay_park(%s, %s)", (b, "No such customer"))
+    assert relay_state(conn, b) == (True, "No such customer", None, 0, TS)
+    assert worker.execute("SELECT * FROM active_series._relay_claim(%s)", ([b],)).fetchall() == []

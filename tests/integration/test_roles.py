@@ -93,6 +93,12 @@ DEFINER_FUNCTIONS = {
     "_relay_ledger_failed(bigint,text,timestamp with time zone,timestamp with time zone,bigint,"
     "bigint,text)",
     "_relay_ledger_refused(text[],text[])",
+    # the relay's rules for an organization's state: the worker writes _relay_state only
+    # through them (and _relay_work's missing rows)
+    "_relay_done(bigint[],bigint[])",
+    "_relay_defer(bigint[],double precision[])",
+    "_relay_count_attempt(bigint)",
+    "_relay_park(bigint,text)",
     # the read API of active_series_reader
     "period_usage(bigint,timestamp with time zone)",
     "periods(bigint)",

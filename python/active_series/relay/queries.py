@@ -82,41 +82,21 @@ FINALIZE_PERIOD: Final = (
     "SELECT active_series._relay_finalize_period(%(org)s, %(start)s, %(billed)s::bigint)"
 )
 
-STATE_DONE: Final = """
-UPDATE active_series._relay_state AS s
-SET attempts = 0, next_attempt_at = NULL, updated_at = now(),
-    last_event_timestamp = greatest(s.last_event_timestamp, d.ts)
-FROM unnest(%s::bigint[], %s::bigint[]) AS d (organization_id, ts)
-WHERE s.organization_id = d.organization_id
-"""
+# an organization's relay state (_relay_state), written through the rules of the schema
+# only: (organization, newest event timestamp accepted) pairs relayed; an organization
+# backing off until a moment (organization, Unix seconds); a failed attempt counted (returns
+# the count); an organization parked (organization, reason)
+STATE_DONE: Final = "SELECT active_series._relay_done(%s::bigint[], %s::bigint[])"
 
-STATE_DEFER: Final = """
-UPDATE active_series._relay_state
-SET next_attempt_at = to_timestamp(%s), updated_at = now()
-WHERE organization_id = %s
-"""
+STATE_DEFER: Final = "SELECT active_series._relay_defer(ARRAY[%s::bigint], ARRAY[%s::float8])"
 
 # (organization, Unix second) pairs: organizations whose next post must wait for its second
-STATE_DEFER_UNTIL: Final = """
-UPDATE active_series._relay_state AS s
-SET next_attempt_at = to_timestamp(d.ts), updated_at = now()
-FROM unnest(%s::bigint[], %s::bigint[]) AS d (organization_id, ts)
-WHERE s.organization_id = d.organization_id
-"""
+STATE_DEFER_UNTIL: Final = "SELECT active_series._relay_defer(%s::bigint[], %s::float8[])"
 
 # the first statement of a failed attempt; its backoff is then set with STATE_DEFER
-STATE_COUNT_ATTEMPT: Final = """
-UPDATE active_series._relay_state
-SET attempts = attempts + 1, updated_at = now()
-WHERE organization_id = %s
-RETURNING attempts
-"""
+STATE_COUNT_ATTEMPT: Final = "SELECT active_series._relay_count_attempt(%s)"
 
-STATE_PARK: Final = """
-UPDATE active_series._relay_state
-SET parked_at = now(), parked_reason = %s, next_attempt_at = NULL, updated_at = now()
-WHERE organization_id = %s
-"""
+STATE_PARK: Final = "SELECT active_series._relay_park(%s, %s)"
 
 # -- ledger (autocommit connection: committed before the Stripe call) --------------------
 # the ledger's rules, each a function of the schema (_relay_ledger_*): the worker writes the
