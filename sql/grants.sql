@@ -49,7 +49,8 @@ GRANT SELECT, DELETE ON active_series._outbox TO active_series_worker;
 -- the ledger: read here, written only through the relay's ledger rules (SECURITY DEFINER)
 GRANT SELECT ON active_series._ledger TO active_series_worker;
 GRANT SELECT, INSERT, UPDATE ON active_series._relay_confirmation TO active_series_worker;
-GRANT SELECT, INSERT, DELETE ON active_series._post_attempt TO active_series_worker;
+-- the posts each request carried: written through the relay's rules only (SECURITY DEFINER)
+GRANT SELECT ON active_series._post_attempt TO active_series_worker;
 -- the organizations' relay state: written through the relay's rules only (SECURITY
 -- DEFINER); _relay_work (caller's rights) adds the missing rows, with defaults only, and
 -- _relay_claim locks rows FOR UPDATE, which takes the UPDATE right of some column: of
@@ -91,6 +92,8 @@ active_series._relay_done(bigint[], bigint[]),
 active_series._relay_defer(bigint[], float8[]),
 active_series._relay_count_attempt(bigint),
 active_series._relay_park(bigint, text),
+active_series._relay_note_attempts(text[], text[]),
+active_series._relay_prune_attempts(),
 active_series._require_organization(bigint),
 active_series._organization_rows(),
 active_series._project_rows(),

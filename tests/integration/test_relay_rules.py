@@ -204,3 +204,27 @@ def test_the_worker_writes_the_relay_state_only_through_the_rules(conn: Conn, wo
     worker.execute("SELECT active_series._relay_park(%s, %s)", (b, "No such customer"))
     assert relay_state(conn, b) == (True, "No such customer", None, 0, TS)
     assert worker.execute("SELECT * FROM active_series._relay_claim(%s)", ([b],)).fetchall() == []
+
+
+def test_the_worker_writes_the_requests_posts_only_through_the_rules(
+    conn: Conn, worker: Conn
+) -> None:
+    refused(
+        worker,
+        "INSERT INTO active_series._post_attempt (idempotency_key, identifier)"
+        " VALUES ('k-forged', 'as-x')",
+    )
+    refused(worker, "DELETE FROM active_series._post_attempt")
+    refused(worker, "UPDATE active_series._post_attempt SET identifier = identifier")
+    pairs = (["k-1", "k-1", "k-2"], ["as-a", "as-b", "as-a"])
+    for _ in range(2):  # recorded once
+        worker.execute("SELECT active_series._relay_note_attempts(%s::text[], %s::text[])", pairs)
+    keys = "SELECT idempotency_key, identifier FROM active_series._post_attempt ORDER BY 1, 2"
+    assert conn.execute(keys).fetchall() == list(zip(*pairs, strict=True))
+    # kept 31 days
+    conn.execute(
+        "UPDATE active_series._post_attempt SET created = clock_timestamp()"
+        " - interval '31 days 1 second' WHERE idempotency_key = 'k-1'"
+    )
+    worker.execute("SELECT active_series._relay_prune_attempts()")
+    assert conn.execute(keys).fetchall() == [("k-2", "as-a")]

@@ -99,6 +99,9 @@ DEFINER_FUNCTIONS = {
     "_relay_defer(bigint[],double precision[])",
     "_relay_count_attempt(bigint)",
     "_relay_park(bigint,text)",
+    # the posts each request carried: the worker writes _post_attempt only through them
+    "_relay_note_attempts(text[],text[])",
+    "_relay_prune_attempts()",
     # the read API of active_series_reader
     "period_usage(bigint,timestamp with time zone)",
     "periods(bigint)",

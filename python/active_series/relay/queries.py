@@ -124,17 +124,10 @@ LEDGER_OUTCOMES: Final = (
 )
 
 # (idempotency key, identifier) pairs: the posts each request about to be made carries
-ATTEMPTS_NEW: Final = """
-INSERT INTO active_series._post_attempt (idempotency_key, identifier)
-SELECT * FROM unnest(%s::text[], %s::text[])
-ON CONFLICT DO NOTHING
-"""
+ATTEMPTS_NEW: Final = "SELECT active_series._relay_note_attempts(%s::text[], %s::text[])"
 
 # the keys of requests made more than 31 days ago: no error report can name them any more
-ATTEMPTS_PRUNE: Final = """
-DELETE FROM active_series._post_attempt
-WHERE created < clock_timestamp() - interval '31 days'
-"""
+ATTEMPTS_PRUNE: Final = "SELECT active_series._relay_prune_attempts()"
 
 # the posts the requests of the given idempotency keys carried: key, organization,
 # identifier, customer, event timestamp, and when the request was made (Unix seconds)
