@@ -46,13 +46,18 @@ active_series.relay_periods,
 active_series.billing_drift
 TO active_series_worker;
 GRANT SELECT, DELETE ON active_series._outbox TO active_series_worker;
-GRANT SELECT, INSERT, UPDATE ON active_series._ledger TO active_series_worker;
+-- the ledger: read here, written only through the relay's ledger rules (SECURITY DEFINER)
+GRANT SELECT ON active_series._ledger TO active_series_worker;
 GRANT SELECT, INSERT, UPDATE ON active_series._relay_confirmation TO active_series_worker;
-GRANT SELECT, INSERT, DELETE ON active_series._post_attempt TO active_series_worker;
-GRANT SELECT, INSERT ON active_series._relay_state TO active_series_worker;
-GRANT UPDATE (
-    parked_at, parked_reason, next_attempt_at, attempts, last_event_timestamp, updated_at
-) ON active_series._relay_state TO active_series_worker;
+-- the posts each request carried: written through the relay's rules only (SECURITY DEFINER)
+GRANT SELECT ON active_series._post_attempt TO active_series_worker;
+-- the organizations' relay state: written through the relay's rules only (SECURITY
+-- DEFINER); _relay_work (caller's rights) adds the missing rows, with defaults only, and
+-- _relay_claim locks rows FOR UPDATE, which takes the UPDATE right of some column: of
+-- updated_at, the one bookkeeping column nothing decides on
+GRANT SELECT ON active_series._relay_state TO active_series_worker;
+GRANT INSERT (organization_id) ON active_series._relay_state TO active_series_worker;
+GRANT UPDATE (updated_at) ON active_series._relay_state TO active_series_worker;
 -- the relay's period state: read here, written only through the rule functions below
 -- (SECURITY DEFINER): the worker writes no column of _period
 GRANT SELECT ON active_series._relay_period TO active_series_worker;
@@ -76,6 +81,19 @@ active_series._relay_close_period(bigint, timestamptz),
 active_series._relay_finalize_period(bigint, timestamptz, bigint),
 active_series._relay_finalize_unbilled(bigint, timestamptz, timestamptz),
 active_series._relay_note_drift(bigint[]),
+active_series._relay_ledger_pending(
+    bigint[], text[], timestamptz[], timestamptz[], bigint[], bigint[], float8[]
+),
+active_series._relay_ledger_in_flight(text[], float8[]),
+active_series._relay_ledger_outcomes(text[], boolean[], text[], text[]),
+active_series._relay_ledger_failed(bigint, text, timestamptz, timestamptz, bigint, bigint, text),
+active_series._relay_ledger_refused(text[], text[]),
+active_series._relay_done(bigint[], bigint[]),
+active_series._relay_defer(bigint[], float8[]),
+active_series._relay_count_attempt(bigint),
+active_series._relay_park(bigint, text),
+active_series._relay_note_attempts(text[], text[]),
+active_series._relay_prune_attempts(),
 active_series._require_organization(bigint),
 active_series._organization_rows(),
 active_series._project_rows(),

@@ -8426,3 +8426,393 @@ END;
 $$;
 COMMENT ON FUNCTION active_series.verify(bigint) IS
 'Rows where cached counts, last_seen or period history disagree with a from-scratch recomputation over the metrics (one organization or all); no rows means healthy.';
+-- ---------------------------------------------------------------- sql/functions/_relay_ledger.sql
+CREATE FUNCTION active_series._relay_ledger_pending(
+    p_organization_ids bigint[],
+    p_customers text[],
+    p_period_starts timestamptz[],
+    p_period_ends timestamptz[],
+    p_values bigint[],
+    p_timestamps bigint[],
+    p_leases float8[]
+)
+RETURNS SETOF text
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: a post's ledger row is written pending, and committed, before its Stripe call,
+-- so that a worker killed mid-call resends exactly the same identifier, value and
+-- timestamp. Each row carries the deadline by which its call ends (now plus its lease, in
+-- seconds) and the server instance the worker holds its claim on; a post already failed is
+-- made pending again, one pending or sent is left as it is. Every post of a batch in one
+-- call (the instance read once); returns the posts' identifiers in the order given.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the ledger through these rules only, never the table itself.
+BEGIN
+    RETURN QUERY
+    WITH i AS MATERIALIZED (SELECT active_series._relay_instance() AS instance),
+    p AS MATERIALIZED (
+        SELECT
+            x.*,
+            active_series._relay_identifier(x.customer, x.ts, x.value) AS identifier
+        FROM unnest(
+            p_organization_ids, p_customers, p_period_starts, p_period_ends, p_values,
+            p_timestamps, p_leases
+        ) WITH ORDINALITY
+            AS x (organization_id, customer, period_start, period_end, value, ts, lease, n)
+    ),
+    w AS (
+        INSERT INTO active_series._ledger AS l (
+            organization_id, stripe_customer_id, period_start, period_end, value,
+            event_timestamp, identifier, in_flight_until, in_flight_on
+        )
+        SELECT
+            p.organization_id, p.customer, p.period_start, p.period_end, p.value, p.ts,
+            p.identifier, clock_timestamp() + make_interval(secs => p.lease), i.instance
+        FROM p CROSS JOIN i
+        ON CONFLICT (identifier) DO UPDATE
+        SET status = 'pending', updated = clock_timestamp(),
+            in_flight_until = excluded.in_flight_until, in_flight_on = excluded.in_flight_on
+        WHERE l.status = 'failed'
+    )
+    SELECT p.identifier FROM p ORDER BY p.n;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_ledger_pending(
+    bigint[], text[], timestamptz[], timestamptz[], bigint[], bigint[], float8[]
+) IS
+'Internal (relay): write a batch of posts pending before their Stripe calls, each with its call''s deadline; returns their identifiers in the order given.';
+
+CREATE FUNCTION active_series._relay_ledger_in_flight(
+    p_identifiers text[],
+    p_leases float8[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: a pending post about to be sent again is marked in flight first (committed
+-- before the call): the deadline by which its call ends (now plus its lease, in seconds)
+-- and the server instance the worker holds its claim on. A claim on another instance
+-- leaves its organization alone until then.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the ledger through these rules only, never the table itself.
+BEGIN
+    UPDATE active_series._ledger AS l
+    SET
+        in_flight_until = clock_timestamp() + make_interval(secs => x.lease),
+        in_flight_on = i.instance
+    FROM unnest(p_identifiers, p_leases) AS x (identifier, lease)
+    CROSS JOIN (SELECT active_series._relay_instance() AS instance) AS i
+    WHERE l.identifier = x.identifier;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_ledger_in_flight(text[], float8[]) IS
+'Internal (relay): mark pending posts in flight (their calls'' deadlines and the server instance) before they are sent again.';
+
+CREATE FUNCTION active_series._relay_ledger_outcomes(
+    p_identifiers text[],
+    p_made boolean[],
+    p_statuses text[],
+    p_errors text[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: the outcome of each call of a round is recorded on its post: sent (Stripe
+-- accepted it), failed (refused for good), or pending again (no answer, or the call was
+-- not made: a later claim resends it). A call made counts as an attempt and its error, if
+-- any, is kept; no call of the round is in flight any more.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the ledger through these rules only, never the table itself.
+BEGIN
+    UPDATE active_series._ledger AS l
+    SET
+        status = o.status,
+        attempts = l.attempts + o.made::integer,
+        last_error = CASE WHEN o.made THEN o.error ELSE l.last_error END,
+        updated = clock_timestamp(),
+        in_flight_until = NULL,
+        in_flight_on = NULL
+    FROM unnest(p_identifiers, p_made, p_statuses, p_errors)
+        AS o (identifier, made, status, error)
+    WHERE l.identifier = o.identifier;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_ledger_outcomes(text[], boolean[], text[], text[]) IS
+'Internal (relay): record the outcomes of a round of calls (sent, failed, or pending again); none is in flight any more.';
+
+CREATE FUNCTION active_series._relay_ledger_failed(
+    p_organization_id bigint,
+    p_customer text,
+    p_period_start timestamptz,
+    p_period_end timestamptz,
+    p_value bigint,
+    p_timestamp bigint,
+    p_error text
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: a value that cannot be posted (no timestamp inside its period is left within
+-- Stripe's limits) is recorded failed, with the reason, under the identifier its post would
+-- have had; a post already recorded under that identifier is left as it is.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the ledger through these rules only, never the table itself.
+BEGIN
+    INSERT INTO active_series._ledger (
+        organization_id, stripe_customer_id, period_start, period_end, value,
+        event_timestamp, identifier, status, last_error
+    )
+    VALUES (
+        p_organization_id, p_customer, p_period_start, p_period_end, p_value, p_timestamp,
+        active_series._relay_identifier(p_customer, p_timestamp, p_value), 'failed', p_error
+    )
+    ON CONFLICT (identifier) DO NOTHING;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_ledger_failed(
+    bigint, text, timestamptz, timestamptz, bigint, bigint, text
+) IS
+'Internal (relay): record a value that cannot be posted as a failed post, with the reason.';
+
+CREATE FUNCTION active_series._relay_ledger_refused(
+    p_identifiers text[],
+    p_errors text[]
+)
+RETURNS TABLE (org bigint, identifier text, reason text)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: a post Stripe accepted and refused later (its error reports, v1 and v2) failed
+-- after all: it is marked failed with the reason. Returns the posts so marked (those not
+-- failed already): their organizations, identifiers and reasons.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the ledger through these rules only, never the table itself.
+BEGIN
+    RETURN QUERY
+    UPDATE active_series._ledger AS l
+    SET status = 'failed', last_error = o.error, updated = clock_timestamp()
+    FROM unnest(p_identifiers, p_errors) AS o (identifier, error)
+    WHERE l.identifier = o.identifier AND l.status <> 'failed'
+    RETURNING l.organization_id, l.identifier, o.error;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_ledger_refused(text[], text[]) IS
+'Internal (relay): mark failed the posts Stripe refused after accepting them; returns those marked.';
+-- ---------------------------------------------------------------- sql/grants.sql
+-- the worker writes the ledger through the rules above only
+REVOKE INSERT, UPDATE ON active_series._ledger FROM active_series_worker;
+REVOKE EXECUTE ON FUNCTION
+active_series._relay_ledger_pending(
+    bigint[], text[], timestamptz[], timestamptz[], bigint[], bigint[], float8[]
+),
+active_series._relay_ledger_in_flight(text[], float8[]),
+active_series._relay_ledger_outcomes(text[], boolean[], text[], text[]),
+active_series._relay_ledger_failed(bigint, text, timestamptz, timestamptz, bigint, bigint, text),
+active_series._relay_ledger_refused(text[], text[])
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION
+active_series._relay_ledger_pending(
+    bigint[], text[], timestamptz[], timestamptz[], bigint[], bigint[], float8[]
+),
+active_series._relay_ledger_in_flight(text[], float8[]),
+active_series._relay_ledger_outcomes(text[], boolean[], text[], text[]),
+active_series._relay_ledger_failed(bigint, text, timestamptz, timestamptz, bigint, bigint, text),
+active_series._relay_ledger_refused(text[], text[])
+TO active_series_worker, active_series_admin;
+-- ---------------------------------------------------------------- sql/functions/_relay_organization_state.sql
+CREATE FUNCTION active_series._relay_done(
+    p_organization_ids bigint[],
+    p_timestamps bigint[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: an organization whose claim relayed what it had (its posts accepted, or
+-- nothing to post) starts afresh: no failed attempt counted, no backoff; it remembers the
+-- newest event timestamp Stripe accepted (never an older one). Given as (organization,
+-- event timestamp) pairs.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the organizations' relay state through these rules only, never the table itself.
+BEGIN
+    UPDATE active_series._relay_state AS s
+    SET
+        attempts = 0,
+        next_attempt_at = NULL,
+        updated_at = now(),
+        last_event_timestamp = greatest(s.last_event_timestamp, d.ts)
+    FROM unnest(p_organization_ids, p_timestamps) AS d (organization_id, ts)
+    WHERE s.organization_id = d.organization_id;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_done(bigint[], bigint[]) IS
+'Internal (relay): organizations relayed: no attempt counted, no backoff; the newest event timestamp Stripe accepted.';
+
+CREATE FUNCTION active_series._relay_defer(
+    p_organization_ids bigint[],
+    p_until float8[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: an organization backs off until a moment (Unix seconds): a failed call's
+-- backoff, a pause that Stripe's rate limit or an outage imposes, the second its next post
+-- must wait for, or the deadline of a call still in flight elsewhere. No claim takes it
+-- before then. Given as (organization, moment) pairs.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the organizations' relay state through these rules only, never the table itself.
+BEGIN
+    UPDATE active_series._relay_state AS s
+    SET next_attempt_at = to_timestamp(d.until), updated_at = now()
+    FROM unnest(p_organization_ids, p_until) AS d (organization_id, until)
+    WHERE s.organization_id = d.organization_id;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_defer(bigint[], float8[]) IS
+'Internal (relay): organizations backing off until the given moments (Unix seconds).';
+
+CREATE FUNCTION active_series._relay_count_attempt(p_organization_id bigint)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: a call that failed for a reason that may pass (no answer, a server error) is
+-- counted on its organization; the count sets its backoff (_relay_defer) and is cleared
+-- when the organization is relayed (_relay_done). Returns the count, NULL for an
+-- organization without relay state.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the organizations' relay state through these rules only, never the table itself.
+DECLARE
+    v_attempts integer;
+BEGIN
+    UPDATE active_series._relay_state AS s
+    SET attempts = s.attempts + 1, updated_at = now()
+    WHERE s.organization_id = p_organization_id
+    RETURNING s.attempts INTO v_attempts;
+    RETURN v_attempts;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_count_attempt(bigint) IS
+'Internal (relay): count a failed attempt of the organization; returns the count.';
+
+CREATE FUNCTION active_series._relay_park(p_organization_id bigint, p_reason text)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: a refusal that posting again cannot mend (an unknown customer, a meter that
+-- does not fit, a post refused later) parks the organization, with the reason: no claim
+-- takes it (its backoff cleared) until an operator resumes it (relay_resume).
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes the organizations' relay state through these rules only, never the table itself.
+BEGIN
+    UPDATE active_series._relay_state AS s
+    SET
+        parked_at = now(),
+        parked_reason = p_reason,
+        next_attempt_at = NULL,
+        updated_at = now()
+    WHERE s.organization_id = p_organization_id;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_park(bigint, text) IS
+'Internal (relay): park the organization with the reason, until relay_resume.';
+-- ---------------------------------------------------------------- sql/grants.sql
+-- the worker writes the organizations' relay state through the rules above only: it keeps
+-- INSERT of organization_id (_relay_work adds the missing rows) and UPDATE of updated_at
+-- (_relay_claim's FOR UPDATE needs the UPDATE right of some column); revoking the table's
+-- INSERT and UPDATE takes its column rights with them
+REVOKE INSERT, UPDATE ON active_series._relay_state FROM active_series_worker;
+GRANT INSERT (organization_id) ON active_series._relay_state TO active_series_worker;
+GRANT UPDATE (updated_at) ON active_series._relay_state TO active_series_worker;
+REVOKE EXECUTE ON FUNCTION
+active_series._relay_done(bigint[], bigint[]),
+active_series._relay_defer(bigint[], float8[]),
+active_series._relay_count_attempt(bigint),
+active_series._relay_park(bigint, text)
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION
+active_series._relay_done(bigint[], bigint[]),
+active_series._relay_defer(bigint[], float8[]),
+active_series._relay_count_attempt(bigint),
+active_series._relay_park(bigint, text)
+TO active_series_worker, active_series_admin;
+-- ---------------------------------------------------------------- sql/functions/_relay_attempts.sql
+CREATE FUNCTION active_series._relay_note_attempts(
+    p_idempotency_keys text[],
+    p_identifiers text[]
+)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: before a request is made, the posts it carries are recorded under its
+-- idempotency key (committed before the request), since Stripe's error reports name a
+-- refused event by its request's key. Given as (key, identifier) pairs; a pair recorded
+-- already is left as it is.
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes _post_attempt through these rules only, never the table itself.
+BEGIN
+    INSERT INTO active_series._post_attempt (idempotency_key, identifier)
+    SELECT x.idempotency_key, x.identifier
+    FROM unnest(p_idempotency_keys, p_identifiers) AS x (idempotency_key, identifier)
+    ON CONFLICT ON CONSTRAINT _post_attempt_pkey DO NOTHING;
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_note_attempts(text[], text[]) IS
+'Internal (relay): record the posts each request about to be made carries, by its idempotency key.';
+
+CREATE FUNCTION active_series._relay_prune_attempts()
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = active_series, pg_catalog, pg_temp
+AS $$
+-- The rule: a request's posts are kept 31 days: no error report names a request older than
+-- that (Stripe keeps events 30 days).
+-- SECURITY DEFINER (EXECUTE: active_series_worker and active_series_admin only): the worker
+-- writes _post_attempt through these rules only, never the table itself.
+BEGIN
+    DELETE FROM active_series._post_attempt AS a
+    WHERE a.created < clock_timestamp() - interval '31 days';
+END;
+$$;
+COMMENT ON FUNCTION active_series._relay_prune_attempts() IS
+'Internal (relay): forget the requests made more than 31 days ago.';
+-- ---------------------------------------------------------------- sql/grants.sql
+-- the worker writes _post_attempt through the rules above only
+REVOKE INSERT, DELETE ON active_series._post_attempt FROM active_series_worker;
+REVOKE EXECUTE ON FUNCTION
+active_series._relay_note_attempts(text[], text[]),
+active_series._relay_prune_attempts()
+FROM PUBLIC; -- noqa: CP02
+GRANT EXECUTE ON FUNCTION
+active_series._relay_note_attempts(text[], text[]),
+active_series._relay_prune_attempts()
+TO active_series_worker, active_series_admin;

@@ -85,6 +85,23 @@ DEFINER_FUNCTIONS = {
     "_relay_finalize_period(bigint,timestamp with time zone,bigint)",
     "_relay_finalize_unbilled(bigint,timestamp with time zone,timestamp with time zone)",
     "_relay_note_drift(bigint[])",
+    # the relay's ledger rules: the worker writes _ledger only through them
+    "_relay_ledger_pending(bigint[],text[],timestamp with time zone[],timestamp with time zone[],"
+    "bigint[],bigint[],double precision[])",
+    "_relay_ledger_in_flight(text[],double precision[])",
+    "_relay_ledger_outcomes(text[],boolean[],text[],text[])",
+    "_relay_ledger_failed(bigint,text,timestamp with time zone,timestamp with time zone,bigint,"
+    "bigint,text)",
+    "_relay_ledger_refused(text[],text[])",
+    # the relay's rules for an organization's state: the worker writes _relay_state only
+    # through them (and _relay_work's missing rows)
+    "_relay_done(bigint[],bigint[])",
+    "_relay_defer(bigint[],double precision[])",
+    "_relay_count_attempt(bigint)",
+    "_relay_park(bigint,text)",
+    # the posts each request carried: the worker writes _post_attempt only through them
+    "_relay_note_attempts(text[],text[])",
+    "_relay_prune_attempts()",
     # the read API of active_series_reader
     "period_usage(bigint,timestamp with time zone)",
     "periods(bigint)",

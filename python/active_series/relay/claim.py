@@ -270,7 +270,7 @@ class Relay(SummaryReads):
             self.log("error", "refused_later", org=org, identifier=ident, reason=reason)
             if org not in parked:
                 parked.add(org)
-                self.ledger.execute(q.STATE_PARK, (reason, org))
+                self.ledger.execute(q.STATE_PARK, (org, reason))
                 self.metrics.posts.labels("parked").inc()
 
     # ------------------------------------------------------------------ one batch
@@ -436,10 +436,8 @@ class Relay(SummaryReads):
             "cannot post this value: no timestamp inside the period is left after the last "
             f"event ({ts - 1}) within Stripe's 35 days"
         )
-        ident = self._identifier(claim.customer, ts, p.usage)
         self.ledger.execute(
-            q.LEDGER_FAILED_NEW,
-            (claim.org, claim.customer, p.start, p.end, p.usage, ts, ident, reason),
+            q.LEDGER_FAILED_NEW, (claim.org, claim.customer, p.start, p.end, p.usage, ts, reason)
         )
         self.log("error", "unpostable", org=claim.org, period=p.start, value=p.usage)
 
@@ -624,18 +622,18 @@ class Relay(SummaryReads):
         if outcome == Outcome.PERMANENT and not self.meter_still_fits(org, reason):
             outcome = Outcome.TRANSIENT  # the meter could not be read: retried, not parked
         if outcome == Outcome.PERMANENT:
-            conn.execute(q.STATE_PARK, (reason, org))
+            conn.execute(q.STATE_PARK, (org, reason))
             self.metrics.posts.labels("parked").inc()
             self.log("error", "parked", org=org, reason=reason)
             return ClaimOutcome.PARKED
         if outcome in (Outcome.RATE_LIMITED, Outcome.GLOBAL, Outcome.NOT_SENT):
-            conn.execute(q.STATE_DEFER, (max(self.poster.pause_until, now + 1.0), org))
+            conn.execute(q.STATE_DEFER, (org, max(self.poster.pause_until, now + 1.0)))
             paused = outcome != Outcome.RATE_LIMITED
             return ClaimOutcome.PAUSED if paused else ClaimOutcome.RATE_LIMITED
         row = conn.execute(q.STATE_COUNT_ATTEMPT, (org,)).fetchone()
-        attempts = row[0] if row else 1
+        attempts = row[0] if row and row[0] is not None else 1
         retry_at = now + backoff(attempts - 1, self.cfg.retry_min, self.cfg.retry_max)
-        conn.execute(q.STATE_DEFER, (retry_at, org))
+        conn.execute(q.STATE_DEFER, (org, retry_at))
         self.metrics.posts.labels("retried").inc()
         self.log(
             "warning",
@@ -680,9 +678,3 @@ class Relay(SummaryReads):
         self.meter_read = (self.claims, True)
         self.log("info", "meter_fits", org=org, meter=meter["id"], refusal=reason)
         return True
-
-    def _identifier(self, customer: str, ts: int, value: int) -> str:
-        """A post's identifier, as the schema defines it (``_relay_identifier``)."""
-        row = self.ledger.execute(q.IDENTIFIER, (customer, ts, value)).fetchone()
-        assert row is not None
-        return str(row[0])

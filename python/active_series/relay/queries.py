@@ -82,119 +82,52 @@ FINALIZE_PERIOD: Final = (
     "SELECT active_series._relay_finalize_period(%(org)s, %(start)s, %(billed)s::bigint)"
 )
 
-STATE_DONE: Final = """
-UPDATE active_series._relay_state AS s
-SET attempts = 0, next_attempt_at = NULL, updated_at = now(),
-    last_event_timestamp = greatest(s.last_event_timestamp, d.ts)
-FROM unnest(%s::bigint[], %s::bigint[]) AS d (organization_id, ts)
-WHERE s.organization_id = d.organization_id
-"""
+# an organization's relay state (_relay_state), written through the rules of the schema
+# only: (organization, newest event timestamp accepted) pairs relayed; an organization
+# backing off until a moment (organization, Unix seconds); a failed attempt counted (returns
+# the count); an organization parked (organization, reason)
+STATE_DONE: Final = "SELECT active_series._relay_done(%s::bigint[], %s::bigint[])"
 
-STATE_DEFER: Final = """
-UPDATE active_series._relay_state
-SET next_attempt_at = to_timestamp(%s), updated_at = now()
-WHERE organization_id = %s
-"""
+STATE_DEFER: Final = "SELECT active_series._relay_defer(ARRAY[%s::bigint], ARRAY[%s::float8])"
 
 # (organization, Unix second) pairs: organizations whose next post must wait for its second
-STATE_DEFER_UNTIL: Final = """
-UPDATE active_series._relay_state AS s
-SET next_attempt_at = to_timestamp(d.ts), updated_at = now()
-FROM unnest(%s::bigint[], %s::bigint[]) AS d (organization_id, ts)
-WHERE s.organization_id = d.organization_id
-"""
+STATE_DEFER_UNTIL: Final = "SELECT active_series._relay_defer(%s::bigint[], %s::float8[])"
 
 # the first statement of a failed attempt; its backoff is then set with STATE_DEFER
-STATE_COUNT_ATTEMPT: Final = """
-UPDATE active_series._relay_state
-SET attempts = attempts + 1, updated_at = now()
-WHERE organization_id = %s
-RETURNING attempts
-"""
+STATE_COUNT_ATTEMPT: Final = "SELECT active_series._relay_count_attempt(%s)"
 
-STATE_PARK: Final = """
-UPDATE active_series._relay_state
-SET parked_at = now(), parked_reason = %s, next_attempt_at = NULL, updated_at = now()
-WHERE organization_id = %s
-"""
+STATE_PARK: Final = "SELECT active_series._relay_park(%s, %s)"
 
 # -- ledger (autocommit connection: committed before the Stripe call) --------------------
-# every post of a batch, written pending in one statement, each with the seconds until its
-# call's deadline (the server instance read once per statement, not per row); returns the
-# posts' identifiers, in the order given
+# the ledger's rules, each a function of the schema (_relay_ledger_*): the worker writes the
+# ledger through them only. Every post of a batch, written pending in one call, each with
+# the seconds until its call's deadline; returns the posts' identifiers, in the order given
 LEDGER_PENDING: Final = """
-WITH i AS MATERIALIZED (SELECT active_series._relay_instance() AS instance),
-p AS MATERIALIZED (
-    SELECT x.*, active_series._relay_identifier(x.customer, x.ts, x.value) AS identifier
-    FROM unnest(
-        %s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[],
-        %s::bigint[], %s::float8[]
-    ) WITH ORDINALITY
-        AS x (organization_id, customer, period_start, period_end, value, ts, lease, n)
-),
-w AS (
-    INSERT INTO active_series._ledger AS l (
-        organization_id, stripe_customer_id, period_start, period_end, value, event_timestamp,
-        identifier, in_flight_until, in_flight_on
-    )
-    SELECT p.organization_id, p.customer, p.period_start, p.period_end, p.value, p.ts,
-           p.identifier, clock_timestamp() + make_interval(secs => p.lease), i.instance
-    FROM p CROSS JOIN i
-    ON CONFLICT (identifier) DO UPDATE
-    SET status = 'pending', updated = clock_timestamp(),
-        in_flight_until = excluded.in_flight_until, in_flight_on = excluded.in_flight_on
-    WHERE l.status = 'failed'
+SELECT * FROM active_series._relay_ledger_pending(
+    %s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[], %s::bigint[], %s::bigint[],
+    %s::float8[]
 )
-SELECT p.identifier FROM p ORDER BY p.n
 """
 
 # pending posts about to be resent: (identifier, seconds until the call's deadline) pairs
-LEDGER_IN_FLIGHT: Final = """
-WITH i AS MATERIALIZED (SELECT active_series._relay_instance() AS instance)
-UPDATE active_series._ledger AS l
-SET in_flight_until = clock_timestamp() + make_interval(secs => x.lease),
-    in_flight_on = i.instance
-FROM unnest(%s::text[], %s::float8[]) AS x (identifier, lease)
-CROSS JOIN i
-WHERE l.identifier = x.identifier
-"""
+LEDGER_IN_FLIGHT: Final = "SELECT active_series._relay_ledger_in_flight(%s::text[], %s::float8[])"
 
-IDENTIFIER: Final = "SELECT active_series._relay_identifier(%s, %s, %s)"
-
-LEDGER_FAILED_NEW: Final = """
-INSERT INTO active_series._ledger AS l (
-    organization_id, stripe_customer_id, period_start, period_end, value, event_timestamp,
-    identifier, status, last_error
-)
-VALUES (%s, %s, %s, %s, %s, %s, %s, 'failed', %s)
-ON CONFLICT (identifier) DO NOTHING
-"""
+# a value that cannot be posted: recorded failed with the reason, under the identifier its
+# post would have had (organization, customer, period start, end, value, timestamp, reason)
+LEDGER_FAILED_NEW: Final = "SELECT active_series._relay_ledger_failed(%s, %s, %s, %s, %s, %s, %s)"
 
 # outcomes of a round of calls: (identifier, made, status, error) tuples; status sent or
 # failed, or pending for an attempt that failed without an answer or a call not made (resent
 # later); no call is in flight any more
-LEDGER_OUTCOMES: Final = """
-UPDATE active_series._ledger AS l
-SET status = o.status, attempts = l.attempts + o.made::integer,
-    last_error = CASE WHEN o.made THEN o.error ELSE l.last_error END,
-    updated = clock_timestamp(), in_flight_until = NULL, in_flight_on = NULL
-FROM unnest(%s::text[], %s::boolean[], %s::text[], %s::text[])
-    AS o (identifier, made, status, error)
-WHERE l.identifier = o.identifier
-"""
+LEDGER_OUTCOMES: Final = (
+    "SELECT active_series._relay_ledger_outcomes(%s::text[], %s::boolean[], %s::text[], %s::text[])"
+)
 
 # (idempotency key, identifier) pairs: the posts each request about to be made carries
-ATTEMPTS_NEW: Final = """
-INSERT INTO active_series._post_attempt (idempotency_key, identifier)
-SELECT * FROM unnest(%s::text[], %s::text[])
-ON CONFLICT DO NOTHING
-"""
+ATTEMPTS_NEW: Final = "SELECT active_series._relay_note_attempts(%s::text[], %s::text[])"
 
 # the keys of requests made more than 31 days ago: no error report can name them any more
-ATTEMPTS_PRUNE: Final = """
-DELETE FROM active_series._post_attempt
-WHERE created < clock_timestamp() - interval '31 days'
-"""
+ATTEMPTS_PRUNE: Final = "SELECT active_series._relay_prune_attempts()"
 
 # the posts the requests of the given idempotency keys carried: key, organization,
 # identifier, customer, event timestamp, and when the request was made (Unix seconds)
@@ -210,11 +143,7 @@ ORDER BY a.idempotency_key, l.organization_id, l.event_timestamp
 
 # refusals reported later (error reports, v1 and v2): the post failed after all
 LEDGER_REFUSED_LATER: Final = """
-UPDATE active_series._ledger AS l
-SET status = 'failed', last_error = o.error, updated = clock_timestamp()
-FROM unnest(%s::text[], %s::text[]) AS o (identifier, error)
-WHERE l.identifier = o.identifier AND l.status <> 'failed'
-RETURNING l.organization_id AS org, l.identifier, o.error AS reason
+SELECT org, identifier, reason FROM active_series._relay_ledger_refused(%s::text[], %s::text[])
 """
 
 # -- billing periods from the Stripe subscription ----------------------------------------
