@@ -168,64 +168,27 @@ SET_BILLING_PERIOD: Final = (
 STORE_PRICE: Final = "SELECT active_series._store_price(%s, %s, %s)"
 
 # -- what Stripe holds, read from the meter's event summaries (_relay_confirmation) ------
-# per period given (organization, start, end, customer): its last post per the ledger
-# (timestamp, value, status, when its status was last written), the summary window that
-# holds exactly its events (minute-aligned: from the minute of the period's first second
-# to the minute after its last post) with the value the ledger expects Stripe to hold over
-# it, the period's last read (whether one is due, for which post, what it held, when), and
-# whether a later period's post shares the window (after the last post, in its minute: the
-# summary cannot tell the period's value then); in the order given
+# per period given (organization, start, end, customer): what a summary read must find to
+# confirm its last post (_relay_expected: the post, the window, the value expected, whether
+# a later post shares the window) and the period's last read (whether one is due, for which
+# post, what it held, when); in the order given
 CONFIRM_STATE: Final = """
 SELECT
     x.organization_id AS org, x.period_start AS start,
     h.event_timestamp AS held_ts, h.value AS held_value, h.status AS held_status,
-    extract(EPOCH FROM h.updated)::float8 AS held_sent,
-    w.window_start, w.window_end, e.value AS expected,
+    h.sent AS held_sent, h.window_start, h.window_end, h.expected,
     c.organization_id IS NOT NULL AS has_row,
     coalesce(c.due_at <= clock_timestamp(), FALSE) AS due,
     c.event_timestamp AS read_ts, c.stripe_value AS read_stripe, c.ledger_value AS read_ledger,
     extract(EPOCH FROM c.read_at)::float8 AS read_at,
     coalesce(c.reposts, 0) AS reposts,
     extract(EPOCH FROM clock_timestamp())::float8 AS now,
-    EXISTS (
-        SELECT FROM active_series._ledger AS l
-        WHERE
-            l.stripe_customer_id = x.customer
-            AND l.status <> 'failed'
-            AND l.event_timestamp > h.event_timestamp AND l.event_timestamp < w.window_end
-    ) AS shared
+    h.shared
 FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[], %s::text[])
     WITH ORDINALITY AS x (organization_id, period_start, period_end, customer, n)
 LEFT JOIN active_series._relay_confirmation AS c
     ON x.organization_id = c.organization_id AND x.period_start = c.period_start
-LEFT JOIN LATERAL (
-    SELECT l.event_timestamp, l.value, l.status, l.updated
-    FROM active_series._ledger AS l
-    WHERE
-        l.stripe_customer_id = x.customer
-        AND l.status <> 'failed'
-        AND l.event_timestamp
-        BETWEEN ceil(extract(EPOCH FROM x.period_start))::bigint
-        AND ceil(extract(EPOCH FROM x.period_end))::bigint - 1
-    ORDER BY l.event_timestamp DESC
-    LIMIT 1
-) AS h ON TRUE
-LEFT JOIN LATERAL (
-    SELECT
-        ceil(extract(EPOCH FROM x.period_start))::bigint
-        - ceil(extract(EPOCH FROM x.period_start))::bigint %% 60 AS window_start,
-        h.event_timestamp - h.event_timestamp %% 60 + 60 AS window_end
-) AS w ON TRUE
-LEFT JOIN LATERAL (
-    SELECT l.value
-    FROM active_series._ledger AS l
-    WHERE
-        l.stripe_customer_id = x.customer
-        AND l.status <> 'failed'
-        AND l.event_timestamp >= w.window_start AND l.event_timestamp < w.window_end
-    ORDER BY l.event_timestamp DESC
-    LIMIT 1
-) AS e ON TRUE
+CROSS JOIN LATERAL active_series._relay_expected(x.customer, x.period_start, x.period_end) AS h
 ORDER BY x.n
 """
 
@@ -330,44 +293,10 @@ WITH due AS (
 st AS (
     SELECT
         x.organization_id, x.period_start, x.period_end, x.customer,
-        h.event_timestamp, h.value, h.status, extract(EPOCH FROM h.updated)::float8 AS sent,
-        w.window_start, w.window_end, e.value AS expected,
-        EXISTS (
-            SELECT FROM active_series._ledger AS l
-            WHERE
-                l.stripe_customer_id = x.customer
-                AND l.status <> 'failed'
-                AND l.event_timestamp > h.event_timestamp AND l.event_timestamp < w.window_end
-        ) AS shared
+        h.event_timestamp, h.value, h.status, h.sent,
+        h.window_start, h.window_end, h.expected, h.shared
     FROM due AS x
-    LEFT JOIN LATERAL (
-        SELECT l.event_timestamp, l.value, l.status, l.updated
-        FROM active_series._ledger AS l
-        WHERE
-            l.stripe_customer_id = x.customer
-            AND l.status <> 'failed'
-            AND l.event_timestamp
-            BETWEEN ceil(extract(EPOCH FROM x.period_start))::bigint
-            AND ceil(extract(EPOCH FROM x.period_end))::bigint - 1
-        ORDER BY l.event_timestamp DESC
-        LIMIT 1
-    ) AS h ON TRUE
-    LEFT JOIN LATERAL (
-        SELECT
-            ceil(extract(EPOCH FROM x.period_start))::bigint
-            - ceil(extract(EPOCH FROM x.period_start))::bigint %% 60 AS window_start,
-            h.event_timestamp - h.event_timestamp %% 60 + 60 AS window_end
-    ) AS w ON TRUE
-    LEFT JOIN LATERAL (
-        SELECT l.value
-        FROM active_series._ledger AS l
-        WHERE
-            l.stripe_customer_id = x.customer
-            AND l.status <> 'failed'
-            AND l.event_timestamp >= w.window_start AND l.event_timestamp < w.window_end
-        ORDER BY l.event_timestamp DESC
-        LIMIT 1
-    ) AS e ON TRUE
+    CROSS JOIN LATERAL active_series._relay_expected(x.customer, x.period_start, x.period_end) AS h
 ),
 leased AS (
     UPDATE active_series._relay_confirmation AS c
