@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -811,21 +812,27 @@ def relay_burst_section(d: Json) -> tuple[list[str], list[tuple[str, str, str]]]
         "",
         f"{d['organizations']} billed organizations (the targets' burst; one context row "
         "has more) change in one transaction; the time from its commit until `relay_status` "
-        "shows every one in sync (polled every 20 ms), one worker with its default debounce "
+        "shows every one's count posted (Stripe answered and the ledger holds the count: "
+        "`in_sync` or `confirming`; polled every 20 ms; `confirmed`: the median time until "
+        "the meter's event summary, read `--confirm-after` (5 s) after the post, confirmed "
+        "every one, context), one worker with its default debounce "
         "(50 ms), no rate limit anywhere, median of the repeats (rows alternate within each "
         "repeat). `delay` is the time the emulator takes per meter-event request (0: the "
         "worker's own cost; 50 ms: a network round trip to Stripe). `--concurrency 1` posts "
         "one organization at a time, as the worker did before.",
         "",
         "| API | concurrency | delay | organizations | organizations/s (median) | runs "
-        "| Stripe requests |",
-        "|---|---:|---:|---:|---:|---|---:|",
+        "| Stripe requests | confirmed |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     for b in bursts:
         runs = ", ".join(f"{r['organizations_per_second']:.0f}" for r in b["runs"])
+        confirmed = [r["confirmed_seconds"] for r in b["runs"] if "confirmed_seconds" in r]
+        shown = f"{statistics.median(confirmed):.1f} s" if confirmed else "–"
         out.append(
             f"| {b['api']} | {b['concurrency']} | {b['delay_ms']} ms | {burst_size(b):,} | "
-            f"{b['median_per_second']:.0f} | {runs} | {b['runs'][-1]['stripe_requests']} |"
+            f"{b['median_per_second']:.0f} | {runs} | {b['runs'][-1]['stripe_requests']} "
+            f"| {shown} |"
         )
     out += [
         "",
