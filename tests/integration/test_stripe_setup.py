@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -367,6 +368,9 @@ def test_backdate_bills_the_series_reported_before_the_subscription(conn, dsn, e
         " FROM active_series.current_period(%s)",
         (early.id,),
     ).fetchone()
+    # Stripe's periods start on whole seconds: the late subscription must start in a second
+    # after the activity's, or its period would hold activity of the same second
+    time.sleep(1.0 - time.time() % 1.0 + 0.05)
     assert setup(emu, dsn, "--organization", str(early.id), "--backdate").returncode == 0
     assert setup(emu, dsn, "--organization", str(late.id)).returncode == 0
     item = {s.obj["customer"]: s.obj["items"]["data"][0] for s in emu.state.subscriptions.values()}
