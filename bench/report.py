@@ -1121,7 +1121,9 @@ def main(argv: list[str] | None = None) -> int:
         "ingest-sizes (the older by-size table, INSERT and COPY, not in the default run); the "
         "report is rebuilt from the result files present. One cell's profile (tracking on, "
         "`track_functions = all`; add `--settings production` or `cpu-only` to switch): "
-        "`bench/shapes.py --server --profile 200x3 first`.",
+        "`bench/shapes.py --server --profile 200x3 first`. Backend instructions per report, off, "
+        "on and the seed, for builds side by side (valgrind; steadier than any wall-clock "
+        "ratio on this machine): `bench/instructions.py a=old.sql b=new.sql`.",
         "",
     ]
     if growth:
