@@ -10,11 +10,12 @@ AS $$
 -- commit-time trigger (trigger depth above 0): re-bucketing by set_billing_period and CALL
 -- backfill record from a top-level statement and are administrative (they never refuse and
 -- never alert). A rise in a soft-deleted project changes no billed count. Most
--- organizations have neither a cap nor a threshold nor a bounded price tier: the same query
--- answers that, without calling _check_usage (whose threshold list is a SQL function,
--- planned at each call); a tier bound that set_alert disabled still calls it, it decides
--- exactly. The rises of a re-recording after a hard delete (_rerecording) only undo its
--- falls. (_record_activity writes the same test out for one group.)
+-- organizations have neither a cap nor a threshold nor a bounded price tier: the period's
+-- watched flag (_watched, kept by triggers/watch.sql) answers that in the same query,
+-- without calling _check_usage (whose threshold list is a SQL function, planned at each
+-- call); a tier bound that set_alert disabled still calls it, it decides exactly. The rises
+-- of a re-recording after a hard delete (_rerecording) only undo its falls.
+-- (_record_activity reads the flag with the period for one group.)
 BEGIN
     IF pg_trigger_depth() < 1 THEN
         RETURN;
@@ -27,19 +28,11 @@ BEGIN
             SELECT FROM active_series.project AS p
             WHERE p.id = g.project_id AND p.deleted_at IS NULL
         )
-        AND (
-            EXISTS (
-                SELECT FROM active_series.billing_account AS b
-                WHERE b.organization_id = g.organization_id AND b.series_cap IS NOT NULL
-            )
-            OR EXISTS (
-                SELECT FROM active_series._alert_threshold AS a
-                WHERE a.organization_id = g.organization_id AND a.enabled
-            )
-            OR EXISTS (
-                SELECT FROM active_series._price_tier AS t
-                WHERE t.organization_id = g.organization_id AND t.up_to IS NOT NULL
-            )
+        AND EXISTS (
+            SELECT FROM active_series._period AS w
+            WHERE w.organization_id = g.organization_id
+                AND w.period_start = g.period_start
+                AND w.watched
         )
         ORDER BY g.organization_id, g.period_start
     ) AS c

@@ -30,6 +30,7 @@ DECLARE
     v_shape_id bigint;
     v_series integer;
     v_known boolean;
+    v_watched boolean;
     v_organization_id bigint;
     v_project_id bigint;
     v_testbed_id bigint;
@@ -37,6 +38,7 @@ DECLARE
     v_benchmark_id bigint;
     v_variant_id bigint;
     v_period_start timestamptz;
+    v_period_end timestamptz;
 BEGIN
     IF p_report_benchmark_ids IS NULL THEN
         RETURN;
@@ -61,21 +63,24 @@ BEGIN
             RETURN;
         END IF;
         -- its period: _period_for's probe of the recorded one written out (under the
-        -- organization's period lock, as there), the call only to record a new one
+        -- organization's period lock, as there), the call only to record a new one; with
+        -- it, whether the organization watches its count (for a first report, below)
         PERFORM pg_advisory_xact_lock_shared(_lock_key('period'), hashint8(v_organization_id));
-        SELECT l.period_start INTO v_period_start
-        FROM (
-            SELECT p.period_start, p.period_end
-            FROM active_series._period AS p
-            WHERE p.organization_id = v_organization_id AND p.period_start <= v_created
-            ORDER BY p.period_start DESC
-            LIMIT 1
-        ) AS l
-        WHERE l.period_end > v_created;
+        -- (the latest that began by then, which holds that time unless it ended before)
+        SELECT p.period_start, p.period_end, p.watched
+        INTO v_period_start, v_period_end, v_watched
+        FROM active_series._period AS p
+        WHERE p.organization_id = v_organization_id AND p.period_start <= v_created
+        ORDER BY p.period_start DESC
+        LIMIT 1;
+        IF v_period_end <= v_created THEN
+            v_period_start := NULL;
+        END IF;
         IF v_period_start IS NULL THEN
             v_period_start := (
                 active_series._period_for(v_organization_id, v_created)
             ).period_start;
+            v_watched := active_series._watched(v_organization_id);
         END IF;
         v_groups := ARRAY[
             active_series._shape_group(
@@ -282,28 +287,19 @@ BEGIN
             -- (the outbox row of _changed, in the same statement)
             INSERT INTO active_series._outbox (organization_id, period_start, reason)
             VALUES (v_group.organization_id, v_group.period_start, 'ingest');
-            -- the count rose: _check_rises written out for one group (no call, a cached
-            -- plan; a re-recording never comes this way)
-            IF pg_trigger_depth() > 0 THEN
+            -- the count rose: _check_rises for one group, its watched flag read with the
+            -- period (a re-recording never comes this way)
+            IF v_watched IS NULL THEN
+                -- (several metrics of one testbed: the period came from _period_for)
+                SELECT w.watched INTO v_watched
+                FROM active_series._period AS w
+                WHERE w.organization_id = v_group.organization_id
+                    AND w.period_start = v_group.period_start;
+            END IF;
+            IF v_watched AND pg_trigger_depth() > 0 THEN
                 PERFORM
                 FROM active_series.project AS p
-                WHERE p.id = v_group.project_id AND p.deleted_at IS NULL
-                    AND (
-                        EXISTS (
-                            SELECT FROM active_series.billing_account AS b
-                            WHERE b.organization_id = v_group.organization_id
-                                AND b.series_cap IS NOT NULL
-                        )
-                        OR EXISTS (
-                            SELECT FROM active_series._alert_threshold AS a
-                            WHERE a.organization_id = v_group.organization_id AND a.enabled
-                        )
-                        OR EXISTS (
-                            SELECT FROM active_series._price_tier AS t
-                            WHERE t.organization_id = v_group.organization_id
-                                AND t.up_to IS NOT NULL
-                        )
-                    );
+                WHERE p.id = v_group.project_id AND p.deleted_at IS NULL;
                 IF FOUND THEN
                     PERFORM active_series._check_usage(
                         v_group.organization_id, v_group.period_start

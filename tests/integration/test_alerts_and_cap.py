@@ -334,3 +334,60 @@ def test_under_repeatable_read_the_later_commit_fails_to_serialize_instead_of_pa
         add_series(conn, another, another.measures)
     assert err.value.sqlstate == CAP_EXCEEDED
     assert_matches_oracle(conn, first.id)
+
+
+WATCHED = (
+    "SELECT coalesce(bool_and(p.watched), false),"
+    " coalesce(bool_and(p.watched = active_series._watched(p.organization_id)), true)"
+    " FROM active_series._period AS p WHERE p.organization_id = %s"
+)
+
+
+def test_a_cap_alert_or_tier_set_after_the_period_began_applies_to_its_next_first_report(conn):
+    """The ingest commit reads whether the organization watches its count with the period
+    (_period.watched): a cap, an alert threshold or a bounded price tier set after the
+    period was recorded must reach that flag, for one metric and for several of a testbed."""
+    org = make_org(conn, "set late", testbeds=4, benchmarks=1, measures=3)
+    one_metric = [(org.benchmarks[0], org.measures[0])]
+    two_metrics = [(org.benchmarks[0], m) for m in org.measures[1:3]]
+    with conn.transaction():
+        ingest(conn, org, org.testbeds[0], one_metric)
+    assert conn.execute(WATCHED, (org.id,)).fetchone() == (False, True)
+
+    conn.execute("SELECT active_series.set_series_cap(%s, 1)", (org.id,))
+    assert conn.execute(WATCHED, (org.id,)).fetchone() == (True, True)
+    for testbed, metrics in ((org.testbeds[1], one_metric), (org.testbeds[2], two_metrics)):
+        with pytest.raises(psycopg.Error) as err, conn.transaction():
+            ingest(conn, org, testbed, metrics)
+        assert err.value.sqlstate == CAP_EXCEEDED
+    assert one(conn, USAGE, (org.id,)) == 1
+
+    conn.execute("SELECT active_series.set_series_cap(%s, NULL)", (org.id,))
+    assert conn.execute(WATCHED, (org.id,)).fetchone() == (False, True)
+    conn.execute("SELECT active_series.set_alert(%s, 2)", (org.id,))
+    assert conn.execute(WATCHED, (org.id,)).fetchone() == (True, True)
+    with conn.transaction():
+        ingest(conn, org, org.testbeds[1], one_metric)
+    assert conn.execute(ALERTS, (org.id,)).fetchall() == [(2, 2, "set_alert")]
+    conn.execute("SELECT active_series.set_alert(%s, 2, false)", (org.id,))
+    assert conn.execute(WATCHED, (org.id,)).fetchone() == (False, True)
+
+    conn.execute(
+        "SELECT active_series._store_price(%s, %s::jsonb)",
+        (
+            org.id,
+            '{"id": "price_1", "currency": "usd", "billing_scheme": "tiered",'
+            ' "tiers_mode": "graduated", "tiers": [{"up_to": 3, "flat_amount": 900},'
+            ' {"up_to": null, "unit_amount": 10}]}',
+        ),
+    )
+    assert conn.execute(WATCHED, (org.id,)).fetchone() == (True, True)
+    with conn.transaction():
+        ingest(conn, org, org.testbeds[2], two_metrics)
+    assert conn.execute(ALERTS, (org.id,)).fetchall() == [
+        (2, 2, "set_alert"),
+        (3, 4, "price_tier"),
+    ]
+    conn.execute("DELETE FROM active_series._price_tier WHERE organization_id = %s", (org.id,))
+    assert conn.execute(WATCHED, (org.id,)).fetchone() == (False, True)
+    assert_matches_oracle(conn, org.id)

@@ -79,6 +79,8 @@ DEFINER_FUNCTIONS = {
     "_attached_report_benchmark_inserted()",
     "_flush_pending()",
     "_testbed_period_deleted()",
+    # keeps _period.watched when the relay writes a price tier or an operator a cap or an alert
+    "_watch_changed()",
     "set_billing_period(bigint,timestamp with time zone,timestamp with time zone)",
     # the relay's rules for a period's state: the worker writes _relay_period only through them
     "_relay_close_period(bigint,timestamp with time zone)",
