@@ -25,12 +25,11 @@ Scenarios (what the testbed already reported):
 Every scenario runs at ``--clients`` (default 2); first and rollover also at
 ``--fresh-clients`` (default 8, more clients than a small machine's cores: contention), with
 modes off, on and seed only. ``first`` and ``rollover`` runs ingest a fixed number of reports
-(each testbed once; fewer at the small shapes in production, where each commit waits for its
-flush); ``steady`` runs last ``--seconds``. Every run starts from emptied report,
-report_benchmark and metric tables and a CHECKPOINT; each pgbench client's first ``--warmup``
-transactions (to testbeds of the same kind) warm its connection's caches and are not counted:
-the time per report is the wall time of the counted transactions (from pgbench's
-per-transaction log) over their number.
+(each testbed once, the same number in both settings); ``steady`` runs last ``--seconds``.
+Every run starts from emptied report, report_benchmark and metric tables and a CHECKPOINT;
+each pgbench client's first ``--warmup`` transactions (to testbeds of the same kind) warm its
+connection's caches and are not counted: the time per report is the wall time of the counted
+transactions (from pgbench's per-transaction log) over their number.
 
 Settings (``--settings``): every cell runs in both, side by side: in each repeat both
 settings in turn (their order alternating between repeats), switched by ``ALTER SYSTEM`` and
@@ -121,12 +120,11 @@ SCENARIOS = ("steady", "first", "rollover")
 DEFAULT_SHAPES = ("200x3", "50x1", "10x60", "1x1")
 ORGANIZATIONS = 20
 STEADY_TESTBEDS = 5  # per organization
-# Reports per first/rollover run (a multiple of the organizations), by metrics per report:
-# enough that the tracking-off run of the smallest shapes lasts a fraction of a second.
+# Reports per first/rollover run (a multiple of the organizations), by metrics per report,
+# the same in both settings: enough that the tracking-off run of the smallest shapes lasts
+# about half a second or more. (Production runs of 500 one-metric reports, a third of a
+# second with this machine's commit flush, gave repeats from 0.57 to 0.98 of tracking off.)
 FRESH_REPORTS = ((600, 100), (50, 300), (10, 600), (1, 1500))
-# In production every commit waits for its WAL flush: the small shapes' runs last longer with
-# fewer reports (this keeps the whole matrix near 12 minutes).
-FRESH_REPORTS_PRODUCTION = ((600, 100), (50, 200), (10, 400), (1, 500))
 
 # The server settings every cell is measured in, side by side (ALTER SYSTEM + reload; all
 # three are sighup settings). "production" is the headline; "cpu-only" takes the disk out.
@@ -282,9 +280,8 @@ class Shape:
     def metrics(self) -> int:
         return self.benchmarks * self.measures
 
-    def fresh_reports(self, scale: float, setting: str = "cpu-only") -> int:
-        sizes = FRESH_REPORTS_PRODUCTION if setting == "production" else FRESH_REPORTS
-        base = next(n for at_least, n in sizes if self.metrics >= at_least)
+    def fresh_reports(self, scale: float) -> int:
+        base = next(n for at_least, n in FRESH_REPORTS if self.metrics >= at_least)
         return max(ORGANIZATIONS, round(base * scale / ORGANIZATIONS) * ORGANIZATIONS)
 
 
@@ -745,7 +742,7 @@ def matrix(
                             cell.scenario,
                             mode,
                             cell.clients,
-                            reports=shape.fresh_reports(args.scale, setting),
+                            reports=shape.fresh_reports(args.scale),
                             seconds=args.seconds,
                             warmup=args.warmup,
                         )
@@ -761,7 +758,7 @@ def matrix(
                             )
                         )
             for setting in settings:
-                reports = shape.fresh_reports(args.scale, setting)
+                reports = shape.fresh_reports(args.scale)
                 results.append(
                     summarize(args, shape, cell, reports, setting, shown[setting], runs[setting])
                 )
@@ -868,7 +865,7 @@ def profile(
     """One cell with track_functions = all: the active_series functions' times per report."""
     conn = bench.conn
     bench.create_shape(shape)
-    reports = shape.fresh_reports(args.scale, setting)
+    reports = shape.fresh_reports(args.scale)
     clients = args.clients[0]
     kw: dict[str, Any] = {
         "reports": reports,

@@ -21,16 +21,19 @@ DECLARE
     v_report_benchmark_ids bigint [];
     v_measure_ids bigint [];
     v_refusal jsonb;
+    v_defer text;
 BEGIN
-    PERFORM pg_catalog.set_config('active_series._refusal', 'defer', true);
+    -- (set_config assigned, here and below: a simple expression, where PERFORM would run a
+    -- query)
+    v_defer := pg_catalog.set_config('active_series._refusal', 'defer', true);
     -- (the row as the last statement left it: NEW is the first statement's version)
     DELETE FROM active_series._pending AS p
     WHERE p.txid = NEW.txid
     RETURNING p.report_benchmark_ids, p.measure_ids
     INTO v_report_benchmark_ids, v_measure_ids;
     PERFORM active_series._record_activity(v_report_benchmark_ids, v_measure_ids);
-    v_refusal := nullif(pg_catalog.current_setting('active_series._refusal'), 'defer')::jsonb;
-    PERFORM pg_catalog.set_config('active_series._refusal', '', true);
+    v_refusal := nullif(pg_catalog.current_setting('active_series._refusal'), v_defer)::jsonb;
+    v_defer := pg_catalog.set_config('active_series._refusal', '', true);
     IF v_refusal IS NOT NULL THEN
         RAISE EXCEPTION USING
             ERRCODE = v_refusal ->> 'sqlstate',

@@ -2,7 +2,8 @@ CREATE TABLE active_series._period_usage (
     organization_id bigint NOT NULL,
     period_start timestamptz NOT NULL,
     project_id bigint NOT NULL,
-    series_count bigint NOT NULL CHECK (series_count >= 0),
+    -- (never below 0: verify() recomputes it from the history; no CHECK, see _shape_seen)
+    series_count bigint NOT NULL,
     PRIMARY KEY (organization_id, period_start, project_id),
     FOREIGN KEY (organization_id, period_start)
     REFERENCES active_series._period (organization_id, period_start) ON DELETE CASCADE

@@ -5181,16 +5181,19 @@ DECLARE
     v_report_benchmark_ids bigint [];
     v_measure_ids bigint [];
     v_refusal jsonb;
+    v_defer text;
 BEGIN
-    PERFORM pg_catalog.set_config('active_series._refusal', 'defer', true);
+    -- (set_config assigned, here and below: a simple expression, where PERFORM would run a
+    -- query)
+    v_defer := pg_catalog.set_config('active_series._refusal', 'defer', true);
     -- (the row as the last statement left it: NEW is the first statement's version)
     DELETE FROM active_series._pending AS p
     WHERE p.txid = NEW.txid
     RETURNING p.report_benchmark_ids, p.measure_ids
     INTO v_report_benchmark_ids, v_measure_ids;
     PERFORM active_series._record_activity(v_report_benchmark_ids, v_measure_ids);
-    v_refusal := nullif(pg_catalog.current_setting('active_series._refusal'), 'defer')::jsonb;
-    PERFORM pg_catalog.set_config('active_series._refusal', '', true);
+    v_refusal := nullif(pg_catalog.current_setting('active_series._refusal'), v_defer)::jsonb;
+    v_defer := pg_catalog.set_config('active_series._refusal', '', true);
     IF v_refusal IS NOT NULL THEN
         RAISE EXCEPTION USING
             ERRCODE = v_refusal ->> 'sqlstate',
@@ -9026,6 +9029,7 @@ DECLARE
     v_shape_id bigint;
     v_series integer;
     v_known boolean;
+    v_set_id bigint;
     v_watched boolean;
     v_organization_id bigint;
     v_project_id bigint;
@@ -9204,44 +9208,19 @@ BEGIN
     -- what these updates already did and leaves it.
     IF cardinality(v_groups) = 1 THEN
         -- (one testbed at one time, nearly every transaction: the same steps written
-        -- out, without the calls: _lock_testbeds, then _widen of the row of the stored
-        -- shape (_find_shape) in one statement; only when that updated nothing, the shape
-        -- and whether the testbed has history in the period, in one statement)
+        -- out, without the calls: _lock_testbeds; the stored shape (_find_shape) and the
+        -- testbed's set in the period, in one statement; with a set, _widen of the shape's
+        -- sighting by its key. A first report then writes its rows without an UPDATE that
+        -- finds nothing: 67,000 fewer backend instructions for a first report, 31,000
+        -- more for a steady one, which costs the least of the three.)
         v_group := v_groups[1];
         PERFORM pg_advisory_xact_lock(_lock_key('testbed_history'), hashint8(v_group.testbed_id));
-        UPDATE active_series._shape_seen AS s
-        SET first_seen = least(s.first_seen, v_group.first_seen),
-            last_seen = greatest(s.last_seen, v_group.last_seen)
-        FROM (
-            SELECT h.id
-            FROM active_series._shape AS h
-            WHERE h.project_id = v_group.project_id
-                AND h.digest = hash_array_extended(
-                    v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
-                )
-                AND h.benchmark_ids = v_group.benchmark_ids
-                AND h.variant_ids = v_group.variant_ids
-                AND h.measure_ids = v_group.measure_ids
-            LIMIT 1
-        ) AS h
-        WHERE s.testbed_id = v_group.testbed_id
-            AND s.period_start = v_group.period_start
-            AND s.shape_id = h.id
-            AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
-        IF FOUND THEN
-            RETURN;
-        END IF;
-        -- the stored shape, and whether the testbed has history in the period (one
-        -- statement: a first report asks both)
-        SELECT
-            s.id, s.series,
-            EXISTS (
-                SELECT
-                FROM active_series._testbed_period AS p
-                WHERE p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
-            )
-        INTO v_shape_id, v_series, v_known
+        -- the stored shape, and the testbed's set in the period (NULL: no history there)
+        SELECT s.id, s.series, p.shape_id
+        INTO v_shape_id, v_series, v_set_id
         FROM active_series._shape AS s
+        LEFT JOIN active_series._testbed_period AS p
+            ON p.testbed_id = v_group.testbed_id AND p.period_start = v_group.period_start
         WHERE s.project_id = v_group.project_id
             AND s.digest = hash_array_extended(
                 v_group.benchmark_ids || v_group.variant_ids || v_group.measure_ids, 0
@@ -9251,6 +9230,21 @@ BEGIN
             AND s.measure_ids = v_group.measure_ids
         LIMIT 1;
         v_group.shape_id := v_shape_id;
+        v_known := v_set_id IS NOT NULL;
+        IF v_known THEN
+            -- (a testbed reporting again in the period: the sighting of the shape widened,
+            -- a HOT update, when it is there and this is later or earlier than it)
+            UPDATE active_series._shape_seen AS s
+            SET first_seen = least(s.first_seen, v_group.first_seen),
+                last_seen = greatest(s.last_seen, v_group.last_seen)
+            WHERE s.testbed_id = v_group.testbed_id
+                AND s.period_start = v_group.period_start
+                AND s.shape_id = v_shape_id
+                AND (v_group.first_seen < s.first_seen OR v_group.last_seen > s.last_seen);
+            IF FOUND THEN
+                RETURN;
+            END IF;
+        END IF;
         -- (the first report of the testbed in the period, of a stored shape, as below for
         -- several testbeds, written for one)
         IF v_shape_id IS NOT NULL AND NOT v_known THEN
@@ -9447,3 +9441,9 @@ END;
 $$;
 COMMENT ON FUNCTION active_series._check_rises(active_series._shape_group[]) IS
 'Internal: an ingest commit raised these periods'' counts; enforce the series cap and write alerts.';
+
+-- ================================================================ no CHECK on the tables every report writes
+-- (compiled at every statement that writes them; the invariants hold by construction and
+-- verify() checks them: sql/tables/shape_seen.sql)
+ALTER TABLE active_series._shape_seen DROP CONSTRAINT _shape_seen_check;
+ALTER TABLE active_series._period_usage DROP CONSTRAINT _period_usage_series_count_check;
