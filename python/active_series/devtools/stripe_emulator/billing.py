@@ -203,7 +203,8 @@ class Billing(Prices):
             sub = self.get_subscription(sid)
             if sub.obj["status"] == "canceled":
                 raise invalid("subscription", f"The subscription {sid} has already been canceled.")
-            now = self.now_int()
+            sub.ended_exactly = self.now()
+            now = int(sub.ended_exactly)
             sub.obj.update(
                 status="canceled",
                 canceled_at=now,
@@ -386,8 +387,9 @@ class Billing(Prices):
                     # usage invoiced only with invoice_now (or a scheduled cancellation)
                     end = max(start, min(end, ended))
                 # the final invoice of a canceled subscription is made when it ended: what
-                # was reported later is not on it
-                made = ended if ended is not None and current else None
+                # was reported later is not on it (what was received earlier in the second
+                # it ended is)
+                made = (sub.ended_exactly or ended) if ended is not None and current else None
                 lines = self._invoice_lines(sub, start, end, made)
                 rows.append(
                     {

@@ -32,6 +32,9 @@ class Subscription:
     interval_count: int
     history: list[tuple[int, int]] = field(default_factory=list)
     invoice_now: bool = False  # canceled with its partial period invoiced
+    # when a cancellation took effect, to the sub-second (ended_at is whole seconds): the
+    # final invoice holds the events received before then
+    ended_exactly: float | None = None
     # subscription item -> when it began billing usage (added, or its price changed, after the
     # subscription began): the usage reported before is not billed on it
     billed_from: dict[str, int] = field(default_factory=dict)
